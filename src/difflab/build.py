@@ -1,0 +1,85 @@
+"""Build the parts of a run from its configuration: the noise process and the network.
+
+The checkpoint's config.json stores the same description ("network": {...}), so a sampler
+loading a checkpoint rebuilds exactly the network that was trained, with no code in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from difflab.config import ConfigError, DiffusionConfig, ModelConfig
+from difflab.diffusion.process import NoiseProcess, make_process
+from difflab.models import presets
+from difflab.models.unet import UNet, UNetConfig
+
+
+def build_process(cfg: DiffusionConfig) -> NoiseProcess:
+    """The noise process a DiffusionConfig describes."""
+    if cfg.process == "discrete":
+        return make_process("discrete", schedule=cfg.schedule, T=cfg.timesteps,
+                            zero_terminal_snr=cfg.zero_terminal_snr)
+    if cfg.process == "vp":
+        schedule = cfg.schedule if cfg.schedule in ("linear", "cosine") else None
+        if schedule is None:
+            raise ConfigError(f"diffusion.schedule = {cfg.schedule!r} has no continuous VP form;"
+                              " choose linear or cosine")
+        return make_process("vp", schedule=schedule, t_min=cfg.t_min)
+    return make_process("ve", sigma=cfg.ve_sigma, t_min=cfg.t_min)
+
+
+def network_spec(cfg: ModelConfig, image_shape: tuple[int, int, int],
+                 num_classes: int | None) -> dict[str, Any]:
+    """A JSON-able description of the network: {'type': 'unet', 'config': {...}} or a preset."""
+    c, h, w = image_shape
+    if h != w:
+        raise ConfigError(f"images must be square, got {h}x{w}; set data.image_size")
+    if cfg.preset not in presets.PRESETS:
+        raise ConfigError(f"unknown model.preset {cfg.preset!r}; allowed: "
+                          f"{', '.join(sorted(presets.PRESETS))}")
+    base = presets.PRESETS[cfg.preset].config
+    if base is None:  # a fixed network class (e.g. the article's UNet): no overrides
+        if cfg.overrides:
+            raise ConfigError(f"model.preset {cfg.preset!r} takes no overrides, got "
+                              f"{sorted(cfg.overrides)}")
+        return {"type": "preset", "name": cfg.preset, "in_channels": c}
+    fields = {f.name for f in dataclasses.fields(UNetConfig) if f.init}
+    unknown = sorted(set(cfg.overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown model.overrides key(s) {unknown}; allowed: "
+                          f"{', '.join(sorted(fields))}")
+    settings = {**{k: getattr(base, k) for k in fields}, "in_channels": c, "image_size": h}
+    settings.update(cfg.overrides)
+    if "num_classes" not in cfg.overrides and base.num_classes is not None:
+        settings["num_classes"] = num_classes
+    try:
+        UNetConfig(**settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from e
+    return {"type": "unet", "config": {k: (list(v) if isinstance(v, tuple) else v)
+                                       for k, v in settings.items()}}
+
+
+def network_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    if spec["type"] == "unet":
+        return UNet(UNetConfig(**spec["config"]))
+    if spec["type"] == "preset":
+        return presets.get_preset(spec["name"], in_channels=spec.get("in_channels", 1))
+    raise ConfigError(f"unknown network type {spec['type']!r}; allowed: unet, preset")
+
+
+def build_network(cfg: ModelConfig, image_shape: tuple[int, int, int],
+                  num_classes: int | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network for images of `image_shape`, and the spec that rebuilds it."""
+    spec = network_spec(cfg, image_shape, num_classes)
+    net = network_from_spec(spec)
+    spec["num_classes"] = getattr(getattr(net, "config", None), "num_classes", None)
+    return net, spec
+
+
+def describe_network(net: torch.nn.Module, image_shape: tuple[int, int, int]) -> str:
+    n = sum(p.numel() for p in net.parameters())
+    return f"{type(net).__name__}: {n / 1e6:.2f} M parameters, input {tuple(image_shape)}"

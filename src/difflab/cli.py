@@ -1,0 +1,306 @@
+"""The `difflab` command line: train | sample | viz | info.
+
+    difflab train configs/fashion_mnist.toml --minutes 10 --out runs/fashion
+    difflab sample runs/fashion/last -n 64 --sampler dpmpp_2m --steps 20 --out samples.png
+    difflab viz forward | schedules | toy1d --out FILE.png
+    difflab info runs/fashion/last
+
+Nothing below this file reads the command line; every flag is checked here and a bad value
+is reported with the allowed ones, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CONFIG = "fashion_mnist"
+
+
+def _configs_dir() -> Path:
+    """configs/ of a source checkout, else the copy installed inside the package."""
+    here = Path(__file__).resolve()
+    for cand in (here.parents[2] / "configs", here.parent / "configs"):
+        if cand.is_dir():
+            return cand
+    return here.parents[2] / "configs"
+
+
+def resolve_config(name: str) -> Path:
+    """A config path, or the name of a preset in configs/ (with or without .toml)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    cand = _configs_dir() / (name if name.endswith(".toml") else f"{name}.toml")
+    if cand.is_file():
+        return cand
+    presets = sorted(f.stem for f in _configs_dir().glob("*.toml"))
+    raise SystemExit(f"difflab: config {name!r} not found; give a TOML file or one of the "
+                     f"presets: {', '.join(presets)}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def _sampler_name(text: str) -> str:
+    from difflab.samplers import SAMPLERS
+
+    if text not in SAMPLERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown sampler {text!r}; allowed: {', '.join(sorted(SAMPLERS))}")
+    return text
+
+
+# ---------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from difflab.config import load_config
+    from difflab.training import report
+    from difflab.training.trainer import Trainer, describe
+
+    config_path = resolve_config(args.config)
+    sets = list(args.set or [])
+    if args.minutes is not None:
+        sets.append(f"train.minutes={args.minutes}")
+    if args.steps is not None:
+        sets.append(f"train.max_steps={args.steps}")
+    cfg = load_config(config_path, sets)
+    out = Path(args.out or f"runs/{config_path.stem}")
+    trainer = Trainer(cfg, out, device=args.device)
+    main = trainer.dist.is_main
+    if args.resume:
+        if not (out / "last").is_dir():
+            raise SystemExit(f"difflab: --resume: no checkpoint at {out / 'last'}")
+        trainer.resume()
+    if main:
+        print(f"difflab: {trainer.data.name}: {len(trainer.data)} images "
+              f"{tuple(trainer.data.image_shape)}; {describe(trainer)}; "
+              f"device {trainer.device}, world size {trainer.dist.world_size}")
+        (out / "config.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
+
+    def on_sample(tr) -> None:
+        if tr.dist.is_main:
+            report.save_sample_grid(tr, out / "samples" / f"step_{tr.step:07d}.png")
+
+    t0 = time.time()
+    try:
+        why = trainer.train(on_sample=on_sample)
+    finally:
+        trainer.close()
+    if not main:
+        return 0
+    print(f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "
+          f"min; checkpoints in {out / 'last'} and {out / 'best'}")
+    if not args.no_report:
+        paths = report.write_report(trainer, out, command=["difflab", *args.argv])
+        print("difflab: wrote")
+        for what, p in paths.items():
+            print(f"  {what:>8}: {p}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- sample
+def cmd_sample(args: argparse.Namespace) -> int:
+    from difflab import viz
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
+    classes = None
+    if args.classes is not None:
+        if args.classes == ["all"]:
+            if gen.num_classes is None:
+                raise SystemExit("difflab: --class all needs a class-conditional checkpoint")
+            per = max(1, args.n // gen.num_classes)
+            classes = [c for c in range(gen.num_classes) for _ in range(per)]
+            args.n = len(classes)
+        else:
+            classes = args.classes
+    kw = dict(sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+              classes=classes, guidance=args.guidance, clip=None if args.no_clip else "static",
+              precision=args.precision)
+    if args.eta is not None:
+        kw["eta"] = args.eta
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        gen.generate_to_npz(out, args.n, **kw)
+    elif out.suffix == ".png":
+        recorder = viz.FrameRecorder(key="x") if args.gif else None
+        images = gen.generate(args.n, callback=recorder, **kw)
+        viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
+        if recorder is not None:
+            viz.save_gif(recorder.finish() + [images], args.gif, nrow=args.nrow or 8,
+                         scale=args.scale, max_frames=60, hold_last_ms=2000)
+            print(f"difflab: wrote {args.gif}")
+    else:
+        raise SystemExit(f"difflab: --out must end in .png or .npz, got {out.name!r}")
+    print(f"difflab: wrote {args.n} samples to {out}")
+    return 0
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
+    p = Path(name)
+    if p.is_dir():
+        return p
+    shipped = Path(__file__).resolve().parent / "weights" / name
+    if shipped.is_dir():
+        return shipped
+    available = sorted(d.name for d in (Path(__file__).resolve().parent / "weights").glob("*")
+                       if d.is_dir())
+    raise SystemExit(f"difflab: checkpoint {name!r} not found; give a checkpoint folder or one "
+                     f"of the shipped models: {', '.join(available) or 'none'}")
+
+
+# ---------------------------------------------------------------------------- viz
+def cmd_viz(args: argparse.Namespace) -> int:
+    from difflab import viz
+
+    out = Path(args.out)
+    if args.what == "schedules":
+        viz.plot_schedules(out, T=args.timesteps)
+    elif args.what == "toy1d":
+        from difflab.toy1d import plot_toy1d
+
+        plot_toy1d(out, seed=args.seed)
+    else:
+        from difflab.build import build_process
+        from difflab.config import load_config
+        from difflab.data import load_dataset
+        from difflab.data.transforms import to_float
+
+        cfg = load_config(resolve_config(args.config), args.set or [])
+        data = load_dataset(cfg.data)
+        import torch
+
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:6]
+        viz.forward_process_grid(build_process(cfg.diffusion), to_float(data.images[idx]), out,
+                                 generator=torch.Generator().manual_seed(args.seed))
+    print(f"difflab: wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- info
+def cmd_info(args: argparse.Namespace) -> int:
+    from difflab.training.checkpoint import load_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    ck = load_checkpoint(path, with_training_state=True)
+    c = ck.config
+    run = c.get("run", {})
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in ck.weights().values()})
+    lines = [
+        f"checkpoint   {path}",
+        f"kind         {c.get('kind')}",
+        f"network      {c.get('network', {}).get('type')} "
+        f"{c.get('parameters', 0) / 1e6:.2f} M parameters ({', '.join(dtypes)})",
+        f"data         {c.get('dataset')} {tuple(c.get('image_shape', []))}",
+        f"classes      {c.get('class_names') if c['network'].get('num_classes') else 'none'}",
+        f"diffusion    {run.get('diffusion')}",
+        f"training     step {ck.state.get('step', c.get('trained', {}).get('step', '?'))}, "
+        f"{ck.state.get('elapsed_seconds', 0) / 60:.1f} min of steps",
+        f"files        {size / 1e6:.2f} MB: "
+        f"{', '.join(sorted(f.name for f in path.iterdir()))}",
+    ]
+    if "trained" in c:
+        lines.append(f"provenance   {json.dumps(c['trained'])}")
+    print("\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="difflab", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a TOML config")
+    t.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
+                   help="TOML file or preset name in configs/ (default: fashion_mnist)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+    t.add_argument("--out", help="run folder (default: runs/CONFIG_NAME)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
+    t.add_argument("--minutes", type=_positive_float, help="wall-clock training budget")
+    t.add_argument("--steps", type=_positive_int, help="stop after this many optimizer steps")
+    t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    t.add_argument("--no-report", action="store_true", help="skip the pictures at the end")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw images from a checkpoint")
+    s.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    s.add_argument("--sampler", type=_sampler_name, default="ddim")
+    s.add_argument("--steps", type=_positive_int,
+                   help="model evaluations (default per sampler: ddim 50, dpmpp_2m 20, ...)")
+    s.add_argument("-n", "--num", dest="n", type=_positive_int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
+    s.add_argument("--gif", help="also write the reverse process as a GIF")
+    s.add_argument("--class", dest="classes", action="append",
+                   help="class name or index (repeatable), or 'all' for one row per class")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    s.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 like DDPM)")
+    s.add_argument("--batch-size", type=_positive_int, default=256)
+    s.add_argument("--nrow", type=_positive_int)
+    s.add_argument("--scale", type=_positive_int, default=2, help="upscale the PNG grid")
+    s.add_argument("--no-clip", action="store_true", help="do not clip x0 to [-1, 1]")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_sample)
+
+    v = sub.add_parser("viz", help="pictures of the process: forward | schedules | toy1d")
+    v.add_argument("what", choices=("forward", "schedules", "toy1d"))
+    v.add_argument("--config", default=DEFAULT_CONFIG, help="for 'forward': data + schedule")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.add_argument("--out", default="viz.png")
+    v.add_argument("--timesteps", type=_positive_int, default=1000)
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=cmd_viz)
+
+    i = sub.add_parser("info", help="what a checkpoint is, how it was trained, its size")
+    i.add_argument("checkpoint")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    from difflab.config import ConfigError
+    from difflab.training.checkpoint import CheckpointError
+    from difflab.training.trainer import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+        if os.environ.get("DIFFLAB_DEBUG"):
+            raise
+        print(f"difflab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Run configuration: one dataclass per part, loaded from TOML and validated on load.
+
+A run is `[data]`, `[model]`, `[diffusion]`, `[train]` and `[sample]` tables. Every key is
+checked against its dataclass: an unknown key, a wrong type or a value outside the allowed set is
+a `ConfigError` that names the key and what is allowed, before any work starts.
+`--set train.lr=1e-3` on the command line goes through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from difflab.data import DataConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, mistyped or outside its allowed set."""
+
+
+@dataclass
+class ModelConfig:
+    # A named network from difflab.models.presets; the other fields override its settings.
+    preset: str = "ddpm-small-28"
+    # UNet settings that replace the preset's (any UNetConfig field: base_channels, ...).
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionConfig:
+    # 'discrete' is DDPM's table of T steps; 'vp' / 've' are the continuous SDEs of Song et al.
+    process: str = "discrete"
+    # Cosine keeps more signal at mid-noise than linear, which suits 28x28 images
+    # (Nichol & Dhariwal 2021, sec. 3.2).
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    # v-prediction trains more stably than eps at high noise and allows few-step sampling
+    # (Salimans & Ho 2022); every sampler converts, so this is a free choice.
+    parameterization: str = "v"
+    loss: str = "l2"
+    # Min-SNR-gamma weighting (Hang et al. 2023); None trains the plain objective.
+    snr_gamma: float | None = None
+    zero_terminal_snr: bool = False
+    # VE SDE sigma (the score-based write-up uses 25) and VP settings for continuous processes.
+    ve_sigma: float = 25.0
+    t_min: float = 1e-3
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128
+    # AdamW at 2e-3 with a short warm-up is the measured sweet spot for ~1 M-parameter UNets
+    # on 28x28 data at batch 128 (DESIGN.md, "Benchmarks").
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    # EMA of the weights is what gets sampled; 0.999 averages over the last ~1k steps, which a
+    # 10-minute CPU run reaches. ema_warmup ramps the decay in from 0 during the first steps.
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    grad_clip: float | None = 1.0
+    # bf16 autocast is ~2-4x faster than fp32 on CPUs with bf16 matmul and needs no loss scaler.
+    precision: str = "bf16"
+    grad_accum: int = 1
+    # Stop after whichever comes first; all None means one epoch.
+    minutes: float | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    num_sample_images: int = 64
+    # Probability of replacing a class label with the null label, for classifier-free guidance.
+    cond_drop_prob: float = 0.1
+    compile: bool = False
+
+
+@dataclass
+class SampleConfig:
+    # DDIM with 50 steps is the quality/speed balance for sample grids during training.
+    sampler: str = "ddim"
+    steps: int = 50
+    # x0 clipping to [-1, 1] keeps pixel-space samples in range (Ho et al. 2020's code).
+    clip: str | None = "static"
+    eta: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "diffusion.process": ("discrete", "vp", "ve"),
+    "diffusion.schedule": ("linear", "cosine", "quadratic", "sigmoid", "geometric"),
+    "diffusion.parameterization": ("eps", "x0", "v", "score"),
+    "diffusion.loss": ("l2", "l1", "huber"),
+    "train.lr_schedule": ("constant", "cosine"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "sample.clip": (None, "static", "dynamic"),
+}
+POSITIVE = {"diffusion.timesteps", "train.batch_size", "train.lr", "train.grad_accum",
+            "train.log_every", "train.sample_every", "train.checkpoint_every", "sample.steps"}
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Coerce/validate one value against a type hint; raise ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
+        return tuple(_check_type(f"{key}[{i}]", v, a) for i, (v, a) in
+                     enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return dict(value)
+    return value
+
+
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Construct `cls` from a dict, checking every key and value."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{prefix or 'config'}] must be a table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            where = f"in [{prefix}]" if prefix else "at the top level"
+            raise ConfigError(f"unknown key {full!r}; allowed keys {where}: {', '.join(names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = build_dataclass(hint, value, full)
+            continue
+        value = _check_type(full, value, hint)
+        if full in CHOICES and value not in CHOICES[full]:
+            allowed = ", ".join("none" if c is None else str(c) for c in CHOICES[full])
+            raise ConfigError(f"{full} = {value!r} is not allowed; choose one of: {allowed}")
+        if full in POSITIVE and value is not None and value <= 0:
+            raise ConfigError(f"{full} must be > 0, got {value!r}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a dataclass's own __post_init__ validation
+        raise ConfigError(f"[{prefix or 'config'}]: {e}") from e
+
+
+def parse_value(text: str) -> Any:
+    """Parse a --set value as TOML (numbers, booleans, strings, lists); bare words are strings."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings to a raw config dict (nested keys allowed)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        if len(parts) < 2:
+            raise ConfigError(f"--set key must name a section, e.g. train.lr=1e-3; got {path!r}")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {path}: {part!r} is not a table")
+        node[parts[-1]] = parse_value(text.strip())
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML run config (or the defaults when path is None) and apply --set overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    return build_dataclass(RunConfig, raw, "")
+
+
+def to_json(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, default=list)

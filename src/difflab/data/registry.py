@@ -1,0 +1,245 @@
+"""One configuration for every dataset, and the single entry point that loads it.
+
+data = load_dataset(DataConfig(name="fashion_mnist", image_size=32))
+loader = BatchIterator(data, batch_size=128, hflip=cfg.hflip, seed=0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import digits, fashion_mnist, mnist
+from .base import ImageData, PointData, resolve_class
+from .image_folder import ON_BAD_IMAGE
+from .toy2d import TOY2D_NAMES
+from .transforms import convert_channels, resize_images
+
+DATASET_NAMES = ("fashion_mnist", "mnist", "digits", "image_folder", "hf", "toy2d")
+SPLITS = ("train", "test")
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on. Loaded from the [data] table of a TOML config."""
+
+    name: str = "fashion_mnist"  # one of DATASET_NAMES
+    root: str | None = None  # directory (IDX files, image folder, saved HF dataset)
+    split: str = "train"  # "train" or "test"
+    image_size: int | None = None  # None keeps the native size (28 for MNIST-likes)
+    channels: int | None = None  # 1 or 3; None keeps the source's (grey sets stay 1)
+    hflip: bool = False  # random left-right flips in training; wrong for digits
+    classes: list[str | int] | None = None  # keep these classes only, relabelled 0..k-1
+    on_bad_image: str = "skip"  # unreadable files: "skip" (one warning) or "error"
+    folder_labels: bool = False  # image_folder: label images by first-level sub-folder
+    image_column: str = "image"  # hf: column holding the images
+    label_column: str | None = None  # hf: column holding the labels, if any
+    download: bool = True  # fashion_mnist: may fetch the files when they are not found
+    limit: int | None = None  # keep only the first `limit` samples (quick runs, tests)
+    toy: str = "ring"  # toy2d: one of TOY2D_NAMES
+    num_samples: int = 10_000  # toy2d: points drawn
+    seed: int = 0  # toy2d: seed of the draw
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
+        """Build from a mapping (a TOML table), refusing unknown keys."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown data setting(s) {', '.join(map(repr, unknown))}: allowed "
+                f"{', '.join(allowed)}"
+            )
+        values = dict(values)
+        if isinstance(values.get("classes"), (str, int)):
+            values["classes"] = [values["classes"]]
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        def bad(key: str, allowed: str) -> ValueError:
+            return ValueError(f"data.{key}={getattr(self, key)!r}: allowed {allowed}")
+
+        if self.name not in DATASET_NAMES:
+            raise bad("name", ", ".join(DATASET_NAMES))
+        if self.split not in SPLITS:
+            raise bad("split", ", ".join(SPLITS))
+        if self.on_bad_image not in ON_BAD_IMAGE:
+            raise bad("on_bad_image", ", ".join(ON_BAD_IMAGE))
+        if self.toy not in TOY2D_NAMES:
+            raise bad("toy", ", ".join(TOY2D_NAMES))
+        if self.channels is not None and (
+            isinstance(self.channels, bool) or self.channels not in (1, 3)
+        ):
+            raise bad("channels", "1 (grey), 3 (RGB) or unset")
+        for key in ("image_size", "limit"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise bad(key, "a positive integer or unset")
+            if value is not None and value < 1:
+                raise bad(key, "a positive integer or unset")
+        for key in ("num_samples", "seed"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise bad(key, "a non-negative integer")
+        for key in ("hflip", "folder_labels", "download"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "true or false")
+        if self.classes is not None and (
+            isinstance(self.classes, (str, int)) or not isinstance(self.classes, Sequence)
+        ):
+            raise bad("classes", "a list of class names or indices")
+        if self.name in ("image_folder", "hf") and not self.root:
+            raise ValueError(f"data.name={self.name!r} needs data.root, the folder to read")
+        if self.name == "digits" and self.root is not None:
+            raise ValueError("data.root does not apply to digits (they ship in scikit-learn)")
+        if self.name == "toy2d":
+            for key in ("image_size", "channels"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"data.{key} does not apply to toy2d (2-D points)")
+            if self.hflip:
+                raise ValueError("data.hflip does not apply to toy2d (2-D points)")
+
+
+def check_image_size(
+    size: int | Sequence[int], divisor: int, needed_by: str = "the network"
+) -> None:
+    """Raise ValueError unless every side of `size` divides by `divisor` (e.g. 2**levels
+    for a UNet that halves the resolution `levels` times), suggesting sizes that do."""
+    sides = (size, size) if isinstance(size, int) else tuple(size)
+    if divisor < 1:
+        raise ValueError(f"divisor must be >= 1, got {divisor}")
+    bad = [s for s in sides if s % divisor]
+    if bad:
+        s = bad[0]
+        options = [m for m in (s // divisor * divisor, (s // divisor + 1) * divisor) if m > 0]
+        raise ValueError(
+            f"image size {size} is not divisible by {divisor}, which {needed_by} needs; "
+            f"use image_size = {' or '.join(map(str, options))}"
+        )
+
+
+_LABELLED_SETS = {
+    "fashion_mnist": (fashion_mnist.CLASS_NAMES, fashion_mnist.CLASS_ALIASES),
+    "mnist": (mnist.CLASS_NAMES, None),
+    "digits": (digits.CLASS_NAMES, None),
+}
+
+
+def _select_classes(
+    labels: torch.Tensor | None,
+    class_names: tuple[str, ...] | None,
+    wanted: Sequence[str | int],
+    aliases: Mapping[str, int] | None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Mask of kept samples, their new labels 0..k-1 (in the order asked), new names."""
+    if labels is None or class_names is None:
+        raise ValueError(
+            "data.classes needs a labelled dataset (image_folder: set folder_labels=true; "
+            "hf: set label_column)"
+        )
+    chosen = list(dict.fromkeys(resolve_class(c, class_names, aliases) for c in wanted))
+    if not chosen:
+        raise ValueError("data.classes is empty; leave it unset to keep every class")
+    remap = torch.full((len(class_names),), -1, dtype=torch.int64)
+    remap[chosen] = torch.arange(len(chosen))
+    new = remap[labels]
+    keep = new >= 0
+    return keep, new[keep], tuple(class_names[i] for i in chosen)
+
+
+def _take(
+    data: ImageData | PointData,
+    index: torch.Tensor | slice,
+    labels: torch.Tensor | None = None,
+    names: tuple[str, ...] | None = None,
+) -> ImageData | PointData:
+    """The samples at `index`, with new labels / class names when given."""
+    labels = labels if labels is not None else (None if data.labels is None else data.labels[index])
+    names = names if names is not None else data.class_names
+    if isinstance(data, ImageData):
+        return ImageData(data.images[index], labels, names, data.name)
+    return PointData(data.points[index], labels, names, data.name, data.mixture)
+
+
+def _load_source(cfg: DataConfig) -> ImageData | PointData:
+    """The dataset as its source gives it; MNIST-likes at their native size."""
+    if cfg.name == "toy2d":
+        from .toy2d import make_toy2d
+
+        return make_toy2d(cfg.toy, cfg.num_samples, cfg.seed)
+    if cfg.name == "image_folder":
+        from .image_folder import load_image_folder
+
+        if cfg.split != "train":
+            raise ValueError(
+                "an image folder has no splits: point data.root at the folder to read and "
+                "leave data.split as 'train'"
+            )
+        return load_image_folder(
+            cfg.root,  # type: ignore[arg-type]  (validate() checked it is set)
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            folder_labels=cfg.folder_labels,
+            on_bad_image=cfg.on_bad_image,
+        )
+    if cfg.name == "hf":
+        from .hf import load_hf_dataset
+
+        return load_hf_dataset(
+            cfg.root,  # type: ignore[arg-type]
+            split=cfg.split,
+            image_column=cfg.image_column,
+            label_column=cfg.label_column,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            on_bad_image=cfg.on_bad_image,
+        )
+    if cfg.name == "fashion_mnist":
+        images, labels = fashion_mnist.load_fashion_mnist(cfg.split, cfg.root, cfg.download)
+    elif cfg.name == "mnist":
+        images, labels = mnist.load_mnist(cfg.split, cfg.root)
+    else:
+        images, labels = digits.load_digits(cfg.split)
+    return ImageData(
+        torch.from_numpy(images),
+        torch.from_numpy(labels),
+        _LABELLED_SETS[cfg.name][0],
+        f"{cfg.name}/{cfg.split}",
+    )
+
+
+def load_dataset(cfg: DataConfig) -> ImageData | PointData:
+    """Load the whole dataset `cfg` describes into memory.
+
+    Images come back as ImageData (uint8 (N, C, H, W)), toy2d as PointData (float (N, 2)).
+    Order of work: load, keep `classes`, keep the first `limit`, then (MNIST-likes)
+    resize and convert channels, so that no time goes into samples thrown away.
+    """
+    cfg.validate()
+    data = _load_source(cfg)
+    if cfg.classes is not None:
+        aliases = _LABELLED_SETS.get(cfg.name, (None, None))[1]
+        keep, labels, names = _select_classes(data.labels, data.class_names, cfg.classes, aliases)
+        data = _take(data, keep, labels, names)
+    if cfg.limit is not None:
+        data = _take(data, slice(0, cfg.limit))
+    if len(data) == 0:
+        raise ValueError(f"{data.name}: no samples left after selecting classes {cfg.classes}")
+    if cfg.name in _LABELLED_SETS and (cfg.image_size is not None or cfg.channels is not None):
+        images = data.images.numpy()
+        if cfg.image_size is not None:
+            images = resize_images(images, cfg.image_size)
+        if cfg.channels is not None:
+            images = convert_channels(images, cfg.channels)
+        data = ImageData(torch.from_numpy(images), data.labels, data.class_names, data.name)
+    return data

@@ -1,0 +1,380 @@
+"""A configurable UNet for pixel-space diffusion: ``net(x, t, cond=None) -> shaped like x``.
+
+References:
+- Ronneberger et al. (2015), "U-Net: Convolutional Networks for Biomedical Image
+  Segmentation": encoder, decoder and skip connections between equal resolutions.
+- Ho et al. (2020), DDPM, appendix B: the PixelCNN++-style UNet with GroupNorm residual
+  blocks, sinusoidal time embedding and self-attention at low resolution.
+- Nichol & Dhariwal (2021), "Improved DDPM", and Dhariwal & Nichol (2021): scale-shift
+  time conditioning, zero-initialised output layers, class embeddings added to the time
+  embedding.
+- Ho & Salimans (2022), "Classifier-Free Diffusion Guidance": one extra "null" class so the
+  same network also models the unconditional distribution.
+- Song et al. (2021), score SDEs: Gaussian Fourier time features, continuous ``t``.
+
+Layout (for the defaults, 28x28 input)::
+
+    conv_in -> [ResBlock]@28 (32ch) -> down -> [ResBlock]@14 (64ch) -> down
+            -> middle @7 (128ch): ResBlock, self-attention, ResBlock
+            -> up -> [ResBlock + skip]@14 -> up -> [ResBlock + skip]@28 -> norm, conv_out
+
+Each entry of ``channel_mults`` is one resolution level; the last (lowest-resolution) level
+is the middle block, so a 28x28 input with mults ``(1, 2, 4)`` runs at 28, 14 and 7. The
+levels above it hold ``num_res_blocks`` blocks on the way down and as many on the way up;
+each down block's output is a skip connection for one up block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import LinearAttention2d, SelfAttention2d
+from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, zero_init
+from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP
+
+BLOCKS = ("resnet", "convnext")
+SKIPS = ("concat", "add")
+DOWNSAMPLES = ("conv", "pixel_unshuffle")
+TIME_EMBEDDINGS = ("sinusoidal", "fourier")
+
+
+def _bad(name: str, problem: str) -> ValueError:
+    return ValueError(f"UNetConfig.{name}: {problem}")
+
+
+@dataclass
+class UNetConfig:
+    """Settings of :class:`UNet`; validated on creation (ValueError naming the field)."""
+
+    # Fashion-MNIST / MNIST are grey: one channel in.
+    in_channels: int = 1
+    # None: predict something shaped like the input (eps, x0, v or score).
+    out_channels: int | None = None
+    # Side length the attention resolutions refer to. The net accepts other sizes too;
+    # this only decides at which levels attention layers are built.
+    image_size: int = 28
+    # 32 is the smallest width that still draws recognisable 28x28 clothes; cost grows
+    # with its square.
+    base_channels: int = 32
+    # Three levels (28, 14, 7 for a 28x28 input): 7x7 keeps enough layout for the middle
+    # attention to be meaningful, and doubling widths keeps FLOPs per level about equal.
+    channel_mults: tuple[int, ...] = (1, 2, 4)
+    # One block per level: on a CPU budget, width and attention buy more than depth.
+    num_res_blocks: int = 1
+    # Feature-map sides with full self-attention. The middle block always has attention;
+    # 7 is the default input's middle level (49 tokens: cheap, and global at that scale).
+    attention_resolutions: tuple[int, ...] = (7,)
+    # Feature-map sides with linear attention instead (affordable at 14 or 28).
+    linear_attention_resolutions: tuple[int, ...] = ()
+    # "resnet" (DDPM's GroupNorm ResBlock) or "convnext" (depthwise 7x7 + MLP).
+    block: str = "resnet"
+    # "concat" (UNet/DDPM: the decoder sees the encoder features whole) or "add" (cheaper:
+    # fewer input channels to the decoder blocks).
+    skip: str = "concat"
+    # "conv": 3x3 stride 2 (DDPM); "pixel_unshuffle": 2x2 fold + 1x1 conv.
+    downsample: str = "conv"
+    # 0: small datasets trained for minutes do not overfit; DDPM used 0.1 on CIFAR-10.
+    dropout: float = 0.0
+    # Heads of full self-attention; 128 channels / 4 heads = 32 per head.
+    num_heads: int = 4
+    # GroupNorm groups; must divide every level's width. 8 keeps >= 4 channels per group
+    # at base width 32.
+    groups: int = 8
+    # GroupNorm epsilon (PyTorch's default).
+    norm_eps: float = 1e-5
+    # "sinusoidal" (DDPM, any float t) or "fourier" (random features, for t in [0, 1]).
+    time_embedding: str = "sinusoidal"
+    # Size of the fixed sinusoidal/Fourier code of t; None: base_channels (DDPM).
+    time_features: int | None = None
+    # Width of the time-embedding MLP and of the embedding each block sees;
+    # None: 4 * base_channels (DDPM).
+    time_embed_dim: int | None = None
+    # t is multiplied by this before the embedding: 1 for step indices in [0, T); 1000 for
+    # continuous t in [0, 1] with a sinusoidal embedding, so it looks like DDPM steps.
+    time_scale: float = 1.0
+    # Std of the Fourier frequencies; 16 suits t in [0, 1] (Song et al. use 16-30).
+    fourier_scale: float = 16.0
+    # Class-conditional when set: labels 0..num_classes-1, and num_classes itself is the
+    # "null" label used for classifier-free guidance (and when cond is None).
+    num_classes: int | None = None
+    # Reserved for text conditioning through cross-attention (a later addition); only
+    # None is accepted today.
+    context_dim: int | None = None
+    # Scale-shift (FiLM) time conditioning (improved DDPM) rather than an added bias.
+    scale_shift: bool = True
+    # Whether the middle block has attention (score-SDE's small ScoreNet has none).
+    mid_attention: bool = True
+    # ConvNeXt inverted-bottleneck expansion; 2 rather than ConvNeXt's 4 to stay small.
+    convnext_mult: int = 2
+    _sides: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("channel_mults", "attention_resolutions", "linear_attention_resolutions"):
+            value = getattr(self, name)
+            if isinstance(value, int):
+                value = (value,)
+            try:
+                value = tuple(int(v) for v in value)
+            except (TypeError, ValueError):
+                raise _bad(name, f"expected a sequence of integers, got {value!r}") from None
+            setattr(self, name, value)
+        self._validate()
+
+    @property
+    def level_sides(self) -> tuple[int, ...]:
+        """Feature-map side at each level for an ``image_size`` input (7 -> 4: rounds up)."""
+        return self._sides
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(self.base_channels * m for m in self.channel_mults)
+
+    def _validate(self) -> None:
+        def positive(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise _bad(name, f"must be a positive integer, got {value!r}")
+
+        for name in ("in_channels", "image_size", "base_channels", "num_res_blocks"):
+            positive(name)
+        for name in ("num_heads", "groups", "convnext_mult"):
+            positive(name)
+        for name in ("out_channels", "time_features", "time_embed_dim", "num_classes"):
+            positive(name, allow_none=True)
+        for name, allowed in (
+            ("block", BLOCKS),
+            ("skip", SKIPS),
+            ("downsample", DOWNSAMPLES),
+            ("time_embedding", TIME_EMBEDDINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise _bad(name, f"got {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
+            raise _bad("channel_mults", f"need one or more positive integers, got "
+                       f"{self.channel_mults}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise _bad("dropout", f"must be in [0, 1), got {self.dropout}")
+        if not self.norm_eps > 0:
+            raise _bad("norm_eps", f"must be > 0, got {self.norm_eps}")
+        if not self.time_scale > 0:
+            raise _bad("time_scale", f"must be > 0, got {self.time_scale}")
+        if not self.fourier_scale > 0:
+            raise _bad("fourier_scale", f"must be > 0, got {self.fourier_scale}")
+        features = self.time_features or self.base_channels
+        if features < 2 or (self.time_embedding == "fourier" and features % 2):
+            raise _bad("time_features", f"needs an even size >= 2, got {features}")
+        if self.context_dim is not None:
+            raise _bad("context_dim", "cross-attention conditioning is not implemented in "
+                       "UNet yet; allowed: None")
+
+        for width in self.channels:
+            if width % self.groups:
+                raise _bad("groups", f"{self.groups} does not divide the level width {width} "
+                           f"(base_channels * channel_mults = {self.channels})")
+
+        sides = [self.image_size]
+        for _ in self.channel_mults[1:]:
+            sides.append((sides[-1] + 1) // 2)
+        self._sides = tuple(sides)
+        for name in ("attention_resolutions", "linear_attention_resolutions"):
+            unknown = sorted(set(getattr(self, name)) - set(sides))
+            if unknown:
+                raise _bad(name, f"{unknown} is not a feature-map side of a {self.image_size}x"
+                           f"{self.image_size} input; allowed: {sorted(set(sides))}")
+        both = set(self.attention_resolutions) & set(self.linear_attention_resolutions)
+        if both:
+            raise _bad("linear_attention_resolutions", f"{sorted(both)} also listed in "
+                       "attention_resolutions; choose one kind per resolution")
+        for i, (side, width) in enumerate(zip(sides, self.channels, strict=True)):
+            attn = self.attention_kind(side, middle=i == len(sides) - 1)
+            if attn == "full" and width % self.num_heads:
+                raise _bad("num_heads", f"{self.num_heads} does not divide the width {width} "
+                           f"at side {side}")
+
+    def attention_kind(self, side: int, middle: bool = False) -> str | None:
+        """Which attention runs at a level of this side: "full", "linear" or None."""
+        if middle and not self.mid_attention:
+            return None
+        if side in self.linear_attention_resolutions:
+            return "linear"
+        if middle or side in self.attention_resolutions:
+            return "full"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-ready dict (tuples as lists)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        """Build from a dict (e.g. loaded TOML/JSON); unknown keys are an error."""
+        allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(f"UNetConfig: unknown key(s) {unknown}; allowed: {allowed}")
+        return cls(**data)
+
+
+class _Stage(nn.Module):
+    """One block followed by optional attention (Identity when there is none)."""
+
+    def __init__(self, block: nn.Module, attn: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.attn = attn
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        return self.attn(self.block(x, emb))
+
+
+class UNet(nn.Module):
+    """Configurable diffusion UNet; see the module docstring for the layout.
+
+    ``forward(x, t, cond=None)``: ``x`` ``(B, C, H, W)``; ``t`` float ``(B,)`` or a scalar
+    (step index or continuous time, scaled by ``config.time_scale``); ``cond`` LongTensor
+    ``(B,)`` of class labels for a class-conditional net (``num_classes`` = null label;
+    None means all-null). Returns a tensor shaped like ``x`` (with ``out_channels``).
+    """
+
+    def __init__(self, config: UNetConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = config or UNetConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        c = config
+        widths = c.channels
+        sides = c.level_sides
+        emb_dim = c.time_embed_dim or 4 * c.base_channels
+        features = c.time_features or c.base_channels
+
+        if c.time_embedding == "sinusoidal":
+            code: nn.Module = SinusoidalEmbedding(features)
+        else:
+            code = GaussianFourierFeatures(features, scale=c.fourier_scale)
+        self.time_embed = TimeMLP(code, features, emb_dim)
+        # Row num_classes is the null label of classifier-free guidance.
+        self.class_embed = (
+            nn.Embedding(c.num_classes + 1, emb_dim) if c.num_classes is not None else None
+        )
+
+        def block(cin: int, cout: int) -> nn.Module:
+            if c.block == "convnext":
+                return ConvNeXtBlock(cin, cout, emb_dim, mult=c.convnext_mult, dropout=c.dropout)
+            return ResBlock(cin, cout, emb_dim, dropout=c.dropout, groups=c.groups,
+                            eps=c.norm_eps, scale_shift=c.scale_shift)
+
+        def attention(width: int, kind: str | None) -> nn.Module:
+            if kind == "full":
+                return SelfAttention2d(width, c.num_heads, groups=c.groups, eps=c.norm_eps)
+            if kind == "linear":
+                return LinearAttention2d(width, c.num_heads, groups=c.groups, eps=c.norm_eps)
+            return nn.Identity()
+
+        self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
+
+        # Encoder: every level but the last; each stage's output is a skip connection.
+        self.down_stages = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for width, nxt, side in zip(widths[:-1], widths[1:], sides[:-1], strict=True):
+            kind = c.attention_kind(side)
+            self.down_stages.append(nn.ModuleList(
+                _Stage(block(width, width), attention(width, kind))
+                for _ in range(c.num_res_blocks)
+            ))
+            self.downsamplers.append(Downsample(width, nxt, c.downsample))
+
+        mid = widths[-1]
+        self.mid_block1 = block(mid, mid)
+        self.mid_attn = attention(mid, c.attention_kind(sides[-1], middle=True))
+        self.mid_block2 = block(mid, mid)
+
+        # Decoder: mirror of the encoder, deepest level first. Upsample also maps the width
+        # back, so skips of a level all have that level's width and "add" needs no
+        # projections.
+        skip_factor = 2 if c.skip == "concat" else 1
+        self.upsamplers = nn.ModuleList()
+        self.up_stages = nn.ModuleList()
+        for width, below, side in reversed(
+            list(zip(widths[:-1], widths[1:], sides[:-1], strict=True))
+        ):
+            kind = c.attention_kind(side)
+            self.upsamplers.append(Upsample(below, width))
+            self.up_stages.append(nn.ModuleList(
+                _Stage(block(skip_factor * width, width), attention(width, kind))
+                for _ in range(c.num_res_blocks)
+            ))
+
+        self.norm_out = nn.GroupNorm(c.groups, widths[0], eps=c.norm_eps)
+        # Zero-init: the untrained net predicts 0, the mean of eps, a sane starting point.
+        self.conv_out = zero_init(
+            nn.Conv2d(widths[0], c.out_channels or c.in_channels, 3, padding=1)
+        )
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any] | UNetConfig) -> UNet:
+        config = data if isinstance(data, UNetConfig) else UNetConfig.from_dict(data)
+        return cls(config)
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def embed(self, t: Tensor | float, cond: Tensor | None, batch: int, device: torch.device
+              ) -> Tensor:
+        """Time (+ class) embedding ``(B, emb_dim)`` that every block receives."""
+        t = torch.as_tensor(t, device=device)
+        if t.ndim == 0 or t.shape == (1,):
+            t = t.reshape(1).expand(batch)  # one time for the whole batch
+        elif t.shape != (batch,):
+            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+        # float32 maths for the code of t, even under autocast (see sinusoidal_embedding).
+        emb = self.time_embed(t.float() * self.config.time_scale)
+        if self.class_embed is None:
+            if cond is not None:
+                raise ValueError("cond was given but this UNet is unconditional "
+                                 "(UNetConfig.num_classes is None)")
+            return emb
+        n = self.config.num_classes
+        if cond is None:
+            cond = torch.full((batch,), n, dtype=torch.long, device=device)
+        if cond.shape != (batch,) or cond.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"cond must be an integer tensor of shape ({batch},), got "
+                             f"{cond.dtype} {tuple(cond.shape)}")
+        if cond.device.type == "cpu" and cond.numel() and (cond.min() < 0 or cond.max() > n):
+            raise ValueError(f"cond labels must be in [0, {n}] ({n} = null label)")
+        return emb + self.class_embed(cond)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x must be (B, {self.config.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        emb = self.embed(t, cond, x.shape[0], x.device)
+
+        h = self.conv_in(x)
+        skips = []
+        for stages, down in zip(self.down_stages, self.downsamplers, strict=True):
+            for stage in stages:
+                h = stage(h, emb)
+                skips.append(h)
+            h = down(h)
+
+        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb)), emb)
+
+        for up, stages in zip(self.upsamplers, self.up_stages, strict=True):
+            # Upsample to the skip's exact size: undoes a rounded-up downsampling (4 -> 7).
+            h = up(h, size=skips[-1].shape[-2:])
+            for stage in stages:
+                skip = skips.pop()
+                h = torch.cat([h, skip], dim=1) if self.config.skip == "concat" else h + skip
+                h = stage(h, emb)
+
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,276 @@
+"""The training loop: data -> noise -> network -> loss -> AdamW, with EMA, checkpoints, resume.
+
+One `Trainer` serves a laptop CPU, one GPU and torchrun's many processes alike. What it owns:
+the optimizer and LR schedule (linear warm-up, then constant or cosine), bf16/fp16 autocast,
+gradient accumulation and clipping, the EMA weights, a fixed-seed sample grid every N steps,
+JSONL metrics, best/last checkpoints written atomically, an exact `resume`, and a guard that
+stops on a NaN/Inf loss with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from difflab.build import build_network, build_process, describe_network
+from difflab.config import RunConfig
+from difflab.data import BatchIterator, ImageData, load_dataset
+from difflab.diffusion.losses import diffusion_loss
+from difflab.samplers.common import randn
+from difflab.training import checkpoint as ckpt_io
+from difflab.training import distributed
+from difflab.training.ema import EMA
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class StopReason:
+    step: int
+    why: str
+
+
+def lr_at(step: int, cfg, total_steps: int | None) -> float:
+    """Linear warm-up to cfg.lr, then constant or cosine decay to 0 over total_steps."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine" and total_steps:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
+class Trainer:
+    """Train one run described by a RunConfig into `out_dir`."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, device: str | None = None,
+                 data: ImageData | None = None, quiet: bool = False):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.dist = distributed.setup(device)
+        self.device = self.dist.device
+        self.quiet = quiet or not self.dist.is_main
+        tc = cfg.train
+        if tc.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("train.precision = 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32'")
+        self.data = data if data is not None else load_dataset(cfg.data)
+        if not isinstance(self.data, ImageData):
+            raise ValueError(f"data.name = {cfg.data.name!r} gives points, not images; the "
+                             "image trainer needs an image dataset")
+        self.process = build_process(cfg.diffusion)
+        self.net, self.net_config = build_network(cfg.model, self.data.image_shape,
+                                                  self.data.num_classes)
+        self.net.to(self.device)
+        self.conditional = self.net_config.get("num_classes") is not None
+        if self.conditional and self.data.labels is None:
+            raise ValueError("the model is class-conditional (num_classes set) but the dataset "
+                             f"{self.data.name!r} has no labels")
+        self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, betas=tc.betas,
+                                           weight_decay=tc.weight_decay)
+        self.model = DDP(self.net) if self.dist.enabled else self.net
+        if tc.compile:
+            self.model = torch.compile(self.model)
+        self.batches = BatchIterator(
+            self.data, batch_size=tc.batch_size, seed=tc.seed, hflip=cfg.data.hflip,
+            rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
+        )
+        # One generator per rank for t, noise and label dropout, saved for an exact resume.
+        self.gen = torch.Generator().manual_seed(tc.seed * 1000 + self.dist.rank)
+        torch.manual_seed(tc.seed)
+        self.step = 0
+        self.best_loss = math.inf
+        self.loss_ema: float | None = None
+        self.elapsed = 0.0
+        self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
+
+    # ------------------------------------------------------------------ config for checkpoints
+    def checkpoint_config(self) -> dict:
+        return {
+            "kind": "pixel-diffusion",
+            "run": self.cfg.to_dict(),
+            "network": self.net_config,
+            "image_shape": list(self.data.image_shape),
+            "class_names": list(self.data.class_names) if self.data.class_names else None,
+            "dataset": self.data.name,
+            "parameters": sum(p.numel() for p in self.net.parameters()),
+        }
+
+    def save(self, name: str) -> Path:
+        state = {
+            "step": self.step,
+            "ema_updates": self.ema.num_updates,
+            "best_loss": self.best_loss,
+            "loss_ema": self.loss_ema,
+            "elapsed_seconds": self.elapsed,
+            "data": self.batches.state_dict(),
+            "generator": ckpt_io.encode_bytes(self.gen.get_state()),
+            "torch_rng": ckpt_io.encode_bytes(torch.get_rng_state()),
+        }
+        return ckpt_io.save_checkpoint(
+            self.out / name, config=self.checkpoint_config(), model=self.net.state_dict(),
+            ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(), state=state,
+        )
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue exactly where a checkpoint left off: weights, EMA, optimizer, data, RNG."""
+        path = Path(path) if path else self.out / "last"
+        ck = ckpt_io.load_checkpoint(path, with_training_state=True)
+        if ck.config.get("network") != json.loads(json.dumps(self.net_config)):
+            raise ckpt_io.CheckpointError(
+                f"cannot resume from {path}: it was trained with network "
+                f"{ck.config.get('network')}, this run builds {self.net_config}")
+        ckpt_io.load_weights_into(self.net, ck.model, str(path))
+        if ck.ema is not None:
+            self.ema.load_state_dict(ck.ema, ck.state.get("ema_updates", 0))
+        if ck.optimizer is not None:
+            self.optimizer.load_state_dict(ck.optimizer)
+        s = ck.state
+        self.step, self.best_loss = s["step"], s["best_loss"]
+        self.loss_ema, self.elapsed = s.get("loss_ema"), s.get("elapsed_seconds", 0.0)
+        self.batches.load_state_dict(s["data"])
+        self.gen.set_state(ckpt_io.decode_bytes(s["generator"]))
+        torch.set_rng_state(ckpt_io.decode_bytes(s["torch_rng"]))
+
+    # ------------------------------------------------------------------ one optimisation step
+    def _autocast(self):
+        p = self.cfg.train.precision
+        if p == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _loss(self, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        dc = self.cfg.diffusion
+        b = x0.shape[0]
+        t = self.process.sample_t(b, self.gen).to(self.device)
+        eps = randn(x0.shape, self.gen).to(self.device)
+        x_t = self.process.q_sample(x0, t, eps).float()
+        cond = None
+        if self.conditional:
+            # Classifier-free guidance training: drop labels to the null class (Ho & Salimans).
+            drop = torch.rand(b, generator=self.gen) < self.cfg.train.cond_drop_prob
+            cond = torch.where(drop.to(self.device), self.net_config["num_classes"], labels)
+        with self._autocast():
+            out = self.model(x_t, t.float(), cond)
+        return diffusion_loss(out.float(), self.process, dc.parameterization, x0, eps, t,
+                              loss_type=dc.loss, snr_gamma=dc.snr_gamma)
+
+    def train_step(self, total_steps: int | None) -> float:
+        tc = self.cfg.train
+        lr = lr_at(self.step, tc, total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(tc.grad_accum):
+            batch = self.batches.next_batch()
+            x0, labels = batch.images.to(self.device), batch.labels.to(self.device)
+            sync = nullcontext()
+            if self.dist.enabled and micro < tc.grad_accum - 1:
+                sync = self.model.no_sync()
+            with sync:
+                loss = self._loss(x0, labels)
+                (loss / tc.grad_accum).backward()
+            total += loss.detach() / tc.grad_accum
+        loss_value = float(distributed.all_reduce_mean(torch.as_tensor(total), self.dist))
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the loss became {loss_value} at step {self.step + 1} (lr {lr:.2e}); training "
+                f"stopped and the last good checkpoint in {self.out / 'last'} is kept. Try a "
+                "lower train.lr, train.grad_clip = 1.0 or train.precision = 'fp32'.")
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.net)
+        self.step += 1
+        return loss_value
+
+    # ------------------------------------------------------------------ the loop
+    def total_steps(self) -> int | None:
+        tc = self.cfg.train
+        candidates = []
+        if tc.max_steps is not None:
+            candidates.append(tc.max_steps)
+        if tc.epochs is not None:
+            candidates.append(math.ceil(tc.epochs * self.steps_per_epoch / tc.grad_accum))
+        if not candidates and tc.minutes is None:
+            candidates.append(self.steps_per_epoch)
+        return min(candidates) if candidates else None
+
+    def train(self, on_sample=None) -> StopReason:
+        """Run until max_steps / epochs / the time budget; returns why it stopped."""
+        tc = self.cfg.train
+        total = self.total_steps()
+        budget = tc.minutes * 60 if tc.minutes is not None else math.inf
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics = open(self.out / "metrics.jsonl", "a") if self.dist.is_main else None
+        bar = tqdm(total=total, initial=self.step, disable=self.quiet, unit="step",
+                   dynamic_ncols=True)
+        start, window_loss, window_n, window_t = time.perf_counter(), 0.0, 0, 0.0
+        images_per_step = tc.batch_size * tc.grad_accum * self.dist.world_size
+        reason = StopReason(self.step, "max_steps")
+        try:
+            while True:
+                if total is not None and self.step >= total:
+                    reason = StopReason(self.step, "max_steps" if tc.max_steps else "epochs")
+                    break
+                if time.perf_counter() - start >= budget:
+                    reason = StopReason(self.step, "time budget")
+                    break
+                t0 = time.perf_counter()
+                loss = self.train_step(total)
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                window_loss, window_n, window_t = window_loss + loss, window_n + 1, window_t + dt
+                self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == total:
+                    ips = images_per_step * window_n / max(window_t, 1e-9)
+                    row = {"step": self.step, "loss": window_loss / window_n,
+                           "lr": self.optimizer.param_groups[0]["lr"], "images_per_sec": ips,
+                           "epoch": self.step * images_per_step / len(self.data),
+                           "elapsed_sec": self.elapsed}
+                    if metrics:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
+                    left = budget - (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}",
+                                    left=f"{left / 60:.1f}m" if math.isfinite(left) else "-")
+                    window_loss, window_n, window_t = 0.0, 0, 0.0
+                if tc.sample_every and self.step % tc.sample_every == 0 and on_sample:
+                    on_sample(self)
+                if self.step % tc.checkpoint_every == 0:
+                    self._checkpoint()
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+        self._checkpoint()
+        distributed.barrier(self.dist)
+        return reason
+
+    def _checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.save("last")
+        if self.loss_ema is not None and self.loss_ema < self.best_loss:
+            self.best_loss = self.loss_ema
+            self.save("best")
+            self.save("last")  # keep best_loss in last/ consistent for resume
+
+    def close(self) -> None:
+        distributed.cleanup(self.dist)
+
+
+def describe(trainer: Trainer) -> str:
+    return describe_network(trainer.net, trainer.data.image_shape)

@@ -1,0 +1,65 @@
+"""Config loading: every bad key or value is refused with a message naming it and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+
+from difflab.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.train.batch_size > 0
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, "[train]\nlr = 1e-3\n"), ["train.batch_size=32",
+                                                                 "diffusion.schedule=linear",
+                                                                 "model.overrides.dropout=0.1"])
+    assert cfg.train.lr == 1e-3 and cfg.train.batch_size == 32
+    assert cfg.diffusion.schedule == "linear"
+    assert cfg.model.overrides == {"dropout": 0.1}
+    assert cfg.train.betas == (0.9, 0.99)
+
+
+def test_unknown_key_names_allowed_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.learning_rate.*allowed keys in \[train\]:.*lr"):
+        load_config(write(tmp_path, "[train]\nlearning_rate = 1e-3\n"))
+    with pytest.raises(ConfigError, match="unknown key 'trian'.*train"):
+        load_config(write(tmp_path, "[trian]\nlr = 1e-3\n"))
+
+
+def test_bad_choice_lists_choices(tmp_path):
+    with pytest.raises(ConfigError, match="diffusion.schedule.*linear, cosine"):
+        load_config(write(tmp_path, '[diffusion]\nschedule = "cosin"\n'))
+    with pytest.raises(ConfigError, match="train.precision.*fp32, bf16, fp16"):
+        load_config(None, ["train.precision=fp8"])
+
+
+def test_bad_types_and_ranges(tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size must be an integer"):
+        load_config(None, ["train.batch_size=12.5"])
+    with pytest.raises(ConfigError, match="train.batch_size must be > 0"):
+        load_config(None, ["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="train.ema_warmup must be true or false"):
+        load_config(None, ['train.ema_warmup="yes"'])
+    with pytest.raises(ConfigError, match="data"):
+        load_config(None, ["data.name=cifar"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[train\n"))
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["lr"])
