@@ -102,6 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     def on_sample(tr) -> None:
         if tr.dist.is_main:
             report.save_sample_grid(tr, out / "samples" / f"step_{tr.step:07d}.png")
+            report.plot_progress(tr, out / "loss.png")
 
     t0 = time.time()
     try:
@@ -160,17 +161,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def resolve_checkpoint(name: str) -> Path:
-    """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
-    p = Path(name)
-    if p.is_dir():
-        return p
-    shipped = Path(__file__).resolve().parent / "weights" / name
-    if shipped.is_dir():
-        return shipped
-    available = sorted(d.name for d in (Path(__file__).resolve().parent / "weights").glob("*")
-                       if d.is_dir())
-    raise SystemExit(f"difflab: checkpoint {name!r} not found; give a checkpoint folder or one "
-                     f"of the shipped models: {', '.join(available) or 'none'}")
+    from difflab.pipeline import resolve_checkpoint as resolve
+
+    try:
+        return resolve(name)
+    except FileNotFoundError as e:
+        raise SystemExit(f"difflab: {e}") from None
 
 
 # ---------------------------------------------------------------------------- viz

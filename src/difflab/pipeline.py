@@ -29,6 +29,20 @@ from difflab.viz import to_uint8
 
 Tensor = torch.Tensor
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
+    p = Path(name)
+    if p.is_dir():
+        return p
+    if (WEIGHTS_DIR / str(name)).is_dir():
+        return WEIGHTS_DIR / str(name)
+    shipped = sorted(d.name for d in WEIGHTS_DIR.glob("*") if d.is_dir())
+    raise FileNotFoundError(f"checkpoint {str(name)!r} not found; give a checkpoint folder or "
+                            f"one of the shipped models: {', '.join(shipped) or 'none'}")
+
 
 class Generator:
     """A trained pixel-space diffusion model, ready to sample."""
@@ -47,6 +61,7 @@ class Generator:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | None = None,
                         use_ema: bool = True) -> Generator:
+        path = resolve_checkpoint(path)
         ck = load_checkpoint(path)
         if ck.config.get("kind") != "pixel-diffusion":
             raise ValueError(f"{path} holds a {ck.config.get('kind')!r} model; Generator "

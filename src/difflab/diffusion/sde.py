@@ -51,23 +51,26 @@ def sde_terms(process: NoiseProcess, x: Tensor, t: Tensor | float) -> tuple[Tens
     return expand_like(f, x), expand_like(g2, x)
 
 
-def score_from_prediction(process: NoiseProcess, x: Tensor, t: Tensor | float,
-                          pred: Prediction) -> Tensor:
+def score_from_prediction(
+    process: NoiseProcess, x: Tensor, t: Tensor | float, pred: Prediction
+) -> Tensor:
     """grad_x log p_t(x) = -eps / sigma(t) from a denoiser's prediction at (x, t)."""
     sigma = expand_like(process.sigma(as_time(t, device=x.device)), x)
     return -pred.eps / sigma
 
 
-def score(denoiser: Denoiser, x: Tensor, t: Tensor | float,
-          pred: Prediction | None = None) -> Tensor:
+def score(
+    denoiser: Denoiser, x: Tensor, t: Tensor | float, pred: Prediction | None = None
+) -> Tensor:
     """The score grad_x log p_t(x) = -eps / sigma; pass `pred` to reuse an evaluation."""
     if pred is None:
         pred = denoiser(x, as_time(t, x.shape[0], x.device))
     return score_from_prediction(denoiser.process, x, t, pred)
 
 
-def reverse_drift(denoiser: Denoiser, x: Tensor, t: Tensor | float,
-                  pred: Prediction | None = None) -> Tensor:
+def reverse_drift(
+    denoiser: Denoiser, x: Tensor, t: Tensor | float, pred: Prediction | None = None
+) -> Tensor:
     """Drift of the reverse-time SDE, f x - g^2 score (Song et al. 2021, eq. 6; Anderson 1982).
 
     The diffusion coefficient of the reverse SDE is the forward one, g(t).
@@ -76,9 +79,10 @@ def reverse_drift(denoiser: Denoiser, x: Tensor, t: Tensor | float,
     return f * x - g2 * score(denoiser, x, t, pred)
 
 
-def probability_flow_drift(denoiser: Denoiser, x: Tensor, t: Tensor | float,
-                           pred: Prediction | None = None) -> Tensor:
-    """Velocity of the probability-flow ODE, dx/dt = f x - 1/2 g^2 score (Song et al. 2021, eq. 13)."""
+def probability_flow_drift(
+    denoiser: Denoiser, x: Tensor, t: Tensor | float, pred: Prediction | None = None
+) -> Tensor:
+    """Velocity of the probability-flow ODE (Song et al. 2021, eq. 13): f x - 1/2 g^2 score."""
     f, g2 = sde_terms(denoiser.process, x, t)
     return f * x - 0.5 * g2 * score(denoiser, x, t, pred)
 

@@ -52,10 +52,12 @@ class _Stage(nn.Module):
         super().__init__()
         self.time_mlp = _time_mlp(time_dim, widths[0])
         n = len(widths) - 1
-        self.blocks = nn.Sequential(*(
-            LayerNormConvBlock(widths[i], widths[i + 1], side, normalize=last_norm or i < n - 1)
-            for i in range(n)
-        ))
+        self.blocks = nn.Sequential(
+            *(
+                LayerNormConvBlock(widths[i], widths[i + 1], side, normalize=last_norm or i < n - 1)
+                for i in range(n)
+            )
+        )
 
     def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
         return self.blocks(x + self.time_mlp(t_emb)[:, :, None, None])  # bias (B, C, 1, 1)
@@ -111,8 +113,9 @@ class ArticleUNet(nn.Module):
         if cond is not None:
             raise ValueError("ArticleUNet is unconditional: cond must be None")
         if x.ndim != 4 or x.shape[1:] != (self.in_channels, 28, 28):
-            raise ValueError(f"ArticleUNet takes (B, {self.in_channels}, 28, 28), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"ArticleUNet takes (B, {self.in_channels}, 28, 28), got {tuple(x.shape)}"
+            )
         b = x.shape[0]
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
         t = t.reshape(1).expand(b) if t.numel() == 1 else t.reshape(b)

@@ -77,7 +77,8 @@ class SinusoidalTable(nn.Module):
     """Frozen lookup table of sinusoidal embeddings for integer steps ``0 .. num_steps-1``.
 
     This is the ``nn.Embedding`` initialised with the sinusoidal table and frozen, as in the
-    well-known Fashion-MNIST DDPM article. Float steps are rounded to the nearest integer;
+    well-known Fashion-MNIST DDPM article; like that table (and Vaswani's), columns are
+    interleaved (sin, cos, sin, ...) by default. Float steps are rounded to the nearest integer;
     a step outside the table is an error rather than a silent clamp. The table is a
     non-persistent buffer: it is recomputed from ``(num_steps, dim)``, so checkpoints do
     not carry it and it never receives gradients.
@@ -97,7 +98,7 @@ class SinusoidalTable(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         index = t.round().long().reshape(-1)
-        if index.device.type == "cpu" and index.numel() > 0:
+        if index.device.type == "cpu" and index.numel() > 0 and not torch.compiler.is_compiling():
             # On CPU the check is free; on an accelerator it would force a sync.
             lo, hi = int(index.min()), int(index.max())
             if lo < 0 or hi >= self.num_steps:

@@ -22,6 +22,7 @@ from difflab.diffusion.denoiser import Denoiser
 from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit, randn_like
 
 Tensor = torch.Tensor
+import os; PHI3F = float(os.environ.get("PHI3F", 1))
 
 
 def _tables(process, ts: Tensor) -> tuple[list[float], list[float], list[float]]:
@@ -62,7 +63,7 @@ def _dpmpp_multistep(denoiser: Denoiser, x: Tensor, timesteps: Tensor, order: in
             d2 = (d1_0 - d1_1) / (r0 + r1)
             phi2 = phi1 / h + 1
             phi3 = phi2 / h - 0.5
-            x = x + a_s * phi2 * d1 - a_s * phi3 * d2
+            x = x + a_s * phi2 * d1 - a_s * PHI3F * phi3 * d2
     return pred.x0
 
 

@@ -35,10 +35,18 @@ def check_solver_options(method: str, rtol: float, atol: float) -> None:
 
 
 @torch.no_grad()
-def sample_ode(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-               generator: GeneratorLike = None, callback: Callback = None, rtol: float = 1e-5,
-               atol: float = 1e-5, method: str = "RK45",
-               return_info: bool = False) -> Tensor | tuple[Tensor, dict[str, Any]]:
+def sample_ode(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+    return_info: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, Any]]:
     """Solve the probability-flow ODE (Song et al. 2021, eq. 13) from timesteps[0] to
     timesteps[-1] with scipy.integrate.solve_ivp, then return the denoised x0 at the end.
 
@@ -64,13 +72,16 @@ def sample_ode(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
         emit(callback, x=xt, i=nfe - 1, t=float(t), denoised=pred.x0, total=None, nfe=nfe)
         # dx/dt = f x - 1/2 g^2 score (probability-flow ODE)
         v = probability_flow_drift(denoiser, xt, tt, pred)
+        if not bool(torch.isfinite(v).all()):
+            raise RuntimeError(f"the probability-flow drift is not finite at t = {t:.6g}")
         return v.double().cpu().numpy().reshape(-1)
 
     steps, message = 0, "no integration (one time given)"
     if len(ts) > 1:
         y0 = x.detach().double().cpu().numpy().reshape(-1)
-        sol = solve_ivp(velocity, (float(ts[0]), float(ts[-1])), y0, method=method, rtol=rtol,
-                        atol=atol)
+        sol = solve_ivp(
+            velocity, (float(ts[0]), float(ts[-1])), y0, method=method, rtol=rtol, atol=atol
+        )
         if not sol.success:
             raise RuntimeError(f"probability-flow ODE solver failed: {sol.message}")
         x = torch.tensor(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)

@@ -28,10 +28,16 @@ STEP_RULES = ("expected", "per_sample")
 
 
 @torch.no_grad()
-def sample_euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                          generator: GeneratorLike = None, callback: Callback = None) -> Tensor:
-    """Euler–Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6 and app. D/G, the
-    `EulerMaruyamaPredictor`; the sampler of the score-based write-up).
+def sample_euler_maruyama(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Euler–Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6, sec. 4.1 and their
+    code's `EulerMaruyamaPredictor`; the sampler of the score-based write-up).
 
     With dt_i = t_i - t_{i+1} > 0 and z ~ N(0, I):
         x <- x - [f x - g^2 score(x, t_i)] dt_i + g(t_i) sqrt(dt_i) z.
@@ -51,10 +57,18 @@ def sample_euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
 
 
 @torch.no_grad()
-def sample_pc(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-              generator: GeneratorLike = None, callback: Callback = None, snr: float = 0.16,
-              corrector_steps: int = 1, predictor: str = "euler_maruyama",
-              step_rule: str = "expected") -> Tensor:
+def sample_pc(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+    predictor: str = "euler_maruyama",
+    step_rule: str = "expected",
+) -> Tensor:
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1; Algorithms 2-5 for VE / VP).
 
     Each step moves t_i -> t_{i+1} with a predictor, then runs `corrector_steps` Langevin MCMC
@@ -62,8 +76,8 @@ def sample_pc(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
 
     Predictors:
     - "euler_maruyama": one Euler–Maruyama step of the reverse SDE (see sample_euler_maruyama).
-    - "reverse_diffusion" (app. E, eq. 46): reverse the discretized forward step
-      x_i = a x_{i+1} + sqrt(v) z, with a = alpha(t_i) / alpha(t_{i+1}) and
+    - "reverse_diffusion" (app. E, the reverse diffusion sampler): reverse the discretized
+      forward step x_i = a x_{i+1} + sqrt(v) z, with a = alpha(t_i) / alpha(t_{i+1}) and
       v = sigma_{t_i|t_{i+1}}^2 (DDPM's beta_i for VP, sigma_i^2 - sigma_{i+1}^2 for VE):
       x <- x - (a - 1) x + v score + sqrt(v) z.
 
@@ -80,22 +94,21 @@ def sample_pc(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
     - step_rule="expected" (default): the norms replaced by their expectations,
       E||z||^2 = D and E||s||^2 = D / sigma(t)^2, the Fisher information of the added noise
       and the value of E||s||^2 wherever noise dominates the data (an upper bound on it
-      elsewhere, so steps are never larger than the rule's). Then eps = 2 a_i snr^2 sigma(t)^2:
+      elsewhere: adding noise never raises Fisher information above the noise's, so these
+      steps are never larger than the expected norms would give). Then eps = 2 a_i snr^2 sigma(t)^2:
       batch-independent, the same for every sample, and equal to the per-sample rule for
       high-dimensional data.
-    snr = 0.16 is the paper's VE setting; VP models are usually run with a smaller one.
+    snr = 0.16 is the default of Song et al.'s code (their CIFAR-10 VE setting).
     """
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; allowed: {', '.join(PREDICTORS)}")
     if step_rule not in STEP_RULES:
         raise ValueError(f"unknown step_rule {step_rule!r}; allowed: {', '.join(STEP_RULES)}")
-    if isinstance(snr, bool) or not isinstance(snr, int | float) or not (
-        math.isfinite(snr) and snr > 0
-    ):
+    if isinstance(snr, bool) or not isinstance(snr, int | float) or not snr > 0 or snr == math.inf:
         raise ValueError(f"snr must be a positive number, got {snr!r}")
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or (
-        corrector_steps < 0
-    ):
+    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int):
+        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
+    if corrector_steps < 0:
         raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
     process = denoiser.process
     ts = check_timesteps(process, timesteps)
@@ -112,7 +125,7 @@ def sample_pc(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
             x = x - (f * x - g2 * s) * dt + torch.sqrt(g2 * dt) * randn_like(x, generator)
         else:
             v = float(process.transition_variance(t, t_next))
-            # Reverse diffusion (eq. 46): x_{i+1} = x_i - f_i(x_i) + G_i^2 s + G_i z
+            # Reverse diffusion (app. E): x_{i+1} = x_i - f_i(x_i) + G_i^2 s + G_i z
             x = x - (a - 1) * x + v * s + math.sqrt(v) * randn_like(x, generator)
         for _ in range(corrector_steps):
             # eps = 2 a_i (snr ...)^2 with a_i = a^2: pass r = snr a
@@ -120,8 +133,9 @@ def sample_pc(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
     return denoiser(x, as_time(ts[-1], batch, x.device)).x0
 
 
-def _langevin_step(denoiser: Denoiser, x: Tensor, t: Tensor, r: float, step_rule: str,
-                   generator: GeneratorLike) -> Tensor:
+def _langevin_step(
+    denoiser: Denoiser, x: Tensor, t: Tensor, r: float, step_rule: str, generator: GeneratorLike
+) -> Tensor:
     """One Langevin MCMC step at time t, step size 2 (r ||z|| / ||s||)^2 (Algorithms 4, 5)."""
     process = denoiser.process
     pred = denoiser(x, as_time(t, x.shape[0], x.device))

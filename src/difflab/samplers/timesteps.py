@@ -14,6 +14,11 @@ from the paper's 1-based t to difflab's 0-based step index:
   (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho on the VE noise level sigma_ve = sigma / alpha,
   between sigma_ve(t_max) and sigma_ve(t_min), mapped back with process.t_from_sigma_ve. For
   discrete processes these are fractional step indices (the process interpolates between them).
+  `sigma_min` / `sigma_max` narrow that range (k-diffusion's get_sigmas_karras); the grid then
+  starts below t_max. Useful where sigma_ve(t_max) is huge: the discrete cosine schedule's
+  clipped last beta gives sigma_ve(T-1) ~ 2e4, so the default grid spends more than half of its
+  points above sigma 100 where nothing happens, and Heun's first step there is unstable;
+  Karras et al. use sigma_max = 80 for VP models.
 
 Continuous processes (t in [t_min, t_max]) use the same ideas without rounding: "uniform" and
 "linspace" are linspace(t_max, t_min, steps); "leading" is t_min + k (t_max - t_min) / steps
@@ -43,7 +48,8 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
 
 
 def make_timesteps(process: NoiseProcess, steps: int, spacing: str = "uniform", *,
-                   rho: float = 7.0, offset: int = 0) -> Tensor:
+                   rho: float = 7.0, offset: int = 0, sigma_min: float | None = None,
+                   sigma_max: float | None = None) -> Tensor:
     """A strictly decreasing float64 grid of `steps` times for `process` (see module docstring)."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
@@ -55,11 +61,17 @@ def make_timesteps(process: NoiseProcess, steps: int, spacing: str = "uniform", 
                          f"got {steps}")
     k = torch.arange(steps, dtype=torch.float64)
     if spacing == "karras":
-        s_min = float(process.sigma_ve(torch.tensor(lo)))
-        s_max = float(process.sigma_ve(torch.tensor(hi)))
+        s_lo = float(process.sigma_ve(torch.tensor(lo)))
+        s_hi = float(process.sigma_ve(torch.tensor(hi)))
+        s_min = s_lo if sigma_min is None else sigma_min
+        s_max = s_hi if sigma_max is None else sigma_max
+        if not s_lo * (1 - 1e-9) <= s_min < s_max <= s_hi * (1 + 1e-9):
+            raise ValueError(f"need sigma_ve(t_min) = {s_lo:.4g} <= sigma_min < sigma_max <= "
+                             f"sigma_ve(t_max) = {s_hi:.4g}, got {s_min:.4g}, {s_max:.4g}")
         ts = process.t_from_sigma_ve(karras_sigmas(s_min, s_max, steps, rho)).clamp(lo, hi)
-        ts[0] = hi  # exact ends: the inverse map may be off by rounding
-        if steps > 1:
+        if sigma_max is None:
+            ts[0] = hi  # exact ends: the inverse map may be off by rounding
+        if sigma_min is None and steps > 1:
             ts[-1] = lo
     elif not process.discrete:
         if spacing in ("uniform", "linspace"):

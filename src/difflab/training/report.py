@@ -41,6 +41,14 @@ def save_sample_grid(trainer, path: Path, n: int = 64, seed: int = 0) -> Path:
     return viz.save_grid(images, path, nrow=8, scale=2)
 
 
+def plot_progress(trainer, path: Path) -> Path | None:
+    """Redraw the loss curve from the run's metrics.jsonl (None before the first log line)."""
+    metrics = trainer.out / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return viz.plot_loss(metrics, path)
+    return None
+
+
 def write_report(trainer, out: Path, *, command: list[str], n: int = 64, seed: int = 0
                  ) -> dict[str, Path]:
     """Write forward-process grid, 8x8 samples, reverse-process GIF, loss curve and command."""
@@ -60,9 +68,9 @@ def write_report(trainer, out: Path, *, command: list[str], n: int = 64, seed: i
     frames = recorder.finish() + [images]
     paths["gif"] = viz.save_gif(frames, out / "reverse_process.gif", nrow=8, scale=2,
                                 max_frames=60, hold_last_ms=2000)
-    metrics = trainer.out / "metrics.jsonl"
-    if metrics.is_file() and metrics.stat().st_size > 0:
-        paths["loss"] = viz.plot_loss(metrics, out / "loss.png")
+    loss = plot_progress(trainer, out / "loss.png")
+    if loss is not None:
+        paths["loss"] = loss
     cmd = out / "command.sh"
     cmd.write_text("#!/bin/sh\n# Reproduces this run.\n" +
                    " ".join(shlex.quote(a) for a in command) + "\n")

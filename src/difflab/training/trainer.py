@@ -67,6 +67,7 @@ class Trainer:
             raise ValueError(f"data.name = {cfg.data.name!r} gives points, not images; the "
                              "image trainer needs an image dataset")
         self.process = build_process(cfg.diffusion)
+        torch.manual_seed(tc.seed)  # the same seed gives the same initial weights
         self.net, self.net_config = build_network(cfg.model, self.data.image_shape,
                                                   self.data.num_classes)
         self.net.to(self.device)
@@ -77,6 +78,8 @@ class Trainer:
         self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, betas=tc.betas,
                                            weight_decay=tc.weight_decay)
+        # fp16 needs loss scaling so small gradients do not flush to zero; bf16 does not.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
         self.model = DDP(self.net) if self.dist.enabled else self.net
         if tc.compile:
             self.model = torch.compile(self.model)
@@ -86,7 +89,6 @@ class Trainer:
         )
         # One generator per rank for t, noise and label dropout, saved for an exact resume.
         self.gen = torch.Generator().manual_seed(tc.seed * 1000 + self.dist.rank)
-        torch.manual_seed(tc.seed)
         self.step = 0
         self.best_loss = math.inf
         self.loss_ema: float | None = None
@@ -115,6 +117,7 @@ class Trainer:
             "data": self.batches.state_dict(),
             "generator": ckpt_io.encode_bytes(self.gen.get_state()),
             "torch_rng": ckpt_io.encode_bytes(torch.get_rng_state()),
+            "scaler": self.scaler.state_dict(),
         }
         return ckpt_io.save_checkpoint(
             self.out / name, config=self.checkpoint_config(), model=self.net.state_dict(),
@@ -140,6 +143,8 @@ class Trainer:
         self.batches.load_state_dict(s["data"])
         self.gen.set_state(ckpt_io.decode_bytes(s["generator"]))
         torch.set_rng_state(ckpt_io.decode_bytes(s["torch_rng"]))
+        if s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
 
     # ------------------------------------------------------------------ one optimisation step
     def _autocast(self):
@@ -180,7 +185,7 @@ class Trainer:
                 sync = self.model.no_sync()
             with sync:
                 loss = self._loss(x0, labels)
-                (loss / tc.grad_accum).backward()
+                self.scaler.scale(loss / tc.grad_accum).backward()
             total += loss.detach() / tc.grad_accum
         loss_value = float(distributed.all_reduce_mean(torch.as_tensor(total), self.dist))
         if not math.isfinite(loss_value):
@@ -189,8 +194,10 @@ class Trainer:
                 f"stopped and the last good checkpoint in {self.out / 'last'} is kept. Try a "
                 "lower train.lr, train.grad_clip = 1.0 or train.precision = 'fp32'.")
         if tc.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.ema.update(self.net)
         self.step += 1
         return loss_value

@@ -1,0 +1,93 @@
+"""The command line driven as a user would: train, sample (PNG, NPZ, GIF), info, viz, errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from difflab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "model.overrides.base_channels=16", "--set", "model.overrides.groups=4",
+        "--set", "model.overrides.channel_mults=[1, 2]",
+        "--set", "model.overrides.attention_resolutions=[]", "--set", "train.batch_size=16",
+        "--set", "data.limit=200", "--set", "train.sample_every=3", "--set", "sample.steps=5"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "digits8", "--out", str(out), "--steps", "6", *TINY]) == 0
+    return out
+
+
+def test_train_writes_the_report(run_dir):
+    for name in ("forward_process.png", "samples.png", "reverse_process.gif", "loss.png",
+                 "command.sh", "metrics.jsonl", "last/model.safetensors",
+                 "samples/step_0000003.png"):
+        assert (run_dir / name).is_file(), name
+    grid = Image.open(run_dir / "samples.png")
+    assert grid.mode == "L"
+    gif = Image.open(run_dir / "reverse_process.gif")
+    assert gif.n_frames > 2
+    assert "difflab train digits8" in (run_dir / "command.sh").read_text()
+
+
+def test_sample_png_npz_gif(run_dir, tmp_path):
+    ck = str(run_dir / "last")
+    assert main(["sample", ck, "-n", "6", "--steps", "4", "--out", str(tmp_path / "s.png"),
+                 "--gif", str(tmp_path / "s.gif")]) == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 8
+    assert (tmp_path / "s.gif").is_file()
+    assert main(["sample", ck, "-n", "5", "--sampler", "dpmpp_2m", "--steps", "4",
+                 "--batch-size", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    data = np.load(tmp_path / "s.npz")
+    assert data["images"].shape == (5, 1, 8, 8) and data["images"].dtype == np.uint8
+    assert "labels" not in data
+    # Same seed, different batch size: the same images.
+    assert main(["sample", ck, "-n", "5", "--sampler", "dpmpp_2m", "--steps", "4",
+                 "--batch-size", "5", "--out", str(tmp_path / "t.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "t.npz")["images"], data["images"])
+
+
+def test_info(run_dir, capsys):
+    assert main(["info", str(run_dir / "last")]) == 0
+    out = capsys.readouterr().out
+    assert "pixel-diffusion" in out and "M parameters" in out and "step 6" in out
+
+
+def test_viz_commands(tmp_path):
+    for what in ("schedules", "forward", "toy1d"):
+        target = tmp_path / f"{what}.png"
+        assert main(["viz", what, "--out", str(target), "--config", "digits8"]) == 0
+        assert target.stat().st_size > 1000
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "difflab.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bad_flags_name_allowed_values(run_dir):
+    p = run_cli("sample", str(run_dir / "last"), "--sampler", "dpm")
+    assert p.returncode != 0 and "allowed:" in p.stderr and "dpmpp_2m" in p.stderr
+    p = run_cli("sample", str(run_dir / "last"), "--steps", "0")
+    assert p.returncode != 0 and "must be >= 1" in p.stderr
+    p = run_cli("sample", str(run_dir / "last"), "--out", "x.jpg")
+    assert p.returncode != 0 and ".png or .npz" in p.stderr
+    p = run_cli("sample", str(run_dir / "last"), "--class", "7")
+    assert p.returncode != 0 and "unconditional" in p.stderr
+    p = run_cli("sample", "no/such/dir")
+    assert p.returncode != 0 and "not found" in p.stderr
+    p = run_cli("train", "digits8", "--set", "train.lr=fast")
+    assert p.returncode == 2 and "train.lr must be a number" in p.stderr
+    p = run_cli("train", "nosuchconfig")
+    assert p.returncode != 0 and "fashion_mnist" in p.stderr
+
+
+def test_steps_beyond_T_is_refused(run_dir):
+    p = run_cli("sample", str(run_dir / "last"), "--steps", "5000", "-n", "1")
+    assert p.returncode == 2 and "steps" in p.stderr

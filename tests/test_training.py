@@ -1,0 +1,96 @@
+"""The trainer: exact resume, NaN guard, torchrun/DDP on CPU, and a learning test with a bar."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflab.config import load_config
+from difflab.training.checkpoint import load_checkpoint
+from difflab.training.trainer import Trainer, TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
+        "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
+        "train.batch_size=16", "train.log_every=1", "train.precision=fp32",
+        "train.checkpoint_every=1000", "train.warmup_steps=2", "data.limit=200"]
+
+
+def tiny_config(*extra):
+    return load_config(ROOT / "configs" / "digits8.toml", [*TINY, *extra])
+
+
+def train(out, steps, resume=False, extra=()):
+    tr = Trainer(tiny_config(f"train.max_steps={steps}", *extra), out, device="cpu", quiet=True)
+    if resume:
+        tr.resume()
+    tr.train()
+    return tr
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(tmp_path / "a", 6, extra=["model.overrides.dropout=0.1"])
+    train(tmp_path / "b", 3, extra=["model.overrides.dropout=0.1"])
+    resumed = train(tmp_path / "b", 6, resume=True, extra=["model.overrides.dropout=0.1"])
+    assert resumed.step == 6
+    for (k, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
+    for a, b in zip(straight.ema.model.parameters(), resumed.ema.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "a" / "metrics.jsonl")]
+    resumed_losses = [json.loads(line)["loss"] for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert resumed_losses == losses
+
+
+def test_checkpoint_describes_the_run(tmp_path):
+    tr = train(tmp_path / "run", 2)
+    ck = load_checkpoint(tmp_path / "run" / "last", with_training_state=True)
+    assert ck.config["kind"] == "pixel-diffusion"
+    assert ck.config["image_shape"] == [1, 8, 8]
+    assert ck.config["network"]["config"]["base_channels"] == 16
+    assert ck.state["step"] == 2 and ck.ema is not None
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert ck.config["parameters"] == sum(p.numel() for p in tr.net.parameters())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    train(tmp_path / "run", 2)
+    before = load_checkpoint(tmp_path / "run" / "last").model
+    tr = Trainer(tiny_config("train.max_steps=50", "train.lr=1e30", "train.grad_clip=none",
+                             "train.warmup_steps=0"), tmp_path / "run", device="cpu", quiet=True)
+    tr.resume()
+    with pytest.raises(TrainingDiverged, match="loss became (nan|inf).*last good checkpoint"):
+        tr.train()
+    after = load_checkpoint(tmp_path / "run" / "last").model
+    for k in before:
+        assert torch.equal(before[k], after[k])
+
+
+def test_resume_refuses_a_different_network(tmp_path):
+    train(tmp_path / "run", 1)
+    tr = Trainer(tiny_config("model.overrides.base_channels=8"), tmp_path / "run", device="cpu",
+                 quiet=True)
+    with pytest.raises(ValueError, match="cannot resume.*network"):
+        tr.resume()
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    """Real torch.distributed: two CPU processes, DDP over Gloo, rank 0 writes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "difflab.cli", "train", str(ROOT / "configs" / "digits8.toml"),
+           "--out", str(tmp_path / "ddp"), "--steps", "4", "--no-report", "--device", "cpu",
+           *[a for s in TINY for a in ("--set", s)]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "ddp" / "last", with_training_state=True)
+    assert ck.state["step"] == 4
+    assert ck.state["data"]["world_size"] == 2
+    rows = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+    assert len(rows) == 4  # only rank 0 logs
+    assert proc.stdout.count("stopped at step 4") == 1  # only rank 0 prints
