@@ -125,7 +125,7 @@ class Bench:
         loss = F.mse_loss(pred.float(), self.target)
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def timed(self, steps: int) -> None:
         t0 = time.perf_counter()

@@ -22,7 +22,6 @@ from difflab.diffusion.denoiser import Denoiser
 from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit, randn_like
 
 Tensor = torch.Tensor
-import os; PHI3F = float(os.environ.get("PHI3F", 1))
 
 
 def _tables(process, ts: Tensor) -> tuple[list[float], list[float], list[float]]:
@@ -39,7 +38,7 @@ def _order(order: int, i: int, n: int, lower_order_final: bool) -> int:
 
 @torch.no_grad()
 def _dpmpp_multistep(denoiser: Denoiser, x: Tensor, timesteps: Tensor, order: int,
-                     callback: Callback, lower_order_final: bool) -> Tensor:
+                     callback: Callback, lower_order_final: bool, d2_scale: float = 1.0) -> Tensor:
     ts = check_timesteps(denoiser.process, timesteps)
     lam, alpha, sigma = _tables(denoiser.process, ts)
     hist: list[Tensor] = []  # x0 predictions, newest first
@@ -56,14 +55,14 @@ def _dpmpp_multistep(denoiser: Denoiser, x: Tensor, timesteps: Tensor, order: in
         if k == 2:  # Algorithm 2: D = (1 + 1/2r) x0_i - 1/2r x0_{i-1}
             r0 = (lam[i] - lam[i - 1]) / h
             x = x - a_s * phi1 * 0.5 / r0 * (hist[0] - hist[1])
-        elif k == 3:  # third-order multistep (Lu et al. 2022a/b reference implementation)
+        elif k == 3:  # x0(lambda) ~ x0_i + u x0' + u^2 / 2 x0'', integrated exactly
             r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
             d1_0, d1_1 = (hist[0] - hist[1]) / r0, (hist[1] - hist[2]) / r1
-            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / (r0 + r1)
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # h x0'(lambda_i)
+            d2 = (d1_0 - d1_1) / (r0 + r1)  # h^2 x0''(lambda_i) / 2
             phi2 = phi1 / h + 1
             phi3 = phi2 / h - 0.5
-            x = x + a_s * phi2 * d1 - a_s * PHI3F * phi3 * d2
+            x = x + a_s * phi2 * d1 - a_s * d2_scale * phi3 * d2
     return pred.x0
 
 
@@ -79,10 +78,20 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
 
 def sample_dpmpp_3m(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
                     generator: GeneratorLike = None, callback: Callback = None,
-                    lower_order_final: bool = True) -> Tensor:
-    """DPM-Solver++(3M): third-order multistep (Lu et al. 2022b, sec. 4 and appendix; reference
-    code's multistep_dpm_solver_third_update), warmed up with orders 1 and 2. NFE = len(ts)."""
-    return _dpmpp_multistep(denoiser, x, timesteps, 3, callback, lower_order_final)
+                    lower_order_final: bool = True, exact_third_order: bool = False) -> Tensor:
+    """DPM-Solver++(3M): third-order multistep in data prediction (Lu et al. 2022b, sec. 4; the
+    reference code's multistep_dpm_solver_third_update), warmed up with orders 1 and 2.
+    NFE = len(timesteps). Deterministic: `generator` is unused.
+
+    With D2 = h^2 x0'' / 2 (the reference's divided difference), the exact integral of the
+    quadratic term is -2 alpha_s phi_3 D2; the reference code (and diffusers, k-diffusion) uses
+    -alpha_s phi_3 D2, half of it. That update is only second order as steps shrink (error
+    ratio 4 per halving, measured in tests/test_samplers.py) but damps the extrapolation, and on
+    difflab's oracle benchmarks it is as good or better at <= 20 steps. The default reproduces
+    the reference; exact_third_order=True uses the full term (error ratio 8 per halving).
+    """
+    d2_scale = 2.0 if exact_third_order else 1.0
+    return _dpmpp_multistep(denoiser, x, timesteps, 3, callback, lower_order_final, d2_scale)
 
 
 @torch.no_grad()
