@@ -21,9 +21,14 @@ def test_round_trip_with_training_state(tmp_path):
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
     rng = torch.get_rng_state()
-    ck.save_checkpoint(tmp_path / "c", config={"kind": "x"}, model=net.state_dict(),
-                       ema=net.state_dict(), optimizer=opt.state_dict(),
-                       state={"step": 7, "rng": ck.encode_bytes(rng)})
+    ck.save_checkpoint(
+        tmp_path / "c",
+        config={"kind": "x"},
+        model=net.state_dict(),
+        ema=net.state_dict(),
+        optimizer=opt.state_dict(),
+        state={"step": 7, "rng": ck.encode_bytes(rng)},
+    )
     got = ck.load_checkpoint(tmp_path / "c", with_training_state=True)
     assert got.config["kind"] == "x" and got.state["step"] == 7
     torch.testing.assert_close(got.model["weight"], net.weight.detach())

@@ -11,10 +11,24 @@ from PIL import Image
 from difflab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "model.overrides.base_channels=16", "--set", "model.overrides.groups=4",
-        "--set", "model.overrides.channel_mults=[1, 2]",
-        "--set", "model.overrides.attention_resolutions=[]", "--set", "train.batch_size=16",
-        "--set", "data.limit=200", "--set", "train.sample_every=3", "--set", "sample.steps=5"]
+TINY = [
+    "--set",
+    "model.overrides.base_channels=16",
+    "--set",
+    "model.overrides.groups=4",
+    "--set",
+    "model.overrides.channel_mults=[1, 2]",
+    "--set",
+    "model.overrides.attention_resolutions=[]",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "data.limit=200",
+    "--set",
+    "train.sample_every=3",
+    "--set",
+    "sample.steps=5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +39,16 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_writes_the_report(run_dir):
-    for name in ("forward_process.png", "samples.png", "reverse_process.gif", "loss.png",
-                 "command.sh", "metrics.jsonl", "last/model.safetensors",
-                 "samples/step_0000003.png"):
+    for name in (
+        "forward_process.png",
+        "samples.png",
+        "reverse_process.gif",
+        "loss.png",
+        "command.sh",
+        "metrics.jsonl",
+        "last/model.safetensors",
+        "samples/step_0000003.png",
+    ):
         assert (run_dir / name).is_file(), name
     grid = Image.open(run_dir / "samples.png")
     assert grid.mode == "L"
@@ -38,18 +59,67 @@ def test_train_writes_the_report(run_dir):
 
 def test_sample_png_npz_gif(run_dir, tmp_path):
     ck = str(run_dir / "last")
-    assert main(["sample", ck, "-n", "6", "--steps", "4", "--out", str(tmp_path / "s.png"),
-                 "--gif", str(tmp_path / "s.gif")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                ck,
+                "-n",
+                "6",
+                "--steps",
+                "4",
+                "--out",
+                str(tmp_path / "s.png"),
+                "--gif",
+                str(tmp_path / "s.gif"),
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "s.png").size[0] > 8
     assert (tmp_path / "s.gif").is_file()
-    assert main(["sample", ck, "-n", "5", "--sampler", "dpmpp_2m", "--steps", "4",
-                 "--batch-size", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                ck,
+                "-n",
+                "5",
+                "--sampler",
+                "dpmpp_2m",
+                "--steps",
+                "4",
+                "--batch-size",
+                "2",
+                "--out",
+                str(tmp_path / "s.npz"),
+            ]
+        )
+        == 0
+    )
     data = np.load(tmp_path / "s.npz")
     assert data["images"].shape == (5, 1, 8, 8) and data["images"].dtype == np.uint8
     assert "labels" not in data
     # Same seed, different batch size: the same images.
-    assert main(["sample", ck, "-n", "5", "--sampler", "dpmpp_2m", "--steps", "4",
-                 "--batch-size", "5", "--out", str(tmp_path / "t.npz")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                ck,
+                "-n",
+                "5",
+                "--sampler",
+                "dpmpp_2m",
+                "--steps",
+                "4",
+                "--batch-size",
+                "5",
+                "--out",
+                str(tmp_path / "t.npz"),
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(np.load(tmp_path / "t.npz")["images"], data["images"])
 
 
@@ -67,8 +137,9 @@ def test_viz_commands(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "difflab.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "difflab.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_bad_flags_name_allowed_values(run_dir):

@@ -1,4 +1,4 @@
-"""Config loading: every bad key or value is refused with a message naming it and what is allowed."""
+"""Config loading: a bad key or value is refused with a message naming it and the allowed ones."""
 
 from pathlib import Path
 
@@ -22,9 +22,10 @@ def test_shipped_configs_load(path):
 
 
 def test_defaults_and_overrides(tmp_path):
-    cfg = load_config(write(tmp_path, "[train]\nlr = 1e-3\n"), ["train.batch_size=32",
-                                                                 "diffusion.schedule=linear",
-                                                                 "model.overrides.dropout=0.1"])
+    cfg = load_config(
+        write(tmp_path, "[train]\nlr = 1e-3\n"),
+        ["train.batch_size=32", "diffusion.schedule=linear", "model.overrides.dropout=0.1"],
+    )
     assert cfg.train.lr == 1e-3 and cfg.train.batch_size == 32
     assert cfg.diffusion.schedule == "linear"
     assert cfg.model.overrides == {"dropout": 0.1}

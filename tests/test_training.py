@@ -14,10 +14,18 @@ from difflab.training.checkpoint import load_checkpoint
 from difflab.training.trainer import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
-        "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
-        "train.batch_size=16", "train.log_every=1", "train.precision=fp32",
-        "train.checkpoint_every=1000", "train.warmup_steps=2", "data.limit=200"]
+TINY = [
+    "model.overrides.base_channels=16",
+    "model.overrides.channel_mults=[1, 2]",
+    "model.overrides.attention_resolutions=[]",
+    "model.overrides.groups=4",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "train.precision=fp32",
+    "train.checkpoint_every=1000",
+    "train.warmup_steps=2",
+    "data.limit=200",
+]
 
 
 def tiny_config(*extra):
@@ -37,8 +45,9 @@ def test_resume_continues_exactly(tmp_path):
     train(tmp_path / "b", 3, extra=["model.overrides.dropout=0.1"])
     resumed = train(tmp_path / "b", 6, resume=True, extra=["model.overrides.dropout=0.1"])
     assert resumed.step == 6
-    for (k, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values(),
-                         strict=True):
+    for (k, a), b in zip(
+        straight.net.state_dict().items(), resumed.net.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
     for a, b in zip(straight.ema.model.parameters(), resumed.ema.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -61,8 +70,14 @@ def test_checkpoint_describes_the_run(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train(tmp_path / "run", 2)
     before = load_checkpoint(tmp_path / "run" / "last").model
-    tr = Trainer(tiny_config("train.max_steps=50", "train.lr=1e30", "train.grad_clip=none",
-                             "train.warmup_steps=0"), tmp_path / "run", device="cpu", quiet=True)
+    tr = Trainer(
+        tiny_config(
+            "train.max_steps=50", "train.lr=1e30", "train.grad_clip=none", "train.warmup_steps=0"
+        ),
+        tmp_path / "run",
+        device="cpu",
+        quiet=True,
+    )
     tr.resume()
     with pytest.raises(TrainingDiverged, match="loss became (nan|inf).*last good checkpoint"):
         tr.train()
@@ -73,8 +88,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_resume_refuses_a_different_network(tmp_path):
     train(tmp_path / "run", 1)
-    tr = Trainer(tiny_config("model.overrides.base_channels=8"), tmp_path / "run", device="cpu",
-                 quiet=True)
+    tr = Trainer(
+        tiny_config("model.overrides.base_channels=8"), tmp_path / "run", device="cpu", quiet=True
+    )
     with pytest.raises(ValueError, match="cannot resume.*network"):
         tr.resume()
 
@@ -82,10 +98,25 @@ def test_resume_refuses_a_different_network(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     """Real torch.distributed: two CPU processes, DDP over Gloo, rank 0 writes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "difflab.cli", "train", str(ROOT / "configs" / "digits8.toml"),
-           "--out", str(tmp_path / "ddp"), "--steps", "4", "--no-report", "--device", "cpu",
-           *[a for s in TINY for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "difflab.cli",
+        "train",
+        str(ROOT / "configs" / "digits8.toml"),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--steps",
+        "4",
+        "--no-report",
+        "--device",
+        "cpu",
+        *[a for s in TINY for a in ("--set", s)],
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = load_checkpoint(tmp_path / "ddp" / "last", with_training_state=True)

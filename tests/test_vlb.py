@@ -26,21 +26,25 @@ def quantized_gaussian(n: int, seed: int = 0) -> torch.Tensor:
 
 def analytic_bpd(x: torch.Tensor) -> torch.Tensor:
     """-log2 P(x) per dim where P integrates N(MU, S^2) over each 8-bit bin."""
-    ll = discretized_gaussian_log_likelihood(x, torch.full_like(x, MU), torch.full_like(x, math.log(S)))
+    ll = discretized_gaussian_log_likelihood(
+        x, torch.full_like(x, MU), torch.full_like(x, math.log(S))
+    )
     return -ll.sum(1) / (D * math.log(2))
 
 
 def test_gaussian_kl_closed_form():
     kl = gaussian_kl(torch.tensor(1.0), torch.tensor(4.0), torch.tensor(0.0), torch.tensor(1.0))
     assert float(kl) == pytest.approx(0.5 * (math.log(1 / 4) + 4 + 1 - 1))
-    assert float(gaussian_kl(torch.tensor(0.3), torch.tensor(2.0), torch.tensor(0.3),
-                             torch.tensor(2.0))) == pytest.approx(0.0)
+    assert float(
+        gaussian_kl(torch.tensor(0.3), torch.tensor(2.0), torch.tensor(0.3), torch.tensor(2.0))
+    ) == pytest.approx(0.0)
 
 
 def test_discretized_likelihood_sums_to_one_over_the_grid():
     grid = torch.linspace(-1, 1, 256, dtype=torch.float64)
-    ll = discretized_gaussian_log_likelihood(grid, torch.full_like(grid, 0.3),
-                                             torch.full_like(grid, math.log(0.4)))
+    ll = discretized_gaussian_log_likelihood(
+        grid, torch.full_like(grid, 0.3), torch.full_like(grid, math.log(0.4))
+    )
     assert float(ll.exp().sum()) == pytest.approx(1.0, abs=1e-9)
 
 
@@ -66,7 +70,9 @@ def test_posterior_variance_bound_is_looser_than_beta():
     process = DiscreteProcess.from_schedule("linear", 1000)
     oracle = gaussian_oracle(process, MU, S, D)
     x = quantized_gaussian(400)
-    post = vlb_bits_per_dim(oracle, x, variance="posterior", generator=torch.Generator().manual_seed(2))
+    post = vlb_bits_per_dim(
+        oracle, x, variance="posterior", generator=torch.Generator().manual_seed(2)
+    )
     beta = vlb_bits_per_dim(oracle, x, variance="beta", generator=torch.Generator().manual_seed(2))
     assert float(post["bpd"].mean()) > float(beta["bpd"].mean()) + 0.1
 
@@ -76,8 +82,9 @@ def test_subsampled_vlb_is_unbiased():
     oracle = gaussian_oracle(process, MU, S, D)
     x = quantized_gaussian(1500, seed=3)
     full = vlb_bits_per_dim(oracle, x, variance="beta", generator=torch.Generator().manual_seed(0))
-    sub = vlb_bits_per_dim(oracle, x, variance="beta", num_timesteps=60,
-                           generator=torch.Generator().manual_seed(5))
+    sub = vlb_bits_per_dim(
+        oracle, x, variance="beta", num_timesteps=60, generator=torch.Generator().manual_seed(5)
+    )
     se = float(sub["bpd"].std()) / math.sqrt(len(x))
     assert abs(float(sub["bpd"].mean()) - float(full["bpd"].mean())) < 4 * se + 0.01
 

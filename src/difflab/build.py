@@ -20,37 +20,47 @@ from difflab.models.unet import UNet, UNetConfig
 def build_process(cfg: DiffusionConfig) -> NoiseProcess:
     """The noise process a DiffusionConfig describes."""
     if cfg.process == "discrete":
-        return make_process("discrete", schedule=cfg.schedule, T=cfg.timesteps,
-                            zero_terminal_snr=cfg.zero_terminal_snr)
+        return make_process(
+            "discrete",
+            schedule=cfg.schedule,
+            T=cfg.timesteps,
+            zero_terminal_snr=cfg.zero_terminal_snr,
+        )
     if cfg.process == "vp":
         schedule = cfg.schedule if cfg.schedule in ("linear", "cosine") else None
         if schedule is None:
-            raise ConfigError(f"diffusion.schedule = {cfg.schedule!r} has no continuous VP form;"
-                              " choose linear or cosine")
+            raise ConfigError(
+                f"diffusion.schedule = {cfg.schedule!r} has no continuous VP form;"
+                " choose linear or cosine"
+            )
         return make_process("vp", schedule=schedule, t_min=cfg.t_min)
     return make_process("ve", sigma=cfg.ve_sigma, t_min=cfg.t_min)
 
 
-def network_spec(cfg: ModelConfig, image_shape: tuple[int, int, int],
-                 num_classes: int | None) -> dict[str, Any]:
+def network_spec(
+    cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int | None
+) -> dict[str, Any]:
     """A JSON-able description of the network: {'type': 'unet', 'config': {...}} or a preset."""
     c, h, w = image_shape
     if h != w:
         raise ConfigError(f"images must be square, got {h}x{w}; set data.image_size")
     if cfg.preset not in presets.PRESETS:
-        raise ConfigError(f"unknown model.preset {cfg.preset!r}; allowed: "
-                          f"{', '.join(sorted(presets.PRESETS))}")
+        raise ConfigError(
+            f"unknown model.preset {cfg.preset!r}; allowed: {', '.join(sorted(presets.PRESETS))}"
+        )
     base = presets.PRESETS[cfg.preset].config
     if base is None:  # a fixed network class (e.g. the article's UNet): no overrides
         if cfg.overrides:
-            raise ConfigError(f"model.preset {cfg.preset!r} takes no overrides, got "
-                              f"{sorted(cfg.overrides)}")
+            raise ConfigError(
+                f"model.preset {cfg.preset!r} takes no overrides, got {sorted(cfg.overrides)}"
+            )
         return {"type": "preset", "name": cfg.preset, "in_channels": c}
     fields = {f.name for f in dataclasses.fields(UNetConfig) if f.init}
     unknown = sorted(set(cfg.overrides) - fields)
     if unknown:
-        raise ConfigError(f"unknown model.overrides key(s) {unknown}; allowed: "
-                          f"{', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"unknown model.overrides key(s) {unknown}; allowed: {', '.join(sorted(fields))}"
+        )
     settings = {**{k: getattr(base, k) for k in fields}, "in_channels": c, "image_size": h}
     settings.update(cfg.overrides)
     if "num_classes" not in cfg.overrides and base.num_classes is not None:
@@ -59,8 +69,10 @@ def network_spec(cfg: ModelConfig, image_shape: tuple[int, int, int],
         UNetConfig(**settings)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from e
-    return {"type": "unet", "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                       for k, v in settings.items()}}
+    return {
+        "type": "unet",
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
+    }
 
 
 def network_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
@@ -71,8 +83,9 @@ def network_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
     raise ConfigError(f"unknown network type {spec['type']!r}; allowed: unet, preset")
 
 
-def build_network(cfg: ModelConfig, image_shape: tuple[int, int, int],
-                  num_classes: int | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def build_network(
+    cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int | None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network for images of `image_shape`, and the spec that rebuilds it."""
     spec = network_spec(cfg, image_shape, num_classes)
     net = network_from_spec(spec)

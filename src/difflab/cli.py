@@ -39,8 +39,10 @@ def resolve_config(name: str) -> Path:
     if cand.is_file():
         return cand
     presets = sorted(f.stem for f in _configs_dir().glob("*.toml"))
-    raise SystemExit(f"difflab: config {name!r} not found; give a TOML file or one of the "
-                     f"presets: {', '.join(presets)}")
+    raise SystemExit(
+        f"difflab: config {name!r} not found; give a TOML file or one of the "
+        f"presets: {', '.join(presets)}"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -68,7 +70,8 @@ def _sampler_name(text: str) -> str:
 
     if text not in SAMPLERS:
         raise argparse.ArgumentTypeError(
-            f"unknown sampler {text!r}; allowed: {', '.join(sorted(SAMPLERS))}")
+            f"unknown sampler {text!r}; allowed: {', '.join(sorted(SAMPLERS))}"
+        )
     return text
 
 
@@ -93,9 +96,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"difflab: --resume: no checkpoint at {out / 'last'}")
         trainer.resume()
     if main:
-        print(f"difflab: {trainer.data.name}: {len(trainer.data)} images "
-              f"{tuple(trainer.data.image_shape)}; {describe(trainer)}; "
-              f"device {trainer.device}, world size {trainer.dist.world_size}")
+        print(
+            f"difflab: {trainer.data.name}: {len(trainer.data)} images "
+            f"{tuple(trainer.data.image_shape)}; {describe(trainer)}; "
+            f"device {trainer.device}, world size {trainer.dist.world_size}"
+        )
         (out / "config.json").parent.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
 
@@ -111,8 +116,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.close()
     if not main:
         return 0
-    print(f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "
-          f"min; checkpoints in {out / 'last'} and {out / 'best'}")
+    print(
+        f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "
+        f"min; checkpoints in {out / 'last'} and {out / 'best'}"
+    )
     if not args.no_report:
         paths = report.write_report(trainer, out, command=["difflab", *args.argv])
         print("difflab: wrote")
@@ -137,9 +144,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
             args.n = len(classes)
         else:
             classes = args.classes
-    kw = dict(sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-              classes=classes, guidance=args.guidance, clip=None if args.no_clip else "static",
-              precision=args.precision)
+    kw = dict(
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        classes=classes,
+        guidance=args.guidance,
+        clip=None if args.no_clip else "static",
+        precision=args.precision,
+    )
     if args.eta is not None:
         kw["eta"] = args.eta
     out = Path(args.out)
@@ -151,8 +165,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         images = gen.generate(args.n, callback=recorder, **kw)
         viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
         if recorder is not None:
-            viz.save_gif(recorder.finish() + [images], args.gif, nrow=args.nrow or 8,
-                         scale=args.scale, max_frames=60, hold_last_ms=2000)
+            viz.save_gif(
+                recorder.finish() + [images],
+                args.gif,
+                nrow=args.nrow or 8,
+                scale=args.scale,
+                max_frames=60,
+                hold_last_ms=2000,
+            )
             print(f"difflab: wrote {args.gif}")
     else:
         raise SystemExit(f"difflab: --out must end in .png or .npz, got {out.name!r}")
@@ -191,8 +211,12 @@ def cmd_viz(args: argparse.Namespace) -> int:
         import torch
 
         idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:6]
-        viz.forward_process_grid(build_process(cfg.diffusion), to_float(data.images[idx]), out,
-                                 generator=torch.Generator().manual_seed(args.seed))
+        viz.forward_process_grid(
+            build_process(cfg.diffusion),
+            to_float(data.images[idx]),
+            out,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     print(f"difflab: wrote {out}")
     return 0
 
@@ -217,8 +241,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"diffusion    {run.get('diffusion')}",
         f"training     step {ck.state.get('step', c.get('trained', {}).get('step', '?'))}, "
         f"{ck.state.get('elapsed_seconds', 0) / 60:.1f} min of steps",
-        f"files        {size / 1e6:.2f} MB: "
-        f"{', '.join(sorted(f.name for f in path.iterdir()))}",
+        f"files        {size / 1e6:.2f} MB: {', '.join(sorted(f.name for f in path.iterdir()))}",
     ]
     if "trained" in c:
         lines.append(f"provenance   {json.dumps(c['trained'])}")
@@ -232,10 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model from a TOML config")
-    t.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
-                   help="TOML file or preset name in configs/ (default: fashion_mnist)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+    t.add_argument(
+        "config",
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        help="TOML file or preset name in configs/ (default: fashion_mnist)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
     t.add_argument("--out", help="run folder (default: runs/CONFIG_NAME)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
     t.add_argument("--minutes", type=_positive_float, help="wall-clock training budget")
@@ -247,14 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw images from a checkpoint")
     s.add_argument("checkpoint", help="checkpoint folder or shipped model name")
     s.add_argument("--sampler", type=_sampler_name, default="ddim")
-    s.add_argument("--steps", type=_positive_int,
-                   help="model evaluations (default per sampler: ddim 50, dpmpp_2m 20, ...)")
+    s.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="model evaluations (default per sampler: ddim 50, dpmpp_2m 20, ...)",
+    )
     s.add_argument("-n", "--num", dest="n", type=_positive_int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
     s.add_argument("--gif", help="also write the reverse process as a GIF")
-    s.add_argument("--class", dest="classes", action="append",
-                   help="class name or index (repeatable), or 'all' for one row per class")
+    s.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        help="class name or index (repeatable), or 'all' for one row per class",
+    )
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     s.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 like DDPM)")
     s.add_argument("--batch-size", type=_positive_int, default=256)

@@ -115,8 +115,16 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "sample.clip": (None, "static", "dynamic"),
 }
-POSITIVE = {"diffusion.timesteps", "train.batch_size", "train.lr", "train.grad_accum",
-            "train.log_every", "train.sample_every", "train.checkpoint_every", "sample.steps"}
+POSITIVE = {
+    "diffusion.timesteps",
+    "train.batch_size",
+    "train.lr",
+    "train.grad_accum",
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "sample.steps",
+}
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -159,8 +167,10 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             return tuple(_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
-        return tuple(_check_type(f"{key}[{i}]", v, a) for i, (v, a) in
-                     enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _check_type(f"{key}[{i}]", v, a)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {value!r}")

@@ -27,7 +27,7 @@ from .image_folder import (
     load_image_folder,
 )
 from .loader import Batch, BatchIterator, ImageDataset, epoch_flips, epoch_permutation
-from .registry import DATASET_NAMES, DataConfig, check_image_size, load_dataset
+from .registry import DATASET_NAMES, DataConfig, check_image_size, class_aliases, load_dataset
 from .toy2d import (
     TOY2D_NAMES,
     GaussianMixture,
@@ -56,6 +56,7 @@ __all__ = [
     "ImageDataset",
     "PointData",
     "check_image_size",
+    "class_aliases",
     "class_index",
     "default_cache_dir",
     "epoch_flips",

@@ -19,6 +19,9 @@ from .base import DatasetNotFoundError
 from .idx import load_idx_pair
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
+# Digits by word, so `--class seven` works as well as `--class 7`.
+CLASS_ALIASES = {w: i for i, w in enumerate(
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))}
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

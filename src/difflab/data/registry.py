@@ -130,9 +130,18 @@ def check_image_size(
 
 _LABELLED_SETS = {
     "fashion_mnist": (fashion_mnist.CLASS_NAMES, fashion_mnist.CLASS_ALIASES),
-    "mnist": (mnist.CLASS_NAMES, None),
-    "digits": (digits.CLASS_NAMES, None),
+    "mnist": (mnist.CLASS_NAMES, mnist.CLASS_ALIASES),
+    "digits": (digits.CLASS_NAMES, mnist.CLASS_ALIASES),
 }
+
+
+def class_aliases(dataset: str, class_names: Sequence[str] | None) -> Mapping[str, int] | None:
+    """Extra names for a dataset's classes ('sneakers', 'seven'), when its classes are the
+    standard ones (a `data.classes` subset renumbers them, and then only names are taken)."""
+    names, aliases = _LABELLED_SETS.get(dataset, (None, None))
+    if class_names is None or names is None or tuple(class_names) != tuple(names):
+        return None
+    return aliases
 
 
 def _select_classes(

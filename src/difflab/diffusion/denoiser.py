@@ -56,6 +56,18 @@ def prediction_from_output(
     )
 
 
+def scale_network_output(
+    process: NoiseProcess, out: Tensor, t: Tensor, parameterization: str
+) -> Tensor:
+    """Score networks divide their raw output by the marginal std sigma(t), so the network
+    itself only has to predict -eps (Song et al. 2021's ScoreNet; the score-based write-up).
+    Other parameterizations are used as they come. Training and sampling both call this."""
+    if parameterization != "score":
+        return out
+    t = as_time(t, out.shape[0], out.device)
+    return out / expand_like(process.sigma(t).to(out.device), out)
+
+
 class ModelDenoiser:
     """Wrap a network `net(x, t, cond=None)` trained in some parameterization as a denoiser.
 
@@ -64,8 +76,9 @@ class ModelDenoiser:
     samplers stay unaware of conditioning.
     """
 
-    def __init__(self, net: torch.nn.Module, process: NoiseProcess, parameterization: str = "eps",
-                 cond=None, output_scale_by_sigma: bool = False):
+    def __init__(
+        self, net: torch.nn.Module, process: NoiseProcess, parameterization: str = "eps", cond=None
+    ):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(
                 f"unknown parameterization {parameterization!r}; "
@@ -73,18 +86,11 @@ class ModelDenoiser:
             )
         self.net, self.process, self.parameterization = net, process, parameterization
         self.cond = cond
-        # Score nets of Song et al. divide their raw output by the marginal std (sigma(t)).
-        self.output_scale_by_sigma = output_scale_by_sigma
-
-    def raw(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
-        t = as_time(t, x.shape[0], x.device)
-        out = self.net(x, t.float(), cond if cond is not None else self.cond)
-        if self.output_scale_by_sigma:
-            out = out / expand_like(self.process.sigma(t), out)
-        return out
 
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
-        out = self.raw(x, t).to(x.dtype)
+        t = as_time(t, x.shape[0], x.device)
+        out = self.net(x, t.float(), self.cond).to(x.dtype)
+        out = scale_network_output(self.process, out, t, self.parameterization)
         return prediction_from_output(self.process, x, t, out, self.parameterization)
 
 

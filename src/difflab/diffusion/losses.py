@@ -19,8 +19,9 @@ LOSS_TYPES = ("l2", "l1", "huber")
 TARGETS = ("eps", "x0", "v", "score")
 
 
-def training_target(process: NoiseProcess, parameterization: str, x0: Tensor, eps: Tensor,
-                    t: Tensor) -> Tensor:
+def training_target(
+    process: NoiseProcess, parameterization: str, x0: Tensor, eps: Tensor, t: Tensor
+) -> Tensor:
     """What the network should output at (x_t, t) for this parameterization."""
     if parameterization == "eps":
         return eps
@@ -32,11 +33,14 @@ def training_target(process: NoiseProcess, parameterization: str, x0: Tensor, ep
         # Denoising score matching (Vincent 2011): grad log q(x_t | x_0) = -eps / sigma.
         _, s = process.coefficients(t, x0)
         return -eps / s
-    raise ValueError(f"unknown parameterization {parameterization!r}; allowed: {', '.join(TARGETS)}")
+    raise ValueError(
+        f"unknown parameterization {parameterization!r}; allowed: {', '.join(TARGETS)}"
+    )
 
 
-def elementwise_loss(pred: Tensor, target: Tensor, loss_type: str, huber_delta: float = 1.0
-                     ) -> Tensor:
+def elementwise_loss(
+    pred: Tensor, target: Tensor, loss_type: str, huber_delta: float = 1.0
+) -> Tensor:
     """Per-sample mean over all but the batch dimension."""
     if loss_type == "l2":
         err = F.mse_loss(pred, target, reduction="none")
@@ -49,8 +53,7 @@ def elementwise_loss(pred: Tensor, target: Tensor, loss_type: str, huber_delta: 
     return err.flatten(1).mean(1)
 
 
-def min_snr_weight(process: NoiseProcess, t: Tensor, parameterization: str, gamma: float
-                   ) -> Tensor:
+def min_snr_weight(process: NoiseProcess, t: Tensor, parameterization: str, gamma: float) -> Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 6 and its eps / v variants)."""
     snr = torch.exp(process.log_snr(as_time(t)))
     capped = snr.clamp(max=gamma)
@@ -92,4 +95,3 @@ def diffusion_loss(
             per_sample
         )
     return per_sample.mean()
-

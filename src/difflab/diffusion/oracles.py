@@ -23,8 +23,13 @@ Tensor = torch.Tensor
 class GaussianMixtureOracle:
     """The exact denoiser for isotropic Gaussian-mixture data; a single Gaussian is K = 1."""
 
-    def __init__(self, process: NoiseProcess, means: Tensor, stds: Tensor | float,
-                 weights: Tensor | None = None):
+    def __init__(
+        self,
+        process: NoiseProcess,
+        means: Tensor,
+        stds: Tensor | float,
+        weights: Tensor | None = None,
+    ):
         self.process = process
         self.means = torch.as_tensor(means, dtype=torch.float64)
         if self.means.ndim == 1:
@@ -82,15 +87,17 @@ class GaussianMixtureOracle:
         return self.means[k] + self.stds[k, None] * z
 
 
-def gaussian_oracle(process: NoiseProcess, mean: Tensor | float, std: float,
-                    dim: int) -> GaussianMixtureOracle:
+def gaussian_oracle(
+    process: NoiseProcess, mean: Tensor | float, std: float, dim: int
+) -> GaussianMixtureOracle:
     """The optimal denoiser for N(mean, std^2 I) in `dim` dimensions."""
     mu = torch.as_tensor(mean, dtype=torch.float64).expand(dim).clone()
     return GaussianMixtureOracle(process, mu[None], std)
 
 
-def ring_mixture(process: NoiseProcess, k: int = 8, radius: float = 2.0,
-                 std: float = 0.1) -> GaussianMixtureOracle:
+def ring_mixture(
+    process: NoiseProcess, k: int = 8, radius: float = 2.0, std: float = 0.1
+) -> GaussianMixtureOracle:
     """A 2-D mixture of k Gaussians evenly spaced on a circle, equal weights."""
     angles = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], 1)

@@ -142,7 +142,8 @@ class NoiseProcess(ABC):
     def posterior(self, x_t: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(x_s | x_t, x_0) for any s < t (Kingma et al. 2021, eq. 26-28).
 
-        With alpha_{t|s} = alpha_t / alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2:
+        With alpha_{t|s} = alpha_t / alpha_s and
+        sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2:
         mean = alpha_{t|s} sigma_s^2 / sigma_t^2 x_t + alpha_s sigma_{t|s}^2 / sigma_t^2 x_0,
         var  = sigma_{t|s}^2 sigma_s^2 / sigma_t^2. For consecutive DDPM steps this is
         Ho et al.'s eq. 6-7 (mean mu~_t, variance beta~_t).
@@ -155,7 +156,7 @@ class NoiseProcess(ABC):
         return mean, var_ts * s_s**2 / s_t**2
 
     def transition_variance(self, t: Tensor, s: Tensor) -> Tensor:
-        """sigma_{t|s}^2 = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2: beta_t for consecutive steps."""
+        """sigma_{t|s}^2 = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 beta_t for steps t, t-1."""
         t, s = as_time(t), as_time(s)
         a_ts = torch.exp(self.log_alpha(t) - self.log_alpha(s))
         return self.sigma(t) ** 2 - a_ts**2 * self.sigma(s) ** 2
@@ -213,8 +214,13 @@ class DiscreteProcess(NoiseProcess):
 class VPProcess(NoiseProcess):
     """Continuous variance-preserving process (VP SDE, Song et al. 2021, eq. 11)."""
 
-    def __init__(self, schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0,
-                 t_min: float = 1e-3):
+    def __init__(
+        self,
+        schedule: str = "linear",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        t_min: float = 1e-3,
+    ):
         if schedule not in ("linear", "cosine"):
             raise ValueError(f"unknown VP schedule {schedule!r}; allowed: linear, cosine")
         self.schedule, self.beta_min, self.beta_max = schedule, beta_min, beta_max
@@ -242,7 +248,7 @@ class VPProcess(NoiseProcess):
 
 
 class VEProcess(NoiseProcess):
-    """Variance-exploding process of dx = sigma^t dw (Song et al. 2021; the score-based write-up)."""
+    """Variance-exploding process of dx = sigma^t dw (Song et al. 2021; the score write-up)."""
 
     variance_preserving = False
 

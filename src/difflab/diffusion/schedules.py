@@ -2,8 +2,8 @@
 
 Discrete schedules give beta_1..beta_T for the DDPM forward process
 q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)  (Ho et al. 2020, eq. 2), so that
-alpha_bar_t = prod_{s<=t} (1 - beta_s) and q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
-(eq. 4).
+alpha_bar_t = prod_{s<=t} (1 - beta_s) and
+q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (eq. 4).
 
 Continuous schedules give alpha(t) and sigma(t) for t in [0, 1] directly:
 - VP with linear beta(t) (Song et al. 2021, eq. 33): log alpha(t) = -t^2 (b1 - b0) / 4 - t b0 / 2,
@@ -42,9 +42,7 @@ def sigmoid_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> T
 
 def geometric_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """Betas growing by a constant ratio from beta_start to beta_end."""
-    return torch.logspace(
-        math.log10(beta_start), math.log10(beta_end), T, dtype=torch.float64
-    )
+    return torch.logspace(math.log10(beta_start), math.log10(beta_end), T, dtype=torch.float64)
 
 
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:

@@ -35,15 +35,19 @@ def _std_normal_cdf(x: Tensor) -> Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor,
-                                        bins: int = 256) -> Tensor:
+def discretized_gaussian_log_likelihood(
+    x: Tensor, mean: Tensor, log_scale: Tensor, bins: int = 256
+) -> Tensor:
     """log P(x) for x on the grid of `bins` levels in [-1, 1] under N(mean, exp(log_scale)^2)
     integrated over each level's bin (Ho et al. 2020, eq. 13), elementwise, in nats."""
     half = 1.0 / (bins - 1)
     inv_s = torch.exp(-log_scale)
-    cdf_hi = torch.where(x > 1 - 1e-3, torch.ones_like(x), _std_normal_cdf((x - mean + half) * inv_s))
-    cdf_lo = torch.where(x < -1 + 1e-3, torch.zeros_like(x),
-                         _std_normal_cdf((x - mean - half) * inv_s))
+    cdf_hi = torch.where(
+        x > 1 - 1e-3, torch.ones_like(x), _std_normal_cdf((x - mean + half) * inv_s)
+    )
+    cdf_lo = torch.where(
+        x < -1 + 1e-3, torch.zeros_like(x), _std_normal_cdf((x - mean - half) * inv_s)
+    )
     mass = (cdf_hi - cdf_lo).clamp(min=1e-12)
     return torch.log(mass)
 
@@ -63,19 +67,28 @@ def prior_term(process: DiscreteProcess, x0: Tensor) -> Tensor:
     """L_T per sample, in nats."""
     t = as_time(float(process.T - 1), x0.shape[0])
     a, s = process.coefficients(t, x0.double())
-    kl = gaussian_kl(a * x0.double(), s**2, torch.zeros_like(x0, dtype=torch.float64),
-                     torch.ones_like(s))
+    kl = gaussian_kl(
+        a * x0.double(), s**2, torch.zeros_like(x0, dtype=torch.float64), torch.ones_like(s)
+    )
     return kl.flatten(1).sum(1)
 
 
 @torch.no_grad()
-def vlb_term(denoiser: Denoiser, x0: Tensor, t: Tensor | int, *, variance: str = "posterior",
-             generator: GeneratorLike = None) -> Tensor:
+def vlb_term(
+    denoiser: Denoiser,
+    x0: Tensor,
+    t: Tensor | int,
+    *,
+    variance: str = "posterior",
+    generator: GeneratorLike = None,
+) -> Tensor:
     """Per sample, in nats: L_{t-1} where t >= 1 and L_0 where t == 0 (t: int or (B,) steps)."""
     process = denoiser.process
     if not isinstance(process, DiscreteProcess):
-        raise TypeError("the discrete VLB needs a DiscreteProcess; use the ODE likelihood "
-                        "(difflab.samplers.likelihood) for continuous-time models")
+        raise TypeError(
+            "the discrete VLB needs a DiscreteProcess; use the ODE likelihood "
+            "(difflab.samplers.likelihood) for continuous-time models"
+        )
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
     x0 = x0.double()

@@ -19,8 +19,12 @@ GeneratorLike = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
 
 
-def randn(shape: Sequence[int], generator: GeneratorLike = None, device=None,
-          dtype: torch.dtype = torch.float32) -> Tensor:
+def randn(
+    shape: Sequence[int],
+    generator: GeneratorLike = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Standard normal noise of `shape`, drawn per sample when given a list of generators."""
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device)
@@ -51,8 +55,10 @@ def check_timesteps(process: NoiseProcess, timesteps: Tensor) -> Tensor:
         raise ValueError(f"the time grid must be strictly decreasing, got {ts.tolist()[:8]}...")
     lo, hi = process.t_min, process.t_max
     if float(ts.min()) < lo - 1e-9 or float(ts.max()) > hi + 1e-9:
-        raise ValueError(f"times must lie in [{lo}, {hi}] for this process, got "
-                         f"[{float(ts.min())}, {float(ts.max())}]")
+        raise ValueError(
+            f"times must lie in [{lo}, {hi}] for this process, got "
+            f"[{float(ts.min())}, {float(ts.max())}]"
+        )
     return ts
 
 

@@ -107,15 +107,18 @@ def load_checkpoint(path: str | Path, *, with_training_state: bool = False) -> C
         )
     for name in (CONFIG_FILE, MODEL_FILE):
         if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {str(path)!r} has no {name}; it is incomplete or "
-                                  "not a difflab checkpoint")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has no {name}; it is incomplete or "
+                "not a difflab checkpoint"
+            )
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
     if config.get("format") != "difflab":
-        raise CheckpointError(f"{path} was not written by difflab (no 'format: difflab' in "
-                              f"{CONFIG_FILE})")
+        raise CheckpointError(
+            f"{path} was not written by difflab (no 'format: difflab' in {CONFIG_FILE})"
+        )
     try:
         model = load_file(str(path / MODEL_FILE))
         ema = load_file(str(path / EMA_FILE)) if (path / EMA_FILE).is_file() else None
@@ -124,8 +127,9 @@ def load_checkpoint(path: str | Path, *, with_training_state: bool = False) -> C
     ckpt = Checkpoint(path, config, model, ema)
     if with_training_state:
         if (path / OPTIMIZER_FILE).is_file():
-            ckpt.optimizer = torch.load(path / OPTIMIZER_FILE, weights_only=True,
-                                        map_location="cpu")
+            ckpt.optimizer = torch.load(
+                path / OPTIMIZER_FILE, weights_only=True, map_location="cpu"
+            )
         if (path / STATE_FILE).is_file():
             ckpt.state = json.loads((path / STATE_FILE).read_text())
     return ckpt
@@ -139,11 +143,13 @@ def load_weights_into(net: torch.nn.Module, weights: dict[str, torch.Tensor], so
     bad_shape = [k for k in own if k in weights and own[k].shape != weights[k].shape]
     if missing or unexpected or bad_shape:
         detail = "; ".join(
-            part for part in (
+            part
+            for part in (
                 f"missing {missing[:3]}" if missing else "",
                 f"unexpected {unexpected[:3]}" if unexpected else "",
                 f"shape mismatch in {bad_shape[:3]}" if bad_shape else "",
-            ) if part
+            )
+            if part
         )
         raise CheckpointError(f"the weights in {source} belong to a different model ({detail})")
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from difflab.build import build_network, build_process, describe_network
 from difflab.config import RunConfig
 from difflab.data import BatchIterator, ImageData, load_dataset
+from difflab.diffusion.denoiser import scale_network_output
 from difflab.diffusion.losses import diffusion_loss
 from difflab.samplers.common import randn
 from difflab.training import checkpoint as ckpt_io
@@ -53,8 +54,15 @@ def lr_at(step: int, cfg, total_steps: int | None) -> float:
 class Trainer:
     """Train one run described by a RunConfig into `out_dir`."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, device: str | None = None,
-                 data: ImageData | None = None, quiet: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path,
+        *,
+        device: str | None = None,
+        data: ImageData | None = None,
+        quiet: bool = False,
+    ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.dist = distributed.setup(device)
         self.device = self.dist.device
@@ -64,28 +72,39 @@ class Trainer:
             raise ValueError("train.precision = 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32'")
         self.data = data if data is not None else load_dataset(cfg.data)
         if not isinstance(self.data, ImageData):
-            raise ValueError(f"data.name = {cfg.data.name!r} gives points, not images; the "
-                             "image trainer needs an image dataset")
+            raise ValueError(
+                f"data.name = {cfg.data.name!r} gives points, not images; the "
+                "image trainer needs an image dataset"
+            )
         self.process = build_process(cfg.diffusion)
         torch.manual_seed(tc.seed)  # the same seed gives the same initial weights
-        self.net, self.net_config = build_network(cfg.model, self.data.image_shape,
-                                                  self.data.num_classes)
+        self.net, self.net_config = build_network(
+            cfg.model, self.data.image_shape, self.data.num_classes
+        )
         self.net.to(self.device)
         self.conditional = self.net_config.get("num_classes") is not None
         if self.conditional and self.data.labels is None:
-            raise ValueError("the model is class-conditional (num_classes set) but the dataset "
-                             f"{self.data.name!r} has no labels")
+            raise ValueError(
+                "the model is class-conditional (num_classes set) but the dataset "
+                f"{self.data.name!r} has no labels"
+            )
         self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, betas=tc.betas,
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay
+        )
         # fp16 needs loss scaling so small gradients do not flush to zero; bf16 does not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
         self.model = DDP(self.net) if self.dist.enabled else self.net
         if tc.compile:
             self.model = torch.compile(self.model)
         self.batches = BatchIterator(
-            self.data, batch_size=tc.batch_size, seed=tc.seed, hflip=cfg.data.hflip,
-            rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
+            self.data,
+            batch_size=tc.batch_size,
+            seed=tc.seed,
+            hflip=cfg.data.hflip,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            drop_last=True,
         )
         # One generator per rank for t, noise and label dropout, saved for an exact resume.
         self.gen = torch.Generator().manual_seed(tc.seed * 1000 + self.dist.rank)
@@ -120,8 +139,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
         }
         return ckpt_io.save_checkpoint(
-            self.out / name, config=self.checkpoint_config(), model=self.net.state_dict(),
-            ema=self.ema.state_dict(), optimizer=self.optimizer.state_dict(), state=state,
+            self.out / name,
+            config=self.checkpoint_config(),
+            model=self.net.state_dict(),
+            ema=self.ema.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            state=state,
         )
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -131,7 +154,8 @@ class Trainer:
         if ck.config.get("network") != json.loads(json.dumps(self.net_config)):
             raise ckpt_io.CheckpointError(
                 f"cannot resume from {path}: it was trained with network "
-                f"{ck.config.get('network')}, this run builds {self.net_config}")
+                f"{ck.config.get('network')}, this run builds {self.net_config}"
+            )
         ckpt_io.load_weights_into(self.net, ck.model, str(path))
         if ck.ema is not None:
             self.ema.load_state_dict(ck.ema, ck.state.get("ema_updates", 0))
@@ -167,8 +191,17 @@ class Trainer:
             cond = torch.where(drop.to(self.device), self.net_config["num_classes"], labels)
         with self._autocast():
             out = self.model(x_t, t.float(), cond)
-        return diffusion_loss(out.float(), self.process, dc.parameterization, x0, eps, t,
-                              loss_type=dc.loss, snr_gamma=dc.snr_gamma)
+        out = scale_network_output(self.process, out.float(), t, dc.parameterization)
+        return diffusion_loss(
+            out,
+            self.process,
+            dc.parameterization,
+            x0,
+            eps,
+            t,
+            loss_type=dc.loss,
+            snr_gamma=dc.snr_gamma,
+        )
 
     def train_step(self, total_steps: int | None) -> float:
         tc = self.cfg.train
@@ -192,7 +225,8 @@ class Trainer:
             raise TrainingDiverged(
                 f"the loss became {loss_value} at step {self.step + 1} (lr {lr:.2e}); training "
                 f"stopped and the last good checkpoint in {self.out / 'last'} is kept. Try a "
-                "lower train.lr, train.grad_clip = 1.0 or train.precision = 'fp32'.")
+                "lower train.lr, train.grad_clip = 1.0 or train.precision = 'fp32'."
+            )
         if tc.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
@@ -221,8 +255,9 @@ class Trainer:
         budget = tc.minutes * 60 if tc.minutes is not None else math.inf
         self.out.mkdir(parents=True, exist_ok=True)
         metrics = open(self.out / "metrics.jsonl", "a") if self.dist.is_main else None
-        bar = tqdm(total=total, initial=self.step, disable=self.quiet, unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=total, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True
+        )
         start, window_loss, window_n, window_t = time.perf_counter(), 0.0, 0, 0.0
         images_per_step = tc.batch_size * tc.grad_accum * self.dist.world_size
         reason = StopReason(self.step, "max_steps")
@@ -239,20 +274,29 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
                 window_loss, window_n, window_t = window_loss + loss, window_n + 1, window_t + dt
-                self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+                self.loss_ema = (
+                    loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+                )
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == total:
                     ips = images_per_step * window_n / max(window_t, 1e-9)
-                    row = {"step": self.step, "loss": window_loss / window_n,
-                           "lr": self.optimizer.param_groups[0]["lr"], "images_per_sec": ips,
-                           "epoch": self.step * images_per_step / len(self.data),
-                           "elapsed_sec": self.elapsed}
+                    row = {
+                        "step": self.step,
+                        "loss": window_loss / window_n,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "images_per_sec": ips,
+                        "epoch": self.step * images_per_step / len(self.data),
+                        "elapsed_sec": self.elapsed,
+                    }
                     if metrics:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
                     left = budget - (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}",
-                                    left=f"{left / 60:.1f}m" if math.isfinite(left) else "-")
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.4f}",
+                        img_s=f"{ips:.0f}",
+                        left=f"{left / 60:.1f}m" if math.isfinite(left) else "-",
+                    )
                     window_loss, window_n, window_t = 0.0, 0, 0.0
                 if tc.sample_every and self.step % tc.sample_every == 0 and on_sample:
                     on_sample(self)
