@@ -1,4 +1,4 @@
-"""The `difflab` command line: train | sample | viz | info.
+"""The `difflab` command line: train | sample | eval | viz | info | export.
 
     difflab train configs/fashion_mnist.toml --minutes 10 --out runs/fashion
     difflab sample runs/fashion/last -n 64 --sampler dpmpp_2m --steps 20 --out samples.png
@@ -249,6 +249,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from difflab.training.checkpoint import export_for_inference
+
+    provenance = {"hardware": args.hardware or f"{platform.processor() or platform.machine()}, "
+                  f"{os.cpu_count()} CPU threads, torch {torch.__version__}"}
+    if args.command_line:
+        provenance["command"] = args.command_line
+    dtype = torch.float16 if args.fp16 else None
+    out = export_for_inference(resolve_checkpoint(args.checkpoint), args.out, dtype=dtype,
+                               provenance=provenance)
+    size = sum(f.stat().st_size for f in Path(out).iterdir())
+    print(f"difflab: wrote {out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="difflab", description=__doc__.split("\n")[0])
@@ -311,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--timesteps", type=_positive_int, default=1000)
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_viz)
+
+    e = sub.add_parser("export", help="a small sampling-only copy of a checkpoint (EMA weights)")
+    e.add_argument("checkpoint")
+    e.add_argument("out", help="folder to write")
+    e.add_argument("--fp16", action="store_true", help="store the weights in float16")
+    e.add_argument("--command-line", help="the command that trained it, for the record")
+    e.add_argument("--hardware", help="what it was trained on (default: this machine)")
+    e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="what a checkpoint is, how it was trained, its size")
     i.add_argument("checkpoint")

@@ -153,3 +153,19 @@ def load_weights_into(net: torch.nn.Module, weights: dict[str, torch.Tensor], so
         )
         raise CheckpointError(f"the weights in {source} belong to a different model ({detail})")
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype | None = None,
+                         provenance: dict[str, Any] | None = None) -> Path:
+    """Write a sampling-only copy of a checkpoint: the EMA weights (when present) as the model,
+    optionally cast (fp16 halves the size), no optimizer or training state, and a 'trained'
+    record of how it was made (command, time, hardware) in config.json."""
+    ck = load_checkpoint(src, with_training_state=True)
+    config = {k: v for k, v in ck.config.items() if k not in ("format", "format_version")}
+    config["trained"] = {
+        "step": ck.state.get("step"),
+        "train_minutes": round(ck.state.get("elapsed_seconds", 0.0) / 60, 1),
+        "weights": "ema" if ck.ema is not None else "model",
+        **(provenance or {}),
+    }
+    return save_checkpoint(dst, config=config, model=ck.weights(prefer_ema=True), dtype=dtype)
