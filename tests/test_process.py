@@ -56,9 +56,11 @@ def test_t_from_log_snr_and_sigma_ve_invert(name, u):
     t = times(process, torch.tensor(u, dtype=torch.float64))
     scale = max(1.0, process.t_max)
     assert float(process.t_from_log_snr(process.log_snr(t))) == pytest.approx(
-        float(t), abs=1e-7 * scale)
+        float(t), abs=1e-7 * scale
+    )
     assert float(process.t_from_sigma_ve(process.sigma_ve(t))) == pytest.approx(
-        float(t), abs=1e-7 * scale)
+        float(t), abs=1e-7 * scale
+    )
 
 
 def test_discrete_fractional_times_interpolate_log_alpha_bar():
@@ -66,8 +68,9 @@ def test_discrete_fractional_times_interpolate_log_alpha_bar():
     log_ab = torch.log(process.alphas_cumprod)
     k = torch.arange(0, 999, dtype=torch.float64)
     torch.testing.assert_close(process.log_alpha(k), 0.5 * log_ab[:-1])
-    torch.testing.assert_close(process.log_alpha(k + 0.25), 0.5 * (0.75 * log_ab[:-1]
-                                                                     + 0.25 * log_ab[1:]))
+    torch.testing.assert_close(
+        process.log_alpha(k + 0.25), 0.5 * (0.75 * log_ab[:-1] + 0.25 * log_ab[1:])
+    )
 
 
 @fast
@@ -119,8 +122,11 @@ def test_q_sample(name):
     n = 200_000
     tt = t[2].expand(n)
     g = torch.Generator().manual_seed(1)
-    xt = process.q_sample(torch.full((n, 1), 0.7, dtype=torch.float64), tt,
-                          torch.randn(n, 1, dtype=torch.float64, generator=g))
+    xt = process.q_sample(
+        torch.full((n, 1), 0.7, dtype=torch.float64),
+        tt,
+        torch.randn(n, 1, dtype=torch.float64, generator=g),
+    )
     a2, s2 = float(process.alpha(t[2])), float(process.sigma(t[2]))
     assert float(xt.mean()) == pytest.approx(0.7 * a2, abs=4 * s2 / math.sqrt(n))
     assert float(xt.std()) == pytest.approx(s2, rel=0.01)
@@ -148,7 +154,9 @@ def test_parameterizations_round_trip(name):
 
 
 def test_posterior_of_consecutive_steps_is_ho_eq7():
-    """mu~_t = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(1 - beta_t) (1 - ab_{t-1}) / (1 - ab_t) x_t."""
+    """Ho et al. (2020) eq. 7, with ab = alpha_bar:
+    mu~_t = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(1 - beta_t) (1 - ab_{t-1}) / (1 - ab_t) x_t
+    beta~_t = (1 - ab_{t-1}) / (1 - ab_t) beta_t."""
     process = PROCESSES["discrete-cosine"]
     k = torch.arange(1, 1000, dtype=torch.float64)
     ab, ab_prev, beta = process.alphas_cumprod[1:], process.alphas_cumprod[:-1], process.betas[1:]
@@ -159,10 +167,10 @@ def test_posterior_of_consecutive_steps_is_ho_eq7():
     c0 = (ab_prev.sqrt() * beta / (1 - ab))[:, None]
     ct = ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab))[:, None]
     torch.testing.assert_close(mean, c0 * x0 + ct * x_t, rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(var.flatten(), (1 - ab_prev) / (1 - ab) * beta, rtol=1e-6,
-                               atol=1e-12)
-    torch.testing.assert_close(process.transition_variance(k, k - 1), beta, rtol=1e-6,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        var.flatten(), (1 - ab_prev) / (1 - ab) * beta, rtol=1e-6, atol=1e-12
+    )
+    torch.testing.assert_close(process.transition_variance(k, k - 1), beta, rtol=1e-6, atol=1e-12)
 
 
 @each_process

@@ -196,7 +196,10 @@ class DiscreteProcess(NoiseProcess):
 
     def _table(self, t: Tensor, table: Tensor) -> Tensor:
         t = as_time(t)
-        return _interp(t.cpu(), self._steps, table).to(t.device)
+        tc = t.cpu()
+        if bool((tc == tc.round()).all()) and bool(((tc >= 0) & (tc < self.T)).all()):
+            return table[tc.long()].to(t.device)  # whole steps: a lookup, the common case
+        return _interp(tc, self._steps, table).to(t.device)
 
     def log_alpha(self, t: Tensor) -> Tensor:
         return 0.5 * self._table(t, self._log_ab)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.process import NoiseProcess
 from difflab.samplers.common import Callback, GeneratorLike, randn
 from difflab.samplers.ddim import sample_ddim
 from difflab.samplers.ddpm import sample_ddpm
@@ -61,25 +62,31 @@ except ImportError:
 # Model evaluations per time point, for matching samplers at equal cost (last point: 1).
 EVALS_PER_STEP = {"heun": 2, "dpmpp_2s": 2, "pc": 2}
 
-# Defaults for `sample`: (steps, spacing). steps=None for ddpm means every step of a discrete
-# process (1000 for continuous ones). "uniform" includes both ends of the process' time range;
-# "karras" is what Karras et al. tuned their solvers on and suits the log-SNR-based solvers.
+# Defaults for `sample`: (steps, spacing). steps=None means every step of a discrete process
+# (1000 for continuous ones). "uniform" includes both ends of the process' time range; "karras"
+# is the grid Karras et al. tuned their solvers on and suits the log-SNR-based solvers; measured
+# with bench/sampler_error.py.
 DEFAULTS: dict[str, tuple[int | None, str]] = {
     "ddpm": (None, "uniform"),
     "ddim": (50, "uniform"),
-    "plms": (50, "uniform"),
-    "deis": (20, "uniform"),
+    "plms": (50, "karras"),
+    "deis": (20, "karras"),
     "dpmpp_2m": (20, "karras"),
     "dpmpp_3m": (20, "karras"),
     "dpmpp_2s": (10, "karras"),
     "dpmpp_2m_sde": (50, "karras"),
     "euler": (50, "karras"),
-    "heun": (10, "karras"),
+    "heun": (18, "karras"),
     "euler_ancestral": (50, "karras"),
     "euler_maruyama": (None, "uniform"),
     "pc": (None, "uniform"),
-    "ode": (50, "uniform"),
+    "ode": (2, "uniform"),  # adaptive solver: only the two ends of the grid matter
 }
+
+# Top of the default Karras grid for variance-preserving processes, as in Karras et al. (2022):
+# above it x_t is pure noise for data of unit scale (alpha < 0.0125), and schedules such as the
+# discrete cosine one (sigma_ve(T-1) ~ 2e4) would otherwise spend most of the grid up there.
+KARRAS_SIGMA_MAX = 80.0
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
@@ -89,27 +96,47 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
     return SAMPLERS[name]
 
 
-def default_steps(name: str, process) -> int:
-    """Default number of time points for sampler `name` on `process`."""
-    steps = DEFAULTS.get(name, (50, "uniform"))[0]
+def default_timesteps(
+    name: str,
+    process: NoiseProcess,
+    steps: int | None = None,
+    spacing: str | None = None,
+    sigma_max: float | None = None,
+) -> Tensor:
+    """The time grid `sample` uses: per-sampler DEFAULTS for whatever is None, and for "karras"
+    on a variance-preserving process sigma_max = min(sigma_ve(t_max), KARRAS_SIGMA_MAX)."""
+    get_sampler(name)
+    default_n, default_spacing = DEFAULTS.get(name, (50, "uniform"))
     if steps is None:
-        return process.T if process.discrete else 1000
-    return steps
+        steps = default_n or (process.T if process.discrete else 1000)
+    spacing = spacing or default_spacing
+    if spacing == "karras" and sigma_max is None and process.variance_preserving:
+        top = float(process.sigma_ve(torch.tensor(process.t_max, dtype=torch.float64)))
+        sigma_max = KARRAS_SIGMA_MAX if top > KARRAS_SIGMA_MAX else None
+    return make_timesteps(process, steps, spacing, sigma_max=sigma_max)
 
 
 @torch.no_grad()
-def sample(denoiser: Denoiser, shape: Sequence[int], sampler: str = "ddim",
-           steps: int | None = None, spacing: str | None = None, *,
-           generator: GeneratorLike = None, callback: Callback = None, device=None,
-           dtype: torch.dtype = torch.float32, **options) -> Tensor:
+def sample(
+    denoiser: Denoiser,
+    shape: Sequence[int],
+    sampler: str = "ddim",
+    steps: int | None = None,
+    spacing: str | None = None,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    sigma_max: float | None = None,
+    **options,
+) -> Tensor:
     """Draw samples of `shape`: prior noise randn(shape) * process.prior_std(), then `sampler`
-    on make_timesteps(process, steps, spacing). steps / spacing default per sampler (DEFAULTS);
-    `options` go to the sampler (e.g. eta=, variance=, order=)."""
+    on default_timesteps(sampler, process, steps, spacing, sigma_max) (see DEFAULTS).
+    `options` go to the sampler (e.g. eta=, variance=, order=, clip_denoised=)."""
     fn = get_sampler(sampler)
     process = denoiser.process
-    steps = default_steps(sampler, process) if steps is None else steps
-    spacing = DEFAULTS.get(sampler, (None, "uniform"))[1] if spacing is None else spacing
-    timesteps = make_timesteps(process, steps, spacing)
+    timesteps = default_timesteps(sampler, process, steps, spacing, sigma_max)
     x = randn(shape, generator, device, dtype) * process.prior_std()
     return fn(denoiser, x, timesteps, generator=generator, callback=callback, **options)
 
@@ -119,7 +146,8 @@ __all__ = [
     "EVALS_PER_STEP",
     "SAMPLERS",
     "SPACINGS",
-    "default_steps",
+    "KARRAS_SIGMA_MAX",
+    "default_timesteps",
     "get_sampler",
     "make_timesteps",
     "sample",

@@ -21,9 +21,16 @@ Tensor = torch.Tensor
 
 
 @torch.no_grad()
-def sample_ddim(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                generator: GeneratorLike = None, callback: Callback = None, eta: float = 0.0,
-                clip_denoised: bool | str = False) -> Tensor:
+def sample_ddim(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    eta: float = 0.0,
+    clip_denoised: bool | str = False,
+) -> Tensor:
     """DDIM, Song et al. (2021) eq. 12 with sigma(eta) of eq. 16. NFE = len(timesteps).
 
     eta in [0, 1]; noise is drawn only when eta > 0. The last step returns the denoised x0.
@@ -38,7 +45,9 @@ def sample_ddim(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
         emit(callback, x=x, i=i, t=float(t), denoised=pred.x0, total=len(ts))
         if i + 1 < len(ts):
             s = ts[i + 1]
-            a_s, sig_t, sig_s = float(process.alpha(s)), float(process.sigma(t)), float(process.sigma(s))
+            a_s, sig_s, sig_t = (
+                float(v) for v in (process.alpha(s), process.sigma(s), process.sigma(t))
+            )
             c = eta * sig_s / sig_t * float(process.transition_variance(t, s)) ** 0.5  # eq. 16
             x = a_s * pred.x0 + max(sig_s**2 - c**2, 0.0) ** 0.5 * pred.eps  # eq. 12
             if eta > 0:

@@ -27,9 +27,16 @@ def maybe_clip(denoiser: Denoiser, clip_denoised: bool | str) -> Denoiser:
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                generator: GeneratorLike = None, callback: Callback = None,
-                variance: str = "posterior", clip_denoised: bool | str = False) -> Tensor:
+def sample_ddpm(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    variance: str = "posterior",
+    clip_denoised: bool | str = False,
+) -> Tensor:
     """Ancestral sampling, Ho et al. (2020) Algorithm 2, on any time grid. NFE = len(timesteps).
 
     The last step returns the denoised prediction (Algorithm 2 adds no noise at t = 1 either).

@@ -8,6 +8,9 @@ tAB-DEIS extrapolates eps with the Lagrange polynomial in time tau through the l
 predictions, eps(tau) ~ sum_j l_j(tau) eps_j, giving x_s = alpha_s (x_t / alpha_t + sum_j C_j eps_j)
 with C_j = int_{rho_t}^{rho_s} l_j(tau(rho)) d rho. The C_j are computed here by 32-point
 Gauss-Legendre quadrature in log rho, mapping rho back to tau with process.t_from_sigma_ve.
+Since the l_j sum to one, this is the DDIM step plus corrections,
+    x_s / alpha_s = x0_hat + rho_s eps_0 + sum_{j>=1} C_j (eps_j - eps_0),
+which is how it is evaluated (exact even when rho_t is huge, as with zero terminal SNR).
 
 `order` counts the predictions used (1 = DDIM, 2, 3, 4); the paper's tAB-r is order r + 1.
 The first steps warm up with lower order.
@@ -45,9 +48,15 @@ def deis_coefficients(process: NoiseProcess, t: Tensor, s: Tensor, taus: Tensor)
 
 
 @torch.no_grad()
-def sample_deis(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                generator: GeneratorLike = None, callback: Callback = None,
-                order: int = 3) -> Tensor:
+def sample_deis(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    order: int = 3,
+) -> Tensor:
     """tAB-DEIS (Zhang & Chen 2022, sec. 4). NFE = len(timesteps). Deterministic: `generator`
     is unused. The last step returns the denoised prediction."""
     if order not in (1, 2, 3, 4):
@@ -63,6 +72,9 @@ def sample_deis(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
             hist = [pred.eps, *hist][:order]
             taus = ts[i + 1 - len(hist) : i + 1].flip(0)  # times of hist, newest first
             coefs = deis_coefficients(process, t, ts[i + 1], taus)
-            x_ve = x / alpha[i] + sum(c * e for c, e in zip(coefs, hist, strict=True))  # eq. 15
+            rho_s = float(process.sigma_ve(ts[i + 1]))
+            x_ve = pred.x0 + rho_s * pred.eps  # DDIM, then the extrapolation terms of eq. 15
+            for c, e in zip(coefs[1:], hist[1:], strict=True):
+                x_ve = x_ve + c * (e - pred.eps)
             x = alpha[i + 1] * x_ve
     return pred.x0

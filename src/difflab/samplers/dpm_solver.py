@@ -26,8 +26,11 @@ Tensor = torch.Tensor
 
 def _tables(process, ts: Tensor) -> tuple[list[float], list[float], list[float]]:
     """lambda = log(alpha / sigma), alpha and sigma at every grid time, as Python floats."""
-    return (0.5 * process.log_snr(ts)).tolist(), process.alpha(ts).tolist(), \
-        process.sigma(ts).tolist()
+    return (
+        (0.5 * process.log_snr(ts)).tolist(),
+        process.alpha(ts).tolist(),
+        process.sigma(ts).tolist(),
+    )
 
 
 def _order(order: int, i: int, n: int, lower_order_final: bool) -> int:
@@ -37,8 +40,15 @@ def _order(order: int, i: int, n: int, lower_order_final: bool) -> int:
 
 
 @torch.no_grad()
-def _dpmpp_multistep(denoiser: Denoiser, x: Tensor, timesteps: Tensor, order: int,
-                     callback: Callback, lower_order_final: bool, d2_scale: float = 1.0) -> Tensor:
+def _dpmpp_multistep(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    order: int,
+    callback: Callback,
+    lower_order_final: bool,
+    d2_scale: float = 1.0,
+) -> Tensor:
     ts = check_timesteps(denoiser.process, timesteps)
     lam, alpha, sigma = _tables(denoiser.process, ts)
     hist: list[Tensor] = []  # x0 predictions, newest first
@@ -55,20 +65,26 @@ def _dpmpp_multistep(denoiser: Denoiser, x: Tensor, timesteps: Tensor, order: in
         if k == 2:  # Algorithm 2: D = (1 + 1/2r) x0_i - 1/2r x0_{i-1}
             r0 = (lam[i] - lam[i - 1]) / h
             x = x - a_s * phi1 * 0.5 / r0 * (hist[0] - hist[1])
-        elif k == 3:  # x0(lambda) ~ x0_i + u x0' + u^2 / 2 x0'', integrated exactly
+        elif k == 3:  # x0(lambda) ~ x0_i + u x0' + u^2 / 2 x0'' (see sample_dpmpp_3m on d2)
             r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
             d1_0, d1_1 = (hist[0] - hist[1]) / r0, (hist[1] - hist[2]) / r1
             d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # h x0'(lambda_i)
             d2 = (d1_0 - d1_1) / (r0 + r1)  # h^2 x0''(lambda_i) / 2
             phi2 = phi1 / h + 1
             phi3 = phi2 / h - 0.5
-            x = x + a_s * phi2 * d1 - a_s * d2_scale * phi3 * d2
+            x = x + a_s * phi2 * d1 - a_s * d2_scale * phi3 * d2  # exact: d2_scale = 2
     return pred.x0
 
 
-def sample_dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                    generator: GeneratorLike = None, callback: Callback = None,
-                    lower_order_final: bool = True) -> Tensor:
+def sample_dpmpp_2m(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    lower_order_final: bool = True,
+) -> Tensor:
     """DPM-Solver++(2M), Lu et al. (2022b) Algorithm 2; first step first order. NFE = len(ts).
 
     Deterministic: `generator` is accepted for a uniform signature and unused.
@@ -76,9 +92,16 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
     return _dpmpp_multistep(denoiser, x, timesteps, 2, callback, lower_order_final)
 
 
-def sample_dpmpp_3m(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                    generator: GeneratorLike = None, callback: Callback = None,
-                    lower_order_final: bool = True, exact_third_order: bool = False) -> Tensor:
+def sample_dpmpp_3m(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    lower_order_final: bool = True,
+    exact_third_order: bool = False,
+) -> Tensor:
     """DPM-Solver++(3M): third-order multistep in data prediction (Lu et al. 2022b, sec. 4; the
     reference code's multistep_dpm_solver_third_update), warmed up with orders 1 and 2.
     NFE = len(timesteps). Deterministic: `generator` is unused.
@@ -95,8 +118,14 @@ def sample_dpmpp_3m(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
 
 
 @torch.no_grad()
-def sample_dpmpp_2s(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                    generator: GeneratorLike = None, callback: Callback = None) -> Tensor:
+def sample_dpmpp_2s(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+) -> Tensor:
     """DPM-Solver++(2S), Lu et al. (2022b) Algorithm 1 with r = 1/2: a singlestep second-order
     solver with an extra evaluation at the log-SNR midpoint. NFE = 2 len(timesteps) - 1."""
     process = denoiser.process
@@ -116,9 +145,16 @@ def sample_dpmpp_2s(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                        generator: GeneratorLike = None, callback: Callback = None,
-                        eta: float = 1.0, lower_order_final: bool = True) -> Tensor:
+def sample_dpmpp_2m_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    eta: float = 1.0,
+    lower_order_final: bool = True,
+) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, SDE variant; k-diffusion's midpoint form).
 
     eta = 0 is DPM-Solver++(2M); eta = 1 solves the reverse SDE, and its first-order step is
@@ -138,7 +174,8 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
             if old is not None and _order(2, i, len(ts), lower_order_final) == 2:
                 r = (lam[i] - lam[i - 1]) / h
                 x = x + a_s * 0.5 * coef / r * (pred.x0 - old)  # midpoint correction
-            if eta > 0:
-                x = x + sigma[i + 1] * math.sqrt(-math.expm1(-2 * eta * h)) * randn_like(x, generator)
+            if eta > 0:  # fresh noise with the variance the SDE accumulates over the step
+                noise_std = sigma[i + 1] * math.sqrt(-math.expm1(-2 * eta * h))
+                x = x + noise_std * randn_like(x, generator)
             old = pred.x0
     return pred.x0

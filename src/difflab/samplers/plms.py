@@ -32,9 +32,15 @@ ADAMS_BASHFORTH = {
 
 
 @torch.no_grad()
-def sample_plms(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
-                generator: GeneratorLike = None, callback: Callback = None,
-                order: int = 4) -> Tensor:
+def sample_plms(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    callback: Callback = None,
+    order: int = 4,
+) -> Tensor:
     """PLMS (Liu et al. 2022) with lower-order warm-up. NFE = len(timesteps). Deterministic:
     `generator` is unused. The last step returns the denoised prediction."""
     if order not in ADAMS_BASHFORTH:
@@ -49,6 +55,7 @@ def sample_plms(denoiser: Denoiser, x: Tensor, timesteps: Tensor, *,
         if i + 1 < len(ts):
             hist = [pred.eps, *hist][:order]
             eps = sum(c * e for c, e in zip(ADAMS_BASHFORTH[len(hist)], hist, strict=True))
-            x0 = (x - sigma[i] * eps) / alpha[i]
+            # (x - sigma eps') / alpha, written around x0_hat so that it stays exact at alpha ~ 0
+            x0 = pred.x0 - sigma[i] / alpha[i] * (eps - pred.eps)
             x = alpha[i + 1] * x0 + sigma[i + 1] * eps  # transfer step (PNDM eq. 11)
     return pred.x0

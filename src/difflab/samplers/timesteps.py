@@ -47,9 +47,16 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho  # eq. 5
 
 
-def make_timesteps(process: NoiseProcess, steps: int, spacing: str = "uniform", *,
-                   rho: float = 7.0, offset: int = 0, sigma_min: float | None = None,
-                   sigma_max: float | None = None) -> Tensor:
+def make_timesteps(
+    process: NoiseProcess,
+    steps: int,
+    spacing: str = "uniform",
+    *,
+    rho: float = 7.0,
+    offset: int = 0,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> Tensor:
     """A strictly decreasing float64 grid of `steps` times for `process` (see module docstring)."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
@@ -57,8 +64,9 @@ def make_timesteps(process: NoiseProcess, steps: int, spacing: str = "uniform", 
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     lo, hi = process.t_min, process.t_max
     if process.discrete and steps > process.T:
-        raise ValueError(f"steps must be between 1 and T = {process.T} for this discrete process, "
-                         f"got {steps}")
+        raise ValueError(
+            f"steps must be between 1 and T = {process.T} for this discrete process, got {steps}"
+        )
     k = torch.arange(steps, dtype=torch.float64)
     if spacing == "karras":
         s_lo = float(process.sigma_ve(torch.tensor(lo)))
@@ -66,8 +74,10 @@ def make_timesteps(process: NoiseProcess, steps: int, spacing: str = "uniform", 
         s_min = s_lo if sigma_min is None else sigma_min
         s_max = s_hi if sigma_max is None else sigma_max
         if not s_lo * (1 - 1e-9) <= s_min < s_max <= s_hi * (1 + 1e-9):
-            raise ValueError(f"need sigma_ve(t_min) = {s_lo:.4g} <= sigma_min < sigma_max <= "
-                             f"sigma_ve(t_max) = {s_hi:.4g}, got {s_min:.4g}, {s_max:.4g}")
+            raise ValueError(
+                f"need sigma_ve(t_min) = {s_lo:.4g} <= sigma_min < sigma_max <= "
+                f"sigma_ve(t_max) = {s_hi:.4g}, got {s_min:.4g}, {s_max:.4g}"
+            )
         ts = process.t_from_sigma_ve(karras_sigmas(s_min, s_max, steps, rho)).clamp(lo, hi)
         if sigma_max is None:
             ts[0] = hi  # exact ends: the inverse map may be off by rounding
