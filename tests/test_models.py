@@ -30,6 +30,16 @@ from difflab.models import (
 from difflab.models.blocks import Downsample, Upsample
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run these small-tensor tests on one thread: on a busy shared CPU, two OpenMP threads
+    wait on each other at every tiny op (a 3 s test took 80 s at load 7)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def perturb_zero_inits(net: nn.Module, seed: int = 0) -> nn.Module:
     """Give the zero-initialised layers random weights, so every path affects the output."""
     g = torch.Generator().manual_seed(seed)
@@ -134,6 +144,15 @@ def test_unknown_preset_lists_names() -> None:
     with pytest.raises(ValueError, match="ddpm-small-28") as err:
         get_preset("no-such-net")
     assert "fashion-article" in str(err.value)
+
+
+def test_preset_overrides() -> None:
+    net = get_preset("ddpm-small-28", num_classes=10, in_channels=3)
+    assert net.config.num_classes == 10 and net.config.in_channels == 3
+    with pytest.raises(ValueError, match="unknown override.*'num_classes'"):
+        get_preset("fashion-article", num_classes=10)
+    with pytest.raises(ValueError, match="unknown override.*'width'"):
+        get_preset("ddpm-small-28", width=3)
 
 
 def test_default_preset_parameter_count() -> None:

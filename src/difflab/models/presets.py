@@ -32,14 +32,25 @@ class Preset:
     config: UNetConfig | None = None  # None for networks that are not a UNetConfig UNet
 
 
+def _check_overrides(name: str, overrides: dict[str, Any], allowed: list[str]) -> None:
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown override(s) {unknown}; allowed: {', '.join(allowed)}")
+
+
 def _unet(config: UNetConfig) -> Callable[..., nn.Module]:
     def build(**overrides: Any) -> nn.Module:
+        allowed = [f.name for f in dataclasses.fields(UNetConfig) if f.init]
+        _check_overrides("UNetConfig", overrides, allowed)
         return UNet(dataclasses.replace(config, **overrides) if overrides else config)
 
     return build
 
 
 def _article(**overrides: Any) -> nn.Module:
+    _check_overrides(
+        "ArticleUNet", overrides, ["num_steps", "time_dim", "in_channels", "time_scale"]
+    )
     return ArticleUNet(**overrides)
 
 
