@@ -6,7 +6,13 @@ x0, v or score) is a setting of the diffusion process, not of the network.
 """
 
 from .article_unet import ArticleUNet
-from .attention import CrossAttention, LinearAttention2d, SelfAttention2d, attention
+from .attention import (
+    CrossAttention,
+    LinearAttention2d,
+    SelfAttention2d,
+    SpatialTransformer,
+    attention,
+)
 from .blocks import ConvNeXtBlock, Downsample, LayerNorm2d, ResBlock, Upsample
 from .embeddings import (
     GaussianFourierFeatures,
@@ -16,7 +22,7 @@ from .embeddings import (
     sinusoidal_embedding,
 )
 from .presets import PRESETS, get_preset, preset_config
-from .unet import UNet, UNetConfig
+from .unet import TextCondition, UNet, UNetConfig
 from .utils import count_parameters, estimate_flops
 
 __all__ = [
@@ -32,6 +38,8 @@ __all__ = [
     "SelfAttention2d",
     "SinusoidalEmbedding",
     "SinusoidalTable",
+    "SpatialTransformer",
+    "TextCondition",
     "TimeMLP",
     "UNet",
     "UNetConfig",

@@ -7,15 +7,16 @@ References:
   Katharopoulos et al. (2020), "Transformers are RNNs": attention computed as
   ``q (k^T v)``, linear in the number of positions.
 - Rombach et al. (2022), "High-Resolution Image Synthesis with Latent Diffusion Models":
-  cross-attention from image tokens to a conditioning sequence (text tokens).
+  cross-attention from image tokens to a conditioning sequence (text tokens), and the
+  spatial transformer (self-attention, cross-attention, feed-forward on a feature map).
+- Shazeer (2020), "GLU Variants Improve Transformer": the GEGLU feed-forward.
 
-All layers are residual with a zero-initialised output projection, so inserting one into a
-trained or fresh network starts as the identity.
+All layers on feature maps are residual with a zero-initialised output projection, so
+inserting one into a trained or fresh network starts as the identity.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,16 +33,25 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
     """``softmax(q k^T / sqrt(d)) v`` for ``(B, nh, N, d)`` queries and ``(B, nh, L, d)`` keys.
 
     ``mask``: optional bool, broadcastable to ``(B, nh, N, L)``, True where a query may
-    attend. Uses ``F.scaled_dot_product_attention`` (fused kernels) except for short
-    sequences on CPU, where three plain ops are several times faster.
+    attend. A query whose mask row is all False attends to nothing and gets a zero output
+    (a softmax over no keys would be NaN). Uses ``F.scaled_dot_product_attention`` (fused
+    kernels) except for short sequences on CPU, where three plain ops are several times
+    faster.
     """
+    keep = None
+    if mask is not None:
+        keep = mask.any(dim=-1, keepdim=True)  # (..., N, 1): rows with a key to attend to
+        # Empty rows attend everywhere (finite, no NaN), then are zeroed; no host sync.
+        mask = mask | ~keep
     n, l = q.shape[-2], k.shape[-2]
     if q.device.type == "cpu" and n * l <= CPU_MATMUL_ATTENTION_MAX:
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, N, L)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(dim=-1) @ v  # (B, nh, N, d)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = scores.softmax(dim=-1) @ v  # (B, nh, N, d)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out if keep is None else out * keep
 
 
 def _check_heads(channels: int, num_heads: int) -> int:
@@ -131,9 +141,10 @@ class CrossAttention(nn.Module):
     ``x``: ``(B, N, query_dim)``; ``context``: ``(B, L, context_dim)`` (e.g. text-encoder
     token embeddings), or None for self-attention over ``x``. ``context_mask``: optional
     bool ``(B, L)``, True for real tokens and False for padding (the convention of
-    tokenizers' ``attention_mask``); every row needs at least one True. Returns only the
-    attention output ``(B, N, query_dim)``; the caller adds the residual, so a spatial
-    transformer can place its norms as it likes.
+    tokenizers' ``attention_mask``). A row with no True entry attends to nothing: its
+    output is exactly zero, the same as having no context (an all-padding prompt is "no
+    prompt"). Returns only the attention output ``(B, N, query_dim)``; the caller adds the
+    residual, so a spatial transformer can place its norms as it likes.
     """
 
     def __init__(
@@ -175,16 +186,128 @@ class CrossAttention(nn.Module):
                     f"got {tuple(context_mask.shape)}"
                 )
             context_mask = context_mask.bool()
-            if (
-                context_mask.device.type == "cpu"
-                and not torch.compiler.is_compiling()
-                and not bool(context_mask.any(dim=1).all())
-            ):
-                raise ValueError("context_mask has a row with no True entry (nothing to attend)")
             mask = context_mask[:, None, None, :]  # (B, 1, 1, L), broadcast over heads/queries
         q = self._heads(self.to_q(x))
         k = self._heads(self.to_k(context))
         v = self._heads(self.to_v(context))
-        out = attention(q, k, v, mask)  # (B, nh, N, hd)
+        out = attention(q, k, v, mask)  # (B, nh, N, hd); zero for fully masked rows
         b, _, n, _ = out.shape
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, N, query_dim)
+        out = self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, N, query_dim)
+        if context_mask is not None:
+            # Fully masked rows: drop to_out's bias too, so "nothing to attend" adds nothing.
+            out = out * context_mask.any(dim=1)[:, None, None].to(out.dtype)
+        return out
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP of a transformer block: GEGLU (Shazeer 2020, as in latent
+    diffusion) or a plain GELU MLP. ``mult`` is the hidden width over the input width."""
+
+    def __init__(self, dim: int, mult: int = 4, *, gated: bool = True) -> None:
+        super().__init__()
+        hidden = dim * mult
+        self.gated = gated
+        # GEGLU: one matmul gives both halves, value * gelu(gate).
+        self.proj_in = nn.Linear(dim, 2 * hidden if gated else hidden)
+        self.proj_out = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj_in(x)
+        if self.gated:
+            value, gate = h.chunk(2, dim=-1)
+            h = value * F.gelu(gate)
+        else:
+            h = F.gelu(h)
+        return self.proj_out(h)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer layer on tokens ``(B, N, dim)`` (Vaswani et al.; LDM's
+    ``BasicTransformerBlock``): self-attention, cross-attention to a context, feed-forward,
+    each ``x + f(LayerNorm(x))``. With ``context`` None the cross-attention is skipped,
+    which equals attending to a fully masked context (zero output)."""
+
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        num_heads: int,
+        head_dim: int,
+        ff_mult: int = 4,
+        *,
+        gated: bool = True,
+    ) -> None:
+        super().__init__()
+        # Inner outputs are not zero-initialised: the transformer's proj_out is, which
+        # already makes the whole block start as the identity (as in LDM).
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = CrossAttention(dim, None, num_heads, head_dim, zero_out=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = CrossAttention(dim, context_dim, num_heads, head_dim, zero_out=False)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, ff_mult, gated=gated)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> Tensor:
+        x = x + self.attn1(self.norm1(x))
+        if context is not None:
+            x = x + self.attn2(self.norm2(x), context, context_mask)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the positions of a ``(B, C, H, W)`` map, conditioned on a context
+    sequence by cross-attention (Rombach et al. 2022, LDM's ``SpatialTransformer``).
+
+    ``x + proj_out(blocks(proj_in(GroupNorm(x))))`` where the map is viewed as ``H*W``
+    tokens and ``blocks`` is ``depth`` :class:`TransformerBlock` s (self-attention,
+    cross-attention to ``context`` ``(B, L, context_dim)`` with optional ``context_mask``
+    ``(B, L)``, True = real token, feed-forward). The transformer runs at width
+    ``num_heads * head_dim`` (``head_dim`` None: ``channels // num_heads``, i.e. the map's
+    width); proj_in/proj_out are 1x1 convolutions written as Linear layers on the token
+    view, and proj_out is zero-initialised so the layer starts as the identity.
+    ``gated``: GEGLU feed-forward (LDM) or a GELU MLP. ``context`` None skips the
+    cross-attention (the same as a fully masked context).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int,
+        num_heads: int = 4,
+        depth: int = 1,
+        ff_mult: int = 4,
+        *,
+        head_dim: int | None = None,
+        gated: bool = True,
+        groups: int = 8,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or ff_mult < 1:
+            raise ValueError(f"depth ({depth}) and ff_mult ({ff_mult}) must be >= 1")
+        head_dim = head_dim or _check_heads(channels, num_heads)
+        inner = num_heads * head_dim
+        self.context_dim = context_dim
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.proj_in = nn.Linear(channels, inner)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(inner, context_dim, num_heads, head_dim, ff_mult, gated=gated)
+            for _ in range(depth)
+        )
+        self.proj_out = zero_init(nn.Linear(inner, channels))
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> Tensor:
+        b, c, h, w = x.shape
+        if context is not None and (context.ndim != 3 or context.shape[-1] != self.context_dim):
+            raise ValueError(
+                f"context must be (B, L, {self.context_dim}), got {tuple(context.shape)}"
+            )
+        tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, inner)
+        for block in self.blocks:
+            tokens = block(tokens, context, context_mask)
+        out = self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
+        return x + out

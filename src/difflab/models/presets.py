@@ -10,6 +10,19 @@
   by concatenation or by addition. Its division of the output by the marginal std
   ``sigma(t)`` is a property of the diffusion process (score parameterisation), not of the
   network, so it lives there.
+- ``score-transformer-28``: the write-up's spatial-transformer score UNet for
+  class-conditional digits (the ``UNet_Tranformer`` of the score-SDE / stable-diffusion
+  tutorial that follows Song's): ``score-unet-28`` (Fourier time, VE SDE) with a
+  :class:`~difflab.models.attention.SpatialTransformer` at the two lowest resolutions, as
+  there: after the 7x7 blocks (down and up) and in the 4x4 middle. Each cross-attends to
+  one learned token for the digit (``class_context``; label 10 is the learned null token
+  of classifier-free guidance), which also enters the time embedding. Kept under 6 M
+  parameters (~5.7 M) by running the transformers 128 wide (4 heads of 32: the full width
+  at 7x7, half of the middle's 256) with a GEGLU hidden width of 2x; full-width
+  transformers with LDM's 4x feed-forward would make it 7.0 M. With one context token the
+  cross-attention weights are identically 1, so it acts as a learned per-class bias at
+  every position, and its query/key projections (~0.15 M) get no gradient;
+  that is the write-up's design, kept as is.
 """
 
 from __future__ import annotations
@@ -67,6 +80,15 @@ _SCORE = UNetConfig(
     time_scale=1.0,
 )
 
+_SCORE_TRANSFORMER = dataclasses.replace(
+    _SCORE,
+    num_classes=10,  # digits
+    class_context=True,  # the label as a context token for cross-attention (the write-up)
+    transformer_resolutions=(7, 4),  # 4 is the middle level of 28 -> 14 -> 7 -> 4
+    transformer_head_dim=32,  # 4 heads x 32: transformers 128 wide at both levels
+    transformer_ff_mult=2,  # keeps the whole net under 6 M parameters
+)
+
 PRESETS: dict[str, Preset] = {
     "ddpm-small-28": Preset(
         "difflab's default 28x28 DDPM UNet: widths 32/64/128, attention at 7x7, ~1.35 M",
@@ -86,6 +108,12 @@ PRESETS: dict[str, Preset] = {
         "score-SDE tutorial's ScoreNet as a UNet with skips by addition",
         _unet(dataclasses.replace(_SCORE, skip="add")),
         dataclasses.replace(_SCORE, skip="add"),
+    ),
+    "score-transformer-28": Preset(
+        "score-SDE write-up's spatial-transformer UNet: score-unet-28 + transformers at 7 and "
+        "4 cross-attending to a class token, 10 classes + null, ~5.7 M",
+        _unet(_SCORE_TRANSFORMER),
+        _SCORE_TRANSFORMER,
     ),
 }
 

@@ -11,6 +11,8 @@ References:
 - Ho & Salimans (2022), "Classifier-Free Diffusion Guidance": one extra "null" class so the
   same network also models the unconditional distribution.
 - Song et al. (2021), score SDEs: Gaussian Fourier time features, continuous ``t``.
+- Rombach et al. (2022), latent diffusion: spatial transformers whose cross-attention reads
+  a conditioning sequence (text-encoder tokens, or a learned class token).
 
 Layout (for the defaults, 28x28 input)::
 
@@ -22,6 +24,15 @@ Each entry of ``channel_mults`` is one resolution level; the last (lowest-resolu
 is the middle block, so a 28x28 input with mults ``(1, 2, 4)`` runs at 28, 14 and 7. The
 levels above it hold ``num_res_blocks`` blocks on the way down and as many on the way up;
 each down block's output is a skip connection for one up block.
+
+Conditioning (``cond``): None (unconditional); a LongTensor ``(B,)`` of class labels,
+added to the time embedding (``num_classes`` is the null label of classifier-free
+guidance); or a :class:`TextCondition` of context tokens for cross-attention. Levels whose
+side is in ``transformer_resolutions`` get a :class:`SpatialTransformer` after each block
+(in the middle: after its attention, before the second block), which cross-attends to the
+context: the text tokens and/or, with ``class_context``, one learned token for the label::
+
+    block -> [self-attention] -> SpatialTransformer(context) -> next block
 
 Speed notes (CPU, torch 2.13, bf16 autocast): keep tensors NCHW. Channels-last makes the
 convolutions faster but PyTorch's CPU GroupNorm 10-20x slower in that layout, a net
@@ -39,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import LinearAttention2d, SelfAttention2d
+from .attention import LinearAttention2d, SelfAttention2d, SpatialTransformer
 from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, zero_init
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP
 
@@ -56,6 +67,23 @@ def _eager_cpu(x: Tensor) -> bool:
 
 def _bad(name: str, problem: str) -> ValueError:
     return ValueError(f"UNetConfig.{name}: {problem}")
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """Conditioning by a token sequence, read by the UNet's spatial transformers.
+
+    ``tokens``: float ``(B, L, context_dim)``, e.g. a pretrained text encoder's token
+    embeddings. ``mask``: optional bool ``(B, L)``, True for real tokens, False for
+    padding (a tokenizer's ``attention_mask``); padded tokens have no effect on the output,
+    and a row with no real token (the empty prompt of classifier-free guidance) means "no
+    text". ``labels``: optional LongTensor ``(B,)`` of class labels for a class-conditional
+    net (None: the null label).
+    """
+
+    tokens: Tensor
+    mask: Tensor | None = None
+    labels: Tensor | None = None
 
 
 @dataclass
@@ -115,9 +143,32 @@ class UNetConfig:
     # Class-conditional when set: labels 0..num_classes-1, and num_classes itself is the
     # "null" label used for classifier-free guidance (and when cond is None).
     num_classes: int | None = None
-    # Reserved for text conditioning through cross-attention (a later addition); only
-    # None is accepted today.
+    # Feature-map sides with a SpatialTransformer (self-attention, cross-attention to the
+    # context, feed-forward; LDM) after every block of that level, and in the middle block
+    # (after its attention) when the middle's side is listed. It comes in addition to any
+    # attention configured for the side, which runs first; as the transformer has its own
+    # self-attention, a side is usually listed in one or the other. Needs a context
+    # (context_dim and/or class_context). Empty: no transformers (all older presets).
+    transformer_resolutions: tuple[int, ...] = ()
+    # Transformer layers per SpatialTransformer; 1, as LDM's small models.
+    transformer_depth: int = 1
+    # Width of a transformer head; None: the level width / num_heads, so the transformer
+    # runs at the level's width. Set it (LDM's d_head) to run narrower, cheaper
+    # transformers: width num_heads * transformer_head_dim.
+    transformer_head_dim: int | None = None
+    # Hidden width of the transformers' GEGLU feed-forward over their width; 4 as LDM,
+    # 2 halves the largest part of a transformer's parameters.
+    transformer_ff_mult: int = 4
+    # Width of the context tokens that TextCondition carries (e.g. 384 for
+    # all-MiniLM-L6-v2), and of the class token. None: no text input.
     context_dim: int | None = None
+    # With num_classes: the label is ALSO given to the transformers as one learned context
+    # token (label num_classes: a learned null token), as the score-SDE write-up's
+    # spatial-transformer UNet does; the label still enters the time embedding too. The
+    # token is context_dim wide (it is appended to text tokens), or time_embed_dim wide
+    # when there is no text. Alone, one token makes cross-attention a per-class bias at
+    # every position (softmax over one key is 1): its q/k weights then get no gradient.
+    class_context: bool = False
     # Scale-shift (FiLM) time conditioning (improved DDPM) rather than an added bias.
     scale_shift: bool = True
     # Whether the middle block has attention (score-SDE's small ScoreNet has none).
@@ -126,7 +177,12 @@ class UNetConfig:
     convnext_mult: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("channel_mults", "attention_resolutions", "linear_attention_resolutions"):
+        for name in (
+            "channel_mults",
+            "attention_resolutions",
+            "linear_attention_resolutions",
+            "transformer_resolutions",
+        ):
             value = getattr(self, name)
             if isinstance(value, int):
                 value = (value,)
@@ -161,7 +217,11 @@ class UNetConfig:
             positive(name)
         for name in ("num_heads", "groups", "convnext_mult"):
             positive(name)
+        positive("transformer_depth")
+        positive("transformer_ff_mult")
         for name in ("out_channels", "time_features", "time_embed_dim", "num_classes"):
+            positive(name, allow_none=True)
+        for name in ("context_dim", "transformer_head_dim"):
             positive(name, allow_none=True)
         for name, allowed in (
             ("block", BLOCKS),
@@ -179,7 +239,7 @@ class UNetConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise _bad(name, f"must be a number, got {value!r}")
-        for name in ("scale_shift", "mid_attention"):
+        for name in ("scale_shift", "mid_attention", "class_context"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, f"must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -193,10 +253,21 @@ class UNetConfig:
         features = self.time_features or self.base_channels
         if features < 2 or (self.time_embedding == "fourier" and features % 2):
             raise _bad("time_features", f"needs an even size >= 2, got {features}")
-        if self.context_dim is not None:
+        if self.class_context and self.num_classes is None:
+            raise _bad("class_context", "needs num_classes (the labels to make tokens of)")
+        has_context = self.context_dim is not None or self.class_context
+        if self.transformer_resolutions and not has_context:
             raise _bad(
-                "context_dim",
-                "cross-attention conditioning is not implemented in UNet yet; allowed: None",
+                "transformer_resolutions",
+                "spatial transformers need a context: set context_dim (text tokens) "
+                "and/or class_context=True with num_classes",
+            )
+        if has_context and not self.transformer_resolutions:
+            name = "context_dim" if self.context_dim is not None else "class_context"
+            raise _bad(
+                name,
+                "the context is read only by spatial transformers; list sides in "
+                f"transformer_resolutions (allowed: {sorted(set(self.level_sides))})",
             )
 
         for width in self.channels:
@@ -208,7 +279,11 @@ class UNetConfig:
                 )
 
         sides = self.level_sides
-        for name in ("attention_resolutions", "linear_attention_resolutions"):
+        for name in (
+            "attention_resolutions",
+            "linear_attention_resolutions",
+            "transformer_resolutions",
+        ):
             unknown = sorted(set(getattr(self, name)) - set(sides))
             if unknown:
                 raise _bad(
@@ -225,11 +300,23 @@ class UNetConfig:
             )
         for i, (side, width) in enumerate(zip(sides, self.channels, strict=True)):
             attn = self.attention_kind(side, middle=i == len(sides) - 1)
-            if attn == "full" and width % self.num_heads:
+            needs_split = attn == "full" or (
+                side in self.transformer_resolutions and self.transformer_head_dim is None
+            )
+            if needs_split and width % self.num_heads:
                 raise _bad(
                     "num_heads",
                     f"{self.num_heads} does not divide the width {width} at side {side}",
                 )
+
+    @property
+    def context_width(self) -> int | None:
+        """Width of the context tokens the transformers read (None: no transformers)."""
+        if self.context_dim is not None:
+            return self.context_dim
+        if self.class_context:
+            return self.time_embed_dim or 4 * self.base_channels
+        return None
 
     def attention_kind(self, side: int, middle: bool = False) -> str | None:
         """Which attention runs at a level of this side: "full", "linear" or None."""
@@ -257,24 +344,35 @@ class UNetConfig:
 
 
 class _Stage(nn.Module):
-    """One block followed by optional attention (Identity when there is none)."""
+    """One block, optional attention (Identity when there is none), optional transformer."""
 
-    def __init__(self, block: nn.Module, attn: nn.Module) -> None:
+    def __init__(
+        self, block: nn.Module, attn: nn.Module, transformer: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.block = block
         self.attn = attn
+        # None adds no state_dict key: stages without one load pre-transformer checkpoints.
+        self.transformer = transformer
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        return self.attn(self.block(x, emb))
+    def forward(
+        self, x: Tensor, emb: Tensor, context: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        x = self.attn(self.block(x, emb))
+        if self.transformer is not None:
+            x = self.transformer(x, context, mask)
+        return x
 
 
 class UNet(nn.Module):
     """Configurable diffusion UNet; see the module docstring for the layout.
 
     ``forward(x, t, cond=None)``: ``x`` ``(B, C, H, W)``; ``t`` float ``(B,)`` or a scalar
-    (step index or continuous time, scaled by ``config.time_scale``); ``cond`` LongTensor
-    ``(B,)`` of class labels for a class-conditional net (``num_classes`` = null label;
-    None means all-null). Returns a tensor shaped like ``x`` (with ``out_channels``).
+    (step index or continuous time, scaled by ``config.time_scale``); ``cond`` one of:
+    None (unconditional: null label, null class token, no text); a LongTensor ``(B,)`` of
+    class labels for a class-conditional net (``num_classes`` = null label); a
+    :class:`TextCondition` (tokens, padding mask, optional labels) for a net with
+    ``context_dim``. Returns a tensor shaped like ``x`` (with ``out_channels``).
     """
 
     def __init__(self, config: UNetConfig | None = None, **overrides: Any) -> None:
@@ -319,6 +417,20 @@ class UNet(nn.Module):
                 return LinearAttention2d(width, c.num_heads, groups=c.groups, eps=c.norm_eps)
             return nn.Identity()
 
+        def transformer(width: int, side: int) -> nn.Module | None:
+            if side not in c.transformer_resolutions:
+                return None
+            return SpatialTransformer(
+                width,
+                c.context_width,
+                c.num_heads,
+                c.transformer_depth,
+                c.transformer_ff_mult,
+                head_dim=c.transformer_head_dim,
+                groups=c.groups,
+                eps=c.norm_eps,
+            )
+
         self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
 
         # Encoder: every level but the last; each stage's output is a skip connection.
@@ -328,7 +440,7 @@ class UNet(nn.Module):
             kind = c.attention_kind(side)
             self.down_stages.append(
                 nn.ModuleList(
-                    _Stage(block(width, width), attention(width, kind))
+                    _Stage(block(width, width), attention(width, kind), transformer(width, side))
                     for _ in range(c.num_res_blocks)
                 )
             )
@@ -337,6 +449,7 @@ class UNet(nn.Module):
         mid = widths[-1]
         self.mid_block1 = block(mid, mid)
         self.mid_attn = attention(mid, c.attention_kind(sides[-1], middle=True))
+        self.mid_transformer = transformer(mid, sides[-1])
         self.mid_block2 = block(mid, mid)
 
         # Decoder: mirror of the encoder, deepest level first. Upsample also maps the width
@@ -352,7 +465,11 @@ class UNet(nn.Module):
             self.upsamplers.append(Upsample(below, width))
             self.up_stages.append(
                 nn.ModuleList(
-                    _Stage(block(skip_factor * width, width), attention(width, kind))
+                    _Stage(
+                        block(skip_factor * width, width),
+                        attention(width, kind),
+                        transformer(width, side),
+                    )
                     for _ in range(c.num_res_blocks)
                 )
             )
@@ -361,6 +478,11 @@ class UNet(nn.Module):
         # Zero-init: the untrained net predicts 0, the mean of eps, a sane starting point.
         self.conv_out = zero_init(
             nn.Conv2d(widths[0], c.out_channels or c.in_channels, 3, padding=1)
+        )
+        # Created last, so the parameters above draw the same random numbers as without it.
+        # Row num_classes is the learned null token.
+        self.class_token = (
+            nn.Embedding(c.num_classes + 1, c.context_width) if c.class_context else None
         )
 
     @classmethod
@@ -400,22 +522,75 @@ class UNet(nn.Module):
             raise ValueError(f"cond labels must be in [0, {n}] ({n} = null label)")
         return emb + self.class_embed(cond)
 
-    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
+    def context(
+        self, cond: Tensor | TextCondition | None, labels: Tensor | None, batch: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Context tokens ``(B, L, context_width)`` and mask ``(B, L)`` (or None) for the
+        transformers: the text tokens of a :class:`TextCondition`, then the class token."""
+        text, mask = None, None
+        if isinstance(cond, TextCondition):
+            text, mask = cond.tokens, cond.mask
+            want = self.config.context_dim
+            if text.ndim != 3 or text.shape[0] != batch or text.shape[-1] != want:
+                raise ValueError(
+                    f"TextCondition.tokens must be (B={batch}, L, context_dim={want}), got "
+                    f"{tuple(text.shape)} (UNetConfig.context_dim = {want})"
+                )
+            if not text.is_floating_point():
+                raise ValueError(f"TextCondition.tokens must be a float tensor, got {text.dtype}")
+            if mask is not None:
+                if mask.shape != text.shape[:2]:
+                    raise ValueError(
+                        f"TextCondition.mask must have shape {tuple(text.shape[:2])} (B, L) "
+                        f"like its tokens, got {tuple(mask.shape)}"
+                    )
+                if mask.dtype != torch.bool and mask.is_floating_point():
+                    raise ValueError(
+                        f"TextCondition.mask must be bool (True = real token), got {mask.dtype}"
+                    )
+                mask = mask.bool()
+        if self.class_token is None:
+            return text, mask
+        token = self.class_token(labels)[:, None, :]  # (B, 1, context_width)
+        if text is None:
+            return token, None
+        if mask is not None:  # the class token is always real
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+        return torch.cat([text, token.to(text.dtype)], dim=1), mask
+
+    def forward(
+        self, x: Tensor, t: Tensor | float, cond: Tensor | TextCondition | None = None
+    ) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"x must be (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        emb = self.embed(t, cond, x.shape[0], x.device)
+        batch = x.shape[0]
+        labels = cond
+        if isinstance(cond, TextCondition):
+            if self.config.context_dim is None:
+                raise ValueError(
+                    "a TextCondition was given but this UNet takes no text: "
+                    "UNetConfig.context_dim is None (set it to the token width)"
+                )
+            labels = cond.labels
+        if labels is None and self.config.num_classes is not None:
+            labels = torch.full((batch,), self.config.num_classes, device=x.device)
+        emb = self.embed(t, labels, batch, x.device)  # validates the labels
+        context, mask = self.context(cond, labels, batch)
 
         h = self.conv_in(x)
         skips = []
         for stages, down in zip(self.down_stages, self.downsamplers, strict=True):
             for stage in stages:
-                h = stage(h, emb)
+                h = stage(h, emb, context, mask)
                 skips.append(h)
             h = down(h)
 
-        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb)), emb)
+        h = self.mid_attn(self.mid_block1(h, emb))
+        if self.mid_transformer is not None:
+            h = self.mid_transformer(h, context, mask)
+        h = self.mid_block2(h, emb)
 
         for up, stages in zip(self.upsamplers, self.up_stages, strict=True):
             # Upsample to the skip's exact size: undoes a rounded-up downsampling (4 -> 7).
@@ -423,6 +598,6 @@ class UNet(nn.Module):
             for stage in stages:
                 skip = skips.pop()
                 h = torch.cat([h, skip], dim=1) if self.config.skip == "concat" else h + skip
-                h = stage(h, emb)
+                h = stage(h, emb, context, mask)
 
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,278 @@
+"""Spatial transformers (self-attention, cross-attention, feed-forward) and UNet conditioning
+through them: class tokens, text tokens with padding masks, the null token, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from difflab.models import UNet, UNetConfig, count_parameters, get_preset, preset_config
+from difflab.models.attention import SpatialTransformer, attention
+from difflab.models.unet import TextCondition
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP threads waiting on each other on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def perturb_zero_inits(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Give the zero-initialised layers random weights, so every path affects the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return net
+
+
+def small(**kw) -> UNetConfig:
+    """Two levels on 8x8 inputs (sides 8 and 4, 4 = the middle), width 16/32."""
+    base = dict(
+        base_channels=16,
+        channel_mults=(1, 2),
+        attention_resolutions=(),
+        image_size=8,
+        time_embed_dim=32,
+    )
+    return UNetConfig(**{**base, **kw})
+
+
+def class_net(**kw) -> UNet:
+    torch.manual_seed(0)
+    cfg = small(num_classes=3, class_context=True, transformer_resolutions=(8, 4), **kw)
+    return perturb_zero_inits(UNet(cfg))
+
+
+def text_net(**kw) -> UNet:
+    torch.manual_seed(0)
+    return perturb_zero_inits(UNet(small(context_dim=6, transformer_resolutions=(8, 4), **kw)))
+
+
+X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+T = torch.tensor([10.0, 700.0])
+
+
+# ---------------------------------------------------------------- the layer
+
+
+@pytest.mark.parametrize(("head_dim", "gated"), [(None, True), (4, False)])
+def test_spatial_transformer_shapes_and_identity_at_init(head_dim, gated) -> None:
+    torch.manual_seed(0)
+    layer = SpatialTransformer(16, 12, num_heads=4, depth=2, head_dim=head_dim, gated=gated)
+    x, ctx = torch.randn(2, 16, 5, 3), torch.randn(2, 7, 12)
+    assert torch.equal(layer(x, ctx), x)  # zero-initialised proj_out: starts as identity
+    perturb_zero_inits(layer)
+    out = layer(x, ctx)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    assert len(layer.blocks) == 2 and layer.proj_in.out_features == 4 * (head_dim or 4)
+    with pytest.raises(ValueError, match=r"context must be \(B, L, 12\)"):
+        layer(x, torch.randn(2, 7, 5))
+
+
+def test_spatial_transformer_mask_is_exact_and_empty_context_adds_nothing() -> None:
+    torch.manual_seed(0)
+    layer = perturb_zero_inits(SpatialTransformer(16, 12, num_heads=2))
+    x, ctx = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 12)
+    mask = torch.tensor([[True, True, False, True, False], [True] * 5])
+    out = layer(x, ctx, mask)
+    changed = ctx.clone()
+    changed[0, 2], changed[0, 4] = 1e4, -3.0
+    assert torch.equal(layer(x, changed, mask), out)  # masked tokens: no effect at all
+    changed[0, 1] = 1.0
+    assert not torch.allclose(layer(x, changed, mask)[0], out[0])
+    none = layer(x, torch.zeros(2, 5, 12), torch.zeros(2, 5, dtype=torch.bool))
+    assert torch.isfinite(none).all()
+    assert torch.equal(none, layer(x, None))  # attend to nothing == no cross-attention
+
+
+@pytest.mark.parametrize("n", [6, 300])  # plain matmul path and fused kernel path
+def test_attention_fully_masked_row_is_zero(n: int) -> None:
+    q, k, v = torch.randn(3, 2, 1, n, 8).unbind(0)  # each (B=2, nh=1, n, 8)
+    mask = torch.ones(2, 1, 1, n, dtype=torch.bool)
+    mask[1] = False
+    out = attention(q, k, v, mask)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.allclose(out[0], attention(q[:1], k[:1], v[:1]), atol=1e-5)
+
+
+# ---------------------------------------------------------------- UNet, class tokens
+
+
+def test_transformer_unet_shapes_and_layout() -> None:
+    net = class_net()
+    for cond in (None, torch.tensor([0, 2])):
+        assert net(X, T, cond).shape == X.shape
+    assert net.mid_transformer is not None  # 4 is the middle level
+    assert all(s.transformer is not None for st in net.down_stages for s in st)
+    assert all(s.transformer is not None for st in net.up_stages for s in st)
+    # No text: the class token is time_embed_dim wide; one row per label + the null token.
+    assert tuple(net.class_token.weight.shape) == (4, 32)
+    assert net.mid_transformer.context_dim == 32
+
+
+def test_class_token_changes_the_output() -> None:
+    net = class_net()
+    labels = torch.tensor([1, 1])
+    before = net(X, T, labels)
+    with torch.no_grad():
+        net.class_token.weight[1] += 1.0  # only the cross-attention path sees this
+    after = net(X, T, labels)
+    assert not torch.allclose(before, after)
+    assert torch.equal(net(X, T, torch.tensor([0, 0])), class_net()(X, T, torch.tensor([0, 0])))
+
+
+def test_null_label_is_a_learned_token() -> None:
+    net = class_net()
+    null = net(X, T, torch.tensor([3, 3]))  # num_classes = the null label
+    assert torch.equal(net(X, T), null)  # cond=None means unconditional
+    assert not torch.allclose(null, net(X, T, torch.tensor([0, 0])))
+    with torch.no_grad():
+        net.class_token.weight[3] += 1.0
+    assert not torch.allclose(net(X, T), null)  # the null token is a parameter
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        net(X, T, torch.tensor([4, 0]))
+
+
+# ---------------------------------------------------------------- UNet, text tokens
+
+
+def test_text_condition_mask_is_exact() -> None:
+    net = text_net(num_classes=3, class_context=True)
+    tokens = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(3))
+    mask = torch.tensor([[True, True, True, False, False], [True, False, True, True, True]])
+    labels = torch.tensor([0, 3])
+    out = net(X, T, TextCondition(tokens, mask, labels))
+    assert out.shape == X.shape
+    changed = tokens.clone()
+    changed[0, 3:] = 50.0
+    changed[1, 1] = -7.0
+    assert torch.equal(net(X, T, TextCondition(changed, mask, labels)), out)
+    changed[0, 0] += 1.0  # a real token does matter
+    assert not torch.allclose(net(X, T, TextCondition(changed, mask, labels))[0], out[0])
+    # Class token appended after the text: context_dim wide.
+    assert tuple(net.class_token.weight.shape) == (4, 6)
+    assert net(X, T, TextCondition(tokens, None, labels)).shape == X.shape  # no mask
+
+
+def test_fully_masked_text_is_finite_and_means_no_text() -> None:
+    net = text_net()
+    empty = TextCondition(torch.zeros(2, 4, 6), torch.zeros(2, 4, dtype=torch.bool))
+    out = net(X, T, empty)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, net(X, T))  # the empty prompt == unconditional
+    text = TextCondition(torch.randn(2, 4, 6), torch.ones(2, 4, dtype=torch.bool))
+    assert not torch.allclose(net(X, T, text), out)
+    out.square().mean().backward()  # no NaN gradients from the empty softmax either
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("kind", ["class", "text+class"])
+def test_gradients_reach_every_parameter(kind: str) -> None:
+    if kind == "class":
+        net, cond = class_net(), torch.tensor([1, 3])
+    else:
+        net = text_net(num_classes=3, class_context=True)
+        mask = torch.tensor([[True, False, True], [True, True, True]])
+        cond = TextCondition(torch.randn(2, 3, 6), mask, torch.tensor([2, 3]))
+    net(X, T, cond).square().mean().backward()
+    # Every parameter takes part (DDP needs no unused parameters) ...
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+    zero = {n for n, p in net.named_parameters() if not p.grad.any()}
+    if kind == "class":
+        # ... but a one-token context makes the cross-attention weights identically 1
+        # (softmax over one key), so its queries, keys and the norm before them get exactly
+        # zero gradient: cross-attending to one class token is a per-class bias at every
+        # position, as in the write-up. A text context (several tokens) uses them.
+        inert = ("norm2.weight", "norm2.bias", "attn2.to_q.weight", "attn2.to_k.weight")
+        assert len(zero) == 3 * len(inert) and all(n.endswith(inert) for n in zero), zero
+    else:
+        assert zero == set()
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        (dict(num_classes=3, class_context=True, transformer_resolutions=(5,)), "transformer_res"),
+        (dict(class_context=True, transformer_resolutions=(4,)), "class_context"),
+        (dict(transformer_resolutions=(4,)), "transformer_resolutions"),  # no context
+        (dict(context_dim=6), "context_dim"),  # no transformer reads it
+        (dict(num_classes=3, class_context=True), "class_context"),
+        (dict(context_dim=6, transformer_resolutions=(4,), transformer_depth=0), "transformer_d"),
+        (dict(context_dim=6, transformer_resolutions=(4,), num_heads=3), "num_heads"),
+        (dict(context_dim=0, transformer_resolutions=(4,)), "context_dim"),
+    ],
+)
+def test_bad_config_names_the_field(kw: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"UNetConfig.{field}"):
+        small(**kw)
+
+
+def test_transformer_resolutions_lists_allowed_sides() -> None:
+    with pytest.raises(ValueError, match=r"allowed: \[4, 8\]"):
+        small(context_dim=6, transformer_resolutions=(2,))
+    # An explicit head width lifts the divisibility requirement on num_heads.
+    small(
+        context_dim=6,
+        transformer_resolutions=(4,),
+        num_heads=3,
+        transformer_head_dim=8,
+        mid_attention=False,
+    )
+
+
+def test_bad_conditions_raise_clear_errors() -> None:
+    tokens = torch.randn(2, 5, 6)
+    with pytest.raises(ValueError, match="context_dim is None"):
+        class_net()(X, T, TextCondition(tokens))
+    net = text_net()
+    with pytest.raises(ValueError, match="context_dim=6"):
+        net(X, T, TextCondition(torch.randn(2, 5, 7)))
+    with pytest.raises(ValueError, match=r"mask must have shape \(2, 5\)"):
+        net(X, T, TextCondition(tokens, torch.ones(2, 4, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        net(X, T, TextCondition(tokens, torch.ones(2, 5)))
+    with pytest.raises(ValueError, match="unconditional"):
+        net(X, T, TextCondition(tokens, labels=torch.tensor([0, 1])))
+
+
+def test_config_round_trip_keeps_transformer_fields() -> None:
+    cfg = small(context_dim=6, num_classes=3, class_context=True, transformer_resolutions=[4])
+    again = UNetConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.transformer_resolutions == (4,)
+    UNet(again).load_state_dict(UNet(cfg).state_dict())
+
+
+# ---------------------------------------------------------------- the preset
+
+
+def test_score_transformer_preset() -> None:
+    cfg = preset_config("score-transformer-28")
+    base = preset_config("score-unet-28")
+    assert cfg.num_classes == 10 and cfg.class_context and cfg.transformer_resolutions == (7, 4)
+    assert cfg.level_sides == (28, 14, 7, 4)
+    changed = {
+        f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)
+    }
+    assert changed == {
+        "num_classes",
+        "class_context",
+        "transformer_resolutions",
+        "transformer_head_dim",
+        "transformer_ff_mult",
+    }
+    torch.manual_seed(0)
+    net = get_preset("score-transformer-28")
+    assert 5.0e6 < count_parameters(net) < 6.0e6, count_parameters(net)
+    x = torch.randn(2, 1, 28, 28)
+    assert net(x, torch.tensor([0.2, 0.9]), torch.tensor([7, 10])).shape == x.shape
