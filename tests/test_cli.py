@@ -166,16 +166,73 @@ def test_steps_beyond_T_is_refused(run_dir):
 
 def test_export_fp16_is_small_and_samples_the_same(run_dir, tmp_path):
     out = tmp_path / "shipped"
-    assert main(["export", str(run_dir / "last"), str(out), "--fp16",
-                 "--command-line", "difflab train digits8"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir / "last"),
+                str(out),
+                "--fp16",
+                "--command-line",
+                "difflab train digits8",
+            ]
+        )
+        == 0
+    )
     full = sum(f.stat().st_size for f in (run_dir / "last").iterdir())
     small = sum(f.stat().st_size for f in out.iterdir())
     assert small < full / 3
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    assert main(["sample", str(out), "-n", "4", "--steps", "5",
-                 "--out", str(tmp_path / "a.npz")]) == 0
-    assert main(["sample", str(run_dir / "last"), "-n", "4", "--steps", "5",
-                 "--out", str(tmp_path / "b.npz")]) == 0
+    assert (
+        main(["sample", str(out), "-n", "4", "--steps", "5", "--out", str(tmp_path / "a.npz")]) == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                str(run_dir / "last"),
+                "-n",
+                "4",
+                "--steps",
+                "5",
+                "--out",
+                str(tmp_path / "b.npz"),
+            ]
+        )
+        == 0
+    )
     a, b = np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"]
     # fp16 rounding of the EMA weights moves pixels by at most a few levels.
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
+
+
+def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "eval",
+                str(run_dir / "last"),
+                "--samples",
+                "60",
+                "--steps",
+                "4",
+                "--json",
+                str(report),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    import json
+
+    r = json.loads(report.read_text())
+    assert r["fid"] > 0 and "digits CNN features" in r["feature_space"]
+    npz = tmp_path / "s.npz"
+    assert (
+        main(["sample", str(run_dir / "last"), "-n", "60", "--steps", "4", "--out", str(npz)]) == 0
+    )
+    assert main(["eval", "--images", str(npz), "--dataset", "digits", "--quiet"]) == 0
+    assert "FID" in capsys.readouterr().out
+    p = run_cli("eval", "--images", str(npz))
+    assert p.returncode != 0 and "--dataset" in p.stderr

@@ -142,6 +142,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             per = max(1, args.n // gen.num_classes)
             classes = [c for c in range(gen.num_classes) for _ in range(per)]
             args.n = len(classes)
+            args.nrow = args.nrow or per  # one row per class
         else:
             classes = args.classes
     kw = dict(
@@ -257,13 +258,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from difflab.training.checkpoint import export_for_inference
 
-    provenance = {"hardware": args.hardware or f"{platform.processor() or platform.machine()}, "
-                  f"{os.cpu_count()} CPU threads, torch {torch.__version__}"}
+    provenance = {
+        "hardware": args.hardware
+        or f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU threads, torch {torch.__version__}"
+    }
     if args.command_line:
         provenance["command"] = args.command_line
     dtype = torch.float16 if args.fp16 else None
-    out = export_for_inference(resolve_checkpoint(args.checkpoint), args.out, dtype=dtype,
-                               provenance=provenance)
+    out = export_for_inference(
+        resolve_checkpoint(args.checkpoint), args.out, dtype=dtype, provenance=provenance
+    )
     size = sum(f.stat().st_size for f in Path(out).iterdir())
     print(f"difflab: wrote {out} ({size / 1e6:.2f} MB)")
     return 0
@@ -322,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     s.add_argument("--device")
     s.set_defaults(func=cmd_sample)
+
+    from difflab.metrics.command import add_eval_arguments
+
+    add_eval_arguments(
+        sub.add_parser(
+            "eval", help="FID, KID, precision/recall, NLL of a checkpoint or an .npz of samples"
+        )
+    )
 
     v = sub.add_parser("viz", help="pictures of the process: forward | schedules | toy1d")
     v.add_argument("what", choices=("forward", "schedules", "toy1d"))

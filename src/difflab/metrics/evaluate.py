@@ -1,0 +1,533 @@
+"""Evaluate generated images, or a checkpoint, against a dataset's real images.
+
+    from difflab.metrics import evaluate_images, evaluate_checkpoint
+    report = evaluate_images(images, "fashion_mnist")          # uint8 (N, 1, 28, 28)
+    report = evaluate_checkpoint("runs/fashion/last", samples=10_000, nll=True)
+
+Every report holds FID, KID (mean, spread, standard error), precision and recall (k = 3), the
+classes a classifier sees in the samples, the agreement with the requested classes for
+conditional models, and, on request, the test-set negative log-likelihood in bits per dimension;
+plus `feature_space`, the name of the space the figures were computed in (features.py): they
+are not Inception figures and cannot be compared with those.
+
+The reference set is the dataset's metric test split (features.metric_split) unless told
+otherwise. Images of another size than the dataset's are resized to it for the feature net, and
+the reference images make the same round trip, so that resizing itself costs nothing.
+
+The `difflab eval` command is in command.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from difflab.data import resolve_class
+from difflab.data.transforms import convert_channels, resize_images, to_float
+
+from .features import (
+    CLASS_ALIASES,
+    CLASS_NAMES,
+    DATASETS,
+    FeatureNet,
+    feature_extractor,
+    metric_split,
+)
+from .fid import GaussianStats, fid_from_stats
+from .kid import kid_from_features
+from .prd import class_agreement, precision_recall
+
+REFERENCE_SPLITS = ("test", "train")
+
+
+# ---------------------------------------------------------------------------- input images
+def as_uint8_images(images: Any, name: str = "images") -> torch.Tensor:
+    """Validate images and return them as a uint8 tensor (N, C, H, W), C in {1, 3}.
+
+    Accepts (N, H, W), (N, C, H, W) or (N, H, W, C) arrays or tensors of uint8, or of another
+    integer type holding 0..255. Floats are refused: their range (0..1? -1..1?) is a guess.
+    """
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must be uint8 pixels 0..255, got {x.dtype}; convert first, e.g. "
+            "difflab.data.to_uint8(x) for floats in [-1, 1] or (x * 255).round() for [0, 1]"
+        )
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} must have shape (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3, "
+            f"got {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if x.dtype != torch.uint8:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"{name} of type {x.dtype} hold {lo}..{hi}; pixels must be 0..255")
+        x = x.to(torch.uint8)
+    return x.contiguous()
+
+
+def load_images_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images uint8 (N, C, H, W), labels int64 (N,) or None) from an .npz holding `images`
+    (and optionally `labels`, e.g. from `difflab sample --out FILE.npz`), or an .npy array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a NumPy .npz/.npy file of plain arrays ({e})") from None
+    if isinstance(data, np.ndarray):
+        return as_uint8_images(data, f"{path.name}"), None
+    with data:
+        keys = list(data.keys())
+        if "images" in keys:
+            key = "images"
+        elif len(keys) == 1:
+            key = keys[0]
+        else:
+            raise ValueError(
+                f"{path} holds arrays {', '.join(keys)}; name the images 'images' (and the "
+                "class labels, if any, 'labels')"
+            )
+        images = as_uint8_images(data[key], f"{path.name}[{key!r}]")
+        labels = None
+        if "labels" in keys:
+            labels = torch.as_tensor(np.asarray(data["labels"]))
+            if labels.is_floating_point() or labels.shape != (len(images),):
+                raise ValueError(
+                    f"{path.name}['labels'] must be {len(images)} integer class indices, got "
+                    f"{labels.dtype} with shape {tuple(labels.shape)}"
+                )
+            labels = labels.long()
+    return images, labels
+
+
+def _to_native(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> the feature net's (C', H', W'): grey via luma, resized (PIL)."""
+    c, h, _ = shape
+    x = images.numpy()
+    if x.shape[2] != x.shape[3]:
+        raise ValueError(
+            f"images must be square to be resized to {h}x{h}, got {x.shape[2]}x{x.shape[3]}"
+        )
+    x = convert_channels(x, c)
+    return torch.from_numpy(np.ascontiguousarray(resize_images(x, h)))
+
+
+# ---------------------------------------------------------------------------- reference
+_REFERENCE: dict[tuple, tuple[np.ndarray, int]] = {}
+
+
+def _class_indices(dataset: str, classes: Sequence[str | int] | None) -> tuple[int, ...] | None:
+    if classes is None:
+        return None
+    names, aliases = CLASS_NAMES[dataset], CLASS_ALIASES[dataset]
+    return tuple(sorted({resolve_class(c, names, aliases) for c in classes}))
+
+
+def reference_features(
+    net: FeatureNet,
+    split: str = "test",
+    *,
+    n_reference: int | None = None,
+    classes: tuple[int, ...] | None = None,
+    round_trip: tuple[int, int, int] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Features of the real images of `split`: only `classes` (dataset indices) when given,
+    a seeded random n_reference of them when given, and when round_trip=(C, H, W) after a
+    trip to that shape and back. Remembered for the life of the process."""
+    if split not in REFERENCE_SPLITS:
+        raise ValueError(f"reference split {split!r}: allowed {', '.join(REFERENCE_SPLITS)}")
+    key = (net.dataset, id(net), split, n_reference, classes, round_trip, seed)
+    if key not in _REFERENCE:
+        data = metric_split(net.dataset, split)
+        images, labels = data.images, data.labels
+        if classes is not None:
+            keep = torch.isin(labels, torch.tensor(classes))
+            images, labels = images[keep], labels[keep]
+        if n_reference is not None and n_reference < len(images):
+            g = torch.Generator().manual_seed(seed)
+            images = images[torch.randperm(len(images), generator=g)[:n_reference].sort().values]
+        if round_trip is not None and tuple(round_trip) != net.recipe.image_shape:
+            c, h, _ = round_trip
+            there = resize_images(convert_channels(images.numpy(), c), h)
+            images = _to_native(torch.from_numpy(there), net.recipe.image_shape)
+        _REFERENCE[key] = (net.features(images), len(images))
+    return _REFERENCE[key][0]
+
+
+# ---------------------------------------------------------------------------- metrics
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(f"difflab: {message}", file=sys.stderr, flush=True)
+
+
+def evaluate_images(
+    images: Any,
+    dataset: str,
+    labels: Any = None,
+    *,
+    reference_split: str = "test",
+    n_reference: int | None = None,
+    classes: Sequence[str | int] | None = None,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    pr_k: int = 3,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Compare generated images with the real images of `dataset` (module docstring).
+
+    images: uint8 (N, C, H, W), (N, H, W) or (N, H, W, C), any square size (resized to the
+    dataset's). labels: the class each image was asked to be (dataset class indices) for
+    conditional models, or None. reference_split: "test" or "train" (features.metric_split);
+    n_reference: a seeded random subset of it. classes: restrict the reference to these classes
+    (names or indices), for models trained on a subset. kid_subset_size / kid_subsets: KID's
+    blocks (kid.kid_from_features); pr_k: the neighbour of precision / recall; seed: every
+    random choice.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(
+            f"no feature network for dataset {dataset!r}: the metrics support {', '.join(DATASETS)}"
+        )
+    if n_reference is not None and n_reference < 2:
+        raise ValueError(f"n_reference must be at least 2, got {n_reference}")
+    if reference_split not in REFERENCE_SPLITS:
+        raise ValueError(
+            f"reference split {reference_split!r}: allowed {', '.join(REFERENCE_SPLITS)}"
+        )
+    x = as_uint8_images(images)
+    if len(x) < 4:
+        raise ValueError(f"need at least 4 images to compare distributions, got {len(x)}")
+    y = None
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        if y.is_floating_point() or y.shape != (len(x),):
+            raise ValueError(
+                f"labels must be {len(x)} integer class indices, got {y.dtype} with shape "
+                f"{tuple(y.shape)}"
+            )
+    class_idx = _class_indices(dataset, classes)
+    net = feature_extractor(dataset, verbose=verbose)
+    native = net.recipe.image_shape
+    shape = tuple(x.shape[1:])
+    if shape != native:
+        x = _to_native(x, native)
+    ref = reference_features(
+        net,
+        reference_split,
+        n_reference=n_reference,
+        classes=class_idx,
+        round_trip=shape if shape != native else None,
+        seed=seed,
+    )
+    fake = net.features(x)
+    _log(verbose, f"features of {len(fake):,} images and {len(ref):,} reference images")
+    names = CLASS_NAMES[dataset]
+    predicted = net.predict(x)
+    counts = np.bincount(predicted, minlength=len(names))
+    report: dict[str, Any] = {
+        "dataset": dataset,
+        "feature_space": net.feature_space,
+        "feature_net": {
+            "code_version": net.info.get("code_version"),
+            "test_accuracy": net.test_accuracy,
+            "test_images": net.info.get("test_images"),
+        },
+        "num_images": len(fake),
+        "image_shape": list(shape),
+        "resized_to": list(native) if shape != native else None,
+        "reference": {
+            "split": reference_split,
+            "num_images": len(ref),
+            "classes": [names[i] for i in class_idx] if class_idx is not None else None,
+        },
+        "fid": fid_from_stats(GaussianStats.from_features(ref), GaussianStats.from_features(fake)),
+    }
+    report.update(
+        kid_from_features(
+            ref, fake, subset_size=kid_subset_size, num_subsets=kid_subsets, seed=seed
+        )
+    )
+    report.update(precision_recall(ref, fake, k=pr_k, seed=seed))
+    report["predicted_class_fractions"] = {
+        names[i]: float(counts[i] / len(predicted)) for i in range(len(names))
+    }
+    if y is not None:
+        report.update(class_agreement(predicted, y.long().numpy(), names))
+    return report
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _checkpoint_dataset(gen) -> tuple[str, list[str] | None]:
+    """(dataset name, classes kept in training or None) from a checkpoint's config.json."""
+    data = gen.config.get("run", {}).get("data", {})
+    name = data.get("name")
+    if name not in DATASETS:
+        raise ValueError(
+            f"the checkpoint was trained on {name!r} data; the metrics have feature networks "
+            f"for {', '.join(DATASETS)} only (use evaluate_images with one of those)"
+        )
+    return name, data.get("classes")
+
+
+class _Float32Net(torch.nn.Module):
+    """Runs a float32 network under code that works in float64 (the VLB): the network sees
+    float32, and what surrounds it stays in the caller's precision."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.net(x.float(), t, cond).to(x.dtype)
+
+
+def checkpoint_nll(
+    gen,
+    *,
+    num_images: int = 1000,
+    num_timesteps: int | None = None,
+    batch_size: int = 100,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Negative log-likelihood of the dataset's metric test split under a Generator's model,
+    in bits per dimension: the variational bound (diffusion.vlb) for discrete processes, the
+    probability-flow ODE (samplers.likelihood) for continuous ones. Class-conditional models
+    are evaluated given each image's true class."""
+    from difflab.diffusion.denoiser import ModelDenoiser
+    from difflab.diffusion.process import DiscreteProcess
+
+    dataset, classes = _checkpoint_dataset(gen)
+    data = metric_split(dataset, "test")
+    images, labels = data.images, data.labels
+    names = CLASS_NAMES[dataset]
+    if classes is not None:
+        chosen = [resolve_class(c, names, CLASS_ALIASES[dataset]) for c in classes]
+        keep = torch.isin(labels, torch.tensor(chosen))
+        images, labels = images[keep], labels[keep]
+        remap = {c: i for i, c in enumerate(chosen)}
+        labels = torch.tensor([remap[int(v)] for v in labels])
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(images), generator=g)[:num_images].sort().values
+    images, labels = images[pick], labels[pick]
+    c, h, _ = gen.image_shape
+    if tuple(images.shape[1:]) != tuple(gen.image_shape):
+        images = torch.from_numpy(resize_images(convert_channels(images.numpy(), c), h))
+    discrete = isinstance(gen.process, DiscreteProcess)
+    if discrete:
+        from difflab.diffusion.vlb import vlb_bits_per_dim
+
+        method = (
+            f"variational bound, {num_timesteps or gen.process.T - 1} of "
+            f"{gen.process.T - 1} steps evaluated"
+        )
+    else:
+        try:
+            from difflab.samplers.likelihood import ode_bits_per_dim, uniform_dequantize
+        except ImportError as e:
+            raise ValueError(
+                "the NLL of continuous-time models needs difflab.samplers.likelihood"
+            ) from e
+        method = "probability-flow ODE, Hutchinson trace estimator, uniform dequantization"
+    bpd: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        x0 = to_float(images[i : i + batch_size], torch.float64).to(gen.device)
+        cond = labels[i : i + batch_size].to(gen.device) if gen.num_classes else None
+        den = ModelDenoiser(_Float32Net(gen.net), gen.process, gen.parameterization, cond=cond)
+        if discrete:
+            out = vlb_bits_per_dim(den, x0, num_timesteps=num_timesteps, generator=g)["bpd"]
+        else:
+            x0 = uniform_dequantize(x0.float(), generator=g)
+            out = ode_bits_per_dim(den, x0, divergence="hutchinson", generator=g)
+        bpd.append(out.double().cpu())
+        _log(
+            verbose,
+            f"NLL: {min(i + batch_size, len(images)):,}/{len(images):,} test images, "
+            f"{time.perf_counter() - start:.0f} s",
+        )
+    values = torch.cat(bpd)
+    stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    result = {
+        "nll_bpd": float(values.mean()),
+        "nll_bpd_stderr": stderr,
+        "nll_images": len(values),
+        "nll_method": method + (", given the true class" if gen.num_classes else ""),
+    }
+    if dataset != "fashion_mnist":
+        result["nll_note"] = (
+            f"{dataset} has no separate test split here: the held-out images are part of the "
+            "data a model trained on the whole set has seen"
+        )
+    return result
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    samples: int = 10_000,
+    *,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    guidance: float | None = None,
+    reference_split: str = "test",
+    n_reference: int | None = None,
+    nll: bool = False,
+    nll_timesteps: int | None = None,
+    nll_images: int = 1000,
+    device: str | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Draw `samples` images from a checkpoint and evaluate them (evaluate_images), and with
+    nll=True the test-set NLL in bits/dim (checkpoint_nll). A class-conditional model is asked
+    for every class in turn, and its class agreement reported. The dataset, and the classes it
+    was trained on, come from the checkpoint's config.json ("run" -> "data")."""
+    from difflab.pipeline import Generator
+
+    if samples < 4:
+        raise ValueError(f"samples must be at least 4, got {samples}")
+    if nll_timesteps is not None and nll_timesteps < 1:
+        raise ValueError(f"nll_timesteps must be a positive number of steps, got {nll_timesteps}")
+    if nll_images < 1:
+        raise ValueError(f"nll_images must be positive, got {nll_images}")
+    gen = Generator.from_checkpoint(path, device=device)
+    dataset, classes = _checkpoint_dataset(gen)
+    names = CLASS_NAMES[dataset]
+    aliases = CLASS_ALIASES[dataset]
+    conditional = gen.num_classes is not None
+    requested = list(range(gen.num_classes)) if conditional else None
+    batches, labels = [], []
+    start = time.perf_counter()
+    for images, lab in gen.generate_batches(
+        samples,
+        sampler=sampler,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        classes=requested,
+        guidance=guidance,
+    ):
+        batches.append(images)
+        if lab is not None:
+            labels.append(lab)
+        done = sum(len(b) for b in batches)
+        _log(verbose, f"sampled {done:,}/{samples:,} images, {time.perf_counter() - start:.0f} s")
+    sample_seconds = time.perf_counter() - start
+    images = torch.cat(batches)
+    dataset_labels = None
+    if conditional:
+        model_names = gen.class_names or [str(i) for i in range(gen.num_classes)]
+        to_dataset = torch.tensor([resolve_class(n, names, aliases) for n in model_names])
+        dataset_labels = to_dataset[torch.cat(labels)]
+    report = evaluate_images(
+        images,
+        dataset,
+        dataset_labels,
+        reference_split=reference_split,
+        n_reference=n_reference,
+        classes=classes,
+        seed=seed,
+        verbose=verbose,
+    )
+    report["checkpoint"] = str(path)
+    report["sampling"] = {
+        "sampler": sampler,
+        "steps": steps,
+        "seed": seed,
+        "guidance": guidance,
+        "seconds": round(sample_seconds, 1),
+    }
+    if nll:
+        report.update(
+            checkpoint_nll(
+                gen, num_images=nll_images, num_timesteps=nll_timesteps, seed=seed, verbose=verbose
+            )
+        )
+    return report
+
+
+# ---------------------------------------------------------------------------- report
+def format_report(report: dict[str, Any]) -> str:
+    """A readable table of an evaluate_* report."""
+    ref = report["reference"]
+    n, m = report["num_images"], ref["num_images"]
+    rows = []
+    if "checkpoint" in report:
+        s = report["sampling"]
+        steps = "default steps" if s["steps"] is None else f"{s['steps']} steps"
+        guide = "" if s["guidance"] is None else f", guidance {s['guidance']}"
+        rows.append(
+            (
+                "model",
+                f"{report['checkpoint']} ({s['sampler']}, {steps}, seed "
+                f"{s['seed']}{guide}; {s['seconds']:.0f} s)",
+            )
+        )
+    size = "x".join(map(str, report["image_shape"]))
+    if report.get("resized_to"):
+        size += " (resized to " + "x".join(map(str, report["resized_to"])) + ")"
+    rows += [
+        ("samples", f"{n:,} images, {size}"),
+        (
+            "reference",
+            f"{report['dataset']} {ref['split']} split, {m:,} images"
+            + (f", classes {', '.join(ref['classes'])}" if ref["classes"] else ""),
+        ),
+        ("feature space", report["feature_space"]),
+        (
+            "FID",
+            f"{report['fid']:.3f}   ({n:,} vs {m:,} images; lower is better; biased "
+            "upward on small samples)",
+        ),
+        (
+            "KID x 1000",
+            f"{1000 * report['kid']:.3f} ± {1000 * report['kid_stderr']:.3f}   "
+            f"({report['kid_subsets']} subsets of {report['kid_subset_size']:,}; "
+            "unbiased, 0 for equal distributions)",
+        ),
+        (
+            "precision",
+            f"{report['precision']:.3f}   (samples on the data manifold, "
+            f"k={report['pr_k']}, {report['pr_n']:,} vs {report['pr_n']:,})",
+        ),
+        ("recall", f"{report['recall']:.3f}   (data covered by the samples)"),
+    ]
+    fractions = report["predicted_class_fractions"]
+    rows.append(("classes seen", ", ".join(f"{k} {v:.0%}" for k, v in fractions.items())))
+    if "class_agreement" in report:
+        rows.append(
+            (
+                "class agreement",
+                f"{report['class_agreement']:.1%} of samples are classified as the class asked for",
+            )
+        )
+    if "nll_bpd" in report:
+        rows.append(
+            (
+                "NLL",
+                f"{report['nll_bpd']:.4f} ± {report['nll_bpd_stderr']:.4f} bits/dim "
+                f"({report['nll_images']:,} test images; {report['nll_method']})",
+            )
+        )
+        if "nll_note" in report:
+            rows.append(("", report["nll_note"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
