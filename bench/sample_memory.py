@@ -14,8 +14,8 @@ Measurements:
   60k-image Fashion-MNIST training split, EMA, bf16, checkpoints). Its checkpoint is the one
   the sampling measurements load;
 - ``generate_to_npz N``: ``Generator.generate_to_npz`` (batches streamed into a memory-mapped
-  array) for N = 1,000 and 10,000, DDIM with 2 steps, batch 500: the peak should not grow
-  with N;
+  array) for N = 1,000 and 10,000, DDIM with 2 steps, batch 500, and for 10,000 at batch
+  100: the peak should not grow with N, only with the batch size;
 - ``generate N, kept as float32``: for contrast, ``Generator.generate`` (all N uint8 images
   in memory) then converted to float32 as a naive script would hold them.
 
@@ -109,12 +109,14 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
 def run_worker(kind: str, argv: list[str]) -> dict:
     """Run one worker in a fresh process; its peak RSS comes from the kernel via wait4."""
     cmd = [sys.executable, __file__, "--worker", kind, *argv]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"worker {kind} failed ({proc.returncode}); output:\n{out}")
+    with tempfile.TemporaryFile(mode="w+") as err:  # progress bars; shown only on failure
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"worker {kind} failed ({proc.returncode}):\n{out}{err.read()}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_kib"] = usage.ru_maxrss  # KiB on Linux
     return result
@@ -158,6 +160,9 @@ def main() -> None:
     plan += [(f"generate_to_npz N={n:,} (ddim {args.sample_steps} steps, batch "
               f"{args.sample_batch})", "stream", ["--n", str(n), "--ckpt", str(ckpt)])
              for n in ns]
+    small = max(1, args.sample_batch // 5)  # the peak follows the batch size, not N
+    plan.append((f"generate_to_npz N={args.n:,} (ddim {args.sample_steps} steps, batch {small})",
+                 "stream", ["--n", str(args.n), "--ckpt", str(ckpt), "--sample-batch", str(small)]))
     plan.append((f"generate N={args.n:,}, all kept as float32 (for contrast)", "in-memory",
                  ["--n", str(args.n), "--ckpt", str(ckpt)]))
     if args.ckpt:
@@ -177,7 +182,7 @@ def main() -> None:
     print(f"\nHolding all {args.n:,} 28x28x1 images as float32 takes "
           f"{f32_bytes / MIB:.1f} MiB ({args.n * 28 * 28 / MIB:.1f} MiB as uint8).\n")
     print("| measurement | peak RSS (MiB) | RSS after import (MiB) | peak - import (MiB) "
-          "| time (s) |")
+          "| wall time (s) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['label']} | {r['peak_rss_kib'] / 1024:.0f} "

@@ -111,7 +111,8 @@ class Bench:
         sigma = torch.sin(self.t / 1000 * torch.pi / 2).view(-1, 1, 1, 1)
         self.xt = alpha * self.x0 + sigma * self.eps
         self.target = alpha * self.eps - sigma * self.x0  # v, difflab's default target
-        self.times: list[float] = []
+        self.times: list[float] = []  # wall-clock seconds per step, one per round
+        self.cpu_times: list[float] = []  # CPU seconds this process used per step
 
     def autocast(self):
         if self.precision == "bf16":
@@ -128,30 +129,34 @@ class Bench:
         return float(loss.detach())
 
     def timed(self, steps: int) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step()
         self.times.append((time.perf_counter() - t0) / steps)
+        self.cpu_times.append((time.process_time() - c0) / steps)
 
 
 class MatmulPeak:
-    """FLOP/s of an n x n matmul in one dtype; best of the rounds is the peak."""
+    """FLOP/s of an n x n matmul in one dtype, per wall and per CPU second; best is the peak."""
 
     def __init__(self, dtype: torch.dtype, n: int = 2048, reps: int = 4):
         g = torch.Generator().manual_seed(0)
         self.a = torch.randn(n, n, generator=g).to(dtype)
         self.b = torch.randn(n, n, generator=g).to(dtype)
         self.flops, self.reps = 2 * n**3, reps
-        self.rates: list[float] = []
+        self.rates: list[float] = []  # best of `reps` per round, wall clock
+        self.cpu_rates: list[float] = []  # the same per CPU second of this process
         torch.mm(self.a, self.b)  # warm-up
 
     def timed(self) -> None:
-        best = float("inf")
+        best, best_cpu = float("inf"), float("inf")
         for _ in range(self.reps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             torch.mm(self.a, self.b)
             best = min(best, time.perf_counter() - t0)
+            best_cpu = min(best_cpu, time.process_time() - c0)
         self.rates.append(self.flops / best)
+        self.cpu_rates.append(self.flops / best_cpu)
 
 
 def loadavg() -> list[float]:
@@ -181,8 +186,12 @@ def main() -> None:
                     choices=["fp32", "bf16"])
     ap.add_argument("--profile", action="store_true",
                     help="also profile every config (torch.profiler, top ops by self CPU time)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's own choice, one per core)")
     ap.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     command = shlex.join([Path(sys.executable).as_posix(), *sys.argv])
     print(f"command: {command}")
@@ -209,10 +218,14 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} img/s: {line}; load {loads[-1]}", flush=True)
 
     peak = {k: max(p.rates) for k, p in peaks.items()}
+    peak_cpu = {k: max(p.cpu_rates) for k, p in peaks.items()}
+    med = statistics.median
+    ref = {b.precision: b for b in benches if b.name.startswith("difflab")}
     rows = []
     for b in benches:
-        ips = args.batch / statistics.median(b.times)
-        f = flops[b.name]
+        f, per_round = flops[b.name], [args.batch / t for t in b.times]
+        ips, ips_cpu = args.batch / med(b.times), args.batch / med(b.cpu_times)
+        peer = ref.get(b.precision)
         rows.append({
             "network": b.name,
             "precision": b.precision,
@@ -220,24 +233,33 @@ def main() -> None:
             "fwd_flops_per_image": f,
             "train_flops_per_image": 3 * f,
             "images_per_s": ips,
-            "images_per_s_rounds": [args.batch / t for t in b.times],
+            "images_per_s_rounds": per_round,
             "pixels_per_s": ips * SIDE * SIDE,
-            "flop_utilisation": 3 * f * ips / peak[b.precision],
+            # ratio to difflab measured round by round, then the median
+            "vs_difflab": (med([t0 / t for t, t0 in zip(b.times, peer.times, strict=True)])
+                           if peer else None),
+            "images_per_cpu_s": ips_cpu,
+            # CPU time: with one thread per process, what the process got of a core, so
+            # this is the figure that load from other processes changes least
+            "flop_utilisation": 3 * f * ips_cpu / peak_cpu[b.precision],
+            "flop_utilisation_wall": 3 * f * ips / peak[b.precision],
         })
 
     print()
-    print(f"Matmul peak 2048x2048 (best of {args.rounds} rounds x 4): "
-          f"fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")
+    print(f"Matmul peak 2048x2048 (best of {args.rounds} rounds x 4), per wall second: "
+          f"fp32 {peak['fp32'] / 1e9:.1f}, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; per CPU "
+          f"second: fp32 {peak_cpu['fp32'] / 1e9:.1f}, bf16 {peak_cpu['bf16'] / 1e9:.1f} GFLOP/s "
+          f"({torch.get_num_threads()} thread(s))")
     print()
     print("| network | precision | params (M) | fwd GFLOP/img | train GFLOP/img | images/s "
-          "| vs difflab | FLOP util. |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    ref = {r["precision"]: r["images_per_s"] for r in rows if r["network"].startswith("difflab")}
+          "| vs difflab | images/CPU-s | FLOP util. (CPU) | FLOP util. (wall) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        rel = r["images_per_s"] / ref[r["precision"]] if r["precision"] in ref else float("nan")
+        rel = f"{r['vs_difflab']:.2f}x" if r["vs_difflab"] is not None else "-"
         print(f"| {r['network']} | {r['precision']} | {r['params'] / 1e6:.2f} "
               f"| {r['fwd_flops_per_image'] / 1e9:.3f} | {r['train_flops_per_image'] / 1e9:.3f} "
-              f"| {r['images_per_s']:.0f} | {rel:.2f}x | {100 * r['flop_utilisation']:.1f} % |")
+              f"| {r['images_per_s']:.0f} | {rel} | {r['images_per_cpu_s']:.0f} "
+              f"| {100 * r['flop_utilisation']:.1f} % | {100 * r['flop_utilisation_wall']:.1f} % |")
     print(f"\nload average per round (1/5/15 min): {loads}")
     print(f"command: {command}")
 
@@ -259,7 +281,9 @@ def main() -> None:
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "matmul_peak_flops": peak,
+        "matmul_peak_flops_per_cpu_s": peak_cpu,
         "matmul_rates_per_round": {k: p.rates for k, p in peaks.items()},
+        "matmul_cpu_rates_per_round": {k: p.cpu_rates for k, p in peaks.items()},
         "load_average_per_round": loads,
         "results": rows,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
