@@ -197,7 +197,8 @@ class DiscreteProcess(NoiseProcess):
     def _table(self, t: Tensor, table: Tensor) -> Tensor:
         t = as_time(t)
         tc = t.cpu()
-        if bool((tc == tc.round()).all()) and bool(((tc >= 0) & (tc < self.T)).all()):
+        whole = not tc.requires_grad and bool((tc == tc.round()).all())
+        if whole and bool(((tc >= 0) & (tc < self.T)).all()):
             return table[tc.long()].to(t.device)  # whole steps: a lookup, the common case
         return _interp(tc, self._steps, table).to(t.device)
 

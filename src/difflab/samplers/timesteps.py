@@ -67,6 +67,8 @@ def make_timesteps(
         raise ValueError(
             f"steps must be between 1 and T = {process.T} for this discrete process, got {steps}"
         )
+    if hi == lo:  # a process with a single time (T = 1): every grid is that time
+        return torch.tensor([hi], dtype=torch.float64)
     k = torch.arange(steps, dtype=torch.float64)
     if spacing == "karras":
         s_lo = float(process.sigma_ve(torch.tensor(lo)))
