@@ -230,6 +230,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     ck = load_checkpoint(path, with_training_state=True)
     c = ck.config
     run = c.get("run", {})
+    trained = c.get("trained", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in ck.weights().values()})
     lines = [
@@ -240,8 +241,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"data         {c.get('dataset')} {tuple(c.get('image_shape', []))}",
         f"classes      {c.get('class_names') if c['network'].get('num_classes') else 'none'}",
         f"diffusion    {run.get('diffusion')}",
-        f"training     step {ck.state.get('step', c.get('trained', {}).get('step', '?'))}, "
-        f"{ck.state.get('elapsed_seconds', 0) / 60:.1f} min of steps",
+        f"training     step {ck.state.get('step', trained.get('step', '?'))}, "
+        f"{ck.state.get('elapsed_seconds', 60 * trained.get('train_minutes', 0)) / 60:.1f} "
+        "min of optimizer steps",
         f"files        {size / 1e6:.2f} MB: {', '.join(sorted(f.name for f in path.iterdir()))}",
     ]
     if "trained" in c:
