@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from difflab.argtypes import positive_float, positive_int
+
 DEFAULT_CONFIG = "fashion_mnist"
 
 
@@ -43,26 +45,6 @@ def resolve_config(name: str) -> Path:
         f"difflab: config {name!r} not found; give a TOML file or one of the "
         f"presets: {', '.join(presets)}"
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
 
 
 def _sampler_name(text: str) -> str:
@@ -296,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", help="run folder (default: runs/CONFIG_NAME)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
-    t.add_argument("--minutes", type=_positive_float, help="wall-clock training budget")
-    t.add_argument("--steps", type=_positive_int, help="stop after this many optimizer steps")
+    t.add_argument("--minutes", type=positive_float, help="wall-clock training budget")
+    t.add_argument("--steps", type=positive_int, help="stop after this many optimizer steps")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     t.add_argument("--no-report", action="store_true", help="skip the pictures at the end")
     t.set_defaults(func=cmd_train)
@@ -307,10 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", type=_sampler_name, default="ddim")
     s.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         help="model evaluations (default per sampler: ddim 50, dpmpp_2m 20, ...)",
     )
-    s.add_argument("-n", "--num", dest="n", type=_positive_int, default=64)
+    s.add_argument("-n", "--num", dest="n", type=positive_int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
     s.add_argument("--gif", help="also write the reverse process as a GIF")
@@ -322,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     s.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 like DDPM)")
-    s.add_argument("--batch-size", type=_positive_int, default=256)
-    s.add_argument("--nrow", type=_positive_int)
-    s.add_argument("--scale", type=_positive_int, default=2, help="upscale the PNG grid")
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--nrow", type=positive_int)
+    s.add_argument("--scale", type=positive_int, default=2, help="upscale the PNG grid")
     s.add_argument("--no-clip", action="store_true", help="do not clip x0 to [-1, 1]")
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     s.add_argument("--device")
@@ -343,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", default=DEFAULT_CONFIG, help="for 'forward': data + schedule")
     v.add_argument("--set", action="append", metavar="KEY=VALUE")
     v.add_argument("--out", default="viz.png")
-    v.add_argument("--timesteps", type=_positive_int, default=1000)
+    v.add_argument("--timesteps", type=positive_int, default=1000)
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_viz)
 

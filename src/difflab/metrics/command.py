@@ -20,19 +20,11 @@ import json
 import os
 from pathlib import Path
 
+from difflab.argtypes import positive_int
+
 # The datasets with a feature network (features.RECIPES; a test keeps the two in step).
 FEATURE_DATASETS = ("fashion_mnist", "mnist", "digits")
 REFERENCE_SPLITS = ("test", "train")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -52,20 +44,20 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--samples",
-        type=_positive_int,
+        type=positive_int,
         default=10_000,
         help="images to draw from the checkpoint (default 10000; FID is biased "
         "upward on fewer, so compare equal numbers)",
     )
     parser.add_argument("--sampler", default="ddim", help="sampler name (default ddim)")
-    parser.add_argument("--steps", type=_positive_int, help="default per sampler")
+    parser.add_argument("--steps", type=positive_int, help="default per sampler")
     parser.add_argument(
         "--seed",
         type=int,
         default=0,
         help="seed of the samples and of every random choice (default 0)",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     parser.add_argument(
         "--reference",
@@ -74,21 +66,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="real split to compare with (default test)",
     )
     parser.add_argument(
-        "--n-reference", type=_positive_int, help="a random subset of this many reference images"
+        "--n-reference", type=positive_int, help="a random subset of this many reference images"
     )
     parser.add_argument(
         "--nll", action="store_true", help="also the test-set negative log-likelihood in bits/dim"
     )
     parser.add_argument(
         "--nll-timesteps",
-        type=_positive_int,
+        type=positive_int,
         metavar="K",
         help="VLB terms evaluated per image (default: all T, T network calls per batch; K "
         "gives an unbiased estimate with K calls, e.g. 50 on a CPU)",
     )
     parser.add_argument(
         "--nll-images",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="test images for the NLL (default 1000)",
     )
