@@ -28,14 +28,6 @@ from difflab.samplers.likelihood import (
 TOL = 1e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_process(kind):
     # VP's default t_min = 1e-3 blurs the data by sigma ~ 0.01; 1e-5 makes that negligible.
     return VPProcess("linear", t_min=1e-5) if kind == "vp" else VEProcess(sigma=25.0)

@@ -34,15 +34,6 @@ from difflab.metrics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models here run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spd(d, seed):
     a = np.random.default_rng(seed).normal(size=(d, d))
     return a @ a.T / d + 0.1 * np.eye(d)

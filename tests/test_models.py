@@ -31,16 +31,6 @@ from difflab.models import (
 from difflab.models.blocks import Downsample, Upsample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run these small-tensor tests on one thread: on a busy shared CPU, two OpenMP threads
-    wait on each other at every tiny op (a 3 s test took 80 s at load 7)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def perturb_zero_inits(net: nn.Module, seed: int = 0) -> nn.Module:
     """Give the zero-initialised layers random weights, so every path affects the output."""
     g = torch.Generator().manual_seed(seed)

@@ -54,15 +54,6 @@ PROCESSES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The oracle's tensors are small; on a shared CPU extra threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def marginal_noise(process, t, n=N, dim=D, seed=1):
     """x_t drawn from the exact marginal of N(MU, S^2 I) at time t (no prior mismatch)."""
     a, s = float(process.alpha(t)), float(process.sigma(t))

@@ -33,15 +33,6 @@ MU, STD, DIM, N = 0.5, 0.4, 8, 4000
 MEAN_TOL, STD_RTOL = 0.012, 0.03
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: threads only contend on the shared cores. Restored for other modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_process(kind):
     if kind == "vp":
         return VPProcess("linear")

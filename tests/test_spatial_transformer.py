@@ -14,15 +14,6 @@ from difflab.models.attention import SpatialTransformer, attention
 from difflab.models.unet import TextCondition
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP threads waiting on each other on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def perturb_zero_inits(net: nn.Module, seed: int = 0) -> nn.Module:
     """Give the zero-initialised layers random weights, so every path affects the output."""
     g = torch.Generator().manual_seed(seed)
