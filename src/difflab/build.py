@@ -37,10 +37,28 @@ def build_process(cfg: DiffusionConfig) -> NoiseProcess:
     return make_process("ve", sigma=cfg.ve_sigma, t_min=cfg.t_min)
 
 
+# Network kinds a spec can describe: the config dataclass and the module class of each.
+def _kinds() -> dict[str, tuple[type, type]]:
+    from difflab.models.autoencoder import Autoencoder, AutoencoderConfig
+
+    kinds: dict[str, tuple[type, type]] = {
+        "unet": (UNetConfig, UNet),
+        "autoencoder": (AutoencoderConfig, Autoencoder),
+    }
+    try:
+        from difflab.models.transformer import DiT, DiTConfig
+
+        kinds["dit"] = (DiTConfig, DiT)
+    except ImportError:
+        pass
+    return kinds
+
+
 def network_spec(
     cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int | None
 ) -> dict[str, Any]:
-    """A JSON-able description of the network: {'type': 'unet', 'config': {...}} or a preset."""
+    """A JSON-able description of the network: {'type': 'unet' | 'dit' | 'autoencoder',
+    'config': {...}}, or {'type': 'preset', ...} for fixed network classes."""
     c, h, w = image_shape
     if h != w:
         raise ConfigError(f"images must be square, got {h}x{w}; set data.image_size")
@@ -48,39 +66,50 @@ def network_spec(
         raise ConfigError(
             f"unknown model.preset {cfg.preset!r}; allowed: {', '.join(sorted(presets.PRESETS))}"
         )
-    base = presets.PRESETS[cfg.preset].config
+    preset = presets.PRESETS[cfg.preset]
+    base = preset.config
     if base is None:  # a fixed network class (e.g. the article's UNet): no overrides
         if cfg.overrides:
             raise ConfigError(
                 f"model.preset {cfg.preset!r} takes no overrides, got {sorted(cfg.overrides)}"
             )
         return {"type": "preset", "name": cfg.preset, "in_channels": c}
-    fields = {f.name for f in dataclasses.fields(UNetConfig) if f.init}
+    config_cls = _kinds()[preset.kind][0]
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
     unknown = sorted(set(cfg.overrides) - fields)
     if unknown:
         raise ConfigError(
-            f"unknown model.overrides key(s) {unknown}; allowed: {', '.join(sorted(fields))}"
+            f"unknown model.overrides key(s) {unknown} for a {preset.kind}; "
+            f"allowed: {', '.join(sorted(fields))}"
         )
     settings = {**{k: getattr(base, k) for k in fields}, "in_channels": c, "image_size": h}
     settings.update(cfg.overrides)
-    if "num_classes" not in cfg.overrides and base.num_classes is not None:
+    if (
+        "num_classes" in fields
+        and "num_classes" not in cfg.overrides
+        and base.num_classes is not None
+    ):
         settings["num_classes"] = num_classes
     try:
-        UNetConfig(**settings)
+        config_cls(**settings)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from e
     return {
-        "type": "unet",
+        "type": preset.kind,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
     }
 
 
 def network_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
-    if spec["type"] == "unet":
-        return UNet(UNetConfig(**spec["config"]))
     if spec["type"] == "preset":
         return presets.get_preset(spec["name"], in_channels=spec.get("in_channels", 1))
-    raise ConfigError(f"unknown network type {spec['type']!r}; allowed: unet, preset")
+    kinds = _kinds()
+    if spec["type"] not in kinds:
+        raise ConfigError(
+            f"unknown network type {spec['type']!r}; allowed: preset, {', '.join(kinds)}"
+        )
+    config_cls, net_cls = kinds[spec["type"]]
+    return net_cls(config_cls(**spec["config"]))
 
 
 def build_network(

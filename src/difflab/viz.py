@@ -248,16 +248,24 @@ class FrameRecorder:
         save_gif(rec.finish(), "reverse.gif", max_frames=60)
     """
 
-    def __init__(self, every: int = 1, key: str = "x"):
+    def __init__(
+        self,
+        every: int = 1,
+        key: str = "x",
+        decode: Callable[[Tensor], Tensor] | None = None,
+    ):
+        """decode: maps the recorded tensor to uint8 pixels (e.g. a latent model's decoder);
+        default: the fixed [-1, 1] -> [0, 255] map."""
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every, self.key = every, key
+        self.decode = decode or to_uint8
         self.frames: list[Tensor] = []
         self._calls = 0
         self._last: Tensor | None = None
 
     def __call__(self, info: Mapping[str, Any]) -> None:
-        frame = to_uint8(info[self.key]).cpu()
+        frame = self.decode(info[self.key]).cpu()
         if self._calls % self.every == 0:
             self.frames.append(frame)
             self._last = None

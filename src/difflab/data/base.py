@@ -52,7 +52,7 @@ class ImageData:
                 f"ImageData.images must be a uint8 tensor (N, C, H, W), got "
                 f"{self.images.dtype} with shape {tuple(self.images.shape)}"
             )
-        _check_labels(self.labels, len(self.images))
+        _check_labels(self.labels, len(self.images), self.class_names, self.name)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -83,7 +83,7 @@ class PointData:
                 f"PointData.points must be a float tensor (N, D), got "
                 f"{self.points.dtype} with shape {tuple(self.points.shape)}"
             )
-        _check_labels(self.labels, len(self.points))
+        _check_labels(self.labels, len(self.points), self.class_names, self.name)
 
     def __len__(self) -> int:
         return self.points.shape[0]
@@ -93,7 +93,12 @@ class PointData:
         return None if self.class_names is None else len(self.class_names)
 
 
-def _check_labels(labels: torch.Tensor | None, n: int) -> None:
+def _check_labels(
+    labels: torch.Tensor | None,
+    n: int,
+    class_names: Sequence[str] | None = None,
+    source: str = "the dataset",
+) -> None:
     if labels is None:
         return
     if labels.dtype != torch.int64 or labels.shape != (n,):
@@ -101,6 +106,17 @@ def _check_labels(labels: torch.Tensor | None, n: int) -> None:
             f"labels must be an int64 tensor of shape ({n},), got {labels.dtype} "
             f"with shape {tuple(labels.shape)}"
         )
+    if class_names is not None and n:
+        # A label outside the class list would index past the class embedding (or hit the
+        # null label of classifier-free guidance) and train silently wrong.
+        bad = (labels < 0) | (labels >= len(class_names))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(
+                f"{source}: label {int(labels[i])} of sample {i} is out of range; "
+                f"{len(class_names)} classes allow labels 0..{len(class_names) - 1} "
+                f"({int(bad.sum())} bad labels in all)"
+            )
 
 
 def _normalise(name: str) -> str:

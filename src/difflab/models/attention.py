@@ -201,11 +201,12 @@ class CrossAttention(nn.Module):
 
 class FeedForward(nn.Module):
     """Position-wise MLP of a transformer block: GEGLU (Shazeer 2020, as in latent
-    diffusion) or a plain GELU MLP. ``mult`` is the hidden width over the input width."""
+    diffusion) or a plain GELU MLP. ``mult`` is the hidden width over the input width (a
+    float such as DiT's ``mlp_ratio`` is allowed; the hidden width is rounded down)."""
 
-    def __init__(self, dim: int, mult: int = 4, *, gated: bool = True) -> None:
+    def __init__(self, dim: int, mult: float = 4, *, gated: bool = True) -> None:
         super().__init__()
-        hidden = dim * mult
+        hidden = int(dim * mult)
         self.gated = gated
         # GEGLU: one matmul gives both halves, value * gelu(gate).
         self.proj_in = nn.Linear(dim, 2 * hidden if gated else hidden)

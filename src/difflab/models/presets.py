@@ -10,6 +10,10 @@
   by concatenation or by addition. Its division of the output by the marginal std
   ``sigma(t)`` is a property of the diffusion process (score parameterisation), not of the
   network, so it lives there.
+- ``dit-*``: DiT transformer backbones (:mod:`difflab.models.transformer`), for pixels
+  (``dit-s-28``, ``dit-s4-28``) or 7x7x4 latents with text cross-attention (``dit-latent-7``).
+- ``kl-f4-28``: the KL autoencoder of latent diffusion, 28x28x1 -> 7x7x4
+  (:mod:`difflab.models.autoencoder`).
 - ``score-transformer-28``: the write-up's spatial-transformer score UNet for
   class-conditional digits (the ``UNet_Tranformer`` of the score-SDE / stable-diffusion
   tutorial that follows Song's): ``score-unet-28`` (Fourier time, VE SDE) with a
@@ -35,6 +39,8 @@ from typing import Any
 from torch import nn
 
 from .article_unet import ArticleUNet
+from .autoencoder import Autoencoder, AutoencoderConfig
+from .transformer import DIT_PRESETS, DiT, DiTConfig
 from .unet import UNet, UNetConfig
 
 
@@ -42,7 +48,11 @@ from .unet import UNet, UNetConfig
 class Preset:
     description: str
     build: Callable[..., nn.Module]
-    config: UNetConfig | None = None  # None for networks that are not a UNetConfig UNet
+    # The preset's config dataclass (UNetConfig, AutoencoderConfig, ...); None for fixed
+    # network classes such as the article's UNet.
+    config: Any = None
+    # What the network is: "unet" / "dit" (denoisers) or "autoencoder" (first stage).
+    kind: str = "unet"
 
 
 def _check_overrides(name: str, overrides: dict[str, Any], allowed: list[str]) -> None:
@@ -56,6 +66,24 @@ def _unet(config: UNetConfig) -> Callable[..., nn.Module]:
         allowed = [f.name for f in dataclasses.fields(UNetConfig) if f.init]
         _check_overrides("UNetConfig", overrides, allowed)
         return UNet(dataclasses.replace(config, **overrides) if overrides else config)
+
+    return build
+
+
+def _autoencoder(config: AutoencoderConfig) -> Callable[..., nn.Module]:
+    def build(**overrides: Any) -> nn.Module:
+        allowed = [f.name for f in dataclasses.fields(config)]
+        _check_overrides("AutoencoderConfig", overrides, allowed)
+        return Autoencoder(dataclasses.replace(config, **overrides) if overrides else config)
+
+    return build
+
+
+def _dit(config: DiTConfig) -> Callable[..., nn.Module]:
+    def build(**overrides: Any) -> nn.Module:
+        allowed = [f.name for f in dataclasses.fields(config)]
+        _check_overrides("DiTConfig", overrides, allowed)
+        return DiT(dataclasses.replace(config, **overrides) if overrides else config)
 
     return build
 
@@ -115,7 +143,24 @@ PRESETS: dict[str, Preset] = {
         _unet(_SCORE_TRANSFORMER),
         _SCORE_TRANSFORMER,
     ),
+    "kl-f4-28": Preset(
+        "KL autoencoder 28x28x1 -> 7x7x4 (f = 4), widths 32/64/64, ~0.4 M: latent diffusion's "
+        "first stage",
+        _autoencoder(AutoencoderConfig()),
+        AutoencoderConfig(),
+        kind="autoencoder",
+    ),
 }
+
+for _name, _config in DIT_PRESETS.items():
+    PRESETS[_name] = Preset(
+        f"DiT transformer (Peebles & Xie 2023): {_config.image_size}x{_config.image_size}"
+        f"x{_config.in_channels}, patch {_config.patch_size}, width {_config.width}, "
+        f"depth {_config.depth}" + (", text cross-attention" if _config.context_dim else ""),
+        _dit(_config),
+        _config,
+        kind="dit",
+    )
 
 
 def _lookup(name: str) -> Preset:

@@ -36,6 +36,9 @@ class Checkpoint:
     ema: dict[str, torch.Tensor] | None = None
     optimizer: dict[str, Any] | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    # Separately built parts saved beside the model (e.g. "autoencoder" of a latent
+    # diffusion model), each its own NAME.safetensors, as diffusers keeps one file per part.
+    components: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def weights(self, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
         """The weights to sample with: the EMA copy when there is one."""
@@ -69,9 +72,16 @@ def save_checkpoint(
     ema: dict[str, torch.Tensor] | None = None,
     optimizer: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
+    components: dict[str, dict[str, torch.Tensor]] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically. `dtype` (e.g. torch.float16) casts float weights."""
+    """Write a checkpoint folder atomically. `dtype` (e.g. torch.float16) casts float weights.
+    `components` are further weight sets (a frozen autoencoder, ...) written as NAME.safetensors
+    and listed in config.json so that loading finds them."""
+    components = components or {}
+    reserved = {Path(MODEL_FILE).stem, Path(EMA_FILE).stem}
+    if reserved & set(components):
+        raise ValueError(f"component names {sorted(reserved)} are reserved")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -79,10 +89,14 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     meta = {"format": "difflab", "format_version": FORMAT_VERSION}
+    if components:
+        meta["components"] = sorted(components)
     (tmp / CONFIG_FILE).write_text(json.dumps({**config, **meta}, indent=2, default=list))
     save_file(_prepare(model, dtype), str(tmp / MODEL_FILE), metadata=None)
     if ema is not None:
         save_file(_prepare(ema, dtype), str(tmp / EMA_FILE))
+    for name, weights in components.items():
+        save_file(_prepare(weights, dtype), str(tmp / f"{name}.safetensors"))
     if optimizer is not None:
         torch.save(optimizer, tmp / OPTIMIZER_FILE)
     if state is not None:
@@ -122,9 +136,15 @@ def load_checkpoint(path: str | Path, *, with_training_state: bool = False) -> C
     try:
         model = load_file(str(path / MODEL_FILE))
         ema = load_file(str(path / EMA_FILE)) if (path / EMA_FILE).is_file() else None
+        components = {
+            name: load_file(str(path / f"{name}.safetensors"))
+            for name in config.get("components", [])
+        }
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {path} is incomplete: {e}") from e
     except Exception as e:  # safetensors raises its own error types on corrupt files
         raise CheckpointError(f"cannot read the weights in {path}: {e}") from e
-    ckpt = Checkpoint(path, config, model, ema)
+    ckpt = Checkpoint(path, config, model, ema, components=components)
     if with_training_state:
         if (path / OPTIMIZER_FILE).is_file():
             ckpt.optimizer = torch.load(
@@ -161,11 +181,21 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
     optionally cast (fp16 halves the size), no optimizer or training state, and a 'trained'
     record of how it was made (command, time, hardware) in config.json."""
     ck = load_checkpoint(src, with_training_state=True)
-    config = {k: v for k, v in ck.config.items() if k not in ("format", "format_version")}
+    config = {
+        k: v
+        for k, v in ck.config.items()
+        if k not in ("format", "format_version", "components")
+    }
     config["trained"] = {
         "step": ck.state.get("step"),
         "train_minutes": round(ck.state.get("elapsed_seconds", 0.0) / 60, 1),
         "weights": "ema" if ck.ema is not None else "model",
         **(provenance or {}),
     }
-    return save_checkpoint(dst, config=config, model=ck.weights(prefer_ema=True), dtype=dtype)
+    return save_checkpoint(
+        dst,
+        config=config,
+        model=ck.weights(prefer_ema=True),
+        components=ck.components,
+        dtype=dtype,
+    )

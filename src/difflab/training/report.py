@@ -22,11 +22,35 @@ def generator_from_trainer(trainer) -> Generator:
         trainer.ema.model,
         trainer.process,
         trainer.cfg.diffusion.parameterization,
-        trainer.data.image_shape,
+        trainer.model_shape,
         class_names=trainer.data.class_names,
         num_classes=trainer.net_config.get("num_classes"),
         device=trainer.device,
+        autoencoder=trainer.autoencoder,
+        text_encoder=trainer.text_encoder,
     )
+
+
+def grid_conditions(trainer, gen: Generator, n: int) -> dict:
+    """What a progress grid asks for: a row per class (the first caption of each class for a
+    text model), or nothing for an unconditional model."""
+    if trainer.captions is not None:
+        table = trainer.captions
+        return {"prompt": [table.texts[ids[0]] for ids in table.by_class]}
+    if gen.num_classes is not None:
+        return {"classes": list(range(gen.num_classes))}
+    return {}
+
+
+def reconstructions(trainer, n: int = 32, seed: int = 0) -> torch.Tensor:
+    """Real images and the autoencoder's reconstructions, interleaved row by row (uint8)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(trainer.data), generator=g)[:n]
+    real = to_float(trainer.data.images[idx]).to(trainer.device)
+    with torch.no_grad():
+        rec = trainer.ema.model.decode(trainer.ema.model.encode(real).mode())
+    rows = [t for i in range(0, n, 8) for t in (real[i : i + 8], rec[i : i + 8])]
+    return viz.to_uint8(torch.cat(rows).float().cpu())
 
 
 def sample_kwargs(trainer) -> dict:
@@ -39,11 +63,12 @@ def sample_kwargs(trainer) -> dict:
 
 def save_sample_grid(trainer, path: Path, n: int = 64, seed: int = 0) -> Path:
     """A fixed-seed grid from the EMA weights, same noise every time: progress is comparable."""
+    if trainer.kind == "autoencoder":
+        return viz.save_grid(reconstructions(trainer, n, seed), path, nrow=8, scale=2)
     gen = generator_from_trainer(trainer)
-    classes = None
-    if gen.num_classes is not None:
-        classes = list(range(gen.num_classes))
-    images = gen.generate(n, seed=seed, classes=classes, **sample_kwargs(trainer))
+    images = gen.generate(
+        n, seed=seed, **grid_conditions(trainer, gen, n), **sample_kwargs(trainer)
+    )
     return viz.save_grid(images, path, nrow=8, scale=2)
 
 
@@ -61,6 +86,10 @@ def write_report(
     """Write forward-process grid, 8x8 samples, reverse-process GIF, loss curve and command."""
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
+    if trainer.kind == "autoencoder":
+        paths["reconstructions"] = save_sample_grid(trainer, out / "reconstructions.png", n, seed)
+        _finish(trainer, out, command, paths)
+        return paths
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(trainer.data), generator=g)[:6]
     real = to_float(trainer.data.images[idx])
@@ -71,16 +100,28 @@ def write_report(
         generator=torch.Generator().manual_seed(seed),
     )
     gen = generator_from_trainer(trainer)
-    recorder = viz.FrameRecorder(every=1, key="x")
-    classes = list(range(gen.num_classes)) if gen.num_classes is not None else None
+    # Latent trajectories are not pictures: record the decoded x0 predictions instead.
+    key = "x" if trainer.autoencoder is None else "denoised"
+    recorder = viz.FrameRecorder(every=1, key=key, decode=gen._to_pixels)
     images = gen.generate(
-        n, seed=seed, batch_size=n, callback=recorder, classes=classes, **sample_kwargs(trainer)
+        n,
+        seed=seed,
+        batch_size=n,
+        callback=recorder,
+        **grid_conditions(trainer, gen, n),
+        **sample_kwargs(trainer),
     )
     paths["samples"] = viz.save_grid(images, out / "samples.png", nrow=8, scale=2)
     frames = recorder.finish() + [images]
     paths["gif"] = viz.save_gif(
         frames, out / "reverse_process.gif", nrow=8, scale=2, max_frames=60, hold_last_ms=2000
     )
+    _finish(trainer, out, command, paths)
+    return paths
+
+
+def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> None:
+    """The loss curve and the command that reproduces the run."""
     loss = plot_progress(trainer, out / "loss.png")
     if loss is not None:
         paths["loss"] = loss
@@ -89,4 +130,3 @@ def write_report(
         "#!/bin/sh\n# Reproduces this run.\n" + " ".join(shlex.quote(a) for a in command) + "\n"
     )
     paths["command"] = cmd
-    return paths

@@ -1,5 +1,12 @@
 """The training loop: data -> noise -> network -> loss -> AdamW, with EMA, checkpoints, resume.
 
+Three kinds of run share it, chosen by the config: a pixel-space diffusion model (class labels
+optional); an autoencoder (a ``kl-f*`` preset: reconstruction + KL loss, no noise); and a
+latent diffusion model (``latent.autoencoder`` set: the frozen autoencoder's posteriors are
+computed once, and the denoiser learns on scaled latent samples), optionally conditioned on
+text (``text.encoder``: captions made from class names, encoded once by the frozen encoder,
+dropped with probability ``train.cond_drop_prob`` for classifier-free guidance).
+
 One `Trainer` serves a laptop CPU, one GPU and torchrun's many processes alike. What it owns:
 the optimizer and LR schedule (linear warm-up, then constant or cosine), bf16/fp16 autocast,
 gradient accumulation and clipping, the EMA weights, a fixed-seed sample grid every N steps,
@@ -25,6 +32,8 @@ from difflab.config import RunConfig
 from difflab.data import BatchIterator, ImageData, load_dataset
 from difflab.diffusion.denoiser import scale_network_output
 from difflab.diffusion.losses import diffusion_loss
+from difflab.models.autoencoder import autoencoder_loss
+from difflab.models.unet import TextCondition
 from difflab.samplers.common import randn
 from difflab.training import checkpoint as ckpt_io
 from difflab.training import distributed
@@ -77,12 +86,25 @@ class Trainer:
                 "image trainer needs an image dataset"
             )
         self.process = build_process(cfg.diffusion)
+        # One generator per rank for t, noise and label dropout, saved for an exact resume.
+        self.gen = torch.Generator().manual_seed(tc.seed * 1000 + self.dist.rank)
+        train_data: ImageData | torch.Tensor = self.data
+        self.autoencoder, self.latent_scale = None, None
+        self.model_shape = self.data.image_shape  # what the network sees
+        if cfg.latent.autoencoder is not None:
+            train_data = self._setup_latents(cfg)
         torch.manual_seed(tc.seed)  # the same seed gives the same initial weights
         self.net, self.net_config = build_network(
-            cfg.model, self.data.image_shape, self.data.num_classes
+            cfg.model, self.model_shape, self.data.num_classes
         )
+        self.kind = self.net_config["type"]
+        if self.kind == "autoencoder" and cfg.latent.autoencoder is not None:
+            raise ValueError("an autoencoder preset cannot itself train on latent.autoencoder")
         self.net.to(self.device)
         self.conditional = self.net_config.get("num_classes") is not None
+        self.text_encoder, self.captions, self.caption_tokens = None, None, None
+        if cfg.text.encoder is not None:
+            self._setup_text(cfg)
         if self.conditional and self.data.labels is None:
             raise ValueError(
                 "the model is class-conditional (num_classes set) but the dataset "
@@ -98,7 +120,8 @@ class Trainer:
         if tc.compile:
             self.model = torch.compile(self.model)
         self.batches = BatchIterator(
-            self.data,
+            train_data,
+            self.data.labels,
             batch_size=tc.batch_size,
             seed=tc.seed,
             hflip=cfg.data.hflip,
@@ -106,8 +129,6 @@ class Trainer:
             world_size=self.dist.world_size,
             drop_last=True,
         )
-        # One generator per rank for t, noise and label dropout, saved for an exact resume.
-        self.gen = torch.Generator().manual_seed(tc.seed * 1000 + self.dist.rank)
         self.step = 0
         self.best_loss = math.inf
         self.loss_ema: float | None = None
@@ -115,11 +136,80 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
 
     # ------------------------------------------------------------------ config for checkpoints
+    # ------------------------------------------------------------------ latents and text
+    def _setup_latents(self, cfg: RunConfig) -> torch.Tensor:
+        """Load the frozen autoencoder, encode the data once, fit the latent scale."""
+        from difflab import latent
+
+        if cfg.data.hflip:
+            raise ValueError(
+                "data.hflip = true does not combine with latent.autoencoder: each image is "
+                "encoded once; set data.hflip = false"
+            )
+        self.autoencoder = latent.load_autoencoder(cfg.latent.autoencoder).to(self.device)
+        moments = latent.encode_posteriors(self.autoencoder, self.data.images.to(self.device))
+        scale_gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.latent_scale = latent.fit_latent_scale(moments.cpu(), scale_gen)
+        self.autoencoder.scale_factor.fill_(self.latent_scale)
+        self.model_shape = self.autoencoder.latent_shape
+        return moments.cpu()
+
+    def _setup_text(self, cfg: RunConfig) -> None:
+        """Captions per class, encoded once by the frozen text encoder (a few hundred
+        strings: cheaper than encoding every batch, and identical)."""
+        from difflab.data.captions import CaptionTable
+        from difflab.models.text import make_text_encoder
+
+        if self.data.labels is None or self.data.class_names is None:
+            raise ValueError(
+                f"text.encoder needs captions, made from class labels, but {self.data.name!r} "
+                "has no labels"
+            )
+        if cfg.text.encoder != "minilm":
+            raise ValueError(
+                f"text.encoder = {cfg.text.encoder!r} is not trainable by this trainer yet; "
+                "use 'minilm'"
+            )
+        width = self.net_config["config"].get("context_dim")
+        self.text_encoder = make_text_encoder(cfg.text.encoder, max_tokens=cfg.text.max_tokens)
+        if width != self.text_encoder.width:
+            raise ValueError(
+                f"text.encoder = {cfg.text.encoder!r} gives {self.text_encoder.width}-wide "
+                f"tokens but the network's context_dim is {width}; set "
+                f"model.overrides.context_dim = {self.text_encoder.width}"
+            )
+        self.captions = CaptionTable.for_dataset(self.data.name, self.data.class_names)
+        enc = self.text_encoder.encode(self.captions.texts)
+        self.caption_tokens = (enc.tokens.to(self.device), enc.mask.to(self.device))
+
+    def _text_condition(self, labels: torch.Tensor) -> TextCondition:
+        """A random caption of each label's class; dropped (all-masked) with cond_drop_prob."""
+        idx = self.captions.pick(labels.cpu(), self.gen).to(self.device)
+        tokens, mask = self.caption_tokens
+        mask = mask[idx]
+        drop = torch.rand(len(idx), generator=self.gen) < self.cfg.train.cond_drop_prob
+        mask = mask & ~drop.to(self.device)[:, None]
+        return TextCondition(tokens[idx], mask)
+
     def checkpoint_config(self) -> dict:
+        kind = {"autoencoder": "autoencoder"}.get(self.kind, "pixel-diffusion")
+        extra: dict = {}
+        if self.autoencoder is not None:
+            kind = "latent-diffusion"
+            extra["autoencoder"] = {
+                "network": {"type": "autoencoder", "config": self.autoencoder.config_dict()},
+                "source": str(self.cfg.latent.autoencoder),
+                "latent_scale": self.latent_scale,
+                "image_shape": list(self.data.image_shape),
+            }
+        if self.text_encoder is not None:
+            extra["text_encoder"] = self.text_encoder.spec()
         return {
-            "kind": "pixel-diffusion",
+            "kind": kind,
+            **extra,
             "run": self.cfg.to_dict(),
             "network": self.net_config,
+            "model_shape": list(self.model_shape),
             "image_shape": list(self.data.image_shape),
             "class_names": list(self.data.class_names) if self.data.class_names else None,
             "dataset": self.data.name,
@@ -145,6 +235,9 @@ class Trainer:
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
             state=state,
+            components=(
+                {"autoencoder": self.autoencoder.state_dict()} if self.autoencoder else None
+            ),
         )
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -179,13 +272,26 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _loss(self, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "autoencoder":
+            ac = self.cfg.autoencoder
+            with self._autocast():
+                loss, _ = autoencoder_loss(
+                    self.model, x0, recon=ac.recon, kl_weight=ac.kl_weight, generator=self.gen
+                )
+            return loss
+        if self.autoencoder is not None:  # x0 holds posterior moments: draw scaled latents
+            from difflab.latent import sample_latents
+
+            x0 = sample_latents(x0, self.latent_scale, self.gen)
         dc = self.cfg.diffusion
         b = x0.shape[0]
         t = self.process.sample_t(b, self.gen).to(self.device)
         eps = randn(x0.shape, self.gen).to(self.device)
         x_t = self.process.q_sample(x0, t, eps).float()
         cond = None
-        if self.conditional:
+        if self.text_encoder is not None:
+            cond = self._text_condition(labels)
+        elif self.conditional:
             # Classifier-free guidance training: drop labels to the null class (Ho & Salimans).
             drop = torch.rand(b, generator=self.gen) < self.cfg.train.cond_drop_prob
             cond = torch.where(drop.to(self.device), self.net_config["num_classes"], labels)
@@ -324,4 +430,4 @@ class Trainer:
 
 
 def describe(trainer: Trainer) -> str:
-    return describe_network(trainer.net, trainer.data.image_shape)
+    return describe_network(trainer.net, trainer.model_shape)
