@@ -410,7 +410,7 @@ def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image"
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("L" if c == 1 else "RGB"))
         image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
-    x = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
+    x = torch.as_tensor(np.array(image)) if not isinstance(image, Tensor) else image
     if x.ndim == 3:
         x = x[None]
     if x.dtype != torch.uint8:
@@ -433,7 +433,7 @@ def as_mask_tensor(mask: Any, shape: tuple[int, int, int]) -> Tensor:
         mask = Image.open(mask)
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"))
-    m = torch.as_tensor(np.asarray(mask)) if not isinstance(mask, Tensor) else mask
+    m = torch.as_tensor(np.array(mask)) if not isinstance(mask, Tensor) else mask
     if m.ndim == 2:
         m = m[None, None]
     elif m.ndim == 3:

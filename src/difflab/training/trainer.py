@@ -157,7 +157,7 @@ class Trainer:
     def _setup_text(self, cfg: RunConfig) -> None:
         """Captions per class, encoded once by the frozen text encoder (a few hundred
         strings: cheaper than encoding every batch, and identical)."""
-        from difflab.data.captions import CaptionTable
+        from difflab.data.captions import caption_table
         from difflab.models.text import make_text_encoder
 
         if self.data.labels is None or self.data.class_names is None:
@@ -178,7 +178,7 @@ class Trainer:
                 f"tokens but the network's context_dim is {width}; set "
                 f"model.overrides.context_dim = {self.text_encoder.width}"
             )
-        self.captions = CaptionTable.for_dataset(self.data.name, self.data.class_names)
+        self.captions = caption_table(cfg.data.name, self.data.class_names)
         enc = self.text_encoder.encode(self.captions.texts)
         self.caption_tokens = (enc.tokens.to(self.device), enc.mask.to(self.device))
 

@@ -1,0 +1,156 @@
+"""Latent text-to-image end to end on the 8x8 digits: autoencoder -> latent diffusion with the
+real MiniLM text encoder -> one checkpoint folder -> Generator: prompts, guidance, negative
+prompts, img2img, inpainting, and the errors for bad input."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difflab.config import config_from_dict
+from difflab.diffusion.oracles import GaussianMixtureOracle
+from difflab.diffusion.process import make_process
+from difflab.pipeline import Generator, InpaintingDenoiser, truncate_timesteps
+from difflab.samplers import default_timesteps, get_sampler
+from difflab.training.checkpoint import export_for_inference, load_checkpoint
+from difflab.training.trainer import Trainer
+from difflab.viz import to_uint8
+
+DATA = {"name": "digits", "limit": 300}
+TRAIN = {"batch_size": 32, "max_steps": 4, "precision": "fp32", "log_every": 2,
+         "sample_every": 1000, "checkpoint_every": 100, "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent")
+    ae_cfg = config_from_dict({
+        "data": DATA,
+        "model": {"preset": "kl-f4-28", "overrides": {"channels": [8, 16], "groups": 4}},
+        "train": TRAIN,
+    })
+    ae = Trainer(ae_cfg, root / "ae", quiet=True)
+    ae.train()
+    txt_cfg = config_from_dict({
+        "data": DATA,
+        "latent": {"autoencoder": str(root / "ae" / "last")},
+        "text": {"encoder": "minilm"},
+        "model": {"preset": "ddpm-small-28", "overrides": {
+            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
+            "attention_resolutions": [], "transformer_resolutions": [4],
+            "context_dim": 384, "transformer_head_dim": 8}},
+        "train": TRAIN,
+        "sample": {"sampler": "ddim", "steps": 5, "clip": "none"},
+    })
+    trainer = Trainer(txt_cfg, root / "txt", quiet=True)
+    trainer.train()
+    return root, trainer
+
+
+@pytest.fixture(scope="module")
+def gen(folders):
+    root, _ = folders
+    return Generator.from_checkpoint(root / "txt" / "last", device="cpu")
+
+
+def test_checkpoint_is_one_folder_with_its_autoencoder(folders, tmp_path):
+    root, trainer = folders
+    ck = load_checkpoint(root / "txt" / "last")
+    assert ck.config["kind"] == "latent-diffusion"
+    assert ck.config["text_encoder"]["name"] == "minilm"
+    assert ck.config["model_shape"] == [4, 4, 4] and ck.config["image_shape"] == [1, 8, 8]
+    scale = ck.config["autoencoder"]["latent_scale"]
+    assert ck.components["autoencoder"]["scale_factor"].item() == pytest.approx(scale)
+    # The latent scale was fitted on the data: unit-std latents.
+    z = trainer.autoencoder.to_latent(
+        trainer.data.images[:200].float() / 127.5 - 1, torch.Generator().manual_seed(0)
+    )
+    assert float(z.std()) == pytest.approx(1.0, abs=0.1)
+    out = export_for_inference(root / "txt" / "last", tmp_path / "exp", dtype=torch.float16)
+    assert (out / "autoencoder.safetensors").is_file()
+    g16 = Generator.from_checkpoint(out, device="cpu")
+    assert g16.generate(2, prompt="a zero", steps=3).shape == (2, 1, 8, 8)
+
+
+def test_prompts_guidance_and_batch_invariance(gen):
+    a = gen.generate(4, prompt=["a seven", "the digit one"], guidance=3.0, steps=4, seed=3)
+    assert a.shape == (4, 1, 8, 8) and a.dtype == torch.uint8
+    b = torch.cat([
+        gen.generate(4, prompt=["a seven", "the digit one"], guidance=3.0, steps=4, seed=3,
+                     batch_size=3),
+    ])
+    assert torch.equal(a, b)  # each sample's noise is its own, whatever the batch size
+    neg = gen.generate(4, prompt="a seven", guidance=3.0, negative_prompt="a one", steps=4)
+    assert neg.shape == a.shape
+
+
+def test_bad_text_input_is_refused(gen):
+    with pytest.raises(ValueError, match="empty"):
+        gen.generate(1, prompt="   ", steps=2)
+    with pytest.raises(ValueError, match="negative prompt needs guidance"):
+        gen.generate(1, prompt="a two", negative_prompt="a three", steps=2)
+    with pytest.warns(UserWarning, match="truncat"):
+        gen.generate(1, prompt=" ".join(["seven"] * 200), steps=2)
+
+
+def test_img2img_strength(gen, folders):
+    _, trainer = folders
+    image = trainer.data.images[:2]
+    same = gen.img2img(image, "a zero", strength=0.0)
+    ae = gen.autoencoder
+    with torch.no_grad():
+        recon = ae.decode(ae.encode(image.float() / 127.5 - 1).mode())
+    assert torch.equal(same, to_uint8(recon))
+    out = gen.img2img(image, "a zero", strength=0.5, steps=10, seed=1)
+    assert out.shape == (2, 1, 8, 8)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+            gen.img2img(image, "a zero", strength=bad)
+
+
+def test_truncated_grid_starts_at_strength():
+    process = make_process("discrete", schedule="cosine", T=1000)
+    ts = default_timesteps("ddim", process, 50)
+    kept = truncate_timesteps(ts, process, 0.3)
+    assert float(kept[0]) <= 0.3 * 999 + 1e-6 and float(kept[-1]) == float(ts[-1])
+    assert 10 <= len(kept) <= 20
+
+
+def test_inpaint_keeps_known_pixels_exactly(gen, folders):
+    _, trainer = folders
+    image = trainer.data.images[5]
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:, 4:] = True
+    out = gen.inpaint(image, mask, "a four", n=3, steps=5)
+    assert out.shape == (3, 1, 8, 8)
+    assert torch.equal(out[:, :, :, :4], image[None, :, :, :4].expand(3, -1, -1, -1))
+    with pytest.raises(ValueError, match="mask has shape"):
+        gen.inpaint(image, torch.ones(7, 7, dtype=torch.bool), "a four")
+
+
+def test_images_of_another_size_or_mode(gen):
+    with pytest.raises(ValueError, match="resize it to 8x8"):
+        gen.img2img(torch.zeros(1, 28, 28, dtype=torch.uint8), "a one", strength=0.5)
+    with pytest.raises(ValueError, match="uint8"):
+        gen.img2img(torch.zeros(1, 8, 8), "a one", strength=0.5)
+    rgb = Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8), "RGB")  # converted to L
+    assert gen.img2img(rgb, "a one", strength=0.0).shape == (1, 1, 8, 8)
+
+
+def test_inpainting_denoiser_pins_the_known_region_for_any_sampler():
+    """With the exact denoiser of a Gaussian mixture, every sampler's result equals the known
+    image outside the mask (up to float error) and differs inside it."""
+    process = make_process("discrete", schedule="cosine", T=1000)
+    means = torch.tensor([[1.0] * 8 + [-1.0] * 8, [-1.0] * 8 + [1.0] * 8]) * 0.8
+    oracle = GaussianMixtureOracle(process, means, 0.2)
+    known = torch.full((2, 1, 4, 4), 0.3)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 2:] = 1
+    for name in ("ddim", "dpmpp_2m", "heun", "ddpm"):
+        den = InpaintingDenoiser(oracle, known, mask)
+        ts = default_timesteps(name, process, 10 if name != "ddpm" else 100)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 1, 4, 4, generator=g) * process.prior_std()
+        out = get_sampler(name)(den, x, ts, generator=g)
+        assert torch.allclose(out[..., :2], known[..., :2], atol=1e-4), name
+        assert not torch.allclose(out[..., 2:], known[..., 2:], atol=1e-2), name
