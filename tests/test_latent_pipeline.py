@@ -154,3 +154,29 @@ def test_inpainting_denoiser_pins_the_known_region_for_any_sampler():
         out = get_sampler(name)(den, x, ts, generator=g)
         assert torch.allclose(out[..., :2], known[..., :2], atol=1e-4), name
         assert not torch.allclose(out[..., 2:], known[..., 2:], atol=1e-2), name
+
+
+def test_cli_sample_img2img_inpaint(folders, tmp_path, capsys):
+    from difflab.cli import main
+
+    root, trainer = folders
+    ckpt = str(root / "txt" / "last")
+    Image.fromarray(trainer.data.images[0, 0].numpy()).convert("RGB").save(tmp_path / "in.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[4:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    common = ["--steps", "3", "-n", "2"]
+    assert main(["sample", ckpt, "--prompt", "a three", "--guidance", "2",
+                 "--negative-prompt", "an eight", *common,
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["img2img", ckpt, str(tmp_path / "in.png"), "--prompt", "a three",
+                 "--strength", "0.5", *common, "--out", str(tmp_path / "i.png")]) == 0
+    assert main(["inpaint", ckpt, str(tmp_path / "in.png"), str(tmp_path / "mask.png"),
+                 "--prompt", "a three", *common, "--out", str(tmp_path / "p.png")]) == 0
+    for name in ("s.png", "i.png", "p.png"):
+        assert Image.open(tmp_path / name).size[0] > 2 * 8  # a grid of two upscaled images
+    assert main(["img2img", ckpt, str(tmp_path / "in.png"), "--prompt", "a three",
+                 "--strength", "1.5"]) == 2
+    assert "strength must be in [0, 1]" in capsys.readouterr().err
+    assert main(["sample", str(root / "ae" / "last")]) == 2
+    assert "autoencoder" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The `difflab` command line: train | sample | eval | viz | info | export.
+"""The `difflab` command line: train | sample | img2img | inpaint | eval | viz | info | export.
 
     difflab train configs/fashion_mnist.toml --minutes 10 --out runs/fashion
     difflab sample runs/fashion/last -n 64 --sampler dpmpp_2m --steps 20 --out samples.png
@@ -127,24 +127,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
             args.nrow = args.nrow or per  # one row per class
         else:
             classes = args.classes
-    kw = dict(
-        sampler=args.sampler,
-        steps=args.steps,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        classes=classes,
-        guidance=args.guidance,
-        clip=None if args.no_clip else "static",
-        precision=args.precision,
-    )
-    if args.eta is not None:
-        kw["eta"] = args.eta
+    kw = sampling_kwargs(args, gen)
+    kw["classes"] = classes
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         gen.generate_to_npz(out, args.n, **kw)
     elif out.suffix == ".png":
-        recorder = viz.FrameRecorder(key="x") if args.gif else None
+        recorder = None
+        if args.gif:  # latent trajectories are not pictures: show the decoded x0 then
+            key = "x" if gen.autoencoder is None else "denoised"
+            recorder = viz.FrameRecorder(key=key, decode=gen._to_pixels)
         images = gen.generate(args.n, callback=recorder, **kw)
         viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
         if recorder is not None:
@@ -161,6 +154,56 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise SystemExit(f"difflab: --out must end in .png or .npz, got {out.name!r}")
     print(f"difflab: wrote {args.n} samples to {out}")
     return 0
+
+
+def sampling_kwargs(args: argparse.Namespace, gen) -> dict:
+    """The Generator keywords that sample, img2img and inpaint share."""
+    kw = dict(
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        guidance=args.guidance,
+        clip=None if args.no_clip else "auto",
+        precision=args.precision,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+    )
+    if args.eta is not None:
+        kw["eta"] = args.eta
+    return kw
+
+
+def _save_edits(images, args: argparse.Namespace) -> int:
+    from difflab import viz
+
+    out = Path(args.out)
+    if out.suffix != ".png":
+        raise SystemExit(f"difflab: --out must end in .png, got {out.name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
+    print(f"difflab: wrote {len(images)} images to {out}")
+    return 0
+
+
+def cmd_img2img(args: argparse.Namespace) -> int:
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
+    kw = sampling_kwargs(args, gen)
+    prompt = kw.pop("prompt")
+    images = gen.img2img(args.image, prompt, strength=args.strength, n=args.n, **kw)
+    return _save_edits(images, args)
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
+    kw = sampling_kwargs(args, gen)
+    prompt = kw.pop("prompt")
+    images = gen.inpaint(args.image, args.mask, prompt, n=args.n, **kw)
+    return _save_edits(images, args)
 
 
 def resolve_checkpoint(name: str) -> Path:
@@ -228,6 +271,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         "min of optimizer steps",
         f"files        {size / 1e6:.2f} MB: {', '.join(sorted(f.name for f in path.iterdir()))}",
     ]
+    if "autoencoder" in c:
+        ae = c["autoencoder"]
+        lines.insert(3, f"latent       {tuple(c.get('model_shape', []))} from an autoencoder "
+                        f"(scale {ae['latent_scale']:.4f}, trained as {ae['source']})")
+    if c.get("text_encoder"):
+        lines.insert(3, f"text         {c['text_encoder']}")
     if "trained" in c:
         lines.append(f"provenance   {json.dumps(c['trained'])}")
     print("\n".join(lines))
@@ -259,6 +308,36 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
+    """Options every drawing command shares (sample, img2img, inpaint)."""
+    s.add_argument("--sampler", type=_sampler_name, default="ddim")
+    s.add_argument(
+        "--steps",
+        type=positive_int,
+        help="model evaluations (default per sampler: ddim 50, dpmpp_2m 20, ...)",
+    )
+    s.add_argument("-n", "--num", dest="n", type=positive_int, default=default_n)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--prompt", action="append", help="text prompt (text models; repeatable: cycled)"
+    )
+    s.add_argument(
+        "--negative-prompt",
+        action="append",
+        help="what to steer away from (replaces the unconditional branch; needs --guidance)",
+    )
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    s.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 like DDPM)")
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--nrow", type=positive_int)
+    s.add_argument("--scale", type=positive_int, default=2, help="upscale the PNG grid")
+    s.add_argument(
+        "--no-clip", action="store_true", help="do not clip x0 to [-1, 1] (pixel models)"
+    )
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--device")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="difflab", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -286,14 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw images from a checkpoint")
     s.add_argument("checkpoint", help="checkpoint folder or shipped model name")
-    s.add_argument("--sampler", type=_sampler_name, default="ddim")
-    s.add_argument(
-        "--steps",
-        type=positive_int,
-        help="model evaluations (default per sampler: ddim 50, dpmpp_2m 20, ...)",
-    )
-    s.add_argument("-n", "--num", dest="n", type=positive_int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(s, default_n=64)
     s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
     s.add_argument("--gif", help="also write the reverse process as a GIF")
     s.add_argument(
@@ -302,15 +374,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="class name or index (repeatable), or 'all' for one row per class",
     )
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    s.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 like DDPM)")
-    s.add_argument("--batch-size", type=positive_int, default=256)
-    s.add_argument("--nrow", type=positive_int)
-    s.add_argument("--scale", type=positive_int, default=2, help="upscale the PNG grid")
-    s.add_argument("--no-clip", action="store_true", help="do not clip x0 to [-1, 1]")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    s.add_argument("--device")
     s.set_defaults(func=cmd_sample)
+
+    im = sub.add_parser(
+        "img2img", help="re-draw an image toward a prompt (noise to --strength, denoise)"
+    )
+    im.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    im.add_argument("image", help="image file (converted to the model's mode; same size)")
+    im.add_argument(
+        "--strength", type=float, default=0.6, help="0 keeps the image, 1 ignores it"
+    )
+    add_sampling_arguments(im, default_n=4)
+    im.add_argument("--out", default="img2img.png", help="FILE.png")
+    im.set_defaults(func=cmd_img2img)
+
+    ip = sub.add_parser("inpaint", help="fill the masked part of an image, keep the rest")
+    ip.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    ip.add_argument("image", help="image file (converted to the model's mode; same size)")
+    ip.add_argument("mask", help="mask image of the same size: white (non-zero) = fill")
+    add_sampling_arguments(ip, default_n=4)
+    ip.add_argument("--out", default="inpaint.png", help="FILE.png")
+    ip.set_defaults(func=cmd_inpaint)
 
     from difflab.metrics.command import add_eval_arguments
 
