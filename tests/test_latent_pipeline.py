@@ -180,3 +180,31 @@ def test_cli_sample_img2img_inpaint(folders, tmp_path, capsys):
     assert "strength must be in [0, 1]" in capsys.readouterr().err
     assert main(["sample", str(root / "ae" / "last")]) == 2
     assert "autoencoder" in capsys.readouterr().err
+
+
+def test_trainable_text_encoder_trains_with_the_net(folders, tmp_path):
+    """text.encoder = "trainable": the small encoder is part of the checkpointed net, gets
+    gradients, and the Generator reloads it with the net's weights (not fresh ones)."""
+    root, _ = folders
+    cfg = config_from_dict({
+        "data": DATA,
+        "latent": {"autoencoder": str(root / "ae" / "last")},
+        "text": {"encoder": "trainable", "width": 32, "depth": 1},
+        "model": {"preset": "ddpm-small-28", "overrides": {
+            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
+            "attention_resolutions": [], "transformer_resolutions": [4],
+            "context_dim": 32, "transformer_head_dim": 8}},
+        "train": TRAIN,
+    })
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    before = trainer.net.text.token_embedding.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, trainer.net.text.token_embedding.weight)
+    gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
+    assert torch.equal(
+        gen.text_encoder.token_embedding.weight, trainer.ema.model.text.token_embedding.weight
+    )
+    assert gen.generate(2, prompt="a five", guidance=2.0, steps=3).shape == (2, 1, 8, 8)
+    bad = config_from_dict({**cfg.to_dict(), "text": {"encoder": "minilm"}})
+    with pytest.raises(ValueError, match="context_dim = 384"):
+        Trainer(bad, tmp_path / "bad", quiet=True)

@@ -101,6 +101,10 @@ def network_spec(
 
 
 def network_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    if spec["type"] == "text-conditioned":  # a denoiser + the text encoder trained with it
+        from difflab.models.text import TextConditioned, text_encoder_from_spec
+
+        return TextConditioned(network_from_spec(spec["net"]), text_encoder_from_spec(spec["text"]))
     if spec["type"] == "preset":
         return presets.get_preset(spec["name"], in_channels=spec.get("in_channels", 1))
     kinds = _kinds()

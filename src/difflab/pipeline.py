@@ -119,9 +119,12 @@ class Generator:
                 ck.config["autoencoder"]["network"], ck.components["autoencoder"], str(path)
             )
         if ck.config.get("text_encoder"):
-            from difflab.models.text import text_encoder_from_spec
+            from difflab.models.text import TextConditioned, text_encoder_from_spec
 
-            text_encoder = text_encoder_from_spec(ck.config["text_encoder"])
+            if isinstance(net, TextConditioned):  # trained with the net: its weights are there
+                text_encoder = net.text
+            else:  # a frozen pretrained encoder: rebuilt from its package
+                text_encoder = text_encoder_from_spec(ck.config["text_encoder"])
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(
             net.float(),

@@ -39,6 +39,7 @@ import functools
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -419,3 +420,32 @@ def text_encoder_from_spec(spec: Mapping[str, Any]) -> TextEncoder:
         )
     options = dict(spec)
     return make_text_encoder(options.pop("name"), **options)
+
+
+@dataclass
+class TokenIds:
+    """Tokenised prompts for a :class:`TextConditioned` net: ids and mask ``(B, L)``, and
+    ``drop`` ``(B,)`` True where the caption is dropped (classifier-free guidance)."""
+
+    ids: Tensor
+    mask: Tensor
+    drop: Tensor | None = None
+
+
+class TextConditioned(nn.Module):
+    """A denoiser and the trainable text encoder it learns with, as one module, so one
+    optimizer, one EMA and one checkpoint cover both (and DDP sees every parameter used in
+    its forward). ``cond`` is :class:`TokenIds` (encoded here, with grad) or an already
+    encoded TextCondition, which passes straight to the denoiser."""
+
+    def __init__(self, net: nn.Module, text: TrainableTextEncoder) -> None:
+        super().__init__()
+        self.net, self.text = net, text
+        self.config = getattr(net, "config", None)  # what the denoiser is (num_classes, ...)
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
+        if isinstance(cond, TokenIds):
+            enc = self.text(cond.ids, cond.mask)
+            mask = enc.mask if cond.drop is None else enc.mask & ~cond.drop[:, None]
+            cond = TextCondition(enc.tokens, mask)
+        return self.net(x, t, cond)

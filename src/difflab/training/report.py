@@ -27,7 +27,8 @@ def generator_from_trainer(trainer) -> Generator:
         num_classes=trainer.net_config.get("num_classes"),
         device=trainer.device,
         autoencoder=trainer.autoencoder,
-        text_encoder=trainer.text_encoder,
+        # A trainable text encoder is part of the EMA net; a frozen one is not.
+        text_encoder=getattr(trainer.ema.model, "text", trainer.text_encoder),
     )
 
 

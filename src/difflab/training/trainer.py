@@ -135,7 +135,6 @@ class Trainer:
         self.elapsed = 0.0
         self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
 
-    # ------------------------------------------------------------------ config for checkpoints
     # ------------------------------------------------------------------ latents and text
     def _setup_latents(self, cfg: RunConfig) -> torch.Tensor:
         """Load the frozen autoencoder, encode the data once, fit the latent scale."""
@@ -165,32 +164,55 @@ class Trainer:
                 f"text.encoder needs captions, made from class labels, but {self.data.name!r} "
                 "has no labels"
             )
-        if cfg.text.encoder != "minilm":
-            raise ValueError(
-                f"text.encoder = {cfg.text.encoder!r} is not trainable by this trainer yet; "
-                "use 'minilm'"
-            )
         width = self.net_config["config"].get("context_dim")
-        self.text_encoder = make_text_encoder(cfg.text.encoder, max_tokens=cfg.text.max_tokens)
+        if cfg.text.encoder == "trainable":
+            # Trained with the denoiser: both live in one module (one optimizer, EMA, file).
+            from difflab.models.text import TextConditioned, TrainableTextEncoder
+
+            text = TrainableTextEncoder(
+                width=cfg.text.width, depth=cfg.text.depth, max_tokens=cfg.text.max_tokens
+            )
+            self.net = TextConditioned(self.net, text).to(self.device)
+            self.net_config = {
+                "type": "text-conditioned",
+                "net": self.net_config,
+                "text": text.spec(),
+                "num_classes": self.net_config.get("num_classes"),
+            }
+            self.text_encoder = text
+        else:
+            self.text_encoder = make_text_encoder(
+                cfg.text.encoder, max_tokens=cfg.text.max_tokens
+            )
         if width != self.text_encoder.width:
             raise ValueError(
                 f"text.encoder = {cfg.text.encoder!r} gives {self.text_encoder.width}-wide "
                 f"tokens but the network's context_dim is {width}; set "
                 f"model.overrides.context_dim = {self.text_encoder.width}"
+                + (" (or text.width)" if cfg.text.encoder == "trainable" else "")
             )
         self.captions = caption_table(cfg.data.name, self.data.class_names)
-        enc = self.text_encoder.encode(self.captions.texts)
-        self.caption_tokens = (enc.tokens.to(self.device), enc.mask.to(self.device))
+        if cfg.text.encoder == "trainable":  # tokenised once, encoded with grad every step
+            ids, mask = self.text_encoder.tokenize(self.captions.texts)
+            self.caption_tokens = (ids.to(self.device), mask.to(self.device))
+        else:  # the frozen encoder's output never changes: encode every caption once
+            enc = self.text_encoder.encode(self.captions.texts)
+            self.caption_tokens = (enc.tokens.to(self.device), enc.mask.to(self.device))
 
-    def _text_condition(self, labels: torch.Tensor) -> TextCondition:
+    def _text_condition(self, labels: torch.Tensor):
         """A random caption of each label's class; dropped (all-masked) with cond_drop_prob."""
+        from difflab.models.text import TokenIds
+
         idx = self.captions.pick(labels.cpu(), self.gen).to(self.device)
         tokens, mask = self.caption_tokens
-        mask = mask[idx]
-        drop = torch.rand(len(idx), generator=self.gen) < self.cfg.train.cond_drop_prob
-        mask = mask & ~drop.to(self.device)[:, None]
-        return TextCondition(tokens[idx], mask)
+        drop = (torch.rand(len(idx), generator=self.gen) < self.cfg.train.cond_drop_prob).to(
+            self.device
+        )
+        if self.cfg.text.encoder == "trainable":
+            return TokenIds(tokens[idx], mask[idx], drop)
+        return TextCondition(tokens[idx], mask[idx] & ~drop[:, None])
 
+    # ------------------------------------------------------------------ config for checkpoints
     def checkpoint_config(self) -> dict:
         kind = {"autoencoder": "autoencoder"}.get(self.kind, "pixel-diffusion")
         extra: dict = {}
