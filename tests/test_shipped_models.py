@@ -42,3 +42,16 @@ def test_draw_me_a_seven():
     images = gen.generate(40, classes=["seven"], guidance=3.0, sampler="dpmpp_2m", steps=15)
     predicted = feature_extractor("mnist", verbose=False).predict(images)
     assert (predicted == 7).mean() >= 0.9
+
+
+@pytest.mark.skipif("fashion-mnist-cond" not in SHIPPED, reason="no shipped conditional model")
+def test_draw_me_a_sneaker_and_every_other_clothing_class():
+    gen = Generator.from_checkpoint("fashion-mnist-cond")
+    names = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+             "bag", "ankle boot"]
+    classes = [name for name in names for _ in range(6)]
+    images = gen.generate(60, classes=classes, guidance=3.0, sampler="dpmpp_2m", steps=15)
+    predicted = feature_extractor("fashion_mnist", verbose=False).predict(images)
+    wanted = np.repeat(np.arange(10), 6)
+    assert (predicted == wanted).mean() >= 0.85
+    assert (predicted[7 * 6 : 8 * 6] == 7).mean() >= 0.8  # sneakers
