@@ -55,3 +55,18 @@ def test_draw_me_a_sneaker_and_every_other_clothing_class():
     wanted = np.repeat(np.arange(10), 6)
     assert (predicted == wanted).mean() >= 0.85
     assert (predicted[7 * 6 : 8 * 6] == 7).mean() >= 0.8  # sneakers
+
+
+@pytest.mark.skipif("fashion-text" not in SHIPPED, reason="no shipped text-to-image pipeline")
+def test_text_to_image_pipeline_follows_unseen_wording():
+    """The shipped latent text-to-image pipeline (one folder: UNet + autoencoder, MiniLM from
+    its package) draws what a prompt asks for, also in wording its captions never used."""
+    gen = Generator.from_checkpoint("fashion-text")
+    assert gen.autoencoder is not None and gen.takes_text
+    prompts = {"footwear for running": 7, "a pair of blue jeans": 1, "a leather handbag": 8,
+               "a warm winter parka": 4}
+    rows = [p for p in prompts for _ in range(8)]
+    images = gen.generate(32, prompt=rows, guidance=3.0, sampler="dpmpp_2m", steps=15)
+    predicted = feature_extractor("fashion_mnist", verbose=False).predict(images)
+    wanted = np.repeat(list(prompts.values()), 8)
+    assert (predicted == wanted).mean() >= 0.8
