@@ -40,7 +40,7 @@ from torch import nn
 
 from .article_unet import ArticleUNet
 from .autoencoder import Autoencoder, AutoencoderConfig
-from .transformer import DIT_PRESETS, DiT, DiTConfig
+from .transformer import DIT_PRESETS, DiT
 from .unet import UNet, UNetConfig
 
 
@@ -61,31 +61,20 @@ def _check_overrides(name: str, overrides: dict[str, Any], allowed: list[str]) -
         raise ValueError(f"{name}: unknown override(s) {unknown}; allowed: {', '.join(allowed)}")
 
 
+def _builder(net_class: type[nn.Module], config: Any) -> Callable[..., nn.Module]:
+    """A preset's build function: `net_class(config)`, with fields of the config
+    dataclass (UNetConfig, DiTConfig, AutoencoderConfig) overridable by keyword."""
+
+    def build(**overrides: Any) -> nn.Module:
+        allowed = [f.name for f in dataclasses.fields(config) if f.init]
+        _check_overrides(type(config).__name__, overrides, allowed)
+        return net_class(dataclasses.replace(config, **overrides) if overrides else config)
+
+    return build
+
+
 def _unet(config: UNetConfig) -> Callable[..., nn.Module]:
-    def build(**overrides: Any) -> nn.Module:
-        allowed = [f.name for f in dataclasses.fields(UNetConfig) if f.init]
-        _check_overrides("UNetConfig", overrides, allowed)
-        return UNet(dataclasses.replace(config, **overrides) if overrides else config)
-
-    return build
-
-
-def _autoencoder(config: AutoencoderConfig) -> Callable[..., nn.Module]:
-    def build(**overrides: Any) -> nn.Module:
-        allowed = [f.name for f in dataclasses.fields(config)]
-        _check_overrides("AutoencoderConfig", overrides, allowed)
-        return Autoencoder(dataclasses.replace(config, **overrides) if overrides else config)
-
-    return build
-
-
-def _dit(config: DiTConfig) -> Callable[..., nn.Module]:
-    def build(**overrides: Any) -> nn.Module:
-        allowed = [f.name for f in dataclasses.fields(config)]
-        _check_overrides("DiTConfig", overrides, allowed)
-        return DiT(dataclasses.replace(config, **overrides) if overrides else config)
-
-    return build
+    return _builder(UNet, config)
 
 
 def _article(**overrides: Any) -> nn.Module:
@@ -146,7 +135,7 @@ PRESETS: dict[str, Preset] = {
     "kl-f4-28": Preset(
         "KL autoencoder 28x28x1 -> 7x7x4 (f = 4), widths 32/64/64, ~0.4 M: latent diffusion's "
         "first stage",
-        _autoencoder(AutoencoderConfig()),
+        _builder(Autoencoder, AutoencoderConfig()),
         AutoencoderConfig(),
         kind="autoencoder",
     ),
@@ -157,7 +146,7 @@ for _name, _config in DIT_PRESETS.items():
         f"DiT transformer (Peebles & Xie 2023): {_config.image_size}x{_config.image_size}"
         f"x{_config.in_channels}, patch {_config.patch_size}, width {_config.width}, "
         f"depth {_config.depth}" + (", text cross-attention" if _config.context_dim else ""),
-        _dit(_config),
+        _builder(DiT, _config),
         _config,
         kind="dit",
     )
