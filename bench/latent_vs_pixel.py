@@ -51,7 +51,7 @@ def forward_gflops(net: torch.nn.Module, shape: tuple[int, ...]) -> float:
 def run(name: str, sets: list[str], args, out: Path) -> dict:
     cfg = load_config(ROOT / "configs" / "fashion_mnist.toml", sets)
     t0, c0 = time.perf_counter(), time.process_time()
-    trainer = Trainer(cfg, out / name, quiet=True)
+    trainer = Trainer(cfg, ROOT / "runs" / "latent_vs_pixel" / name, quiet=True)  # gitignored
     setup_cpu = time.process_time() - c0
     gflops = forward_gflops(trainer.net, trainer.model_shape)
     budget = args.minutes * 60
