@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from .attention import CrossAttention, FeedForward
 from .blocks import zero_init
+from .conditioning import class_labels, text_tokens, time_batch
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
 from .unet import TextCondition
 
@@ -174,82 +175,6 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
-# ------------------------------------------------ conditioning checks (UNet's contract)
-# These restate UNet.forward's rules for ``t`` and ``cond``, with DiT's names in the
-# messages. They are written to be shared: moved next to TextCondition, UNet could use
-# them too (its own checks live inside UNet.embed / UNet.context).
-
-
-def _time_batch(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
-    """``t`` as float32 ``(B,)``: a scalar or a one-element tensor is broadcast."""
-    t = torch.as_tensor(t, device=device)
-    if t.ndim == 0 or t.shape == (1,):
-        t = t.reshape(1).expand(batch)  # one time for the whole batch
-    elif t.shape != (batch,):
-        raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-    return t.float()
-
-
-def _class_labels(
-    labels: Tensor | None, num_classes: int | None, batch: int, device: torch.device, owner: str
-) -> Tensor | None:
-    """Checked labels ``(B,)`` (None -> the null label ``num_classes``; None for an
-    unconditional net)."""
-    if num_classes is None:
-        if labels is not None:
-            raise ValueError(
-                f"class labels were given but this {owner} is unconditional "
-                f"({owner}Config.num_classes is None)"
-            )
-        return None
-    if labels is None:
-        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
-    if (
-        not isinstance(labels, Tensor)
-        or labels.shape != (batch,)
-        or labels.dtype not in (torch.int64, torch.int32)
-    ):
-        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else labels
-        raise ValueError(f"cond must be an integer tensor of shape ({batch},), got {got}")
-    on_cpu = labels.device.type == "cpu" and not torch.compiler.is_compiling()
-    # The range check is free on CPU; on an accelerator it would force a sync.
-    if on_cpu and labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
-        raise ValueError(f"cond labels must be in [0, {num_classes}] ({num_classes} = null label)")
-    return labels
-
-
-def _text_tokens(
-    cond: TextCondition, context_dim: int | None, batch: int, owner: str
-) -> tuple[Tensor, Tensor | None]:
-    """Checked ``(tokens (B, L, context_dim), bool mask (B, L) or None)`` of a
-    :class:`TextCondition`."""
-    if context_dim is None:
-        raise ValueError(
-            f"a TextCondition was given but this {owner} takes no text: "
-            f"{owner}Config.context_dim is None (set it to the token width)"
-        )
-    tokens, mask = cond.tokens, cond.mask
-    if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[-1] != context_dim:
-        raise ValueError(
-            f"TextCondition.tokens must be (B={batch}, L, context_dim={context_dim}), got "
-            f"{tuple(tokens.shape)} ({owner}Config.context_dim = {context_dim})"
-        )
-    if not tokens.is_floating_point():
-        raise ValueError(f"TextCondition.tokens must be a float tensor, got {tokens.dtype}")
-    if mask is not None:
-        if mask.shape != tokens.shape[:2]:
-            raise ValueError(
-                f"TextCondition.mask must have shape {tuple(tokens.shape[:2])} (B, L) "
-                f"like its tokens, got {tuple(mask.shape)}"
-            )
-        if mask.is_floating_point():
-            raise ValueError(
-                f"TextCondition.mask must be bool (True = real token), got {mask.dtype}"
-            )
-        mask = mask.bool()
-    return tokens, mask
-
-
 # ------------------------------------------------------------------------- the network
 
 
@@ -375,8 +300,8 @@ class DiT(nn.Module):
     ) -> Tensor:
         """Conditioning vector ``c`` ``(B, width)``: time embedding (+ class embedding)."""
         # float32 maths for the code of t, even under autocast (see sinusoidal_embedding).
-        emb = self.time_embed(_time_batch(t, batch, device) * self.config.time_scale)
-        labels = _class_labels(labels, self.config.num_classes, batch, device, "DiT")
+        emb = self.time_embed(time_batch(t, batch, device) * self.config.time_scale)
+        labels = class_labels(labels, self.config.num_classes, batch, device, "DiT")
         if labels is not None:
             emb = emb + self.class_embed(labels)
         return emb
@@ -405,7 +330,7 @@ class DiT(nn.Module):
         batch = x.shape[0]
         context, mask, labels = None, None, cond
         if isinstance(cond, TextCondition):
-            context, mask = _text_tokens(cond, c.context_dim, batch, "DiT")
+            context, mask = text_tokens(cond, c.context_dim, batch, "DiT")
             labels = cond.labels
         cvec = F.silu(self.embed(t, labels, batch, x.device))  # (B, width), shared by all
 

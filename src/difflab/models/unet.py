@@ -52,17 +52,13 @@ from torch import Tensor, nn
 
 from .attention import LinearAttention2d, SelfAttention2d, SpatialTransformer
 from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, zero_init
+from .conditioning import class_labels, text_tokens, time_batch
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP
 
 BLOCKS = ("resnet", "convnext")
 SKIPS = ("concat", "add")
 DOWNSAMPLES = ("conv", "pixel_unshuffle")
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
-
-
-def _eager_cpu(x: Tensor) -> bool:
-    """Value checks are free on CPU; on an accelerator, or while compiling, they would sync."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _bad(name: str, problem: str) -> ValueError:
@@ -497,29 +493,11 @@ class UNet(nn.Module):
         self, t: Tensor | float, cond: Tensor | None, batch: int, device: torch.device
     ) -> Tensor:
         """Time (+ class) embedding ``(B, emb_dim)`` that every block receives."""
-        t = torch.as_tensor(t, device=device)
-        if t.ndim == 0 or t.shape == (1,):
-            t = t.reshape(1).expand(batch)  # one time for the whole batch
-        elif t.shape != (batch,):
-            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         # float32 maths for the code of t, even under autocast (see sinusoidal_embedding).
-        emb = self.time_embed(t.float() * self.config.time_scale)
-        if self.class_embed is None:
-            if cond is not None:
-                raise ValueError(
-                    "cond was given but this UNet is unconditional (UNetConfig.num_classes is None)"
-                )
-            return emb
-        n = self.config.num_classes
+        emb = self.time_embed(time_batch(t, batch, device) * self.config.time_scale)
+        cond = class_labels(cond, self.config.num_classes, batch, device, "UNet")
         if cond is None:
-            cond = torch.full((batch,), n, dtype=torch.long, device=device)
-        if cond.shape != (batch,) or cond.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"cond must be an integer tensor of shape ({batch},), got "
-                f"{cond.dtype} {tuple(cond.shape)}"
-            )
-        if _eager_cpu(cond) and cond.numel() and (cond.min() < 0 or cond.max() > n):
-            raise ValueError(f"cond labels must be in [0, {n}] ({n} = null label)")
+            return emb
         return emb + self.class_embed(cond)
 
     def context(
@@ -529,26 +507,7 @@ class UNet(nn.Module):
         transformers: the text tokens of a :class:`TextCondition`, then the class token."""
         text, mask = None, None
         if isinstance(cond, TextCondition):
-            text, mask = cond.tokens, cond.mask
-            want = self.config.context_dim
-            if text.ndim != 3 or text.shape[0] != batch or text.shape[-1] != want:
-                raise ValueError(
-                    f"TextCondition.tokens must be (B={batch}, L, context_dim={want}), got "
-                    f"{tuple(text.shape)} (UNetConfig.context_dim = {want})"
-                )
-            if not text.is_floating_point():
-                raise ValueError(f"TextCondition.tokens must be a float tensor, got {text.dtype}")
-            if mask is not None:
-                if mask.shape != text.shape[:2]:
-                    raise ValueError(
-                        f"TextCondition.mask must have shape {tuple(text.shape[:2])} (B, L) "
-                        f"like its tokens, got {tuple(mask.shape)}"
-                    )
-                if mask.dtype != torch.bool and mask.is_floating_point():
-                    raise ValueError(
-                        f"TextCondition.mask must be bool (True = real token), got {mask.dtype}"
-                    )
-                mask = mask.bool()
+            text, mask = text_tokens(cond, self.config.context_dim, batch, "UNet")
         if self.class_token is None:
             return text, mask
         token = self.class_token(labels)[:, None, :]  # (B, 1, context_width)
