@@ -80,14 +80,22 @@ def test_held_out_prompts_are_unseen_wording(dataset):
     held_out = held_out_prompts(dataset)
     assert sorted(held_out) == list(range(10))
     for label, prompts in held_out.items():
-        assert 3 <= len(prompts) <= 5
+        assert 10 <= len(prompts) <= 20
         assert len(set(prompts)) == len(prompts)
         for p in prompts:
             assert _norm(p) not in training, p
-            # Nor does a held-out prompt quote its class's names: the bare-name captions
-            # ("sneaker", "seven", "7", "trousers") are among the training captions.
-            for c in captions[label]:
-                assert not re.search(rf"\b{re.escape(c.lower())}\b", p.lower()), (p, c)
+        # Some say it in everyday words ("a drawing of a handbag"), as users do; at least
+        # a third never quote the class's names (the bare-name captions "sneaker",
+        # "seven", "7", "trousers" are among the training captions), so following them
+        # needs the text encoder's sense of meaning.
+        nameless = [
+            p
+            for p in prompts
+            if not any(
+                re.search(rf"\b{re.escape(c.lower())}\b", p.lower()) for c in captions[label]
+            )
+        ]
+        assert len(nameless) >= len(prompts) / 3, (label, nameless)
 
 
 def test_class_subset_follows_the_data_order():

@@ -5,6 +5,7 @@ Judged by difflab's own feature classifiers (difflab.metrics; trained once and c
 
 import numpy as np
 import pytest
+import torch
 
 from difflab.cli import main
 from difflab.metrics import feature_extractor
@@ -34,6 +35,20 @@ def test_fashion_mnist_samples_are_varied_clothes_not_saturated(tmp_path):
     assert ((mean < 5) | (mean > 250)).mean() < 0.05
     classes = feature_extractor("fashion_mnist", verbose=False).predict(images)
     assert len(set(classes.tolist())) >= 7  # varied: most of the ten clothing classes
+
+
+@pytest.mark.skipif("fashion-mnist" not in SHIPPED, reason="no shipped Fashion-MNIST model")
+def test_shards_drawn_apart_are_one_run():
+    """Sample i depends only on (seed, i): two shards (first = 0 and 3) are the same images
+    as one run of 5, whatever the batch size; a stochastic sampler, so noise is per sample."""
+    gen = Generator.from_checkpoint("fashion-mnist")
+    kw = dict(sampler="ddpm", steps=6, seed=11)
+    whole = gen.generate(5, batch_size=2, **kw)
+    parts = [gen.generate(3, batch_size=3, **kw), gen.generate(2, first=3, batch_size=1, **kw)]
+    assert torch.equal(torch.cat(parts), whole)
+    assert not torch.equal(gen.generate(2, first=1, **kw), whole[:2])
+    with pytest.raises(ValueError, match="first .* must be an int >= 0"):
+        gen.generate(2, first=-1)
 
 
 @pytest.mark.skipif("mnist-digits-cond" not in SHIPPED, reason="no shipped MNIST model")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from difflab.models import UNet, UNetConfig, count_parameters, get_preset, preset_config
-from difflab.models.attention import SpatialTransformer, attention
+from difflab.models.attention import SpatialTransformer, TransformerBlock, attention
 from difflab.models.unet import TextCondition
 
 
@@ -165,12 +165,40 @@ def test_fully_masked_text_is_finite_and_means_no_text() -> None:
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("kind", ["class", "text+class"])
+def test_pooled_text_joins_the_time_embedding() -> None:
+    """pooled_text adds an MLP of the first text token to the time embedding: a no-op at
+    initialisation (zero last layer), "no text" is a zero pooled vector, and it is a path
+    of its own: with the transformers' cross-attention cut, the pooled token still matters."""
+    cfg = small(context_dim=6, transformer_resolutions=(8, 4))
+    tokens = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(3))
+    text = TextCondition(tokens, torch.ones(2, 4, dtype=torch.bool))
+    torch.manual_seed(0)
+    plain = UNet(cfg)
+    torch.manual_seed(0)
+    pooled = UNet(dataclasses.replace(cfg, pooled_text=True))
+    assert torch.equal(pooled(X, T, text), plain(X, T, text))  # created last, zero output
+
+    net = text_net(pooled_text=True)
+    empty = TextCondition(torch.randn(2, 3, 6), torch.zeros(2, 3, dtype=torch.bool))
+    assert torch.equal(net(X, T, empty), net(X, T))  # the empty prompt == unconditional
+    for module in net.modules():  # cut cross-attention: only the pooled path reads text
+        if isinstance(module, TransformerBlock):
+            nn.init.zeros_(module.attn2.to_v.weight)
+    changed = tokens.clone()
+    changed[:, 1:] += 1.0  # the per-token states: no effect without cross-attention
+    out = net(X, T, text)
+    assert torch.equal(net(X, T, TextCondition(changed, text.mask)), out)
+    changed[:, 0] += 1.0  # the pooled token: an effect through the time embedding
+    assert not torch.allclose(net(X, T, TextCondition(changed, text.mask)), out)
+
+
+@pytest.mark.parametrize("kind", ["class", "text+class", "text+pooled"])
 def test_gradients_reach_every_parameter(kind: str) -> None:
     if kind == "class":
         net, cond = class_net(), torch.tensor([1, 3])
     else:
-        net = text_net(num_classes=3, class_context=True)
+        extra = dict(pooled_text=True) if kind == "text+pooled" else {}
+        net = text_net(num_classes=3, class_context=True, **extra)
         mask = torch.tensor([[True, False, True], [True, True, True]])
         cond = TextCondition(torch.randn(2, 3, 6), mask, torch.tensor([2, 3]))
     net(X, T, cond).square().mean().backward()
@@ -202,6 +230,8 @@ def test_gradients_reach_every_parameter(kind: str) -> None:
         (dict(context_dim=6, transformer_resolutions=(4,), transformer_depth=0), "transformer_d"),
         (dict(context_dim=6, transformer_resolutions=(4,), num_heads=3), "num_heads"),
         (dict(context_dim=0, transformer_resolutions=(4,)), "context_dim"),
+        (dict(pooled_text=True), "pooled_text"),  # no text to pool
+        (dict(context_dim=6, transformer_resolutions=(4,), pooled_text=1), "pooled_text"),
     ],
 )
 def test_bad_config_names_the_field(kw: dict, field: str) -> None:

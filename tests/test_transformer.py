@@ -162,6 +162,26 @@ def test_all_masked_row_means_no_text() -> None:
     torch.testing.assert_close(alone, out[:1], rtol=0, atol=1e-5)
 
 
+def test_pooled_text_is_a_no_op_at_init_and_reads_the_first_token() -> None:
+    cfg = small(context_dim=6)
+    text = TextCondition(TOKENS, torch.ones(3, 5, dtype=torch.bool))
+    torch.manual_seed(0)
+    plain = perturb(DiT(cfg))
+    torch.manual_seed(0)
+    net = perturb(DiT(dataclasses.replace(cfg, pooled_text=True)), seed=0)
+    # perturb gave the zero layers of both the same values, all but pooled_text's last
+    # layer, which it also filled: zero it again to check the no-op start.
+    nn.init.zeros_(net.pooled_text.mlp[-1].weight)
+    nn.init.zeros_(net.pooled_text.mlp[-1].bias)
+    torch.testing.assert_close(net(X, T, text), plain(X, T, text), rtol=0, atol=0)
+    perturb(net.pooled_text, seed=1)
+    changed = TOKENS.clone()
+    changed[:, 0] += 1.0
+    assert not torch.allclose(net(X, T, TextCondition(changed, text.mask)), net(X, T, text))
+    empty = TextCondition(TOKENS, torch.zeros(3, 5, dtype=torch.bool))
+    torch.testing.assert_close(net(X, T, empty), net(X, T), rtol=0, atol=1e-6)
+
+
 def test_text_errors() -> None:
     net = build(context_dim=6)
     with pytest.raises(ValueError, match="context_dim=6"):
@@ -202,6 +222,7 @@ def test_input_errors() -> None:
         (dict(num_classes=True), "DiTConfig.num_classes"),
         (dict(mlp_ratio=0), "DiTConfig.mlp_ratio"),
         (dict(time_scale=-1.0), "DiTConfig.time_scale"),
+        (dict(pooled_text=True), "DiTConfig.pooled_text: needs context_dim"),
     ],
 )
 def test_config_errors(kw, match) -> None:

@@ -249,9 +249,15 @@ class Generator:
         init: Tensor | None = None,
         strength: float = 1.0,
         mask: Tensor | None = None,
+        first: int = 0,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
+
+        Sample i of a run is drawn from its own generator, seeded by (seed, i): the same
+        seed gives the same images at any batch size. `first` is the index of the first
+        sample, so that shards drawn apart (processes, ranks: samples first..first+n-1 each)
+        together are exactly one run's images.
 
         steps / spacing default per sampler (difflab.samplers.DEFAULTS); `options` go to the
         sampler (eta=, variance=, ...). clip "auto": static for pixel models, none for latent
@@ -260,6 +266,8 @@ class Generator:
         """
         if n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
+        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+            raise ValueError(f"first (index of the first sample) must be an int >= 0, got {first!r}")
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         fn = get_sampler(sampler)  # fail on a bad name before any work
@@ -281,7 +289,7 @@ class Generator:
         )
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            gens = per_sample_generators(seed, b, offset=start)
+            gens = per_sample_generators(seed, b, offset=first + start)
             labels = labels_all[start : start + b] if labels_all is not None else None
             text = self._text(prompts[start : start + b], b) if prompts else None
             negative = self._text(negatives[start : start + b], b) if negatives else None

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .blocks import zero_init
 
 if TYPE_CHECKING:
     from .unet import TextCondition
@@ -83,3 +85,39 @@ def text_tokens(
             )
         mask = mask.bool()
     return tokens, mask
+
+
+class PooledText(nn.Module):
+    """The text's pooled token, mapped to the width of the time embedding and added to it.
+
+    Cross-attention reads the text per position; this gives every block the sentence as a
+    whole, as the time embedding reaches every block. Imagen (Saharia et al. 2022, whose
+    U-Net does this besides cross-attention) and SDXL (Podell et al. 2023, section 2.1)
+    add a pooled text embedding to the time embedding in the same way. With a sentence
+    encoder's pooled token (all-MiniLM-L6-v2's mean-pooled, normalised embedding, trained
+    contrastively to bring paraphrases together), it is the path by which wording never
+    seen in training still lands near the captions of the same meaning.
+
+    The pooled token is the first of :class:`~difflab.models.unet.TextCondition`'s tokens
+    (the contract of :mod:`difflab.models.text`); "no text" (mask False, or no
+    TextCondition at all) is a zero vector. The last layer starts at zero, so adding this
+    to a network leaves its initial output unchanged.
+    """
+
+    def __init__(self, context_dim: int, emb_dim: int) -> None:
+        super().__init__()
+        self.context_dim = context_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(context_dim, emb_dim), nn.SiLU(), zero_init(nn.Linear(emb_dim, emb_dim))
+        )
+
+    def forward(self, tokens: Tensor | None, mask: Tensor | None, batch: int) -> Tensor:
+        """``(B, emb_dim)`` from checked tokens ``(B, L, context_dim)`` and mask (or None)."""
+        weight = self.mlp[0].weight
+        if tokens is None:  # no text: the same as the null condition
+            pooled = weight.new_zeros(batch, self.context_dim)
+        else:
+            pooled = tokens[:, 0]
+            if mask is not None:
+                pooled = pooled * mask[:, 0, None].to(pooled.dtype)
+        return self.mlp(pooled.to(weight.dtype))

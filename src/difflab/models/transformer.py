@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .attention import CrossAttention, FeedForward
 from .blocks import zero_init
-from .conditioning import class_labels, text_tokens, time_batch
+from .conditioning import PooledText, class_labels, text_tokens, time_batch
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
 from .unet import TextCondition
 
@@ -89,6 +89,9 @@ class DiTConfig:
     # Width of the TextCondition tokens (e.g. 384 for all-MiniLM-L6-v2): every block then
     # cross-attends to them. None: no text input, no cross-attention layers.
     context_dim: int | None = None
+    # The text's pooled token is also added to the adaLN conditioning vector (time +
+    # class), as in UNetConfig.pooled_text. Needs context_dim.
+    pooled_text: bool = False
     # "sinusoidal" (DDPM, any float t) or "fourier" (random features, for t in [0, 1]).
     time_embedding: str = "sinusoidal"
     # t is multiplied by this before the embedding, as in UNetConfig: 1 for step indices
@@ -133,6 +136,10 @@ class DiTConfig:
                 f"{self.patch_size} does not divide image_size {self.image_size}; "
                 f"allowed: {divisors}",
             )
+        if not isinstance(self.pooled_text, bool):
+            raise _bad("pooled_text", f"must be true or false, got {self.pooled_text!r}")
+        if self.pooled_text and self.context_dim is None:
+            raise _bad("pooled_text", "needs context_dim (the width of the text tokens)")
         if self.width < 4:
             raise _bad("width", f"must be >= 4 (2-D position code), got {self.width}")
         if self.width % self.num_heads:
@@ -261,6 +268,8 @@ class DiT(nn.Module):
         self.modulation_out = nn.Linear(c.width, 2 * c.width)  # shift, scale
         self.proj_out = nn.Linear(c.width, p * p * self.out_channels)
         self._init_weights()
+        # After the init above, which would overwrite its zero last layer.
+        self.pooled_text = PooledText(c.context_dim, c.width) if c.pooled_text else None
 
     def _init_weights(self) -> None:
         # DiT's initialisation (after ViT): Xavier-uniform linears with zero biases, the
@@ -332,7 +341,10 @@ class DiT(nn.Module):
         if isinstance(cond, TextCondition):
             context, mask = text_tokens(cond, c.context_dim, batch, "DiT")
             labels = cond.labels
-        cvec = F.silu(self.embed(t, labels, batch, x.device))  # (B, width), shared by all
+        emb = self.embed(t, labels, batch, x.device)
+        if self.pooled_text is not None:
+            emb = emb + self.pooled_text(context, mask, batch).to(emb.dtype)
+        cvec = F.silu(emb)  # (B, width), shared by all blocks
 
         h = self.patchify(x)  # (B, N, width)
         for block in self.blocks:

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from .attention import LinearAttention2d, SelfAttention2d, SpatialTransformer
 from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, zero_init
-from .conditioning import class_labels, text_tokens, time_batch
+from .conditioning import PooledText, class_labels, text_tokens, time_batch
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP
 
 BLOCKS = ("resnet", "convnext")
@@ -165,6 +165,11 @@ class UNetConfig:
     # when there is no text. Alone, one token makes cross-attention a per-class bias at
     # every position (softmax over one key is 1): its q/k weights then get no gradient.
     class_context: bool = False
+    # The text's pooled token (the first TextCondition token: a sentence embedding) is
+    # also added to the time embedding through a small MLP, so every block sees the whole
+    # sentence, not only the positions that cross-attend to it (Imagen, SDXL). Needs
+    # context_dim. False: text reaches the net through cross-attention alone.
+    pooled_text: bool = False
     # Scale-shift (FiLM) time conditioning (improved DDPM) rather than an added bias.
     scale_shift: bool = True
     # Whether the middle block has attention (score-SDE's small ScoreNet has none).
@@ -235,7 +240,7 @@ class UNetConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise _bad(name, f"must be a number, got {value!r}")
-        for name in ("scale_shift", "mid_attention", "class_context"):
+        for name in ("scale_shift", "mid_attention", "class_context", "pooled_text"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, f"must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -251,6 +256,8 @@ class UNetConfig:
             raise _bad("time_features", f"needs an even size >= 2, got {features}")
         if self.class_context and self.num_classes is None:
             raise _bad("class_context", "needs num_classes (the labels to make tokens of)")
+        if self.pooled_text and self.context_dim is None:
+            raise _bad("pooled_text", "needs context_dim (the width of the text tokens)")
         has_context = self.context_dim is not None or self.class_context
         if self.transformer_resolutions and not has_context:
             raise _bad(
@@ -480,6 +487,7 @@ class UNet(nn.Module):
         self.class_token = (
             nn.Embedding(c.num_classes + 1, c.context_width) if c.class_context else None
         )
+        self.pooled_text = PooledText(c.context_dim, emb_dim) if c.pooled_text else None
 
     @classmethod
     def from_config(cls, data: dict[str, Any] | UNetConfig) -> UNet:
@@ -501,13 +509,10 @@ class UNet(nn.Module):
         return emb + self.class_embed(cond)
 
     def context(
-        self, cond: Tensor | TextCondition | None, labels: Tensor | None, batch: int
+        self, text: Tensor | None, mask: Tensor | None, labels: Tensor | None, batch: int
     ) -> tuple[Tensor | None, Tensor | None]:
         """Context tokens ``(B, L, context_width)`` and mask ``(B, L)`` (or None) for the
-        transformers: the text tokens of a :class:`TextCondition`, then the class token."""
-        text, mask = None, None
-        if isinstance(cond, TextCondition):
-            text, mask = text_tokens(cond, self.config.context_dim, batch, "UNet")
+        transformers: the (checked) text tokens and their mask, then the class token."""
         if self.class_token is None:
             return text, mask
         token = self.class_token(labels)[:, None, :]  # (B, 1, context_width)
@@ -525,18 +530,16 @@ class UNet(nn.Module):
                 f"x must be (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
             )
         batch = x.shape[0]
-        labels = cond
+        labels, text, mask = cond, None, None
         if isinstance(cond, TextCondition):
-            if self.config.context_dim is None:
-                raise ValueError(
-                    "a TextCondition was given but this UNet takes no text: "
-                    "UNetConfig.context_dim is None (set it to the token width)"
-                )
+            text, mask = text_tokens(cond, self.config.context_dim, batch, "UNet")
             labels = cond.labels
         if labels is None and self.config.num_classes is not None:
             labels = torch.full((batch,), self.config.num_classes, device=x.device)
         emb = self.embed(t, labels, batch, x.device)  # validates the labels
-        context, mask = self.context(cond, labels, batch)
+        if self.pooled_text is not None:
+            emb = emb + self.pooled_text(text, mask, batch).to(emb.dtype)
+        context, mask = self.context(text, mask, labels, batch)
 
         h = self.conv_in(x)
         skips = []
