@@ -5,10 +5,16 @@ in wording it never saw in training?
         [--sampler dpmpp_2m] [--steps 20] [--out bench/results/prompt_fidelity_NAME]
 
 Two prompt sets per class of the pipeline's dataset (difflab.data.captions):
-- held-out: paraphrases written to avoid every training caption and its class's names
-  (``held_out_prompts``, e.g. "footwear for running" for sneakers); only a text encoder that
-  learned meaning elsewhere, i.e. a pretrained one, can map them to the right class;
+- held-out: paraphrases that are not training captions (``held_out_prompts``, e.g.
+  "footwear for running" for sneakers), most written apart from the training captions; the
+  "no class name" row scores the subset that never quotes a training caption of its class
+  (its names included): only a text encoder that learned meaning elsewhere, i.e. a
+  pretrained one, can map those to the right class;
 - training: three of the captions the model was trained on, for reference.
+
+For scale, the text encoder alone: each held-out prompt classified by its nearest training
+caption (cosine of the pooled sentence embeddings), the readout a model that reads only the
+pooled embedding would match if it interpolated between captions like a 1-NN classifier.
 
 Each prompt draws ``--per-prompt`` samples; the dataset's feature classifier (difflab.metrics,
 its test accuracy is printed; Inception weights cannot be had offline) judges each sample, and
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from difflab.data.captions import class_captions, held_out_prompts
+from difflab.data.captions import class_captions, held_out_prompts, quotes_a_caption
 from difflab.metrics.evaluate import evaluate_images
 from difflab.metrics.features import feature_extractor
 from difflab.pipeline import Generator
@@ -43,6 +49,27 @@ def prompt_sets(dataset: str, class_names: list[str]) -> dict[str, list[tuple[st
             (p, c) for c, caps in enumerate(train) for p in caps[:: max(1, len(caps) // 3)][:3]
         ],
     }
+
+
+def share(per_prompt: dict[str, float], keep: set[str]) -> float:
+    """Mean of ``per_prompt``'s values over the prompts in ``keep``."""
+    return sum(v for p, v in per_prompt.items() if p in keep) / len(keep)
+
+
+def nearest_caption_readout(
+    gen: Generator, captions: list[list[str]], pairs: list[tuple[str, int]]
+) -> dict[str, float]:
+    """Per prompt: 1.0 when its nearest training caption (pooled embeddings, cosine) is of
+    its class, else 0.0."""
+    def pooled(texts: list[str]) -> torch.Tensor:
+        chunks = [gen.text_encoder.encode(texts[i : i + 512]).tokens[:, 0]
+                  for i in range(0, len(texts), 512)]
+        return torch.nn.functional.normalize(torch.cat(chunks).float(), dim=1)
+
+    texts = [c for caps in captions for c in caps]
+    owner = torch.tensor([k for k, caps in enumerate(captions) for _ in caps])
+    nearest = (pooled([p for p, _ in pairs]) @ pooled(texts).T).argmax(dim=1)
+    return {p: float(owner[j] == c) for (p, c), j in zip(pairs, nearest.tolist(), strict=True)}
 
 
 def run(
@@ -82,6 +109,13 @@ def main() -> None:
         raise SystemExit(f"{args.pipeline} is not a text-to-image pipeline")
     dataset = gen.config["run"]["data"]["name"]
     sets = prompt_sets(dataset, gen.class_names)
+    captions = class_captions(dataset, gen.class_names)
+    nameless = {p for p, c in sets["held-out"] if not quotes_a_caption(p, captions[c])}
+    readout = nearest_caption_readout(gen, captions, sets["held-out"])
+    print(f"{len(sets['held-out'])} held-out prompts ({len(nameless)} without a class name); "
+          f"text encoder alone, nearest training caption: "
+          f"{100 * share(readout, set(readout)):.1f} % ({100 * share(readout, nameless):.1f} % "
+          f"without a class name)", flush=True)
     out = Path(args.out or f"bench/results/prompt_fidelity_{Path(args.pipeline).name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -89,15 +123,23 @@ def main() -> None:
         for w in args.guidance:
             t0 = time.time()
             r = run(gen, dataset, sets[name], w, args)
+            if name == "held-out":
+                r["fidelity_no_class_name"] = share(r["per_prompt"], nameless)
             rows.append({"prompts": name, "guidance": w, **r, "seconds": round(time.time() - t0)})
             print(
-                f"{name:>9} w={w:g}: fidelity {100 * r['fidelity']:.1f} %, FID {r['fid']:.2f}",
+                f"{name:>9} w={w:g}: fidelity {100 * r['fidelity']:.1f} %, FID {r['fid']:.2f}"
+                + (f" (no class name: {100 * r['fidelity_no_class_name']:.1f} %)"
+                   if name == "held-out" else ""),
                 flush=True,
             )
     report = {
         "pipeline": args.pipeline, "dataset": dataset, "per_prompt": args.per_prompt,
         "sampler": args.sampler, "steps": args.steps, "rows": rows,
         "prompt_sets": {k: [[p, c] for p, c in v] for k, v in sets.items()},
+        "held_out_without_class_name": sorted(nameless),
+        "nearest_caption_readout": {"all": share(readout, set(readout)),
+                                    "no_class_name": share(readout, nameless),
+                                    "per_prompt": readout},
         "command": shlex.join(sys.argv),
     }
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
@@ -107,6 +149,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['prompts']} | {r['guidance']:g} | {100 * r['fidelity']:.1f} % "
               f"| {r['fid']:.2f} |")
+        if r["prompts"] == "held-out":
+            print(f"| held-out, no class name | {r['guidance']:g} "
+                  f"| {100 * r['fidelity_no_class_name']:.1f} % | |")
     best = max((r for r in rows if r["prompts"] == "held-out"), key=lambda r: r["fidelity"],
                default=None)
     if best is not None:

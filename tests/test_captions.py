@@ -12,6 +12,7 @@ from difflab.data.captions import (
     class_captions,
     held_out_prompts,
     indefinite_article,
+    quotes_a_caption,
 )
 from difflab.data.fashion_mnist import CLASS_NAMES
 
@@ -88,13 +89,7 @@ def test_held_out_prompts_are_unseen_wording(dataset):
         # a third never quote the class's names (the bare-name captions "sneaker",
         # "seven", "7", "trousers" are among the training captions), so following them
         # needs the text encoder's sense of meaning.
-        nameless = [
-            p
-            for p in prompts
-            if not any(
-                re.search(rf"\b{re.escape(c.lower())}\b", p.lower()) for c in captions[label]
-            )
-        ]
+        nameless = [p for p in prompts if not quotes_a_caption(p, captions[label])]
         assert len(nameless) >= len(prompts) / 3, (label, nameless)
 
 
@@ -153,3 +148,12 @@ def test_pick_refuses_bad_labels():
     with pytest.raises(ValueError, match="int64"):
         table.pick(torch.tensor([0.0, 1.0]))
     assert table.pick(torch.zeros(0, dtype=torch.int64)).shape == (0,)
+
+
+def test_quotes_a_caption_matches_whole_words_only() -> None:
+    names = ["sneaker", "running shoe", "7"]
+    assert quotes_a_caption("A Running Shoe, please", names)
+    assert quotes_a_caption("draw me a 7", names)
+    assert not quotes_a_caption("footwear for running", names)
+    assert not quotes_a_caption("a 17th-century shoe", names)  # "7" inside "17th"
+    assert not quotes_a_caption("two sneakers", names)  # a plural is another word

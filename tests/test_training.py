@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from difflab.config import load_config
+from difflab.metrics import evaluate_checkpoint
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.trainer import Trainer, TrainingDiverged
 
@@ -65,6 +66,51 @@ def test_checkpoint_describes_the_run(tmp_path):
     assert ck.state["step"] == 2 and ck.ema is not None
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert ck.config["parameters"] == sum(p.numel() for p in tr.net.parameters())
+
+
+def test_fid_during_training_is_logged_and_the_best_kept(tmp_path):
+    extra = ["train.fid_every=2", "train.fid_samples=40", "sample.steps=4"]
+    train(tmp_path / "run", 6, extra=extra)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    fids = [r for r in rows if "fid" in r]
+    assert [r["step"] for r in fids] == [2, 4, 6]
+    assert all(r["fid_samples"] == 40 and "difflab digits" in r["feature_space"] for r in fids)
+    best = min(fids, key=lambda r: r["fid"])
+    ck = load_checkpoint(tmp_path / "run" / "best_fid", with_training_state=True)
+    assert ck.state["step"] == best["step"] and ck.state["best_fid"] == best["fid"]
+    # The logged FID is that of the kept weights: scoring the checkpoint again gives it.
+    again = evaluate_checkpoint(
+        tmp_path / "run" / "best_fid", 40, sampler="ddim", steps=4, seed=0, device="cpu"
+    )
+    assert again["fid"] == pytest.approx(best["fid"], rel=1e-6)
+    # Resume carries the best FID on: a later, worse FID does not replace best_fid/.
+    tr = train(tmp_path / "run", 8, resume=True, extra=extra)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "fid" in r] == [2, 4, 6, 8]
+    assert tr.best_fid == min(r["fid"] for r in rows if "fid" in r)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["train.fid_every=-1"], "train.fid_every must be >= 0"),
+        (["train.fid_every=2", "train.fid_samples=0"], "train.fid_samples must be > 0"),
+        (["train.fid_every=2", "train.fid_samples=3"], "train.fid_samples must be at least 4"),
+        (["train.fid_every=2", "data.name=image_folder", "data.root=FOLDER"], "a feature net"),
+    ],
+)
+def test_fid_every_bad_settings_are_named(tmp_path, extra, match):
+    from PIL import Image
+
+    folder = tmp_path / "own_images"  # your own images: no feature network to score them
+    folder.mkdir()
+    for i in range(20):
+        Image.fromarray(torch.randint(0, 255, (8, 8), dtype=torch.uint8).numpy()).save(
+            folder / f"{i}.png"
+        )
+    with pytest.raises(ValueError, match=match):
+        extra = [e.replace("FOLDER", repr(folder.as_posix())) for e in extra]
+        train(tmp_path / "run", 1, extra=extra)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

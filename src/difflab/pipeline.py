@@ -267,7 +267,7 @@ class Generator:
         if n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
-            raise ValueError(f"first (index of the first sample) must be an int >= 0, got {first!r}")
+            raise ValueError(f"first (the index of a sample) must be an int >= 0, got {first!r}")
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         fn = get_sampler(sampler)  # fail on a bad name before any work

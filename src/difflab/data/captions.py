@@ -127,6 +127,16 @@ def held_out_prompts(
     return {i: list(held_out[label]) for i, label in enumerate(labels)}
 
 
+def quotes_a_caption(prompt: str, captions: Sequence[str]) -> bool:
+    """Whether ``prompt`` contains one of ``captions`` as whole words (case-insensitive).
+
+    With a class's captions, which include its bare names ("sneaker", "seven", "7"), False
+    means the prompt never names the class the way training did: following it takes the
+    text encoder's sense of meaning."""
+    low = prompt.lower()
+    return any(re.search(rf"\b{re.escape(c.lower())}\b", low) for c in captions)
+
+
 @dataclass(frozen=True)
 class CaptionTable:
     """Every distinct caption once (``texts``), and per class the indices of its captions

@@ -25,6 +25,7 @@ _EXPORTS = {
     "as_uint8_images": "evaluate",
     "checkpoint_nll": "evaluate",
     "evaluate_checkpoint": "evaluate",
+    "evaluate_generator": "evaluate",
     "evaluate_images": "evaluate",
     "format_report": "evaluate",
     "load_images_file": "evaluate",

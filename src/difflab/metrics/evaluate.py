@@ -396,20 +396,66 @@ def evaluate_checkpoint(
     device: str | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Draw `samples` images from a checkpoint and evaluate them (evaluate_images), and with
-    nll=True the test-set NLL in bits/dim (checkpoint_nll). A class-conditional model is asked
-    for every class in turn, and its class agreement reported. The dataset, and the classes it
+    """Draw `samples` images from a checkpoint and evaluate them (evaluate_generator), and with
+    nll=True the test-set NLL in bits/dim (checkpoint_nll). The dataset, and the classes it
     was trained on, come from the checkpoint's config.json ("run" -> "data")."""
     from difflab.pipeline import Generator
 
-    if samples < 4:
-        raise ValueError(f"samples must be at least 4, got {samples}")
     if nll_timesteps is not None and nll_timesteps < 1:
         raise ValueError(f"nll_timesteps must be a positive number of steps, got {nll_timesteps}")
     if nll_images < 1:
         raise ValueError(f"nll_images must be positive, got {nll_images}")
+    if samples < 4:  # before loading anything
+        raise ValueError(f"samples must be at least 4, got {samples}")
     gen = Generator.from_checkpoint(path, device=device)
     dataset, classes = _checkpoint_dataset(gen)
+    report = evaluate_generator(
+        gen,
+        dataset,
+        samples,
+        classes=classes,
+        sampler=sampler,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        guidance=guidance,
+        reference_split=reference_split,
+        n_reference=n_reference,
+        verbose=verbose,
+    )
+    report["checkpoint"] = str(path)
+    if nll:
+        report.update(
+            checkpoint_nll(
+                gen, num_images=nll_images, num_timesteps=nll_timesteps, seed=seed, verbose=verbose
+            )
+        )
+    return report
+
+
+def evaluate_generator(
+    gen,
+    dataset: str,
+    samples: int = 10_000,
+    *,
+    classes: Sequence[str | int] | None = None,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    guidance: float | None = None,
+    reference_split: str = "test",
+    n_reference: int | None = None,
+    verbose: bool = False,
+    **sample_options: Any,
+) -> dict[str, Any]:
+    """Draw `samples` images from a :class:`~difflab.pipeline.Generator` and evaluate them
+    against `dataset` (evaluate_images). A class-conditional model is asked for every class
+    in turn, and its class agreement reported; a text model draws without a prompt.
+    `classes`: the dataset classes the model was trained on (None: all); `sample_options`
+    go to the sampler (clip=, eta=, ...)."""
+    if samples < 4:
+        raise ValueError(f"samples must be at least 4, got {samples}")
     names = CLASS_NAMES[dataset]
     aliases = CLASS_ALIASES[dataset]
     conditional = gen.num_classes is not None
@@ -424,6 +470,7 @@ def evaluate_checkpoint(
         batch_size=batch_size,
         classes=requested,
         guidance=guidance,
+        **sample_options,
     ):
         batches.append(images)
         if lab is not None:
@@ -447,7 +494,6 @@ def evaluate_checkpoint(
         seed=seed,
         verbose=verbose,
     )
-    report["checkpoint"] = str(path)
     report["sampling"] = {
         "sampler": sampler,
         "steps": steps,
@@ -455,12 +501,6 @@ def evaluate_checkpoint(
         "guidance": guidance,
         "seconds": round(sample_seconds, 1),
     }
-    if nll:
-        report.update(
-            checkpoint_nll(
-                gen, num_images=nll_images, num_timesteps=nll_timesteps, seed=seed, verbose=verbose
-            )
-        )
     return report
 
 

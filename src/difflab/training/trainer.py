@@ -131,6 +131,9 @@ class Trainer:
         )
         self.step = 0
         self.best_loss = math.inf
+        self.best_fid = math.inf
+        if tc.fid_every:
+            self._check_fid_setup(cfg)
         self.loss_ema: float | None = None
         self.elapsed = 0.0
         self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
@@ -243,6 +246,7 @@ class Trainer:
             "step": self.step,
             "ema_updates": self.ema.num_updates,
             "best_loss": self.best_loss,
+            "best_fid": self.best_fid,
             "loss_ema": self.loss_ema,
             "elapsed_seconds": self.elapsed,
             "data": self.batches.state_dict(),
@@ -278,6 +282,7 @@ class Trainer:
             self.optimizer.load_state_dict(ck.optimizer)
         s = ck.state
         self.step, self.best_loss = s["step"], s["best_loss"]
+        self.best_fid = s.get("best_fid", math.inf)
         self.loss_ema, self.elapsed = s.get("loss_ema"), s.get("elapsed_seconds", 0.0)
         self.batches.load_state_dict(s["data"])
         self.gen.set_state(ckpt_io.decode_bytes(s["generator"]))
@@ -430,6 +435,8 @@ class Trainer:
                     on_sample(self)
                 if self.step % tc.checkpoint_every == 0:
                     self._checkpoint()
+                if tc.fid_every and self.step % tc.fid_every == 0:
+                    self._evaluate_fid(metrics)
         finally:
             bar.close()
             if metrics:
@@ -437,6 +444,60 @@ class Trainer:
         self._checkpoint()
         distributed.barrier(self.dist)
         return reason
+
+    def _check_fid_setup(self, cfg: RunConfig) -> None:
+        """train.fid_every needs a diffusion run on a dataset difflab.metrics can score."""
+        from difflab.metrics.features import DATASETS
+
+        if self.kind == "autoencoder":
+            raise ValueError(
+                "train.fid_every is for diffusion runs; an autoencoder run reports its "
+                "reconstructions (bench/autoencoder_quality.py scores them): set it to 0"
+            )
+        if cfg.data.name not in DATASETS:
+            raise ValueError(
+                f"train.fid_every needs a dataset with a feature network ({', '.join(DATASETS)});"
+                f" {cfg.data.name!r} has none: set train.fid_every = 0"
+            )
+        if cfg.train.fid_samples < 4:
+            raise ValueError(f"train.fid_samples must be at least 4, got {cfg.train.fid_samples}")
+
+    def _evaluate_fid(self, metrics) -> None:
+        """FID / KID of fid_samples images from the EMA weights into metrics.jsonl; the
+        lowest FID so far keeps its weights as the "best_fid" checkpoint (main rank only:
+        the others wait for it at the next step's gradient all-reduce)."""
+        if not self.dist.is_main:
+            return
+        from difflab.metrics.evaluate import evaluate_generator
+        from difflab.training.report import generator_from_trainer, sample_kwargs
+
+        t0 = time.perf_counter()
+        report = evaluate_generator(
+            generator_from_trainer(self),
+            self.cfg.data.name,
+            self.cfg.train.fid_samples,
+            classes=self.cfg.data.classes,
+            seed=self.cfg.train.seed,
+            **sample_kwargs(self),
+        )
+        row = {
+            "step": self.step,
+            "fid": report["fid"],
+            "kid": report["kid"],
+            "kid_stderr": report["kid_stderr"],
+            "fid_samples": self.cfg.train.fid_samples,
+            "feature_space": report["feature_space"],
+            "fid_seconds": round(time.perf_counter() - t0, 1),
+        }
+        if "class_agreement" in report:
+            row["class_agreement"] = report["class_agreement"]
+        if metrics:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+        if report["fid"] < self.best_fid:
+            self.best_fid = report["fid"]
+            self.save("best_fid")
+            self.save("last")  # keep best_fid in last/ consistent for resume
 
     def _checkpoint(self) -> None:
         if not self.dist.is_main:
