@@ -11,6 +11,7 @@ import torch
 
 from difflab.config import load_config
 from difflab.metrics import evaluate_checkpoint
+from difflab.training import report
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.trainer import Trainer, TrainingDiverged
 
@@ -83,6 +84,9 @@ def test_fid_during_training_is_logged_and_the_best_kept(tmp_path):
         tmp_path / "run" / "best_fid", 40, sampler="ddim", steps=4, seed=0, device="cpu"
     )
     assert again["fid"] == pytest.approx(best["fid"], rel=1e-6)
+    done = train(tmp_path / "run", 6, resume=True, extra=extra)  # at max_steps: no step
+    report.write_report(done, tmp_path / "run", command=["difflab", "train"])
+    assert (tmp_path / "run" / "fid.png").stat().st_size > 0
     # Resume carries the best FID on: a later, worse FID does not replace best_fid/.
     tr = train(tmp_path / "run", 8, resume=True, extra=extra)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]

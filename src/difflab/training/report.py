@@ -126,6 +126,8 @@ def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> N
     loss = plot_progress(trainer, out / "loss.png")
     if loss is not None:
         paths["loss"] = loss
+    if trainer.cfg.train.fid_every and trainer.best_fid < float("inf"):  # FID rows exist
+        paths["fid"] = viz.plot_loss(trainer.out / "metrics.jsonl", out / "fid.png", key="fid")
     cmd = out / "command.sh"
     cmd.write_text(
         "#!/bin/sh\n# Reproduces this run.\n" + " ".join(shlex.quote(a) for a in command) + "\n"
