@@ -383,22 +383,16 @@ def evaluate_checkpoint(
     path: str | os.PathLike,
     samples: int = 10_000,
     *,
-    sampler: str = "ddim",
-    steps: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    guidance: float | None = None,
-    reference_split: str = "test",
-    n_reference: int | None = None,
     nll: bool = False,
     nll_timesteps: int | None = None,
     nll_images: int = 1000,
     device: str | None = None,
-    verbose: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Draw `samples` images from a checkpoint and evaluate them (evaluate_generator), and with
-    nll=True the test-set NLL in bits/dim (checkpoint_nll). The dataset, and the classes it
-    was trained on, come from the checkpoint's config.json ("run" -> "data")."""
+    """Draw `samples` images from a checkpoint and evaluate them (evaluate_generator, which
+    takes the other keywords: sampler=, steps=, seed=, guidance=, reference_split=, ...),
+    and with nll=True the test-set NLL in bits/dim (checkpoint_nll). The dataset, and the
+    classes it was trained on, come from the checkpoint's config.json ("run" -> "data")."""
     from difflab.pipeline import Generator
 
     if nll_timesteps is not None and nll_timesteps < 1:
@@ -409,22 +403,10 @@ def evaluate_checkpoint(
         raise ValueError(f"samples must be at least 4, got {samples}")
     gen = Generator.from_checkpoint(path, device=device)
     dataset, classes = _checkpoint_dataset(gen)
-    report = evaluate_generator(
-        gen,
-        dataset,
-        samples,
-        classes=classes,
-        sampler=sampler,
-        steps=steps,
-        seed=seed,
-        batch_size=batch_size,
-        guidance=guidance,
-        reference_split=reference_split,
-        n_reference=n_reference,
-        verbose=verbose,
-    )
+    report = evaluate_generator(gen, dataset, samples, classes=classes, **options)
     report["checkpoint"] = str(path)
     if nll:
+        seed, verbose = options.get("seed", 0), options.get("verbose", False)
         report.update(
             checkpoint_nll(
                 gen, num_images=nll_images, num_timesteps=nll_timesteps, seed=seed, verbose=verbose
