@@ -157,10 +157,24 @@ def test_null_is_all_masked(minilm):
 
 def test_minilm_spec_round_trip(minilm):
     spec = json.loads(json.dumps(PretrainedTextEncoder(max_tokens=32).spec()))
-    assert spec == {"name": "minilm", "max_tokens": 32}
+    assert spec == {"name": "minilm", "max_tokens": 32, "tokens": "all"}
     again = text_encoder_from_spec(spec)
     assert isinstance(again, PretrainedTextEncoder) and again.max_tokens == 32
     assert minilm.to("cpu") is minilm
+    # Specs written before the tokens option rebuild the same encoder.
+    assert text_encoder_from_spec({"name": "minilm", "max_tokens": 32}).tokens == "all"
+
+
+def test_pooled_only_is_the_sentence_embedding_alone(minilm):
+    prompts = ["a pair of sandals", "footwear for running on a track"]
+    full = minilm.encode(prompts)
+    pooled = PretrainedTextEncoder(tokens="pooled")
+    cond = pooled.encode(prompts)
+    assert cond.tokens.shape == (2, 1, 384) and cond.mask.tolist() == [[True], [True]]
+    torch.testing.assert_close(cond.tokens[:, 0], full.tokens[:, 0], rtol=0, atol=0)
+    assert text_encoder_from_spec(pooled.spec()).tokens == "pooled"
+    with pytest.raises(ValueError, match="tokens='words' is not allowed.*'all', 'pooled'"):
+        PretrainedTextEncoder(tokens="words")
 
 
 # --- factory -----------------------------------------------------------------------------------

@@ -119,6 +119,9 @@ class TextConfig:
     encoder: str | None = None
     # Longer prompts are truncated with a warning; captions are far shorter.
     max_tokens: int = 64
+    # minilm: "all" gives the network the pooled sentence embedding and the per-token
+    # states; "pooled" the sentence embedding alone (difflab.models.text.TOKEN_SETS).
+    tokens: str = "all"
     # Width / depth of the "trainable" encoder.
     width: int = 128
     depth: int = 2
@@ -156,6 +159,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "sample.clip": (None, "static", "dynamic"),
     "text.encoder": (None, "minilm", "trainable"),
+    "text.tokens": ("all", "pooled"),
     "autoencoder.recon": ("l1", "l2"),
 }
 POSITIVE = {

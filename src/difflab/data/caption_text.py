@@ -23,8 +23,8 @@ from dataclasses import dataclass
 # ---------------------------------------------------------------------------------------------
 # Names of each class, in the dataset's label order. Each name is written as it reads after
 # "a"/"an": a noun nobody says in the singular is a "pair of ..." (its bare form, in the
-# "{}" template, drops the "pair of "). Two classes never share a name, so a caption
-# always says which class it is.
+# "{}" template, drops the "pair of "); shoes come in both, as people ask for either. Two
+# classes never share a name, so a caption always says which class it is.
 
 FASHION_NAMES: tuple[tuple[str, ...], ...] = (
     (  # 0 T-shirt/top
@@ -93,6 +93,7 @@ FASHION_NAMES: tuple[tuple[str, ...], ...] = (
         "slide sandal",
         "high-heeled sandal",
         "gladiator sandal",
+        "pair of sandals",
     ),
     (  # 6 Shirt
         "shirt",
@@ -117,6 +118,9 @@ FASHION_NAMES: tuple[tuple[str, ...], ...] = (
         "sports shoe",
         "gym shoe",
         "training shoe",
+        "pair of sneakers",
+        "pair of trainers",
+        "pair of running shoes",
     ),
     (  # 8 Bag
         "bag",
@@ -141,6 +145,8 @@ FASHION_NAMES: tuple[tuple[str, ...], ...] = (
         "winter boot",
         "combat boot",
         "hiking boot",
+        "pair of ankle boots",
+        "pair of boots",
     ),
 )
 

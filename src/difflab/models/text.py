@@ -51,6 +51,12 @@ from .attention import CrossAttention, FeedForward
 from .unet import TextCondition
 
 TEXT_ENCODERS = ("minilm", "trainable")
+# What a pretrained encoder hands the denoiser: "all" = the pooled sentence embedding then the
+# per-token states; "pooled" = the sentence embedding alone. When what the images show depends
+# only on what a caption means (a class, say), the pooled embedding carries all of it, and the
+# per-token states mostly give the network surface forms to overfit (it learns that "-s"
+# words are trousers, and then draws trousers for "sandals").
+TOKEN_SETS = ("all", "pooled")
 
 MINILM_WIDTH = 384  # hidden size of all-MiniLM-L6-v2 (its config.json)
 MINILM_MAX_TOKENS = 256  # its sentence_bert_config.json max_seq_length, specials included
@@ -238,11 +244,19 @@ class PretrainedTextEncoder:
     trainable = False
     width = MINILM_WIDTH
 
-    def __init__(self, max_tokens: int = 64, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        max_tokens: int = 64,
+        device: torch.device | str | None = None,
+        tokens: str = "all",
+    ) -> None:
         # 64 word pieces hold any caption a diffusion model of this size can follow; the
         # model itself was trained with up to 256.
         self.max_tokens = _check_max_tokens(max_tokens, MINILM_MAX_TOKENS)
         self.device = torch.device("cpu" if device is None else device)
+        if tokens not in TOKEN_SETS:
+            raise ValueError(f"tokens={tokens!r} is not allowed; choose one of {TOKEN_SETS}")
+        self.tokens = tokens
 
     def to(self, device: torch.device | str) -> PretrainedTextEncoder:
         """Encode on ``device`` from now on (the model is copied there on first use)."""
@@ -255,7 +269,8 @@ class PretrainedTextEncoder:
 
     def encode(self, prompts: Sequence[str]) -> TextCondition:
         """Tokens ``(B, 1 + L, 384)``: the normalised sentence embedding, then the last
-        hidden states of the ``L`` word pieces (zeros on padding); mask ``(B, 1 + L)``."""
+        hidden states of the ``L`` word pieces (zeros on padding); mask ``(B, 1 + L)``.
+        With ``tokens="pooled"``: the sentence embedding alone, ``(B, 1, 384)``."""
         ids, mask = _tokenize(prompts, self.max_tokens, stacklevel=3)
         ids, mask = ids.to(self.device), mask.to(self.device)
         model = _minilm(_device_key(self.device))
@@ -264,6 +279,8 @@ class PretrainedTextEncoder:
         hidden = hidden * mask[..., None]  # (B, L, 384); padding states are meaningless
         # sentence-transformers' Pooling(mean) then Normalize modules, as the model was trained.
         pooled = F.normalize(_masked_mean(hidden, mask), dim=-1)  # (B, 384)
+        if self.tokens == "pooled":
+            return TextCondition(tokens=pooled[:, None], mask=mask.new_ones(len(pooled), 1))
         return _with_pooled(pooled, hidden, mask)
 
     def null(self, n: int, device: torch.device | str | None = None) -> TextCondition:
@@ -272,10 +289,13 @@ class PretrainedTextEncoder:
 
     def spec(self) -> dict[str, Any]:
         """JSON-able settings; :func:`text_encoder_from_spec` rebuilds the encoder."""
-        return {"name": self.name, "max_tokens": self.max_tokens}
+        return {"name": self.name, "max_tokens": self.max_tokens, "tokens": self.tokens}
 
     def __repr__(self) -> str:
-        return f"PretrainedTextEncoder(max_tokens={self.max_tokens}, device={str(self.device)!r})"
+        return (
+            f"PretrainedTextEncoder(max_tokens={self.max_tokens}, tokens={self.tokens!r}, "
+            f"device={str(self.device)!r})"
+        )
 
 
 class _EncoderLayer(nn.Module):

@@ -169,6 +169,11 @@ class Trainer:
             )
         width = self.net_config["config"].get("context_dim")
         if cfg.text.encoder == "trainable":
+            if cfg.text.tokens != "all":
+                raise ValueError(
+                    f"text.tokens = {cfg.text.tokens!r} applies to the pretrained minilm "
+                    "encoder; the trainable one hands over all its tokens (text.tokens = 'all')"
+                )
             # Trained with the denoiser: both live in one module (one optimizer, EMA, file).
             from difflab.models.text import TextConditioned, TrainableTextEncoder
 
@@ -185,7 +190,7 @@ class Trainer:
             self.text_encoder = text
         else:
             self.text_encoder = make_text_encoder(
-                cfg.text.encoder, max_tokens=cfg.text.max_tokens
+                cfg.text.encoder, max_tokens=cfg.text.max_tokens, tokens=cfg.text.tokens
             )
         if width != self.text_encoder.width:
             raise ValueError(
