@@ -208,3 +208,30 @@ def test_trainable_text_encoder_trains_with_the_net(folders, tmp_path):
     bad = config_from_dict({**cfg.to_dict(), "text": {"encoder": "minilm"}})
     with pytest.raises(ValueError, match="context_dim = 384"):
         Trainer(bad, tmp_path / "bad", quiet=True)
+
+
+def test_pooled_sentence_embedding_run_round_trips(folders, tmp_path):
+    """text.tokens = "pooled" with pooled_text: the run trains on MiniLM's sentence embedding
+    alone, and its checkpoint rebuilds the same encoder (one token per prompt)."""
+    root, _ = folders
+    cfg = config_from_dict({
+        "data": DATA,
+        "latent": {"autoencoder": str(root / "ae" / "last")},
+        "text": {"encoder": "minilm", "tokens": "pooled"},
+        "model": {"preset": "ddpm-small-28", "overrides": {
+            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
+            "attention_resolutions": [], "transformer_resolutions": [4],
+            "context_dim": 384, "transformer_head_dim": 8, "pooled_text": True}},
+        "train": TRAIN,
+    })
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    assert trainer.caption_tokens[0].shape[1:] == (1, 384)  # cached: one token per caption
+    trainer.train()
+    gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
+    assert gen.text_encoder.tokens == "pooled" and gen.net.config.pooled_text
+    assert gen.generate(2, prompt="a handwritten five", guidance=2.0, steps=3).shape == (
+        2, 1, 8, 8)
+    bad = config_from_dict({**cfg.to_dict(), "text": {"encoder": "trainable", "width": 384,
+                                                      "tokens": "pooled"}})
+    with pytest.raises(ValueError, match="text.tokens = 'pooled' applies to the pretrained"):
+        Trainer(bad, tmp_path / "bad", quiet=True)
