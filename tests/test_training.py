@@ -175,3 +175,15 @@ def test_torchrun_two_processes_gloo(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
     assert len(rows) == 4  # only rank 0 logs
     assert proc.stdout.count("stopped at step 4") == 1  # only rank 0 prints
+
+
+def test_conditional_sample_grid_has_a_row_per_class(tmp_path):
+    from PIL import Image
+
+    tr = train(tmp_path / "run", 1, extra=["model.overrides.num_classes=10", "sample.steps=2"])
+    gen = report.generator_from_trainer(tr)
+    count, nrow, conditions = report.grid_layout(tr, gen, 64)
+    assert (count, nrow) == (60, 6) and conditions["classes"][:7] == [0] * 6 + [1]
+    path = report.save_sample_grid(tr, tmp_path / "grid.png")
+    width, height = Image.open(path).size
+    assert height > width  # 10 rows of 6: taller than wide

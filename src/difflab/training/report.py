@@ -32,15 +32,21 @@ def generator_from_trainer(trainer) -> Generator:
     )
 
 
-def grid_conditions(trainer, gen: Generator, n: int) -> dict:
-    """What a progress grid asks for: a row per class (the first caption of each class for a
-    text model), or nothing for an unconditional model."""
+def grid_layout(trainer, gen: Generator, n: int) -> tuple[int, int, dict]:
+    """How a grid of about ``n`` samples is laid out: ``(count, nrow, conditions)``. A
+    conditional model gets a row per class (for a text model, the first caption of each
+    class), as many columns as fit in ``n``; an unconditional one 8 columns."""
     if trainer.captions is not None:
         table = trainer.captions
-        return {"prompt": [table.texts[ids[0]] for ids in table.by_class]}
-    if gen.num_classes is not None:
-        return {"classes": list(range(gen.num_classes))}
-    return {}
+        per_class = [table.texts[ids[0]] for ids in table.by_class]
+    elif gen.num_classes is not None:
+        per_class = list(range(gen.num_classes))
+    else:
+        return n, 8, {}
+    cols = max(1, n // len(per_class))
+    rows = [c for c in per_class for _ in range(cols)]
+    key = "prompt" if trainer.captions is not None else "classes"
+    return len(rows), cols, {key: rows}
 
 
 def reconstructions(trainer, n: int = 32, seed: int = 0) -> torch.Tensor:
@@ -67,10 +73,9 @@ def save_sample_grid(trainer, path: Path, n: int = 64, seed: int = 0) -> Path:
     if trainer.kind == "autoencoder":
         return viz.save_grid(reconstructions(trainer, n, seed), path, nrow=8, scale=2)
     gen = generator_from_trainer(trainer)
-    images = gen.generate(
-        n, seed=seed, **grid_conditions(trainer, gen, n), **sample_kwargs(trainer)
-    )
-    return viz.save_grid(images, path, nrow=8, scale=2)
+    count, nrow, conditions = grid_layout(trainer, gen, n)
+    images = gen.generate(count, seed=seed, **conditions, **sample_kwargs(trainer))
+    return viz.save_grid(images, path, nrow=nrow, scale=2)
 
 
 def plot_progress(trainer, path: Path) -> Path | None:
@@ -104,18 +109,15 @@ def write_report(
     # Latent trajectories are not pictures: record the decoded x0 predictions instead.
     key = "x" if trainer.autoencoder is None else "denoised"
     recorder = viz.FrameRecorder(every=1, key=key, decode=gen._to_pixels)
+    count, nrow, conditions = grid_layout(trainer, gen, n)
     images = gen.generate(
-        n,
-        seed=seed,
-        batch_size=n,
-        callback=recorder,
-        **grid_conditions(trainer, gen, n),
+        count, seed=seed, batch_size=count, callback=recorder, **conditions,
         **sample_kwargs(trainer),
     )
-    paths["samples"] = viz.save_grid(images, out / "samples.png", nrow=8, scale=2)
+    paths["samples"] = viz.save_grid(images, out / "samples.png", nrow=nrow, scale=2)
     frames = recorder.finish() + [images]
     paths["gif"] = viz.save_gif(
-        frames, out / "reverse_process.gif", nrow=8, scale=2, max_frames=60, hold_last_ms=2000
+        frames, out / "reverse_process.gif", nrow=nrow, scale=2, max_frames=60, hold_last_ms=2000
     )
     _finish(trainer, out, command, paths)
     return paths
