@@ -99,6 +99,19 @@ class Clock:
         return self.cpu >= self.budget_s
 
 
+def training_info(clock: Clock, steps: int, batch: int, sampler: str,
+                  losses: list[float] | None = None, params: int | None = None) -> dict:
+    """What every system reports about its budgeted training (read right after it stops)."""
+    info = {"steps": steps, "images_seen": steps * batch, "train_cpu_s": clock.cpu,
+            "train_wall_s": clock.wall}
+    if losses is not None:
+        info["final_loss"] = float(np.mean(losses[-50:]))
+    info["sampler"] = sampler
+    if params is not None:
+        info["params"] = params
+    return info
+
+
 def train_images() -> np.ndarray:
     """The 60,000 Fashion-MNIST training images, uint8 (N, 1, 28, 28), via difflab's loader."""
     from difflab.data.fashion_mnist import load_fashion_mnist
@@ -137,10 +150,8 @@ def run_difflab(clock: Clock, n: int, work: Path) -> tuple[np.ndarray, dict]:
     losses = []
     while not clock.spent():
         losses.append(trainer.train_step(total_steps=None))
-    info = {"steps": trainer.step, "images_seen": trainer.step * cfg.train.batch_size,
-            "train_cpu_s": clock.cpu, "train_wall_s": clock.wall,
-            "final_loss": float(np.mean(losses[-50:])),
-            "sampler": f"{cfg.sample.sampler} {cfg.sample.steps} steps (EMA weights)"}
+    info = training_info(clock, trainer.step, cfg.train.batch_size,
+                         f"{cfg.sample.sampler} {cfg.sample.steps} steps (EMA weights)", losses)
     trainer.save("last")
     gen = Generator.from_checkpoint(work / "difflab" / "last", device="cpu")
     images = gen.generate(n, sampler=cfg.sample.sampler, steps=cfg.sample.steps, seed=SEED,
@@ -188,10 +199,9 @@ def run_ddpm_pytorch(clock: Clock, n: int, work: Path, png_dir: Path) -> tuple[n
         trainer.train()
     except BudgetSpent:
         pass
-    info = {"steps": trainer.step, "images_seen": trainer.step * trainer.batch_size,
-            "train_cpu_s": clock.cpu, "train_wall_s": clock.wall,
-            "sampler": "its DDIM, 50 steps, eta 0 (EMA weights)",
-            "params": sum(p.numel() for p in unet.parameters())}
+    info = training_info(clock, trainer.step, trainer.batch_size,
+                         "its DDIM, 50 steps, eta 0 (EMA weights)",
+                         params=sum(p.numel() for p in unet.parameters()))
     ema = trainer.ema.ema_model.eval()
     torch.manual_seed(SEED)
     with torch.inference_mode():
@@ -251,10 +261,8 @@ def run_diffusers(clock: Clock, n: int, work: Path) -> tuple[np.ndarray, dict]:
             ema.step(model.parameters())
             step += 1
             losses.append(loss.item())
-    info = {"steps": step, "images_seen": step * batch, "train_cpu_s": clock.cpu,
-            "train_wall_s": clock.wall, "final_loss": float(np.mean(losses[-50:])),
-            "sampler": "DDIMPipeline 50 steps, eta 0 (EMA weights)",
-            "params": sum(p.numel() for p in model.parameters())}
+    info = training_info(clock, step, batch, "DDIMPipeline 50 steps, eta 0 (EMA weights)",
+                         losses, sum(p.numel() for p in model.parameters()))
     ema.copy_to(model.parameters())
     pipe = DDIMPipeline(unet=model.eval(), scheduler=DDIMScheduler.from_config(scheduler.config))
     pipe.set_progress_bar_config(disable=True)
@@ -293,10 +301,9 @@ def run_article(clock: Clock, n: int, work: Path) -> tuple[np.ndarray, dict]:
             opt.step()
             step += 1
             losses.append(loss.item())
-    info = {"steps": step, "images_seen": step * batch, "train_cpu_s": clock.cpu,
-            "train_wall_s": clock.wall, "final_loss": float(np.mean(losses[-50:])),
-            "sampler": "DDPM ancestral, 1000 steps, variance beta_t, no clipping",
-            "params": sum(p.numel() for p in net.parameters())}
+    info = training_info(clock, step, batch,
+                         "DDPM ancestral, 1000 steps, variance beta_t, no clipping",
+                         losses, sum(p.numel() for p in net.parameters()))
     g = Generator(net, process, "eps", (1, 28, 28), device="cpu")
     images = g.generate(n, sampler="ddpm", steps=None, seed=SEED, clip=None,
                         variance="beta", batch_size=250)
