@@ -10,11 +10,19 @@ Two prompt sets per class of the pipeline's dataset (difflab.data.captions):
   "no class name" row scores the subset that never quotes a training caption of its class
   (its names included): only a text encoder that learned meaning elsewhere, i.e. a
   pretrained one, can map those to the right class;
-- training: three of the captions the model was trained on, for reference.
+- training: three of the captions the model was trained on, for reference;
+- ``--prompts-file FILE.json`` adds a set named after the file: ``{class: [prompts]}``, the
+  class by name or index; prompts that are training captions are dropped (and counted).
+  ``bench/prompts/fashion_independent.json`` holds 80 Fashion-MNIST prompts written by an
+  author who saw neither the training captions nor the held-out set.
 
 For scale, the text encoder alone: each held-out prompt classified by its nearest training
 caption (cosine of the pooled sentence embeddings), the readout a model that reads only the
 pooled embedding would match if it interpolated between captions like a 1-NN classifier.
+
+``--nearest-captions K ...`` repeats each row with prompts read through the pipeline's
+caption bank (difflab.models.caption_bank: the blend of the K nearest training captions; 0 is
+the prompt's own embedding); the default is 0 and the pipeline's own K, where it has a bank.
 
 Each prompt draws ``--per-prompt`` samples; the dataset's feature classifier (difflab.metrics,
 its test accuracy is printed; Inception weights cannot be had offline) judges each sample, and
@@ -33,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from difflab.data import class_aliases
+from difflab.data.base import resolve_class
 from difflab.data.captions import class_captions, held_out_prompts, quotes_a_caption
 from difflab.metrics.evaluate import evaluate_images
 from difflab.metrics.features import feature_extractor
@@ -49,6 +59,19 @@ def prompt_sets(dataset: str, class_names: list[str]) -> dict[str, list[tuple[st
             (p, c) for c, caps in enumerate(train) for p in caps[:: max(1, len(caps) // 3)][:3]
         ],
     }
+
+
+def file_prompts(
+    path: Path, dataset: str, class_names: list[str]
+) -> tuple[list[tuple[str, int]], int]:
+    """(prompt, class) pairs from ``{class: [prompts]}`` JSON, without the training
+    captions; and how many were dropped as training captions."""
+    table = json.loads(path.read_text())
+    aliases = class_aliases(dataset, class_names)
+    captions = {c.lower() for caps in class_captions(dataset, class_names) for c in caps}
+    pairs = [(p, resolve_class(c, class_names, aliases)) for c, ps in table.items() for p in ps]
+    kept = [(p, c) for p, c in pairs if p.lower() not in captions]
+    return kept, len(pairs) - len(kept)
 
 
 def share(per_prompt: dict[str, float], keep: set[str]) -> float:
@@ -73,13 +96,15 @@ def nearest_caption_readout(
 
 
 def run(
-    gen: Generator, dataset: str, pairs: list[tuple[str, int]], guidance: float, args
+    gen: Generator, dataset: str, pairs: list[tuple[str, int]], guidance: float, nearest: int,
+    args,
 ) -> dict:
     prompts = [p for p, _ in pairs for _ in range(args.per_prompt)]
     labels = torch.tensor([c for _, c in pairs for _ in range(args.per_prompt)])
     images = gen.generate(
         len(prompts), prompt=prompts, guidance=None if guidance == 1 else guidance,
         sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+        nearest_captions=nearest,
     )
     report = evaluate_images(images, dataset, labels)
     pred = torch.as_tensor(feature_extractor(dataset).predict(images))
@@ -100,7 +125,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--sets", nargs="+", default=["held-out", "training"])
+    p.add_argument("--sets", nargs="*", default=["held-out", "training"])
+    p.add_argument("--prompts-file", type=Path, action="append", default=[],
+                   help="a further prompt set, JSON {class: [prompts]} (repeatable)")
+    p.add_argument("--nearest-captions", type=int, nargs="+", default=None, metavar="K",
+                   help="caption-bank readings to compare (default: 0 and the pipeline's own)")
     p.add_argument("--out", default=None, help="path prefix for .json and .png")
     args = p.parse_args()
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
@@ -108,7 +137,12 @@ def main() -> None:
     if not gen.takes_text:
         raise SystemExit(f"{args.pipeline} is not a text-to-image pipeline")
     dataset = gen.config["run"]["data"]["name"]
+    readings = args.nearest_captions or sorted({0, gen.nearest_captions()})
     sets = prompt_sets(dataset, gen.class_names)
+    for path in args.prompts_file:
+        sets[path.stem], dropped = file_prompts(path, dataset, gen.class_names)
+        args.sets.append(path.stem)
+        print(f"{path}: {len(sets[path.stem])} prompts ({dropped} dropped: training captions)")
     captions = class_captions(dataset, gen.class_names)
     nameless = {p for p, c in sets["held-out"] if not quotes_a_caption(p, captions[c])}
     readout = nearest_caption_readout(gen, captions, sets["held-out"])
@@ -120,21 +154,25 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.sets:
-        for w in args.guidance:
-            t0 = time.time()
-            r = run(gen, dataset, sets[name], w, args)
-            if name == "held-out":
-                r["fidelity_no_class_name"] = share(r["per_prompt"], nameless)
-            rows.append({"prompts": name, "guidance": w, **r, "seconds": round(time.time() - t0)})
-            print(
-                f"{name:>9} w={w:g}: fidelity {100 * r['fidelity']:.1f} %, FID {r['fid']:.2f}"
-                + (f" (no class name: {100 * r['fidelity_no_class_name']:.1f} %)"
-                   if name == "held-out" else ""),
-                flush=True,
-            )
+        for k in readings:
+            for w in args.guidance:
+                t0 = time.time()
+                r = run(gen, dataset, sets[name], w, k, args)
+                if name == "held-out":
+                    r["fidelity_no_class_name"] = share(r["per_prompt"], nameless)
+                rows.append({"prompts": name, "nearest_captions": k, "guidance": w, **r,
+                             "seconds": round(time.time() - t0)})
+                print(
+                    f"{name:>9} K={k} w={w:g}: fidelity {100 * r['fidelity']:.1f} %, "
+                    f"FID {r['fid']:.2f}"
+                    + (f" (no class name: {100 * r['fidelity_no_class_name']:.1f} %)"
+                       if name == "held-out" else ""),
+                    flush=True,
+                )
     report = {
         "pipeline": args.pipeline, "dataset": dataset, "per_prompt": args.per_prompt,
-        "sampler": args.sampler, "steps": args.steps, "rows": rows,
+        "sampler": args.sampler, "steps": args.steps, "nearest_captions": readings,
+        "rows": rows,
         "prompt_sets": {k: [[p, c] for p, c in v] for k, v in sets.items()},
         "held_out_without_class_name": sorted(nameless),
         "nearest_caption_readout": {"all": share(readout, set(readout)),
@@ -145,17 +183,18 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(f"\nfeature space: {rows[0]['feature_space']}; {args.per_prompt} samples per prompt, "
           f"{args.sampler} {args.steps} steps\n")
-    print("| prompts | guidance | fidelity | FID |\n|---|---|---|---|")
+    print("| prompts | nearest captions | guidance | fidelity | FID |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['prompts']} | {r['guidance']:g} | {100 * r['fidelity']:.1f} % "
-              f"| {r['fid']:.2f} |")
+        print(f"| {r['prompts']} | {r['nearest_captions']} | {r['guidance']:g} "
+              f"| {100 * r['fidelity']:.1f} % | {r['fid']:.2f} |")
         if r["prompts"] == "held-out":
-            print(f"| held-out, no class name | {r['guidance']:g} "
+            print(f"| held-out, no class name | {r['nearest_captions']} | {r['guidance']:g} "
                   f"| {100 * r['fidelity_no_class_name']:.1f} % | |")
     best = max((r for r in rows if r["prompts"] == "held-out"), key=lambda r: r["fidelity"],
                default=None)
     if best is not None:
-        print(f"\nheld-out prompts at guidance {best['guidance']:g}:")
+        print(f"\nheld-out prompts at guidance {best['guidance']:g}, "
+              f"{best['nearest_captions']} nearest captions:")
         for prompt, acc in best["per_prompt"].items():
             print(f"  {100 * acc:5.1f} %  {prompt}")
 
@@ -166,13 +205,15 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name in args.sets:
-        sel = [r for r in rows if r["prompts"] == name]
-        ax.plot([r["guidance"] for r in sel], [100 * r["fidelity"] for r in sel], "o-",
-                label=f"{name} prompts")
+        for k in readings:
+            sel = [r for r in rows if r["prompts"] == name and r["nearest_captions"] == k]
+            reading = f", read via {k} nearest captions" if k else ""
+            ax.plot([r["guidance"] for r in sel], [100 * r["fidelity"] for r in sel], "o-",
+                    label=f"{name} prompts{reading}")
     ax.set_xlabel("guidance scale (1 = none)")
     ax.set_ylabel("samples of the prompt's class (%)")
     ax.set_ylim(0, 100)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")

@@ -235,3 +235,75 @@ def test_pooled_sentence_embedding_run_round_trips(folders, tmp_path):
                                                       "tokens": "pooled"}})
     with pytest.raises(ValueError, match="text.tokens = 'pooled' applies to the pretrained"):
         Trainer(bad, tmp_path / "bad", quiet=True)
+
+
+def test_pooled_run_reads_prompts_through_its_caption_bank(folders, tmp_path):
+    """A "pooled" run saves its captions' sentence embeddings in every checkpoint; sampling
+    reads a prompt as the blend of its nearest captions: k = 1 turns an unseen prompt into
+    exactly its nearest caption's embedding, the run's default k is used unless told, and
+    0 gives the prompt's own embedding. Older checkpoints get their bank with
+    add_to_checkpoint; checkpoints without one refuse retrieval clearly."""
+    from difflab.data.captions import caption_table
+    from difflab.models.caption_bank import COMPONENT, add_to_checkpoint
+    from difflab.training.checkpoint import save_checkpoint
+
+    root, _ = folders
+    cfg = config_from_dict({
+        "data": DATA,
+        "latent": {"autoencoder": str(root / "ae" / "last")},
+        "text": {"encoder": "minilm", "tokens": "pooled", "nearest_captions": 4},
+        "model": {"preset": "ddpm-small-28", "overrides": {
+            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
+            "attention_resolutions": [], "transformer_resolutions": [4],
+            "context_dim": 384, "transformer_head_dim": 8, "pooled_text": True}},
+        "train": {**TRAIN, "max_steps": 2},
+    })
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    trainer.train()
+    ck = load_checkpoint(tmp_path / "run" / "last")
+    assert COMPONENT in ck.components
+    gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
+    bank = gen.caption_bank
+    assert bank.texts == caption_table("digits").texts
+    own = gen.text_encoder.encode(bank.texts[:3]).tokens[:, 0]
+    torch.testing.assert_close(bank.embeddings[:3], own, rtol=0, atol=1e-6)
+
+    unseen = "the digit you get from three plus four"
+    (nearest_text, _), = gen.read_prompts([unseen], k=1)[0]
+    snapped = gen._text([unseen], 1, nearest=1).tokens[:, 0]
+    torch.testing.assert_close(snapped, bank.embeddings[bank.texts.index(nearest_text)][None])
+    raw = gen._text([unseen], 1, nearest=0).tokens[:, 0]
+    assert (snapped - raw).abs().max() > 1e-3  # it did move the prompt
+    assert gen.nearest_captions() == 4
+    # Two steps leave the zero-initialised text paths near zero: jolt the weights so that
+    # the pictures depend on the text, and the three readings can be told apart.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in gen.net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    kw = dict(prompt=unseen, guidance=2.0, steps=3, seed=1)
+    assert torch.equal(gen.generate(2, **kw), gen.generate(2, nearest_captions=4, **kw))
+    assert not torch.equal(gen.generate(2, **kw), gen.generate(2, nearest_captions=0, **kw))
+    with pytest.raises(ValueError, match="integer >= 0"):
+        gen.generate(1, prompt=unseen, nearest_captions=-1, steps=2)
+
+    # fp16 export keeps the bank; a checkpoint saved without one gets it back.
+    out = export_for_inference(tmp_path / "run" / "last", tmp_path / "exp", dtype=torch.float16)
+    assert Generator.from_checkpoint(out, device="cpu").caption_bank.texts == bank.texts
+    config = {k: v for k, v in ck.config.items() if k not in ("format", "components")}
+    save_checkpoint(tmp_path / "old", config=config, model=ck.model,
+                    components={"autoencoder": ck.components["autoencoder"]})
+    old = Generator.from_checkpoint(tmp_path / "old", device="cpu")
+    assert old.caption_bank is None and old.nearest_captions() == 0
+    with pytest.raises(ValueError, match="has none: use nearest_captions=0"):
+        old.generate(1, prompt=unseen, nearest_captions=2, steps=2)
+    add_to_checkpoint(tmp_path / "old")
+    again = Generator.from_checkpoint(tmp_path / "old", device="cpu").caption_bank
+    assert again.texts == bank.texts
+    torch.testing.assert_close(again.embeddings, bank.embeddings, rtol=0, atol=1e-6)
+
+
+def test_per_token_models_have_no_caption_bank(gen):
+    assert gen.caption_bank is None and gen.nearest_captions() == 0
+    with pytest.raises(ValueError, match="caption bank"):
+        gen.generate(1, prompt="a seven", nearest_captions=3, steps=2)

@@ -168,9 +168,16 @@ def sampling_kwargs(args: argparse.Namespace, gen) -> dict:
         precision=args.precision,
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
+        nearest_captions=args.nearest_captions,
     )
     if args.eta is not None:
         kw["eta"] = args.eta
+    if args.prompt and gen.nearest_captions(args.nearest_captions) > 0:
+        # Say what each prompt was read as, so a surprising picture can be explained.
+        unique = list(dict.fromkeys(args.prompt + (args.negative_prompt or [])))
+        for prompt, near in zip(unique, gen.read_prompts(unique, k=3), strict=True):
+            shown = ", ".join(f"{text!r} ({sim:.2f})" for text, sim in near)
+            print(f"difflab: {prompt!r} reads as the training captions {shown}")
     return kw
 
 
@@ -327,6 +334,13 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
         help="what to steer away from (replaces the unconditional branch; needs --guidance)",
     )
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    s.add_argument(
+        "--nearest-captions",
+        type=int,
+        metavar="K",
+        help="read each prompt as a blend of its K nearest training captions (text models "
+        "with a caption bank; default: the run's text.nearest_captions; 0: off)",
+    )
     s.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 like DDPM)")
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--nrow", type=positive_int)

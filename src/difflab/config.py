@@ -122,6 +122,13 @@ class TextConfig:
     # minilm: "all" gives the network the pooled sentence embedding and the per-token
     # states; "pooled" the sentence embedding alone (difflab.models.text.TOKEN_SETS).
     tokens: str = "all"
+    # Sampling a "pooled" model reads each prompt through the training captions: its
+    # sentence embedding becomes the softmax(cosine / caption_temperature)-weighted mean of
+    # its nearest_captions nearest captions' embeddings, where the network knows what
+    # embeddings mean (difflab.models.caption_bank; 0: the prompt's own embedding). The
+    # captions are saved in every checkpoint of such a run; other token sets ignore this.
+    nearest_captions: int = 16
+    caption_temperature: float = 0.05
     # Width / depth of the "trainable" encoder.
     width: int = 128
     depth: int = 2
@@ -175,10 +182,11 @@ POSITIVE = {
     "text.max_tokens",
     "text.width",
     "text.depth",
+    "text.caption_temperature",
 }
 
 
-NON_NEGATIVE = {"train.fid_every"}  # 0: off
+NON_NEGATIVE = {"train.fid_every", "text.nearest_captions"}  # 0: off
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:

@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 from difflab.build import build_process, network_from_spec
-from difflab.config import config_from_dict
+from difflab.config import TextConfig, config_from_dict
 from difflab.data import class_aliases
 from difflab.data.base import resolve_class
 from difflab.diffusion.denoiser import Denoiser, ModelDenoiser, Prediction, ThresholdedDenoiser
 from difflab.guidance import GuidedDenoiser
+from difflab.models.caption_bank import COMPONENT as CAPTION_BANK
+from difflab.models.caption_bank import CaptionBank
 from difflab.models.unet import TextCondition
 from difflab.samplers import default_timesteps, get_sampler
 from difflab.samplers.common import per_sample_generators, randn
@@ -74,6 +76,7 @@ class Generator:
         device: str | torch.device = "cpu",
         autoencoder: torch.nn.Module | None = None,
         text_encoder: Any = None,
+        caption_bank: CaptionBank | None = None,
     ):
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
@@ -82,6 +85,7 @@ class Generator:
         self.config = config or {}
         self.autoencoder = autoencoder.to(self.device).eval() if autoencoder is not None else None
         self.text_encoder = text_encoder
+        self.caption_bank = caption_bank
         # What the denoiser works on (latents for a latent model) and what comes out (pixels).
         self.model_shape = tuple(image_shape)
         self.image_shape = self.model_shape
@@ -109,7 +113,7 @@ class Generator:
         run = config_from_dict(ck.config["run"])
         net = network_from_spec(ck.config["network"])
         load_weights_into(net, ck.weights(use_ema), str(path))
-        autoencoder = text_encoder = None
+        autoencoder = text_encoder = caption_bank = None
         if kind == "latent-diffusion":
             from difflab.latent import autoencoder_from_weights
 
@@ -125,6 +129,8 @@ class Generator:
                 text_encoder = net.text
             else:  # a frozen pretrained encoder: rebuilt from its package
                 text_encoder = text_encoder_from_spec(ck.config["text_encoder"])
+        if CAPTION_BANK in ck.components:
+            caption_bank = CaptionBank.from_state_dict(ck.components[CAPTION_BANK], str(path))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(
             net.float(),
@@ -137,6 +143,7 @@ class Generator:
             device=device,
             autoencoder=autoencoder,
             text_encoder=text_encoder,
+            caption_bank=caption_bank,
         )
 
     @property
@@ -169,10 +176,47 @@ class Generator:
             raise ValueError(f"{what} is an empty list; give at least one prompt")
         return [prompts[i % len(prompts)] for i in range(n)]
 
-    def _text(self, prompts: list[str] | None, n: int) -> TextCondition:
-        """Encoded prompts, or the "no text" condition of classifier-free guidance."""
-        enc = self.text_encoder.encode(prompts) if prompts else self.text_encoder.null(n)
-        return TextCondition(enc.tokens.to(self.device), enc.mask.to(self.device))
+    def nearest_captions(self, requested: int | None = None) -> int:
+        """How many training captions each prompt is read through (0: none; see
+        :mod:`difflab.models.caption_bank`). None: the run's ``text.nearest_captions`` when the
+        checkpoint has a caption bank, else 0."""
+        if requested is None:
+            if self.caption_bank is None:
+                return 0
+            return min(self._text_settings().nearest_captions, len(self.caption_bank.texts))
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+            raise ValueError(f"nearest_captions must be an integer >= 0, got {requested!r}")
+        if requested > 0 and self.caption_bank is None:
+            raise ValueError(
+                "nearest_captions needs a checkpoint with a caption bank (a text model trained "
+                "with text.tokens = 'pooled'); this one has none: use nearest_captions=0"
+            )
+        return requested
+
+    def _text_settings(self) -> TextConfig:
+        """The run's [text] settings, with the defaults of this code for keys it lacks."""
+        return config_from_dict(self.config["run"]).text
+
+    def read_prompts(self, prompts: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
+        """The ``k`` training captions nearest each prompt, with cosine similarities: what
+        the model reads a prompt as when sampling through the caption bank."""
+        if self.caption_bank is None:
+            raise ValueError("this checkpoint has no caption bank to read prompts through")
+        queries = self.text_encoder.encode(prompts).tokens[:, 0]
+        return self.caption_bank.nearest(queries, min(k, len(self.caption_bank.texts)))
+
+    def _text(self, prompts: list[str] | None, n: int, nearest: int = 0) -> TextCondition:
+        """Encoded prompts (read through the ``nearest`` nearest training captions when > 0),
+        or the "no text" condition of classifier-free guidance."""
+        if not prompts:
+            enc = self.text_encoder.null(n)
+            return TextCondition(enc.tokens.to(self.device), enc.mask.to(self.device))
+        enc = self.text_encoder.encode(prompts)
+        tokens = enc.tokens
+        if nearest > 0:  # a caption bank exists only for sentence-embedding ("pooled") models
+            temperature = self._text_settings().caption_temperature
+            tokens = self.caption_bank.project(tokens[:, 0], nearest, temperature)[:, None]
+        return TextCondition(tokens.to(self.device), enc.mask.to(self.device))
 
     def denoiser(
         self,
@@ -250,6 +294,7 @@ class Generator:
         strength: float = 1.0,
         mask: Tensor | None = None,
         first: int = 0,
+        nearest_captions: int | None = None,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
@@ -263,6 +308,7 @@ class Generator:
         sampler (eta=, variance=, ...). clip "auto": static for pixel models, none for latent
         ones. `init` (model-space, from `_to_model_space`) with `strength` < 1 starts from the
         noised init (img2img); `mask` (model-space, 1 = generate) keeps the rest of `init`.
+        `nearest_captions`: see :meth:`nearest_captions` (prompts and negative prompts alike).
         """
         if n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
@@ -275,6 +321,7 @@ class Generator:
         labels_all = self.resolve_labels(classes, n)
         prompts = self._prompts(prompt, n, "prompt")
         negatives = self._prompts(negative_prompt, n, "negative_prompt")
+        nearest = self.nearest_captions(nearest_captions)
         if self.takes_text and prompts is None and guidance is not None:
             raise ValueError("guidance on a text model needs a prompt")
         timesteps = default_timesteps(sampler, self.process, steps, spacing)
@@ -291,8 +338,8 @@ class Generator:
             b = min(batch_size, n - start)
             gens = per_sample_generators(seed, b, offset=first + start)
             labels = labels_all[start : start + b] if labels_all is not None else None
-            text = self._text(prompts[start : start + b], b) if prompts else None
-            negative = self._text(negatives[start : start + b], b) if negatives else None
+            text = self._text(prompts[start : start + b], b, nearest) if prompts else None
+            negative = self._text(negatives[start : start + b], b, nearest) if negatives else None
             den = self.denoiser(labels, guidance, clip, text=text, negative=negative)
             noise = randn((b, *self.model_shape), gens, self.device)
             x0_init = None

@@ -103,6 +103,7 @@ class Trainer:
         self.net.to(self.device)
         self.conditional = self.net_config.get("num_classes") is not None
         self.text_encoder, self.captions, self.caption_tokens = None, None, None
+        self.caption_bank = None  # the captions' sentence embeddings, for sampling
         if cfg.text.encoder is not None:
             self._setup_text(cfg)
         if self.conditional and self.data.labels is None:
@@ -206,6 +207,10 @@ class Trainer:
         else:  # the frozen encoder's output never changes: encode every caption once
             enc = self.text_encoder.encode(self.captions.texts)
             self.caption_tokens = (enc.tokens.to(self.device), enc.mask.to(self.device))
+            if cfg.text.tokens == "pooled":  # saved so that sampling can read prompts through it
+                from difflab.models.caption_bank import CaptionBank
+
+                self.caption_bank = CaptionBank(self.captions.texts, enc.tokens[:, 0].cpu())
 
     def _text_condition(self, labels: torch.Tensor):
         """A random caption of each label's class; dropped (all-masked) with cond_drop_prob."""
@@ -266,10 +271,19 @@ class Trainer:
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
             state=state,
-            components=(
-                {"autoencoder": self.autoencoder.state_dict()} if self.autoencoder else None
-            ),
+            components=self._components(),
         )
+
+    def _components(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Parts saved beside the network: the frozen autoencoder, the caption bank."""
+        from difflab.models.caption_bank import COMPONENT
+
+        parts = {}
+        if self.autoencoder is not None:
+            parts["autoencoder"] = self.autoencoder.state_dict()
+        if self.caption_bank is not None:
+            parts[COMPONENT] = self.caption_bank.state_dict()
+        return parts
 
     def resume(self, path: str | Path | None = None) -> None:
         """Continue exactly where a checkpoint left off: weights, EMA, optimizer, data, RNG."""
