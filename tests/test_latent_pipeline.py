@@ -72,6 +72,15 @@ def test_checkpoint_is_one_folder_with_its_autoencoder(folders, tmp_path):
     assert g16.generate(2, prompt="a zero", steps=3).shape == (2, 1, 8, 8)
 
 
+def test_report_of_a_latent_run(folders, tmp_path):
+    """The report of a latent run draws its forward process on latents, decoded."""
+    from difflab.training import report
+
+    _, trainer = folders
+    paths = report.write_report(trainer, tmp_path / "rep", command=["difflab", "train"])
+    assert Image.open(paths["forward"]).size[0] > 300 and paths["samples"].is_file()
+
+
 def test_prompts_guidance_and_batch_invariance(gen):
     a = gen.generate(4, prompt=["a seven", "the digit one"], guidance=3.0, steps=4, seed=3)
     assert a.shape == (4, 1, 8, 8) and a.dtype == torch.uint8

@@ -210,6 +210,26 @@ def test_forward_process_grid_shows_clean_image_unscaled(tmp_path):
     assert grey > 0.2 * a.shape[0] * a.shape[1]
 
 
+def test_forward_process_grid_noises_latents_and_shows_them_decoded(tmp_path):
+    """A latent model's x_t lives in latent space: noise (4, 4, 4) latents with the process,
+    then decode each column; the clean column is the decoded x_0 exactly."""
+    process = DiscreteProcess.from_schedule("cosine", 100)
+    latents = torch.zeros(2, 4, 4, 4)
+    seen = []
+
+    def decode(z):
+        seen.append(z.clone())
+        return torch.nn.functional.interpolate(z[:, :1], scale_factor=4)  # (N, 1, 16, 16)
+
+    out = viz.forward_process_grid(process, latents, tmp_path / "lat.png", decode=decode,
+                                   fractions=(0.0, 1.0), generator=torch.Generator())
+    assert [tuple(z.shape) for z in seen] == [(2, 4, 4, 4)] * 2
+    assert torch.equal(seen[0], latents) and seen[1].std() > 0.5  # x_0, then nearly noise
+    a = _png(out)
+    grey = (a == 128).all(axis=2).sum()  # the decoded clean zeros, drawn as mid-grey
+    assert grey > 0.1 * a.shape[0] * a.shape[1]
+
+
 def test_forward_process_grid_continuous_and_rgb(tmp_path):
     g = torch.Generator().manual_seed(1)
     images = torch.rand(2, 3, 12, 12, generator=g) * 2 - 1

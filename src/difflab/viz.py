@@ -314,8 +314,13 @@ def forward_process_grid(
     path: PathLike,
     fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     generator: torch.Generator | None = None,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> Path:
     """Plot q(x_t | x_0): one row per image, one column per fraction of the process's time.
+
+    ``images`` are x_0 in the space the process runs in. For a latent model that is the
+    autoencoder's latents: pass them with ``decode`` (latents -> pixels in [-1, 1]) and each
+    column shows the decoded x_t, what the noise does to the picture the model sees.
 
     Discrete processes: fraction f is step t = round(f (T - 1)), so 100 % is t = T - 1.
     Continuous processes: t = t_min + f (t_max - t_min). Fraction 0 is always the clean
@@ -354,6 +359,9 @@ def forward_process_grid(
         s = float(process.sigma(torch.tensor(t)))
         titles.append(f"{100 * f:g} %  {t_text}\nα={a:.3f} σ={s:.3f}")
 
+    if decode is not None:
+        with torch.no_grad():
+            columns = [decode(col).float().cpu() for col in columns]
     cell = 1.7
     fig = _new_figure(cell * len(columns), cell * n + 0.5)
     axes = fig.subplots(n, len(columns), squeeze=False)
@@ -362,7 +370,8 @@ def forward_process_grid(
         for i in range(n):
             _imshow(axes[i, j], pixels[i])
         axes[0, j].set_title(title, fontsize=8)
-    fig.suptitle("forward process q(x_t | x_0)", fontsize=10)
+    what = "forward process q(x_t | x_0)" + (", on latents, decoded" if decode else "")
+    fig.suptitle(what, fontsize=10)
     fig.tight_layout()
     return _save_figure(fig, path)
 

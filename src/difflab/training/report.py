@@ -98,14 +98,21 @@ def write_report(
         return paths
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(trainer.data), generator=g)[:6]
-    real = to_float(trainer.data.images[idx])
+    gen = generator_from_trainer(trainer)
+    # A latent model's process runs on latents: noise those, and show them decoded.
+    with torch.no_grad():
+        real = gen._to_model_space(trainer.data.images[idx]).cpu()
+    decode = None
+    if gen.autoencoder is not None:
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            return gen.autoencoder.from_latent(z.to(gen.device))
     paths["forward"] = viz.forward_process_grid(
         trainer.process,
         real,
         out / "forward_process.png",
         generator=torch.Generator().manual_seed(seed),
+        decode=decode,
     )
-    gen = generator_from_trainer(trainer)
     # Latent trajectories are not pictures: record the decoded x0 predictions instead.
     key = "x" if trainer.autoencoder is None else "denoised"
     recorder = viz.FrameRecorder(every=1, key=key, decode=gen._to_pixels)
