@@ -6,7 +6,8 @@ space:
 
 - ``difflab``: the shipped preset ``configs/fashion_mnist.toml`` (UNet 32/64/128, v-prediction,
   cosine schedule, AdamW 2e-3, bf16, EMA 0.999) through :class:`difflab.training.Trainer`,
-  sampled from the EMA weights with the preset's own sampler, DDIM (Song et al. 2021) 50 steps;
+  sampled from the EMA weights with the preset's own sampler, DPM-Solver++(2M) (Lu et al.
+  2022) at 20 steps;
 - ``ddpm-pytorch``: denoising-diffusion-pytorch's ``Unet(dim=64, dim_mults=(1, 2, 4))`` (its
   README width; three levels because 28 is not divisible by 8) and ``GaussianDiffusion`` with
   ``sampling_timesteps=50`` (its DDIM), trained by ITS OWN ``Trainer`` with its defaults
