@@ -143,6 +143,7 @@ def batches(n: int, size: int) -> Iterator[int]:
 def run_difflab(clock: Clock, n: int, work: Path) -> tuple[np.ndarray, dict]:
     from difflab.config import load_config
     from difflab.pipeline import Generator
+    from difflab.training.report import sample_kwargs
     from difflab.training.trainer import Trainer
 
     cfg = load_config(ROOT / "configs" / "fashion_mnist.toml")
@@ -155,8 +156,8 @@ def run_difflab(clock: Clock, n: int, work: Path) -> tuple[np.ndarray, dict]:
                          f"{cfg.sample.sampler} {cfg.sample.steps} steps (EMA weights)", losses)
     trainer.save("last")
     gen = Generator.from_checkpoint(work / "difflab" / "last", device="cpu")
-    images = gen.generate(n, sampler=cfg.sample.sampler, steps=cfg.sample.steps, seed=SEED,
-                          clip=cfg.sample.clip, eta=cfg.sample.eta, batch_size=250)
+    # The preset's [sample] settings, as the training report draws them (eta only for DDIM).
+    images = gen.generate(n, seed=SEED, batch_size=250, **sample_kwargs(trainer))
     info["params"] = sum(p.numel() for p in gen.net.parameters())
     return images.numpy(), info
 
