@@ -195,7 +195,7 @@ class Generator:
 
     def _text_settings(self) -> TextConfig:
         """The run's [text] settings, with the defaults of this code for keys it lacks."""
-        return config_from_dict(self.config["run"]).text
+        return config_from_dict(self.config.get("run", {})).text
 
     def read_prompts(self, prompts: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
         """The ``k`` training captions nearest each prompt, with cosine similarities: what
