@@ -172,13 +172,19 @@ def sampling_kwargs(args: argparse.Namespace, gen) -> dict:
     )
     if args.eta is not None:
         kw["eta"] = args.eta
-    if args.prompt and gen.nearest_captions(args.nearest_captions) > 0:
-        # Say what each prompt was read as, so a surprising picture can be explained.
-        unique = list(dict.fromkeys(args.prompt + (args.negative_prompt or [])))
-        for prompt, near in zip(unique, gen.read_prompts(unique, k=3), strict=True):
-            shown = ", ".join(f"{text!r} ({sim:.2f})" for text, sim in near)
-            print(f"difflab: {prompt!r} reads as the training captions {shown}")
+    print_prompt_readings(args, gen)
     return kw
+
+
+def print_prompt_readings(args: argparse.Namespace, gen) -> None:
+    """Say which training captions each prompt is read as (models with a caption bank), so
+    that a surprising picture can be explained."""
+    if not args.prompt or gen.nearest_captions(args.nearest_captions) == 0:
+        return
+    unique = list(dict.fromkeys(args.prompt + (args.negative_prompt or [])))
+    for prompt, near in zip(unique, gen.read_prompts(unique, k=3), strict=True):
+        shown = ", ".join(f"{text!r} ({sim:.2f})" for text, sim in near)
+        print(f"difflab: {prompt!r} reads as the training captions {shown}")
 
 
 def _save_edits(images, args: argparse.Namespace) -> int:
