@@ -147,10 +147,9 @@ def add_to_checkpoint(path: str | Path) -> Path:
     table = caption_table(ck.config["run"]["data"]["name"], ck.config.get("class_names"))
     bank = CaptionBank.build(table.texts, text_encoder_from_spec(spec))
     half = any(v.dtype == torch.float16 for v in ck.model.values())
-    meta = ("format", "format_version", "components")
     return save_checkpoint(
         ck.path,
-        config={k: v for k, v in ck.config.items() if k not in meta},
+        config=ck.model_config(),
         model=ck.model,
         ema=ck.ema,
         optimizer=ck.optimizer,

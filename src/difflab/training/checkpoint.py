@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 FORMAT_VERSION = 1
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = "model.safetensors", "ema.safetensors", "optimizer.pt"
 CONFIG_FILE, STATE_FILE = "config.json", "state.json"
+_WRITTEN_BY_SAVE = ("format", "format_version", "components")
 
 
 class CheckpointError(ValueError):
@@ -43,6 +44,11 @@ class Checkpoint:
     def weights(self, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
         """The weights to sample with: the EMA copy when there is one."""
         return self.ema if (prefer_ema and self.ema is not None) else self.model
+
+    def model_config(self) -> dict[str, Any]:
+        """config.json less what `save_checkpoint` writes itself (format, components): what
+        to hand `save_checkpoint` to write this model again."""
+        return {k: v for k, v in self.config.items() if k not in _WRITTEN_BY_SAVE}
 
 
 def encode_bytes(t: torch.Tensor) -> str:
@@ -181,11 +187,7 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
     optionally cast (fp16 halves the size), no optimizer or training state, and a 'trained'
     record of how it was made (command, time, hardware) in config.json."""
     ck = load_checkpoint(src, with_training_state=True)
-    config = {
-        k: v
-        for k, v in ck.config.items()
-        if k not in ("format", "format_version", "components")
-    }
+    config = ck.model_config()
     config["trained"] = {
         "step": ck.state.get("step"),
         "train_minutes": round(ck.state.get("elapsed_seconds", 0.0) / 60, 1),
