@@ -299,8 +299,7 @@ def test_pooled_run_reads_prompts_through_its_caption_bank(folders, tmp_path):
     # fp16 export keeps the bank; a checkpoint saved without one gets it back.
     out = export_for_inference(tmp_path / "run" / "last", tmp_path / "exp", dtype=torch.float16)
     assert Generator.from_checkpoint(out, device="cpu").caption_bank.texts == bank.texts
-    config = {k: v for k, v in ck.config.items() if k not in ("format", "components")}
-    save_checkpoint(tmp_path / "old", config=config, model=ck.model,
+    save_checkpoint(tmp_path / "old", config=ck.model_config(), model=ck.model,
                     components={"autoencoder": ck.components["autoencoder"]})
     old = Generator.from_checkpoint(tmp_path / "old", device="cpu")
     assert old.caption_bank is None and old.nearest_captions() == 0
