@@ -467,8 +467,11 @@ def main() -> None:
               f"{ratio:.2f}x (issue 4 goal: >= 4x)")
         # The goal's figure: difflab against the best peer at the most samples both drew.
         n_pair = min(counts["difflab"], counts[best_peer["system"]])
-        fids = {s: fid_of_first(np.load(args.out / f"{s}.npz")["images"], n_pair)
-                for s in ("difflab", best_peer["system"])}
+        fids = {  # score() already has the FID of all of a system's samples
+            r["system"]: r["fid"] if counts[r["system"]] == n_pair
+            else fid_of_first(np.load(args.out / f"{r['system']}.npz")["images"], n_pair)
+            for r in (ours, best_peer)
+        }
         pair = {"n": n_pair, "fid": fids, "ratio": fids[best_peer["system"]] / fids["difflab"]}
         print(f"difflab against {best_peer['system']} at {n_pair} samples each: FID "
               f"{fids['difflab']:.2f} against {fids[best_peer['system']]:.2f}, "
