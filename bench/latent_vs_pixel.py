@@ -57,7 +57,7 @@ def run(name: str, sets: list[str], args, out: Path) -> dict:
     budget = args.minutes * 60
     c_train, w_train = time.process_time(), time.perf_counter()
     while time.process_time() - c_train < budget:
-        trainer.train_step(None)
+        trainer.train_step((time.process_time() - c_train) / budget)
     cpu = time.process_time() - c_train
     wall = time.perf_counter() - w_train
     trainer.save("last")

@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,20 +141,21 @@ def batches(n: int, size: int) -> Iterator[int]:
 
 
 # ---------------------------------------------------------------------------- the systems
-def run_difflab(clock: Clock, n: int, work: Path) -> tuple[np.ndarray, dict]:
+def run_difflab(clock: Clock, n: int, work: Path, sets: list[str]) -> tuple[np.ndarray, dict]:
     from difflab.config import load_config
     from difflab.pipeline import Generator
     from difflab.training.report import sample_kwargs
     from difflab.training.trainer import Trainer
 
-    cfg = load_config(ROOT / "configs" / "fashion_mnist.toml")
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.toml", sets)
     trainer = Trainer(cfg, work / "difflab", quiet=True)
     clock.restart()
     losses = []
     while not clock.spent():
-        losses.append(trainer.train_step(total_steps=None))
+        losses.append(trainer.train_step(progress=clock.cpu / clock.budget_s))
     info = training_info(clock, trainer.step, cfg.train.batch_size,
                          f"{cfg.sample.sampler} {cfg.sample.steps} steps (EMA weights)", losses)
+    info["overrides"] = sets
     trainer.save("last")
     gen = Generator.from_checkpoint(work / "difflab" / "last", device="cpu")
     # The preset's [sample] settings, as the training report draws them (eta only for DDIM).
@@ -312,7 +314,8 @@ def run_article(clock: Clock, n: int, work: Path) -> tuple[np.ndarray, dict]:
     return images.numpy(), info
 
 
-def worker(system: str, minutes: float, n: int, out: Path, png_dir: Path) -> None:
+def worker(system: str, minutes: float, n: int, out: Path, png_dir: Path,
+           sets: list[str], keep: bool) -> None:
     """Train and sample one system in this process; write <out>/<system>.npz and .json."""
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
@@ -320,7 +323,10 @@ def worker(system: str, minutes: float, n: int, out: Path, png_dir: Path) -> Non
     with tempfile.TemporaryDirectory(prefix=f"qab-{system}-") as tmp:
         work = Path(tmp)
         if system == "difflab":
-            images, info = run_difflab(clock, n, work)
+            images, info = run_difflab(clock, n, work, sets)
+            if keep:  # the trained checkpoint, to sample it again in other ways
+                shutil.copytree(work / "difflab" / "last", out / "difflab_checkpoint",
+                                dirs_exist_ok=True)
         elif system == "ddpm-pytorch":
             images, info = run_ddpm_pytorch(clock, n, work, png_dir)
         elif system == "diffusers":
@@ -404,6 +410,10 @@ def main() -> None:
                     default=Path(tempfile.gettempdir()) / "difflab-bench-fashion-png")
     ap.add_argument("--score-only", action="store_true",
                     help="skip training; score the .npz/.json already in --out")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of difflab's preset (as `difflab train --set`)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep difflab's trained checkpoint in <out>/difflab_checkpoint")
     ap.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -415,7 +425,8 @@ def main() -> None:
         per_system[name] = int(value)
 
     if args.worker:
-        worker(args.worker, args.minutes, per_system[args.worker], args.out, args.png_dir)
+        worker(args.worker, args.minutes, per_system[args.worker], args.out, args.png_dir,
+               args.sets, args.keep)
         return
 
     torch.set_num_threads(1)
@@ -430,7 +441,8 @@ def main() -> None:
               f"then {per_system[system]} samples", flush=True)
         cmd = [sys.executable, __file__, "--worker", system, "--minutes", str(args.minutes),
                "--out", str(args.out), "--png-dir", str(args.png_dir),
-               "--samples", str(per_system[system])]
+               "--samples", str(per_system[system]), *(f"--set={kv}" for kv in args.sets),
+               *(["--keep"] if args.keep else [])]
         subprocess.run(cmd, env=env, check=True)  # one heavy process at a time
         loads[system] = loadavg()
         print(f"  done in {time.perf_counter() - t0:.0f} s wall; load {loads[system]}",

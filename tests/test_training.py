@@ -187,3 +187,56 @@ def test_conditional_sample_grid_has_a_row_per_class(tmp_path):
     path = report.save_sample_grid(tr, tmp_path / "grid.png")
     width, height = Image.open(path).size
     assert height > width  # 10 rows of 6: taller than wide
+
+
+def test_lr_schedules_follow_their_closed_forms():
+    from types import SimpleNamespace
+
+    from difflab.training.trainer import lr_at
+
+    cfg = SimpleNamespace(lr=2e-3, warmup_steps=10, lr_schedule="linear")
+    assert lr_at(0, cfg, 0.0) == pytest.approx(2e-4)  # warm-up: (step + 1) / warmup_steps
+    assert lr_at(20, cfg, 0.25) == pytest.approx(1.5e-3)  # linear: lr (1 - progress)
+    assert lr_at(4, cfg, 0.25) == pytest.approx(2e-3 * 0.5 * 0.75)  # warm-up times decay
+    assert lr_at(20, cfg, 1.0) == 0.0 and lr_at(20, cfg, 1.7) == 0.0
+    assert lr_at(20, cfg, None) == pytest.approx(2e-3)  # no budget: nothing to decay over
+    cfg.lr_schedule = "cosine"
+    assert lr_at(20, cfg, 0.5) == pytest.approx(1e-3)  # half cosine: lr (1 + cos(pi p)) / 2
+    assert lr_at(20, cfg, 1 / 3) == pytest.approx(2e-3 * 0.75)
+    cfg.lr_schedule = "constant"
+    assert lr_at(20, cfg, 0.9) == pytest.approx(2e-3)
+
+
+def test_time_budget_decays_the_lr_to_zero_and_counts_resumed_time(tmp_path):
+    extra = ["train.lr_schedule=linear", "train.minutes=0.03", "train.max_steps=100000"]
+    tr = Trainer(tiny_config(*extra), tmp_path / "run", device="cpu", quiet=True)
+    assert tr.train().why == "time budget"
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    after_warmup = lrs[2:]
+    assert len(after_warmup) > 5
+    assert all(b < a for a, b in zip(after_warmup, after_warmup[1:], strict=False))
+    assert lrs[-1] < 0.2 * 2e-3  # the last steps run at the tail of the schedule
+    # Resumed, the budget counts the time already trained: a spent budget takes no step.
+    again = Trainer(tiny_config(*extra), tmp_path / "run", device="cpu", quiet=True)
+    again.resume()
+    assert again.elapsed >= 0.03 * 60
+    reason = again.train()
+    assert (reason.why, reason.step) == ("time budget", tr.step)
+
+
+def test_torchrun_time_budget_stops_every_rank_together(tmp_path):
+    """Each rank has its own clock; they must agree on the lr and on the step they stop at."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sets = [*TINY, "train.lr_schedule=linear"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "difflab.cli", "train", str(ROOT / "configs" / "digits8.toml"),
+        "--out", str(tmp_path / "ddp"), "--minutes", "0.05", "--no-report", "--device", "cpu",
+        *[a for s in sets for a in ("--set", s)],
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "ddp" / "last", with_training_state=True)
+    rows = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+    assert rows[-1]["step"] == ck.state["step"] > 3
+    assert rows[-1]["lr"] < rows[2]["lr"]

@@ -377,7 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", help="run folder (default: runs/CONFIG_NAME)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
-    t.add_argument("--minutes", type=positive_float, help="wall-clock training budget")
+    t.add_argument(
+        "--minutes",
+        type=positive_float,
+        help="wall-clock training budget of the whole run (resumed time counts)",
+    )
     t.add_argument("--steps", type=positive_int, help="stop after this many optimizer steps")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     t.add_argument("--no-report", action="store_true", help="skip the pictures at the end")

@@ -61,6 +61,8 @@ class TrainConfig:
     # on 28x28 data at batch 128 (DESIGN.md, "Benchmarks").
     lr: float = 2e-3
     warmup_steps: int = 200
+    # After warm-up, the rate can decay over the run's budget (max_steps, epochs or minutes,
+    # whichever ends first): "linear" to zero, "cosine", or "constant" (see trainer.lr_at).
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
@@ -72,7 +74,8 @@ class TrainConfig:
     # bf16 autocast is ~2-4x faster than fp32 on CPUs with bf16 matmul and needs no loss scaler.
     precision: str = "bf16"
     grad_accum: int = 1
-    # Stop after whichever comes first; all None means one epoch.
+    # Stop after whichever comes first; all None means one epoch. `minutes` is wall-clock time
+    # of the whole run, resumed parts included.
     minutes: float | None = None
     max_steps: int | None = None
     epochs: float | None = None
@@ -162,7 +165,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "diffusion.schedule": ("linear", "cosine", "quadratic", "sigmoid", "geometric"),
     "diffusion.parameterization": ("eps", "x0", "v", "score"),
     "diffusion.loss": ("l2", "l1", "huber"),
-    "train.lr_schedule": ("constant", "cosine"),
+    "train.lr_schedule": ("constant", "cosine", "linear"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "sample.clip": (None, "static", "dynamic"),
     "text.encoder": (None, "minilm", "trainable"),

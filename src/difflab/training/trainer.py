@@ -50,14 +50,21 @@ class StopReason:
     why: str
 
 
-def lr_at(step: int, cfg, total_steps: int | None) -> float:
-    """Linear warm-up to cfg.lr, then constant or cosine decay to 0 over total_steps."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "cosine" and total_steps:
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr
+def lr_at(step: int, cfg, progress: float | None) -> float:
+    """The learning rate at `step`: a linear warm-up times a decay over the training budget.
+
+    `progress` is the fraction of the run's budget already spent, in steps or in training time,
+    whichever is further along (None when the run has no budget: the rate stays constant).
+    "linear" decays to zero by the end of the budget, which Li et al. (2020, "Budgeted
+    training") and Bergsma et al. (2025, "Straight to zero") found best when the budget is
+    known in advance; "cosine" is the half cosine of Loshchilov & Hutter (2017).
+    """
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if progress is None or cfg.lr_schedule == "constant":
+        return cfg.lr * warm
+    p = min(1.0, max(0.0, progress))
+    decay = 1.0 - p if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * p))
+    return cfg.lr * warm * decay
 
 
 class Trainer:
@@ -355,9 +362,10 @@ class Trainer:
             snr_gamma=dc.snr_gamma,
         )
 
-    def train_step(self, total_steps: int | None) -> float:
+    def train_step(self, progress: float | None = None) -> float:
+        """One optimisation step; `progress` is the fraction of the budget spent (lr_at)."""
         tc = self.cfg.train
-        lr = lr_at(self.step, tc, total_steps)
+        lr = lr_at(self.step, tc, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -389,6 +397,12 @@ class Trainer:
         return loss_value
 
     # ------------------------------------------------------------------ the loop
+    def _all_ranks_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks (NCCL reduces device tensors only), back on the CPU."""
+        if not self.dist.enabled:
+            return value
+        return distributed.all_reduce_mean(value.to(self.device), self.dist).cpu()
+
     def total_steps(self) -> int | None:
         tc = self.cfg.train
         candidates = []
@@ -410,7 +424,8 @@ class Trainer:
         bar = tqdm(
             total=total, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True
         )
-        start, window_loss, window_n, window_t = time.perf_counter(), 0.0, 0, 0.0
+        window_loss, window_n, window_t = 0.0, 0, 0.0
+        clock = time.perf_counter()
         images_per_step = tc.batch_size * tc.grad_accum * self.dist.world_size
         reason = StopReason(self.step, "max_steps")
         try:
@@ -418,13 +433,22 @@ class Trainer:
                 if total is not None and self.step >= total:
                     reason = StopReason(self.step, "max_steps" if tc.max_steps else "epochs")
                     break
-                if time.perf_counter() - start >= budget:
+                # The time budget counts the whole run, resumed parts included, so a resumed
+                # run stops where the uninterrupted one would have; every rank goes by the same
+                # (averaged) clock, or ranks would disagree on the learning rate and the stop.
+                now = time.perf_counter()
+                spent = torch.tensor(self.elapsed + now - clock, dtype=torch.float64)
+                self.elapsed, clock = float(self._all_ranks_mean(spent)), now
+                if self.elapsed >= budget:
                     reason = StopReason(self.step, "time budget")
                     break
+                progress = max(
+                    self.step / total if total else 0.0,
+                    self.elapsed / budget if math.isfinite(budget) else 0.0,
+                )
                 t0 = time.perf_counter()
-                loss = self.train_step(total)
+                loss = self.train_step(progress if total or math.isfinite(budget) else None)
                 dt = time.perf_counter() - t0
-                self.elapsed += dt
                 window_loss, window_n, window_t = window_loss + loss, window_n + 1, window_t + dt
                 self.loss_ema = (
                     loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
@@ -443,7 +467,7 @@ class Trainer:
                     if metrics:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
-                    left = budget - (time.perf_counter() - start)
+                    left = budget - self.elapsed
                     bar.set_postfix(
                         loss=f"{row['loss']:.4f}",
                         img_s=f"{ips:.0f}",
