@@ -130,6 +130,30 @@ def test_min_snr_weights():
         min_snr_weight(process, t, "score", 5.0)
 
 
+@pytest.mark.parametrize("t", [1.0, 120.0, 500.0, 900.0])
+def test_min_snr_loss_is_the_same_x0_loss_whatever_the_network_predicts(t):
+    """Hang et al. (2023, eq. 6): weighted, every target's loss is min(SNR, gamma) ||x0^ - x0||^2.
+
+    One x0 estimate, expressed as the eps, x0 and v outputs that imply it at the same x_t,
+    must give the same Min-SNR loss; the v weight min(SNR, gamma) / (SNR + 1) is what the
+    default Fashion-MNIST preset trains with.
+    """
+    process = DiscreteProcess.from_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 1, 16, dtype=torch.float64, generator=g)
+    x0_hat = x0 + 0.3 * torch.randn(1, 16, dtype=torch.float64, generator=g)
+    tt = torch.tensor([t])
+    a, s = float(process.alpha(tt)), float(process.sigma(tt))
+    x_t = a * x0 + s * eps
+    eps_hat = (x_t - a * x0_hat) / s
+    outputs = {"x0": x0_hat, "eps": eps_hat, "v": a * eps_hat - s * x0_hat}
+    snr = a**2 / s**2
+    expected = min(snr, 5.0) * float(((x0_hat - x0) ** 2).mean())
+    for name, out in outputs.items():
+        got = diffusion_loss(out, process, name, x0, eps, tt, snr_gamma=5.0)
+        assert float(got) == pytest.approx(expected, rel=1e-6), name
+
+
 def test_unknown_loss_and_parameterization():
     process = DiscreteProcess.from_schedule("linear", 10)
     x = torch.zeros(2, 3)
