@@ -4,8 +4,9 @@ Four systems train on the 60,000 Fashion-MNIST training images for the same budg
 its own subprocess with one thread, then draw samples that are scored in the same feature
 space:
 
-- ``difflab``: the shipped preset ``configs/fashion_mnist.toml`` (UNet 32/64/128, v-prediction,
-  cosine schedule, AdamW 2e-3, bf16, EMA 0.999) through :class:`difflab.training.Trainer`,
+- ``difflab``: the shipped preset ``configs/fashion_mnist.toml`` (UNet 32/64/128, v-prediction
+  with Min-SNR-5 weights, cosine schedule, AdamW 2e-3 decayed linearly to zero over the CPU
+  budget, bf16, EMA 0.999) through :class:`difflab.training.Trainer`,
   sampled from the EMA weights with the preset's own sampler, DPM-Solver++(2M) (Lu et al.
   2022) at 20 steps;
 - ``ddpm-pytorch``: denoising-diffusion-pytorch's ``Unet(dim=64, dim_mults=(1, 2, 4))`` (its
