@@ -145,30 +145,23 @@ def test_resume_refuses_a_different_network(tmp_path):
         tr.resume()
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
-    """Real torch.distributed: two CPU processes, DDP over Gloo, rank 0 writes."""
+def torchrun_train(out, *flags, sets=TINY):
+    """`difflab train digits8` in two real CPU processes (DDP over Gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "difflab.cli",
-        "train",
-        str(ROOT / "configs" / "digits8.toml"),
-        "--out",
-        str(tmp_path / "ddp"),
-        "--steps",
-        "4",
-        "--no-report",
-        "--device",
-        "cpu",
-        *[a for s in TINY for a in ("--set", s)],
-    ]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "difflab.cli", "train", str(ROOT / "configs" / "digits8.toml"),
+        "--out", str(out), "--no-report", "--device", "cpu", *flags,
+        *[a for s in sets for a in ("--set", s)],
+    ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    """Real torch.distributed: two CPU processes, DDP over Gloo, rank 0 writes."""
+    proc = torchrun_train(tmp_path / "ddp", "--steps", "4")
     ck = load_checkpoint(tmp_path / "ddp" / "last", with_training_state=True)
     assert ck.state["step"] == 4
     assert ck.state["data"]["world_size"] == 2
@@ -226,16 +219,7 @@ def test_time_budget_decays_the_lr_to_zero_and_counts_resumed_time(tmp_path):
 
 def test_torchrun_time_budget_stops_every_rank_together(tmp_path):
     """Each rank has its own clock; they must agree on the lr and on the step they stop at."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sets = [*TINY, "train.lr_schedule=linear"]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "difflab.cli", "train", str(ROOT / "configs" / "digits8.toml"),
-        "--out", str(tmp_path / "ddp"), "--minutes", "0.05", "--no-report", "--device", "cpu",
-        *[a for s in sets for a in ("--set", s)],
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(tmp_path / "ddp", "--minutes", "0.05", sets=[*TINY, "train.lr_schedule=linear"])
     ck = load_checkpoint(tmp_path / "ddp" / "last", with_training_state=True)
     rows = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
     assert rows[-1]["step"] == ck.state["step"] > 3

@@ -397,11 +397,19 @@ class Trainer:
         return loss_value
 
     # ------------------------------------------------------------------ the loop
-    def _all_ranks_mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean over ranks (NCCL reduces device tensors only), back on the CPU."""
+    def _all_ranks_mean(self, value: float) -> float:
+        """The mean of a number over ranks (NCCL reduces device tensors only)."""
         if not self.dist.enabled:
             return value
-        return distributed.all_reduce_mean(value.to(self.device), self.dist).cpu()
+        tensor = torch.tensor(value, dtype=torch.float64, device=self.device)
+        return float(distributed.all_reduce_mean(tensor, self.dist))
+
+    def _progress(self, total: int | None, budget: float) -> float | None:
+        """The fraction of the budget spent, steps or time, whichever is further along."""
+        parts = [self.step / total] if total else []
+        if math.isfinite(budget):
+            parts.append(self.elapsed / budget)
+        return max(parts) if parts else None
 
     def total_steps(self) -> int | None:
         tc = self.cfg.train
@@ -437,17 +445,14 @@ class Trainer:
                 # run stops where the uninterrupted one would have; every rank goes by the same
                 # (averaged) clock, or ranks would disagree on the learning rate and the stop.
                 now = time.perf_counter()
-                spent = torch.tensor(self.elapsed + now - clock, dtype=torch.float64)
-                self.elapsed, clock = float(self._all_ranks_mean(spent)), now
+                self.elapsed, clock = self.elapsed + now - clock, now
+                if math.isfinite(budget):  # no collective per step unless the clock matters
+                    self.elapsed = self._all_ranks_mean(self.elapsed)
                 if self.elapsed >= budget:
                     reason = StopReason(self.step, "time budget")
                     break
-                progress = max(
-                    self.step / total if total else 0.0,
-                    self.elapsed / budget if math.isfinite(budget) else 0.0,
-                )
                 t0 = time.perf_counter()
-                loss = self.train_step(progress if total or math.isfinite(budget) else None)
+                loss = self.train_step(self._progress(total, budget))
                 dt = time.perf_counter() - t0
                 window_loss, window_n, window_t = window_loss + loss, window_n + 1, window_t + dt
                 self.loss_ema = (
