@@ -1,7 +1,8 @@
 """The `difflab` command line: train | sample | img2img | inpaint | eval | viz | info | export.
 
     difflab train configs/fashion_mnist.toml --minutes 10 --out runs/fashion
-    difflab sample runs/fashion/last -n 64 --sampler dpmpp_2m --steps 20 --out samples.png
+    difflab sample runs/fashion/last -n 64 --out samples.png   # the run's [sample] sampler, steps
+    difflab sample runs/fashion/last -n 64 --sampler ddim --steps 50 --out samples.png
     difflab viz forward | schedules | toy1d --out FILE.png
     difflab info runs/fashion/last
 
@@ -12,13 +13,18 @@ is reported with the allowed ones, without a traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from difflab.argtypes import positive_float, positive_int
+
+if TYPE_CHECKING:
+    from difflab.pipeline import SamplingSettings
 
 DEFAULT_CONFIG = "fashion_mnist"
 
@@ -107,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("difflab: wrote")
         for what, p in paths.items():
             print(f"  {what:>8}: {p}")
+    print(f"difflab: {report.final_check(trainer)}")
     return 0
 
 
@@ -127,8 +134,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             args.nrow = args.nrow or per  # one row per class
         else:
             classes = args.classes
-    kw = sampling_kwargs(args, gen)
-    kw["classes"] = classes
+    kw = sampling_kwargs(args, gen, classes)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -156,24 +162,73 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def sampling_kwargs(args: argparse.Namespace, gen) -> dict:
-    """The Generator keywords that sample, img2img and inpaint share."""
+def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) -> dict:
+    """The Generator keywords that sample, img2img and inpaint share. Sampler, steps and
+    guidance are the flags over the checkpoint's [sample] settings, resolved here once so that
+    the line saying what runs is what runs."""
+    settings = gen.sampling_settings(
+        args.sampler, args.steps, args.guidance,
+        conditioned=classes is not None or bool(args.prompt),
+    )
     kw = dict(
-        sampler=args.sampler,
-        steps=args.steps,
+        sampler=settings.sampler,
+        steps=settings.steps,
         seed=args.seed,
         batch_size=args.batch_size,
-        guidance=args.guidance,
+        guidance=settings.guidance,
+        classes=classes,
         clip=None if args.no_clip else "auto",
         precision=args.precision,
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         nearest_captions=args.nearest_captions,
     )
-    if args.eta is not None:
-        kw["eta"] = args.eta
+    if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
+        # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
+        raise SystemExit(
+            f"difflab: --eta is a setting of {', '.join(with_eta)}; this run samples with "
+            f"{settings.sampler}: add --sampler ddim"
+        )
+    eta = args.eta if args.eta is not None else settings.eta
+    if eta is not None:
+        kw["eta"] = eta
+    print(describe_sampling(settings, eta))
     print_prompt_readings(args, gen)
     return kw
+
+
+def _samplers_with_eta() -> list[str]:
+    from difflab.samplers import SAMPLERS
+
+    return sorted(n for n, f in SAMPLERS.items() if "eta" in inspect.signature(f).parameters)
+
+
+def describe_sampling(settings: SamplingSettings, eta: float | None = None) -> str:
+    """One line: what a drawing command runs (sampler, steps, guidance) and where each
+    setting came from, so that a checkpoint's defaults never act silently."""
+    what = [settings.sampler, f"{settings.steps} steps"]
+    guidance = settings.guidance
+    if "guidance" in settings.source:  # a conditional model asked for a class or prompt
+        what.append("no guidance" if guidance is None else f"guidance {guidance:g}")
+    if eta is not None:
+        what.append(f"eta {eta:g}")
+    keys = list(settings.source)  # sampler, steps[, guidance]
+    if all(settings.source[k] == "checkpoint" for k in keys):
+        flags = "/".join(f"--{k}" for k in keys)
+        why = f"the checkpoint's [sample] settings; {flags} override"
+    elif all(settings.source[k] == "given" for k in keys):
+        why = "as given"
+    else:
+        groups: dict[str, list[str]] = {}  # where from -> settings, in order
+        for k in keys:
+            where = {
+                "given": f"--{k}",
+                "checkpoint": "the checkpoint's [sample] settings",
+                "default": f"{settings.sampler}'s default" if k == "steps" else "difflab's default",
+            }[settings.source[k]]
+            groups.setdefault(where, []).append(k)
+        why = "; ".join(f"{' and '.join(ks)}: {where}" for where, ks in groups.items())
+    return f"difflab: sampling with {', '.join(what)} ({why})"
 
 
 def print_prompt_readings(args: argparse.Namespace, gen) -> None:
@@ -323,11 +378,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     """Options every drawing command shares (sample, img2img, inpaint)."""
-    s.add_argument("--sampler", type=_sampler_name, default="ddim")
+    s.add_argument(
+        "--sampler",
+        type=_sampler_name,
+        help="default: the checkpoint's [sample] sampler (the shipped models: dpmpp_2m)",
+    )
     s.add_argument(
         "--steps",
         type=positive_int,
-        help="model evaluations (default per sampler: ddim 50, dpmpp_2m 20, ...)",
+        help="steps of the time grid (default: the checkpoint's [sample] steps; with another "
+        "--sampler, that sampler's own default: ddim 50, dpmpp_2m 20, ...)",
     )
     s.add_argument("-n", "--num", dest="n", type=positive_int, default=default_n)
     s.add_argument("--seed", type=int, default=0)
@@ -337,9 +397,15 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     s.add_argument(
         "--negative-prompt",
         action="append",
-        help="what to steer away from (replaces the unconditional branch; needs --guidance)",
+        help="what to steer away from (replaces the unconditional branch of guidance: "
+        "--guidance, or the checkpoint's)",
     )
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    s.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale, with --class or --prompt (default: the "
+        "checkpoint's [sample] guidance; 1: the plain conditional model)",
+    )
     s.add_argument(
         "--nearest-captions",
         type=int,
@@ -347,7 +413,12 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
         help="read each prompt as a blend of its K nearest training captions (text models "
         "with a caption bank; default: the run's text.nearest_captions; 0: off)",
     )
-    s.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 like DDPM)")
+    s.add_argument(
+        "--eta",
+        type=float,
+        help="DDIM eta (0 deterministic, 1 like DDPM); ddim's default is the checkpoint's "
+        "[sample] eta when that is its sampler",
+    )
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--nrow", type=positive_int)
     s.add_argument("--scale", type=positive_int, default=2, help="upscale the PNG grid")

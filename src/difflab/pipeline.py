@@ -1,7 +1,8 @@
 """A `Generator` bundles a trained network with its noise process and draws images from it.
 
     gen = Generator.from_checkpoint("runs/fashion/last")
-    images = gen.generate(16, sampler="dpmpp_2m", steps=20, seed=0)   # uint8 (16, 1, 28, 28)
+    images = gen.generate(16, seed=0)   # uint8 (16, 1, 28, 28), with the run's [sample] settings
+    images = gen.generate(16, sampler="ddim", steps=50, seed=0)       # or any other sampler
 
 A latent text-to-image model is the same object with two more parts, loaded from one folder
 (the denoiser, the frozen autoencoder as autoencoder.safetensors, and a reference to the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from difflab.guidance import GuidedDenoiser
 from difflab.models.caption_bank import COMPONENT as CAPTION_BANK
 from difflab.models.caption_bank import CaptionBank
 from difflab.models.unet import TextCondition
-from difflab.samplers import default_timesteps, get_sampler
+from difflab.samplers import default_steps, default_timesteps, get_sampler
 from difflab.samplers.common import per_sample_generators, randn
 from difflab.training.checkpoint import load_checkpoint, load_weights_into
 from difflab.viz import to_uint8
@@ -43,6 +45,25 @@ from difflab.viz import to_uint8
 Tensor = torch.Tensor
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# The sampler of a Generator without a run config (one over a live trainer's weights):
+# DPM-Solver++(2M) at its default 20 steps matches DDIM at 50 on FID (BENCHMARKS.md, "FID
+# against network evaluations").
+FALLBACK_SAMPLER = "dpmpp_2m"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What a sampling run uses, and where each setting came from (`source`: "given" by the
+    caller, "checkpoint" for its [sample] settings, "default" for the sampler's own DEFAULTS
+    or FALLBACK_SAMPLER). `guidance` has a source only when it applies: given, or a
+    conditional model asked for a class or prompt."""
+
+    sampler: str
+    steps: int
+    guidance: float | None
+    eta: float | None  # the checkpoint's DDIM eta when its sampler runs, else None
+    source: dict[str, str]
 
 
 def resolve_checkpoint(name: str | Path) -> Path:
@@ -149,6 +170,60 @@ class Generator:
     @property
     def takes_text(self) -> bool:
         return self.text_encoder is not None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes a class or a prompt (and so can be guided)."""
+        return self.num_classes is not None or self.takes_text
+
+    # ------------------------------------------------------------------ sampling settings
+    def sample_defaults(self) -> dict[str, Any]:
+        """The checkpoint's [sample] settings that sampling falls back to: sampler and steps,
+        eta when the sampler is ddim, guidance (possibly None) for a conditional model. Empty
+        for a Generator without a run config. x0 clipping is not here: `clip="auto"` decides
+        it from the model (static in pixel space, none on latents)."""
+        run = self.config.get("run")
+        if run is None:
+            return {}
+        sc = config_from_dict(run).sample
+        out: dict[str, Any] = {"sampler": sc.sampler, "steps": sc.steps}
+        if sc.sampler == "ddim":
+            out["eta"] = sc.eta
+        if self.conditional:
+            out["guidance"] = sc.guidance
+        return out
+
+    def sampling_settings(
+        self,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        *,
+        conditioned: bool = False,
+    ) -> SamplingSettings:
+        """Fill what the caller left None from :meth:`sample_defaults`.
+
+        Steps and eta belong to the checkpoint's sampler: another sampler with no steps given
+        takes its own default steps (difflab.samplers.DEFAULTS), not the ones tuned for a
+        different solver. The checkpoint's guidance applies only when `conditioned` (a class
+        or prompt is asked for): an unconditional draw has nothing to guide toward."""
+        defaults = self.sample_defaults()
+        source = {"sampler": "given", "steps": "given"}
+        if sampler is None:
+            sampler = defaults.get("sampler", FALLBACK_SAMPLER)
+            source["sampler"] = "checkpoint" if defaults else "default"
+        get_sampler(sampler)  # fail on a bad name before any work
+        own = defaults.get("sampler") == sampler  # the checkpoint's settings are for this one
+        if steps is None:
+            steps = defaults["steps"] if own else default_steps(sampler, self.process)
+            source["steps"] = "checkpoint" if own else "default"
+        if guidance is not None:
+            source["guidance"] = "given"
+        elif conditioned and self.conditional:
+            guidance = defaults.get("guidance")
+            source["guidance"] = "checkpoint" if "guidance" in defaults else "default"
+        eta = defaults.get("eta") if own else None
+        return SamplingSettings(sampler, steps, guidance, eta, source)
 
     # ------------------------------------------------------------------ conditioning
     def resolve_labels(self, classes: list[str | int] | None, n: int) -> Tensor | None:
@@ -278,7 +353,7 @@ class Generator:
         self,
         n: int,
         *,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         steps: int | None = None,
         seed: int = 0,
         batch_size: int = 256,
@@ -304,9 +379,14 @@ class Generator:
         sample, so that shards drawn apart (processes, ranks: samples first..first+n-1 each)
         together are exactly one run's images.
 
-        steps / spacing default per sampler (difflab.samplers.DEFAULTS); `options` go to the
-        sampler (eta=, variance=, ...). clip "auto": static for pixel models, none for latent
-        ones. `init` (model-space, from `_to_model_space`) with `strength` < 1 starts from the
+        sampler, steps and guidance left None come from the checkpoint's [sample] settings
+        (:meth:`sampling_settings`: another sampler than the checkpoint's gets its own default
+        steps; guidance applies when a class or prompt is given; guidance=1 is the plain
+        conditional model). spacing defaults per sampler (difflab.samplers.DEFAULTS);
+        `options` go to the sampler (eta=, variance=, ...; ddim gets the checkpoint's eta
+        unless given). clip "auto": static for pixel models, none for latent ones.
+
+        `init` (model-space, from `_to_model_space`) with `strength` < 1 starts from the
         noised init (img2img); `mask` (model-space, 1 = generate) keeps the rest of `init`.
         `nearest_captions`: see :meth:`nearest_captions` (prompts and negative prompts alike).
         """
@@ -316,12 +396,18 @@ class Generator:
             raise ValueError(f"first (the index of a sample) must be an int >= 0, got {first!r}")
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
-        fn = get_sampler(sampler)  # fail on a bad name before any work
         clip = self._clip(clip)
         labels_all = self.resolve_labels(classes, n)
         prompts = self._prompts(prompt, n, "prompt")
         negatives = self._prompts(negative_prompt, n, "negative_prompt")
         nearest = self.nearest_captions(nearest_captions)
+        settings = self.sampling_settings(
+            sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None
+        )
+        sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
+        if settings.eta is not None:
+            options.setdefault("eta", settings.eta)
+        fn = get_sampler(sampler)
         if self.takes_text and prompts is None and guidance is not None:
             raise ValueError("guidance on a text model needs a prompt")
         timesteps = default_timesteps(sampler, self.process, steps, spacing)

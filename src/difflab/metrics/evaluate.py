@@ -442,6 +442,8 @@ def evaluate_generator(
     aliases = CLASS_ALIASES[dataset]
     conditional = gen.num_classes is not None
     requested = list(range(gen.num_classes)) if conditional else None
+    # What will run: settings left None come from the checkpoint's [sample] (Generator).
+    settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditional)
     batches, labels = [], []
     start = time.perf_counter()
     for images, lab in gen.generate_batches(
@@ -477,10 +479,10 @@ def evaluate_generator(
         verbose=verbose,
     )
     report["sampling"] = {
-        "sampler": sampler,
-        "steps": steps,
+        "sampler": settings.sampler,
+        "steps": settings.steps,
         "seed": seed,
-        "guidance": guidance,
+        "guidance": settings.guidance,
         "seconds": round(sample_seconds, 1),
     }
     return report

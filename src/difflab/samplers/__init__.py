@@ -96,6 +96,12 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
     return SAMPLERS[name]
 
 
+def default_steps(name: str, process: NoiseProcess) -> int:
+    """How many steps `name` takes when none are asked for (DEFAULTS; None there: every step of
+    a discrete process, 1000 for a continuous one)."""
+    return DEFAULTS.get(name, (50, "uniform"))[0] or (process.T if process.discrete else 1000)
+
+
 def default_timesteps(
     name: str,
     process: NoiseProcess,
@@ -106,10 +112,9 @@ def default_timesteps(
     """The time grid `sample` uses: per-sampler DEFAULTS for whatever is None, and for "karras"
     on a variance-preserving process sigma_max = min(sigma_ve(t_max), KARRAS_SIGMA_MAX)."""
     get_sampler(name)
-    default_n, default_spacing = DEFAULTS.get(name, (50, "uniform"))
     if steps is None:
-        steps = default_n or (process.T if process.discrete else 1000)
-    spacing = spacing or default_spacing
+        steps = default_steps(name, process)
+    spacing = spacing or DEFAULTS.get(name, (50, "uniform"))[1]
     if spacing == "karras" and sigma_max is None and process.variance_preserving:
         top = float(process.sigma_ve(torch.tensor(process.t_max, dtype=torch.float64)))
         sigma_max = KARRAS_SIGMA_MAX if top > KARRAS_SIGMA_MAX else None
@@ -147,6 +152,7 @@ __all__ = [
     "SAMPLERS",
     "SPACINGS",
     "KARRAS_SIGMA_MAX",
+    "default_steps",
     "default_timesteps",
     "get_sampler",
     "make_timesteps",

@@ -14,6 +14,8 @@ import torch
 from difflab import viz
 from difflab.data.transforms import to_float
 from difflab.pipeline import Generator
+from difflab.training import health
+from difflab.training.step_settings import label
 
 
 def generator_from_trainer(trainer) -> Generator:
@@ -68,14 +70,46 @@ def sample_kwargs(trainer) -> dict:
     return kw
 
 
-def save_sample_grid(trainer, path: Path, n: int = 64, seed: int = 0) -> Path:
-    """A fixed-seed grid from the EMA weights, same noise every time: progress is comparable."""
+def fixed_seed_samples(trainer, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """About `n` uint8 samples from the EMA weights, the same noise every time (an autoencoder
+    run: real images and their reconstructions), and the grid's row length."""
     if trainer.kind == "autoencoder":
-        return viz.save_grid(reconstructions(trainer, n, seed), path, nrow=8, scale=2)
+        return reconstructions(trainer, n, seed), 8
     gen = generator_from_trainer(trainer)
     count, nrow, conditions = grid_layout(trainer, gen, n)
-    images = gen.generate(count, seed=seed, **conditions, **sample_kwargs(trainer))
+    return gen.generate(count, seed=seed, **conditions, **sample_kwargs(trainer)), nrow
+
+
+def save_sample_grid(trainer, path: Path, n: int = 64, seed: int = 0) -> Path | None:
+    """A fixed-seed grid from the EMA weights, same noise every time: progress is comparable.
+    The health monitor checks it (Trainer.check_health); non-finite weights draw no grid."""
+    drawn: list = []
+
+    def draw() -> torch.Tensor:
+        drawn.extend(fixed_seed_samples(trainer, n, seed))
+        return drawn[0]
+
+    trainer.check_health(draw)
+    if not drawn:
+        return None
+    images, nrow = drawn
     return viz.save_grid(images, path, nrow=nrow, scale=2)
+
+
+def final_check(trainer, n: int = 32, seed: int = 0) -> str:
+    """The run's last line: how far it got, at what speed, and whether its samples look like
+    data (the health monitor on `n` fixed-seed samples), with what to try when not."""
+    findings = trainer.check_health(lambda: fixed_seed_samples(trainer, n, seed)[0])
+    minutes = trainer.elapsed / 60
+    rate = trainer.step / trainer.elapsed if trainer.elapsed > 0 else 0.0
+    s = trainer.step_settings
+    how = f", {label(s.precision, s.threads)}" if s is not None else ""
+    line = (f"{trainer.step} steps in {minutes:.1f} min ({rate:.2f} steps/s{how}): "
+            f"{health.summary(findings)}")
+    if not health.looks_like_data(findings) and s is not None and s.seconds_per_step:
+        line += (f"; this machine does about {1 / s.seconds_per_step:.2f} steps/s with this "
+                 "network, so train longer (--resume with a larger --minutes)")
+    return line
 
 
 def plot_progress(trainer, path: Path) -> Path | None:
@@ -93,7 +127,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if trainer.kind == "autoencoder":
-        paths["reconstructions"] = save_sample_grid(trainer, out / "reconstructions.png", n, seed)
+        grid = save_sample_grid(trainer, out / "reconstructions.png", n, seed)
+        if grid is not None:
+            paths["reconstructions"] = grid
         _finish(trainer, out, command, paths)
         return paths
     g = torch.Generator().manual_seed(seed)

@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from difflab import hardware
 from difflab.build import build_network, build_process, describe_network
 from difflab.config import RunConfig
 from difflab.data import BatchIterator, ImageData, load_dataset
@@ -36,8 +38,9 @@ from difflab.models.autoencoder import autoencoder_loss
 from difflab.models.unet import TextCondition
 from difflab.samplers.common import randn
 from difflab.training import checkpoint as ckpt_io
-from difflab.training import distributed
+from difflab.training import distributed, health, step_settings
 from difflab.training.ema import EMA
+from difflab.training.step_settings import StepSettings
 
 
 class TrainingDiverged(RuntimeError):
@@ -144,6 +147,14 @@ class Trainer:
             self._check_fid_setup(cfg)
         self.loss_ema: float | None = None
         self.elapsed = 0.0
+        # precision and threads, settled on this machine when training starts (step_settings)
+        self.step_settings: StepSettings | None = None
+        self._recorded_settings: StepSettings | None = None  # from a resumed checkpoint
+        self._warmed_up = False
+        # the health monitor: the data's statistics (once), the measured step time, findings
+        self._data_stats: health.DataStats | None = None
+        self.seconds_per_step: float | None = None  # measured over the last log window
+        self.findings: list[health.Finding] = []
         self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
 
     # ------------------------------------------------------------------ latents and text
@@ -256,7 +267,22 @@ class Trainer:
             "class_names": list(self.data.class_names) if self.data.class_names else None,
             "dataset": self.data.name,
             "parameters": sum(p.numel() for p in self.net.parameters()),
+            "trained_on": self.machine_record(),
         }
+
+    def machine_record(self) -> dict:
+        """Where and how this run trained: hardware, precision, threads and why (provenance)."""
+        record = {
+            "device": str(self.device),
+            "cpu": hardware.describe_cpu(),
+            "torch": torch.__version__,
+            "world_size": self.dist.world_size,
+        }
+        if self.device.type == "cuda":
+            record["gpu"] = torch.cuda.get_device_name(self.device)
+        if self.step_settings is not None:
+            record.update(self.step_settings.to_dict())
+        return record
 
     def save(self, name: str) -> Path:
         state = {
@@ -270,6 +296,7 @@ class Trainer:
             "generator": ckpt_io.encode_bytes(self.gen.get_state()),
             "torch_rng": ckpt_io.encode_bytes(torch.get_rng_state()),
             "scaler": self.scaler.state_dict(),
+            "step_settings": self.step_settings.to_dict() if self.step_settings else None,
         }
         return ckpt_io.save_checkpoint(
             self.out / name,
@@ -315,21 +342,39 @@ class Trainer:
         torch.set_rng_state(ckpt_io.decode_bytes(s["torch_rng"]))
         if s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
+        if s.get("step_settings"):
+            self._recorded_settings = StepSettings.from_dict(s["step_settings"])
 
     # ------------------------------------------------------------------ one optimisation step
-    def _autocast(self):
+    @property
+    def precision(self) -> str:
+        """The precision steps run in: the settled one, else the configured one ("auto" runs
+        fp32 until train() settles it)."""
+        if self.step_settings is not None:
+            return self.step_settings.precision
         p = self.cfg.train.precision
+        return "fp32" if p == "auto" else p
+
+    def _autocast(self, precision: str | None = None):
+        p = precision or self.precision
         if p == "fp32":
             return nullcontext()
         dtype = torch.bfloat16 if p == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _loss(self, x0: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _loss(
+        self,
+        x0: torch.Tensor,
+        labels: torch.Tensor | None,
+        model: torch.nn.Module | None = None,
+        precision: str | None = None,
+    ) -> torch.Tensor:
+        model = model or self.model
         if self.kind == "autoencoder":
             ac = self.cfg.autoencoder
-            with self._autocast():
+            with self._autocast(precision):
                 loss, _ = autoencoder_loss(
-                    self.model, x0, recon=ac.recon, kl_weight=ac.kl_weight, generator=self.gen
+                    model, x0, recon=ac.recon, kl_weight=ac.kl_weight, generator=self.gen
                 )
             return loss
         if self.autoencoder is not None:  # x0 holds posterior moments: draw scaled latents
@@ -348,8 +393,8 @@ class Trainer:
             # Classifier-free guidance training: drop labels to the null class (Ho & Salimans).
             drop = torch.rand(b, generator=self.gen) < self.cfg.train.cond_drop_prob
             cond = torch.where(drop.to(self.device), self.net_config["num_classes"], labels)
-        with self._autocast():
-            out = self.model(x_t, t.float(), cond)
+        with self._autocast(precision):
+            out = model(x_t, t.float(), cond)
         out = scale_network_output(self.process, out.float(), t, dc.parameterization)
         return diffusion_loss(
             out,
@@ -396,6 +441,65 @@ class Trainer:
         self.step += 1
         return loss_value
 
+    # ------------------------------------------------------------------ machine settings
+    def settle_step_settings(self) -> StepSettings:
+        """Choose precision and threads for this machine (step_settings.choose), or keep the
+        ones a resumed checkpoint recorded where they still hold; every rank takes rank 0's."""
+        tc = self.cfg.train
+        cores = hardware.cpu_cores()
+        settings, note = None, ""
+        if self._recorded_settings is not None:
+            why_not = step_settings.still_valid(
+                self._recorded_settings, tc.precision, tc.threads, self.device, cores
+            )
+            if why_not is None:
+                settings = self._recorded_settings
+                note = " (kept from the checkpoint, so the resumed run computes as before)"
+            else:
+                note = f" (chosen anew: the checkpoint's {self._recorded_settings.precision} "
+                note += f"does not hold, {why_not}; the resumed run is not bit-identical)"
+        if settings is None:
+            settings = step_settings.choose(
+                tc.precision,
+                tc.threads,
+                self.device,
+                self._time_step,
+                cores=cores,
+                local_world_size=self.dist.local_world_size,
+                env_threads=step_settings.env_thread_setting(),
+            )
+        settings = distributed.broadcast_object(settings, self.dist)
+        self.step_settings = replace(settings, why=settings.why + note)
+        return self.step_settings
+
+    def _time_step(self, precision: str, threads: int | None, best: float | None) -> float:
+        """Seconds of one forward/backward pass of the real network on a real batch, in
+        `precision` on `threads` threads. Nothing of the run changes: the weights are not
+        stepped, gradients are cleared, and every random state is put back."""
+        if threads is not None:
+            torch.set_num_threads(threads)
+        batch = self.batches.batch_at(0, 0)
+        x0, labels = batch.images.to(self.device), batch.labels.to(self.device)
+        gen_state = self.gen.get_state()
+
+        def one_step() -> None:
+            self.gen.set_state(gen_state)
+            loss = self._loss(x0, labels, model=self.net, precision=precision)
+            loss.backward()
+            self.net.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if not self._warmed_up:  # what any first step pays is no candidate's cost
+                one_step()
+                self._warmed_up = True
+            ga = self.cfg.train.grad_accum
+            seconds = step_settings.time_candidate(one_step, best / ga if best else None)
+        self.gen.set_state(gen_state)
+        return seconds * self.cfg.train.grad_accum
+
     # ------------------------------------------------------------------ the loop
     def _all_ranks_mean(self, value: float) -> float:
         """The mean of a number over ranks (NCCL reduces device tensors only)."""
@@ -428,6 +532,15 @@ class Trainer:
         total = self.total_steps()
         budget = tc.minutes * 60 if tc.minutes is not None else math.inf
         self.out.mkdir(parents=True, exist_ok=True)
+        threads_before = torch.get_num_threads()
+        settle_start = time.perf_counter()
+        settings = self.settle_step_settings()
+        if settings.threads is not None:
+            torch.set_num_threads(settings.threads)
+        # Timing the step is part of the run: it counts against the time budget.
+        self.elapsed += time.perf_counter() - settle_start
+        if not self.quiet:
+            print(f"difflab: {settings.why}", flush=True)
         metrics = open(self.out / "metrics.jsonl", "a") if self.dist.is_main else None
         bar = tqdm(
             total=total, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True
@@ -478,6 +591,7 @@ class Trainer:
                         img_s=f"{ips:.0f}",
                         left=f"{left / 60:.1f}m" if math.isfinite(left) else "-",
                     )
+                    self.seconds_per_step = window_t / window_n
                     window_loss, window_n, window_t = 0.0, 0, 0.0
                 if tc.sample_every and self.step % tc.sample_every == 0 and on_sample:
                     on_sample(self)
@@ -485,12 +599,13 @@ class Trainer:
                     self._checkpoint()
                 if tc.fid_every and self.step % tc.fid_every == 0:
                     self._evaluate_fid(metrics)
+            self._checkpoint()
+            distributed.barrier(self.dist)
         finally:
             bar.close()
             if metrics:
                 metrics.close()
-        self._checkpoint()
-        distributed.barrier(self.dist)
+            torch.set_num_threads(threads_before)
         return reason
 
     def _check_fid_setup(self, cfg: RunConfig) -> None:
@@ -546,6 +661,30 @@ class Trainer:
             self.best_fid = report["fid"]
             self.save("best_fid")
             self.save("last")  # keep best_fid in last/ consistent for resume
+
+    # ------------------------------------------------------------------ health
+    def check_health(self, draw: Callable[[], torch.Tensor] | None = None) -> list[health.Finding]:
+        """Check the EMA weights, then the fixed-seed samples `draw()` returns (uint8 or float
+        in [-1, 1]; not drawn from non-finite weights), and the speed against the start-up
+        timing; warn about each finding (main rank), log their kinds to metrics.jsonl, and
+        keep them in `self.findings`."""
+        findings = health.check_weights(self.ema.model, self.step)
+        if draw is not None and not findings:
+            if self._data_stats is None:
+                self._data_stats = health.data_stats(self.data.images)
+            findings += health.check_samples(draw(), self._data_stats, self.step)
+        expected = self.step_settings.seconds_per_step if self.step_settings else None
+        if expected and self.seconds_per_step:
+            slow = health.throughput_finding(1 / self.seconds_per_step, 1 / expected, self.step)
+            findings += [slow] if slow else []
+        self.findings = findings
+        if self.dist.is_main:
+            for f in findings:
+                tqdm.write(f"difflab: warning: {f.message}")
+            with open(self.out / "metrics.jsonl", "a") as metrics:
+                metrics.write(json.dumps({"step": self.step,
+                                          "health": [f.kind for f in findings]}) + "\n")
+        return findings
 
     def _checkpoint(self) -> None:
         if not self.dist.is_main:

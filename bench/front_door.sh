@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's main job on this machine, timed: `difflab train fashion_mnist` for MINUTES
+# (default 10) wall-clock minutes with any extra flags, then FID/KID of 1,000 samples from the
+# result (DPM-Solver++(2M), 20 steps, the preset's sampler), with the CPU's name and flags.
+#
+#   bash bench/front_door.sh auto                                    # the defaults
+#   bash bench/front_door.sh forced_fp32 --set train.precision=fp32   # a forced choice
+#   ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 bash bench/front_door.sh avx2_auto
+#
+# Writes bench/results/front_door/NAME.{log,json}: the run's output and its evaluation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name=$1; shift
+out=runs/front_door/$name
+res=bench/results/front_door
+mkdir -p "$res"
+rm -rf "$out"   # a run folder of this script's own from an earlier go
+{
+  echo "# $(date -u +%FT%TZ) ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-unset}"
+  .venv/bin/python -c "from difflab import hardware as h; print('#', h.describe_cpu(), '| native bf16:', *h.cpu_native_bf16())"
+  echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "# difflab train fashion_mnist --minutes ${MINUTES:-10} --out $out $*"
+  .venv/bin/difflab train fashion_mnist --minutes "${MINUTES:-10}" --out "$out" "$@" 2>&1 \
+    | tr '\r' '\n' | grep -v 'step/s\]\|s/step\]' 
+  echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+} > "$res/$name.log"
+.venv/bin/difflab eval "$out/last" --samples 1000 --sampler dpmpp_2m --steps 20 \
+  --json "$res/$name.json" >> "$res/$name.log" 2>&1
+tail -n 3 "$res/$name.log"

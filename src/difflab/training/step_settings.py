@@ -1,0 +1,193 @@
+"""Choose how a training step runs on this machine: precision and intra-op threads.
+
+``train.precision = "auto"`` and ``train.threads = "auto"`` (the defaults) are settled at the
+start of a run, from detection where it is decisive and from timing the run's own
+forward/backward step where it is not:
+
+- precision: bf16 where it is native and faster. On a CUDA GPU with native bf16 (compute
+  capability 8.0+) it is taken without timing; on a CPU whose oneDNN reports native bf16 both
+  precisions are timed on the real step and the faster is kept; on a CPU without native bf16,
+  fp32, without timing bf16 at all (one emulated step of the default network takes 20-90 s).
+- threads (CPU only): all cores against one, timed on the real step. On a busy 2-core machine
+  two threads contend and one is often faster (measured: 1.9 s against 4.9 s per step).
+  ``OMP_NUM_THREADS`` in the environment, or an integer ``train.threads``, fixes it.
+
+The choice, its reason and the timings are printed, saved in every checkpoint, and reused when
+the run is resumed on a machine where they still hold, so a resumed run computes in the same
+precision as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from difflab.hardware import native_bf16
+
+# A candidate whose first step alone is this many times slower than the best so far cannot
+# win: it is not timed further (keeps the start-up to a few steps).
+HOPELESS = 2.0
+STEPS_PER_CANDIDATE = 2
+
+@dataclass
+class StepSettings:
+    precision: str
+    threads: int | None  # intra-op threads; None on GPUs, where torch's default stands
+    why: str  # one line for people: what was chosen and why
+    # seconds per forward/backward step, by candidate ("fp32 x2 threads"; time_candidate)
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds_per_step: float | None = None  # the chosen candidate's, when it was timed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepSettings:
+        return cls(
+            precision=str(d["precision"]),
+            threads=None if d.get("threads") is None else int(d["threads"]),
+            why=str(d.get("why", "")),
+            timings={str(k): float(v) for k, v in (d.get("timings") or {}).items()},
+            seconds_per_step=d.get("seconds_per_step"),
+        )
+
+
+def label(precision: str, threads: int | None) -> str:
+    if threads is None:
+        return precision
+    return f"{precision} x{threads} thread{'s' if threads > 1 else ''}"
+
+
+def time_candidate(step: Callable[[], None], best_so_far: float | None) -> float:
+    """Seconds per step: the faster of STEPS_PER_CANDIDATE steps. The first of them pays for
+    what a precision or thread count sets up on first use (oneDNN primitives, thread pools),
+    the minimum is the least disturbed by other work; the caller runs one untimed step before
+    the first candidate, for what any first step pays."""
+    times: list[float] = []
+    for _ in range(STEPS_PER_CANDIDATE):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        if best_so_far is not None and times[0] > HOPELESS * best_so_far:
+            break
+    return min(times)
+
+
+def thread_candidates(cores: int, local_world_size: int) -> list[int]:
+    """All the cores this process's share allows, and one."""
+    share = max(1, cores // max(1, local_world_size))
+    return [share, 1] if share > 1 else [1]
+
+
+def choose(
+    precision: str,
+    threads: int | str,
+    device: torch.device,
+    time_step: Callable[[str, int | None, float | None], float],
+    *,
+    cores: int,
+    local_world_size: int = 1,
+    env_threads: str | None = None,
+) -> StepSettings:
+    """Settle `precision` and `threads` ("auto" or fixed) for `device`.
+
+    `time_step(precision, threads, best_so_far)` returns the seconds of one real training
+    step in that setting (see time_candidate; it is only called where timing decides); the
+    rest is detection.
+    """
+    timings: dict[str, float] = {}
+    reasons: list[str] = []
+    on_cpu = device.type == "cpu"
+
+    def timed(p: str, n: int | None) -> float:
+        key = label(p, n)
+        if key not in timings:
+            timings[key] = time_step(p, n, min(timings.values(), default=None))
+        return timings[key]
+
+    # threads: fixed by the config or the environment, or a short list of candidates
+    if not on_cpu:
+        thread_options: list[int | None] = [None]
+    elif threads != "auto":
+        thread_options = [int(threads)]
+        reasons.append(f"threads {threads}: train.threads")
+    elif env_threads:
+        thread_options = [int(env_threads)] if env_threads.isdigit() else [None]
+        reasons.append(f"threads {env_threads}: OMP_NUM_THREADS")
+    else:
+        thread_options = list(thread_candidates(cores, local_world_size))
+
+    native, native_why = native_bf16(device)
+    first_threads = thread_options[0]
+    if precision != "auto":
+        chosen_p = precision
+        note = f"precision {precision}: train.precision"
+        if precision == "bf16" and not native:
+            note += f" (WARNING: {native_why}; 'auto' would use fp32)"
+        reasons.insert(0, note)
+    elif not native or device.type == "mps":
+        chosen_p = "fp32"
+        reasons.insert(0, f"precision fp32: {native_why}")
+    elif device.type == "cuda":
+        chosen_p = "bf16"
+        reasons.insert(0, f"precision bf16: {native_why}")
+    else:  # a CPU with native bf16: time both on the real step
+        t_fp32 = timed("fp32", first_threads)
+        t_bf16 = timed("bf16", first_threads)
+        chosen_p = "bf16" if t_bf16 < t_fp32 else "fp32"
+        reasons.insert(
+            0,
+            f"precision {chosen_p}: {native_why}, and it timed faster "
+            f"(bf16 {t_bf16:.2f} s, fp32 {t_fp32:.2f} s per step)"
+            if chosen_p == "bf16"
+            else f"precision fp32: it timed faster than bf16 here "
+            f"(fp32 {t_fp32:.2f} s, bf16 {t_bf16:.2f} s per step) although {native_why}",
+        )
+
+    chosen_t = first_threads
+    if len(thread_options) > 1:
+        best: float | None = None
+        for n in thread_options:
+            key = label(chosen_p, n)
+            if key not in timings:
+                timings[key] = time_step(chosen_p, n, best)
+            if best is None or timings[key] < best:
+                best, chosen_t = timings[key], n
+        shown = ", ".join(f"{n}: {timings[label(chosen_p, n)]:.2f} s" for n in thread_options)
+        reasons.append(f"threads {chosen_t}: timed faster per step ({shown})")
+    key = label(chosen_p, chosen_t)
+    if on_cpu and key not in timings:  # the expected speed, for the health monitor
+        timings[key] = time_step(chosen_p, chosen_t, None)
+    return StepSettings(
+        precision=chosen_p,
+        threads=chosen_t,
+        why="; ".join(reasons),
+        timings=timings,
+        seconds_per_step=timings.get(key),
+    )
+
+
+def env_thread_setting() -> str | None:
+    return os.environ.get("OMP_NUM_THREADS") or None
+
+
+def still_valid(recorded: StepSettings, precision: str, threads: int | str,
+                device: torch.device, cores: int) -> str | None:
+    """Why recorded settings cannot be reused here (None: they can)."""
+    if precision not in ("auto", recorded.precision):
+        return f"train.precision is now {precision}"
+    if device.type == "cpu" and recorded.threads is None:
+        return "the run moved from a GPU to the CPU"
+    if device.type != "cpu" and recorded.threads is not None:
+        return "the run moved from the CPU to a GPU"
+    if recorded.precision == "bf16" and precision == "auto" and not native_bf16(device)[0]:
+        return "bf16 is not native here"
+    if threads != "auto" and recorded.threads != int(threads):
+        return f"train.threads is now {threads}"
+    if recorded.threads is not None and recorded.threads > cores:
+        return f"this machine has {cores} cores"
+    return None

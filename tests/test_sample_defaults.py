@@ -1,0 +1,184 @@
+"""Sampling defaults come from the checkpoint's [sample] settings (sampler, steps, guidance,
+DDIM's eta); arguments and command-line flags override them. Real shipped checkpoints, a few
+samples each."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from difflab.cli import main
+from difflab.config import ConfigError, config_from_dict
+from difflab.pipeline import FALLBACK_SAMPLER, WEIGHTS_DIR, Generator
+from difflab.samplers import DEFAULTS
+
+
+class StepCounter:
+    """A sampler callback: how many steps ran."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, info: dict) -> None:
+        self.calls += 1
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return Generator.from_checkpoint("fashion-mnist", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fashion_cond():
+    return Generator.from_checkpoint("fashion-mnist-cond", device="cpu")
+
+
+def with_sample_settings(gen: Generator, **sample) -> Generator:
+    """The same network with other [sample] settings in its config."""
+    config = copy.deepcopy(gen.config)
+    config["run"]["sample"] = sample
+    return Generator(gen.net, gen.process, gen.parameterization, gen.model_shape,
+                     num_classes=gen.num_classes, class_names=gen.class_names, config=config)
+
+
+@pytest.mark.parametrize(
+    ("name", "guidance"),
+    [("fashion-mnist", None), ("fashion-mnist-cond", 2.0), ("mnist-digits-cond", 2.0),
+     ("fashion-text", 3.0)],
+)
+def test_shipped_models_carry_their_benchmarked_settings(name, guidance):
+    run = json.loads((WEIGHTS_DIR / name / "config.json").read_text())["run"]
+    sample = config_from_dict(run).sample
+    assert (sample.sampler, sample.steps, sample.guidance) == ("dpmpp_2m", 20, guidance)
+
+
+def test_generate_uses_the_checkpoints_sampler_and_steps(fashion):
+    assert fashion.sample_defaults() == {"sampler": "dpmpp_2m", "steps": 20}
+    counter = StepCounter()
+    default = fashion.generate(2, seed=0, callback=counter)
+    assert counter.calls == 20
+    assert torch.equal(default, fashion.generate(2, seed=0, sampler="dpmpp_2m", steps=20))
+    assert not torch.equal(default, fashion.generate(2, seed=0, sampler="ddim", steps=50))
+
+
+def test_steps_alone_keep_the_checkpoints_sampler(fashion):
+    counter = StepCounter()
+    five = fashion.generate(2, seed=0, steps=5, callback=counter)
+    assert counter.calls == 5
+    assert torch.equal(five, fashion.generate(2, seed=0, sampler="dpmpp_2m", steps=5))
+
+
+def test_another_sampler_alone_gets_its_own_default_steps(fashion):
+    """The checkpoint's 20 steps were chosen for DPM-Solver++(2M), not for DDIM."""
+    settings = fashion.sampling_settings(sampler="ddim")
+    assert (settings.steps, settings.source["steps"]) == (DEFAULTS["ddim"][0], "default")
+    counter = StepCounter()
+    fashion.generate(1, sampler="ddim", callback=counter)
+    assert counter.calls == DEFAULTS["ddim"][0] == 50
+    # The checkpoint's own sampler named explicitly keeps the checkpoint's steps.
+    ddim7 = with_sample_settings(fashion, sampler="ddim", steps=7)
+    assert ddim7.sampling_settings(sampler="ddim").steps == 7
+    assert ddim7.sampling_settings(sampler="dpmpp_2m").steps == DEFAULTS["dpmpp_2m"][0]
+
+
+def test_ddim_eta_comes_from_the_checkpoint_only_for_ddim(fashion):
+    noisy = with_sample_settings(fashion, sampler="ddim", steps=6, eta=1.0)
+    assert noisy.sample_defaults() == {"sampler": "ddim", "steps": 6, "eta": 1.0}
+    assert torch.equal(noisy.generate(1, seed=0),
+                       fashion.generate(1, seed=0, sampler="ddim", steps=6, eta=1.0))
+    assert torch.equal(noisy.generate(1, seed=0, eta=0.0),
+                       fashion.generate(1, seed=0, sampler="ddim", steps=6))
+    # dpmpp_2m takes no eta: the checkpoint's DDIM setting must not reach it.
+    assert noisy.sampling_settings(sampler="dpmpp_2m").eta is None
+    assert noisy.generate(1, sampler="dpmpp_2m", steps=2).shape == (1, 1, 28, 28)
+
+
+def test_guidance_default_for_a_conditional_model(fashion_cond):
+    kw = dict(classes=["sneaker"], seed=0, steps=3)
+    default = fashion_cond.generate(2, **kw)
+    assert torch.equal(default, fashion_cond.generate(2, guidance=2.0, **kw))
+    plain = fashion_cond.generate(2, guidance=1.0, **kw)  # overridden: the plain conditional
+    assert not torch.equal(default, plain)
+    # No class asked for: nothing to guide toward, so no guidance (and no error).
+    settings = fashion_cond.sampling_settings()
+    assert settings.guidance is None and "guidance" not in settings.source
+    assert fashion_cond.generate(1, steps=2).shape == (1, 1, 28, 28)
+
+
+def test_unconditional_model_ignores_guidance_settings(fashion):
+    guided = with_sample_settings(fashion, sampler="dpmpp_2m", steps=20, guidance=3.0)
+    assert "guidance" not in guided.sample_defaults()
+    assert guided.sampling_settings(conditioned=True).guidance is None
+    assert torch.equal(guided.generate(1, steps=2), fashion.generate(1, steps=2))
+
+
+def test_text_model_guidance_needs_a_prompt():
+    gen = Generator.from_checkpoint("fashion-text", device="cpu")
+    kw = dict(prompt="a leather handbag", seed=0, steps=2)
+    assert torch.equal(gen.generate(1, **kw), gen.generate(1, guidance=3.0, **kw))
+    # A negative prompt works without --guidance: the checkpoint's guidance is there.
+    assert gen.generate(1, negative_prompt="a sandal", **kw).shape == (1, 1, 28, 28)
+    assert gen.sampling_settings().guidance is None  # no prompt: an unguided draw
+    assert gen.generate(1, steps=2).shape == (1, 1, 28, 28)
+
+
+def test_checkpoint_without_sample_guidance_still_loads(fashion_cond, tmp_path):
+    """Checkpoints saved before [sample].guidance existed: no guidance by default."""
+    old = tmp_path / "old"
+    shutil.copytree(WEIGHTS_DIR / "fashion-mnist-cond", old)
+    config = json.loads((old / "config.json").read_text())
+    del config["run"]["sample"]["guidance"]
+    (old / "config.json").write_text(json.dumps(config, indent=2))
+    gen = Generator.from_checkpoint(old, device="cpu")
+    assert gen.sample_defaults()["guidance"] is None
+    kw = dict(classes=["bag"], seed=0, steps=2)
+    # guidance 1 is the plain conditional model, exactly
+    assert torch.equal(gen.generate(1, **kw), fashion_cond.generate(1, guidance=1.0, **kw))
+
+
+def test_sample_guidance_is_validated():
+    assert config_from_dict({}).sample.guidance is None
+    assert config_from_dict({"sample": {"guidance": 2}}).sample.guidance == 2.0
+    with pytest.raises(ConfigError, match="sample.guidance must be >= 0"):
+        config_from_dict({"sample": {"guidance": -1}})
+
+
+def test_generator_without_a_config_falls_back(fashion):
+    """A Generator over a live trainer's weights has no [sample] settings."""
+    bare = Generator(fashion.net, fashion.process, fashion.parameterization, fashion.model_shape)
+    settings = bare.sampling_settings()
+    assert (settings.sampler, settings.steps) == (FALLBACK_SAMPLER, DEFAULTS[FALLBACK_SAMPLER][0])
+    assert settings.source == {"sampler": "default", "steps": "default"}
+    # The explicit keywords training's report passes still decide everything.
+    kw = dict(sampler="ddim", steps=4, clip="static", eta=0.0, seed=0)
+    assert torch.equal(bare.generate(2, **kw), fashion.generate(2, **kw))
+
+
+def test_cli_says_what_it_samples_with(tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", "fashion-mnist", "--steps", "3", "-n", "2", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert (
+        "difflab: sampling with dpmpp_2m, 3 steps "
+        "(sampler: the checkpoint's [sample] settings; steps: --steps)"
+    ) in capsys.readouterr().out
+    assert main(["sample", "fashion-mnist-cond", "--class", "bag", "-n", "1", "--out",
+                 str(out)]) == 0
+    assert (
+        "difflab: sampling with dpmpp_2m, 20 steps, guidance 2 (the checkpoint's [sample] "
+        "settings; --sampler/--steps/--guidance override)"
+    ) in capsys.readouterr().out
+    assert main(["sample", "fashion-mnist", "--sampler", "ddim", "--eta", "0.5", "-n", "1",
+                 "--out", str(out)]) == 0
+    assert (
+        "difflab: sampling with ddim, 50 steps, eta 0.5 (sampler: --sampler; steps: ddim's "
+        "default)"
+    ) in capsys.readouterr().out
+
+
+def test_cli_eta_with_a_sampler_that_has_none(tmp_path):
+    with pytest.raises(SystemExit, match="--eta is a setting of ddim.*samples with dpmpp_2m"):
+        main(["sample", "fashion-mnist", "--eta", "0.5", "-n", "1", "--out",
+              str(tmp_path / "s.png")])

@@ -1,0 +1,199 @@
+"""Machine-aware defaults: device order, native-bf16 detection, and the precision / threads
+choice, both as decision logic over given timings and timed on a real trainer."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflab import hardware
+from difflab.config import ConfigError, load_config
+from difflab.training.step_settings import StepSettings, choose, label, still_valid
+from difflab.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+TINY = [
+    "model.overrides.base_channels=16",
+    "model.overrides.channel_mults=[1, 2]",
+    "model.overrides.attention_resolutions=[]",
+    "model.overrides.groups=4",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "train.checkpoint_every=1000",
+    "train.warmup_steps=2",
+    "data.limit=200",
+]
+
+
+# ---------------------------------------------------------------------------- devices
+@pytest.mark.parametrize(
+    "cuda, mps, expected",
+    [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_device_order_is_cuda_then_mps_then_cpu(cuda, mps, expected):
+    choice = hardware.pick_device(None, cuda_available=cuda, mps_available=mps)
+    assert choice.device.type == expected
+    assert choice.why
+
+
+@pytest.mark.parametrize(
+    "requested, match",
+    [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "no Apple MPS"),
+     ("tpu", "not a device"), ("meta", "cpu, cuda or mps")],
+)
+def test_a_requested_device_that_is_not_there_is_one_clear_error(requested, match):
+    with pytest.raises(ValueError, match=match):
+        hardware.pick_device(requested, cuda_available=False, mps_available=False)
+
+
+def test_requested_cpu_is_taken_even_with_a_gpu():
+    assert hardware.pick_device("cpu", cuda_available=True).device == CPU
+
+
+def test_native_bf16_switch_forces_either_answer(monkeypatch):
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
+    assert hardware.cpu_native_bf16()[0] is False
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    assert hardware.cpu_native_bf16()[0] is True
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="0 or 1"):
+        hardware.cpu_native_bf16()
+    monkeypatch.delenv(hardware.NATIVE_BF16_ENV)
+    native, why = hardware.cpu_native_bf16()
+    assert native == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and why
+
+
+def test_cpu_description_names_the_cpu_and_cores():
+    text = hardware.describe_cpu()
+    assert hardware.cpu_name() in text and f"{hardware.cpu_cores()} cores" in text
+
+
+# ---------------------------------------------------------------------------- the choice
+class Timings:
+    """Seconds per step for each (precision, threads), and a record of what was timed."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def __call__(self, precision, threads, best):
+        self.calls.append(label(precision, threads))
+        return self.table[(precision, threads)]
+
+
+def test_native_cpu_times_both_precisions_and_keeps_the_faster(monkeypatch):
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    for fp32, bf16, expected in ((1.0, 0.4, "bf16"), (0.5, 0.9, "fp32")):
+        timer = Timings({("fp32", 2): fp32, ("bf16", 2): bf16, (expected, 1): 5.0})
+        s = choose("auto", "auto", CPU, timer, cores=2)
+        assert s.precision == expected and s.threads == 2
+        assert set(timer.calls) == {"fp32 x2 threads", "bf16 x2 threads", f"{expected} x1 thread"}
+        assert f"precision {expected}" in s.why and f"{min(fp32, bf16):.2f} s" in s.why
+        assert s.seconds_per_step == min(fp32, bf16)
+
+
+def test_without_native_bf16_it_is_never_timed_and_fp32_is_chosen(monkeypatch):
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
+    timer = Timings({("fp32", 2): 4.9, ("fp32", 1): 1.9})
+    s = choose("auto", "auto", CPU, timer, cores=2)
+    assert (s.precision, s.threads) == ("fp32", 1)  # a busy machine: one thread is faster
+    assert not any("bf16" in c for c in timer.calls)
+    assert "no native bf16" in s.why and "threads 1" in s.why
+    assert s.seconds_per_step == 1.9
+
+
+def test_explicit_bf16_without_native_support_is_kept_with_a_warning(monkeypatch):
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
+    s = choose("bf16", 1, CPU, Timings({("bf16", 1): 30.0}), cores=2)
+    assert s.precision == "bf16" and s.threads == 1
+    assert "WARNING" in s.why and "fp32" in s.why
+
+
+def test_threads_fixed_by_config_or_environment_are_not_timed_against_others(monkeypatch):
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
+    timer = Timings({("fp32", 3): 1.0, ("fp32", 1): 1.0})
+    assert choose("auto", 3, CPU, timer, cores=8).threads == 3
+    assert choose("auto", "auto", CPU, timer, cores=8, env_threads="1").threads == 1
+    assert timer.calls == ["fp32 x3 threads", "fp32 x1 thread"]  # only the expected speed
+    # two processes on two cores: one thread each, nothing to choose between
+    timer = Timings({("fp32", 1): 1.0})
+    assert choose("auto", "auto", CPU, timer, cores=2, local_world_size=2).threads == 1
+
+
+def test_mps_runs_fp32_and_leaves_threads_alone():
+    s = choose("auto", "auto", torch.device("mps"), Timings({}), cores=8)
+    assert (s.precision, s.threads, s.timings) == ("fp32", None, {})
+
+
+def test_recorded_settings_are_reused_only_where_they_still_hold(monkeypatch):
+    bf16 = StepSettings("bf16", 2, "timed", {"bf16 x2 threads": 0.5}, 0.5)
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    assert still_valid(bf16, "auto", "auto", CPU, cores=2) is None
+    assert "cores" in still_valid(bf16, "auto", "auto", CPU, cores=1)
+    assert "fp32" in still_valid(bf16, "fp32", "auto", CPU, cores=2)
+    assert "GPU" in still_valid(bf16, "auto", "auto", torch.device("mps"), cores=2)
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
+    assert "not native" in still_valid(bf16, "auto", "auto", CPU, cores=2)
+    assert StepSettings.from_dict(json.loads(json.dumps(bf16.to_dict()))) == bf16
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "'many'", "1.5"])
+def test_bad_thread_settings_name_the_key(value):
+    with pytest.raises(ConfigError, match="train.threads"):
+        load_config(None, [f"train.threads={value}"])
+
+
+def test_auto_is_the_default_everywhere():
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.toml")
+    assert (cfg.train.precision, cfg.train.threads) == ("auto", "auto")
+    assert load_config(None).train.precision == "auto"
+
+
+# ---------------------------------------------------------------------------- a real trainer
+def tiny(*extra):
+    return load_config(ROOT / "configs" / "digits8.toml", [*TINY, *extra])
+
+
+def test_timing_the_real_step_changes_nothing_of_the_run(tmp_path, monkeypatch):
+    """Auto times both precisions and both thread counts on the real network, keeps the
+    fastest, and the run then trains exactly as one told those settings outright."""
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(hardware, "cpu_cores", lambda: 2)
+    auto = Trainer(tiny("train.max_steps=4", "train.precision=auto", "train.threads=auto"),
+                   tmp_path / "auto", device="cpu", quiet=True)
+    auto.train()
+    s = auto.step_settings
+    assert {"fp32 x2 threads", "bf16 x2 threads"} <= set(s.timings)
+    assert s.seconds_per_step == min(s.timings[label(p, s.threads)] for p in ("fp32", "bf16")
+                                     if label(p, s.threads) in s.timings)
+    fixed = Trainer(
+        tiny("train.max_steps=4", f"train.precision={s.precision}", f"train.threads={s.threads}"),
+        tmp_path / "fixed", device="cpu", quiet=True,
+    )
+    fixed.train()
+    for a, b in zip(auto.net.parameters(), fixed.net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    record = json.loads((tmp_path / "auto" / "last" / "config.json").read_text())["trained_on"]
+    assert record["precision"] == s.precision and record["threads"] == s.threads
+    assert record["why"] == s.why and hardware.cpu_name() in record["cpu"]
+
+
+def test_resume_keeps_the_recorded_precision_or_says_why_not(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    first = Trainer(tiny("train.max_steps=2", "train.precision=bf16"), tmp_path, device="cpu",
+                    quiet=True)
+    first.train()
+    again = Trainer(tiny("train.max_steps=3", "train.precision=auto"), tmp_path, device="cpu")
+    again.resume()
+    again.train()
+    assert again.step_settings.precision == "bf16"
+    assert "kept from the checkpoint" in capsys.readouterr().out
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")  # the same run moved to an AVX2 laptop
+    moved = Trainer(tiny("train.max_steps=4", "train.precision=auto"), tmp_path, device="cpu")
+    moved.resume()
+    moved.train()
+    assert moved.step_settings.precision == "fp32"
+    assert "not bit-identical" in capsys.readouterr().out

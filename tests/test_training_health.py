@@ -1,0 +1,84 @@
+"""The health monitor inside a run: a few-step run is told its samples are still noise, a
+diverged one that its weights are NaN, and a trained model gets no warning at all."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from difflab.cli import main
+from difflab.config import load_config
+from difflab.pipeline import resolve_checkpoint
+from difflab.training import report
+from difflab.training.checkpoint import load_checkpoint, load_weights_into
+from difflab.training.step_settings import StepSettings
+from difflab.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.overrides.base_channels=16",
+    "model.overrides.channel_mults=[1, 2]",
+    "model.overrides.attention_resolutions=[]",
+    "model.overrides.groups=4",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "train.checkpoint_every=1000",
+    "train.warmup_steps=2",
+    "data.limit=200",
+    "sample.steps=8",
+]
+
+
+def tiny_trainer(out, *extra):
+    cfg = load_config(ROOT / "configs" / "digits8.toml", [*TINY, *extra])
+    return Trainer(cfg, out, device="cpu", quiet=True)
+
+
+def test_a_run_of_a_few_steps_is_told_its_samples_are_still_noise(tmp_path):
+    tr = tiny_trainer(tmp_path, "train.max_steps=3")
+    tr.train()
+    line = report.final_check(tr)
+    assert line.startswith("3 steps in ") and "samples are still noise" in line
+    assert "train longer" in line and "steps/s with this network" in line
+    assert [f.kind for f in tr.findings] == ["noise"]
+    rows = [json.loads(r) for r in open(tmp_path / "metrics.jsonl")]
+    assert rows[-1] == {"step": 3, "health": ["noise"]}
+
+
+def test_nan_weights_are_named_before_anything_else(tmp_path):
+    tr = tiny_trainer(tmp_path, "train.max_steps=1")
+    tr.train()
+    with torch.no_grad():
+        next(tr.ema.model.parameters()).fill_(float("nan"))
+    line = report.final_check(tr)
+    assert [f.kind for f in tr.findings] == ["nonfinite"]
+    assert "NaN/Inf" in line and "NaN" in tr.findings[0].message
+
+
+def test_a_trained_model_draws_no_false_alarm(tmp_path):
+    """The shipped Fashion-MNIST weights in a default-preset trainer: its fixed-seed samples
+    look like data, and a run as fast as its start-up timing is not called slow."""
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.toml", ["train.max_steps=0"])
+    tr = Trainer(cfg, tmp_path, device="cpu", quiet=True)
+    ck = load_checkpoint(resolve_checkpoint("fashion-mnist"))
+    load_weights_into(tr.ema.model, {k: v.float() for k, v in ck.weights().items()}, "shipped")
+    tr.step, tr.elapsed, tr.seconds_per_step = 3126, 4146.0, 1.2
+    tr.step_settings = StepSettings("fp32", 1, "test", {"fp32 x1 thread": 1.0}, 1.0)
+    line = report.final_check(tr)
+    assert tr.findings == [] and line.endswith("samples look like data"), line
+    tr.seconds_per_step = 2.5  # now 40 % of the start-up speed: the machine is busy
+    report.final_check(tr)
+    assert [f.kind for f in tr.findings] == ["slow"]
+
+
+def test_train_command_ends_with_how_far_it_got(tmp_path, capsys, steps=2):
+    out = tmp_path / "run"
+    code = main(["train", "digits8", "--steps", str(steps), "--out", str(out), "--no-report",
+                 *[a for s in TINY for a in ("--set", s)], "--set", "train.precision=auto"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("difflab: precision fp32:") for line in lines)
+    assert lines[-1].startswith(f"difflab: {steps} steps in ")
+    assert "samples are still noise" in lines[-1]
+    trained_on = json.loads((out / "last" / "config.json").read_text())["trained_on"]
+    assert trained_on["precision"] == "fp32" and "no native bf16" in trained_on["why"]
