@@ -49,8 +49,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="images to draw from the checkpoint (default 10000; FID is biased "
         "upward on fewer, so compare equal numbers)",
     )
-    parser.add_argument("--sampler", default="ddim", help="sampler name (default ddim)")
-    parser.add_argument("--steps", type=positive_int, help="default per sampler")
+    parser.add_argument(
+        "--sampler", help="sampler name (default: the checkpoint's [sample] sampler)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int,
+        help="default: the checkpoint's [sample] steps for its sampler, else per sampler",
+    )
     parser.add_argument(
         "--seed",
         type=int,

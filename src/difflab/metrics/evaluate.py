@@ -421,7 +421,7 @@ def evaluate_generator(
     samples: int = 10_000,
     *,
     classes: Sequence[str | int] | None = None,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -435,7 +435,8 @@ def evaluate_generator(
     against `dataset` (evaluate_images). A class-conditional model is asked for every class
     in turn, and its class agreement reported; a text model draws without a prompt.
     `classes`: the dataset classes the model was trained on (None: all); `sample_options`
-    go to the sampler (clip=, eta=, ...)."""
+    go to the sampler (clip=, eta=, ...). Sampler, steps and guidance left None are the
+    checkpoint's [sample] settings, as `difflab sample` uses them."""
     if samples < 4:
         raise ValueError(f"samples must be at least 4, got {samples}")
     names = CLASS_NAMES[dataset]

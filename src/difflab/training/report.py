@@ -67,6 +67,8 @@ def sample_kwargs(trainer) -> dict:
     kw = {"sampler": sc.sampler, "steps": sc.steps, "clip": sc.clip}
     if sc.sampler == "ddim":
         kw["eta"] = sc.eta
+    if sc.guidance is not None and (trainer.conditional or trainer.captions is not None):
+        kw["guidance"] = sc.guidance  # grids and FID as `difflab sample` will draw them
     return kw
 
 
