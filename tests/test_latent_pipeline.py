@@ -133,15 +133,15 @@ def test_inpaint_keeps_known_pixels_exactly(gen, folders):
     out = gen.inpaint(image, mask, "a four", n=3, steps=5)
     assert out.shape == (3, 1, 8, 8)
     assert torch.equal(out[:, :, :, :4], image[None, :, :, :4].expand(3, -1, -1, -1))
-    with pytest.raises(ValueError, match="mask has shape"):
+    with pytest.raises(ValueError, match="mask is 7x7, image 8x8"):
         gen.inpaint(image, torch.ones(7, 7, dtype=torch.bool), "a four")
 
 
 def test_images_of_another_size_or_mode(gen):
     with pytest.raises(ValueError, match="resize it to 8x8"):
         gen.img2img(torch.zeros(1, 28, 28, dtype=torch.uint8), "a one", strength=0.5)
-    with pytest.raises(ValueError, match="uint8"):
-        gen.img2img(torch.zeros(1, 8, 8), "a one", strength=0.5)
+    with pytest.raises(ValueError, match="looks like 0..255 pixels"):  # floats are 0..1
+        gen.img2img(torch.full((1, 8, 8), 200.0), "a one", strength=0.5)
     rgb = Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8), "RGB")  # converted to L
     assert gen.img2img(rgb, "a one", strength=0.0).shape == (1, 1, 8, 8)
 

@@ -1,7 +1,8 @@
 """difflab.metrics: closed forms, unbiasedness, and sanity checks that can fail.
 
-The feature classifiers are trained once and cached (~/.cache/difflab/features or
-$DIFFLAB_CACHE): digits in seconds, Fashion-MNIST in about two CPU minutes on a first run.
+The feature classifiers ship with the package (difflab/metrics/feature_weights/, fp16); nothing
+here trains one except two one-epoch digits nets (under a second), for determinism and the cache.
+tests/test_shipped_features.py checks the shipped files themselves.
 """
 
 import argparse
@@ -201,7 +202,8 @@ def test_digits_classifier_is_accurate_and_deterministic():
     assert net.test_accuracy > 0.95
     assert net.info["test_images"] == 360 and net.info["train_images"] == 1797 - 360
     test = metric_split("digits", "test")
-    assert net.accuracy(test) == pytest.approx(net.test_accuracy)
+    # The shipped JSON's figure, up to a prediction another CPU's rounding may flip.
+    assert net.accuracy(test) == pytest.approx(net.test_accuracy, abs=2 / len(test))
     f = net.features(test.images[:10])
     assert f.shape == (10, FEATURE_DIM) and f.dtype == np.float64
     with warnings.catch_warnings():  # one epoch misses the accuracy bar, and says so
@@ -224,6 +226,8 @@ def test_feature_net_cache_round_trip(tmp_path, monkeypatch):
     from difflab.metrics import features
 
     monkeypatch.setenv("DIFFLAB_CACHE", str(tmp_path))
+    # No shipped net here, so that feature_extractor falls back to the cache.
+    monkeypatch.setattr(features, "SHIPPED_DIR", tmp_path / "no-shipped-nets")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         net = train_feature_net("digits", epochs=1, verbose=False)
@@ -344,10 +348,11 @@ def test_eval_command_on_a_continuous_checkpoint(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- Fashion-MNIST
 def test_fashion_mnist_features_rank_real_above_corrupted():
-    """Cached classifier (trained on first use); 2,000 train images against 2,000 test images."""
+    """Shipped classifier; 2,000 train images against 2,000 test images."""
     net = feature_extractor("fashion_mnist")
     assert net.test_accuracy > 0.90
-    assert net.accuracy(metric_split("fashion_mnist", "test")) == net.test_accuracy
+    accuracy = net.accuracy(metric_split("fashion_mnist", "test"))
+    assert accuracy == pytest.approx(net.test_accuracy, abs=0.002)
     train = metric_split("fashion_mnist", "train")
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:2000]
     x, y = train.images[pick], train.labels[pick]

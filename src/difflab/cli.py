@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from difflab.pipeline import SamplingSettings
 
 DEFAULT_CONFIG = "fashion_mnist"
+# difflab.pipeline.DEFAULT_IMG2IMG_STRENGTH, repeated for --help without importing torch
+# (tests/test_image_inputs.py checks that they agree).
+IMG2IMG_STRENGTH_DEFAULT = 0.9
 
 
 def _configs_dir() -> Path:
@@ -123,43 +126,99 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from difflab.pipeline import Generator
 
     gen = Generator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
-    classes = None
-    if args.classes is not None:
-        if args.classes == ["all"]:
-            if gen.num_classes is None:
-                raise SystemExit("difflab: --class all needs a class-conditional checkpoint")
-            per = max(1, args.n // gen.num_classes)
-            classes = [c for c in range(gen.num_classes) for _ in range(per)]
-            args.n = len(classes)
-            args.nrow = args.nrow or per  # one row per class
-        else:
-            classes = args.classes
+    classes, row_labels = sample_rows(args, gen)
     kw = sampling_kwargs(args, gen, classes)
     out = Path(args.out)
+    if out.suffix not in (".png", ".npz"):
+        raise SystemExit(f"difflab: --out must end in .png or .npz, got {out.name!r}")
+    if args.gif and out.suffix == ".png" and args.n > args.batch_size:
+        # Every frame is one grid of the whole run; batches after the first would not fit it.
+        raise SystemExit(
+            f"difflab: --gif draws all {args.n} samples in one batch: raise --batch-size to "
+            f"{args.n} or draw fewer"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         gen.generate_to_npz(out, args.n, **kw)
-    elif out.suffix == ".png":
+    else:
         recorder = None
         if args.gif:  # latent trajectories are not pictures: show the decoded x0 then
             key = "x" if gen.autoencoder is None else "denoised"
             recorder = viz.FrameRecorder(key=key, decode=gen._to_pixels)
         images = gen.generate(args.n, callback=recorder, **kw)
-        viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
+        nrow = args.nrow or args.per_row or 8
+        labels = row_labels if nrow == args.per_row else None  # rows of one condition only
+        title = grid_title(args, kw, gen)
+        viz.save_grid(images, out, nrow=nrow, scale=args.scale, row_labels=labels, title=title)
         if recorder is not None:
             viz.save_gif(
                 recorder.finish() + [images],
                 args.gif,
-                nrow=args.nrow or 8,
+                nrow=nrow,
                 scale=args.scale,
                 max_frames=60,
                 hold_last_ms=2000,
+                frame_labels=recorder.labels + ["final sample"],
+                row_labels=labels,
+                title=title,
             )
             print(f"difflab: wrote {args.gif}")
-    else:
-        raise SystemExit(f"difflab: --out must end in .png or .npz, got {out.name!r}")
     print(f"difflab: wrote {args.n} samples to {out}")
     return 0
+
+
+def sample_rows(args: argparse.Namespace, gen) -> tuple[list | None, list[str] | None]:
+    """Lay out several classes (`--class all` or a list) or several prompts as one grid row
+    each: every value is drawn ceil(n / values) times in a row, and when that changes n a
+    line says so. Sets args.n, args.per_row (None: no rows) and, for prompts, args.prompt
+    (and args.negative_prompt when there is one per prompt). Returns (classes for the
+    Generator or None, one label per row or None)."""
+    args.per_row = None
+    if args.classes == ["all"]:
+        if gen.num_classes is None:
+            raise SystemExit("difflab: --class all needs a class-conditional checkpoint")
+        values, what = list(range(gen.num_classes)), ("--class all", "class", "classes")
+    elif args.classes is not None:
+        values, what = list(args.classes), ("--class", "class", "classes")
+    elif args.prompt is not None:
+        values, what = list(args.prompt), ("--prompt", "prompt", "prompts")
+    else:
+        return None, None
+    if len(values) == 1:  # one class or prompt: the title names it, no rows to tell apart
+        return (values if args.classes is not None else None), None
+    per = -(-args.n // len(values))  # ceil: never fewer samples than asked for
+    flag, one, many = what
+    if per * len(values) != args.n:
+        print(
+            f"difflab: {flag}: {per} per {one} x {len(values)} {many} = {per * len(values)} "
+            f"samples (asked for {args.n})"
+        )
+    args.n, args.per_row = per * len(values), per
+    rows = [v for v in values for _ in range(per)]
+    if args.classes is None:  # prompts
+        if args.negative_prompt and len(args.negative_prompt) == len(values):
+            args.negative_prompt = [v for v in args.negative_prompt for _ in range(per)]
+        args.prompt = rows
+        return None, values
+    names = gen.class_names or [str(i) for i in range(gen.num_classes or 0)]
+    indices = gen.resolve_labels(values, len(values)).tolist()  # fails on an unknown class
+    return rows, [names[i] for i in indices]
+
+
+def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
+    """The title of a `difflab sample` grid: the model, the class or prompt when all samples
+    share one, sampler, steps, guidance and seed: what it takes to draw the picture again."""
+    from difflab.viz import sampling_title
+
+    asked = None
+    if args.per_row is None and args.classes:
+        index = int(gen.resolve_labels(args.classes[:1], 1)[0])
+        asked = "class " + (gen.class_names or [str(i) for i in range(gen.num_classes)])[index]
+    elif args.per_row is None and args.prompt:
+        asked = repr(args.prompt[0])
+    return sampling_title(
+        args.checkpoint, kw["sampler"], kw["steps"], kw["seed"], kw["guidance"], asked=asked
+    )
 
 
 def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) -> dict:
@@ -182,6 +241,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         nearest_captions=args.nearest_captions,
+        progress=not args.quiet,  # the library is quiet by default; the command is not
     )
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
@@ -260,7 +320,13 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     gen = Generator.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
     kw = sampling_kwargs(args, gen)
     prompt = kw.pop("prompt")
-    images = gen.img2img(args.image, prompt, strength=args.strength, n=args.n, **kw)
+    strength = args.strength
+    if strength is None:  # the pipeline's measured default (bench/img2img_strength.py)
+        from difflab.pipeline import DEFAULT_IMG2IMG_STRENGTH
+
+        strength = DEFAULT_IMG2IMG_STRENGTH
+        print(f"difflab: strength {strength:g} (the default; --strength overrides)")
+    images = gen.img2img(args.image, prompt, strength=strength, n=args.n, **kw)
     return _save_edits(images, args)
 
 
@@ -345,6 +411,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                         f"(scale {ae['latent_scale']:.4f}, trained as {ae['source']})")
     if c.get("text_encoder"):
         lines.insert(3, f"text         {c['text_encoder']}")
+    if c.get("trained_on"):
+        on = c["trained_on"]
+        how = f", {on['precision']}" if on.get("precision") else ""
+        how += f" x{on['threads']} threads" if on.get("threads") else ""
+        lines.append(f"trained on   {on.get('device')}: {on.get('cpu')}{how}")
+        if on.get("why"):
+            lines.append(f"             ({on['why']})")
     if "trained" in c:
         lines.append(f"provenance   {json.dumps(c['trained'])}")
     print("\n".join(lines))
@@ -367,9 +440,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.command_line:
         provenance["command"] = args.command_line
     dtype = torch.float16 if args.fp16 else None
-    out = export_for_inference(
-        resolve_checkpoint(args.checkpoint), args.out, dtype=dtype, provenance=provenance
-    )
+    src = resolve_checkpoint(args.checkpoint)
+    if not args.quiet:  # one read and one write: a line to say what runs, not a bar
+        how = "float16" if args.fp16 else "as stored"
+        print(f"difflab: exporting {src} to {args.out} (EMA weights where saved, {how}) ...",
+              file=sys.stderr, flush=True)
+    out = export_for_inference(src, args.out, dtype=dtype, provenance=provenance)
     size = sum(f.stat().st_size for f in Path(out).iterdir())
     print(f"difflab: wrote {out} ({size / 1e6:.2f} MB)")
     return 0
@@ -392,7 +468,10 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     s.add_argument("-n", "--num", dest="n", type=positive_int, default=default_n)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
-        "--prompt", action="append", help="text prompt (text models; repeatable: cycled)"
+        "--prompt",
+        action="append",
+        help="text prompt (text models; repeatable: `sample` draws a grid row per prompt, "
+        "img2img and inpaint cycle them)",
     )
     s.add_argument(
         "--negative-prompt",
@@ -427,6 +506,9 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     )
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     s.add_argument("--device")
+    s.add_argument(
+        "--quiet", action="store_true", help="no progress bar on stderr (results still print)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--class",
         dest="classes",
         action="append",
-        help="class name or index (repeatable), or 'all' for one row per class",
+        help="class name or index (repeatable: a grid row per class), or 'all' for one row "
+        "per class of the model (-n is rounded up to whole rows)",
     )
     s.set_defaults(func=cmd_sample)
 
@@ -477,7 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("checkpoint", help="checkpoint folder or shipped model name")
     im.add_argument("image", help="image file (converted to the model's mode; same size)")
     im.add_argument(
-        "--strength", type=float, default=0.6, help="0 keeps the image, 1 ignores it"
+        "--strength",
+        type=float,
+        help=f"0 keeps the image, 1 ignores it (default: {IMG2IMG_STRENGTH_DEFAULT:g}, the "
+        "smallest strength that changes the class as often as 80%% of the best; BENCHMARKS.md)",
     )
     add_sampling_arguments(im, default_n=4)
     im.add_argument("--out", default="img2img.png", help="FILE.png")
@@ -514,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fp16", action="store_true", help="store the weights in float16")
     e.add_argument("--command-line", help="the command that trained it, for the record")
     e.add_argument("--hardware", help="what it was trained on (default: this machine)")
+    e.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="what a checkpoint is, how it was trained, its size")

@@ -10,7 +10,7 @@ text encoder, which comes from its own package):
 
     gen = Generator.from_checkpoint("fashion-text")
     gen.generate(8, prompt="a pair of sneakers", guidance=3, negative_prompt="a sandal")
-    gen.img2img(image, "an ankle boot", strength=0.6)       # SDEdit (Meng et al. 2022)
+    gen.img2img(image, "an ankle boot")       # SDEdit (Meng et al. 2022); strength 0.9
     gen.inpaint(image, mask, "a bag")                       # keep the unmasked pixels
 
 Sample i of a run with seed s always starts from the same noise and draws the same step
@@ -19,6 +19,8 @@ noise, whatever the batch size: every sample has its own torch.Generator (DESIGN
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from difflab.build import build_process, network_from_spec
 from difflab.config import TextConfig, config_from_dict
@@ -51,6 +54,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # against network evaluations").
 FALLBACK_SAMPLER = "dpmpp_2m"
 
+# img2img's default strength: the smallest strength whose class-change rate reaches 80 % of the
+# largest measured, chosen on one half of the images of a sweep and checked on the other
+# (bench/img2img_strength.py, BENCHMARKS.md "img2img: the default strength"). On fashion-text,
+# 0.9 redraws 81 % / 91 % (select / check half) of images as the prompt's class; 0.6 only 17 %,
+# and 0.8 (66 % / 75 %, SSIM to the input 0.24 against 0.11) missed the bar by one image.
+DEFAULT_IMG2IMG_STRENGTH = 0.9
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -64,6 +74,78 @@ class SamplingSettings:
     guidance: float | None
     eta: float | None  # the checkpoint's DDIM eta when its sampler runs, else None
     source: dict[str, str]
+
+
+class NetworkProgress:
+    """A tqdm bar on stderr that also counts a network's forward calls, the cost of sampling
+    or of a likelihood bound: "network evaluations" in the bar's postfix.
+
+    The count comes from a forward pre-hook on `net` (removed by `close`), so a guided step
+    counts two and an adaptive ODE solver's rejected steps count too. The count is redrawn at
+    most every `REDRAW_S` seconds between the bar's own updates, so that one long unit of work
+    (a batch of a 1,000-term bound) is not a silent minute.
+    """
+
+    REDRAW_S = 0.5
+
+    def __init__(self, net: torch.nn.Module, desc: str, total: int | None, unit: str):
+        self.nfe = 0
+        self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self._drawn = time.monotonic()
+        self._hook = net.register_forward_pre_hook(self._count)
+
+    def _count(self, module: torch.nn.Module, args: Any) -> None:
+        self.nfe += 1
+        self.bar.set_postfix_str(f"{self.nfe:,} network evaluations", refresh=False)
+        if time.monotonic() - self._drawn > self.REDRAW_S:
+            self.bar.refresh()
+            self._drawn = time.monotonic()
+
+    def update(self, k: int = 1) -> None:
+        self.bar.update(k)
+
+    def close(self) -> None:
+        self._hook.remove()
+        self.bar.close()
+
+
+class SamplingProgress(NetworkProgress):
+    """The progress of a sampling run: one bar over the sampler's steps of every batch, which
+    names the batch and counts the network evaluations (:class:`NetworkProgress`)."""
+
+    def __init__(self, net: torch.nn.Module, n: int, batch_size: int, steps: int | None = None):
+        """steps: the sampler's steps per batch, if known (the first callback's `total`
+        corrects it: an adaptive ODE solver knows none)."""
+        self.n, self.batches, self.batch, self._sized = n, -(-n // batch_size), 0, False
+        total = steps * self.batches if steps else None
+        super().__init__(net, self._desc(1, min(n, batch_size)), total, "step")
+
+    def _desc(self, k: int, b: int) -> str:
+        images = f"{b} image" + ("s" if b != 1 else "")
+        if self.batches == 1:
+            return f"sampling {images}"
+        return f"sampling batch {k}/{self.batches} ({images})"
+
+    def next_batch(self, b: int) -> None:
+        self.batch += 1
+        self.bar.set_description(self._desc(self.batch, b), refresh=False)
+
+    def step(self, info: dict) -> None:
+        """A sampler callback: one step done (its `total` sizes the bar on the first call)."""
+        if not self._sized:
+            total = info.get("total")
+            self.bar.total = int(total) * self.batches if total else None
+            self._sized = True
+        self.update(1)
+
+    def wrap(self, callback: Callable[[dict], None] | None) -> Callable[[dict], None]:
+        """A callback that calls `callback` (if any), then counts the step."""
+        def both(info: dict) -> None:
+            if callback is not None:
+                callback(info)
+            self.step(info)
+
+        return both
 
 
 def resolve_checkpoint(name: str | Path) -> Path:
@@ -370,6 +452,7 @@ class Generator:
         mask: Tensor | None = None,
         first: int = 0,
         nearest_captions: int | None = None,
+        progress: bool = False,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
@@ -389,6 +472,8 @@ class Generator:
         `init` (model-space, from `_to_model_space`) with `strength` < 1 starts from the
         noised init (img2img); `mask` (model-space, 1 = generate) keeps the rest of `init`.
         `nearest_captions`: see :meth:`nearest_captions` (prompts and negative prompts alike).
+        `progress`: a tqdm bar on stderr over every batch's steps, with the network
+        evaluations so far (:class:`SamplingProgress`); off by default, the library is quiet.
         """
         if n < 1:
             raise ValueError(f"number of images must be >= 1, got {n}")
@@ -420,53 +505,84 @@ class Generator:
             if precision == "bf16"
             else nullcontext()
         )
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            gens = per_sample_generators(seed, b, offset=first + start)
-            labels = labels_all[start : start + b] if labels_all is not None else None
-            text = self._text(prompts[start : start + b], b, nearest) if prompts else None
-            negative = self._text(negatives[start : start + b], b, nearest) if negatives else None
-            den = self.denoiser(labels, guidance, clip, text=text, negative=negative)
-            noise = randn((b, *self.model_shape), gens, self.device)
-            x0_init = None
-            if init is not None:
-                x0_init = init[start : start + b] if len(init) == n else init.expand(b, -1, -1, -1)
-            if mask is not None:
-                den = InpaintingDenoiser(den, x0_init, mask)
-            t0 = timesteps[0].to(self.device)
-            if x0_init is not None and strength < 1.0:
-                x = self.process.q_sample(x0_init, t0.expand(b), noise)  # SDEdit's start
-            else:
-                x = noise * self.process.prior_std()
-            with autocast:
-                out = fn(den, x, timesteps, generator=gens, callback=callback, **options)
-            yield self._to_pixels(out), (labels.cpu() if labels is not None else None)
+        # The bar counts the network's forward calls (a guided step makes two) until closed.
+        bar = SamplingProgress(self.net, n, batch_size, len(timesteps)) if progress else None
+        step_callback = bar.wrap(callback) if bar is not None else callback
+        try:
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                if bar is not None:
+                    bar.next_batch(b)
+                gens = per_sample_generators(seed, b, offset=first + start)
+                labels = labels_all[start : start + b] if labels_all is not None else None
+                text = self._text(prompts[start : start + b], b, nearest) if prompts else None
+                negative = (
+                    self._text(negatives[start : start + b], b, nearest) if negatives else None
+                )
+                den = self.denoiser(labels, guidance, clip, text=text, negative=negative)
+                noise = randn((b, *self.model_shape), gens, self.device)
+                x0_init = None
+                if init is not None:
+                    x0_init = (
+                        init[start : start + b] if len(init) == n else init.expand(b, -1, -1, -1)
+                    )
+                if mask is not None:
+                    den = InpaintingDenoiser(den, x0_init, mask)
+                t0 = timesteps[0].to(self.device)
+                if x0_init is not None and strength < 1.0:
+                    x = self.process.q_sample(x0_init, t0.expand(b), noise)  # SDEdit's start
+                else:
+                    x = noise * self.process.prior_std()
+                with autocast:
+                    out = fn(den, x, timesteps, generator=gens, callback=step_callback, **options)
+                yield self._to_pixels(out), (labels.cpu() if labels is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def generate(self, n: int, **kwargs: Any) -> Tensor:
         """n images as a uint8 tensor (n, C, H, W); keyword arguments as generate_batches."""
         return torch.cat([b for b, _ in self.generate_batches(n, **kwargs)])
 
     def img2img(
-        self, image: Any, prompt: str | list[str] | None = None, strength: float = 0.6,
-        n: int | None = None, **kwargs: Any,
+        self,
+        image: Any,
+        prompt: str | list[str] | None = None,
+        strength: float = DEFAULT_IMG2IMG_STRENGTH,
+        n: int | None = None,
+        **kwargs: Any,
     ) -> Tensor:
-        """Re-draw `image` (uint8 (C, H, W) / (N, C, H, W), PIL or array) toward `prompt`:
-        encode it, noise it to time strength * t_max, denoise from there (SDEdit, Meng et al.
-        2022). strength 0 returns the image (through the autoencoder), 1 ignores it."""
+        """Re-draw `image` toward `prompt`: encode it, noise it to time strength * t_max,
+        denoise from there (SDEdit, Meng et al. 2022). strength 0 returns the image (through
+        the autoencoder), 1 ignores it; the default is DEFAULT_IMG2IMG_STRENGTH.
+
+        `image`: one image or a batch in any usual form (:func:`as_image_tensor`: a path, a
+        PIL image, a numpy array or torch tensor (H, W), (C, H, W), (H, W, C), (N, C, H, W),
+        ..., uint8 0..255 or float 0..1 / -1..1). `n`: how many results; one image is
+        re-drawn n times, a batch gives one result per image (n may be omitted)."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
-        init = self._to_model_space(image)
-        n = n or len(init)
+        pixels = as_image_tensor(image, self.image_shape, "image")
+        n = _result_count(n, len(pixels), "images")
+        init = self._to_model_space(pixels)
         if strength == 0.0:
             return self._to_pixels(init.expand(n, -1, -1, -1) if len(init) == 1 else init)
         return self.generate(n, prompt=prompt, init=init, strength=strength, **kwargs)
 
     def inpaint(
-        self, image: Any, mask: Any, prompt: str | list[str] | None = None,
-        n: int | None = None, **kwargs: Any,
+        self,
+        image: Any,
+        mask: Any,
+        prompt: str | list[str] | None = None,
+        n: int | None = None,
+        **kwargs: Any,
     ) -> Tensor:
-        """Fill the region of `image` where `mask` is set (mask: (H, W) or (N, 1, H, W),
-        bool or 0/255 uint8, image-sized; True / 255 = generate) and keep the rest exactly.
+        """Fill the region of `image` where `mask` is set and keep the rest exactly.
+
+        `image`: any form :func:`as_image_tensor` takes. `mask`: non-zero = generate (bool,
+        0/1, 0/255; a path or PIL image; (H, W), (N, H, W), (N, 1, H, W); see
+        :func:`as_mask_tensor`), the image's size. One image and one mask give n results;
+        a batch of images or of masks (or both, of the same length) one result each.
 
         At every step the known region of the denoiser's x0 prediction is replaced by the
         encoded image, so every sampler keeps it (a latent mask is the pixel mask max-pooled
@@ -474,12 +590,21 @@ class Generator:
         outside the mask, so they come back unchanged."""
         pixels = as_image_tensor(image, self.image_shape, "image")
         pmask = as_mask_tensor(mask, self.image_shape)
+        if len(pixels) > 1 and len(pmask) > 1 and len(pixels) != len(pmask):
+            raise ValueError(
+                f"{len(pmask)} masks for {len(pixels)} images; give one mask for all, or "
+                "one per image"
+            )
+        n = _result_count(n, max(len(pixels), len(pmask)), "images" if len(pixels) > 1 else "masks")
         init = self._to_model_space(pixels)
-        n = n or max(len(init), len(pmask))
         lmask = pmask.float().to(self.device)
         if self.autoencoder is not None:
             side = self.model_shape[-1]
             lmask = torch.nn.functional.adaptive_max_pool2d(lmask, side)
+        if len(lmask) > 1:
+            # generate_batches slices init per batch but hands the mask over whole: one mask
+            # per image needs all n in one batch. Same seed, same images at any batch size.
+            kwargs["batch_size"] = max(kwargs.get("batch_size", 256), n)
         out = self.generate(n, prompt=prompt, init=init, mask=lmask, **kwargs)
         keep = ~pmask.expand(n, *self.image_shape).cpu()
         return torch.where(keep, pixels.expand(n, -1, -1, -1).cpu(), out)
@@ -528,6 +653,21 @@ class InpaintingDenoiser:
         return Prediction(x0, self.process.eps_from_x0(x, t, x0))
 
 
+def _result_count(n: int | None, given: int, what: str) -> int:
+    """How many results an edit makes: n (default: one per given image); a batch of more
+    than one image (or mask) fixes it, since each result belongs to one of them."""
+    if n is None:
+        return given
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
+    if given > 1 and n != given:
+        raise ValueError(
+            f"n={n} but {given} {what} were given: one result per {what[:-1]}; omit n, or "
+            f"give one {what[:-1]} to draw it n times"
+        )
+    return n
+
+
 def truncate_timesteps(timesteps: Tensor, process, strength: float) -> Tensor:
     """The part of a sampling grid at or below time strength * t_max (img2img's start), as
     diffusers does for its schedulers: fewer steps for a weaker edit."""
@@ -538,53 +678,215 @@ def truncate_timesteps(timesteps: Tensor, process, strength: float) -> Tensor:
     return kept
 
 
-def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image") -> Tensor:
-    """A uint8 tensor (N, C, H, W) from a uint8 tensor/array (C, H, W) or (N, C, H, W), a
-    PIL image, or a path. PIL images are converted to the model's mode (grey 'L' for one
-    channel, 'RGB' for three) — documented conversion; a size mismatch is an error."""
+# Sizes an array's channel axis may have: 1 grey, 3 RGB, and 2 / 4 (grey or RGB with alpha),
+# recognised only to be refused with a message that says so. Anything larger on the first
+# (or last) axis of a 3-D array is a batch of grey images or a spatial side.
+_CHANNEL_COUNTS = (1, 2, 3, 4)
+
+
+def _size(h: int, w: int) -> str:
+    return f"{h}x{w}"
+
+
+def _as_array(x: Any) -> np.ndarray:
+    """A numpy view of an array-like (tensors leave the GPU and the autograd graph)."""
+    if isinstance(x, Tensor):
+        x = x.detach().cpu()
+        # numpy has no bfloat16: widen low-precision floats first (exact for fp16 / bf16).
+        return (x.float() if x.is_floating_point() else x).numpy()
+    return np.asarray(x)
+
+
+def _read_image_file(path: str | Path, what: str) -> Any:
     from PIL import Image
 
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {e}") from e
+    return image
+
+
+def _layout(x: np.ndarray, shape: tuple[int, int, int], what: str) -> tuple[np.ndarray, str]:
+    """(N, C, H, W) from the layouts as_image_tensor accepts (its docstring), and the name of
+    the layout it was read as. The model's (C, H, W) = `shape` settles what the shape alone
+    cannot: whether (3, 28, 28) is one RGB image or three grey ones."""
     c, h, w = shape
-    if isinstance(image, str | Path):
-        try:
-            image = Image.open(image)
-            image.load()
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read {what} {str(image)!r}: {e}") from e
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("L" if c == 1 else "RGB"))
-        image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
-    x = torch.as_tensor(np.array(image)) if not isinstance(image, Tensor) else image
+    s = tuple(x.shape)
+    if x.ndim == 2:
+        return x[None, None], "(H, W)"
     if x.ndim == 3:
-        x = x[None]
-    if x.dtype != torch.uint8:
-        raise ValueError(f"{what} must be uint8 pixels 0..255, got {x.dtype}")
-    if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
+        channels_last = s[2] in _CHANNEL_COUNTS and s[0] not in _CHANNEL_COUNTS
+        if s[:2] == (h, w) and s[2] in _CHANNEL_COUNTS and s[1:] != (h, w):
+            channels_last = True  # the model's size on the first two axes
+        if channels_last:  # as PIL and imageio give them
+            return x.transpose(2, 0, 1)[None], "(H, W, C)"
+        if s[0] == c:  # the model's own channel count first: one image
+            return x[None], "(C, H, W)"
+        return x[:, None], "(N, H, W)"  # e.g. x_test[:3] of a grey dataset
+    if x.ndim == 4:
+        channels_last = s[3] in _CHANNEL_COUNTS and s[1] not in _CHANNEL_COUNTS
+        if s[1:3] == (h, w) and s[3] in _CHANNEL_COUNTS and s[2:] != (h, w):
+            channels_last = True
+        if channels_last:
+            return x.transpose(0, 3, 1, 2), "(N, H, W, C)"
+        if s[1] in _CHANNEL_COUNTS:
+            return x, "(N, C, H, W)"
+    raise ValueError(
+        f"{what} has shape {s}; give (H, W), (C, H, W), (H, W, C), or a batch (N, H, W), "
+        "(N, C, H, W), (N, H, W, C), with C = 1 (grey) or 3 (RGB)"
+    )
+
+
+def _to_uint8_pixels(x: np.ndarray, what: str) -> np.ndarray:
+    """Pixel values 0..255 as uint8 from the dtypes as_image_tensor accepts (its docstring)."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == np.bool_ or not (
+        np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+    ):
         raise ValueError(
-            f"{what} has shape {tuple(x.shape)}; this model takes {c}x{h}x{w} images "
-            f"(C, H, W) or a batch (N, {c}, {h}, {w}); resize it to {h}x{w} first"
+            f"{what} has dtype {x.dtype}; give uint8 pixels 0..255 or floats in [0, 1] "
+            "(or [-1, 1])"
         )
-    return x
+    if x.size == 0:
+        return x.astype(np.uint8)
+    if np.issubdtype(x.dtype, np.integer):
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{what} of integer type {x.dtype} holds {lo}..{hi}; pixels are 0..255"
+            )
+        return x.astype(np.uint8)
+    v = x.astype(np.float64)
+    if not np.isfinite(v).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    lo, hi = float(v.min()), float(v.max())
+    # Half a grey level of slack, so that float error (1.0000001) is not refused.
+    slack = 0.5 / 255
+    if hi > 1 + slack or lo < -1 - slack:
+        hint = (
+            "; it looks like 0..255 pixels: cast to uint8 (or divide by 255)"
+            if lo >= 0 and hi <= 255
+            else ""
+        )
+        raise ValueError(
+            f"{what} holds floats in [{lo:g}, {hi:g}]; float images must be in [0, 1] "
+            f"(or [-1, 1]){hint}"
+        )
+    # The documented rule: [0, 1] unless some value is negative, then [-1, 1] (difflab's
+    # model space). Rounded to the nearest of the 256 levels, as writing a file would.
+    v = (v + 1.0) * 127.5 if lo < 0 else v * 255.0
+    return np.clip(np.rint(v), 0, 255).astype(np.uint8)
 
 
-def as_mask_tensor(mask: Any, shape: tuple[int, int, int]) -> Tensor:
-    """A bool mask (N, 1, H, W), True = generate, from (H, W) / (N, 1, H, W) bool or 0/255
-    uint8 tensors/arrays or a PIL image (non-zero = generate)."""
+def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image") -> Tensor:
+    """Images in any usual form -> uint8 (N, C, H, W) with the model's (C, H, W) = `shape`.
+
+    Accepted, and converted to the same uint8 pixels (so every form of one picture gives
+    bit-identical results):
+
+    - a path, or a PIL image: decoded as training images from a folder are
+      (difflab.data.transforms.pil_to_array: EXIF orientation, transparency over white,
+      16-bit grey scaled to 8 bits), to the model's channels;
+    - a numpy array or torch tensor, one image or a batch:
+        2-D: (H, W), one grey image.
+        3-D: (H, W, C) when the last axis is 1-4 long (channels last, as PIL and imageio
+          give them); otherwise (K, H, W) is one image (C, H, W) when K is the model's
+          channel count (1 for a grey model, 3 for RGB) and a batch of K grey images
+          (N, H, W) when it is not. So for a grey model (3, 28, 28) is three images; give
+          one RGB picture as (28, 28, 3) or (1, 3, 28, 28).
+        4-D: (N, H, W, C) when the last axis is 1-4 long, else (N, C, H, W).
+        (When both ends could be channels, as in (3, 28, 3), the axes of the model's size
+        decide, then channels first.) C = 1 (grey) or 3 (RGB); 2 or 4 (alpha) is refused.
+      Values: integer dtypes are pixels 0..255; floats are in [0, 1], unless some value is
+      negative, and then in [-1, 1] (difflab's model space); they are rounded to the nearest
+      of the 256 grey levels. bool images, floats outside [-1, 1] (e.g. 0..255) are refused.
+    - a list or tuple of any of these: concatenated into one batch.
+
+    Grey and RGB are converted to the model's channels (grey -> RGB repeats; RGB -> grey is
+    PIL's integer ITU-R 601 luma, the same as for a PIL image). The size must be the
+    model's: an error names both (nothing is resized silently).
+    """
+    from PIL import Image
+
+    from difflab.data.transforms import convert_channels, pil_to_array
+
+    c, h, w = shape
+    if isinstance(image, list | tuple) and image and not isinstance(image[0], int | float):
+        parts = [as_image_tensor(part, shape, what) for part in image]
+        return torch.cat(parts)
+    if isinstance(image, str | Path):
+        image = _read_image_file(image, what)
+    layout = "PIL"
+    if isinstance(image, Image.Image):
+        x = pil_to_array(image, c, None)[None]  # (1, C, H, W) uint8, already the model's C
+    else:
+        x, layout = _layout(_as_array(image), shape, what)
+        x = _to_uint8_pixels(x, what)
+    n, xc, xh, xw = x.shape
+    if n == 0:
+        raise ValueError(f"{what} is an empty batch")
+    if xc in (2, 4):
+        kind = "grey + alpha" if xc == 2 else "RGBA"
+        raise ValueError(
+            f"{what} has {xc} channels ({kind}?), read as {layout}; give grey or RGB: drop "
+            f"the alpha channel (e.g. PIL's .convert('{'L' if xc == 2 else 'RGB'}'))"
+        )
+    if (xh, xw) != (h, w):
+        what = f"{what} is" if n == 1 else f"{what} batch ({n} images) is"
+        raise ValueError(
+            f"{what} {_size(xh, xw)} but the model draws {_size(h, w)}; resize it to "
+            f"{_size(h, w)} first"
+        )
+    x = convert_channels(np.ascontiguousarray(x), c)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def as_mask_tensor(mask: Any, shape: tuple[int, int, int], what: str = "mask") -> Tensor:
+    """A bool mask (N, 1, H, W), True = generate, for images of (C, H, W) = `shape`.
+
+    Non-zero means generate, whatever the type: bool, 0/1 and 0/255 masks all work (a soft
+    mask regenerates every pixel it touches). Accepted: a path or PIL image (converted to
+    grey), or an array / tensor (H, W), (1, H, W), (H, W, 1), a batch (N, H, W) or
+    (N, 1, H, W) / (N, H, W, 1), or a list of these. Its size must be the image's.
+    """
     from PIL import Image
 
     _, h, w = shape
+    if isinstance(mask, list | tuple) and mask and not isinstance(mask[0], int | float | bool):
+        return torch.cat([as_mask_tensor(part, shape, what) for part in mask])
     if isinstance(mask, str | Path):
-        mask = Image.open(mask)
+        mask = _read_image_file(mask, what)
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"))
-    m = torch.as_tensor(np.array(mask)) if not isinstance(mask, Tensor) else mask
+    m = _as_array(mask)
+    s = tuple(m.shape)
+    if m.dtype.kind not in "biuf":
+        raise ValueError(f"{what} has dtype {m.dtype}; give bool, 0/1 or 0/255 values")
+    if m.dtype.kind == "f" and not np.isfinite(m).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    if m.ndim == 3 and s[2] in (2, 3, 4) and s[:2] == (h, w):
+        raise ValueError(
+            f"{what} has shape {s}: {s[2]} channels; give one channel, (H, W) (e.g. "
+            "mask.any(axis=-1), or a grey image)"
+        )
     if m.ndim == 2:
         m = m[None, None]
     elif m.ndim == 3:
-        m = m[:, None]
-    if m.ndim != 4 or m.shape[1] != 1 or tuple(m.shape[-2:]) != (h, w):
+        m = m.transpose(2, 0, 1)[None] if s[2] == 1 and s[0] != 1 else m[:, None]
+    elif m.ndim == 4 and s[1] != 1 and s[3] == 1:
+        m = m.transpose(0, 3, 1, 2)
+    if m.ndim != 4 or m.shape[1] != 1:
         raise ValueError(
-            f"mask has shape {tuple(m.shape)}; it must match the image: ({h}, {w}) or "
-            f"(N, 1, {h}, {w}), non-zero where to generate"
+            f"{what} has shape {s}; give (H, W), (1, H, W) or a batch (N, H, W), (N, 1, H, W)"
         )
-    return m != 0
+    if m.shape[0] == 0:
+        raise ValueError(f"{what} is an empty batch")
+    mh, mw = m.shape[-2:]
+    if (mh, mw) != (h, w):
+        raise ValueError(
+            f"{what} is {_size(mh, mw)}, image {_size(h, w)}; they must be the same size"
+        )
+    return torch.from_numpy(np.ascontiguousarray(m != 0))

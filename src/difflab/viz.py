@@ -13,10 +13,15 @@ backend switch and no shared state between threads of the web app); images are w
 PIL. matplotlib is imported only when a figure is drawn. Every file is written to a temporary
 name in the target folder and renamed into place, so a reader (the web app) never sees a
 half-written PNG or GIF.
+
+Pictures say what they show: grids and GIF frames take row labels (classes, prompts), a title
+(model, sampler, steps, seed) and, on GIF frames, the step and t, all written with PIL on a
+white margin added around the grid (`label_image`), so no sample pixel is ever covered.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from difflab.diffusion import schedules
 from difflab.diffusion.process import DiscreteProcess, NoiseProcess
@@ -146,14 +151,176 @@ def save_grid(
     scale: int = 1,
     padding: int = 2,
     pad_value: int = 255,
+    *,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write a PNG grid of `images` (see `make_grid`); grey as mode L, 3 channels as RGB.
 
     `scale` is an integer nearest-neighbour upscale, so a grid of 28x28 digits can be seen
-    without a viewer blurring it. Returns the path written.
+    without a viewer blurring it. `row_labels` (one per grid row: class names, prompts) and
+    `title` are written on a white margin left of and above the grid (`label_image`); without
+    them the file is the bare grid. Returns the path written.
     """
-    img = _to_pil(make_grid(images, nrow, padding, pad_value), scale)
+    img = grid_image(
+        images, nrow, scale, padding, pad_value, row_labels=row_labels, title=title
+    )
     return _write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def grid_image(
+    images: Tensor | np.ndarray,
+    nrow: int = 8,
+    scale: int = 1,
+    padding: int = 2,
+    pad_value: int = 255,
+    *,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    header: str | None = None,
+) -> Image.Image:
+    """The PIL image `save_grid` writes: the grid, upscaled, with its labels if any."""
+    batch = _as_image_batch(images)
+    img = _to_pil(make_grid(batch, nrow, padding, pad_value), scale)
+    if row_labels is None and title is None and header is None:
+        return img
+    spans = _row_spans(len(batch), nrow, batch.shape[2], padding, scale)
+    return label_image(img, spans, row_labels=row_labels, title=title, header=header)
+
+
+def sampling_title(
+    model: str,
+    sampler: str,
+    steps: int,
+    seed: int,
+    guidance: float | None = None,
+    *,
+    asked: str | None = None,
+    step: int | None = None,
+) -> str:
+    """A grid's title: "fashion-mnist-cond · Bag · dpmpp_2m, 20 steps, guidance 2, seed 0"
+    (`asked`: the class or prompt every sample shares; `step`: a training run's step)."""
+    parts = [str(model)]
+    if step is not None:
+        parts.append(f"step {step:,}")
+    if asked is not None:
+        parts.append(asked)
+    how = f"{sampler}, {steps} steps"
+    if guidance is not None:
+        how += f", guidance {guidance:g}"
+    parts.append(f"{how}, seed {seed}")
+    return " · ".join(parts)
+
+
+# ----------------------------------------------------------------------------- labels
+#
+# Labels go on a white margin added left of (row labels) and above (title, a GIF frame's
+# step) the grid, never on the images: the grid is pasted unchanged at the bottom right, so a
+# labelled picture still shows every sample exactly as `to_uint8` maps it.
+
+LABEL_GAP = 6  # pixels between a label and the grid or the picture's edge
+MAX_ROW_LABEL_PX = 240  # longer row labels (prompts) are cut with an ellipsis
+
+
+@functools.lru_cache(maxsize=8)
+def label_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans at `size` pixels: matplotlib ships it, so it is there wherever difflab
+    runs; else the system's copy, else PIL's own default font."""
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    candidates = [Path("/usr/share/fonts/truetype/dejavu") / name]
+    try:
+        import matplotlib
+
+        candidates.insert(0, Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name)
+    except ImportError:
+        pass
+    for font in candidates:
+        if font.is_file():
+            return ImageFont.truetype(str(font), size)
+    return ImageFont.load_default(size)
+
+
+def _font_size(row_px: int) -> int:
+    """About a quarter of a grid row: readable (>= 11 px) and never louder than the images."""
+    return max(11, min(16, row_px // 4))
+
+
+def _text_width(text: str, font) -> int:
+    return math.ceil(font.getlength(text))
+
+
+def _cut(text: str, font, width: int) -> str:
+    """`text`, or as much of it as fits in `width` pixels followed by an ellipsis."""
+    if _text_width(text, font) <= width:
+        return text
+    while text and _text_width(text + "…", font) > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Break `text` at spaces into lines of at most `width` pixels (a word too long on its own
+    is cut), so that a title fits a narrow grid instead of widening the picture."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and _text_width(f"{lines[-1]} {word}", font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(_cut(word, font, width))
+    return lines
+
+
+def _row_spans(
+    n: int, nrow: int, cell_h: int, padding: int, scale: int
+) -> list[tuple[int, int]]:
+    """The (top, bottom) pixel rows of each row of a `make_grid` grid upscaled by `scale`."""
+    tops = [padding + r * (cell_h + padding) for r in range(math.ceil(n / nrow))]
+    return [(top * scale, (top + cell_h) * scale) for top in tops]
+
+
+def label_image(
+    img: Image.Image,
+    row_spans: Sequence[tuple[int, int]],
+    *,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    header: str | None = None,
+) -> Image.Image:
+    """`img` on a larger white canvas: `row_labels` left of the grid rows (`row_spans`, the
+    (top, bottom) pixel rows of each), `title` (wrapped to the width) and `header` (one line,
+    e.g. a GIF frame's step and t) above. `img` is pasted unchanged at the bottom right, so
+    the margins are (canvas width - img width) on the left and the difference in height on top.
+    """
+    row_px = max((bottom - top for top, bottom in row_spans), default=img.height)
+    font = label_font(_font_size(row_px))
+    bold = label_font(_font_size(row_px), bold=True)  # the header, apart from the title
+    line_h = math.ceil(sum(font.getmetrics()) * 1.15)
+    left = 0
+    if row_labels is not None:
+        if len(row_labels) != len(row_spans):
+            raise ValueError(
+                f"got {len(row_labels)} row labels for a grid of {len(row_spans)} rows"
+            )
+        widest = max((_text_width(str(s), font) for s in row_labels), default=0)
+        left = min(widest, MAX_ROW_LABEL_PX) + 2 * LABEL_GAP
+    width = left + img.width
+    lines = _wrap(title, font, width - 2 * LABEL_GAP) if title else []
+    if header is not None:
+        lines.append(_cut(header, bold, width - 2 * LABEL_GAP))
+    top = len(lines) * line_h + 2 * LABEL_GAP if lines else 0
+    canvas = Image.new(img.mode, (width, top + img.height), "white")
+    canvas.paste(img, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        is_header = header is not None and k == len(lines) - 1
+        face = bold if is_header else font
+        draw.text((LABEL_GAP, LABEL_GAP + k * line_h), line, fill="black", font=face)
+    for label, (y0, y1) in zip(row_labels or [], row_spans, strict=False):
+        text = _cut(str(label), font, left - 2 * LABEL_GAP)
+        box = draw.textbbox((0, 0), text, font=font)
+        y = top + (y0 + y1) // 2 - (box[1] + box[3]) // 2  # the text's middle on the row's
+        draw.text((LABEL_GAP, y), text, fill="black", font=font)
+    return canvas
 
 
 # ----------------------------------------------------------------------------- reverse-process GIFs
@@ -198,6 +365,10 @@ def save_gif(
     padding: int = 2,
     pad_value: int = 255,
     loop: int = 0,
+    *,
+    frame_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write a GIF of the reverse process: one grid per frame, the last held `hold_last_ms`.
 
@@ -207,6 +378,9 @@ def save_gif(
     slow down frames shorter than 20 ms, so durations must be >= 20 ms. Intermediate x_t
     have values outside [-1, 1]; they are clamped like everything else, not rescaled.
     Note that GIF writers merge consecutive identical frames into one longer frame.
+
+    `frame_labels` (one per frame, e.g. `FrameRecorder.labels`: the step and t) are written
+    above each frame, `row_labels` and `title` as in `save_grid`, all on a margin.
     """
     if len(frames) == 0:
         raise ValueError("frames is empty; nothing to animate")
@@ -215,9 +389,18 @@ def save_gif(
             f"GIF frame durations must be >= 20 ms (browsers slow shorter ones to 100 ms), "
             f"got duration_ms={duration_ms}, hold_last_ms={hold_last_ms}"
         )
+    if frame_labels is not None and len(frame_labels) != len(frames):
+        raise ValueError(f"got {len(frame_labels)} frame labels for {len(frames)} frames")
     if max_frames is not None:
-        frames = [frames[i] for i in select_frames(len(frames), max_frames)]
-    images = [_to_pil(make_grid(f, nrow, padding, pad_value), scale) for f in frames]
+        keep = select_frames(len(frames), max_frames)
+        frames = [frames[i] for i in keep]
+        frame_labels = [frame_labels[i] for i in keep] if frame_labels is not None else None
+    headers = frame_labels if frame_labels is not None else [None] * len(frames)
+    images = [
+        grid_image(f, nrow, scale, padding, pad_value, row_labels=row_labels, title=title,
+                   header=h)
+        for f, h in zip(frames, headers, strict=True)
+    ]
     if len({im.size for im in images}) != 1:
         raise ValueError("all frames must have the same batch size and image shape")
     durations = [int(duration_ms)] * (len(images) - 1) + [int(hold_last_ms)]
@@ -236,16 +419,28 @@ def save_gif(
     return _write_atomic(path, write)
 
 
+def step_label(info: Mapping[str, Any], key: str = "x") -> str:
+    """What a sampler callback's frame shows: "step 3/20, t = 812" (x_t), with
+    ", predicted x0" for the denoised prediction; an adaptive solver, which does not know its
+    step count, gives "evaluation 7, t = 0.41"."""
+    t = info.get("t")
+    when = "" if t is None else f", t = {float(t):.4g}"
+    what = ", predicted x0" if key == "denoised" else ""
+    if info.get("total"):
+        return f"step {int(info['i']) + 1}/{int(info['total'])}{when}{what}"
+    return f"evaluation {int(info.get('nfe', int(info.get('i', 0)) + 1))}{when}{what}"
+
+
 class FrameRecorder:
     """A sampler callback that keeps every `every`-th x (or `key`) as uint8, for `save_gif`.
 
     Storing uint8 pixels instead of float tensors takes a quarter of the memory, which matters
     for 1,000-step DDPM runs. `finish()` returns the frames with the final step appended when
-    `every` skipped it:
+    `every` skipped it; `labels` holds each kept frame's step and t (`step_label`):
 
         rec = FrameRecorder(every=10)
         x = sample_ddpm(denoiser, x, timesteps, callback=rec)
-        save_gif(rec.finish(), "reverse.gif", max_frames=60)
+        save_gif(rec.finish(), "reverse.gif", max_frames=60, frame_labels=rec.labels)
     """
 
     def __init__(
@@ -261,22 +456,26 @@ class FrameRecorder:
         self.every, self.key = every, key
         self.decode = decode or to_uint8
         self.frames: list[Tensor] = []
+        self.labels: list[str] = []
         self._calls = 0
-        self._last: Tensor | None = None
+        self._last: tuple[Tensor, str] | None = None
 
     def __call__(self, info: Mapping[str, Any]) -> None:
         frame = self.decode(info[self.key]).cpu()
+        label = step_label(info, self.key)
         if self._calls % self.every == 0:
             self.frames.append(frame)
+            self.labels.append(label)
             self._last = None
         else:
-            self._last = frame
+            self._last = (frame, label)
         self._calls += 1
 
     def finish(self) -> list[Tensor]:
         """The recorded frames, with the very last step appended if `every` skipped it."""
         if self._last is not None:
-            self.frames.append(self._last)
+            self.frames.append(self._last[0])
+            self.labels.append(self._last[1])
             self._last = None
         return self.frames
 
@@ -437,15 +636,36 @@ def plot_loss(
     key: str = "loss",
     smoothing: float | None = None,
 ) -> Path:
-    """Plot `key` against step, with an EMA-smoothed line, on a log y-axis (lr on a twin axis).
+    """Plot `key` against step (see `loss_figure`) and write it as a PNG."""
+    return _save_figure(loss_figure(metrics, key, smoothing), path)
+
+
+# Fewer points than this are drawn with a marker on each: a run's first logged steps (even a
+# single one) must show as points, not as an invisible line.
+MARKER_POINTS = 30
+# A log y-axis only when the values span more than about a decade: on a narrower range it
+# only squeezes the curve and hides the ticks.
+LOG_SCALE_SPAN = 10.0
+
+
+def loss_figure(
+    metrics: PathLike | Sequence[Mapping[str, Any]],
+    key: str = "loss",
+    smoothing: float | None = None,
+):
+    """The matplotlib Figure of `plot_loss`: `key` against step, an EMA-smoothed line over
+    many points, lr on a twin axis, the legend below the axes (never over the curve).
 
     `metrics` is a JSON-lines file (one dict per line, as the trainer writes) or a list of
     dicts. The x-axis is each row's "step" (the row index where absent); rows without `key`
     (e.g. evaluation rows) are skipped. `smoothing` is the EMA factor; by default it spans
-    about a fiftieth of the points, so the smoothed line lags little (no smoothing below 50
-    points). Non-finite values are left out of the lines and counted in the title, never
-    silently. If any row has "lr", it is drawn on a second y-axis.
+    about a fiftieth of the points, so the smoothed line lags little (no smoothing, and no
+    second line, below 50 points). Few points get markers, so one logged step is a visible
+    point. The y-axis is logarithmic when the positive values span more than LOG_SCALE_SPAN.
+    Non-finite values are left out of the lines and counted in the title, never silently.
     """
+    from matplotlib.ticker import MaxNLocator
+
     rows = _read_metrics(metrics)
     pts = [(float(r.get("step", k)), float(r[key])) for k, r in enumerate(rows) if key in r]
     if not pts:
@@ -459,36 +679,55 @@ def plot_loss(
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
 
-    fig = _new_figure(8, 4.5)
+    fig = _new_figure(8, 4.8)
     ax = fig.subplots()
     lines = []
     if len(values):
-        lines += ax.plot(steps, values, color="tab:blue", alpha=0.3, lw=0.8, label=key)
+        smoothed = smoothing > 0
         lines += ax.plot(
-            steps,
-            _ema(values, smoothing),
-            color="tab:blue",
-            lw=1.8,
-            label=f"{key} (EMA {smoothing:.3g})",
+            steps, values, color="tab:blue", alpha=0.3 if smoothed else 1.0,
+            lw=0.8 if smoothed else 1.5, label=key, **_markers(len(values)),
         )
-        if (values > 0).all():
+        if smoothed:
+            lines += ax.plot(
+                steps, _ema(values, smoothing), color="tab:blue", lw=1.8,
+                label=f"{key} (EMA {smoothing:.3g})",
+            )
+        if (values > 0).all() and values.max() > LOG_SCALE_SPAN * values.min():
             ax.set_yscale("log")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(steps) and steps.max() - steps.min() < 2:  # one step: room either side, whole steps
+        ax.set_xlim(steps.min() - 1, steps.max() + 1)
     ax.set_ylabel(key + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.grid(alpha=0.3, which="both")
     lr = [(float(r.get("step", k)), float(r["lr"])) for k, r in enumerate(rows) if "lr" in r]
     if lr:
         ax_lr = ax.twinx()
         lr_steps, lr_values = np.array(lr).T
-        lines += ax_lr.plot(lr_steps, lr_values, color="tab:orange", lw=1.2, label="lr")
+        markers = {"marker": "x", "markersize": 7} if len(lr) < MARKER_POINTS else {}
+        lines += ax_lr.plot(lr_steps, lr_values, color="tab:orange", lw=1.2, label="lr", **markers)
         ax_lr.set_ylabel("learning rate")
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="best")
+        # The loss above the lr: a twin axis is drawn last, and would hide a lone loss point.
+        ax.set_zorder(ax_lr.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    # Below the axes, in one row: a legend inside would sit on the curve somewhere.
+    fig.legend(
+        lines, [ln.get_label() for ln in lines], loc="lower center", ncol=len(lines),
+        frameon=False,
+    )
     title = f"{key} vs step"
+    if len(values):
+        title += f": {values[-1]:.4g} at step {steps[-1]:,.0f} ({len(values):,} logged)"
     if n_bad:
-        title += f"  ({n_bad} non-finite values not drawn)"
+        title += f"; {n_bad} non-finite values not drawn"
     ax.set_title(title)
-    fig.tight_layout()
-    return _save_figure(fig, path)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below
+    return fig
+
+
+def _markers(n: int) -> dict[str, Any]:
+    return {"marker": "o", "markersize": 4} if n < MARKER_POINTS else {}
 
 
 def plot_points_2d(

@@ -228,6 +228,9 @@ def evaluate_images(
     shape = tuple(x.shape[1:])
     if shape != native:
         x = _to_native(x, native)
+    # The reference set is thousands of images: say so before the wait, and how long after.
+    _log(verbose, f"features of {len(x):,} images and the {dataset} {reference_split} split ...")
+    start = time.perf_counter()
     ref = reference_features(
         net,
         reference_split,
@@ -237,7 +240,11 @@ def evaluate_images(
         seed=seed,
     )
     fake = net.features(x)
-    _log(verbose, f"features of {len(fake):,} images and {len(ref):,} reference images")
+    _log(
+        verbose,
+        f"features of {len(fake):,} images and {len(ref):,} reference images, "
+        f"{time.perf_counter() - start:.0f} s",
+    )
     names = CLASS_NAMES[dataset]
     predicted = net.predict(x)
     counts = np.bincount(predicted, minlength=len(names))
@@ -313,6 +320,7 @@ def checkpoint_nll(
     are evaluated given each image's true class."""
     from difflab.diffusion.denoiser import ModelDenoiser
     from difflab.diffusion.process import DiscreteProcess
+    from difflab.pipeline import NetworkProgress
 
     dataset, classes = _checkpoint_dataset(gen)
     data = metric_split(dataset, "test")
@@ -347,22 +355,27 @@ def checkpoint_nll(
             ) from e
         method = "probability-flow ODE, Hutchinson trace estimator, uniform dequantization"
     bpd: list[torch.Tensor] = []
-    start = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        x0 = to_float(images[i : i + batch_size], torch.float64).to(gen.device)
-        cond = labels[i : i + batch_size].to(gen.device) if gen.num_classes else None
-        den = ModelDenoiser(_Float32Net(gen.net), gen.process, gen.parameterization, cond=cond)
-        if discrete:
-            out = vlb_bits_per_dim(den, x0, num_timesteps=num_timesteps, generator=g)["bpd"]
-        else:
-            x0 = uniform_dequantize(x0.float(), generator=g)
-            out = ode_bits_per_dim(den, x0, divergence="hutchinson", generator=g)
-        bpd.append(out.double().cpu())
-        _log(
-            verbose,
-            f"NLL: {min(i + batch_size, len(images)):,}/{len(images):,} test images, "
-            f"{time.perf_counter() - start:.0f} s",
-        )
+    # A bar over the test images that counts the network evaluations as they happen: one
+    # batch of the full bound is T network calls, minutes on a CPU.
+    progress = NetworkProgress(gen.net, "NLL", len(images), "img") if verbose else None
+    try:
+        for i in range(0, len(images), batch_size):
+            x0 = to_float(images[i : i + batch_size], torch.float64).to(gen.device)
+            cond = labels[i : i + batch_size].to(gen.device) if gen.num_classes else None
+            den = ModelDenoiser(
+                _Float32Net(gen.net), gen.process, gen.parameterization, cond=cond
+            )
+            if discrete:
+                out = vlb_bits_per_dim(den, x0, num_timesteps=num_timesteps, generator=g)["bpd"]
+            else:
+                x0 = uniform_dequantize(x0.float(), generator=g)
+                out = ode_bits_per_dim(den, x0, divergence="hutchinson", generator=g)
+            bpd.append(out.double().cpu())
+            if progress is not None:
+                progress.update(len(out))
+    finally:
+        if progress is not None:
+            progress.close()
     values = torch.cat(bpd)
     stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     result = {
@@ -455,13 +468,12 @@ def evaluate_generator(
         batch_size=batch_size,
         classes=requested,
         guidance=guidance,
+        progress=verbose,  # a bar over every batch's steps, with the network evaluations
         **sample_options,
     ):
         batches.append(images)
         if lab is not None:
             labels.append(lab)
-        done = sum(len(b) for b in batches)
-        _log(verbose, f"sampled {done:,}/{samples:,} images, {time.perf_counter() - start:.0f} s")
     sample_seconds = time.perf_counter() - start
     images = torch.cat(batches)
     dataset_labels = None

@@ -15,10 +15,17 @@ Splits (`metric_split`):
   other 4,000. A diffusion model trained on all 5,000 has seen the held-out digits.
 - digits: scikit-learn's 1,797 8x8 digits; 36 per class (360) are held out the same way.
 
-The classifier is trained once per dataset (seconds for digits, 2-3 CPU minutes for
-Fashion-MNIST) and cached as safetensors + JSON under $DIFFLAB_CACHE/features (default
-~/.cache/difflab/features), keyed by dataset and CODE_VERSION; the same seed gives the same
-weights on the same machine and thread count.
+Where the classifier comes from (`feature_extractor`), in this order:
+1. shipped with the package: fp16 safetensors + a JSON of its training provenance in
+   `feature_weights/` (SHIPPED_DIR), one per dataset and CODE_VERSION (docs/feature_networks.md).
+   These make `difflab eval` work at once and offline, and make figures from different
+   machines comparable: a classifier retrained per machine is a different feature space.
+2. else (a dataset or CODE_VERSION without shipped weights, or another seed) the disk cache,
+   $DIFFLAB_CACHE/features (default ~/.cache/difflab/features), keyed by dataset and
+   CODE_VERSION;
+3. else trained now (seconds for digits, 2-3 CPU minutes for Fashion-MNIST) and cached; the
+   same seed gives the same weights on the same machine and thread count.
+`export_shipped_feature_net` writes the shipped files from a trained net.
 """
 
 from __future__ import annotations
@@ -372,6 +379,108 @@ def load_feature_net(dataset: str, seed: int = DEFAULT_SEED) -> FeatureNet | Non
     return net
 
 
+# ---------------------------------------------------------------------------- shipped
+# Inside the package (pyproject's package-data ships it): one pair of files per dataset.
+SHIPPED_DIR = Path(__file__).resolve().parent / "feature_weights"
+
+
+def shipped_paths(dataset: str) -> tuple[Path, Path]:
+    """(weights .safetensors, provenance .json) of the feature net shipped for `dataset` at
+    this CODE_VERSION (they may not exist: not every dataset need have one)."""
+    stem = f"{dataset}-v{CODE_VERSION}"
+    return SHIPPED_DIR / f"{stem}.safetensors", SHIPPED_DIR / f"{stem}.json"
+
+
+def load_shipped_feature_net(dataset: str) -> FeatureNet | None:
+    """The feature net shipped with difflab for `dataset`, in float32; None when none ships.
+
+    A shipped file that is there but does not match its JSON raises instead of falling back
+    to training: a silently retrained classifier is another feature space, and every figure
+    computed in it would be incomparable with everyone else's."""
+    _recipe(dataset)
+    weights, meta = shipped_paths(dataset)
+    if not weights.is_file():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("code_version") != CODE_VERSION:
+            raise ValueError(f"its JSON says code version {info.get('code_version')}")
+        if info.get("sha256") != _sha256(weights):
+            raise ValueError("its sha256 differs from the one in its JSON")
+        # Stored in float16 (half the size); computed in float32 like every other net here,
+        # so that the features do not depend on a machine's half-precision kernels.
+        state = {
+            k: v.float() if v.is_floating_point() else v
+            for k, v in load_file(str(weights)).items()
+        }
+        net = FeatureNet(dataset)
+        net.load_state_dict(state)
+        net.test_accuracy = float(info["test_accuracy"])
+    except (ValueError, OSError, RuntimeError, KeyError, TypeError) as e:
+        raise RuntimeError(
+            f"the {dataset} feature network shipped with difflab ({weights}) is damaged: {e}; "
+            "reinstall difflab"
+        ) from e
+    net.eval()
+    net.info = dict(info, source="shipped", path=str(weights))
+    return net
+
+
+def _cpu_name() -> dict[str, Any]:
+    """The CPU model and whether it has native bf16 (Linux); for provenance records."""
+    out: dict[str, Any] = {"processor": None, "avx512_bf16": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and out["processor"] is None:
+            out["processor"] = value.strip()
+        elif key.strip() == "flags" and out["avx512_bf16"] is None:
+            out["avx512_bf16"] = "avx512_bf16" in value.split()
+    out["logical_cpus"] = os.cpu_count()
+    return out
+
+
+def export_shipped_feature_net(
+    net: FeatureNet, provenance: dict[str, Any] | None = None, folder: Path | None = None
+) -> Path:
+    """Write `net` as a shipped feature net: float16 safetensors + JSON (its .info, its test
+    accuracy measured again on the fp16 copy, the export's machine, and `provenance`, e.g.
+    when and where it was trained). Returns the weights' path. The figure in the JSON is the
+    fp16 copy's, since that is what every machine will compute with."""
+    folder = SHIPPED_DIR if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{net.dataset}-v{CODE_VERSION}"
+    weights, meta = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    state = {
+        k: (v.half() if v.is_floating_point() else v).detach().contiguous().clone()
+        for k, v in net.state_dict().items()
+    }
+    _write_atomic(weights, lambda p: save_file(state, str(p)))
+    weights.chmod(0o644)  # package data: readable by every user of a system-wide install
+    half = FeatureNet(net.dataset)
+    half.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    half.eval()
+    test = metric_split(net.dataset, "test")
+    info = {k: v for k, v in net.info.items() if k not in ("sha256", "source", "path")}
+    info.update(provenance or {})
+    info.update(
+        dtype="float16",
+        test_accuracy=half.accuracy(test),
+        test_accuracy_fp32=net.accuracy(test),
+        exported={
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "torch": torch.__version__,
+            "cpu": _cpu_name(),
+        },
+        sha256=_sha256(weights),
+    )
+    _write_atomic(meta, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    return weights
+
+
 @contextlib.contextmanager
 def _training_lock(path: Path) -> Iterator[None]:
     """One process trains a given net at a time; the others wait, then load its result."""
@@ -389,18 +498,25 @@ def _training_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-_LOADED: dict[tuple[str, int, Path], FeatureNet] = {}
+_LOADED: dict[tuple[str, int, Path, Path], FeatureNet] = {}
 
 
 def feature_extractor(
     dataset: str, *, seed: int = DEFAULT_SEED, train: bool = True, verbose: bool = True
 ) -> FeatureNet:
-    """The feature network of `dataset`: from memory, else the disk cache, else trained now
-    (once; train=False raises FileNotFoundError instead) and cached."""
+    """The feature network of `dataset`: from memory, else the one shipped with difflab
+    (default seed only), else the disk cache, else trained now (once; train=False raises
+    FileNotFoundError instead) and cached (module docstring)."""
     _recipe(dataset)
-    key = (dataset, seed, cache_dir())
+    key = (dataset, seed, SHIPPED_DIR, cache_dir())
     if key in _LOADED:
         return _LOADED[key]
+    # The shipped net first: it is the one every machine's figures are computed with; the
+    # cache only serves datasets (or seeds) that ship none.
+    net = load_shipped_feature_net(dataset) if seed == DEFAULT_SEED else None
+    if net is not None:
+        _LOADED[key] = net
+        return net
     net = load_feature_net(dataset, seed)
     if net is None:
         weights, _ = cache_paths(dataset, seed)

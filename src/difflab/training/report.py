@@ -51,6 +51,31 @@ def grid_layout(trainer, gen: Generator, n: int) -> tuple[int, int, dict]:
     return len(rows), cols, {key: rows}
 
 
+def grid_labels(trainer, n: int = 64, seed: int = 0) -> tuple[list[str] | None, str]:
+    """What the fixed-seed grid of `fixed_seed_samples` says about itself: a label per row
+    (the class or caption of a conditional model's rows; real / reconstructed for an
+    autoencoder) or None, and a title with the run, its step and how it was sampled."""
+    run = f"{trainer.out.name} · step {trainer.step:,}"
+    if trainer.kind == "autoencoder":
+        real = min(n, len(trainer.data))  # rows of 8 real images, then their reconstructions
+        labels = ["real", "reconstructed"] * (real // 8) if real % 8 == 0 else None
+        return labels, f"{run} · reconstructions by the EMA weights"
+    gen = generator_from_trainer(trainer)
+    _, nrow, conditions = grid_layout(trainer, gen, n)
+    labels = None
+    if "classes" in conditions:
+        names = trainer.data.class_names or [str(i) for i in range(gen.num_classes)]
+        labels = [names[c] for c in conditions["classes"][::nrow]]
+    elif "prompt" in conditions:
+        labels = list(conditions["prompt"][::nrow])
+    kw = sample_kwargs(trainer)
+    title = viz.sampling_title(
+        trainer.out.name, kw["sampler"], kw["steps"], seed, kw.get("guidance"),
+        step=trainer.step,
+    )
+    return labels, title
+
+
 def reconstructions(trainer, n: int = 32, seed: int = 0) -> torch.Tensor:
     """Real images and the autoencoder's reconstructions, interleaved row by row (uint8)."""
     g = torch.Generator().manual_seed(seed)
@@ -95,7 +120,8 @@ def save_sample_grid(trainer, path: Path, n: int = 64, seed: int = 0) -> Path | 
     if not drawn:
         return None
     images, nrow = drawn
-    return viz.save_grid(images, path, nrow=nrow, scale=2)
+    labels, title = grid_labels(trainer, n, seed)
+    return viz.save_grid(images, path, nrow=nrow, scale=2, row_labels=labels, title=title)
 
 
 def final_check(trainer, n: int = 32, seed: int = 0) -> str:
@@ -159,24 +185,68 @@ def write_report(
         count, seed=seed, batch_size=count, callback=recorder, **conditions,
         **sample_kwargs(trainer),
     )
-    paths["samples"] = viz.save_grid(images, out / "samples.png", nrow=nrow, scale=2)
+    labels, title = grid_labels(trainer, n, seed)
+    paths["samples"] = viz.save_grid(
+        images, out / "samples.png", nrow=nrow, scale=2, row_labels=labels, title=title
+    )
     frames = recorder.finish() + [images]
     paths["gif"] = viz.save_gif(
-        frames, out / "reverse_process.gif", nrow=nrow, scale=2, max_frames=60, hold_last_ms=2000
+        frames, out / "reverse_process.gif", nrow=nrow, scale=2, max_frames=60,
+        hold_last_ms=2000, frame_labels=recorder.labels + ["final sample"], row_labels=labels,
+        title=title,
     )
     _finish(trainer, out, command, paths)
     return paths
 
 
 def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> None:
-    """The loss curve and the command that reproduces the run."""
+    """The loss curve, and command.sh: the command that reproduces the run. It runs as
+    `sh command.sh` or pasted into a shell, from any directory and without difflab on PATH: it
+    changes to the directory the run was started in (its paths may be relative to it) and
+    calls the difflab that ran by its absolute path (the script this process was started as,
+    else the one beside this interpreter, else `python -m difflab.cli`; under torchrun, the
+    same number of processes through `python -m torch.distributed.run`)."""
+    import os
+    import sys
+
     loss = plot_progress(trainer, out / "loss.png")
     if loss is not None:
         paths["loss"] = loss
     if trainer.cfg.train.fid_every and trainer.best_fid < float("inf"):  # FID rows exist
         paths["fid"] = viz.plot_loss(trainer.out / "metrics.jsonl", out / "fid.png", key="fid")
+
+    def executable(path: str) -> bool:
+        name_ok = os.path.basename(path) == "difflab"
+        return name_ok and os.path.isfile(path) and os.access(path, os.X_OK)
+
+    dist = trainer.dist
+    notes = []
+    if command and command[0] == "difflab":
+        if dist.world_size > 1:
+            prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                      str(dist.local_world_size), "-m", "difflab.cli"]  # fmt: skip
+            if dist.world_size != dist.local_world_size:
+                notes.append(
+                    f"# It ran as {dist.world_size} processes on "
+                    f"{dist.world_size // dist.local_world_size} machines: add torchrun's "
+                    "--nnodes and rendezvous flags."
+                )
+        else:
+            started = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+            beside = os.path.join(os.path.dirname(sys.executable), "difflab")
+            if executable(started):
+                prefix = [started]
+            elif executable(beside):
+                prefix = [beside]
+            else:
+                prefix = [sys.executable, "-m", "difflab.cli"]
+        command = prefix + list(command[1:])
     cmd = out / "command.sh"
     cmd.write_text(
-        "#!/bin/sh\n# Reproduces this run.\n" + " ".join(shlex.quote(a) for a in command) + "\n"
+        "#!/bin/sh\n# Reproduces this run: `sh command.sh`, or paste these lines into a shell, "
+        "from any directory.\n" + "".join(n + "\n" for n in notes)
+        + f"cd {shlex.quote(os.getcwd())} &&\n  "
+        + " ".join(shlex.quote(a) for a in command) + "\n"
     )
+    cmd.chmod(0o755)
     paths["command"] = cmd

@@ -53,6 +53,20 @@ class StopReason:
     why: str
 
 
+@dataclass
+class LogWindow:
+    """The steps since the last metrics row: their summed loss and seconds."""
+
+    loss: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, seconds: float) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.seconds += seconds
+
+
 def lr_at(step: int, cfg, progress: float | None) -> float:
     """The learning rate at `step`: a linear warm-up times a decay over the training budget.
 
@@ -545,9 +559,9 @@ class Trainer:
         bar = tqdm(
             total=total, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True
         )
-        window_loss, window_n, window_t = 0.0, 0, 0.0
+        window = LogWindow()
+        first_step = self.step + 1  # logged whatever log_every says: a curve from the start
         clock = time.perf_counter()
-        images_per_step = tc.batch_size * tc.grad_accum * self.dist.world_size
         reason = StopReason(self.step, "max_steps")
         try:
             while True:
@@ -567,38 +581,22 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self.train_step(self._progress(total, budget))
                 dt = time.perf_counter() - t0
-                window_loss, window_n, window_t = window_loss + loss, window_n + 1, window_t + dt
+                window.add(loss, dt)
                 self.loss_ema = (
                     loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
                 )
                 bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == total:
-                    ips = images_per_step * window_n / max(window_t, 1e-9)
-                    row = {
-                        "step": self.step,
-                        "loss": window_loss / window_n,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "images_per_sec": ips,
-                        "epoch": self.step * images_per_step / len(self.data),
-                        "elapsed_sec": self.elapsed,
-                    }
-                    if metrics:
-                        metrics.write(json.dumps(row) + "\n")
-                        metrics.flush()
-                    left = budget - self.elapsed
-                    bar.set_postfix(
-                        loss=f"{row['loss']:.4f}",
-                        img_s=f"{ips:.0f}",
-                        left=f"{left / 60:.1f}m" if math.isfinite(left) else "-",
-                    )
-                    self.seconds_per_step = window_t / window_n
-                    window_loss, window_n, window_t = 0.0, 0, 0.0
+                if self.step in (first_step, total) or self.step % tc.log_every == 0:
+                    self._log(window, metrics, bar, total, budget)
+                    window = LogWindow()
                 if tc.sample_every and self.step % tc.sample_every == 0 and on_sample:
                     on_sample(self)
                 if self.step % tc.checkpoint_every == 0:
                     self._checkpoint()
                 if tc.fid_every and self.step % tc.fid_every == 0:
                     self._evaluate_fid(metrics)
+            if window.steps:  # the last steps before a time budget ran out
+                self._log(window, metrics, bar, total, budget)
             self._checkpoint()
             distributed.barrier(self.dist)
         finally:
@@ -607,6 +605,38 @@ class Trainer:
                 metrics.close()
             torch.set_num_threads(threads_before)
         return reason
+
+    def _log(self, window: LogWindow, metrics, bar: tqdm, total: int | None,
+             budget: float) -> None:
+        """One metrics.jsonl row for the steps since the last, and the progress bar's numbers:
+        its end estimated from the measured speed where only a time budget bounds the run,
+        and the time left by whichever budget ends first."""
+        tc = self.cfg.train
+        images_per_step = tc.batch_size * tc.grad_accum * self.dist.world_size
+        self.seconds_per_step = window.seconds / window.steps
+        ips = images_per_step / max(self.seconds_per_step, 1e-9)
+        row = {
+            "step": self.step,
+            "loss": window.loss / window.steps,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_sec": ips,
+            "epoch": self.step * images_per_step / len(self.data),
+            "elapsed_sec": self.elapsed,
+        }
+        if metrics:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+        left = budget - self.elapsed
+        if total is not None:
+            left = min(left, (total - self.step) * self.seconds_per_step)
+        elif math.isfinite(left):  # a time budget alone: the bar's end is an estimate
+            bar.total = self.step + max(0, round(left / self.seconds_per_step))
+            bar.refresh()
+        bar.set_postfix(
+            loss=f"{row['loss']:.4f}",
+            img_s=f"{ips:.0f}",
+            left=f"{left / 60:.1f}m" if math.isfinite(left) else "-",
+        )
 
     def _check_fid_setup(self, cfg: RunConfig) -> None:
         """train.fid_every needs a diffusion run on a dataset difflab.metrics can score."""

@@ -1,0 +1,186 @@
+"""Generator.img2img / inpaint take images in every usual layout and dtype, and each form of one
+picture gives bit-identical results; bad input is refused with the real mismatch named.
+
+Shipped `fashion-text` (latent, 28x28 grey) and `fashion-mnist` (pixel) at n = 1-3, 2-3 steps.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difflab.metrics.features import metric_split
+from difflab.pipeline import Generator, as_image_tensor, as_mask_tensor
+
+SHAPE = (1, 28, 28)
+EDIT = dict(strength=0.5, steps=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def text_gen():
+    return Generator.from_checkpoint("fashion-text", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pixel_gen():
+    return Generator.from_checkpoint("fashion-mnist", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def picture() -> np.ndarray:
+    """A real test image, uint8 (28, 28): the canonical form is (1, 1, 28, 28) uint8."""
+    return metric_split("fashion_mnist", "test").images[0, 0].numpy()
+
+
+def forms(u: np.ndarray, tmp: Path) -> dict:
+    """Every accepted form of the grey picture u (28, 28) uint8."""
+    rgb = np.stack([u] * 3, axis=-1)  # grey as RGB: its luma is u again, exactly
+    Image.fromarray(u).save(tmp / "grey.png")
+    Image.fromarray(rgb).save(tmp / "rgb.png")
+    t = torch.from_numpy(u)
+    return {
+        "numpy (H, W) uint8": u,
+        "numpy (1, H, W)": u[None],
+        "numpy (H, W, 1)": u[:, :, None],
+        "numpy (1, 1, H, W)": u[None, None],
+        "numpy (1, H, W, 1)": u[None, :, :, None],
+        "numpy (H, W, 3) RGB": rgb,
+        "numpy (1, 3, H, W) RGB": rgb.transpose(2, 0, 1)[None],
+        "numpy int64": u.astype(np.int64),
+        "numpy float64 0..1": u / 255.0,
+        "numpy float32 0..1": (u / 255.0).astype(np.float32),
+        "torch (H, W) uint8": t,
+        "torch (1, H, W) uint8": t[None],
+        "torch float32 0..1": t.float() / 255,
+        "torch float32 -1..1": t.float() / 127.5 - 1,
+        "torch float64 -1..1 (H, W, 1)": (t.double() / 127.5 - 1)[:, :, None],
+        "PIL L": Image.fromarray(u),
+        "PIL RGB": Image.fromarray(rgb),
+        "path grey PNG": tmp / "grey.png",
+        "path RGB PNG (str)": str(tmp / "rgb.png"),
+        "list [PIL]": [Image.fromarray(u)],
+    }
+
+
+def test_every_form_converts_to_the_same_pixels(picture, tmp_path):
+    canonical = torch.from_numpy(picture)[None, None]
+    for name, form in forms(picture, tmp_path).items():
+        x = as_image_tensor(form, SHAPE)
+        assert x.dtype == torch.uint8 and x.shape == (1, 1, 28, 28), name
+        assert torch.equal(x, canonical), name
+
+
+def test_every_form_gives_bit_identical_img2img(text_gen, picture, tmp_path):
+    canonical = text_gen.img2img(torch.from_numpy(picture)[None, None], "a dress", **EDIT)
+    assert canonical.shape == (1, 1, 28, 28)
+    for name, form in forms(picture, tmp_path).items():
+        assert torch.equal(text_gen.img2img(form, "a dress", **EDIT), canonical), name
+
+
+def test_batches_in_every_layout(text_gen, picture):
+    data = metric_split("fashion_mnist", "test").images[:3]  # (3, 1, 28, 28)
+    canonical = text_gen.img2img(data, "a bag", **EDIT)
+    assert canonical.shape == (3, 1, 28, 28)
+    grey = data[:, 0].numpy()  # (3, 28, 28): three grey images for a grey model
+    for name, form in {
+        "(N, H, W) numpy": grey,
+        "(N, H, W, 1) torch": data.permute(0, 2, 3, 1),
+        "(N, H, W) float 0..1": grey / 255.0,
+        "list of (H, W)": list(grey),
+        "(N, H, W, 3) RGB": np.repeat(grey[..., None], 3, axis=-1),
+    }.items():
+        assert torch.equal(text_gen.img2img(form, "a bag", **EDIT), canonical), name
+    # One image drawn n times = the batch of it repeated (sample i keeps its own noise).
+    one = text_gen.img2img(picture, "a bag", n=2, **EDIT)
+    same = text_gen.img2img(np.stack([picture] * 2), "a bag", **EDIT)
+    assert torch.equal(one, same)
+
+
+def test_mask_forms_and_pixel_model_inpainting(pixel_gen, picture, tmp_path):
+    bool_mask = np.zeros((28, 28), dtype=bool)
+    bool_mask[:, 14:] = True
+    Image.fromarray(bool_mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    canonical = pixel_gen.inpaint(picture, bool_mask, n=2, steps=2, seed=0)
+    assert canonical.shape == (2, 1, 28, 28)
+    keep = ~torch.from_numpy(bool_mask)
+    assert torch.equal(canonical[:, 0][:, keep], torch.from_numpy(picture)[keep].expand(2, -1))
+    for name, mask in {
+        "0/1 uint8": bool_mask.astype(np.uint8),
+        "0/255 uint8": bool_mask.astype(np.uint8) * 255,
+        "float 0/1": bool_mask.astype(np.float32),
+        "torch bool (1, 1, H, W)": torch.from_numpy(bool_mask)[None, None],
+        "(H, W, 1)": bool_mask[:, :, None],
+        "PIL": Image.fromarray(bool_mask.astype(np.uint8) * 255),
+        "path": tmp_path / "mask.png",
+    }.items():
+        out = pixel_gen.inpaint(Image.fromarray(picture), mask, n=2, steps=2, seed=0)
+        assert torch.equal(out, canonical), name
+
+
+def test_latent_inpainting_with_a_mask_per_image(text_gen):
+    data = metric_split("fashion_mnist", "test").images[:2]
+    masks = np.zeros((2, 28, 28), dtype=np.uint8)
+    masks[0, :14], masks[1, :, :14] = 255, 255
+    out = text_gen.inpaint(data, masks, "a sandal", steps=2, seed=0, batch_size=1)
+    assert out.shape == (2, 1, 28, 28)
+    for i in range(2):
+        keep = torch.from_numpy(masks[i] == 0)
+        assert torch.equal(out[i, 0][keep], data[i, 0][keep])
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros((32, 32), np.uint8), "image is 32x32 but the model draws 28x28; resize it"),
+        (np.zeros((2, 32, 32), np.uint8), r"image batch \(2 images\) is 32x32 but the model"),
+        (np.zeros((28, 28, 4), np.uint8), r"image has 4 channels \(RGBA\?\)"),
+        (np.zeros((2, 28, 28, 2), np.uint8), r"2 channels \(grey \+ alpha\?\)"),
+        (np.full((28, 28), 255.0), r"floats in \[255, 255\].*cast to uint8"),
+        (np.full((28, 28), 1.5), r"float images must be in \[0, 1\]"),
+        (np.full((28, 28), np.nan, np.float32), "NaN"),
+        (np.zeros((28, 28), bool), "dtype bool"),
+        (np.full((28, 28), 300, np.int32), "holds 300..300; pixels are 0..255"),
+        (np.zeros((0, 28, 28), np.uint8), "empty"),
+        (np.zeros((2, 2, 2, 2, 2), np.uint8), "has shape"),
+    ],
+)
+def test_bad_images_name_the_mismatch(bad, message):
+    with pytest.raises(ValueError, match=message):
+        as_image_tensor(bad, SHAPE)
+
+
+def test_bad_masks_and_counts_name_the_mismatch(text_gen, picture, tmp_path):
+    with pytest.raises(ValueError, match="mask is 28x27, image 28x28"):
+        as_mask_tensor(np.zeros((28, 27), bool), SHAPE)
+    with pytest.raises(ValueError, match="3 channels"):
+        as_mask_tensor(np.zeros((28, 28, 3), np.uint8), SHAPE)
+    with pytest.raises(ValueError, match="3 masks for 2 images"):
+        text_gen.inpaint(np.stack([picture] * 2), np.ones((3, 28, 28), bool), "a bag", steps=2)
+    with pytest.raises(ValueError, match="n=3 but 2 images were given"):
+        text_gen.img2img(np.stack([picture] * 2), "a bag", n=3, **EDIT)
+    with pytest.raises(ValueError, match="cannot read image"):
+        text_gen.img2img(tmp_path / "missing.png", "a bag", **EDIT)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read mask"):
+        text_gen.inpaint(picture, tmp_path / "text.png", "a bag", steps=2)
+
+
+def test_cli_and_api_share_the_measured_default_strength(picture, tmp_path, capsys):
+    import inspect
+
+    from difflab import cli, pipeline
+
+    default = pipeline.DEFAULT_IMG2IMG_STRENGTH
+    assert inspect.signature(Generator.img2img).parameters["strength"].default == default
+    assert cli.IMG2IMG_STRENGTH_DEFAULT == default  # the copy --help shows without torch
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    args = ["img2img", "fashion-text", str(tmp_path / "in.png"), "--prompt", "a dress",
+            "--steps", "2", "-n", "1", "--out", str(tmp_path / "out.png")]  # fmt: skip
+    assert cli.main(args) == 0
+    assert f"strength {default:g} (the default" in capsys.readouterr().out
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
+    args[2] = str(tmp_path / "big.png")
+    assert cli.main(args) == 2
+    assert "image is 32x32 but the model draws 28x28" in capsys.readouterr().err
