@@ -21,7 +21,7 @@ rm -rf "$out"   # a run folder of this script's own from an earlier go
   echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# difflab train fashion_mnist --minutes ${MINUTES:-10} --out $out $*"
   .venv/bin/difflab train fashion_mnist --minutes "${MINUTES:-10}" --out "$out" "$@" 2>&1 \
-    | tr '\r' '\n' | grep -v 'step/s\]\|s/step\]' 
+    | tr '\r' '\n' | grep -v '^ *[0-9]*%|' 
   echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$res/$name.log"
 .venv/bin/difflab eval "$out/last" --samples 1000 --sampler dpmpp_2m --steps 20 \

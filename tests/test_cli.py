@@ -182,7 +182,8 @@ def test_export_fp16_is_small_and_samples_the_same(run_dir, tmp_path):
     full = sum(f.stat().st_size for f in (run_dir / "last").iterdir())
     small = sum(f.stat().st_size for f in out.iterdir())
     assert small < full / 3
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["config.json", "manifest.json", "model.safetensors"]
     assert (
         main(["sample", str(out), "-n", "4", "--steps", "5", "--out", str(tmp_path / "a.npz")]) == 0
     )

@@ -136,10 +136,11 @@ PLANS = {
         "difflab train fashion_mnist --out runs/fashion --resume": Plan(
             extra=("--steps", "4", *TINY_SETS)
         ),
-        "difflab train fashion_mnist --set train.fid_every=1000": TRAIN,
-        ".venv/bin/torchrun --nproc_per_node 4 -m difflab.cli train fashion_mnist": Plan(
-            options=("--standalone",), values=(("--nproc_per_node", "2"),), extra=TINY_TRAIN
-        ),
+        "difflab train fashion_mnist --set train.fid_every=1000 --out runs/fid": TRAIN,
+        ".venv/bin/torchrun --nproc_per_node 4 -m difflab.cli train fashion_mnist --out runs/ddp":
+            Plan(
+                options=("--standalone",), values=(("--nproc_per_node", "2"),), extra=TINY_TRAIN
+            ),
         "difflab sample fashion-mnist -n 64 --out samples.png --gif reverse.gif": AS_WRITTEN,
         "difflab sample mnist-digits-cond --class 7 --guidance 3 -n 64 --out sevens.png": Plan(
             values=(("-n", "8"),)
@@ -149,8 +150,8 @@ PLANS = {
         'difflab sample fashion-text --prompt "a warm winter coat" -n 16 --out coats.png': Plan(
             values=(("-n", "2"),)
         ),
-        'difflab img2img fashion-text shirt.png --prompt "a dress" --strength 0.6 '
-        "--out dresses.png": AS_WRITTEN,
+        'difflab img2img fashion-text shirt.png --prompt "a dress" --out dresses.png':
+            AS_WRITTEN,
         'difflab inpaint fashion-text bag.png mask.png --prompt "a handbag" --out filled.png':
             AS_WRITTEN,
         "difflab sample runs/fashion/last -n 10000 --out samples.npz": Plan(
@@ -335,7 +336,7 @@ def run_torchrun(plan: Plan, argv: list[str], work: Path) -> None:
         plan.apply(argv), cwd=work, env=env(), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = work / "runs" / "fashion_mnist"
+    run = work / "runs" / "ddp"
     assert (run / "last").is_dir()
     command = (run / "command.sh").read_text()
     assert "-m torch.distributed.run --nproc_per_node 2 -m difflab.cli train fashion_mnist" in (
@@ -433,7 +434,7 @@ def test_readme_python_block_runs(name, work, monkeypatch):
 # ---------------------------------------------------------------------------- command.sh
 def test_command_sh_reruns_pasted_in_another_directory(tmp_path):
     """A run's command.sh, pasted into a shell elsewhere with no difflab on PATH, reruns it
-    where it ran (its --out is relative)."""
+    where it ran (its --out is relative), once the run it reproduces is moved away."""
     exe = VENV_BIN / "difflab"
     if not exe.is_file():
         pytest.skip(f"no difflab executable beside {sys.executable}")
@@ -450,16 +451,20 @@ def test_command_sh_reruns_pasted_in_another_directory(tmp_path):
     text = script.read_text()
     assert f"cd {shlex.quote(str(started))} &&" in text
     assert f"{shlex.quote(str(exe))} {shlex.join(argv)}" in text
-    metrics = started / "run" / "metrics.jsonl"
-    before = len(metrics.read_text().splitlines())
-    again = subprocess.run(
-        ["sh", "-c", text], cwd=elsewhere, env=env(PATH=BARE_PATH),
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    def paste() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["sh", "-c", text], cwd=elsewhere, env=env(PATH=BARE_PATH),
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    refused = paste()  # the run it reproduces is still there: never silently replaced
+    assert refused.returncode == 2 and "--resume" in refused.stderr, refused.stderr[-3000:]
+    (started / "run").rename(started / "first")
+    again = paste()
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stopped at step 2" in again.stdout
     assert not (elsewhere / "run").exists()
-    assert len(metrics.read_text().splitlines()) > before  # it ran in started/run
+    assert (started / "run" / "last").is_dir()  # it ran in started/run
 
 
 # ---------------------------------------------------------------------------- launcher

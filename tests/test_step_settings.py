@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import tiny_config
 
 from difflab import hardware
 from difflab.config import ConfigError, load_config
@@ -14,17 +15,6 @@ from difflab.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-TINY = [
-    "model.overrides.base_channels=16",
-    "model.overrides.channel_mults=[1, 2]",
-    "model.overrides.attention_resolutions=[]",
-    "model.overrides.groups=4",
-    "train.batch_size=16",
-    "train.log_every=1",
-    "train.checkpoint_every=1000",
-    "train.warmup_steps=2",
-    "data.limit=200",
-]
 
 
 # ---------------------------------------------------------------------------- devices
@@ -151,8 +141,9 @@ def test_auto_is_the_default_everywhere():
 
 
 # ---------------------------------------------------------------------------- a real trainer
-def tiny(*extra):
-    return load_config(ROOT / "configs" / "digits8.toml", [*TINY, *extra])
+def trainer(out, *extra, quiet=True):
+    """A tiny run with precision "auto" unless `extra` says otherwise."""
+    return Trainer(tiny_config("train.precision=auto", *extra), out, device="cpu", quiet=quiet)
 
 
 def test_timing_the_real_step_changes_nothing_of_the_run(tmp_path, monkeypatch):
@@ -161,17 +152,14 @@ def test_timing_the_real_step_changes_nothing_of_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(hardware, "cpu_cores", lambda: 2)
-    auto = Trainer(tiny("train.max_steps=4", "train.precision=auto", "train.threads=auto"),
-                   tmp_path / "auto", device="cpu", quiet=True)
+    auto = trainer(tmp_path / "auto", "train.max_steps=4", "train.threads=auto")
     auto.train()
     s = auto.step_settings
     assert {"fp32 x2 threads", "bf16 x2 threads"} <= set(s.timings)
     assert s.seconds_per_step == min(s.timings[label(p, s.threads)] for p in ("fp32", "bf16")
                                      if label(p, s.threads) in s.timings)
-    fixed = Trainer(
-        tiny("train.max_steps=4", f"train.precision={s.precision}", f"train.threads={s.threads}"),
-        tmp_path / "fixed", device="cpu", quiet=True,
-    )
+    fixed = trainer(tmp_path / "fixed", "train.max_steps=4", f"train.precision={s.precision}",
+                    f"train.threads={s.threads}")
     fixed.train()
     for a, b in zip(auto.net.parameters(), fixed.net.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -183,17 +171,47 @@ def test_timing_the_real_step_changes_nothing_of_the_run(tmp_path, monkeypatch):
 def test_resume_keeps_the_recorded_precision_or_says_why_not(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    first = Trainer(tiny("train.max_steps=2", "train.precision=bf16"), tmp_path, device="cpu",
-                    quiet=True)
+    first = trainer(tmp_path, "train.max_steps=2", "train.precision=bf16")
     first.train()
-    again = Trainer(tiny("train.max_steps=3", "train.precision=auto"), tmp_path, device="cpu")
+    again = trainer(tmp_path, "train.max_steps=3", quiet=False)
     again.resume()
     again.train()
     assert again.step_settings.precision == "bf16"
     assert "kept from the checkpoint" in capsys.readouterr().out
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")  # the same run moved to an AVX2 laptop
-    moved = Trainer(tiny("train.max_steps=4", "train.precision=auto"), tmp_path, device="cpu")
+    moved = trainer(tmp_path, "train.max_steps=4", quiet=False)
     moved.resume()
     moved.train()
     assert moved.step_settings.precision == "fp32"
     assert "not bit-identical" in capsys.readouterr().out
+
+
+def test_thread_counts_are_timed_again_when_the_machine_gets_busy(monkeypatch):
+    """Re-timing keeps the precision (the run computes as before) and takes the thread count
+    that is fastest now."""
+    quiet = StepSettings("bf16", 2, "timed", {"bf16 x2 threads": 0.5, "bf16 x1 thread": 0.9}, 0.5)
+    busy = Timings({("bf16", 2): 3.0, ("bf16", 1): 1.1})
+    from difflab.training.step_settings import retime_threads
+
+    s = retime_threads(quiet, busy, [2, 1])
+    assert (s.precision, s.threads, s.seconds_per_step) == ("bf16", 1, 1.1)
+    assert s.timings["bf16 x2 threads"] == 3.0 and busy.calls == ["bf16 x2 threads",
+                                                                 "bf16 x1 thread"]
+
+
+def test_a_run_that_slows_down_times_its_threads_again(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(hardware, "cpu_cores", lambda: 2)
+    tr = trainer(tmp_path, "train.max_steps=2", "train.threads=auto")
+    tr.train()
+    first = tr.step_settings
+    assert tr._retime_options == [2, 1]
+    tr.seconds_per_step = 10 * first.seconds_per_step  # as if the machine got busy
+    tr._maybe_retime_threads()
+    again = tr.step_settings
+    assert again.precision == first.precision and again.threads in (1, 2)
+    assert again.seconds_per_step == again.timings[label(again.precision, again.threads)]
+    assert torch.get_num_threads() == again.threads
+    tr.seconds_per_step = again.seconds_per_step  # the next window runs as timed
+    tr._maybe_retime_threads()  # not slow against the new timing, not due: nothing is timed
+    assert tr.step_settings is again

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import torch
+from tiny_run import TINY, as_flags, tiny_config
 
 from difflab.cli import main
 from difflab.config import load_config
@@ -15,23 +16,10 @@ from difflab.training.step_settings import StepSettings
 from difflab.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.overrides.base_channels=16",
-    "model.overrides.channel_mults=[1, 2]",
-    "model.overrides.attention_resolutions=[]",
-    "model.overrides.groups=4",
-    "train.batch_size=16",
-    "train.log_every=1",
-    "train.checkpoint_every=1000",
-    "train.warmup_steps=2",
-    "data.limit=200",
-    "sample.steps=8",
-]
 
 
 def tiny_trainer(out, *extra):
-    cfg = load_config(ROOT / "configs" / "digits8.toml", [*TINY, *extra])
-    return Trainer(cfg, out, device="cpu", quiet=True)
+    return Trainer(tiny_config("sample.steps=8", *extra), out, device="cpu", quiet=True)
 
 
 def test_a_run_of_a_few_steps_is_told_its_samples_are_still_noise(tmp_path):
@@ -58,7 +46,7 @@ def test_nan_weights_are_named_before_anything_else(tmp_path):
 def test_a_trained_model_draws_no_false_alarm(tmp_path):
     """The shipped Fashion-MNIST weights in a default-preset trainer: its fixed-seed samples
     look like data, and a run as fast as its start-up timing is not called slow."""
-    cfg = load_config(ROOT / "configs" / "fashion_mnist.toml", ["train.max_steps=0"])
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.toml", ["train.max_steps=1"])
     tr = Trainer(cfg, tmp_path, device="cpu", quiet=True)
     ck = load_checkpoint(resolve_checkpoint("fashion-mnist"))
     load_weights_into(tr.ema.model, {k: v.float() for k, v in ck.weights().items()}, "shipped")
@@ -74,7 +62,7 @@ def test_a_trained_model_draws_no_false_alarm(tmp_path):
 def test_train_command_ends_with_how_far_it_got(tmp_path, capsys, steps=2):
     out = tmp_path / "run"
     code = main(["train", "digits8", "--steps", str(steps), "--out", str(out), "--no-report",
-                 *[a for s in TINY for a in ("--set", s)], "--set", "train.precision=auto"])
+                 *as_flags([*TINY, "sample.steps=8", "train.precision=auto"])])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("difflab: precision fp32:") for line in lines)

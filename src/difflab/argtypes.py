@@ -1,27 +1,128 @@
-"""argparse value types shared by the `difflab` commands: each says what was wrong and allowed."""
+"""Allowed ranges of numbers, and the argparse value types built on them.
+
+One `Range` describes what a number may be, for a command-line flag (`int_in`, `float_in`
+here) and for a config key (difflab.config.RANGES) alike, so that both say it the same way:
+"must be >= 0 and <= 50, got inf". Every float must also be finite: NaN and infinity pass
+most comparisons silently (NaN > 0 is False, so `if x <= 0` lets it through).
+
+This module imports nothing heavy: the parser is built before torch is imported.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Sizes that keep one command from asking for absurd amounts of memory or time; far above
+# any real use of difflab's 28x28 models (a 10,000-image FID run, a batch of 1,024 on a GPU).
+MAX_SAMPLES = 1_000_000  # images one command draws or scores (an .npz of 28x28 grey: 0.8 GB)
+MAX_GRID = 10_000  # images in one PNG grid (100 x 100 tiles)
+MAX_BATCH = 8_192  # images per forward pass
+MAX_STEPS = 100_000  # sampling steps / diffusion timesteps
+MAX_SEED = 2**32 - 1  # seeds are combined with sample indices; this keeps them in int64
+MAX_SCALE = 16  # PNG upscaling factor
+# Classifier-free guidance scales beyond this draw saturated noise, not a stronger condition
+# (the shipped models are benchmarked at 2-5; bench/guidance_sweep.py sweeps 0-5).
+MAX_GUIDANCE = 50.0
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1."""
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed numbers; None on a side: unbounded there. `low_open` /
+    `high_open` exclude the bound itself (0 < lr, ema_decay < 1)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (
+            value >= self.high if self.high_open else value > self.high
+        ):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts) or "any finite number"
+
+
+def int_in(low: int | None = 1, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high]."""
+    allowed = Range(low, high)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"  # what argparse calls the type in its own messages
+    return parse
+
+
+def float_in(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
+    """An argparse type: a finite number in the range (NaN and inf are always refused)."""
+    allowed = Range(low, high, low_open, high_open)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number {allowed}, got {text!r}")
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_in(1)  # a whole number >= 1
+positive_float = float_in(0, low_open=True)  # a finite number > 0
+
+
+def sampler_name(text: str) -> str:
+    """An argparse type: the name of a registered sampler (imports the samplers, and so
+    torch, only when the flag is given)."""
+    from difflab.samplers import SAMPLERS
+
+    if text not in SAMPLERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown sampler {text!r}; allowed: {', '.join(sorted(SAMPLERS))}"
+        )
+    return text
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a device this machine has (cpu, cuda, cuda:N, mps), checked when
+    the command line is read rather than after minutes of loading data."""
+    from difflab.hardware import pick_device
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+        pick_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--device {text}: ")) from None
+    return text

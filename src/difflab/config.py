@@ -3,8 +3,9 @@
 A run is `[data]`, `[model]`, `[diffusion]`, `[train]` and `[sample]` tables, plus for latent
 text-to-image models `[latent]` (the frozen autoencoder), `[text]` (the text encoder) and, for
 training the autoencoder itself, `[autoencoder]` (its loss). Every key is
-checked against its dataclass: an unknown key, a wrong type or a value outside the allowed set is
-a `ConfigError` that names the key and what is allowed, before any work starts.
+checked against its dataclass: an unknown key, a wrong type, a value outside the allowed set
+(CHOICES) or range (RANGES; every float finite) is a `ConfigError` that names the key and what
+is allowed, before any work starts.
 `--set train.lr=1e-3` on the command line goes through the same checks.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from difflab.argtypes import MAX_BATCH, MAX_GUIDANCE, MAX_SAMPLES, MAX_SEED, MAX_STEPS, Range
 from difflab.data import DataConfig
 
 
@@ -192,28 +195,103 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "text.tokens": ("all", "pooled"),
     "autoencoder.recon": ("l1", "l2"),
 }
-POSITIVE = {
-    "diffusion.timesteps",
-    "train.batch_size",
-    "train.lr",
-    "train.grad_accum",
-    "train.log_every",
-    "train.sample_every",
-    "train.checkpoint_every",
-    "train.fid_samples",
-    "sample.steps",
-    "text.max_tokens",
-    "text.width",
-    "text.depth",
-    "text.caption_temperature",
+# The allowed numbers of every numeric key, in one table (difflab.argtypes.Range: low, high,
+# whether each bound is excluded); None values (where a key allows none) are not checked.
+# Every float must also be finite. The upper bounds are far above any real use and are there
+# so that a typo (an extra zero, 1e9) is refused at once instead of allocating for minutes.
+RANGES: dict[str, Range] = {
+    # [data] (DataConfig checks its choices and combinations itself)
+    "data.image_size": Range(1, 4096),
+    "data.limit": Range(1, None),
+    "data.num_samples": Range(1, 10_000_000),
+    "data.seed": Range(0, MAX_SEED),
+    # [diffusion]
+    "diffusion.timesteps": Range(2, MAX_STEPS),  # a table of T >= 2 steps: one is no process
+    "diffusion.snr_gamma": Range(0, None, low_open=True),
+    "diffusion.ve_sigma": Range(1, 1e4, low_open=True),  # VEProcess needs sigma > 1
+    "diffusion.t_min": Range(0, 0.1, low_open=True),  # the continuous processes' t in (0, 1]
+    # [train]
+    "train.batch_size": Range(0, MAX_BATCH, low_open=True),
+    "train.lr": Range(0, 1, low_open=True),
+    "train.warmup_steps": Range(0, 10**9),
+    "train.weight_decay": Range(0, 1),
+    "train.betas": Range(0, 1, high_open=True),  # each of Adam's two; 1 never forgets
+    "train.ema_decay": Range(0, 1, high_open=True),  # 1 would keep the initial weights
+    "train.grad_clip": Range(0, None, low_open=True),  # none: no clipping; <= 0 is no norm
+    "train.threads": Range(1, 1024),
+    "train.grad_accum": Range(1, 1024),
+    "train.minutes": Range(0, 10**7, low_open=True),
+    "train.max_steps": Range(1, 10**9),
+    "train.epochs": Range(0, 10**6, low_open=True),
+    "train.seed": Range(0, MAX_SEED),
+    "train.log_every": Range(0, None, low_open=True),
+    "train.sample_every": Range(0, None, low_open=True),
+    "train.checkpoint_every": Range(0, None, low_open=True),
+    "train.num_sample_images": Range(1, 1024),
+    "train.fid_every": Range(0, None),  # 0: off
+    "train.fid_samples": Range(4, MAX_SAMPLES),  # KID needs 4 (the trainer says so too)
+    "train.cond_drop_prob": Range(0, 1),
+    # [sample]
+    "sample.steps": Range(0, MAX_STEPS, low_open=True),
+    "sample.eta": Range(0, 1),  # 0: deterministic DDIM, 1: DDPM (sample_ddim refuses more)
+    "sample.guidance": Range(0, MAX_GUIDANCE),  # 0: the unconditional model
+    # [text]
+    "text.max_tokens": Range(0, 512, low_open=True),  # MiniLM's position table holds 512
+    "text.nearest_captions": Range(0, 100_000),  # 0: off
+    "text.caption_temperature": Range(0, 100, low_open=True),
+    "text.width": Range(0, 4096, low_open=True),
+    "text.depth": Range(0, 64, low_open=True),
+    # [autoencoder]
+    "autoencoder.kl_weight": Range(0, 1),  # 1 is a full VAE; LDM uses 1e-6 .. 1e-4
 }
 
 
-NON_NEGATIVE = {
-    "train.fid_every",  # 0: off
-    "text.nearest_captions",  # 0: off
-    "sample.guidance",  # 0: the unconditional model
+# model.overrides go to the network's own config class (UNetConfig, DiTConfig,
+# AutoencoderConfig), which checks their types and combinations when the network is built;
+# these bounds on widths and depths come first, so that an extra zero is refused at load
+# instead of allocating tens of gigabytes of weights.
+OVERRIDE_RANGES: dict[str, Range] = {
+    "base_channels": Range(1, 2048),
+    "channel_mults": Range(1, 32),
+    "num_res_blocks": Range(1, 32),
+    "channels": Range(1, 4096),  # autoencoder, per level
+    "blocks_per_level": Range(1, 32),
+    "latent_channels": Range(1, 256),
+    "width": Range(1, 4096),  # DiT
+    "depth": Range(1, 128),
+    "patch_size": Range(1, 64),
+    "mlp_ratio": Range(0, 64, low_open=True),
+    "num_heads": Range(1, 256),
+    "transformer_depth": Range(1, 128),
+    "transformer_ff_mult": Range(1, 64),
+    "time_embed_dim": Range(1, 8192),
+    "context_dim": Range(1, 8192),
+    "dropout": Range(0, 1, high_open=True),
 }
+
+
+def _check_range(key: str, value: Any, allowed: Range | None, optional: bool = False) -> None:
+    """Raise ConfigError unless every number in `value` (one, or a list: train.betas,
+    channel_mults) is inside `allowed`; other types are checked elsewhere. `optional`: the
+    key may also be none (the message says so)."""
+    if allowed is None or value is None:
+        return
+    several = isinstance(value, list | tuple)
+    items = value if several else (value,)
+    numbers = [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
+    if any(v not in allowed for v in numbers):
+        each = " each" if several else ""
+        none = " (or none)" if optional else ""
+        raise ConfigError(f"{key} must{each} be {allowed}{none}, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    """A value as a config file would spell it (nan, inf rather than Python's repr)."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}" if math.isfinite(value) else str(value)
+    return repr(value)
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -243,7 +321,13 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{key} must be a finite number, got {value}") from None
+        if not math.isfinite(value):  # NaN passes every `value <= 0` check silently
+            raise ConfigError(f"{key} must be a finite number, got {_show(value)}")
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -260,6 +344,11 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             _check_type(f"{key}[{i}]", v, a)
             for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {value!r}")
@@ -289,10 +378,7 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if full in CHOICES and value not in CHOICES[full]:
             allowed = ", ".join("none" if c is None else str(c) for c in CHOICES[full])
             raise ConfigError(f"{full} = {value!r} is not allowed; choose one of: {allowed}")
-        if full in POSITIVE and value is not None and value <= 0:
-            raise ConfigError(f"{full} must be > 0, got {value!r}")
-        if full in NON_NEGATIVE and value is not None and value < 0:
-            raise ConfigError(f"{full} must be >= 0, got {value!r}")
+        _check_range(full, value, RANGES.get(full), optional=type(None) in typing.get_args(hint))
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -337,14 +423,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
             raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        except OSError as e:  # unreadable: permissions, a folder, a broken disk
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from e
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw)
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    return build_dataclass(RunConfig, raw, "")
+    cfg = build_dataclass(RunConfig, raw, "")
+    check_combinations(cfg)
+    return cfg
+
+
+def check_combinations(cfg: RunConfig) -> None:
+    """What no single key can check: names that live in registries (samplers, network
+    presets) and keys that bound each other. Done at load, so that a run that would fail at
+    its first sample grid, minutes into training, is refused before it starts."""
+    from difflab.models.presets import PRESETS
+    from difflab.samplers import SAMPLERS
+
+    if cfg.sample.sampler not in SAMPLERS:
+        raise ConfigError(
+            f"sample.sampler = {cfg.sample.sampler!r} is not allowed; choose one of: "
+            f"{', '.join(sorted(SAMPLERS))}"
+        )
+    if cfg.model.preset not in PRESETS:
+        raise ConfigError(
+            f"model.preset = {cfg.model.preset!r} is not allowed; choose one of: "
+            f"{', '.join(sorted(PRESETS))}"
+        )
+    for key, value in cfg.model.overrides.items():
+        _check_range(f"model.overrides.{key}", value, OVERRIDE_RANGES.get(key))
+    d = cfg.diffusion
+    if d.process == "discrete" and cfg.sample.steps > d.timesteps:
+        raise ConfigError(
+            f"sample.steps = {cfg.sample.steps} is more than diffusion.timesteps = "
+            f"{d.timesteps}: a discrete process has only T steps to visit"
+        )
 
 
 def to_json(cfg: RunConfig) -> str:

@@ -31,12 +31,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from difflab.argtypes import MAX_GUIDANCE, MAX_STEPS, Range
 from difflab.build import build_process, network_from_spec
 from difflab.config import TextConfig, config_from_dict
 from difflab.data import class_aliases
 from difflab.data.base import resolve_class
 from difflab.diffusion.denoiser import Denoiser, ModelDenoiser, Prediction, ThresholdedDenoiser
 from difflab.guidance import GuidedDenoiser
+from difflab.hardware import pick_device
 from difflab.models.caption_bank import COMPONENT as CAPTION_BANK
 from difflab.models.caption_bank import CaptionBank
 from difflab.models.unet import TextCondition
@@ -234,7 +236,7 @@ class Generator:
                 text_encoder = text_encoder_from_spec(ck.config["text_encoder"])
         if CAPTION_BANK in ck.components:
             caption_bank = CaptionBank.from_state_dict(ck.components[CAPTION_BANK], str(path))
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(device).device  # CUDA, then MPS, then the CPU
         return cls(
             net.float(),
             build_process(run.diffusion),
@@ -475,8 +477,7 @@ class Generator:
         `progress`: a tqdm bar on stderr over every batch's steps, with the network
         evaluations so far (:class:`SamplingProgress`); off by default, the library is quiet.
         """
-        if n < 1:
-            raise ValueError(f"number of images must be >= 1, got {n}")
+        check_sampling_inputs(n, steps, guidance, batch_size)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
             raise ValueError(f"first (the index of a sample) must be an int >= 0, got {first!r}")
         if not 0.0 <= strength <= 1.0:
@@ -634,6 +635,28 @@ class Generator:
         return path
 
 
+def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any) -> None:
+    """Refuse counts and scales that would silently draw garbage or allocate without bound:
+    guidance inf or 1e9 turns every sample into saturated noise, NaN passes `x < 0` checks."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+    if not whole(n) or n < 1:
+        raise ValueError(f"number of images must be >= 1, got {n!r}")
+    if not whole(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if steps is not None and (not whole(steps) or steps not in Range(1, MAX_STEPS)):
+        raise ValueError(f"steps must be a whole number {Range(1, MAX_STEPS)}, got {steps!r}")
+    allowed = Range(0, MAX_GUIDANCE)
+    if guidance is not None and (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, int | float | np.number)
+        or float(guidance) not in allowed
+    ):
+        raise ValueError(f"guidance must be a finite number {allowed}, got {guidance!r}")
+
+
 class InpaintingDenoiser:
     """Keep the known region: x0 = mask * x0_model + (1 - mask) * x0_known at every call.
 
@@ -697,14 +720,40 @@ def _as_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _read_image_file(path: str | Path, what: str) -> Any:
+# The largest picture read from a file: 16.7 megapixels (64 MB as RGBA) is far beyond any
+# model here, and a file that claims more (a "decompression bomb": a few KB of PNG that
+# inflate to gigabytes) is refused from its header, before anything is decoded.
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+
+
+def read_image_file(path: str | Path, what: str = "image") -> Any:
+    """A PIL image decoded from `path`; any failure is a ValueError that names the file
+    and what is wrong (missing, a folder, not an image, corrupt, too large)."""
+    import warnings
+
     from PIL import Image
 
+    name = str(path)
+    if not Path(path).exists():
+        raise ValueError(f"cannot read {what} {name!r}: it does not exist")
+    if Path(path).is_dir():
+        raise ValueError(f"cannot read {what} {name!r}: it is a folder; give an image file")
     try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {what} {str(path)!r}: {e}") from e
+        with warnings.catch_warnings():
+            # PIL only warns below twice its own limit; ours is lower, so make it an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)  # reads the header only
+            w, h = image.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"it is {w}x{h} pixels; difflab reads images of at most "
+                    f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
+                )
+            image.load()
+    except Exception as e:  # PIL's decoders raise many types on corrupt data (SyntaxError, ...)
+        why = str(e) or type(e).__name__
+        raise ValueError(f"cannot read {what} {name!r}: {why}") from e
     return image
 
 
@@ -818,7 +867,7 @@ def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image"
         parts = [as_image_tensor(part, shape, what) for part in image]
         return torch.cat(parts)
     if isinstance(image, str | Path):
-        image = _read_image_file(image, what)
+        image = read_image_file(image, what)
     layout = "PIL"
     if isinstance(image, Image.Image):
         x = pil_to_array(image, c, None)[None]  # (1, C, H, W) uint8, already the model's C
@@ -858,7 +907,7 @@ def as_mask_tensor(mask: Any, shape: tuple[int, int, int], what: str = "mask") -
     if isinstance(mask, list | tuple) and mask and not isinstance(mask[0], int | float | bool):
         return torch.cat([as_mask_tensor(part, shape, what) for part in mask])
     if isinstance(mask, str | Path):
-        mask = _read_image_file(mask, what)
+        mask = read_image_file(mask, what)
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"))
     m = _as_array(mask)

@@ -18,9 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
-from difflab.argtypes import positive_int
+from difflab.argtypes import (
+    MAX_BATCH,
+    MAX_GUIDANCE,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_STEPS,
+    device_name,
+    float_in,
+    int_in,
+    sampler_name,
+)
 
 # The datasets with a feature network (features.RECIPES; a test keeps the two in step).
 FEATURE_DATASETS = ("fashion_mnist", "mnist", "digits")
@@ -44,26 +56,32 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--samples",
-        type=positive_int,
+        type=int_in(4, MAX_SAMPLES),  # KID compares subsets of 4 or more
         default=10_000,
         help="images to draw from the checkpoint (default 10000; FID is biased "
         "upward on fewer, so compare equal numbers)",
     )
     parser.add_argument(
-        "--sampler", help="sampler name (default: the checkpoint's [sample] sampler)"
+        "--sampler",
+        type=sampler_name,
+        help="sampler name (default: the checkpoint's [sample] sampler)",
     )
     parser.add_argument(
-        "--steps", type=positive_int,
+        "--steps", type=int_in(1, MAX_STEPS),
         help="default: the checkpoint's [sample] steps for its sampler, else per sampler",
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=int_in(0, MAX_SEED),
         default=0,
         help="seed of the samples and of every random choice (default 0)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=256)
+    parser.add_argument(
+        "--guidance",
+        type=float_in(0, MAX_GUIDANCE),
+        help=f"classifier-free guidance scale (0 to {MAX_GUIDANCE:g})",
+    )
     parser.add_argument(
         "--reference",
         choices=REFERENCE_SPLITS,
@@ -71,26 +89,30 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="real split to compare with (default test)",
     )
     parser.add_argument(
-        "--n-reference", type=positive_int, help="a random subset of this many reference images"
+        "--n-reference",
+        type=int_in(4, MAX_SAMPLES),
+        help="a random subset of this many reference images",
     )
     parser.add_argument(
         "--nll", action="store_true", help="also the test-set negative log-likelihood in bits/dim"
     )
     parser.add_argument(
         "--nll-timesteps",
-        type=positive_int,
+        type=int_in(1, MAX_STEPS),
         metavar="K",
         help="VLB terms evaluated per image (default: all T, T network calls per batch; K "
         "gives an unbiased estimate with K calls, e.g. 50 on a CPU)",
     )
     parser.add_argument(
         "--nll-images",
-        type=positive_int,
+        type=int_in(1, MAX_SAMPLES),
         default=1000,
         help="test images for the NLL (default 1000)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument(
+        "--device", type=device_name, help="cpu, cuda, ... (default: cuda when available)"
+    )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars or messages on stderr"
     )
@@ -104,6 +126,10 @@ def eval_main(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, evaluate_images, format_report, load_images_file
 
     verbose = not getattr(args, "quiet", False)
+    if args.json:
+        json_out = Path(args.json)
+        if json_out.is_dir():  # found out now, not after minutes of sampling
+            raise ValueError(f"--json {json_out} is a folder; give a file name")
     if args.images is not None:
         if args.checkpoint is not None:
             raise ValueError("give either a checkpoint or --images, not both")
@@ -111,6 +137,7 @@ def eval_main(args: argparse.Namespace) -> int:
             raise ValueError(f"--images needs --dataset ({', '.join(FEATURE_DATASETS)})")
         if args.nll:
             raise ValueError("--nll needs a checkpoint (a model), not --images")
+        check_array_file(args.images)
         images, labels = load_images_file(args.images)
         report = evaluate_images(
             images,
@@ -127,22 +154,25 @@ def eval_main(args: argparse.Namespace) -> int:
             raise ValueError("give a checkpoint to evaluate, or --images FILE.npz --dataset NAME")
         if args.dataset is not None:
             raise ValueError("--dataset goes with --images; a checkpoint names its own dataset")
-        report = evaluate_checkpoint(
-            args.checkpoint,
-            args.samples,
-            sampler=args.sampler,
-            steps=args.steps,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            guidance=args.guidance,
-            reference_split=args.reference,
-            n_reference=args.n_reference,
-            nll=args.nll,
-            nll_timesteps=args.nll_timesteps,
-            nll_images=args.nll_images,
-            device=args.device,
-            verbose=verbose,
-        )
+        from difflab.cli import reading_checkpoint, resolve_checkpoint
+
+        with reading_checkpoint(resolve_checkpoint(args.checkpoint)):
+            report = evaluate_checkpoint(
+                args.checkpoint,
+                args.samples,
+                sampler=args.sampler,
+                steps=args.steps,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                guidance=args.guidance,
+                reference_split=args.reference,
+                n_reference=args.n_reference,
+                nll=args.nll,
+                nll_timesteps=args.nll_timesteps,
+                nll_images=args.nll_images,
+                device=args.device,
+                verbose=verbose,
+            )
     print(format_report(report))
     if args.json:
         out = Path(args.json)
@@ -152,3 +182,63 @@ def eval_main(args: argparse.Namespace) -> int:
         tmp.replace(out)
         print(f"difflab: wrote {out}")
     return 0
+
+
+# The most one array of an --images file may hold: 4 GiB (a million 28x28 RGB images in uint8
+# are 2.4 GB). A header that claims more is refused before numpy allocates for it.
+MAX_ARRAY_BYTES = 4 << 30
+
+
+def check_array_file(path: str | os.PathLike) -> None:
+    """Check an --images .npz / .npy from its headers alone, before numpy loads it: a file
+    (not a folder), a readable archive, and arrays whose claimed size is both sane and what
+    the file really holds -- a 1 KB file whose header claims a (10**9, 3, 256, 256) array
+    would otherwise make np.load allocate first and fail after (or never)."""
+    import numpy as np
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--images {path} is a folder; give an .npz or .npy file")
+    if not path.is_file():
+        raise FileNotFoundError(f"--images {path}: no such file")
+
+    def check(fh, stored: int, name: str) -> None:
+        """One .npy stream: its header, then the claimed size against `stored` bytes."""
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        except (ValueError, EOFError, OSError) as e:
+            raise ValueError(f"{name} is not a NumPy array ({e})") from None
+        if dtype.hasobject:
+            raise ValueError(f"{name} holds Python objects; give plain numeric arrays")
+        claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if claimed > MAX_ARRAY_BYTES:
+            raise ValueError(
+                f"{name} claims an array of shape {shape} ({claimed / 1e9:.3g} GB), more "
+                f"than the {MAX_ARRAY_BYTES / 1e9:.3g} GB difflab evaluates at once"
+            )
+        if claimed > stored - fh.tell():
+            raise ValueError(
+                f"{name}: its header claims shape {shape} ({claimed} bytes of {dtype}) but "
+                f"the file holds {max(0, stored - fh.tell())}; it is truncated or corrupt"
+            )
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if info.filename.endswith(".npy"):
+                        with archive.open(info) as fh:
+                            check(fh, info.file_size, f"{path.name}[{info.filename[:-4]!r}]")
+        else:
+            with open(path, "rb") as fh:
+                if fh.read(2) == b"PK":  # a zip's signature, but no readable archive
+                    raise zipfile.BadZipFile("truncated or corrupt")
+                fh.seek(0)
+                check(fh, path.stat().st_size, path.name)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
+            zlib.error) as e:
+        raise ValueError(f"{path.name} is not a readable .npz archive ({e})") from None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -32,6 +32,11 @@ from difflab.hardware import native_bf16
 # win: it is not timed further (keeps the start-up to a few steps).
 HOPELESS = 2.0
 STEPS_PER_CANDIDATE = 2
+# Load on a machine changes during a run: the thread counts are timed again when a log window
+# runs this much slower than the chosen setting's timing, and every RETIME_EVERY_S seconds of
+# training in any case (about 1 % of the time: two or three timed steps per candidate).
+RETIME_SLOWER = 1.5
+RETIME_EVERY_S = 300.0
 
 @dataclass
 class StepSettings:
@@ -168,6 +173,30 @@ def choose(
         why="; ".join(reasons),
         timings=timings,
         seconds_per_step=timings.get(key),
+    )
+
+
+def retime_threads(
+    settings: StepSettings,
+    time_step: Callable[[str, int | None, float | None], float],
+    options: list[int],
+) -> StepSettings:
+    """Time `options` thread counts again in the chosen precision and keep the fastest: the
+    same precision (so the run computes as before), the thread count the machine favours
+    now."""
+    fresh: dict[str, float] = {}
+    best: float | None = None
+    chosen = settings.threads
+    for n in options:
+        key = label(settings.precision, n)
+        fresh[key] = time_step(settings.precision, n, best)
+        if best is None or fresh[key] < best:
+            best, chosen = fresh[key], n
+    return replace(
+        settings,
+        threads=chosen,
+        timings={**settings.timings, **fresh},
+        seconds_per_step=best,
     )
 
 

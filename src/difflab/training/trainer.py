@@ -10,14 +10,16 @@ dropped with probability ``train.cond_drop_prob`` for classifier-free guidance).
 One `Trainer` serves a laptop CPU, one GPU and torchrun's many processes alike. What it owns:
 the optimizer and LR schedule (linear warm-up, then constant or cosine), bf16/fp16 autocast,
 gradient accumulation and clipping, the EMA weights, a fixed-seed sample grid every N steps,
-JSONL metrics, best/last checkpoints written atomically, an exact `resume`, and a guard that
-stops on a NaN/Inf loss with the last good checkpoint kept.
+JSONL metrics, best/last checkpoints written atomically, an exact `resume` (metrics.jsonl
+rewound to the checkpoint, so a resumed log matches an uninterrupted one), and a guard that
+stops on a NaN/Inf loss or non-finite weights and never saves them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -40,11 +42,45 @@ from difflab.samplers.common import randn
 from difflab.training import checkpoint as ckpt_io
 from difflab.training import distributed, health, step_settings
 from difflab.training.ema import EMA
-from difflab.training.step_settings import StepSettings
+from difflab.training.step_settings import StepSettings, label
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or Inf; nothing non-finite is saved."""
+
+
+_DIVERGED_HINT = "Try a lower train.lr, train.grad_clip = 1.0 or train.precision = 'fp32'."
+# state.json as resume reads it: each key's JSON types; the optional ones older checkpoints
+# may lack (resume then takes the defaults those versions meant).
+_STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (int,), "best_loss": (int, float), "data": (dict,), "generator": (str,),
+    "torch_rng": (str,), "ema_updates": (int,), "best_fid": (int, float),
+    "loss_ema": (int, float), "elapsed_seconds": (int, float), "scaler": (dict,),
+    "step_settings": (dict,), "metrics_bytes": (int,),
+}  # fmt: skip
+_OPTIONAL_STATE = ("ema_updates", "best_fid", "loss_ema", "elapsed_seconds", "scaler",
+                   "step_settings", "metrics_bytes")
+
+
+def _differences(saved, mine, prefix: str = "") -> str:
+    """The first few keys where two JSON configs differ, as 'key: a vs b'."""
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        parts = [
+            _differences(saved.get(k), mine.get(k), f"{prefix}{k}.")
+            for k in sorted(set(saved) | set(mine), key=str)
+            if saved.get(k) != mine.get(k)
+        ]
+        return "; ".join(parts[:3])
+    return f"{prefix.rstrip('.') or 'network'}: {saved!r:.80} vs {mine!r:.80}"
+
+
+def _row_step(row: bytes, last: int) -> bool:
+    """Whether a metrics.jsonl row is a whole row of a step up to `last`."""
+    try:
+        step = json.loads(row).get("step")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(step, int) and step <= last
 
 
 @dataclass
@@ -165,10 +201,16 @@ class Trainer:
         self.step_settings: StepSettings | None = None
         self._recorded_settings: StepSettings | None = None  # from a resumed checkpoint
         self._warmed_up = False
+        self._retime_options: list[int] = []  # see settle_step_settings
+        self._last_retime = 0.0  # self.elapsed at the last timing of the thread counts
         # the health monitor: the data's statistics (once), the measured step time, findings
         self._data_stats: health.DataStats | None = None
         self.seconds_per_step: float | None = None  # measured over the last log window
         self.findings: list[health.Finding] = []
+        # The checkpoint the divergence guard can point to: the last one saved or resumed.
+        self.last_saved: tuple[Path, int] | None = None
+        self._resumed = False
+        self._metrics = None  # metrics.jsonl while train() runs (main rank)
         self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
 
     # ------------------------------------------------------------------ latents and text
@@ -299,6 +341,9 @@ class Trainer:
         return record
 
     def save(self, name: str) -> Path:
+        """Write the checkpoint `name` (last, best, best_fid) with everything an exact resume
+        needs; refuses non-finite weights (TrainingDiverged), so no NaN is ever saved."""
+        self._check_finite()
         state = {
             "step": self.step,
             "ema_updates": self.ema.num_updates,
@@ -311,8 +356,9 @@ class Trainer:
             "torch_rng": ckpt_io.encode_bytes(torch.get_rng_state()),
             "scaler": self.scaler.state_dict(),
             "step_settings": self.step_settings.to_dict() if self.step_settings else None,
+            "metrics_bytes": self._sync_metrics(),
         }
-        return ckpt_io.save_checkpoint(
+        path = ckpt_io.save_checkpoint(
             self.out / name,
             config=self.checkpoint_config(),
             model=self.net.state_dict(),
@@ -320,7 +366,39 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             state=state,
             components=self._components(),
+            keep_previous=True,  # NAME.prev/: a second complete checkpoint to fall back on
         )
+        self.last_saved = (path, self.step)
+        return path
+
+    def _check_finite(self) -> None:
+        """Raise TrainingDiverged when a weight of the model or its EMA is NaN or Inf."""
+        for which, module in (("model", self.net), ("EMA", self.ema.model)):
+            for key, value in module.state_dict().items():
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise TrainingDiverged(
+                        f"the {which} weight {key} became NaN or Inf by step {self.step}; "
+                        f"nothing was saved, {self._last_good()}. " + _DIVERGED_HINT
+                    )
+
+    def _last_good(self) -> str:
+        """Which checkpoint a diverged run can go back to, named only if it exists."""
+        if self.last_saved is not None and self.last_saved[0].is_dir():
+            path, step = self.last_saved
+            return f"the last good checkpoint is {path} (step {step})"
+        return "and no checkpoint was saved yet"
+
+    def _sync_metrics(self) -> int | None:
+        """metrics.jsonl's length in bytes, made durable first: the state a resume rewinds the
+        log to (rows written after this checkpoint are dropped then)."""
+        path = self.out / "metrics.jsonl"
+        if not self.dist.is_main or not path.is_file():
+            return None
+        if self._metrics is not None:
+            self._metrics.flush()
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+            return os.fstat(f.fileno()).st_size
 
     def _components(self) -> dict[str, dict[str, torch.Tensor]]:
         """Parts saved beside the network: the frozen autoencoder, the caption bank."""
@@ -334,30 +412,74 @@ class Trainer:
         return parts
 
     def resume(self, path: str | Path | None = None) -> None:
-        """Continue exactly where a checkpoint left off: weights, EMA, optimizer, data, RNG."""
+        """Continue exactly where a checkpoint left off: weights, EMA, optimizer, data, RNG,
+        and metrics.jsonl rewound to it. Without `path`, OUT/last, or the newest complete
+        checkpoint after it (last.prev, best, best.prev; load_checkpoint says which)."""
         path = Path(path) if path else self.out / "last"
-        ck = ckpt_io.load_checkpoint(path, with_training_state=True)
-        if ck.config.get("network") != json.loads(json.dumps(self.net_config)):
+        ck = ckpt_io.load_checkpoint(path, with_training_state=True, resumable=True)
+        path = ck.path
+        mine = json.loads(json.dumps(self.net_config))
+        if ck.config.get("network") != mine:
             raise ckpt_io.CheckpointError(
-                f"cannot resume from {path}: it was trained with network "
-                f"{ck.config.get('network')}, this run builds {self.net_config}"
+                f"cannot resume from {path}: it was trained with a different network "
+                f"({_differences(ck.config.get('network'), mine)}; checkpoint vs this run)"
             )
         ckpt_io.load_weights_into(self.net, ck.model, str(path))
-        if ck.ema is not None:
-            self.ema.load_state_dict(ck.ema, ck.state.get("ema_updates", 0))
-        if ck.optimizer is not None:
-            self.optimizer.load_state_dict(ck.optimizer)
         s = ck.state
+        source = str(path / ckpt_io.STATE_FILE)
+        ckpt_io.require_fields(s, _STATE_FIELDS, source, optional=_OPTIONAL_STATE)
+        if s["step"] < 0:
+            raise ckpt_io.CheckpointError(f"{source}: 'step' must be >= 0, got {s['step']}")
+        try:
+            what = "the EMA weights"
+            ckpt_io.load_weights_into(self.ema.model, ck.ema, str(path / ckpt_io.EMA_FILE))
+            self.ema.num_updates = s.get("ema_updates") or 0
+            what = "the optimizer state"
+            self.optimizer.load_state_dict(ck.optimizer)
+            what = "the data order"
+            self.batches.load_state_dict(s["data"])
+            what = "the random states"
+            self.gen.set_state(ckpt_io.decode_bytes(s["generator"]))
+            torch.set_rng_state(ckpt_io.decode_bytes(s["torch_rng"]))
+            what = "the loss scaler"
+            if s.get("scaler"):
+                self.scaler.load_state_dict(s["scaler"])
+            what = "the step settings"
+            if s.get("step_settings"):
+                self._recorded_settings = StepSettings.from_dict(s["step_settings"])
+        except ckpt_io.CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise ckpt_io.CheckpointError(
+                f"cannot resume from {path}: {what} it holds do not fit this run ({e})"
+            ) from e
         self.step, self.best_loss = s["step"], s["best_loss"]
-        self.best_fid = s.get("best_fid", math.inf)
-        self.loss_ema, self.elapsed = s.get("loss_ema"), s.get("elapsed_seconds", 0.0)
-        self.batches.load_state_dict(s["data"])
-        self.gen.set_state(ckpt_io.decode_bytes(s["generator"]))
-        torch.set_rng_state(ckpt_io.decode_bytes(s["torch_rng"]))
-        if s.get("scaler"):
-            self.scaler.load_state_dict(s["scaler"])
-        if s.get("step_settings"):
-            self._recorded_settings = StepSettings.from_dict(s["step_settings"])
+        self.best_fid = s["best_fid"] if s.get("best_fid") is not None else math.inf
+        self.loss_ema, self.elapsed = s.get("loss_ema"), s.get("elapsed_seconds") or 0.0
+        self.last_saved, self._resumed = (path, self.step), True
+        if self.dist.is_main:
+            self._rewind_metrics(path, s.get("metrics_bytes"))
+
+    def _rewind_metrics(self, checkpoint: Path, size: int | None) -> None:
+        """Drop the metrics.jsonl rows an interrupted run wrote after this checkpoint, which
+        the resumed run writes again: to the byte length recorded with the checkpoint, or
+        (older checkpoints, or one from another run folder) to the rows up to its step."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        data = path.read_bytes()
+        if checkpoint.resolve().parent != self.out.resolve():
+            size = None  # a byte length recorded for another run's log means nothing here
+        if size is not None and size <= len(data) and (size == 0 or data[size - 1] == 10):
+            os.truncate(path, size)  # ends a whole row ("\n"): a row cut by a kill is past it
+            return
+        if size is not None and size > len(data):
+            tqdm.write(f"difflab: warning: {path} is shorter than when {checkpoint} was "
+                       "saved; rows before the checkpoint are missing from it")
+        kept = [row for row in data.splitlines(keepends=True) if _row_step(row, self.step)]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(kept))
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------------ one optimisation step
     @property
@@ -443,8 +565,7 @@ class Trainer:
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"the loss became {loss_value} at step {self.step + 1} (lr {lr:.2e}); training "
-                f"stopped and the last good checkpoint in {self.out / 'last'} is kept. Try a "
-                "lower train.lr, train.grad_clip = 1.0 or train.precision = 'fp32'."
+                f"stopped, {self._last_good()}. " + _DIVERGED_HINT
             )
         if tc.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -484,7 +605,33 @@ class Trainer:
             )
         settings = distributed.broadcast_object(settings, self.dist)
         self.step_settings = replace(settings, why=settings.why + note)
+        # Thread counts to time again if the machine's load changes (retime_threads): only
+        # where "auto" chose them on a single-process CPU run.
+        auto_threads = tc.threads == "auto" and not step_settings.env_thread_setting()
+        if auto_threads and settings.threads is not None and not self.dist.enabled:
+            self._retime_options = step_settings.thread_candidates(cores, 1)
         return self.step_settings
+
+    def _maybe_retime_threads(self) -> None:
+        """Time the thread counts again when the last log window ran far slower than the
+        chosen setting was timed (the machine got busy), or every RETIME_EVERY_S seconds
+        (it may have quietened); switch to the faster, and say so."""
+        s = self.step_settings
+        if len(self._retime_options) < 2 or s is None or not s.seconds_per_step:
+            return
+        slow = (self.seconds_per_step or 0) > step_settings.RETIME_SLOWER * s.seconds_per_step
+        due = self.elapsed - self._last_retime >= step_settings.RETIME_EVERY_S
+        if not (slow or due):
+            return
+        self._last_retime = self.elapsed
+        new = step_settings.retime_threads(s, self._time_step, self._retime_options)
+        torch.set_num_threads(new.threads)
+        self.step_settings = new
+        if new.threads != s.threads and not self.quiet:
+            shown = ", ".join(f"{n}: {new.timings[label(new.precision, n)]:.2f} s"
+                              for n in self._retime_options)
+            tqdm.write(f"difflab: step {self.step}: now {new.threads} thread(s), timed faster "
+                       f"on the machine as it is now ({shown} per step)")
 
     def _time_step(self, precision: str, threads: int | None, best: float | None) -> float:
         """Seconds of one forward/backward pass of the real network on a real batch, in
@@ -546,6 +693,9 @@ class Trainer:
         total = self.total_steps()
         budget = tc.minutes * 60 if tc.minutes is not None else math.inf
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:  # a new run in an old folder: what interrupted writes left there
+            for gone in ckpt_io.remove_debris(self.out):
+                tqdm.write(f"difflab: removed {gone}, left by an interrupted checkpoint write")
         threads_before = torch.get_num_threads()
         settle_start = time.perf_counter()
         settings = self.settle_step_settings()
@@ -553,9 +703,14 @@ class Trainer:
             torch.set_num_threads(settings.threads)
         # Timing the step is part of the run: it counts against the time budget.
         self.elapsed += time.perf_counter() - settle_start
+        self._last_retime = self.elapsed
         if not self.quiet:
             print(f"difflab: {settings.why}", flush=True)
-        metrics = open(self.out / "metrics.jsonl", "a") if self.dist.is_main else None
+        # A run that starts at step 0 starts its log anew; a resumed one appends to the log
+        # that resume() rewound to its checkpoint.
+        mode = "a" if (self._resumed or self.step > 0) else "w"
+        metrics = open(self.out / "metrics.jsonl", mode) if self.dist.is_main else None
+        self._metrics = metrics
         bar = tqdm(
             total=total, initial=self.step, disable=self.quiet, unit="step", dynamic_ncols=True
         )
@@ -589,12 +744,16 @@ class Trainer:
                 if self.step in (first_step, total) or self.step % tc.log_every == 0:
                     self._log(window, metrics, bar, total, budget)
                     window = LogWindow()
+                    self._maybe_retime_threads()
                 if tc.sample_every and self.step % tc.sample_every == 0 and on_sample:
                     on_sample(self)
-                if self.step % tc.checkpoint_every == 0:
-                    self._checkpoint()
-                if tc.fid_every and self.step % tc.fid_every == 0:
+                # Everything a step logs comes before its checkpoint, so that a run resumed
+                # from that checkpoint neither repeats nor misses a row.
+                improved = bool(tc.fid_every) and self.step % tc.fid_every == 0 and (
                     self._evaluate_fid(metrics)
+                )
+                if self.step % tc.checkpoint_every == 0 or improved:
+                    self._checkpoint()
             if window.steps:  # the last steps before a time budget ran out
                 self._log(window, metrics, bar, total, budget)
             self._checkpoint()
@@ -603,6 +762,7 @@ class Trainer:
             bar.close()
             if metrics:
                 metrics.close()
+            self._metrics = None
             torch.set_num_threads(threads_before)
         return reason
 
@@ -655,12 +815,13 @@ class Trainer:
         if cfg.train.fid_samples < 4:
             raise ValueError(f"train.fid_samples must be at least 4, got {cfg.train.fid_samples}")
 
-    def _evaluate_fid(self, metrics) -> None:
+    def _evaluate_fid(self, metrics) -> bool:
         """FID / KID of fid_samples images from the EMA weights into metrics.jsonl; the
         lowest FID so far keeps its weights as the "best_fid" checkpoint (main rank only:
-        the others wait for it at the next step's gradient all-reduce)."""
+        the others wait for it at the next step's gradient all-reduce). True when it did (the
+        caller then saves last/, which must carry the new best_fid for resume)."""
         if not self.dist.is_main:
-            return
+            return False
         from difflab.metrics.evaluate import evaluate_generator
         from difflab.training.report import generator_from_trainer, sample_kwargs
 
@@ -690,7 +851,8 @@ class Trainer:
         if report["fid"] < self.best_fid:
             self.best_fid = report["fid"]
             self.save("best_fid")
-            self.save("last")  # keep best_fid in last/ consistent for resume
+            return True
+        return False
 
     # ------------------------------------------------------------------ health
     def check_health(self, draw: Callable[[], torch.Tensor] | None = None) -> list[health.Finding]:
@@ -717,13 +879,14 @@ class Trainer:
         return findings
 
     def _checkpoint(self) -> None:
+        """best/ when the smoothed loss improved, then last/ (which carries the new
+        best_loss for resume): one write of each, last/ never older than best/ after both."""
         if not self.dist.is_main:
             return
-        self.save("last")
         if self.loss_ema is not None and self.loss_ema < self.best_loss:
             self.best_loss = self.loss_ema
             self.save("best")
-            self.save("last")  # keep best_loss in last/ consistent for resume
+        self.save("last")
 
     def close(self) -> None:
         distributed.cleanup(self.dist)
