@@ -7,28 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_run import TINY as TINY_RUN
+from tiny_run import as_flags
 
 from difflab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--set",
-    "model.overrides.base_channels=16",
-    "--set",
-    "model.overrides.groups=4",
-    "--set",
-    "model.overrides.channel_mults=[1, 2]",
-    "--set",
-    "model.overrides.attention_resolutions=[]",
-    "--set",
-    "train.batch_size=16",
-    "--set",
-    "data.limit=200",
-    "--set",
-    "train.sample_every=3",
-    "--set",
-    "sample.steps=5",
-]
+TINY = as_flags([*TINY_RUN[:4], "train.batch_size=16", "data.limit=200",
+                 "train.sample_every=3", "sample.steps=5"])
 
 
 @pytest.fixture(scope="module")

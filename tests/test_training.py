@@ -8,30 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY, tiny_config
 
-from difflab.config import load_config
 from difflab.metrics import evaluate_checkpoint
 from difflab.training import report
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.trainer import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.overrides.base_channels=16",
-    "model.overrides.channel_mults=[1, 2]",
-    "model.overrides.attention_resolutions=[]",
-    "model.overrides.groups=4",
-    "train.batch_size=16",
-    "train.log_every=1",
-    "train.precision=fp32",
-    "train.checkpoint_every=1000",
-    "train.warmup_steps=2",
-    "data.limit=200",
-]
-
-
-def tiny_config(*extra):
-    return load_config(ROOT / "configs" / "digits8.toml", [*TINY, *extra])
 
 
 def train(out, steps, resume=False, extra=()):

@@ -8,27 +8,16 @@ import re
 from pathlib import Path
 
 import torch
+from tiny_run import TINY as TINY_RUN
 
 from difflab.config import load_config
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-# As tests/test_training.py's TINY, with a checkpoint every step: most of a run is
-# checkpoint writes, so kills and injected faults land in them often.
-TINY = [
-    "model.overrides.base_channels=16",
-    "model.overrides.channel_mults=[1, 2]",
-    "model.overrides.attention_resolutions=[]",
-    "model.overrides.groups=4",
-    "train.batch_size=16",
-    "train.log_every=1",
-    "train.precision=fp32",
-    "train.threads=1",
-    "train.checkpoint_every=1",
-    "train.warmup_steps=2",
-    "data.limit=200",
-]
+# tests/tiny_run.py's run with a checkpoint every step: most of a run is checkpoint writes,
+# so kills and injected faults land in them often.
+TINY = [*TINY_RUN, "train.precision=fp32", "train.threads=1", "train.checkpoint_every=1"]
 TEMP = re.compile(r"^\..*\.(tmp|del)-")  # difflab's temporary folder names
 
 

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+# Run as a script: its own folder (reliability_helpers) and tests/ (tiny_run) on the path.
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
 from reliability_helpers import trainer  # noqa: E402
 
