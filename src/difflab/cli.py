@@ -658,7 +658,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = resolve_checkpoint(args.checkpoint)
     with reading_checkpoint(path):
-        print("\n".join(describe_checkpoint(path, load_checkpoint(path, with_training_state=True))))
+        ck = load_checkpoint(path, with_training_state=True)
+        print("\n".join(describe_checkpoint(ck.path, ck)))  # the folder it fell back to
     return 0
 
 

@@ -44,7 +44,7 @@ from difflab.models.caption_bank import CaptionBank
 from difflab.models.unet import TextCondition
 from difflab.samplers import default_steps, default_timesteps, get_sampler
 from difflab.samplers.common import per_sample_generators, randn
-from difflab.training.checkpoint import load_checkpoint, load_weights_into
+from difflab.training.checkpoint import checkpoint_candidates, load_checkpoint, load_weights_into
 from difflab.viz import to_uint8
 
 Tensor = torch.Tensor
@@ -155,6 +155,8 @@ def resolve_checkpoint(name: str | Path) -> Path:
     p = Path(name)
     if p.is_dir():
         return p
+    if any(c.is_dir() for c in checkpoint_candidates(p)[1:]):
+        return p  # a crash left an earlier complete one: load_checkpoint takes it, and warns
     if (WEIGHTS_DIR / str(name)).is_dir():
         return WEIGHTS_DIR / str(name)
     shipped = sorted(d.name for d in WEIGHTS_DIR.glob("*") if d.is_dir())

@@ -124,3 +124,19 @@ def trainer_state(run):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ckpt_io.load_checkpoint(run / "last").model
+
+
+def test_sample_and_info_find_the_previous_checkpoint_when_last_is_gone(tmp_path, capsys):
+    """A crash between the two renames of a write leaves last.prev/ and no last/: the
+    commands that read a run's last/ take the previous complete one and say so."""
+    from difflab.cli import main
+
+    run = tmp_path / "run"
+    trainer(run, 2).train()
+    (run / "last").rename(tmp_path / "moved_away")
+    assert main(["info", str(run / "last")]) == 0
+    out = capsys.readouterr()
+    assert "last.prev" in out.out and "step 2" in out.out
+    assert main(["sample", str(run / "last"), "-n", "2", "--steps", "2", "--quiet",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file()
