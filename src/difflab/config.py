@@ -60,8 +60,8 @@ class DiffusionConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 128
-    # AdamW at 2e-3 with a short warm-up is the measured sweet spot for ~1 M-parameter UNets
-    # on 28x28 data at batch 128 (DESIGN.md, "Benchmarks").
+    # AdamW at 2e-3 with a short warm-up: the rate the ~1 M-parameter default UNet trains at
+    # on 28x28 data at batch 128 in BENCHMARKS.md ("Quality after a fixed CPU budget").
     lr: float = 2e-3
     warmup_steps: int = 200
     # After warm-up, the rate can decay over the run's budget (max_steps, epochs or minutes,

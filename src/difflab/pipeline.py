@@ -14,7 +14,7 @@ text encoder, which comes from its own package):
     gen.inpaint(image, mask, "a bag")                       # keep the unmasked pixels
 
 Sample i of a run with seed s always starts from the same noise and draws the same step
-noise, whatever the batch size: every sample has its own torch.Generator (DESIGN.md).
+noise, whatever the batch size: every sample has its own torch.Generator.
 """
 
 from __future__ import annotations

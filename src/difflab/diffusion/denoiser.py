@@ -1,7 +1,7 @@
 """Denoisers: what samplers call. A denoiser maps (x_t, t) to a `Prediction` of x_0 and eps.
 
 A network may be trained to predict eps, x_0, v or the score; `ModelDenoiser` converts its
-output once, here, so samplers never branch on the parameterization (DESIGN.md, "Contracts").
+output once, here, so samplers never branch on the parameterization.
 Wrappers add behaviour around any denoiser: `ThresholdedDenoiser` clips x_0 (static, or the
 dynamic thresholding of Saharia et al. 2022), and classifier-free guidance lives in
 `difflab.guidance`.

@@ -4,8 +4,8 @@ For data x0 ~ sum_k w_k N(mu_k, s_k^2 I), the noisy marginal is
 x_t | k ~ N(alpha mu_k, (alpha^2 s_k^2 + sigma^2) I), and the minimum-MSE denoiser is
 E[x0 | x_t] = sum_k r_k(x_t) (mu_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x_t - alpha mu_k)),
 with r_k the posterior component probabilities. Plugging this in for a trained network lets
-every sampler be tested against the known data distribution with no training at all
-(DESIGN.md, "Tests that can fail for the right reason").
+every sampler be tested against the known data distribution with no training at all: a
+test that can fail only for the right reason.
 """
 
 from __future__ import annotations

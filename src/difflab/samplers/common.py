@@ -2,7 +2,7 @@
 
 Randomness: a sampler accepts `generator` as one `torch.Generator` or a list with one generator
 per sample. With a list, sample i draws all its noise from generator i, so the same seed gives
-the same image whatever the batch size (DESIGN.md, "Contracts").
+the same image whatever the batch size.
 """
 
 from __future__ import annotations
