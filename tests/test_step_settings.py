@@ -2,6 +2,7 @@
 choice, both as decision logic over given timings and timed on a real trainer."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from tiny_run import tiny_config
 
 from difflab import hardware
 from difflab.config import ConfigError, load_config
+from difflab.training import step_settings
 from difflab.training.step_settings import StepSettings, choose, label, still_valid
 from difflab.training.trainer import Trainer
 
@@ -152,6 +154,9 @@ def test_timing_the_real_step_changes_nothing_of_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(hardware, "cpu_cores", lambda: 2)
+    # Re-timing mid-run reads the clock and may switch threads (tested on its own below): off
+    # here, so that this test compares the start-up choice alone.
+    monkeypatch.setattr(step_settings, "RETIME_SLOWER", math.inf)
     auto = trainer(tmp_path / "auto", "train.max_steps=4", "train.threads=auto")
     auto.train()
     s = auto.step_settings
