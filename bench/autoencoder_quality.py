@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from difflab.latent import autoencoder_from_weights
+from difflab.checkpoints.components import autoencoder_from_weights
+from difflab.checkpoints.names import resolve_checkpoint
+from difflab.checkpoints.store import load_checkpoint
+from difflab.data.transforms import to_uint8
 from difflab.metrics.evaluate import evaluate_images
 from difflab.metrics.features import metric_split
 from difflab.models.autoencoder import psnr
-from difflab.pipeline import resolve_checkpoint
-from difflab.training.checkpoint import load_checkpoint
-from difflab.viz import save_grid, to_uint8
+from difflab.viz import save_grid
 
 
 def load(path: str):

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from difflab.metrics.evaluate import evaluate_checkpoint
+from difflab.evaluation import evaluate_checkpoint
 
 
 def main() -> None:

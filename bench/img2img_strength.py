@@ -124,9 +124,9 @@ def pick_prompts(
 
 def grid_start(gen: Generator, sampler: str, steps: int, strength: float) -> tuple[float, int]:
     """(first timestep, steps run) of img2img at `strength`: the sampler's grid cut at
-    strength * t_max, as generate_batches cuts it (pipeline.truncate_timesteps)."""
-    from difflab.pipeline import truncate_timesteps
+    strength * t_max, as generate_batches cuts it (samplers.timesteps.truncate_timesteps)."""
     from difflab.samplers import default_timesteps
+    from difflab.samplers.timesteps import truncate_timesteps
 
     grid = default_timesteps(sampler, gen.process, steps)
     kept = truncate_timesteps(grid, gen.process, strength) if strength < 1 else grid
@@ -217,7 +217,8 @@ def markdown(result: dict) -> str:
         "distance are over both halves.",
         "",
         f"The edit starts at the last timestep of the sampler's {result['sampling'].split(',')[0]} "
-        f"grid at or below strength × t_max ({result['t_max']:g}; `pipeline.truncate_timesteps`, "
+        f"grid at or below strength × t_max ({result['t_max']:g}; "
+        "`samplers.timesteps.truncate_timesteps`, "
         "the *starts at t* column), so strength moves in the grid's steps"
         + (f": {same}, which start at the same timestep, give the same images." if same else "."),
         "",

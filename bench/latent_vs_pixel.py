@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from difflab.config import load_config
 from difflab.metrics.evaluate import evaluate_images
-from difflab.training.report import generator_from_trainer
+from difflab.pipeline import Generator
 from difflab.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def run(name: str, sets: list[str], args, out: Path) -> dict:
     cpu = time.process_time() - c_train
     wall = time.perf_counter() - w_train
     trainer.save("last")
-    gen = generator_from_trainer(trainer)
+    gen = Generator.from_trainer(trainer)
     c1 = time.process_time()
     images = gen.generate(args.samples, sampler="dpmpp_2m", steps=20, seed=0, batch_size=250)
     sample_cpu = time.process_time() - c1

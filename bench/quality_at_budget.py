@@ -145,7 +145,7 @@ def batches(n: int, size: int) -> Iterator[int]:
 def run_difflab(clock: Clock, n: int, work: Path, sets: list[str]) -> tuple[np.ndarray, dict]:
     from difflab.config import load_config
     from difflab.pipeline import Generator
-    from difflab.training.report import sample_kwargs
+    from difflab.runs.report import sample_kwargs
     from difflab.training.trainer import Trainer
 
     cfg = load_config(ROOT / "configs" / "fashion_mnist.toml", sets)

@@ -9,7 +9,9 @@
 #   5. a `difflab` launcher in /usr/local/bin (as root, or with sudo): a five-line shell script
 #      that runs this checkout's .venv/bin/difflab, so that `difflab` works in any shell without
 #      activating .venv. A file there that is not difflab's launcher (no marker line) is left
-#      alone; without root or sudo the step says what to type instead.
+#      alone; without root or sudo the step says what to type instead;
+#   6. Debian's chromium (apt-get), the browser the web app's tests drive headless through
+#      Playwright; without apt-get or root it is skipped with a note (those tests then skip).
 #
 #   bash scripts/setup.sh                   all of it
 #   bash scripts/setup.sh --launcher-only   only step 5 (after the others)
@@ -193,6 +195,23 @@ fi
 
 # ------------------------------------------------------------------------------- 5. launcher
 install_launcher
+
+# ------------------------------------------------------------------------------- 6. chromium
+# The web app's browser tests (tests/web) drive Debian's chromium through Playwright; Playwright's
+# own browser download comes from a CDN that is often unreachable, so it is not used. Optional:
+# anything that stops this step says so, and setup goes on (the browser tests then skip).
+if command -v chromium >/dev/null 2>&1; then
+  say "chromium (for the web app's browser tests): already installed"
+elif ! command -v apt-get >/dev/null 2>&1; then
+  say "chromium: this machine has no apt-get; the web app's browser tests will skip"
+  say "  (install a chromium that is on PATH as \`chromium\` to run them)"
+else
+  say "installing chromium (Debian package) for the web app's browser tests (a minute or two)…"
+  if ! { as_root apt-get update && as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y chromium; }; then
+    say "chromium could not be installed (see above); the web app's browser tests will skip"
+  fi
+fi
 
 say "done in $((SECONDS - START)) s: $(.venv/bin/python -c "import difflab, sys, torch
 print(f'difflab {difflab.__version__}, torch {torch.__version__}, Python {sys.version.split()[0]} in .venv')")"

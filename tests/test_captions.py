@@ -1,10 +1,21 @@
-"""Captions from class names: variety, grammar, held-out paraphrases, reproducible picks."""
+"""Captions from class names: variety, grammar, held-out paraphrases, reproducible picks; and
+the caption words files they are made from."""
 
+import hashlib
+import json
 import re
+import shutil
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import difflab
+from difflab.data import CLASS_NAMES
+from difflab.data.caption_words import CAPTION_TEXT_DIR, caption_words, read_caption_words
 from difflab.data.captions import (
     CAPTIONED_DATASETS,
     CaptionTable,
@@ -14,7 +25,9 @@ from difflab.data.captions import (
     indefinite_article,
     quotes_a_caption,
 )
-from difflab.data.fashion_mnist import CLASS_NAMES
+from difflab.models.caption_bank import CaptionBank
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _norm(text: str) -> str:
@@ -157,3 +170,66 @@ def test_quotes_a_caption_matches_whole_words_only() -> None:
     assert not quotes_a_caption("footwear for running", names)
     assert not quotes_a_caption("a 17th-century shoe", names)  # "7" inside "17th"
     assert not quotes_a_caption("two sneakers", names)  # a plural is another word
+
+
+# sha256 of [texts, by_class, held_out_prompts] per dataset, as the caption module made them
+# before its words moved to caption_text/*.toml: models are trained on caption indices, so a
+# changed, added or reordered string must be a decision (and these figures updated with it).
+FINGERPRINTS = {
+    "fashion_mnist": "1cf61b6eb9aeb23c538d9d4e29e4608c84e0dee525ff2b7ca329bdd6ba4a2919",
+    "mnist": "0921990164fe375f45cf63e8f7ee2c4852b2a417f7cb570d408d4cfb24e57c68",
+    "digits": "0921990164fe375f45cf63e8f7ee2c4852b2a417f7cb570d408d4cfb24e57c68",
+}
+
+
+@pytest.mark.parametrize("dataset", CAPTIONED_DATASETS)
+def test_caption_tables_are_the_ones_models_were_trained_on(dataset):
+    table = caption_table(dataset)
+    data = [table.texts, table.by_class, held_out_prompts(dataset)]
+    digest = hashlib.sha256(json.dumps(data, ensure_ascii=False).encode()).hexdigest()
+    assert digest == FINGERPRINTS[dataset]
+
+
+def test_caption_table_is_the_shipped_text_models_caption_bank():
+    path = Path(difflab.__file__).parent / "weights" / "fashion-text" / "caption_bank.safetensors"
+    bank = CaptionBank.from_state_dict(load_file(str(path)), str(path))
+    assert bank.texts == caption_table("fashion_mnist").texts
+
+
+def test_caption_words_files_ship_with_the_package():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["difflab"]
+    files = sorted(CAPTION_TEXT_DIR.glob("*.toml"))
+    assert [f.stem for f in files] == ["digits", "fashion_mnist"]
+    for path in files:
+        rel = path.relative_to(ROOT / "src" / "difflab").as_posix()
+        assert any(fnmatch(rel, p) for p in patterns), rel
+    assert caption_words("digits") is caption_words("digits")  # read once
+
+
+def test_caption_words_reader_refuses_broken_files(tmp_path):
+    good = CAPTION_TEXT_DIR / "digits.toml"
+    text = good.read_text(encoding="utf-8")
+    assert read_caption_words(good) == caption_words("digits")
+
+    def broken(new_text: str) -> Path:
+        path = tmp_path / "words.toml"
+        path.write_text(new_text, encoding="utf-8")
+        return path
+
+    cases = [
+        (text.replace("templates = [", "template = [", 1), "missing templates, unknown template"),
+        (text.replace("held_out = [", "heldout = [", 1), r"classes\[0\]: missing held_out"),
+        (text.replace('    "zero",', "    3,", 1), r"classes\[0\].names must be a list of non"),
+        (text.replace('    "zero",', '    "",', 1), r"classes\[0\].names must be a list of non"),
+        (text.replace("\n[[classes]]\n", "\n[[klasses]]\n", 1), "unknown klasses"),
+        (text + "[oops\n", "not valid TOML"),
+    ]
+    for new_text, message in cases:
+        assert new_text != text
+        with pytest.raises(ValueError, match=message):
+            read_caption_words(broken(new_text))
+    shutil.copy(good, tmp_path / "words.toml")
+    assert read_caption_words(tmp_path / "words.toml") == caption_words("digits")
+    with pytest.raises(FileNotFoundError, match="no caption words file .*nope.toml"):
+        caption_words("nope")

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from difflab.training import checkpoint as ck
+from difflab.checkpoints import store as ck
 from difflab.training.ema import EMA
 
 
@@ -193,7 +193,7 @@ def test_ema_tracks_average():
 def test_shipped_models_carry_a_matching_manifest():
     """Their weights are checked on every load; a hand edit of a shipped config.json needs
     `checkpoint.write_manifest(folder)` after it."""
-    from difflab.pipeline import WEIGHTS_DIR
+    from difflab.checkpoints.names import WEIGHTS_DIR
 
     for folder in sorted(p for p in WEIGHTS_DIR.iterdir() if p.is_dir()):
         got = ck.load_checkpoint(folder, fallback=False)

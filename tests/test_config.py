@@ -1,12 +1,23 @@
 """Config loading: a bad key or value is refused with a message naming it and the allowed ones."""
 
+import json
 from pathlib import Path
 
 import pytest
 
+from difflab.build import build_network
+from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.config import ConfigError, load_config
+from difflab.models.unet import UNetConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Each shipped model and the config that trained it (its config.json's trained.command).
+SHIPPED_CONFIGS = {
+    "fashion-mnist": "fashion_mnist",
+    "fashion-mnist-cond": "fashion_mnist_cond",
+    "mnist-digits-cond": "mnist_cond",
+    "fashion-text": "fashion_text",
+}
 
 
 def write(tmp_path, text: str) -> Path:
@@ -64,3 +75,20 @@ def test_bad_files(tmp_path):
         load_config(write(tmp_path, "[train\n"))
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["lr"])
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_CONFIGS))
+def test_shipped_configs_build_the_shipped_networks(name):
+    """The configs name their networks (model.preset) instead of rewriting a pixel preset's
+    fields; what they build is still exactly what each shipped model was trained as: the same
+    network spec, field by field, and the same number of parameters."""
+    shipped = json.loads((WEIGHTS_DIR / name / "config.json").read_text())
+    assert f"difflab train {SHIPPED_CONFIGS[name]} " in shipped["trained"]["command"] + " "
+    cfg = load_config(CONFIGS / f"{SHIPPED_CONFIGS[name]}.toml")
+    shape = tuple(shipped.get("model_shape", shipped["image_shape"]))  # latents, or pixels
+    net, spec = build_network(cfg.model, shape, shipped["network"]["num_classes"])
+    assert spec["type"] == shipped["network"]["type"] == "unet"
+    assert spec["num_classes"] == shipped["network"]["num_classes"]
+    # A checkpoint older than a UNetConfig field lacks it, and loads with its default.
+    assert UNetConfig(**spec["config"]) == UNetConfig(**shipped["network"]["config"])
+    assert sum(p.numel() for p in net.parameters()) == shipped["parameters"]

@@ -33,6 +33,8 @@ from difflab.data import (
     make_toy2d,
     read_idx,
     ring_mixture,
+    to_float,
+    to_uint8,
 )
 from difflab.data import fashion_mnist as fm
 from difflab.data.hf import load_hf_dataset
@@ -164,6 +166,31 @@ def test_class_index_names_and_aliases():
         class_index(10)
     with pytest.raises(ValueError):
         class_index(True)
+
+
+# ----------------------------------------------------------------------------- pixels
+def test_to_uint8_is_one_fixed_map_rounding_half_up():
+    """floor((clamp(x) + 1) * 127.5 + 0.5): 0 -> 127.5 -> 128; 0.9 -> 242.25 -> 242;
+    -0.9 -> 12.75 -> 13; never rescaled per image; out of range clamped."""
+    x = torch.tensor([-1.0, 0.0, 1.0, 0.9, -0.9])
+    assert to_uint8(x).tolist() == [0, 128, 255, 242, 13] and to_uint8(x).dtype == torch.uint8
+    far = torch.tensor([-2.0, -float("inf"), 3.0, float("inf"), 1.0 + 1e-6, -1.0 - 1e-6])
+    assert to_uint8(far).tolist() == [0, 0, 255, 255, 255, 0]
+    assert to_uint8(torch.full((1, 1, 2, 2), 0.9)).unique().tolist() == [242]
+    # 127.5, exactly half way, rounds up; a hair either side goes to the nearer level.
+    assert to_uint8(torch.tensor([-1e-6, 0.0, 1e-6])).tolist() == [127, 128, 128]
+    assert to_uint8(torch.tensor([0.5], dtype=torch.bfloat16)).tolist() == [191]
+
+
+def test_to_uint8_inverts_to_float_and_refuses_what_has_no_pixel():
+    levels = torch.arange(256, dtype=torch.int64).to(torch.uint8)[None, None, None]
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(to_uint8(to_float(levels, dtype)), levels)
+    assert to_uint8(levels) is levels  # already pixels
+    with pytest.raises(ValueError, match="cannot display: 1 of 2 values are NaN"):
+        to_uint8(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(TypeError, match="float tensor in \\[-1, 1\\] or uint8, got torch.int64"):
+        to_uint8(torch.tensor([1, 2]))
 
 
 # ----------------------------------------------------------------------------- IDX files

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from difflab.build import build_network, build_process
+from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.config import load_config
 from difflab.data import DataConfig, load_dataset
-from difflab.pipeline import WEIGHTS_DIR, Generator
+from difflab.pipeline import Generator
 from difflab.training.health import (
     DataStats,
     Finding,

@@ -7,41 +7,65 @@ import pytest
 import torch
 from PIL import Image
 
+from difflab.checkpoints.components import add_caption_bank
+from difflab.checkpoints.store import export_for_inference, load_checkpoint, save_checkpoint
 from difflab.config import config_from_dict
+from difflab.data.captions import caption_table
+from difflab.data.transforms import to_uint8
+from difflab.diffusion.denoiser import InpaintingDenoiser
 from difflab.diffusion.oracles import GaussianMixtureOracle
 from difflab.diffusion.process import make_process
-from difflab.pipeline import Generator, InpaintingDenoiser, truncate_timesteps
+from difflab.models.caption_bank import COMPONENT
+from difflab.pipeline import Generator
 from difflab.samplers import default_timesteps, get_sampler
-from difflab.training.checkpoint import export_for_inference, load_checkpoint
+from difflab.samplers.timesteps import truncate_timesteps
 from difflab.training.trainer import Trainer
-from difflab.viz import to_uint8
 
 DATA = {"name": "digits", "limit": 300}
-TRAIN = {"batch_size": 32, "max_steps": 4, "precision": "fp32", "log_every": 2,
-         "sample_every": 1000, "checkpoint_every": 100, "warmup_steps": 1}
+TRAIN = {
+    "batch_size": 32,
+    "max_steps": 4,
+    "precision": "fp32",
+    "log_every": 2,
+    "sample_every": 1000,
+    "checkpoint_every": 100,
+    "warmup_steps": 1,
+}
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent")
-    ae_cfg = config_from_dict({
-        "data": DATA,
-        "model": {"preset": "kl-f4-28", "overrides": {"channels": [8, 16], "groups": 4}},
-        "train": TRAIN,
-    })
+    ae_cfg = config_from_dict(
+        {
+            "data": DATA,
+            "model": {"preset": "kl-f4-28", "overrides": {"channels": [8, 16], "groups": 4}},
+            "train": TRAIN,
+        }
+    )
     ae = Trainer(ae_cfg, root / "ae", quiet=True)
     ae.train()
-    txt_cfg = config_from_dict({
-        "data": DATA,
-        "latent": {"autoencoder": str(root / "ae" / "last")},
-        "text": {"encoder": "minilm"},
-        "model": {"preset": "ddpm-small-28", "overrides": {
-            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
-            "attention_resolutions": [], "transformer_resolutions": [4],
-            "context_dim": 384, "transformer_head_dim": 8}},
-        "train": TRAIN,
-        "sample": {"sampler": "ddim", "steps": 5, "clip": "none"},
-    })
+    txt_cfg = config_from_dict(
+        {
+            "data": DATA,
+            "latent": {"autoencoder": str(root / "ae" / "last")},
+            "text": {"encoder": "minilm"},
+            "model": {
+                "preset": "ddpm-small-28",
+                "overrides": {
+                    "base_channels": 16,
+                    "groups": 4,
+                    "channel_mults": [1, 2],
+                    "attention_resolutions": [],
+                    "transformer_resolutions": [4],
+                    "context_dim": 384,
+                    "transformer_head_dim": 8,
+                },
+            },
+            "train": TRAIN,
+            "sample": {"sampler": "ddim", "steps": 5, "clip": "none"},
+        }
+    )
     trainer = Trainer(txt_cfg, root / "txt", quiet=True)
     trainer.train()
     return root, trainer
@@ -74,7 +98,7 @@ def test_checkpoint_is_one_folder_with_its_autoencoder(folders, tmp_path):
 
 def test_report_of_a_latent_run(folders, tmp_path):
     """The report of a latent run draws its forward process on latents, decoded."""
-    from difflab.training import report
+    from difflab.runs import report
 
     _, trainer = folders
     paths = report.write_report(trainer, tmp_path / "rep", command=["difflab", "train"])
@@ -224,25 +248,36 @@ def test_pooled_sentence_embedding_run_round_trips(folders, tmp_path):
     """text.tokens = "pooled" with pooled_text: the run trains on MiniLM's sentence embedding
     alone, and its checkpoint rebuilds the same encoder (one token per prompt)."""
     root, _ = folders
-    cfg = config_from_dict({
-        "data": DATA,
-        "latent": {"autoencoder": str(root / "ae" / "last")},
-        "text": {"encoder": "minilm", "tokens": "pooled"},
-        "model": {"preset": "ddpm-small-28", "overrides": {
-            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
-            "attention_resolutions": [], "transformer_resolutions": [4],
-            "context_dim": 384, "transformer_head_dim": 8, "pooled_text": True}},
-        "train": TRAIN,
-    })
+    cfg = config_from_dict(
+        {
+            "data": DATA,
+            "latent": {"autoencoder": str(root / "ae" / "last")},
+            "text": {"encoder": "minilm", "tokens": "pooled"},
+            "model": {
+                "preset": "ddpm-small-28",
+                "overrides": {
+                    "base_channels": 16,
+                    "groups": 4,
+                    "channel_mults": [1, 2],
+                    "attention_resolutions": [],
+                    "transformer_resolutions": [4],
+                    "context_dim": 384,
+                    "transformer_head_dim": 8,
+                    "pooled_text": True,
+                },
+            },
+            "train": TRAIN,
+        }
+    )
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
-    assert trainer.caption_tokens[0].shape[1:] == (1, 384)  # cached: one token per caption
+    assert trainer.objective.text.tokens[0].shape[1:] == (1, 384)  # cached: one token per caption
     trainer.train()
     gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
     assert gen.text_encoder.tokens == "pooled" and gen.net.config.pooled_text
-    assert gen.generate(2, prompt="a handwritten five", guidance=2.0, steps=3).shape == (
-        2, 1, 8, 8)
-    bad = config_from_dict({**cfg.to_dict(), "text": {"encoder": "trainable", "width": 384,
-                                                      "tokens": "pooled"}})
+    assert gen.generate(2, prompt="a handwritten five", guidance=2.0, steps=3).shape == (2, 1, 8, 8)
+    bad = config_from_dict(
+        {**cfg.to_dict(), "text": {"encoder": "trainable", "width": 384, "tokens": "pooled"}}
+    )
     with pytest.raises(ValueError, match="text.tokens = 'pooled' applies to the pretrained"):
         Trainer(bad, tmp_path / "bad", quiet=True)
 
@@ -252,22 +287,29 @@ def test_pooled_run_reads_prompts_through_its_caption_bank(folders, tmp_path):
     reads a prompt as the blend of its nearest captions: k = 1 turns an unseen prompt into
     exactly its nearest caption's embedding, the run's default k is used unless told, and
     0 gives the prompt's own embedding. Older checkpoints get their bank with
-    add_to_checkpoint; checkpoints without one refuse retrieval clearly."""
-    from difflab.data.captions import caption_table
-    from difflab.models.caption_bank import COMPONENT, add_to_checkpoint
-    from difflab.training.checkpoint import save_checkpoint
-
+    add_caption_bank; checkpoints without one refuse retrieval clearly."""
     root, _ = folders
-    cfg = config_from_dict({
-        "data": DATA,
-        "latent": {"autoencoder": str(root / "ae" / "last")},
-        "text": {"encoder": "minilm", "tokens": "pooled", "nearest_captions": 4},
-        "model": {"preset": "ddpm-small-28", "overrides": {
-            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
-            "attention_resolutions": [], "transformer_resolutions": [4],
-            "context_dim": 384, "transformer_head_dim": 8, "pooled_text": True}},
-        "train": {**TRAIN, "max_steps": 2},
-    })
+    cfg = config_from_dict(
+        {
+            "data": DATA,
+            "latent": {"autoencoder": str(root / "ae" / "last")},
+            "text": {"encoder": "minilm", "tokens": "pooled", "nearest_captions": 4},
+            "model": {
+                "preset": "ddpm-small-28",
+                "overrides": {
+                    "base_channels": 16,
+                    "groups": 4,
+                    "channel_mults": [1, 2],
+                    "attention_resolutions": [],
+                    "transformer_resolutions": [4],
+                    "context_dim": 384,
+                    "transformer_head_dim": 8,
+                    "pooled_text": True,
+                },
+            },
+            "train": {**TRAIN, "max_steps": 2},
+        }
+    )
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     trainer.train()
     ck = load_checkpoint(tmp_path / "run" / "last")
@@ -306,7 +348,7 @@ def test_pooled_run_reads_prompts_through_its_caption_bank(folders, tmp_path):
     assert old.caption_bank is None and old.nearest_captions() == 0
     with pytest.raises(ValueError, match="has none: use nearest_captions=0"):
         old.generate(1, prompt=unseen, nearest_captions=2, steps=2)
-    add_to_checkpoint(tmp_path / "old")
+    add_caption_bank(tmp_path / "old")
     again = Generator.from_checkpoint(tmp_path / "old", device="cpu").caption_bank
     assert again.texts == bank.texts
     torch.testing.assert_close(again.embeddings, bank.embeddings, rtol=0, atol=1e-6)

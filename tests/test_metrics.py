@@ -15,12 +15,12 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
+from difflab.cli.eval import add_eval_arguments
+from difflab.evaluation import evaluate_checkpoint
 from difflab.metrics import (
     FEATURE_DIM,
-    add_eval_arguments,
     as_uint8_images,
     class_agreement,
-    evaluate_checkpoint,
     evaluate_images,
     feature_extractor,
     fid_from_features,
@@ -269,19 +269,6 @@ def test_evaluate_images_resizes_and_scores_classes():
     assert out["class_agreement"] > 0.9 and len(out["class_agreement_per_class"]) == 10
     with pytest.raises(ValueError, match="no feature network"):
         evaluate_images(big, "cifar10")
-
-
-def test_eval_arguments_import_nothing_heavy():
-    import subprocess
-    import sys
-
-    from difflab.metrics import DATASETS
-    from difflab.metrics.command import FEATURE_DATASETS
-
-    assert FEATURE_DATASETS == DATASETS
-    code = "import sys, difflab.metrics.command; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_eval_command_on_an_images_file(tmp_path, capsys):

@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageSequence
 
 from difflab import viz
-from difflab.cli import main, sample_rows
+from difflab.cli import main
+from difflab.cli.sample import sample_rows
 
 
 def _batch(n: int = 6, c: int = 1, side: int = 8, seed: int = 0) -> torch.Tensor:

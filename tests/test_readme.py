@@ -34,7 +34,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difflab.cli import build_parser, main, resolve_config
+from difflab.cli import main
+from difflab.cli.inputs import resolve_config
+from difflab.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -207,8 +209,8 @@ DIFFLAB_LINES = [line for line in SH_LINES if difflab_argv(words(line)) is not N
 @pytest.mark.parametrize("line", DIFFLAB_LINES, ids=key)
 def test_readme_line_parses(line, monkeypatch):
     """As written, by the real parser; train configs resolved and loaded from the checkout."""
+    from difflab.checkpoints.names import resolve_checkpoint
     from difflab.config import load_config
-    from difflab.pipeline import resolve_checkpoint
 
     monkeypatch.chdir(ROOT)
     args = build_parser().parse_args(difflab_argv(words(line)))
@@ -304,7 +306,7 @@ def check_outputs(argv: list[str], work: Path, stdout: str) -> None:
     """What the line promises is there."""
     args = build_parser().parse_args(argv[1:])
     if args.command == "train":
-        from difflab.training.checkpoint import load_checkpoint
+        from difflab.checkpoints.store import load_checkpoint
 
         run = work / (args.out or f"runs/{Path(args.config).stem}")
         assert (run / "last").is_dir() and (run / "samples.png").is_file()

@@ -10,9 +10,10 @@ import shutil
 import pytest
 import torch
 
+from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.config import ConfigError, config_from_dict
-from difflab.pipeline import FALLBACK_SAMPLER, WEIGHTS_DIR, Generator
+from difflab.pipeline import FALLBACK_SAMPLER, Generator
 from difflab.samplers import DEFAULTS
 
 

@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from difflab.diffusion.noise import per_sample_generators
 from difflab.diffusion.oracles import gaussian_oracle, ring_mixture
 from difflab.diffusion.process import DiscreteProcess, VEProcess, VPProcess
 from difflab.samplers import (
@@ -29,7 +30,6 @@ from difflab.samplers import (
     make_timesteps,
     sample,
 )
-from difflab.samplers.common import per_sample_generators
 from difflab.samplers.timesteps import karras_sigmas
 
 MINE = [

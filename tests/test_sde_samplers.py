@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from difflab.diffusion import sde as sde_mod
+from difflab.diffusion.noise import per_sample_generators, randn
 from difflab.diffusion.oracles import gaussian_oracle, ring_mixture
 from difflab.diffusion.process import DiscreteProcess, VEProcess, VPProcess
-from difflab.samplers.common import per_sample_generators, randn
 from difflab.samplers.ode import sample_ode
 from difflab.samplers.sde import sample_euler_maruyama, sample_pc
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.metrics import feature_extractor
-from difflab.pipeline import WEIGHTS_DIR, Generator
+from difflab.pipeline import Generator
 
 SHIPPED = sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir())
 

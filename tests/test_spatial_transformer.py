@@ -11,7 +11,7 @@ from torch import nn
 
 from difflab.models import UNet, UNetConfig, count_parameters, get_preset, preset_config
 from difflab.models.attention import SpatialTransformer, TransformerBlock, attention
-from difflab.models.unet import TextCondition
+from difflab.models.conditioning import TextCondition
 
 
 def perturb_zero_inits(net: nn.Module, seed: int = 0) -> nn.Module:

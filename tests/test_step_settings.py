@@ -210,13 +210,13 @@ def test_a_run_that_slows_down_times_its_threads_again(tmp_path, monkeypatch):
     tr = trainer(tmp_path, "train.max_steps=2", "train.threads=auto")
     tr.train()
     first = tr.step_settings
-    assert tr._retime_options == [2, 1]
+    assert tr.tuner.options == [2, 1]
     tr.seconds_per_step = 10 * first.seconds_per_step  # as if the machine got busy
-    tr._maybe_retime_threads()
+    tr.tuner.maybe_retime()
     again = tr.step_settings
     assert again.precision == first.precision and again.threads in (1, 2)
     assert again.seconds_per_step == again.timings[label(again.precision, again.threads)]
     assert torch.get_num_threads() == again.threads
     tr.seconds_per_step = again.seconds_per_step  # the next window runs as timed
-    tr._maybe_retime_threads()  # not slow against the new timing, not due: nothing is timed
+    tr.tuner.maybe_retime()  # not slow against the new timing, not due: nothing is timed
     assert tr.step_settings is again

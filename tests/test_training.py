@@ -10,9 +10,10 @@ import pytest
 import torch
 from tiny_run import TINY, tiny_config
 
-from difflab.metrics import evaluate_checkpoint
-from difflab.training import report
-from difflab.training.checkpoint import load_checkpoint
+from difflab.checkpoints.store import load_checkpoint
+from difflab.evaluation import evaluate_checkpoint
+from difflab.pipeline import Generator
+from difflab.runs import report, score_fid
 from difflab.training.trainer import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ def train(out, steps, resume=False, extra=()):
     tr = Trainer(tiny_config(f"train.max_steps={steps}", *extra), out, device="cpu", quiet=True)
     if resume:
         tr.resume()
-    tr.train()
+    tr.train(score=score_fid)  # FID as `difflab train` scores it, when train.fid_every is set
     return tr
 
 
@@ -155,7 +156,7 @@ def test_conditional_sample_grid_has_a_row_per_class(tmp_path):
     from PIL import Image
 
     tr = train(tmp_path / "run", 1, extra=["model.overrides.num_classes=10", "sample.steps=2"])
-    gen = report.generator_from_trainer(tr)
+    gen = Generator.from_trainer(tr)
     count, nrow, conditions = report.grid_layout(tr, gen, 64)
     assert (count, nrow) == (60, 6) and conditions["classes"][:7] == [0] * 6 + [1]
     path = report.save_sample_grid(tr, tmp_path / "grid.png")
@@ -206,3 +207,19 @@ def test_torchrun_time_budget_stops_every_rank_together(tmp_path):
     rows = [r for r in rows if "loss" in r]
     assert rows[-1]["step"] == ck.state["step"] > 3
     assert rows[-1]["lr"] < rows[2]["lr"]
+
+
+def test_sample_grid_draws_train_num_sample_images(tmp_path):
+    """train.num_sample_images sets how many samples a grid shows: 8 make one row of 8, 16
+    two rows, as tall again (the title strip aside)."""
+    from PIL import Image
+
+    heights = {}
+    for n in (8, 16):
+        tr = train(
+            tmp_path / f"run{n}", 1, extra=[f"train.num_sample_images={n}", "sample.steps=2"]
+        )
+        path = report.save_sample_grid(tr, tmp_path / f"grid{n}.png")
+        width, heights[n] = Image.open(path).size
+    row = heights[16] - heights[8]
+    assert row > 0 and width // row == 8  # 8 columns of square tiles

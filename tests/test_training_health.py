@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from tiny_run import TINY, as_flags, tiny_config
 
+from difflab.checkpoints.names import resolve_checkpoint
+from difflab.checkpoints.store import load_checkpoint, load_weights_into
 from difflab.cli import main
 from difflab.config import load_config
-from difflab.pipeline import resolve_checkpoint
-from difflab.training import report
-from difflab.training.checkpoint import load_checkpoint, load_weights_into
+from difflab.runs import report
 from difflab.training.step_settings import StepSettings
 from difflab.training.trainer import Trainer
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from difflab.models.conditioning import TextCondition
 from difflab.models.transformer import DIT_PRESETS, DiT, DiTConfig, position_embedding_2d
-from difflab.models.unet import TextCondition
 
 
 def small(**kw) -> DiTConfig:

@@ -5,7 +5,9 @@ here) and for a config key (difflab.config.RANGES) alike, so that both say it th
 "must be >= 0 and <= 50, got inf". Every float must also be finite: NaN and infinity pass
 most comparisons silently (NaN > 0 is False, so `if x <= 0` lets it through).
 
-This module imports nothing heavy: the parser is built before torch is imported.
+A flag naming a sampler or a device is checked against what this difflab has and this machine
+offers (the samplers' registry, difflab.hardware) as the command line is read, not after
+minutes of loading data.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from difflab.hardware import pick_device
+from difflab.samplers import SAMPLERS
 
 # Sizes that keep one command from asking for absurd amounts of memory or time; far above
 # any real use of difflab's 28x28 models (a 10,000-image FID run, a batch of 1,024 on a GPU).
@@ -100,15 +105,8 @@ def float_in(
     return parse
 
 
-positive_int = int_in(1)  # a whole number >= 1
-positive_float = float_in(0, low_open=True)  # a finite number > 0
-
-
 def sampler_name(text: str) -> str:
-    """An argparse type: the name of a registered sampler (imports the samplers, and so
-    torch, only when the flag is given)."""
-    from difflab.samplers import SAMPLERS
-
+    """An argparse type: the name of a registered sampler."""
     if text not in SAMPLERS:
         raise argparse.ArgumentTypeError(
             f"unknown sampler {text!r}; allowed: {', '.join(sorted(SAMPLERS))}"
@@ -119,8 +117,6 @@ def sampler_name(text: str) -> str:
 def device_name(text: str) -> str:
     """An argparse type: a device this machine has (cpu, cuda, cuda:N, mps), checked when
     the command line is read rather than after minutes of loading data."""
-    from difflab.hardware import pick_device
-
     try:
         pick_device(text)
     except ValueError as e:

@@ -12,13 +12,38 @@ from typing import Any
 import torch
 
 from difflab.config import ConfigError, DiffusionConfig, ModelConfig
+from difflab.diffusion.edm import EDMProcess
+from difflab.diffusion.flow import FlowProcess
 from difflab.diffusion.process import NoiseProcess, make_process
 from difflab.models import presets
+from difflab.models.autoencoder import Autoencoder, AutoencoderConfig
+from difflab.models.text import TextConditioned, text_encoder_from_spec
+from difflab.models.transformer import DiT, DiTConfig
 from difflab.models.unet import UNet, UNetConfig
 
 
 def build_process(cfg: DiffusionConfig) -> NoiseProcess:
-    """The noise process a DiffusionConfig describes."""
+    """The noise process a DiffusionConfig describes. EDM and flow matching are processes that
+    also train and wrap their network (`training_loss`, `denoiser`); what they refuse is a
+    ConfigError, as for any other bad setting."""
+    try:
+        if cfg.process == "edm":
+            return EDMProcess(
+                sigma_min=cfg.edm_sigma_min,
+                sigma_max=cfg.edm_sigma_max,
+                sigma_data=cfg.sigma_data,
+                p_mean=cfg.edm_p_mean,
+                p_std=cfg.edm_p_std,
+            )
+        if cfg.process == "flow":
+            return FlowProcess(
+                t_min=cfg.t_min,
+                time_sampling=cfg.flow_time_sampling,
+                logit_mean=cfg.flow_logit_mean,
+                logit_std=cfg.flow_logit_std,
+            )
+    except ValueError as e:
+        raise ConfigError(f"diffusion: {e}") from e
     if cfg.process == "discrete":
         return make_process(
             "discrete",
@@ -38,20 +63,11 @@ def build_process(cfg: DiffusionConfig) -> NoiseProcess:
 
 
 # Network kinds a spec can describe: the config dataclass and the module class of each.
-def _kinds() -> dict[str, tuple[type, type]]:
-    from difflab.models.autoencoder import Autoencoder, AutoencoderConfig
-
-    kinds: dict[str, tuple[type, type]] = {
-        "unet": (UNetConfig, UNet),
-        "autoencoder": (AutoencoderConfig, Autoencoder),
-    }
-    try:
-        from difflab.models.transformer import DiT, DiTConfig
-
-        kinds["dit"] = (DiTConfig, DiT)
-    except ImportError:
-        pass
-    return kinds
+NETWORK_KINDS: dict[str, tuple[type, type]] = {
+    "unet": (UNetConfig, UNet),
+    "autoencoder": (AutoencoderConfig, Autoencoder),
+    "dit": (DiTConfig, DiT),
+}
 
 
 def network_spec(
@@ -74,7 +90,7 @@ def network_spec(
                 f"model.preset {cfg.preset!r} takes no overrides, got {sorted(cfg.overrides)}"
             )
         return {"type": "preset", "name": cfg.preset, "in_channels": c}
-    config_cls = _kinds()[preset.kind][0]
+    config_cls = NETWORK_KINDS[preset.kind][0]
     fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
     unknown = sorted(set(cfg.overrides) - fields)
     if unknown:
@@ -102,12 +118,10 @@ def network_spec(
 
 def network_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
     if spec["type"] == "text-conditioned":  # a denoiser + the text encoder trained with it
-        from difflab.models.text import TextConditioned, text_encoder_from_spec
-
         return TextConditioned(network_from_spec(spec["net"]), text_encoder_from_spec(spec["text"]))
     if spec["type"] == "preset":
         return presets.get_preset(spec["name"], in_channels=spec.get("in_channels", 1))
-    kinds = _kinds()
+    kinds = NETWORK_KINDS
     if spec["type"] not in kinds:
         raise ConfigError(
             f"unknown network type {spec['type']!r}; allowed: preset, {', '.join(kinds)}"

@@ -2,17 +2,20 @@
 
 A run is `[data]`, `[model]`, `[diffusion]`, `[train]` and `[sample]` tables, plus for latent
 text-to-image models `[latent]` (the frozen autoencoder), `[text]` (the text encoder) and, for
-training the autoencoder itself, `[autoencoder]` (its loss). Every key is
-checked against its dataclass: an unknown key, a wrong type, a value outside the allowed set
-(CHOICES) or range (RANGES; every float finite) is a `ConfigError` that names the key and what
-is allowed, before any work starts.
+training the autoencoder itself, `[autoencoder]` (its loss). Every key is checked as it is
+read, before any work starts: against its dataclass field (an unknown key, a wrong type), then
+against the tables below -- the allowed words (CHOICES, including the names in the sampler and
+network registries), the allowed numbers (RANGES, OVERRIDE_RANGES; every float finite), and
+for a key that takes either, NUMBER_OR_WORD. Each broken rule is a `ConfigError` that names
+the key and what is allowed. What no single key can say (keys that bound each other) is
+`check_combinations`, run on the whole config. The dataclasses themselves check nothing
+(DataConfig, which checks its own combinations, aside), so that a rule lives in one place.
 `--set train.lr=1e-3` on the command line goes through the same checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import types
@@ -23,6 +26,9 @@ from typing import Any
 
 from difflab.argtypes import MAX_BATCH, MAX_GUIDANCE, MAX_SAMPLES, MAX_SEED, MAX_STEPS, Range
 from difflab.data import DataConfig
+from difflab.diffusion.flow import TIME_SAMPLINGS
+from difflab.models.presets import PRESETS
+from difflab.samplers import SAMPLERS
 
 
 class ConfigError(ValueError):
@@ -39,7 +45,11 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    # 'discrete' is DDPM's table of T steps; 'vp' / 've' are the continuous SDEs of Song et al.
+    # 'discrete' is DDPM's table of T steps; 'vp' / 've' are the continuous SDEs of Song et al.;
+    # 'edm' is Karras et al. (2022) and 'flow' flow matching / rectified flow (Lipman et al.
+    # 2023; Liu et al. 2023). These two fix what their network predicts and how it is trained
+    # (difflab.diffusion.edm, .flow): schedule, timesteps, parameterization, loss, snr_gamma
+    # and zero_terminal_snr are the other processes' settings (check_combinations).
     process: str = "discrete"
     # Cosine keeps more signal at mid-noise than linear, which suits 28x28 images
     # (Nichol & Dhariwal 2021, sec. 3.2).
@@ -54,7 +64,23 @@ class DiffusionConfig:
     zero_terminal_snr: bool = False
     # VE SDE sigma (the score-based write-up uses 25) and VP settings for continuous processes.
     ve_sigma: float = 25.0
+    # The lowest time of the continuous processes (vp, ve, flow); flow's highest is 1 - 1e-3.
     t_min: float = 1e-3
+    # EDM (Karras et al. 2022, Table 1): the noise levels sampling runs between; the data's std
+    # that the preconditioning assumes (0.5 for pixels in [-1, 1], as in the paper; 1.0 for a
+    # latent run, whose latents are scaled to unit variance); training noise levels
+    # ln sigma ~ N(edm_p_mean, edm_p_std^2).
+    edm_sigma_min: float = 0.002
+    edm_sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    edm_p_mean: float = -1.2
+    edm_p_std: float = 1.2
+    # Flow matching's training times: "logit_normal", logit(t) ~ N(mean, std^2) (Esser et al.
+    # 2024, sec. 3.1: mean 0, std 1 was their best, it trains mid-noise most), or "uniform"
+    # (Liu et al. 2023).
+    flow_time_sampling: str = "logit_normal"
+    flow_logit_mean: float = 0.0
+    flow_logit_std: float = 1.0
 
 
 @dataclass
@@ -91,7 +117,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 1000
-    num_sample_images: int = 64
+    num_sample_images: int = 64  # about this many images in each sample grid and the report
     # Every fid_every steps (0: never), FID and KID of fid_samples images drawn from the EMA
     # weights with the [sample] sampler, in difflab.metrics' feature space for the dataset,
     # go to metrics.jsonl, and the lowest-FID weights are kept as the "best_fid" checkpoint
@@ -102,14 +128,6 @@ class TrainConfig:
     # Probability of replacing a class label with the null label, for classifier-free guidance.
     cond_drop_prob: float = 0.1
     compile: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.threads, str) and self.threads != "auto":
-            raise ValueError(f"train.threads must be 'auto' or a whole number > 0, got "
-                             f"{self.threads!r}")
-        if isinstance(self.threads, int) and self.threads < 1:
-            raise ValueError(f"train.threads must be 'auto' or a whole number > 0, got "
-                             f"{self.threads}")
 
 
 @dataclass
@@ -183,13 +201,18 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# The allowed values of every key that takes one of a set of words (None: "none" in TOML). The
+# sampler and network names are their registries', as this difflab has them.
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "diffusion.process": ("discrete", "vp", "ve"),
+    "model.preset": tuple(sorted(PRESETS)),
+    "diffusion.process": ("discrete", "vp", "ve", "edm", "flow"),
     "diffusion.schedule": ("linear", "cosine", "quadratic", "sigmoid", "geometric"),
     "diffusion.parameterization": ("eps", "x0", "v", "score"),
     "diffusion.loss": ("l2", "l1", "huber"),
+    "diffusion.flow_time_sampling": TIME_SAMPLINGS,
     "train.lr_schedule": ("constant", "cosine", "linear"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "sample.sampler": tuple(sorted(SAMPLERS)),
     "sample.clip": (None, "static", "dynamic"),
     "text.encoder": (None, "minilm", "trainable"),
     "text.tokens": ("all", "pooled"),
@@ -210,6 +233,13 @@ RANGES: dict[str, Range] = {
     "diffusion.snr_gamma": Range(0, None, low_open=True),
     "diffusion.ve_sigma": Range(1, 1e4, low_open=True),  # VEProcess needs sigma > 1
     "diffusion.t_min": Range(0, 0.1, low_open=True),  # the continuous processes' t in (0, 1]
+    "diffusion.edm_sigma_min": Range(0, 1e3, low_open=True),  # and < edm_sigma_max
+    "diffusion.edm_sigma_max": Range(0, 1e5, low_open=True),
+    "diffusion.sigma_data": Range(0, 100, low_open=True),
+    "diffusion.edm_p_mean": Range(-20, 20),  # a log noise level
+    "diffusion.edm_p_std": Range(0, 20, low_open=True),
+    "diffusion.flow_logit_mean": Range(-20, 20),
+    "diffusion.flow_logit_std": Range(0, 20, low_open=True),
     # [train]
     "train.batch_size": Range(0, MAX_BATCH, low_open=True),
     "train.lr": Range(0, 1, low_open=True),
@@ -244,12 +274,17 @@ RANGES: dict[str, Range] = {
     # [autoencoder]
     "autoencoder.kl_weight": Range(0, 1),  # 1 is a full VAE; LDM uses 1e-6 .. 1e-4
 }
+# Keys that take a number (checked by RANGES) or one of a few words: the words, and what the
+# message calls the numbers.
+NUMBER_OR_WORD: dict[str, tuple[tuple[str, ...], str]] = {
+    "train.threads": (("auto",), "a whole number > 0"),
+}
 
 
 # model.overrides go to the network's own config class (UNetConfig, DiTConfig,
 # AutoencoderConfig), which checks their types and combinations when the network is built;
-# these bounds on widths and depths come first, so that an extra zero is refused at load
-# instead of allocating tens of gigabytes of weights.
+# these bounds on widths and depths (model.overrides.KEY) come first, so that an extra zero is
+# refused at load instead of allocating tens of gigabytes of weights.
 OVERRIDE_RANGES: dict[str, Range] = {
     "base_channels": Range(1, 2048),
     "channel_mults": Range(1, 32),
@@ -371,19 +406,35 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, full)
-            continue
-        if full in CHOICES and None in CHOICES[full] and value == "none":
-            value = None  # TOML has no null: "none" spells it where none is allowed
-        value = _check_type(full, value, hint)
-        if full in CHOICES and value not in CHOICES[full]:
-            allowed = ", ".join("none" if c is None else str(c) for c in CHOICES[full])
-            raise ConfigError(f"{full} = {value!r} is not allowed; choose one of: {allowed}")
-        _check_range(full, value, RANGES.get(full), optional=type(None) in typing.get_args(hint))
-        kwargs[key] = value
+        else:
+            kwargs[key] = check_value(full, value, hint, prefix)
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:  # a dataclass's own __post_init__ validation
+    except (TypeError, ValueError) as e:  # DataConfig's own __post_init__ validation
         raise ConfigError(f"[{prefix or 'config'}]: {e}") from e
+
+
+def check_value(full: str, value: Any, hint: Any, section: str) -> Any:
+    """Check one key's value against every table above: its type hint, its allowed words
+    (CHOICES, NUMBER_OR_WORD) and numbers (RANGES; OVERRIDE_RANGES for the entries of
+    model.overrides); returns it as its dataclass field holds it. `full` is the key with its
+    section ("train.lr"), `section` the table it is in, as the messages name them."""
+    if full in CHOICES and None in CHOICES[full] and value == "none":
+        value = None  # TOML has no null: "none" spells it where none is allowed
+    value = _check_type(full, value, hint)
+    if full in CHOICES and value not in CHOICES[full]:
+        allowed = ", ".join("none" if c is None else str(c) for c in CHOICES[full])
+        raise ConfigError(f"{full} = {value!r} is not allowed; choose one of: {allowed}")
+    if full in NUMBER_OR_WORD and isinstance(value, str):
+        words, numbers = NUMBER_OR_WORD[full]
+        if value not in words:
+            shown = " or ".join(repr(w) for w in words)
+            raise ConfigError(f"[{section}]: {full} must be {shown} or {numbers}, got {value!r}")
+    _check_range(full, value, RANGES.get(full), optional=type(None) in typing.get_args(hint))
+    if full == "model.overrides":
+        for key, item in value.items():
+            _check_range(f"{full}.{key}", item, OVERRIDE_RANGES.get(key))
+    return value
 
 
 def parse_value(text: str) -> Any:
@@ -438,31 +489,44 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
 
 
 def check_combinations(cfg: RunConfig) -> None:
-    """What no single key can check: names that live in registries (samplers, network
-    presets) and keys that bound each other. Done at load, so that a run that would fail at
-    its first sample grid, minutes into training, is refused before it starts."""
-    from difflab.models.presets import PRESETS
-    from difflab.samplers import SAMPLERS
-
-    if cfg.sample.sampler not in SAMPLERS:
-        raise ConfigError(
-            f"sample.sampler = {cfg.sample.sampler!r} is not allowed; choose one of: "
-            f"{', '.join(sorted(SAMPLERS))}"
-        )
-    if cfg.model.preset not in PRESETS:
-        raise ConfigError(
-            f"model.preset = {cfg.model.preset!r} is not allowed; choose one of: "
-            f"{', '.join(sorted(PRESETS))}"
-        )
-    for key, value in cfg.model.overrides.items():
-        _check_range(f"model.overrides.{key}", value, OVERRIDE_RANGES.get(key))
+    """What no single key can check: keys that bound each other. Done at load, so that a run
+    that would fail at its first sample grid, minutes into training, is refused before it
+    starts."""
     d = cfg.diffusion
     if d.process == "discrete" and cfg.sample.steps > d.timesteps:
         raise ConfigError(
             f"sample.steps = {cfg.sample.steps} is more than diffusion.timesteps = "
             f"{d.timesteps}: a discrete process has only T steps to visit"
         )
+    if d.process in OWN_NETWORK_PROCESSES:
+        for name in NETWORK_CHOICES:
+            value, default = getattr(d, name), getattr(DiffusionConfig, name)
+            if value != default:
+                raise ConfigError(
+                    f"diffusion.{name} = {_toml(value)} does not apply to diffusion.process = "
+                    f"{d.process!r}, which fixes what its network predicts and how its loss "
+                    f"is weighted; {name} applies to the discrete, vp and ve processes: "
+                    f"leave it at {_toml(default)}"
+                )
+    if d.process == "edm" and not d.edm_sigma_min < d.edm_sigma_max:
+        raise ConfigError(
+            f"diffusion.edm_sigma_min = {_show(d.edm_sigma_min)} must be below "
+            f"diffusion.edm_sigma_max = {_show(d.edm_sigma_max)}"
+        )
 
 
-def to_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2, default=list)
+# Processes that fix their network's output and training loss (difflab.diffusion.edm, .flow),
+# and the settings of the other processes that choose them: refused there unless left at
+# their defaults, so that a setting never silently does nothing.
+OWN_NETWORK_PROCESSES = ("edm", "flow")
+NETWORK_CHOICES = ("parameterization", "loss", "snr_gamma", "zero_terminal_snr")
+
+
+def _toml(value: Any) -> str:
+    """A value as TOML spells it, with none for None (as --set and the configs take it)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else _show(value)
+

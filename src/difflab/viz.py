@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from difflab.data.transforms import to_uint8
 from difflab.diffusion import schedules
 from difflab.diffusion.process import DiscreteProcess, NoiseProcess
 
@@ -42,30 +43,6 @@ PathLike = str | os.PathLike
 
 # ----------------------------------------------------------------------------- pixels
 
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Map model-space values in [-1, 1] to uint8 pixels [0, 255] by a FIXED affine map.
-
-    pixel = floor((clamp(x, -1, 1) + 1) * 127.5 + 0.5), i.e. rounding half up, so
-    -1 -> 0, 0 -> 128 (127.5 rounds up), 1 -> 255, 0.9 -> 242. Values outside [-1, 1] are
-    clamped (+inf -> 255, -inf -> 0).
-
-    This is deliberately NOT a per-image (or per-batch) min-max rescaling: an all-0.9 image
-    stays light grey (242) instead of being stretched to white or black, so samples that
-    drift towards saturation are visible as such. A uint8 tensor is returned unchanged (it is
-    taken to be pixels already). NaN has no pixel value and raises ValueError rather than
-    being painted over.
-    """
-    if x.dtype == torch.uint8:
-        return x
-    if not x.is_floating_point():
-        raise TypeError(f"to_uint8 expects a float tensor in [-1, 1] or uint8, got {x.dtype}")
-    x = x.detach().to(torch.float32)
-    if bool(torch.isnan(x).any()):
-        raise ValueError(
-            f"cannot display: {int(torch.isnan(x).sum())} of {x.numel()} values are NaN"
-        )
-    return torch.floor((x.clamp(-1.0, 1.0) + 1.0) * 127.5 + 0.5).to(torch.uint8)
 
 
 def _as_image_batch(images: Tensor | np.ndarray) -> Tensor:

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from tiny_run import TINY as TINY_RUN
 
+from difflab.checkpoints.store import load_checkpoint
 from difflab.config import load_config
-from difflab.training.checkpoint import load_checkpoint
 from difflab.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]

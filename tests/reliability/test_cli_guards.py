@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from difflab import argtypes
+from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.config import CHOICES, RANGES, ConfigError, RunConfig, load_config
-from difflab.pipeline import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = WEIGHTS_DIR / "fashion-mnist"
@@ -436,24 +436,24 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
 
 
 def test_interrupt_is_one_line_and_130(monkeypatch, capsys):
-    import difflab.cli as cli
+    from difflab.cli import info
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_info", interrupted)
-    assert cli.main(["info", "fashion-mnist"]) == 130
+    monkeypatch.setattr(info, "cmd_info", interrupted)
+    assert main(["info", "fashion-mnist"]) == 130
     assert capsys.readouterr().err.strip() == "difflab: interrupted"
 
 
 def test_a_bug_is_reported_as_one(monkeypatch, capsys):
     """An exception that is no user's doing says so (exit status 1), still in one line."""
-    import difflab.cli as cli
+    from difflab.cli import info
 
     def buggy(args):
         return {}["missing"]
 
-    monkeypatch.setattr(cli, "cmd_info", buggy)
-    assert cli.main(["info", "fashion-mnist"]) == 1
+    monkeypatch.setattr(info, "cmd_info", buggy)
+    assert main(["info", "fashion-mnist"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error, KeyError" in err and "--debug" in err

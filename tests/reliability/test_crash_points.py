@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from reliability_helpers import debris, differing, final_tensors, metric_rows, trainer
 
+from difflab.checkpoints import store as ckpt_io
 from difflab.data import load_dataset
-from difflab.training import checkpoint as ckpt_io
-from difflab.training import trainer as trainer_module
+from difflab.training import metrics_log
 
 START, END = 2, 3  # resume at step 2, crash on the way to 3, then resume and finish at 3
 OPS = ("mkdir", "fsync", "replace", "rename")
@@ -49,7 +49,7 @@ def patch_operations(monkeypatch, crash_at: int | None) -> list[str]:
     fake_shutil = types.SimpleNamespace(rmtree=counted("rmtree", shutil.rmtree))
     monkeypatch.setattr(ckpt_io, "os", fake_os)
     monkeypatch.setattr(ckpt_io, "shutil", fake_shutil)
-    monkeypatch.setattr(trainer_module, "os", fake_os)
+    monkeypatch.setattr(metrics_log, "os", fake_os)
     return log
 
 

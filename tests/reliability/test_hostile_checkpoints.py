@@ -20,9 +20,9 @@ import torch
 from reliability_helpers import trainer
 from safetensors.torch import load_file, save_file
 
+from difflab.checkpoints import store as ckpt_io
 from difflab.cli import main
 from difflab.pipeline import Generator
-from difflab.training import checkpoint as ckpt_io
 
 MANIFEST = ckpt_io.MANIFEST_FILE
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reliability_helpers import debris, differing, final_tensors, metric_rows, trainer
 
-from difflab.training.checkpoint import load_checkpoint
+from difflab.checkpoints.store import load_checkpoint
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 STEPS = 24

@@ -10,7 +10,7 @@ import pytest
 import torch
 from reliability_helpers import metric_rows, trainer
 
-from difflab.training import checkpoint as ckpt_io
+from difflab.checkpoints import store as ckpt_io
 from difflab.training.trainer import TrainingDiverged
 
 

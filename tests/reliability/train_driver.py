@@ -18,7 +18,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
 from reliability_helpers import trainer  # noqa: E402
 
-from difflab.training import checkpoint as ckpt_io  # noqa: E402
+from difflab.checkpoints import store as ckpt_io  # noqa: E402
 
 COUNTING = False  # set when training starts
 

@@ -6,7 +6,8 @@
     for images, labels in batches:  # float [-1, 1] (B, 1, 32, 32), int64 (B,)
         ...
 
-Sources: fashion_mnist, mnist, digits, image_folder, hf (Hugging Face, optional), toy2d.
+Sources: fashion_mnist, mnist, digits, image_folder, hf (Hugging Face, optional), toy2d; what
+each is called and its classes are in one table, catalog.py (`dataset_spec("mnist")`).
 """
 
 from .base import (
@@ -17,7 +18,16 @@ from .base import (
     default_cache_dir,
     resolve_class,
 )
-from .fashion_mnist import CLASS_ALIASES, CLASS_NAMES, class_index, load_fashion_mnist
+from .catalog import (
+    CAPTIONED_DATASETS,
+    CATALOG,
+    DATASET_NAMES,
+    FEATURE_DATASETS,
+    DatasetSpec,
+    dataset_spec,
+    find_dataset,
+)
+from .fashion_mnist import class_index, load_fashion_mnist
 from .idx import IDXFormatError, read_idx
 from .image_folder import (
     IMAGE_EXTENSIONS,
@@ -27,7 +37,7 @@ from .image_folder import (
     load_image_folder,
 )
 from .loader import Batch, BatchIterator, ImageDataset, epoch_flips, epoch_permutation
-from .registry import DATASET_NAMES, DataConfig, check_image_size, class_aliases, load_dataset
+from .registry import DataConfig, check_image_size, class_aliases, load_dataset
 from .toy2d import (
     TOY2D_NAMES,
     GaussianMixture,
@@ -37,10 +47,18 @@ from .toy2d import (
 )
 from .transforms import to_float, to_uint8
 
+# Fashion-MNIST's classes, as this package has always exported them; every dataset's are in
+# CATALOG (dataset_spec(name).class_names, .class_aliases).
+CLASS_NAMES = dataset_spec("fashion_mnist").class_names
+CLASS_ALIASES = dataset_spec("fashion_mnist").class_aliases
+
 __all__ = [
+    "CAPTIONED_DATASETS",
+    "CATALOG",
     "CLASS_ALIASES",
     "CLASS_NAMES",
     "DATASET_NAMES",
+    "FEATURE_DATASETS",
     "IMAGE_EXTENSIONS",
     "TOY2D_NAMES",
     "BadImageError",
@@ -50,6 +68,7 @@ __all__ = [
     "ChecksumError",
     "DataConfig",
     "DatasetNotFoundError",
+    "DatasetSpec",
     "GaussianMixture",
     "IDXFormatError",
     "ImageData",
@@ -58,9 +77,11 @@ __all__ = [
     "check_image_size",
     "class_aliases",
     "class_index",
+    "dataset_spec",
     "default_cache_dir",
     "epoch_flips",
     "epoch_permutation",
+    "find_dataset",
     "grid_mixture",
     "list_images",
     "load_dataset",

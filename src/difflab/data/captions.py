@@ -5,7 +5,8 @@ Fashion-MNIST and MNIST have labels, not captions. Each class gets a handful of 
 templates ("a photo of {a} {}", "{a} {} on a black background", ...), and a few dozen
 descriptions ("a shoe for the gym", "a lace-up shoe with a rubber sole") put into framing
 templates ("a photo of {}"), which gives several hundred distinct captions per class (the
-words are in :mod:`difflab.data.caption_text`). Training on varied wording and meaning,
+words are package data, caption_text/*.toml, read by :mod:`difflab.data.caption_words`; which
+dataset has which words is in :mod:`difflab.data.catalog`). Training on varied wording and meaning,
 with a pretrained sentence encoder, is what lets the model follow prompts it never saw;
 :func:`held_out_prompts` holds paraphrases kept out of the training captions to measure
 exactly that.
@@ -31,20 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import fashion_mnist, mnist
-from .base import resolve_class
-from .caption_text import DIGITS, FASHION, CaptionWords
-
-CAPTIONED_DATASETS = ("fashion_mnist", "mnist", "digits")
-
-_DATASETS = {
-    # dataset: (standard class names, aliases, caption words)
-    "fashion_mnist": (fashion_mnist.CLASS_NAMES, fashion_mnist.CLASS_ALIASES, FASHION),
-    "mnist": (mnist.CLASS_NAMES, mnist.CLASS_ALIASES, DIGITS),
-    # scikit-learn's 8x8 digits are the same ten classes, so the same captions.
-    "digits": (mnist.CLASS_NAMES, mnist.CLASS_ALIASES, DIGITS),
-}
-
+from .caption_words import CaptionWords, caption_words
+from .catalog import CAPTIONED_DATASETS, DatasetSpec, find_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Building captions
@@ -53,7 +42,7 @@ _DATASETS = {
 def indefinite_article(word: str) -> str:
     """ "a" or "an" for the word that follows, by sound: "an ankle", "a one", "an 8", "a uniform".
 
-    Covers the words in this file's names and templates; English has more exceptions
+    Covers the words in the caption words' names and templates; English has more exceptions
     ("an hour", "a European") than a rule can hold.
     """
     w = word.lower()
@@ -74,24 +63,37 @@ def render(template: str, name: str) -> str:
     return re.sub(r"\{a\} (\S+)", lambda m: f"{indefinite_article(m[1])} {m[1]}", text)
 
 
-def _lookup(dataset: str) -> tuple[Sequence[str], dict[str, str], CaptionWords]:
-    if dataset not in _DATASETS:
+def _lookup(dataset: str) -> tuple[DatasetSpec, CaptionWords]:
+    """The dataset's catalog entry and caption words; ValueError for one without captions."""
+    spec = find_dataset(dataset)
+    if spec is not None and spec.image_captions:
+        raise ValueError(
+            f"{spec.name} captions each image on its own, not per class: its caption table "
+            "comes with the data (difflab.data.registry.dataset_caption_table)"
+        )
+    if spec is None or not spec.captions:
         raise ValueError(
             f"no captions for dataset {dataset!r}: datasets with captions are "
             f"{', '.join(CAPTIONED_DATASETS)} (for others, give captions of your own)"
         )
-    return _DATASETS[dataset]
+    words = caption_words(spec.captions)
+    if words.class_names != spec.class_names:
+        # The words are per label: another class order would caption every image wrongly.
+        raise ValueError(
+            f"caption words {spec.captions!r} are for classes {words.class_names}, but "
+            f"{spec.name} has {spec.class_names}"
+        )
+    return spec, words
 
 
-def _standard_labels(dataset: str, class_names: Sequence[str] | None) -> list[int]:
+def _standard_labels(spec: DatasetSpec, class_names: Sequence[str] | None) -> list[int]:
     """The dataset's standard label of each of ``class_names`` (a subset or reordering, as
     ``data.classes`` makes), by name or alias; None: all classes in the standard order."""
-    names, aliases, *_ = _lookup(dataset)
     if class_names is None:
-        return list(range(len(names)))
+        return list(range(len(spec.class_names or ())))
     if isinstance(class_names, str):
         raise ValueError(f"class_names must be a sequence of names, got one string {class_names!r}")
-    return [resolve_class(c, names, aliases) for c in class_names]
+    return spec.class_indices(class_names)
 
 
 def class_captions(dataset: str, class_names: Sequence[str] | None = None) -> list[list[str]]:
@@ -102,9 +104,9 @@ def class_captions(dataset: str, class_names: Sequence[str] | None = None) -> li
     ValueError for a dataset without captions (the message lists those that have them) or
     for a class name the dataset does not have.
     """
-    words = _lookup(dataset)[2]
+    spec, words = _lookup(dataset)
     out = []
-    for label in _standard_labels(dataset, class_names):
+    for label in _standard_labels(spec, class_names):
         named = (render(t, n) for n in words.names[label] for t in words.templates)
         described = (
             t.replace("{}", d)
@@ -122,9 +124,9 @@ def held_out_prompts(
     """10-20 paraphrases per class that are not training captions, keyed by label (in the
     order of ``class_names``, as :func:`class_captions`): prompts for measuring whether a
     model follows wording it was never trained on."""
-    held_out = _lookup(dataset)[2].held_out
-    labels = _standard_labels(dataset, class_names)
-    return {i: list(held_out[label]) for i, label in enumerate(labels)}
+    spec, words = _lookup(dataset)
+    labels = _standard_labels(spec, class_names)
+    return {i: list(words.held_out[label]) for i, label in enumerate(labels)}
 
 
 def quotes_a_caption(prompt: str, captions: Sequence[str]) -> bool:

@@ -1,6 +1,7 @@
 """scikit-learn's 8x8 handwritten digits (UCI "Optical Recognition of Handwritten Digits"):
-1,797 images, 16 grey levels (0..16), classes "0".."9". Tiny enough for learning tests that
-train in seconds. There is no official train/test split; "train" is all 1,797 images.
+1,797 images, 16 grey levels (0..16), classes "0".."9" (named in catalog.py). Tiny enough
+for learning tests that train in seconds. There is no official train/test split; "train" is
+all 1,797 images.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from .base import DatasetNotFoundError
-
-CLASS_NAMES = tuple(str(d) for d in range(10))
 
 
 def load_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -26,50 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (
-    ChecksumError,
-    DatasetNotFoundError,
-    default_cache_dir,
-    md5_hex,
-    resolve_class,
-)
+from .base import ChecksumError, DatasetNotFoundError, default_cache_dir, md5_hex
+from .catalog import dataset_spec
 from .idx import IDXFormatError, find_idx_file, parse_idx, read_idx_bytes
 
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-
-# Extra spellings accepted by class_index (matched case-insensitively, "_" as space); the
-# names in CLASS_NAMES are always accepted too.
-CLASS_ALIASES = {
-    "t-shirt": 0,
-    "tshirt": 0,
-    "t shirt": 0,
-    "tee": 0,
-    "top": 0,
-    "trousers": 1,
-    "pants": 1,
-    "sweater": 2,
-    "jumper": 2,
-    "jacket": 4,
-    "sandals": 5,
-    "sneakers": 7,
-    "trainer": 7,
-    "shoe": 7,
-    "handbag": 8,
-    "boot": 9,
-    "boots": 9,
-    "ankle boots": 9,
-}
+# The class names and their aliases are in catalog.py, with every other dataset's.
+_SPEC = dataset_spec("fashion_mnist")
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -92,8 +54,6 @@ RAW_MD5 = {
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
 
-SPLIT_SIZES = {"train": 60_000, "test": 10_000}
-
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 MIRRORS = (
@@ -109,7 +69,7 @@ def class_index(name_or_int: str | int) -> int:
 
     Raises ValueError listing the allowed names.
     """
-    return resolve_class(name_or_int, CLASS_NAMES, CLASS_ALIASES)
+    return _SPEC.class_index(name_or_int)
 
 
 def _has_split(directory: Path, split: str) -> bool:
@@ -217,6 +177,6 @@ def load_fashion_mnist(
         raise IDXFormatError(
             f"{directory}: {len(images)} images but {len(labels)} labels in split {split!r}"
         )
-    if labels.size and labels.max() >= len(CLASS_NAMES):
+    if labels.size and labels.max() >= len(_SPEC.class_names or ()):
         raise IDXFormatError(f"{directory}: label {labels.max()} outside 0..9")
     return images[:, None], labels.astype(np.int64)

@@ -1,4 +1,5 @@
-"""MNIST handwritten digits (LeCun et al. 1998), 28x28 greyscale, classes "0".."9".
+"""MNIST handwritten digits (LeCun et al. 1998), 28x28 greyscale, classes "0".."9" (names
+and aliases in catalog.py).
 
 Sources:
 - `root=`, a directory of the IDX files (train-images-idx3-ubyte[.gz], train-labels-...,
@@ -17,11 +18,6 @@ import numpy as np
 
 from .base import DatasetNotFoundError
 from .idx import load_idx_pair
-
-CLASS_NAMES = tuple(str(d) for d in range(10))
-# Digits by word, so `--class seven` works as well as `--class 7`.
-CLASS_ALIASES = {w: i for i, w in enumerate(
-    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))}
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -1,5 +1,9 @@
 """One configuration for every dataset, and the single entry point that loads it.
 
+Which datasets exist, and their classes, are in catalog.py; this file checks a [data] table
+against it (a class name `data.classes` cannot resolve fails here, at config time, with the
+same lookup evaluation uses) and loads what it describes.
+
 data = load_dataset(DataConfig(name="fashion_mnist", image_size=32))
 loader = BatchIterator(data, batch_size=128, hflip=cfg.hflip, seed=0)
 """
@@ -7,19 +11,24 @@ loader = BatchIterator(data, batch_size=128, hflip=cfg.hflip, seed=0)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import digits, fashion_mnist, mnist
 from .base import ImageData, PointData, resolve_class
-from .image_folder import ON_BAD_IMAGE
-from .toy2d import TOY2D_NAMES
+from .captions import CaptionTable, caption_table
+from .catalog import DATASET_NAMES, dataset_spec, find_dataset
+from .hf import load_hf_dataset
+from .image_folder import ON_BAD_IMAGE, load_image_folder
+from .shapes import load_shapes, shapes_caption_table
+from .shapes_scene import IMAGE_SIZE as SHAPES_IMAGE_SIZE
+from .toy2d import TOY2D_NAMES, make_toy2d
 from .transforms import convert_channels, resize_images
 
-DATASET_NAMES = ("fashion_mnist", "mnist", "digits", "image_folder", "hf", "toy2d")
 SPLITS = ("train", "test")
 
 
@@ -27,13 +36,13 @@ SPLITS = ("train", "test")
 class DataConfig:
     """Which data to train on. Loaded from the [data] table of a TOML config."""
 
-    name: str = "fashion_mnist"  # one of DATASET_NAMES
+    name: str = "fashion_mnist"  # one of DATASET_NAMES (catalog.py); an alias becomes the name
     root: str | None = None  # directory (IDX files, image folder, saved HF dataset)
     split: str = "train"  # "train" or "test"
     image_size: int | None = None  # None keeps the native size (28 for MNIST-likes)
     channels: int | None = None  # 1 or 3; None keeps the source's (grey sets stay 1)
     hflip: bool = False  # random left-right flips in training; wrong for digits
-    classes: list[str | int] | None = None  # keep these classes only, relabelled 0..k-1
+    classes: list[str | int] | None = None  # keep these only, relabelled 0..k-1 (name or index)
     on_bad_image: str = "skip"  # unreadable files: "skip" (one warning) or "error"
     folder_labels: bool = False  # image_folder: label images by first-level sub-folder
     image_column: str = "image"  # hf: column holding the images
@@ -41,8 +50,8 @@ class DataConfig:
     download: bool = True  # fashion_mnist: may fetch the files when they are not found
     limit: int | None = None  # keep only the first `limit` samples (quick runs, tests)
     toy: str = "ring"  # toy2d: one of TOY2D_NAMES
-    num_samples: int = 10_000  # toy2d: points drawn
-    seed: int = 0  # toy2d: seed of the draw
+    num_samples: int = 10_000  # toy2d: points drawn; shapes: scenes drawn (or test images)
+    seed: int = 0  # toy2d, shapes: seed of the draw (the same seed, the same data)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -69,8 +78,10 @@ class DataConfig:
         def bad(key: str, allowed: str) -> ValueError:
             return ValueError(f"data.{key}={getattr(self, key)!r}: allowed {allowed}")
 
-        if self.name not in DATASET_NAMES:
+        spec = find_dataset(self.name)
+        if spec is None:
             raise bad("name", ", ".join(DATASET_NAMES))
+        self.name = spec.name
         if self.split not in SPLITS:
             raise bad("split", ", ".join(SPLITS))
         if self.on_bad_image not in ON_BAD_IMAGE:
@@ -98,6 +109,16 @@ class DataConfig:
             isinstance(self.classes, (str, int)) or not isinstance(self.classes, Sequence)
         ):
             raise bad("classes", "a list of class names or indices")
+        if self.classes is not None and not self.classes:
+            raise ValueError("data.classes is empty; leave it unset to keep every class")
+        if self.classes is not None and spec.class_names is not None:
+            # The lookup evaluation makes (catalog.DatasetSpec.class_index): a name that
+            # trains also scores.
+            for c in self.classes:
+                try:
+                    spec.class_index(c)
+                except ValueError as e:
+                    raise ValueError(f"data.classes: {e}") from None
         if self.name in ("image_folder", "hf") and not self.root:
             raise ValueError(f"data.name={self.name!r} needs data.root, the folder to read")
         if self.name == "digits" and self.root is not None:
@@ -108,6 +129,35 @@ class DataConfig:
                     raise ValueError(f"data.{key} does not apply to toy2d (2-D points)")
             if self.hflip:
                 raise ValueError("data.hflip does not apply to toy2d (2-D points)")
+        if self.name == "shapes":
+            self._validate_shapes()
+
+    def _validate_shapes(self) -> None:
+        """shapes renders its own RGB scenes, captioned per image (docs/shapes.md)."""
+        if self.hflip:
+            raise ValueError(
+                "data.hflip does not apply to shapes: a flip swaps left and right, and the "
+                "captions ('a circle to the left of a square') would lie; set hflip = false"
+            )
+        if self.channels not in (None, 3):
+            raise ValueError(
+                f"data.channels={self.channels!r} does not apply to shapes: its colours are "
+                "its content; leave channels unset (3, RGB)"
+            )
+        if self.classes is not None:
+            raise ValueError(
+                "data.classes does not apply to shapes: its labels are image indices, not "
+                "classes; leave classes unset"
+            )
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(
+                f"data.image_size={self.image_size} is too small for shapes: allowed 16 or "
+                "more (scenes are laid out on 32x32 and rendered at any size), or unset"
+            )
+        if self.root is not None:
+            raise ValueError("data.root does not apply to shapes (they are drawn from the seed)")
+        if self.num_samples < 1:
+            raise ValueError("data.num_samples must be at least 1 for shapes (scenes drawn)")
 
 
 def check_image_size(
@@ -128,20 +178,13 @@ def check_image_size(
         )
 
 
-_LABELLED_SETS = {
-    "fashion_mnist": (fashion_mnist.CLASS_NAMES, fashion_mnist.CLASS_ALIASES),
-    "mnist": (mnist.CLASS_NAMES, mnist.CLASS_ALIASES),
-    "digits": (digits.CLASS_NAMES, mnist.CLASS_ALIASES),
-}
-
-
 def class_aliases(dataset: str, class_names: Sequence[str] | None) -> Mapping[str, int] | None:
     """Extra names for a dataset's classes ('sneakers', 'seven'), when its classes are the
     standard ones (a `data.classes` subset renumbers them, and then only names are taken)."""
-    names, aliases = _LABELLED_SETS.get(dataset, (None, None))
-    if class_names is None or names is None or tuple(class_names) != tuple(names):
+    spec = find_dataset(dataset)
+    if spec is None or class_names is None or tuple(class_names) != spec.class_names:
         return None
-    return aliases
+    return spec.class_aliases
 
 
 def _select_classes(
@@ -157,8 +200,6 @@ def _select_classes(
             "hf: set label_column)"
         )
     chosen = list(dict.fromkeys(resolve_class(c, class_names, aliases) for c in wanted))
-    if not chosen:
-        raise ValueError("data.classes is empty; leave it unset to keep every class")
     remap = torch.full((len(class_names),), -1, dtype=torch.int64)
     remap[chosen] = torch.arange(len(chosen))
     new = remap[labels]
@@ -180,15 +221,26 @@ def _take(
     return PointData(data.points[index], labels, names, data.name, data.mixture)
 
 
+# The sources read as (uint8 images (N, 1, H, W), int64 labels) arrays at their native size
+# (28x28 or 8x8 grey); load_dataset resizes and converts them.
+_NATIVE_LOADERS: dict[str, Callable[[DataConfig], tuple[np.ndarray, np.ndarray]]] = {
+    "fashion_mnist": lambda cfg: fashion_mnist.load_fashion_mnist(
+        cfg.split, cfg.root, cfg.download
+    ),
+    "mnist": lambda cfg: mnist.load_mnist(cfg.split, cfg.root),
+    "digits": lambda cfg: digits.load_digits(cfg.split),
+}
+
+
 def _load_source(cfg: DataConfig) -> ImageData | PointData:
-    """The dataset as its source gives it; MNIST-likes at their native size."""
+    """The dataset as its source gives it; MNIST-likes at their native size, shapes at
+    data.image_size (rendered at that size, not resized)."""
     if cfg.name == "toy2d":
-        from .toy2d import make_toy2d
-
         return make_toy2d(cfg.toy, cfg.num_samples, cfg.seed)
+    if cfg.name == "shapes":
+        size = cfg.image_size or SHAPES_IMAGE_SIZE
+        return load_shapes(cfg.split, cfg.num_samples, cfg.seed, size)
     if cfg.name == "image_folder":
-        from .image_folder import load_image_folder
-
         if cfg.split != "train":
             raise ValueError(
                 "an image folder has no splits: point data.root at the folder to read and "
@@ -202,8 +254,6 @@ def _load_source(cfg: DataConfig) -> ImageData | PointData:
             on_bad_image=cfg.on_bad_image,
         )
     if cfg.name == "hf":
-        from .hf import load_hf_dataset
-
         return load_hf_dataset(
             cfg.root,  # type: ignore[arg-type]
             split=cfg.split,
@@ -213,16 +263,11 @@ def _load_source(cfg: DataConfig) -> ImageData | PointData:
             channels=cfg.channels,
             on_bad_image=cfg.on_bad_image,
         )
-    if cfg.name == "fashion_mnist":
-        images, labels = fashion_mnist.load_fashion_mnist(cfg.split, cfg.root, cfg.download)
-    elif cfg.name == "mnist":
-        images, labels = mnist.load_mnist(cfg.split, cfg.root)
-    else:
-        images, labels = digits.load_digits(cfg.split)
+    images, labels = _NATIVE_LOADERS[cfg.name](cfg)
     return ImageData(
         torch.from_numpy(images),
         torch.from_numpy(labels),
-        _LABELLED_SETS[cfg.name][0],
+        dataset_spec(cfg.name).class_names,
         f"{cfg.name}/{cfg.split}",
     )
 
@@ -237,14 +282,14 @@ def load_dataset(cfg: DataConfig) -> ImageData | PointData:
     cfg.validate()
     data = _load_source(cfg)
     if cfg.classes is not None:
-        aliases = _LABELLED_SETS.get(cfg.name, (None, None))[1]
+        aliases = dataset_spec(cfg.name).class_aliases or None
         keep, labels, names = _select_classes(data.labels, data.class_names, cfg.classes, aliases)
         data = _take(data, keep, labels, names)
     if cfg.limit is not None:
         data = _take(data, slice(0, cfg.limit))
     if len(data) == 0:
         raise ValueError(f"{data.name}: no samples left after selecting classes {cfg.classes}")
-    if cfg.name in _LABELLED_SETS and (cfg.image_size is not None or cfg.channels is not None):
+    if cfg.name in _NATIVE_LOADERS and (cfg.image_size is not None or cfg.channels is not None):
         images = data.images.numpy()
         if cfg.image_size is not None:
             images = resize_images(images, cfg.image_size)
@@ -252,3 +297,16 @@ def load_dataset(cfg: DataConfig) -> ImageData | PointData:
             images = convert_channels(images, cfg.channels)
         data = ImageData(torch.from_numpy(images), data.labels, data.class_names, data.name)
     return data
+
+
+def dataset_caption_table(cfg: DataConfig, class_names: Sequence[str] | None = None
+                          ) -> CaptionTable:
+    """The training captions of the data `cfg` loads, indexed by its labels: per class
+    (captions.caption_table, for the classes `class_names` of the loaded data) or per image
+    (shapes: the captions of image i under label i, from the same split, count and seed).
+    ValueError for a dataset without captions. One function, so that text-to-image training
+    and what reads its captions back need not know which kind a dataset has."""
+    spec = dataset_spec(cfg.name)
+    if spec.image_captions:
+        return shapes_caption_table(cfg.split, cfg.num_samples, cfg.seed)
+    return caption_table(cfg.name, class_names)

@@ -2,15 +2,15 @@
 
 A network may be trained to predict eps, x_0, v or the score; `ModelDenoiser` converts its
 output once, here, so samplers never branch on the parameterization.
-Wrappers add behaviour around any denoiser: `ThresholdedDenoiser` clips x_0 (static, or the
-dynamic thresholding of Saharia et al. 2022), and classifier-free guidance lives in
-`difflab.guidance`.
+Wrappers add behaviour around any denoiser, and all of them live here: `ThresholdedDenoiser`
+clips x_0 (static, or the dynamic thresholding of Saharia et al. 2022), `GuidedDenoiser` is
+classifier-free guidance, and `InpaintingDenoiser` pins the known region of an image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -94,6 +94,31 @@ class ModelDenoiser:
         return prediction_from_output(self.process, x, t, out, self.parameterization)
 
 
+@runtime_checkable
+class OwnNetworkProcess(Protocol):
+    """A process that fixes what its network predicts and how it is trained, so a run's
+    parameterization does not apply: EDM's preconditioned network (difflab.diffusion.edm) and
+    flow matching's velocity (difflab.diffusion.flow). It gives its network's sampling-time
+    denoiser and its per-sample training loss itself."""
+
+    def denoiser(self, net: torch.nn.Module, cond=None) -> Denoiser: ...
+
+    def training_loss(
+        self, net: torch.nn.Module, x0: Tensor, cond=None, generator: torch.Generator | None = None
+    ) -> Tensor: ...
+
+
+def network_denoiser(
+    net: torch.nn.Module, process: NoiseProcess, parameterization: str = "eps", cond=None
+) -> Denoiser:
+    """The denoiser of a network trained under `process`: the process' own where it fixes its
+    network's output (`OwnNetworkProcess`; `parameterization` is then unused), else a
+    `ModelDenoiser` in `parameterization`. Every sampling path builds its denoiser here."""
+    if isinstance(process, OwnNetworkProcess):
+        return process.denoiser(net, cond)
+    return ModelDenoiser(net, process, parameterization, cond=cond)
+
+
 class ThresholdedDenoiser:
     """Clip the x0 prediction and recompute eps to match (Ho et al. 2020; Saharia et al. 2022).
 
@@ -116,4 +141,46 @@ class ThresholdedDenoiser:
             s = torch.quantile(x0.reshape(x0.shape[0], -1).abs().float(), self.percentile, dim=1)
             s = expand_like(s.clamp(min=1.0).to(x0.dtype), x0)
             x0 = x0.clamp(-s, s) / s
+        return Prediction(x0, self.process.eps_from_x0(x, t, x0))
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance around any denoiser (Ho & Salimans 2022, eq. 6):
+    eps~ = eps(x, t, null) + w (eps(x, t, c) - eps(x, t, null)).
+
+    Both x0 and eps are affine in the network output at fixed (x, t), so the same combination
+    applies to the x0 prediction and every sampler gets guidance without knowing about it.
+    w = 1 is the plain conditional model, w = 0 the unconditional one."""
+
+    def __init__(self, conditional: Denoiser, unconditional: Denoiser, scale: float):
+        if scale < 0:
+            raise ValueError(f"guidance scale must be >= 0, got {scale}")
+        self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
+        self.process = conditional.process
+
+    def __call__(self, x: Tensor, t: Tensor) -> Prediction:
+        c = self.cond(x, t)
+        if self.scale == 1.0:
+            return c
+        u = self.uncond(x, t)
+        w = self.scale
+        return Prediction(u.x0 + w * (c.x0 - u.x0), u.eps + w * (c.eps - u.eps))
+
+
+class InpaintingDenoiser:
+    """Keep the known region: x0 = mask * x0_model + (1 - mask) * x0_known at every call.
+
+    Every sampler in difflab steps from the x0 (and matching eps) prediction, so pinning x0
+    outside the mask pins the known region of the whole trajectory to the forward process
+    of the known image, for any sampler (the replacement method of Song et al. 2021, app. G,
+    applied to x0). eps is recomputed from x_t and the new x0 so the pair stays consistent.
+    """
+
+    def __init__(self, denoiser: Denoiser, known: Tensor, mask: Tensor):
+        self.inner, self.known, self.mask = denoiser, known, mask
+        self.process = denoiser.process
+
+    def __call__(self, x: Tensor, t: Tensor) -> Prediction:
+        pred = self.inner(x, t)
+        x0 = self.mask * pred.x0 + (1 - self.mask) * self.known.to(pred.x0.dtype)
         return Prediction(x0, self.process.eps_from_x0(x, t, x0))

@@ -18,8 +18,8 @@ import math
 import torch
 
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.noise import GeneratorLike, randn_like
 from difflab.diffusion.process import DiscreteProcess, as_time, expand_like
-from difflab.samplers.common import GeneratorLike, randn_like
 
 Tensor = torch.Tensor
 

@@ -1,64 +1,57 @@
-"""difflab.metrics: sample quality and likelihood numbers people can trust.
+"""difflab.metrics: sample quality numbers people can trust, from images alone.
 
-    from difflab.metrics import evaluate_images, evaluate_checkpoint, format_report
+    from difflab.metrics import evaluate_images, format_report
     report = evaluate_images(images_uint8, "fashion_mnist")   # FID, KID, precision, recall
     print(format_report(report))
 
 FID (fid.py), KID (kid.py) and k-NN precision / recall (prd.py) are computed in the 128-d
 feature space of a small CNN classifier difflab trains on each dataset's real training split
-and caches (features.py), not Inception's: every report names its `feature_space`. NLL in bits
-per dimension comes from the variational bound (discrete processes) or the probability-flow ODE
-(continuous ones). `difflab eval` is command.py.
-
-Names are loaded on first use, so that `difflab.metrics.command` (the command line's arguments)
-imports no torch.
+and caches (features.py), not Inception's: every report names its `feature_space`. This floor
+knows nothing of models: sampling a checkpoint and scoring it, and its NLL in bits per
+dimension, are difflab.evaluation.
 """
 
-from __future__ import annotations
+from difflab.metrics.evaluate import (
+    as_uint8_images,
+    evaluate_images,
+    format_report,
+    load_images_file,
+    reference_features,
+)
+from difflab.metrics.features import (
+    CODE_VERSION,
+    DATASETS,
+    FEATURE_DIM,
+    FeatureNet,
+    feature_extractor,
+    metric_split,
+    train_feature_net,
+)
+from difflab.metrics.fid import GaussianStats, fid_from_features, fid_from_stats, frechet_distance
+from difflab.metrics.kid import kid_from_features, mmd2_unbiased, polynomial_kernel
+from difflab.metrics.prd import class_agreement, knn_radii, precision_recall
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "add_eval_arguments": "command",
-    "eval_main": "command",
-    "as_uint8_images": "evaluate",
-    "checkpoint_nll": "evaluate",
-    "evaluate_checkpoint": "evaluate",
-    "evaluate_generator": "evaluate",
-    "evaluate_images": "evaluate",
-    "format_report": "evaluate",
-    "load_images_file": "evaluate",
-    "reference_features": "evaluate",
-    "CODE_VERSION": "features",
-    "DATASETS": "features",
-    "FEATURE_DIM": "features",
-    "FeatureNet": "features",
-    "feature_extractor": "features",
-    "metric_split": "features",
-    "train_feature_net": "features",
-    "GaussianStats": "fid",
-    "fid_from_stats": "fid",
-    "fid_from_features": "fid",
-    "frechet_distance": "fid",
-    "kid_from_features": "kid",
-    "mmd2_unbiased": "kid",
-    "polynomial_kernel": "kid",
-    "class_agreement": "prd",
-    "knn_radii": "prd",
-    "precision_recall": "prd",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "CODE_VERSION",
+    "DATASETS",
+    "FEATURE_DIM",
+    "FeatureNet",
+    "GaussianStats",
+    "as_uint8_images",
+    "class_agreement",
+    "evaluate_images",
+    "feature_extractor",
+    "fid_from_features",
+    "fid_from_stats",
+    "format_report",
+    "frechet_distance",
+    "kid_from_features",
+    "knn_radii",
+    "load_images_file",
+    "metric_split",
+    "mmd2_unbiased",
+    "polynomial_kernel",
+    "precision_recall",
+    "reference_features",
+    "train_feature_net",
+]

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
+
 
 @contextlib.contextmanager
 def single_threaded() -> Iterator[None]:
     """torch and (when threadpoolctl is installed) the BLAS libraries on one thread."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

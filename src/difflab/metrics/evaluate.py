@@ -1,8 +1,9 @@
-"""Evaluate generated images, or a checkpoint, against a dataset's real images.
+"""Evaluate generated images against a dataset's real images.
 
-    from difflab.metrics import evaluate_images, evaluate_checkpoint
+    from difflab.metrics import evaluate_images
     report = evaluate_images(images, "fashion_mnist")          # uint8 (N, 1, 28, 28)
-    report = evaluate_checkpoint("runs/fashion/last", samples=10_000, nll=True)
+
+(Sampling a checkpoint and scoring it is difflab.evaluation, a floor above the pipeline.)
 
 Every report holds FID, KID (mean, spread, standard error), precision and recall (k = 3), the
 classes a classifier sees in the samples, the agreement with the requested classes for
@@ -14,12 +15,10 @@ The reference set is the dataset's metric test split (features.metric_split) unl
 otherwise. Images of another size than the dataset's are resized to it for the feature net, and
 the reference images make the same round trip, so that resizing itself costs nothing.
 
-The `difflab eval` command is in command.py.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from difflab.data import resolve_class
-from difflab.data.transforms import convert_channels, resize_images, to_float
+from difflab.data.transforms import convert_channels, resize_images
 
 from .features import (
     CLASS_ALIASES,
@@ -277,227 +276,6 @@ def evaluate_images(
     }
     if y is not None:
         report.update(class_agreement(predicted, y.long().numpy(), names))
-    return report
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def _checkpoint_dataset(gen) -> tuple[str, list[str] | None]:
-    """(dataset name, classes kept in training or None) from a checkpoint's config.json."""
-    data = gen.config.get("run", {}).get("data", {})
-    name = data.get("name")
-    if name not in DATASETS:
-        raise ValueError(
-            f"the checkpoint was trained on {name!r} data; the metrics have feature networks "
-            f"for {', '.join(DATASETS)} only (use evaluate_images with one of those)"
-        )
-    return name, data.get("classes")
-
-
-class _Float32Net(torch.nn.Module):
-    """Runs a float32 network under code that works in float64 (the VLB): the network sees
-    float32, and what surrounds it stays in the caller's precision."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.net(x.float(), t, cond).to(x.dtype)
-
-
-def checkpoint_nll(
-    gen,
-    *,
-    num_images: int = 1000,
-    num_timesteps: int | None = None,
-    batch_size: int = 100,
-    seed: int = 0,
-    verbose: bool = False,
-) -> dict[str, Any]:
-    """Negative log-likelihood of the dataset's metric test split under a Generator's model,
-    in bits per dimension: the variational bound (diffusion.vlb) for discrete processes, the
-    probability-flow ODE (samplers.likelihood) for continuous ones. Class-conditional models
-    are evaluated given each image's true class."""
-    from difflab.diffusion.denoiser import ModelDenoiser
-    from difflab.diffusion.process import DiscreteProcess
-    from difflab.pipeline import NetworkProgress
-
-    dataset, classes = _checkpoint_dataset(gen)
-    data = metric_split(dataset, "test")
-    images, labels = data.images, data.labels
-    names = CLASS_NAMES[dataset]
-    if classes is not None:
-        chosen = [resolve_class(c, names, CLASS_ALIASES[dataset]) for c in classes]
-        keep = torch.isin(labels, torch.tensor(chosen))
-        images, labels = images[keep], labels[keep]
-        remap = {c: i for i, c in enumerate(chosen)}
-        labels = torch.tensor([remap[int(v)] for v in labels])
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(images), generator=g)[:num_images].sort().values
-    images, labels = images[pick], labels[pick]
-    c, h, _ = gen.image_shape
-    if tuple(images.shape[1:]) != tuple(gen.image_shape):
-        images = torch.from_numpy(resize_images(convert_channels(images.numpy(), c), h))
-    discrete = isinstance(gen.process, DiscreteProcess)
-    if discrete:
-        from difflab.diffusion.vlb import vlb_bits_per_dim
-
-        method = (
-            f"variational bound, {num_timesteps or gen.process.T - 1} of "
-            f"{gen.process.T - 1} steps evaluated"
-        )
-    else:
-        try:
-            from difflab.samplers.likelihood import ode_bits_per_dim, uniform_dequantize
-        except ImportError as e:
-            raise ValueError(
-                "the NLL of continuous-time models needs difflab.samplers.likelihood"
-            ) from e
-        method = "probability-flow ODE, Hutchinson trace estimator, uniform dequantization"
-    bpd: list[torch.Tensor] = []
-    # A bar over the test images that counts the network evaluations as they happen: one
-    # batch of the full bound is T network calls, minutes on a CPU.
-    progress = NetworkProgress(gen.net, "NLL", len(images), "img") if verbose else None
-    try:
-        for i in range(0, len(images), batch_size):
-            x0 = to_float(images[i : i + batch_size], torch.float64).to(gen.device)
-            cond = labels[i : i + batch_size].to(gen.device) if gen.num_classes else None
-            den = ModelDenoiser(
-                _Float32Net(gen.net), gen.process, gen.parameterization, cond=cond
-            )
-            if discrete:
-                out = vlb_bits_per_dim(den, x0, num_timesteps=num_timesteps, generator=g)["bpd"]
-            else:
-                x0 = uniform_dequantize(x0.float(), generator=g)
-                out = ode_bits_per_dim(den, x0, divergence="hutchinson", generator=g)
-            bpd.append(out.double().cpu())
-            if progress is not None:
-                progress.update(len(out))
-    finally:
-        if progress is not None:
-            progress.close()
-    values = torch.cat(bpd)
-    stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    result = {
-        "nll_bpd": float(values.mean()),
-        "nll_bpd_stderr": stderr,
-        "nll_images": len(values),
-        "nll_method": method + (", given the true class" if gen.num_classes else ""),
-    }
-    if dataset != "fashion_mnist":
-        result["nll_note"] = (
-            f"{dataset} has no separate test split here: the held-out images are part of the "
-            "data a model trained on the whole set has seen"
-        )
-    return result
-
-
-def evaluate_checkpoint(
-    path: str | os.PathLike,
-    samples: int = 10_000,
-    *,
-    nll: bool = False,
-    nll_timesteps: int | None = None,
-    nll_images: int = 1000,
-    device: str | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Draw `samples` images from a checkpoint and evaluate them (evaluate_generator, which
-    takes the other keywords: sampler=, steps=, seed=, guidance=, reference_split=, ...),
-    and with nll=True the test-set NLL in bits/dim (checkpoint_nll). The dataset, and the
-    classes it was trained on, come from the checkpoint's config.json ("run" -> "data")."""
-    from difflab.pipeline import Generator
-
-    if nll_timesteps is not None and nll_timesteps < 1:
-        raise ValueError(f"nll_timesteps must be a positive number of steps, got {nll_timesteps}")
-    if nll_images < 1:
-        raise ValueError(f"nll_images must be positive, got {nll_images}")
-    if samples < 4:  # before loading anything
-        raise ValueError(f"samples must be at least 4, got {samples}")
-    gen = Generator.from_checkpoint(path, device=device)
-    dataset, classes = _checkpoint_dataset(gen)
-    report = evaluate_generator(gen, dataset, samples, classes=classes, **options)
-    report["checkpoint"] = str(path)
-    if nll:
-        seed, verbose = options.get("seed", 0), options.get("verbose", False)
-        report.update(
-            checkpoint_nll(
-                gen, num_images=nll_images, num_timesteps=nll_timesteps, seed=seed, verbose=verbose
-            )
-        )
-    return report
-
-
-def evaluate_generator(
-    gen,
-    dataset: str,
-    samples: int = 10_000,
-    *,
-    classes: Sequence[str | int] | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    guidance: float | None = None,
-    reference_split: str = "test",
-    n_reference: int | None = None,
-    verbose: bool = False,
-    **sample_options: Any,
-) -> dict[str, Any]:
-    """Draw `samples` images from a :class:`~difflab.pipeline.Generator` and evaluate them
-    against `dataset` (evaluate_images). A class-conditional model is asked for every class
-    in turn, and its class agreement reported; a text model draws without a prompt.
-    `classes`: the dataset classes the model was trained on (None: all); `sample_options`
-    go to the sampler (clip=, eta=, ...). Sampler, steps and guidance left None are the
-    checkpoint's [sample] settings, as `difflab sample` uses them."""
-    if samples < 4:
-        raise ValueError(f"samples must be at least 4, got {samples}")
-    names = CLASS_NAMES[dataset]
-    aliases = CLASS_ALIASES[dataset]
-    conditional = gen.num_classes is not None
-    requested = list(range(gen.num_classes)) if conditional else None
-    # What will run: settings left None come from the checkpoint's [sample] (Generator).
-    settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditional)
-    batches, labels = [], []
-    start = time.perf_counter()
-    for images, lab in gen.generate_batches(
-        samples,
-        sampler=sampler,
-        steps=steps,
-        seed=seed,
-        batch_size=batch_size,
-        classes=requested,
-        guidance=guidance,
-        progress=verbose,  # a bar over every batch's steps, with the network evaluations
-        **sample_options,
-    ):
-        batches.append(images)
-        if lab is not None:
-            labels.append(lab)
-    sample_seconds = time.perf_counter() - start
-    images = torch.cat(batches)
-    dataset_labels = None
-    if conditional:
-        model_names = gen.class_names or [str(i) for i in range(gen.num_classes)]
-        to_dataset = torch.tensor([resolve_class(n, names, aliases) for n in model_names])
-        dataset_labels = to_dataset[torch.cat(labels)]
-    report = evaluate_images(
-        images,
-        dataset,
-        dataset_labels,
-        reference_split=reference_split,
-        n_reference=n_reference,
-        classes=classes,
-        seed=seed,
-        verbose=verbose,
-    )
-    report["sampling"] = {
-        "sampler": settings.sampler,
-        "steps": settings.steps,
-        "seed": seed,
-        "guidance": settings.guidance,
-        "seconds": round(sample_seconds, 1),
-    }
     return report
 
 

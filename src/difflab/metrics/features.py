@@ -37,7 +37,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from difflab.data import (
+    CATALOG,
     BatchIterator,
     DataConfig,
     ImageData,
     default_cache_dir,
-    digits,
-    fashion_mnist,
     load_dataset,
-    mnist,
 )
 from difflab.data.transforms import to_float
 
@@ -84,6 +82,8 @@ class Recipe:
     min_test_accuracy: float  # below this the features are not to be trusted (a warning)
 
 
+# Keyed by the `features` entry of each dataset in difflab.data.catalog, the one table of
+# datasets (which has every dataset's name, classes and aliases).
 RECIPES: dict[str, Recipe] = {
     # 28 -> 14 -> 7 -> 3: about 2 minutes on one CPU core for ~92 % test accuracy.
     "fashion_mnist": Recipe((1, 28, 28), (16, 32, 64), (True, True, True), 5, 128, 3e-3,
@@ -96,25 +96,26 @@ RECIPES: dict[str, Recipe] = {
                      hflip=False, shift=1, holdout_per_class=36, min_test_accuracy=0.95),
 }  # fmt: skip
 
-DATASETS = tuple(RECIPES)
+# Views of difflab.data.catalog under the names callers use: the datasets with a feature
+# network, and their classes. Evaluation resolves class names with these, and DataConfig checks
+# data.classes against the same entries, so a name that trains also scores ("seven", MNIST).
+_SCORED = {spec.name: spec for spec in CATALOG if spec.features is not None}
+DATASETS: tuple[str, ...] = tuple(_SCORED)
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "fashion_mnist": fashion_mnist.CLASS_NAMES,
-    "mnist": mnist.CLASS_NAMES,
-    "digits": digits.CLASS_NAMES,
+    name: spec.class_names  # type: ignore[misc]  (a spec with features has fixed classes)
+    for name, spec in _SCORED.items()
 }
-CLASS_ALIASES: dict[str, dict[str, int] | None] = {
-    "fashion_mnist": fashion_mnist.CLASS_ALIASES,
-    "mnist": None,
-    "digits": None,
+CLASS_ALIASES: dict[str, Mapping[str, int]] = {
+    name: spec.class_aliases for name, spec in _SCORED.items()
 }
 
 
 def _recipe(dataset: str) -> Recipe:
-    if dataset not in RECIPES:
+    if dataset not in DATASETS:
         raise ValueError(
             f"no feature network for dataset {dataset!r}: allowed {', '.join(DATASETS)}"
         )
-    return RECIPES[dataset]
+    return RECIPES[_SCORED[dataset].features]  # type: ignore[index]
 
 
 def _holdout_mask(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

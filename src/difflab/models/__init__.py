@@ -14,6 +14,7 @@ from .attention import (
     attention,
 )
 from .blocks import ConvNeXtBlock, Downsample, LayerNorm2d, ResBlock, Upsample
+from .conditioning import TextCondition
 from .embeddings import (
     GaussianFourierFeatures,
     SinusoidalEmbedding,
@@ -22,7 +23,7 @@ from .embeddings import (
     sinusoidal_embedding,
 )
 from .presets import PRESETS, get_preset, preset_config
-from .unet import TextCondition, UNet, UNetConfig
+from .unet import UNet, UNetConfig
 from .utils import count_parameters, estimate_flops
 
 __all__ = [

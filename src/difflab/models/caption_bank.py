@@ -30,11 +30,46 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# A prompt whose nearest training caption is less similar than this (cosine, MiniLM sentence
+# embeddings) is out of the model's domain: `difflab sample` says so and names the nearest
+# captions, instead of silently drawing the nearest class. Chosen by bench/prompt_ood.py on
+# held-out paraphrases against prompts written to be far (bench/prompts/ood_select.txt), error
+# rates reported on other sets written apart (BENCHMARKS.md, "Out-of-domain prompts").
+OUT_OF_DOMAIN_BELOW = 0.518
+
+
+def show_captions(nearest: list[tuple[str, float]]) -> str:
+    """"'a red tee' (0.43), 'a tee' (0.41)": captions with their similarity, for messages."""
+    return ", ".join(f"{text!r} ({sim:.2f})" for text, sim in nearest)
+
+
+@dataclass(frozen=True)
+class UnfamiliarPrompt:
+    """A prompt far from every training caption, and the captions nearest it."""
+
+    prompt: str
+    familiarity: float  # cosine similarity to the nearest training caption
+    nearest: list[tuple[str, float]]  # the nearest captions, most similar first
+
+    def message(self) -> str:
+        return (f"the prompt {self.prompt!r} is far from everything this model was trained on "
+                f"(similarity {self.familiarity:.2f} to the nearest training caption; "
+                f"{OUT_OF_DOMAIN_BELOW} or more is in its domain): it will draw the nearest "
+                f"thing it knows, the training captions {show_captions(self.nearest)}")
+
+
+class OutOfDomainPrompt(UserWarning):
+    """Warned when a prompt is far from every training caption (`UnfamiliarPrompt`)."""
+
+    def __init__(self, far: UnfamiliarPrompt):
+        super().__init__(far.message())
+        self.far = far
+
 
 COMPONENT = "caption_bank"  # the checkpoint component (caption_bank.safetensors) holding it
 
@@ -97,6 +132,10 @@ class CaptionBank:
             for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
+    def familiarity(self, queries: Tensor) -> Tensor:
+        """``(B, D)`` queries -> ``(B,)`` cosine similarity to the nearest caption."""
+        return self._similarities(queries, 1)[0][:, 0]
+
     def project(self, queries: Tensor, k: int, temperature: float = 0.05) -> Tensor:
         """``(B, D)`` queries -> the normalised softmax(similarity / temperature)-weighted mean
         of their ``k`` nearest caption embeddings (see the module docstring)."""
@@ -129,31 +168,3 @@ class CaptionBank:
             )
         texts = bytes(state["texts_utf8"].tolist()).decode("utf-8").split("\n")
         return cls(texts, state["embeddings"])
-
-
-def add_to_checkpoint(path: str | Path) -> Path:
-    """Give a text-to-image checkpoint saved before caption banks existed its bank: the
-    captions of its dataset (:func:`difflab.data.captions.caption_table`) encoded by its
-    text encoder, valid while the caption text in this code is what the model was trained
-    on. Rewrites the folder atomically, in the dtype its weights already have; returns it."""
-    from difflab.data.captions import caption_table
-    from difflab.models.text import text_encoder_from_spec
-    from difflab.training.checkpoint import load_checkpoint, save_checkpoint
-
-    ck = load_checkpoint(path, with_training_state=True)
-    spec = ck.config.get("text_encoder")
-    if not spec:
-        raise ValueError(f"{path} is not a text-conditioned checkpoint: it has no text encoder")
-    table = caption_table(ck.config["run"]["data"]["name"], ck.config.get("class_names"))
-    bank = CaptionBank.build(table.texts, text_encoder_from_spec(spec))
-    half = any(v.dtype == torch.float16 for v in ck.model.values())
-    return save_checkpoint(
-        ck.path,
-        config=ck.model_config(),
-        model=ck.model,
-        ema=ck.ema,
-        optimizer=ck.optimizer,
-        state=ck.state or None,
-        components={**ck.components, COMPONENT: bank.state_dict()},
-        dtype=torch.float16 if half else None,
-    )

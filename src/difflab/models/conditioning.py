@@ -1,20 +1,34 @@
 """The conditioning contract every denoiser network shares (UNet, DiT): how ``t`` and ``cond``
 may be given, checked once here so that both networks accept and refuse the same inputs with the
 same messages. ``cond`` is None, a LongTensor of class labels, or a
-:class:`~difflab.models.unet.TextCondition`.
+:class:`TextCondition`, defined here so that every network imports it from one place.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .blocks import zero_init
 
-if TYPE_CHECKING:
-    from .unet import TextCondition
+
+@dataclass(frozen=True)
+class TextCondition:
+    """Conditioning by a token sequence, read by the UNet's spatial transformers.
+
+    ``tokens``: float ``(B, L, context_dim)``, e.g. a pretrained text encoder's token
+    embeddings. ``mask``: optional bool ``(B, L)``, True for real tokens, False for
+    padding (a tokenizer's ``attention_mask``); padded tokens have no effect on the output,
+    and a row with no real token (the empty prompt of classifier-free guidance) means "no
+    text". ``labels``: optional LongTensor ``(B,)`` of class labels for a class-conditional
+    net (None: the null label).
+    """
+
+    tokens: Tensor
+    mask: Tensor | None = None
+    labels: Tensor | None = None
 
 
 def time_batch(t: Tensor | float, batch: int, device: torch.device) -> Tensor:

@@ -12,6 +12,15 @@
   network, so it lives there.
 - ``dit-*``: DiT transformer backbones (:mod:`difflab.models.transformer`), for pixels
   (``dit-s-28``, ``dit-s4-28``) or 7x7x4 latents with text cross-attention (``dit-latent-7``).
+- ``unet-latent-text-7``: the UNet of latent text-to-image (``configs/fashion_text.toml``,
+  the shipped ``fashion-text``) on the ``kl-f4-28`` autoencoder's 7x7x4 latents: two levels
+  (7 -> 4) 64/128 wide, a spatial transformer at both cross-attending to the 384-wide
+  all-MiniLM-L6-v2 sentence embedding, which is also added to the time embedding
+  (``pooled_text``, as in Imagen and SDXL) so that every block sees it; ~2.7 M parameters.
+- ``unet-shapes-text-32``: pixel-space text-to-image on the 32x32 RGB shapes world
+  (``configs/shapes_text.toml``, the shipped ``shapes-text``): widths 32/64/64 at 32/16/8,
+  spatial transformers at 16 and 8 cross-attending to the frozen MiniLM's per-token states
+  (and its pooled embedding added to the time embedding).
 - ``kl-f4-28``: the KL autoencoder of latent diffusion, 28x28x1 -> 7x7x4
   (:mod:`difflab.models.autoencoder`).
 - ``score-transformer-28``: the write-up's spatial-transformer score UNet for
@@ -106,6 +115,41 @@ _SCORE_TRANSFORMER = dataclasses.replace(
     transformer_ff_mult=2,  # keeps the whole net under 6 M parameters
 )
 
+# Latent diffusion runs on 7x7 maps of 4 channels, too small for the pixel UNet's third level:
+# two levels, twice as wide, and the text read by transformers (heads of 32 channels) at both.
+_LATENT_TEXT = dataclasses.replace(
+    _DDPM_SMALL,
+    in_channels=4,  # the kl-f4-28 latent: 28x28x1 -> 7x7x4
+    image_size=7,
+    base_channels=64,
+    channel_mults=(1, 2),  # 7 -> 4
+    attention_resolutions=(),  # the transformers attend at both levels instead
+    transformer_resolutions=(7, 4),
+    transformer_head_dim=32,
+    context_dim=384,  # all-MiniLM-L6-v2's width
+    pooled_text=True,
+)
+
+# Text-to-image in pixel space on the 32x32 RGB shapes world (configs/shapes_text.toml, the
+# shipped ``shapes-text``): three levels 32 -> 16 -> 8, spatial transformers at 16 and 8 that
+# cross-attend to the MiniLM's per-token states (binding "red" to "circle" and "left of" to
+# the right pair needs the words, not one pooled vector), whose pooled token also joins the
+# time embedding. Objects are 8-12 px: 2-3 cells at 8x8, 4-6 at 16x16, so both levels can
+# place them; 32x32 keeps only convolutions (1,024 positions: attention there costs most).
+_SHAPES_TEXT = dataclasses.replace(
+    _DDPM_SMALL,
+    in_channels=3,
+    image_size=32,
+    base_channels=32,
+    channel_mults=(1, 2, 2),  # 32, 16, 8: widths 32, 64, 64
+    attention_resolutions=(),  # the transformers attend at 16 and 8 instead
+    transformer_resolutions=(16, 8),
+    transformer_head_dim=32,
+    transformer_ff_mult=2,
+    context_dim=384,  # all-MiniLM-L6-v2's width
+    pooled_text=True,
+)
+
 PRESETS: dict[str, Preset] = {
     "ddpm-small-28": Preset(
         "difflab's default 28x28 DDPM UNet: widths 32/64/128, attention at 7x7, ~1.35 M",
@@ -131,6 +175,18 @@ PRESETS: dict[str, Preset] = {
         "4 cross-attending to a class token, 10 classes + null, ~5.7 M",
         _unet(_SCORE_TRANSFORMER),
         _SCORE_TRANSFORMER,
+    ),
+    "unet-latent-text-7": Preset(
+        "latent text-to-image UNet on 7x7x4: widths 64/128, transformers at 7 and 4 "
+        "cross-attending to a 384-d text embedding, which joins the time embedding, ~2.7 M",
+        _unet(_LATENT_TEXT),
+        _LATENT_TEXT,
+    ),
+    "unet-shapes-text-32": Preset(
+        "pixel text-to-image UNet on 32x32x3 shapes: widths 32/64/64, transformers at 16 "
+        "and 8 cross-attending to 384-d per-token text states",
+        _unet(_SHAPES_TEXT),
+        _SHAPES_TEXT,
     ),
     "kl-f4-28": Preset(
         "KL autoencoder 28x28x1 -> 7x7x4 (f = 4), widths 32/64/64, ~0.4 M: latent diffusion's "

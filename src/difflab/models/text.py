@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import CrossAttention, FeedForward
-from .unet import TextCondition
+from .conditioning import TextCondition
 
 TEXT_ENCODERS = ("minilm", "trainable")
 # What a pretrained encoder hands the denoiser: "all" = the pooled sentence embedding then the

@@ -46,9 +46,8 @@ from torch import Tensor, nn
 
 from .attention import CrossAttention, FeedForward
 from .blocks import zero_init
-from .conditioning import PooledText, class_labels, text_tokens, time_batch
+from .conditioning import PooledText, TextCondition, class_labels, text_tokens, time_batch
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
-from .unet import TextCondition
 
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 # Size of the fixed sinusoidal/Fourier code of t before the time MLP (DiT's

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from .attention import LinearAttention2d, SelfAttention2d, SpatialTransformer
 from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, zero_init
-from .conditioning import PooledText, class_labels, text_tokens, time_batch
+from .conditioning import PooledText, TextCondition, class_labels, text_tokens, time_batch
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP
 
 BLOCKS = ("resnet", "convnext")
@@ -63,23 +63,6 @@ TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 
 def _bad(name: str, problem: str) -> ValueError:
     return ValueError(f"UNetConfig.{name}: {problem}")
-
-
-@dataclass(frozen=True)
-class TextCondition:
-    """Conditioning by a token sequence, read by the UNet's spatial transformers.
-
-    ``tokens``: float ``(B, L, context_dim)``, e.g. a pretrained text encoder's token
-    embeddings. ``mask``: optional bool ``(B, L)``, True for real tokens, False for
-    padding (a tokenizer's ``attention_mask``); padded tokens have no effect on the output,
-    and a row with no real token (the empty prompt of classifier-free guidance) means "no
-    text". ``labels``: optional LongTensor ``(B,)`` of class labels for a class-conditional
-    net (None: the null label).
-    """
-
-    tokens: Tensor
-    mask: Tensor | None = None
-    labels: Tensor | None = None
 
 
 @dataclass

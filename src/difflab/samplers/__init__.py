@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.edm import EDMProcess
+from difflab.diffusion.noise import GeneratorLike, randn
 from difflab.diffusion.process import NoiseProcess
-from difflab.samplers.common import Callback, GeneratorLike, randn
+from difflab.samplers.common import Callback
 from difflab.samplers.ddim import sample_ddim
 from difflab.samplers.ddpm import sample_ddpm
 from difflab.samplers.deis import sample_deis
@@ -24,8 +26,11 @@ from difflab.samplers.dpm_solver import (
     sample_dpmpp_2s,
     sample_dpmpp_3m,
 )
+from difflab.samplers.flow import sample_flow_euler, sample_flow_heun
 from difflab.samplers.karras import sample_euler, sample_euler_ancestral, sample_heun
+from difflab.samplers.ode import sample_ode
 from difflab.samplers.plms import sample_plms
+from difflab.samplers.sde import sample_euler_maruyama, sample_pc
 from difflab.samplers.timesteps import SPACINGS, make_timesteps
 
 Tensor = torch.Tensor
@@ -42,25 +47,15 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler": sample_euler,
     "heun": sample_heun,
     "euler_ancestral": sample_euler_ancestral,
+    "flow_euler": sample_flow_euler,
+    "flow_heun": sample_flow_heun,
+    "euler_maruyama": sample_euler_maruyama,
+    "pc": sample_pc,
+    "ode": sample_ode,
 }
 
-# The SDE samplers live in their own modules (another author); register them once they exist.
-try:
-    from difflab.samplers.sde import sample_euler_maruyama, sample_pc
-
-    SAMPLERS["euler_maruyama"] = sample_euler_maruyama
-    SAMPLERS["pc"] = sample_pc
-except ImportError:
-    pass
-try:
-    from difflab.samplers.ode import sample_ode
-
-    SAMPLERS["ode"] = sample_ode
-except ImportError:
-    pass
-
 # Model evaluations per time point, for matching samplers at equal cost (last point: 1).
-EVALS_PER_STEP = {"heun": 2, "dpmpp_2s": 2, "pc": 2}
+EVALS_PER_STEP = {"heun": 2, "dpmpp_2s": 2, "pc": 2, "flow_heun": 2}
 
 # Defaults for `sample`: (steps, spacing). steps=None means every step of a discrete process
 # (1000 for continuous ones). "uniform" includes both ends of the process' time range; "karras"
@@ -81,11 +76,18 @@ DEFAULTS: dict[str, tuple[int | None, str]] = {
     "euler_maruyama": (None, "uniform"),
     "pc": (None, "uniform"),
     "ode": (2, "uniform"),  # adaptive solver: only the two ends of the grid matter
+    # Integrators in t for flow matching: uniform in t suits its straight paths.
+    "flow_euler": (50, "uniform"),
+    "flow_heun": (25, "uniform"),
 }
 
-# Top of the default Karras grid for variance-preserving processes, as in Karras et al. (2022):
-# above it x_t is pure noise for data of unit scale (alpha < 0.0125), and schedules such as the
-# discrete cosine one (sigma_ve(T-1) ~ 2e4) would otherwise spend most of the grid up there.
+# Top of the default Karras grid for processes that end in noise of unit scale (sigma(t_max)
+# <= 1: VP, discrete, flow matching), as Karras et al. (2022) do for VP models: above it x_t is
+# pure noise for data of unit scale (alpha < 0.0125), and the discrete cosine schedule
+# (sigma_ve(T-1) ~ 2e4) or flow matching (sigma_ve(t_max) = 999) would otherwise spend a
+# quarter to a half of the grid up there. On flow matching and Gaussian data it lowers the std
+# error of DPM-Solver++(2M) and Heun at 10 steps by 2-10x (std 0.1: -0.038 -> -0.004 and
+# +0.115 -> +0.042).
 KARRAS_SIGMA_MAX = 80.0
 
 
@@ -102,6 +104,17 @@ def default_steps(name: str, process: NoiseProcess) -> int:
     return DEFAULTS.get(name, (50, "uniform"))[0] or (process.T if process.discrete else 1000)
 
 
+def default_spacing(name: str, process: NoiseProcess) -> str:
+    """The time spacing `name` samples `process` on when none is asked for: the sampler's
+    DEFAULTS, except on EDM, where every sampler takes the Karras grid. EDM's time is its noise
+    level, t = sigma in [0.002, 80] (Karras et al. 2022): a grid uniform in it puts one point of
+    50 below sigma 1.6, and its eq. 5 grid is the one the process is designed for."""
+    get_sampler(name)
+    if isinstance(process, EDMProcess):
+        return "karras"
+    return DEFAULTS.get(name, (50, "uniform"))[1]
+
+
 def default_timesteps(
     name: str,
     process: NoiseProcess,
@@ -109,14 +122,16 @@ def default_timesteps(
     spacing: str | None = None,
     sigma_max: float | None = None,
 ) -> Tensor:
-    """The time grid `sample` uses: per-sampler DEFAULTS for whatever is None, and for "karras"
-    on a variance-preserving process sigma_max = min(sigma_ve(t_max), KARRAS_SIGMA_MAX)."""
+    """The time grid `sample` uses: `default_steps` and `default_spacing` for whatever is
+    None, and for "karras" on a process that ends in noise of unit scale (sigma(t_max) <= 1)
+    sigma_max = min(sigma_ve(t_max), KARRAS_SIGMA_MAX)."""
     get_sampler(name)
     if steps is None:
         steps = default_steps(name, process)
-    spacing = spacing or DEFAULTS.get(name, (50, "uniform"))[1]
-    if spacing == "karras" and sigma_max is None and process.variance_preserving:
-        top = float(process.sigma_ve(torch.tensor(process.t_max, dtype=torch.float64)))
+    spacing = spacing or default_spacing(name, process)
+    t_max = torch.tensor(process.t_max, dtype=torch.float64)
+    if spacing == "karras" and sigma_max is None and float(process.sigma(t_max)) <= 1 + 1e-9:
+        top = float(process.sigma_ve(t_max))
         sigma_max = KARRAS_SIGMA_MAX if top > KARRAS_SIGMA_MAX else None
     return make_timesteps(process, steps, spacing, sigma_max=sigma_max)
 
@@ -152,6 +167,7 @@ __all__ = [
     "SAMPLERS",
     "SPACINGS",
     "KARRAS_SIGMA_MAX",
+    "default_spacing",
     "default_steps",
     "default_timesteps",
     "get_sampler",

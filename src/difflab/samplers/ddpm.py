@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from difflab.diffusion.denoiser import Denoiser, ThresholdedDenoiser
-from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit, randn_like
+from difflab.diffusion.noise import GeneratorLike, randn_like
+from difflab.samplers.common import Callback, check_timesteps, emit
 
 Tensor = torch.Tensor
 

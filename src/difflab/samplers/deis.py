@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.noise import GeneratorLike
 from difflab.diffusion.process import NoiseProcess
-from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit
+from difflab.samplers.common import Callback, check_timesteps, emit
 
 Tensor = torch.Tensor
 

@@ -20,7 +20,8 @@ import math
 import torch
 
 from difflab.diffusion.denoiser import Denoiser
-from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit, randn_like
+from difflab.diffusion.noise import GeneratorLike, randn_like
+from difflab.samplers.common import Callback, check_timesteps, emit
 
 Tensor = torch.Tensor
 

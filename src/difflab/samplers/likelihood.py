@@ -37,9 +37,9 @@ import torch
 from scipy.integrate import solve_ivp
 
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.noise import GeneratorLike, randn
 from difflab.diffusion.process import as_time
 from difflab.diffusion.sde import probability_flow_drift
-from difflab.samplers.common import GeneratorLike, randn
 from difflab.samplers.ode import check_solver_options
 
 Tensor = torch.Tensor

@@ -17,9 +17,10 @@ import torch
 from scipy.integrate import solve_ivp
 
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.noise import GeneratorLike
 from difflab.diffusion.process import as_time
 from difflab.diffusion.sde import probability_flow_drift
-from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit
+from difflab.samplers.common import Callback, check_timesteps, emit
 
 Tensor = torch.Tensor
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from difflab.diffusion.denoiser import Denoiser
-from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit
+from difflab.diffusion.noise import GeneratorLike
+from difflab.samplers.common import Callback, check_timesteps, emit
 
 Tensor = torch.Tensor
 

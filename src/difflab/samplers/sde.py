@@ -17,9 +17,10 @@ import math
 import torch
 
 from difflab.diffusion.denoiser import Denoiser
+from difflab.diffusion.noise import GeneratorLike, randn_like
 from difflab.diffusion.process import as_time, expand_like
 from difflab.diffusion.sde import score_from_prediction, sde_terms
-from difflab.samplers.common import Callback, GeneratorLike, check_timesteps, emit, randn_like
+from difflab.samplers.common import Callback, check_timesteps, emit
 
 Tensor = torch.Tensor
 

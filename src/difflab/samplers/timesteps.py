@@ -104,3 +104,13 @@ def make_timesteps(
         else:  # trailing
             ts = torch.round(T - k * (T / steps)) - 1
     return ts
+
+
+def truncate_timesteps(timesteps: Tensor, process, strength: float) -> Tensor:
+    """The part of a sampling grid at or below time strength * t_max (img2img's start), as
+    diffusers does for its schedulers: fewer steps for a weaker edit."""
+    t_start = process.t_min + strength * (process.t_max - process.t_min)
+    kept = timesteps[timesteps <= t_start + 1e-9]
+    if len(kept) < 2:  # keep at least one step
+        kept = timesteps[-2:]
+    return kept

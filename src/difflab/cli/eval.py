@@ -1,16 +1,17 @@
-"""`difflab eval`: the arguments and the entry point, importing nothing heavy until run.
-
-cli.py wires it with one line:
-
-    from difflab.metrics.command import add_eval_arguments
-    add_eval_arguments(sub.add_parser("eval", help="FID, KID, precision/recall, NLL"))
-
-which sets `func=eval_main`. eval_main prints a table (evaluate.format_report), writes JSON with
---json, returns 0, and raises ValueError / FileNotFoundError with a message for the user.
+"""`difflab eval`: FID, KID, precision/recall (and NLL) of a checkpoint, or of anyone's samples.
 
     difflab eval CHECKPOINT [--samples N] [--sampler S] [--steps K] [--nll] [--nll-timesteps K]
                             [--json FILE]
     difflab eval --images FILE.npz --dataset fashion_mnist [--json FILE]
+    difflab eval CHECKPOINT --geneval [--images-per-prompt 4] [--guidance G] [--steps K]
+    difflab eval --geneval --images FILE.npz          # 'images' and 'prompts', one per image
+
+--geneval scores a text-to-image model of the shapes world on the 99 held-out test prompts
+(GenEval's six categories, difflab.metrics.geneval, docs/shapes.md) instead of FID.
+
+It prints a table (difflab.metrics.format_report), writes JSON with --json, returns 0, and
+raises ValueError / FileNotFoundError with a message for the user. An --images file is
+checked from its headers before numpy loads it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+
+import numpy as np
 
 from difflab.argtypes import (
     MAX_BATCH,
@@ -33,14 +36,21 @@ from difflab.argtypes import (
     int_in,
     sampler_name,
 )
-
-# The datasets with a feature network (features.RECIPES; a test keeps the two in step).
-FEATURE_DATASETS = ("fashion_mnist", "mnist", "digits")
-REFERENCE_SPLITS = ("test", "train")
+from difflab.cli.errors import reading_checkpoint
+from difflab.cli.inputs import resolve_checkpoint
+from difflab.evaluation import evaluate_checkpoint, geneval_checkpoint
+from difflab.metrics.evaluate import (
+    REFERENCE_SPLITS,
+    evaluate_images,
+    format_report,
+    load_images_file,
+)
+from difflab.metrics.features import DATASETS
+from difflab.metrics.geneval import format_geneval_report, score_images_file
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments of `difflab eval`; sets func=eval_main as the parser's default."""
+    """The arguments of `difflab eval`; sets func=cmd_eval as the parser's default."""
     parser.add_argument(
         "checkpoint", nargs="?", help="checkpoint folder or shipped model name (or use --images)"
     )
@@ -52,7 +62,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "was asked to be); needs --dataset",
     )
     parser.add_argument(
-        "--dataset", choices=FEATURE_DATASETS, help="the real data to compare --images with"
+        "--dataset", choices=DATASETS, help="the real data to compare --images with"
     )
     parser.add_argument(
         "--samples",
@@ -109,6 +119,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=1000,
         help="test images for the NLL (default 1000)",
     )
+    parser.add_argument(
+        "--geneval",
+        action="store_true",
+        help="GenEval-style prompt following on the shapes world (a text-to-image shapes "
+        "model, or --images with 'prompts') instead of FID",
+    )
+    parser.add_argument(
+        "--images-per-prompt",
+        type=int_in(1, 1000),
+        default=4,
+        help="--geneval: images drawn per test prompt (default 4, as GenEval)",
+    )
+    parser.add_argument(
+        "--negative-prompt", help="--geneval: a negative prompt for every image"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument(
         "--device", type=device_name, help="cpu, cuda, ... (default: cuda when available)"
@@ -116,25 +141,25 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars or messages on stderr"
     )
-    parser.set_defaults(func=eval_main)
+    parser.set_defaults(func=cmd_eval)
     return parser
 
 
-def eval_main(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     """`difflab eval`: print the report's table, write JSON with --json. Bad input raises
     ValueError / FileNotFoundError with a message for the user."""
-    from .evaluate import evaluate_checkpoint, evaluate_images, format_report, load_images_file
-
     verbose = not getattr(args, "quiet", False)
     if args.json:
         json_out = Path(args.json)
         if json_out.is_dir():  # found out now, not after minutes of sampling
             raise ValueError(f"--json {json_out} is a folder; give a file name")
-    if args.images is not None:
+    if args.geneval:
+        report = _geneval(args, verbose)
+    elif args.images is not None:
         if args.checkpoint is not None:
             raise ValueError("give either a checkpoint or --images, not both")
         if args.dataset is None:
-            raise ValueError(f"--images needs --dataset ({', '.join(FEATURE_DATASETS)})")
+            raise ValueError(f"--images needs --dataset ({', '.join(DATASETS)})")
         if args.nll:
             raise ValueError("--nll needs a checkpoint (a model), not --images")
         check_array_file(args.images)
@@ -154,8 +179,6 @@ def eval_main(args: argparse.Namespace) -> int:
             raise ValueError("give a checkpoint to evaluate, or --images FILE.npz --dataset NAME")
         if args.dataset is not None:
             raise ValueError("--dataset goes with --images; a checkpoint names its own dataset")
-        from difflab.cli import reading_checkpoint, resolve_checkpoint
-
         with reading_checkpoint(resolve_checkpoint(args.checkpoint)):
             report = evaluate_checkpoint(
                 args.checkpoint,
@@ -173,7 +196,7 @@ def eval_main(args: argparse.Namespace) -> int:
                 device=args.device,
                 verbose=verbose,
             )
-    print(format_report(report))
+    print(format_geneval_report(report) if args.geneval else format_report(report))
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +205,37 @@ def eval_main(args: argparse.Namespace) -> int:
         tmp.replace(out)
         print(f"difflab: wrote {out}")
     return 0
+
+
+def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
+    """`difflab eval --geneval`: a checkpoint sampled on the test prompts, or an --images
+    file scored against its own prompts."""
+    if args.dataset is not None:
+        raise ValueError("--geneval scores the shapes world; leave out --dataset")
+    if args.nll:
+        raise ValueError("--nll goes without --geneval (it measures likelihood, not prompts)")
+    if args.images is not None:
+        if args.checkpoint is not None:
+            raise ValueError("give either a checkpoint or --images, not both")
+        check_array_file(args.images)
+        report = score_images_file(args.images)
+        report["images_file"] = str(args.images)
+        return report
+    if args.checkpoint is None:
+        raise ValueError("--geneval needs a checkpoint to sample, or --images FILE.npz")
+    with reading_checkpoint(resolve_checkpoint(args.checkpoint)):
+        return geneval_checkpoint(
+            args.checkpoint,
+            images_per_prompt=args.images_per_prompt,
+            seed=args.seed,
+            sampler=args.sampler,
+            steps=args.steps,
+            guidance=args.guidance,
+            batch_size=args.batch_size,
+            negative_prompt=args.negative_prompt,
+            device=args.device,
+            verbose=verbose,
+        )
 
 
 # The most one array of an --images file may hold: 4 GiB (a million 28x28 RGB images in uint8
@@ -194,8 +248,6 @@ def check_array_file(path: str | os.PathLike) -> None:
     (not a folder), a readable archive, and arrays whose claimed size is both sane and what
     the file really holds -- a 1 KB file whose header claims a (10**9, 3, 256, 256) array
     would otherwise make np.load allocate first and fail after (or never)."""
-    import numpy as np
-
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--images {path} is a folder; give an .npz or .npy file")
@@ -242,3 +294,4 @@ def check_array_file(path: str | os.PathLike) -> None:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
             zlib.error) as e:
         raise ValueError(f"{path.name} is not a readable .npz archive ({e})") from None
+

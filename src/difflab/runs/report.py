@@ -1,37 +1,23 @@
 """What a finished run writes for people to look at: forward process, samples, GIF, loss curve.
 
-Samples are shown as they are, through the fixed [-1, 1] -> [0, 255] map of `viz.to_uint8`,
+Samples are shown as they are, through the fixed [-1, 1] -> [0, 255] map of `to_uint8`,
 never rescaled per image, so a model whose samples drift to white or black is visible.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 from pathlib import Path
 
 import torch
 
 from difflab import viz
-from difflab.data.transforms import to_float
+from difflab.data.transforms import to_float, to_uint8
 from difflab.pipeline import Generator
 from difflab.training import health
 from difflab.training.step_settings import label
-
-
-def generator_from_trainer(trainer) -> Generator:
-    """A Generator over the trainer's EMA weights (no copy; the EMA net is frozen)."""
-    return Generator(
-        trainer.ema.model,
-        trainer.process,
-        trainer.cfg.diffusion.parameterization,
-        trainer.model_shape,
-        class_names=trainer.data.class_names,
-        num_classes=trainer.net_config.get("num_classes"),
-        device=trainer.device,
-        autoencoder=trainer.autoencoder,
-        # A trainable text encoder is part of the EMA net; a frozen one is not.
-        text_encoder=getattr(trainer.ema.model, "text", trainer.text_encoder),
-    )
 
 
 def grid_layout(trainer, gen: Generator, n: int) -> tuple[int, int, dict]:
@@ -60,7 +46,7 @@ def grid_labels(trainer, n: int = 64, seed: int = 0) -> tuple[list[str] | None, 
         real = min(n, len(trainer.data))  # rows of 8 real images, then their reconstructions
         labels = ["real", "reconstructed"] * (real // 8) if real % 8 == 0 else None
         return labels, f"{run} · reconstructions by the EMA weights"
-    gen = generator_from_trainer(trainer)
+    gen = Generator.from_trainer(trainer)
     _, nrow, conditions = grid_layout(trainer, gen, n)
     labels = None
     if "classes" in conditions:
@@ -84,7 +70,7 @@ def reconstructions(trainer, n: int = 32, seed: int = 0) -> torch.Tensor:
     with torch.no_grad():
         rec = trainer.ema.model.decode(trainer.ema.model.encode(real).mode())
     rows = [t for i in range(0, n, 8) for t in (real[i : i + 8], rec[i : i + 8])]
-    return viz.to_uint8(torch.cat(rows).float().cpu())
+    return to_uint8(torch.cat(rows).float().cpu())
 
 
 def sample_kwargs(trainer) -> dict:
@@ -102,14 +88,16 @@ def fixed_seed_samples(trainer, n: int = 64, seed: int = 0) -> tuple[torch.Tenso
     run: real images and their reconstructions), and the grid's row length."""
     if trainer.kind == "autoencoder":
         return reconstructions(trainer, n, seed), 8
-    gen = generator_from_trainer(trainer)
+    gen = Generator.from_trainer(trainer)
     count, nrow, conditions = grid_layout(trainer, gen, n)
     return gen.generate(count, seed=seed, **conditions, **sample_kwargs(trainer)), nrow
 
 
-def save_sample_grid(trainer, path: Path, n: int = 64, seed: int = 0) -> Path | None:
-    """A fixed-seed grid from the EMA weights, same noise every time: progress is comparable.
-    The health monitor checks it (Trainer.check_health); non-finite weights draw no grid."""
+def save_sample_grid(trainer, path: Path, n: int | None = None, seed: int = 0) -> Path | None:
+    """A fixed-seed grid of about `n` (default: train.num_sample_images) samples from the EMA
+    weights, same noise every time: progress is comparable. The health monitor checks it
+    (Trainer.check_health); non-finite weights draw no grid."""
+    n = n or trainer.cfg.train.num_sample_images
     drawn: list = []
 
     def draw() -> torch.Tensor:
@@ -149,9 +137,11 @@ def plot_progress(trainer, path: Path) -> Path | None:
 
 
 def write_report(
-    trainer, out: Path, *, command: list[str], n: int = 64, seed: int = 0
+    trainer, out: Path, *, command: list[str], n: int | None = None, seed: int = 0
 ) -> dict[str, Path]:
-    """Write forward-process grid, 8x8 samples, reverse-process GIF, loss curve and command."""
+    """Write forward-process grid, samples (about `n`, default train.num_sample_images),
+    reverse-process GIF, loss curve and command."""
+    n = n or trainer.cfg.train.num_sample_images
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if trainer.kind == "autoencoder":
@@ -162,10 +152,10 @@ def write_report(
         return paths
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(trainer.data), generator=g)[:6]
-    gen = generator_from_trainer(trainer)
+    gen = Generator.from_trainer(trainer)
     # A latent model's process runs on latents: noise those, and show them decoded.
     with torch.no_grad():
-        real = gen._to_model_space(trainer.data.images[idx]).cpu()
+        real = gen.to_model_space(trainer.data.images[idx]).cpu()
     decode = None
     if gen.autoencoder is not None:
         def decode(z: torch.Tensor) -> torch.Tensor:
@@ -179,7 +169,7 @@ def write_report(
     )
     # Latent trajectories are not pictures: record the decoded x0 predictions instead.
     key = "x" if trainer.autoencoder is None else "denoised"
-    recorder = viz.FrameRecorder(every=1, key=key, decode=gen._to_pixels)
+    recorder = viz.FrameRecorder(every=1, key=key, decode=gen.to_pixels)
     count, nrow, conditions = grid_layout(trainer, gen, n)
     images = gen.generate(
         count, seed=seed, batch_size=count, callback=recorder, **conditions,
@@ -206,9 +196,6 @@ def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> N
     calls the difflab that ran by its absolute path (the script this process was started as,
     else the one beside this interpreter, else `python -m difflab.cli`; under torchrun, the
     same number of processes through `python -m torch.distributed.run`)."""
-    import os
-    import sys
-
     loss = plot_progress(trainer, out / "loss.png")
     if loss is not None:
         paths["loss"] = loss

@@ -229,7 +229,7 @@ def manifest_for(files: dict[str, bytes]) -> bytes:
 def write_manifest(folder: str | Path) -> Path:
     """(Re)write folder/manifest.json for the files the folder holds now, without touching
     them: for checkpoints edited by hand (a shipped model's config.json) or written before
-    manifests existed. `python -c "from difflab.training.checkpoint import write_manifest;
+    manifests existed. `python -c "from difflab.checkpoints.store import write_manifest;
     write_manifest('src/difflab/weights/NAME')"`."""
     folder = Path(folder)
     files = {}

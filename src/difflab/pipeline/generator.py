@@ -19,152 +19,54 @@ noise, whatever the batch size: every sample has its own torch.Generator.
 
 from __future__ import annotations
 
-import sys
-import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from difflab.argtypes import MAX_GUIDANCE, MAX_STEPS, Range
 from difflab.build import build_process, network_from_spec
+from difflab.checkpoints.components import autoencoder_from_weights, caption_bank_of
+from difflab.checkpoints.names import resolve_checkpoint
+from difflab.checkpoints.store import load_checkpoint, load_weights_into
 from difflab.config import TextConfig, config_from_dict
 from difflab.data import class_aliases
 from difflab.data.base import resolve_class
-from difflab.diffusion.denoiser import Denoiser, ModelDenoiser, Prediction, ThresholdedDenoiser
-from difflab.guidance import GuidedDenoiser
+from difflab.data.transforms import to_uint8
+from difflab.diffusion.denoiser import (
+    Denoiser,
+    GuidedDenoiser,
+    InpaintingDenoiser,
+    ThresholdedDenoiser,
+    network_denoiser,
+)
+from difflab.diffusion.noise import per_sample_generators, randn
 from difflab.hardware import pick_device
-from difflab.models.caption_bank import COMPONENT as CAPTION_BANK
-from difflab.models.caption_bank import CaptionBank
-from difflab.models.unet import TextCondition
+from difflab.models.caption_bank import (
+    OUT_OF_DOMAIN_BELOW,
+    CaptionBank,
+    OutOfDomainPrompt,
+    UnfamiliarPrompt,
+    show_captions,
+)
+from difflab.models.conditioning import TextCondition
+from difflab.models.text import TextConditioned, text_encoder_from_spec
+from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
+from difflab.pipeline.progress import SamplingProgress
+from difflab.pipeline.settings import (
+    DEFAULT_IMG2IMG_STRENGTH,
+    FALLBACK_SAMPLER,
+    SamplingSettings,
+    check_sampling_inputs,
+    result_count,
+)
 from difflab.samplers import default_steps, default_timesteps, get_sampler
-from difflab.samplers.common import per_sample_generators, randn
-from difflab.training.checkpoint import checkpoint_candidates, load_checkpoint, load_weights_into
-from difflab.viz import to_uint8
+from difflab.samplers.timesteps import truncate_timesteps
 
 Tensor = torch.Tensor
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-# The sampler of a Generator without a run config (one over a live trainer's weights):
-# DPM-Solver++(2M) at its default 20 steps matches DDIM at 50 on FID (BENCHMARKS.md, "FID
-# against network evaluations").
-FALLBACK_SAMPLER = "dpmpp_2m"
-
-# img2img's default strength: the smallest strength whose class-change rate reaches 80 % of the
-# largest measured, chosen on one half of the images of a sweep and checked on the other
-# (bench/img2img_strength.py, BENCHMARKS.md "img2img: the default strength"). On fashion-text,
-# 0.9 redraws 81 % / 91 % (select / check half) of images as the prompt's class; 0.6 only 17 %,
-# and 0.8 (66 % / 75 %, SSIM to the input 0.24 against 0.11) missed the bar by one image.
-DEFAULT_IMG2IMG_STRENGTH = 0.9
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """What a sampling run uses, and where each setting came from (`source`: "given" by the
-    caller, "checkpoint" for its [sample] settings, "default" for the sampler's own DEFAULTS
-    or FALLBACK_SAMPLER). `guidance` has a source only when it applies: given, or a
-    conditional model asked for a class or prompt."""
-
-    sampler: str
-    steps: int
-    guidance: float | None
-    eta: float | None  # the checkpoint's DDIM eta when its sampler runs, else None
-    source: dict[str, str]
-
-
-class NetworkProgress:
-    """A tqdm bar on stderr that also counts a network's forward calls, the cost of sampling
-    or of a likelihood bound: "network evaluations" in the bar's postfix.
-
-    The count comes from a forward pre-hook on `net` (removed by `close`), so a guided step
-    counts two and an adaptive ODE solver's rejected steps count too. The count is redrawn at
-    most every `REDRAW_S` seconds between the bar's own updates, so that one long unit of work
-    (a batch of a 1,000-term bound) is not a silent minute.
-    """
-
-    REDRAW_S = 0.5
-
-    def __init__(self, net: torch.nn.Module, desc: str, total: int | None, unit: str):
-        self.nfe = 0
-        self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
-        self._drawn = time.monotonic()
-        self._hook = net.register_forward_pre_hook(self._count)
-
-    def _count(self, module: torch.nn.Module, args: Any) -> None:
-        self.nfe += 1
-        self.bar.set_postfix_str(f"{self.nfe:,} network evaluations", refresh=False)
-        if time.monotonic() - self._drawn > self.REDRAW_S:
-            self.bar.refresh()
-            self._drawn = time.monotonic()
-
-    def update(self, k: int = 1) -> None:
-        self.bar.update(k)
-
-    def close(self) -> None:
-        self._hook.remove()
-        self.bar.close()
-
-
-class SamplingProgress(NetworkProgress):
-    """The progress of a sampling run: one bar over the sampler's steps of every batch, which
-    names the batch and counts the network evaluations (:class:`NetworkProgress`)."""
-
-    def __init__(self, net: torch.nn.Module, n: int, batch_size: int, steps: int | None = None):
-        """steps: the sampler's steps per batch, if known (the first callback's `total`
-        corrects it: an adaptive ODE solver knows none)."""
-        self.n, self.batches, self.batch, self._sized = n, -(-n // batch_size), 0, False
-        total = steps * self.batches if steps else None
-        super().__init__(net, self._desc(1, min(n, batch_size)), total, "step")
-
-    def _desc(self, k: int, b: int) -> str:
-        images = f"{b} image" + ("s" if b != 1 else "")
-        if self.batches == 1:
-            return f"sampling {images}"
-        return f"sampling batch {k}/{self.batches} ({images})"
-
-    def next_batch(self, b: int) -> None:
-        self.batch += 1
-        self.bar.set_description(self._desc(self.batch, b), refresh=False)
-
-    def step(self, info: dict) -> None:
-        """A sampler callback: one step done (its `total` sizes the bar on the first call)."""
-        if not self._sized:
-            total = info.get("total")
-            self.bar.total = int(total) * self.batches if total else None
-            self._sized = True
-        self.update(1)
-
-    def wrap(self, callback: Callable[[dict], None] | None) -> Callable[[dict], None]:
-        """A callback that calls `callback` (if any), then counts the step."""
-        def both(info: dict) -> None:
-            if callback is not None:
-                callback(info)
-            self.step(info)
-
-        return both
-
-
-def resolve_checkpoint(name: str | Path) -> Path:
-    """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
-    p = Path(name)
-    if p.is_dir():
-        return p
-    if any(c.is_dir() for c in checkpoint_candidates(p)[1:]):
-        return p  # a crash left an earlier complete one: load_checkpoint takes it, and warns
-    if (WEIGHTS_DIR / str(name)).is_dir():
-        return WEIGHTS_DIR / str(name)
-    shipped = sorted(d.name for d in WEIGHTS_DIR.glob("*") if d.is_dir())
-    raise FileNotFoundError(
-        f"checkpoint {str(name)!r} not found; give a checkpoint folder or "
-        f"one of the shipped models: {', '.join(shipped) or 'none'}"
-    )
-
 
 class Generator:
     """A trained diffusion model, ready to sample: pixel space, or latent space with the
@@ -220,24 +122,19 @@ class Generator:
         run = config_from_dict(ck.config["run"])
         net = network_from_spec(ck.config["network"])
         load_weights_into(net, ck.weights(use_ema), str(path))
-        autoencoder = text_encoder = caption_bank = None
+        autoencoder = text_encoder = None
         if kind == "latent-diffusion":
-            from difflab.latent import autoencoder_from_weights
-
             if "autoencoder" not in ck.components:
                 raise ValueError(f"{path} is a latent diffusion model without its autoencoder")
             autoencoder = autoencoder_from_weights(
                 ck.config["autoencoder"]["network"], ck.components["autoencoder"], str(path)
             )
         if ck.config.get("text_encoder"):
-            from difflab.models.text import TextConditioned, text_encoder_from_spec
-
             if isinstance(net, TextConditioned):  # trained with the net: its weights are there
                 text_encoder = net.text
             else:  # a frozen pretrained encoder: rebuilt from its package
                 text_encoder = text_encoder_from_spec(ck.config["text_encoder"])
-        if CAPTION_BANK in ck.components:
-            caption_bank = CaptionBank.from_state_dict(ck.components[CAPTION_BANK], str(path))
+        caption_bank = caption_bank_of(ck.components, str(path))
         device = pick_device(device).device  # CUDA, then MPS, then the CPU
         return cls(
             net.float(),
@@ -251,6 +148,25 @@ class Generator:
             autoencoder=autoencoder,
             text_encoder=text_encoder,
             caption_bank=caption_bank,
+        )
+
+    @classmethod
+    def from_trainer(cls, trainer: Any) -> Generator:
+        """A Generator over a live trainer's EMA weights (no copy; the EMA net is frozen), for
+        sample grids and FID while a run trains. `trainer` is read by its attributes only
+        (difflab.training.Trainer): the pipeline does not import training, nor it the
+        pipeline (docs/design.md)."""
+        return cls(
+            trainer.ema.model,
+            trainer.process,
+            trainer.cfg.diffusion.parameterization,
+            trainer.model_shape,
+            class_names=trainer.data.class_names,
+            num_classes=trainer.net_config.get("num_classes"),
+            device=trainer.device,
+            autoencoder=trainer.autoencoder,
+            # A trainable text encoder is part of the EMA net; a frozen one is not.
+            text_encoder=getattr(trainer.ema.model, "text", trainer.text_encoder),
         )
 
     @property
@@ -326,6 +242,12 @@ class Generator:
         idx = [resolve_class(c, names, aliases) for c in classes]
         return torch.tensor([idx[i % len(idx)] for i in range(n)], device=self.device)
 
+    def class_labels(self, classes: list[str | int]) -> list[str]:
+        """The name of each class (a name, alias or index) as grids label their rows; fails
+        on an unknown class."""
+        names = self.class_names or [str(i) for i in range(self.num_classes or 0)]
+        return [names[i] for i in self.resolve_labels(classes, len(classes)).tolist()]
+
     def _prompts(self, prompt: str | list[str] | None, n: int, what: str) -> list[str] | None:
         """A prompt (or a list, cycled) for each of n samples; None stays None."""
         if prompt is None:
@@ -366,6 +288,37 @@ class Generator:
         queries = self.text_encoder.encode(prompts).tokens[:, 0]
         return self.caption_bank.nearest(queries, min(k, len(self.caption_bank.texts)))
 
+    def prompt_readings(self, prompts: list[str], k: int = 3) -> list[str]:
+        """A line per prompt (each once) saying which ``k`` training captions it is read as,
+        so that a surprising picture can be explained; `difflab sample` prints them."""
+        unique = list(dict.fromkeys(prompts))
+        lines = []
+        for prompt, near in zip(unique, self.read_prompts(unique, k), strict=True):
+            lines.append(f"{prompt!r} reads as the training captions {show_captions(near)}")
+        return lines
+
+    def prompt_familiarity(self, prompts: list[str]) -> Tensor:
+        """Each prompt's cosine similarity to its nearest training caption, (len(prompts),):
+        how close it is to anything the model learned (CaptionBank.familiarity)."""
+        if self.caption_bank is None:
+            raise ValueError("this checkpoint has no caption bank to compare prompts with")
+        return self.caption_bank.familiarity(self.text_encoder.encode(prompts).tokens[:, 0])
+
+    def unfamiliar_prompts(self, prompts: list[str], k: int = 3) -> list[UnfamiliarPrompt]:
+        """The prompts (each once) that are far from every training caption: below
+        OUT_OF_DOMAIN_BELOW in familiarity, with the ``k`` captions nearest each. Empty for a
+        model without a caption bank (nothing to compare with) or without prompts."""
+        prompts = list(dict.fromkeys(prompts))
+        if self.caption_bank is None or not prompts:
+            return []
+        familiar = self.prompt_familiarity(prompts)
+        far = [i for i, v in enumerate(familiar.tolist()) if v < OUT_OF_DOMAIN_BELOW]
+        if not far:
+            return []
+        nearest = self.read_prompts([prompts[i] for i in far], k)
+        return [UnfamiliarPrompt(prompts[i], float(familiar[i]), near)
+                for i, near in zip(far, nearest, strict=True)]
+
     def _text(self, prompts: list[str] | None, n: int, nearest: int = 0) -> TextCondition:
         """Encoded prompts (read through the ``nearest`` nearest training captions when > 0),
         or the "no text" condition of classifier-free guidance."""
@@ -392,7 +345,7 @@ class Generator:
         of guidance is `negative` (a negative prompt's tokens, as in Stable Diffusion) or no
         text at all."""
         cond = text if text is not None else labels
-        den: Denoiser = ModelDenoiser(self.net, self.process, self.parameterization, cond=cond)
+        den: Denoiser = network_denoiser(self.net, self.process, self.parameterization, cond=cond)
         if guidance is not None:
             if text is not None:
                 b = text.tokens.shape[0]
@@ -403,7 +356,7 @@ class Generator:
                 raise ValueError(
                     "guidance needs a conditional checkpoint and a class or a prompt"
                 )
-            uncond = ModelDenoiser(self.net, self.process, self.parameterization, cond=uncond_cond)
+            uncond = network_denoiser(self.net, self.process, self.parameterization, uncond_cond)
             den = GuidedDenoiser(den, uncond, guidance)
         elif negative is not None:
             raise ValueError("a negative prompt needs guidance (e.g. guidance=3)")
@@ -417,14 +370,14 @@ class Generator:
             return None if self.autoencoder is not None else "static"
         return clip
 
-    def _to_pixels(self, x: Tensor) -> Tensor:
+    def to_pixels(self, x: Tensor) -> Tensor:
         """Model-space samples -> uint8 pixels (decoding latents first)."""
         x = x.float()
         if self.autoencoder is not None:
             x = self.autoencoder.from_latent(x)
         return to_uint8(x.cpu())
 
-    def _to_model_space(self, images: Any, what: str = "image") -> Tensor:
+    def to_model_space(self, images: Any, what: str = "image") -> Tensor:
         """uint8 / PIL / array images -> model-space tensors (encoded latents for a latent
         model: the posterior mean, scaled)."""
         x = as_image_tensor(images, self.image_shape, what).to(self.device)
@@ -473,7 +426,7 @@ class Generator:
         `options` go to the sampler (eta=, variance=, ...; ddim gets the checkpoint's eta
         unless given). clip "auto": static for pixel models, none for latent ones.
 
-        `init` (model-space, from `_to_model_space`) with `strength` < 1 starts from the
+        `init` (model-space, from `to_model_space`) with `strength` < 1 starts from the
         noised init (img2img); `mask` (model-space, 1 = generate) keeps the rest of `init`.
         `nearest_captions`: see :meth:`nearest_captions` (prompts and negative prompts alike).
         `progress`: a tqdm bar on stderr over every batch's steps, with the network
@@ -489,6 +442,8 @@ class Generator:
         prompts = self._prompts(prompt, n, "prompt")
         negatives = self._prompts(negative_prompt, n, "negative_prompt")
         nearest = self.nearest_captions(nearest_captions)
+        for far in self.unfamiliar_prompts(prompts or []):
+            warnings.warn(OutOfDomainPrompt(far), stacklevel=2)
         settings = self.sampling_settings(
             sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None
         )
@@ -538,7 +493,7 @@ class Generator:
                     x = noise * self.process.prior_std()
                 with autocast:
                     out = fn(den, x, timesteps, generator=gens, callback=step_callback, **options)
-                yield self._to_pixels(out), (labels.cpu() if labels is not None else None)
+                yield self.to_pixels(out), (labels.cpu() if labels is not None else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -566,10 +521,10 @@ class Generator:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         pixels = as_image_tensor(image, self.image_shape, "image")
-        n = _result_count(n, len(pixels), "images")
-        init = self._to_model_space(pixels)
+        n = result_count(n, len(pixels), "images")
+        init = self.to_model_space(pixels)
         if strength == 0.0:
-            return self._to_pixels(init.expand(n, -1, -1, -1) if len(init) == 1 else init)
+            return self.to_pixels(init.expand(n, -1, -1, -1) if len(init) == 1 else init)
         return self.generate(n, prompt=prompt, init=init, strength=strength, **kwargs)
 
     def inpaint(
@@ -598,8 +553,8 @@ class Generator:
                 f"{len(pmask)} masks for {len(pixels)} images; give one mask for all, or "
                 "one per image"
             )
-        n = _result_count(n, max(len(pixels), len(pmask)), "images" if len(pixels) > 1 else "masks")
-        init = self._to_model_space(pixels)
+        n = result_count(n, max(len(pixels), len(pmask)), "images" if len(pixels) > 1 else "masks")
+        init = self.to_model_space(pixels)
         lmask = pmask.float().to(self.device)
         if self.autoencoder is not None:
             side = self.model_shape[-1]
@@ -635,309 +590,3 @@ class Generator:
         del images
         path.with_suffix(".images.npy").unlink()
         return path
-
-
-def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any) -> None:
-    """Refuse counts and scales that would silently draw garbage or allocate without bound:
-    guidance inf or 1e9 turns every sample into saturated noise, NaN passes `x < 0` checks."""
-
-    def whole(value: Any) -> bool:
-        return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-    if not whole(n) or n < 1:
-        raise ValueError(f"number of images must be >= 1, got {n!r}")
-    if not whole(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    if steps is not None and (not whole(steps) or steps not in Range(1, MAX_STEPS)):
-        raise ValueError(f"steps must be a whole number {Range(1, MAX_STEPS)}, got {steps!r}")
-    allowed = Range(0, MAX_GUIDANCE)
-    if guidance is not None and (
-        isinstance(guidance, bool)
-        or not isinstance(guidance, int | float | np.number)
-        or float(guidance) not in allowed
-    ):
-        raise ValueError(f"guidance must be a finite number {allowed}, got {guidance!r}")
-
-
-class InpaintingDenoiser:
-    """Keep the known region: x0 = mask * x0_model + (1 - mask) * x0_known at every call.
-
-    Every sampler in difflab steps from the x0 (and matching eps) prediction, so pinning x0
-    outside the mask pins the known region of the whole trajectory to the forward process
-    of the known image, for any sampler (the replacement method of Song et al. 2021, app. G,
-    applied to x0). eps is recomputed from x_t and the new x0 so the pair stays consistent.
-    """
-
-    def __init__(self, denoiser: Denoiser, known: Tensor, mask: Tensor):
-        self.inner, self.known, self.mask = denoiser, known, mask
-        self.process = denoiser.process
-
-    def __call__(self, x: Tensor, t: Tensor) -> Prediction:
-        pred = self.inner(x, t)
-        x0 = self.mask * pred.x0 + (1 - self.mask) * self.known.to(pred.x0.dtype)
-        return Prediction(x0, self.process.eps_from_x0(x, t, x0))
-
-
-def _result_count(n: int | None, given: int, what: str) -> int:
-    """How many results an edit makes: n (default: one per given image); a batch of more
-    than one image (or mask) fixes it, since each result belongs to one of them."""
-    if n is None:
-        return given
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive number of images, got {n!r}")
-    if given > 1 and n != given:
-        raise ValueError(
-            f"n={n} but {given} {what} were given: one result per {what[:-1]}; omit n, or "
-            f"give one {what[:-1]} to draw it n times"
-        )
-    return n
-
-
-def truncate_timesteps(timesteps: Tensor, process, strength: float) -> Tensor:
-    """The part of a sampling grid at or below time strength * t_max (img2img's start), as
-    diffusers does for its schedulers: fewer steps for a weaker edit."""
-    t_start = process.t_min + strength * (process.t_max - process.t_min)
-    kept = timesteps[timesteps <= t_start + 1e-9]
-    if len(kept) < 2:  # keep at least one step
-        kept = timesteps[-2:]
-    return kept
-
-
-# Sizes an array's channel axis may have: 1 grey, 3 RGB, and 2 / 4 (grey or RGB with alpha),
-# recognised only to be refused with a message that says so. Anything larger on the first
-# (or last) axis of a 3-D array is a batch of grey images or a spatial side.
-_CHANNEL_COUNTS = (1, 2, 3, 4)
-
-
-def _size(h: int, w: int) -> str:
-    return f"{h}x{w}"
-
-
-def _as_array(x: Any) -> np.ndarray:
-    """A numpy view of an array-like (tensors leave the GPU and the autograd graph)."""
-    if isinstance(x, Tensor):
-        x = x.detach().cpu()
-        # numpy has no bfloat16: widen low-precision floats first (exact for fp16 / bf16).
-        return (x.float() if x.is_floating_point() else x).numpy()
-    return np.asarray(x)
-
-
-# The largest picture read from a file: 16.7 megapixels (64 MB as RGBA) is far beyond any
-# model here, and a file that claims more (a "decompression bomb": a few KB of PNG that
-# inflate to gigabytes) is refused from its header, before anything is decoded.
-MAX_IMAGE_SIDE = 4096
-MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
-
-
-def read_image_file(path: str | Path, what: str = "image") -> Any:
-    """A PIL image decoded from `path`; any failure is a ValueError that names the file
-    and what is wrong (missing, a folder, not an image, corrupt, too large)."""
-    import warnings
-
-    from PIL import Image
-
-    name = str(path)
-    if not Path(path).exists():
-        raise ValueError(f"cannot read {what} {name!r}: it does not exist")
-    if Path(path).is_dir():
-        raise ValueError(f"cannot read {what} {name!r}: it is a folder; give an image file")
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns below twice its own limit; ours is lower, so make it an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)  # reads the header only
-            w, h = image.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ValueError(
-                    f"it is {w}x{h} pixels; difflab reads images of at most "
-                    f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
-                )
-            image.load()
-    except Exception as e:  # PIL's decoders raise many types on corrupt data (SyntaxError, ...)
-        why = str(e) or type(e).__name__
-        raise ValueError(f"cannot read {what} {name!r}: {why}") from e
-    return image
-
-
-def _layout(x: np.ndarray, shape: tuple[int, int, int], what: str) -> tuple[np.ndarray, str]:
-    """(N, C, H, W) from the layouts as_image_tensor accepts (its docstring), and the name of
-    the layout it was read as. The model's (C, H, W) = `shape` settles what the shape alone
-    cannot: whether (3, 28, 28) is one RGB image or three grey ones."""
-    c, h, w = shape
-    s = tuple(x.shape)
-    if x.ndim == 2:
-        return x[None, None], "(H, W)"
-    if x.ndim == 3:
-        channels_last = s[2] in _CHANNEL_COUNTS and s[0] not in _CHANNEL_COUNTS
-        if s[:2] == (h, w) and s[2] in _CHANNEL_COUNTS and s[1:] != (h, w):
-            channels_last = True  # the model's size on the first two axes
-        if channels_last:  # as PIL and imageio give them
-            return x.transpose(2, 0, 1)[None], "(H, W, C)"
-        if s[0] == c:  # the model's own channel count first: one image
-            return x[None], "(C, H, W)"
-        return x[:, None], "(N, H, W)"  # e.g. x_test[:3] of a grey dataset
-    if x.ndim == 4:
-        channels_last = s[3] in _CHANNEL_COUNTS and s[1] not in _CHANNEL_COUNTS
-        if s[1:3] == (h, w) and s[3] in _CHANNEL_COUNTS and s[2:] != (h, w):
-            channels_last = True
-        if channels_last:
-            return x.transpose(0, 3, 1, 2), "(N, H, W, C)"
-        if s[1] in _CHANNEL_COUNTS:
-            return x, "(N, C, H, W)"
-    raise ValueError(
-        f"{what} has shape {s}; give (H, W), (C, H, W), (H, W, C), or a batch (N, H, W), "
-        "(N, C, H, W), (N, H, W, C), with C = 1 (grey) or 3 (RGB)"
-    )
-
-
-def _to_uint8_pixels(x: np.ndarray, what: str) -> np.ndarray:
-    """Pixel values 0..255 as uint8 from the dtypes as_image_tensor accepts (its docstring)."""
-    if x.dtype == np.uint8:
-        return x
-    if x.dtype == np.bool_ or not (
-        np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
-    ):
-        raise ValueError(
-            f"{what} has dtype {x.dtype}; give uint8 pixels 0..255 or floats in [0, 1] "
-            "(or [-1, 1])"
-        )
-    if x.size == 0:
-        return x.astype(np.uint8)
-    if np.issubdtype(x.dtype, np.integer):
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi > 255:
-            raise ValueError(
-                f"{what} of integer type {x.dtype} holds {lo}..{hi}; pixels are 0..255"
-            )
-        return x.astype(np.uint8)
-    v = x.astype(np.float64)
-    if not np.isfinite(v).all():
-        raise ValueError(f"{what} holds NaN or infinite values")
-    lo, hi = float(v.min()), float(v.max())
-    # Half a grey level of slack, so that float error (1.0000001) is not refused.
-    slack = 0.5 / 255
-    if hi > 1 + slack or lo < -1 - slack:
-        hint = (
-            "; it looks like 0..255 pixels: cast to uint8 (or divide by 255)"
-            if lo >= 0 and hi <= 255
-            else ""
-        )
-        raise ValueError(
-            f"{what} holds floats in [{lo:g}, {hi:g}]; float images must be in [0, 1] "
-            f"(or [-1, 1]){hint}"
-        )
-    # The documented rule: [0, 1] unless some value is negative, then [-1, 1] (difflab's
-    # model space). Rounded to the nearest of the 256 levels, as writing a file would.
-    v = (v + 1.0) * 127.5 if lo < 0 else v * 255.0
-    return np.clip(np.rint(v), 0, 255).astype(np.uint8)
-
-
-def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image") -> Tensor:
-    """Images in any usual form -> uint8 (N, C, H, W) with the model's (C, H, W) = `shape`.
-
-    Accepted, and converted to the same uint8 pixels (so every form of one picture gives
-    bit-identical results):
-
-    - a path, or a PIL image: decoded as training images from a folder are
-      (difflab.data.transforms.pil_to_array: EXIF orientation, transparency over white,
-      16-bit grey scaled to 8 bits), to the model's channels;
-    - a numpy array or torch tensor, one image or a batch:
-        2-D: (H, W), one grey image.
-        3-D: (H, W, C) when the last axis is 1-4 long (channels last, as PIL and imageio
-          give them); otherwise (K, H, W) is one image (C, H, W) when K is the model's
-          channel count (1 for a grey model, 3 for RGB) and a batch of K grey images
-          (N, H, W) when it is not. So for a grey model (3, 28, 28) is three images; give
-          one RGB picture as (28, 28, 3) or (1, 3, 28, 28).
-        4-D: (N, H, W, C) when the last axis is 1-4 long, else (N, C, H, W).
-        (When both ends could be channels, as in (3, 28, 3), the axes of the model's size
-        decide, then channels first.) C = 1 (grey) or 3 (RGB); 2 or 4 (alpha) is refused.
-      Values: integer dtypes are pixels 0..255; floats are in [0, 1], unless some value is
-      negative, and then in [-1, 1] (difflab's model space); they are rounded to the nearest
-      of the 256 grey levels. bool images, floats outside [-1, 1] (e.g. 0..255) are refused.
-    - a list or tuple of any of these: concatenated into one batch.
-
-    Grey and RGB are converted to the model's channels (grey -> RGB repeats; RGB -> grey is
-    PIL's integer ITU-R 601 luma, the same as for a PIL image). The size must be the
-    model's: an error names both (nothing is resized silently).
-    """
-    from PIL import Image
-
-    from difflab.data.transforms import convert_channels, pil_to_array
-
-    c, h, w = shape
-    if isinstance(image, list | tuple) and image and not isinstance(image[0], int | float):
-        parts = [as_image_tensor(part, shape, what) for part in image]
-        return torch.cat(parts)
-    if isinstance(image, str | Path):
-        image = read_image_file(image, what)
-    layout = "PIL"
-    if isinstance(image, Image.Image):
-        x = pil_to_array(image, c, None)[None]  # (1, C, H, W) uint8, already the model's C
-    else:
-        x, layout = _layout(_as_array(image), shape, what)
-        x = _to_uint8_pixels(x, what)
-    n, xc, xh, xw = x.shape
-    if n == 0:
-        raise ValueError(f"{what} is an empty batch")
-    if xc in (2, 4):
-        kind = "grey + alpha" if xc == 2 else "RGBA"
-        raise ValueError(
-            f"{what} has {xc} channels ({kind}?), read as {layout}; give grey or RGB: drop "
-            f"the alpha channel (e.g. PIL's .convert('{'L' if xc == 2 else 'RGB'}'))"
-        )
-    if (xh, xw) != (h, w):
-        what = f"{what} is" if n == 1 else f"{what} batch ({n} images) is"
-        raise ValueError(
-            f"{what} {_size(xh, xw)} but the model draws {_size(h, w)}; resize it to "
-            f"{_size(h, w)} first"
-        )
-    x = convert_channels(np.ascontiguousarray(x), c)
-    return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def as_mask_tensor(mask: Any, shape: tuple[int, int, int], what: str = "mask") -> Tensor:
-    """A bool mask (N, 1, H, W), True = generate, for images of (C, H, W) = `shape`.
-
-    Non-zero means generate, whatever the type: bool, 0/1 and 0/255 masks all work (a soft
-    mask regenerates every pixel it touches). Accepted: a path or PIL image (converted to
-    grey), or an array / tensor (H, W), (1, H, W), (H, W, 1), a batch (N, H, W) or
-    (N, 1, H, W) / (N, H, W, 1), or a list of these. Its size must be the image's.
-    """
-    from PIL import Image
-
-    _, h, w = shape
-    if isinstance(mask, list | tuple) and mask and not isinstance(mask[0], int | float | bool):
-        return torch.cat([as_mask_tensor(part, shape, what) for part in mask])
-    if isinstance(mask, str | Path):
-        mask = read_image_file(mask, what)
-    if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"))
-    m = _as_array(mask)
-    s = tuple(m.shape)
-    if m.dtype.kind not in "biuf":
-        raise ValueError(f"{what} has dtype {m.dtype}; give bool, 0/1 or 0/255 values")
-    if m.dtype.kind == "f" and not np.isfinite(m).all():
-        raise ValueError(f"{what} holds NaN or infinite values")
-    if m.ndim == 3 and s[2] in (2, 3, 4) and s[:2] == (h, w):
-        raise ValueError(
-            f"{what} has shape {s}: {s[2]} channels; give one channel, (H, W) (e.g. "
-            "mask.any(axis=-1), or a grey image)"
-        )
-    if m.ndim == 2:
-        m = m[None, None]
-    elif m.ndim == 3:
-        m = m.transpose(2, 0, 1)[None] if s[2] == 1 and s[0] != 1 else m[:, None]
-    elif m.ndim == 4 and s[1] != 1 and s[3] == 1:
-        m = m.transpose(0, 3, 1, 2)
-    if m.ndim != 4 or m.shape[1] != 1:
-        raise ValueError(
-            f"{what} has shape {s}; give (H, W), (1, H, W) or a batch (N, H, W), (N, 1, H, W)"
-        )
-    if m.shape[0] == 0:
-        raise ValueError(f"{what} is an empty batch")
-    mh, mw = m.shape[-2:]
-    if (mh, mw) != (h, w):
-        raise ValueError(
-            f"{what} is {_size(mh, mw)}, image {_size(h, w)}; they must be the same size"
-        )
-    return torch.from_numpy(np.ascontiguousarray(m != 0))

@@ -1,0 +1,35 @@
+"""Which folder a checkpoint name means: a folder on disk, or a model shipped with difflab.
+
+`difflab sample fashion-mnist` and `Generator.from_checkpoint("runs/x/last")` both come
+through `resolve_checkpoint`: a path that is a folder is taken as it is (and so is one whose
+newest complete version a crash left as NAME.prev/, which `load_checkpoint` falls back to);
+otherwise a bare name is looked up among the shipped models in `difflab/weights/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from difflab.checkpoints.store import checkpoint_candidates
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_models() -> list[str]:
+    """The names of the models shipped in difflab/weights/, sorted."""
+    return sorted(d.name for d in WEIGHTS_DIR.glob("*") if d.is_dir())
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
+    p = Path(name)
+    if p.is_dir():
+        return p
+    if any(c.is_dir() for c in checkpoint_candidates(p)[1:]):
+        return p  # a crash left an earlier complete one: load_checkpoint takes it, and warns
+    if (WEIGHTS_DIR / str(name)).is_dir():
+        return WEIGHTS_DIR / str(name)
+    raise FileNotFoundError(
+        f"checkpoint {str(name)!r} not found; give a checkpoint folder or "
+        f"one of the shipped models: {', '.join(shipped_models()) or 'none'}"
+    )

@@ -1,0 +1,94 @@
+"""`difflab img2img` and `difflab inpaint`: draw from a picture of the user's instead of noise.
+
+    difflab img2img fashion-text shirt.png --prompt "a dress" --out dresses.png
+    difflab inpaint fashion-text bag.png mask.png --prompt "a handbag" --out filled.png
+
+img2img noises the picture to --strength and denoises it toward the prompt (SDEdit, Meng et
+al. 2022); inpaint redraws the white part of the mask and keeps the rest. Input files are
+read, and refused with a reason, before the model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from difflab import viz
+from difflab.argtypes import float_in
+from difflab.cli.errors import CLIError, writing
+from difflab.cli.inputs import check_output_file
+from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
+from difflab.pipeline import DEFAULT_IMG2IMG_STRENGTH, read_image_file
+
+
+def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
+    """The flags of `difflab img2img`; sets func=cmd_img2img."""
+    im.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    im.add_argument("image", help="image file (converted to the model's mode; same size)")
+    im.add_argument(
+        "--strength",
+        type=float_in(0, 1),
+        help=f"0 keeps the image, 1 ignores it (default: {DEFAULT_IMG2IMG_STRENGTH:g}, the "
+        "smallest strength that changes the class as often as 80%% of the best; BENCHMARKS.md)",
+    )
+    add_sampling_arguments(im, default_n=4)
+    im.add_argument("--out", default="img2img.png", help="FILE.png")
+    im.set_defaults(func=cmd_img2img)
+
+
+def add_inpaint_arguments(ip: argparse.ArgumentParser) -> None:
+    """The flags of `difflab inpaint`; sets func=cmd_inpaint."""
+    ip.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    ip.add_argument("image", help="image file (converted to the model's mode; same size)")
+    ip.add_argument("mask", help="mask image of the same size: white (non-zero) = fill")
+    add_sampling_arguments(ip, default_n=4)
+    ip.add_argument("--out", default="inpaint.png", help="FILE.png")
+    ip.set_defaults(func=cmd_inpaint)
+
+
+def _edit_output(args: argparse.Namespace) -> Path:
+    """img2img's and inpaint's --out, checked before any work."""
+    out = check_output_file(args.out, "--out")
+    if out.suffix != ".png":
+        raise CLIError(f"--out must end in .png, got {out.name!r}")
+    return out
+
+
+def _save_edits(images, args: argparse.Namespace) -> int:
+    """Write the results as one PNG grid at --out."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
+    print(f"difflab: wrote {len(images)} images to {out}")
+    return 0
+
+
+def cmd_img2img(args: argparse.Namespace) -> int:
+    """Noise the image to --strength and denoise it toward the prompt, -n times."""
+    _edit_output(args)
+    image = read_image_file(args.image, "image")  # a bad file is told before the model loads
+    gen = load_generator(args)
+    check_grid(args, gen.image_shape)
+    kw = sampling_kwargs(args, gen)
+    prompt = kw.pop("prompt")
+    strength = args.strength
+    if strength is None:  # the pipeline's measured default (bench/img2img_strength.py)
+        strength = DEFAULT_IMG2IMG_STRENGTH
+        print(f"difflab: strength {strength:g} (the default; --strength overrides)")
+    images = gen.img2img(image, prompt, strength=strength, n=args.n, **kw)
+    return _save_edits(images, args)
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    """Redraw the mask's white part of the image toward the prompt, -n times."""
+    _edit_output(args)
+    image = read_image_file(args.image, "image")
+    mask = read_image_file(args.mask, "mask")
+    gen = load_generator(args)
+    check_grid(args, gen.image_shape)
+    kw = sampling_kwargs(args, gen)
+    prompt = kw.pop("prompt")
+    images = gen.inpaint(image, mask, prompt, n=args.n, **kw)
+    return _save_edits(images, args)
+

@@ -1,0 +1,112 @@
+"""`difflab export CHECKPOINT OUT`: a small sampling-only copy of a checkpoint (EMA weights,
+optionally float16), with a record of what trained it.
+
+Export writes its folder whole, so it writes only where nothing is lost: a new or empty
+folder, or with --force an earlier export; never a training checkpoint or a folder of other
+files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from difflab.checkpoints.store import export_for_inference, is_difflab_checkpoint
+from difflab.cli.errors import CLIError, reading_checkpoint
+from difflab.cli.inputs import resolve_checkpoint
+
+# The files a checkpoint folder holds besides its NAME.safetensors (checkpoints/store.py):
+# `export --force` replaces a folder of these only, so that nothing else in it is lost.
+CHECKPOINT_FILES = ("config.json", "manifest.json", "state.json", "optimizer.pt")
+TRAINING_STATE = ("state.json", "optimizer.pt")
+
+
+def add_export_arguments(e: argparse.ArgumentParser) -> None:
+    """The flags of `difflab export`; sets func=cmd_export."""
+    e.add_argument("checkpoint")
+    e.add_argument("out", help="folder to write (new, empty, or an earlier export with --force)")
+    e.add_argument("--fp16", action="store_true", help="store the weights in float16")
+    e.add_argument(
+        "--force", action="store_true", help="replace an earlier export already in OUT"
+    )
+    e.add_argument("--command-line", help="the command that trained it, for the record")
+    e.add_argument("--hardware", help="what it was trained on (default: this machine)")
+    e.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    e.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Check the destination, then write the sampling-only copy with its provenance."""
+    provenance = {
+        "hardware": args.hardware
+        or f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU threads, torch {torch.__version__}"
+    }
+    if args.command_line:
+        provenance["command"] = args.command_line
+    dtype = torch.float16 if args.fp16 else None
+    src = resolve_checkpoint(args.checkpoint)
+    check_export_destination(src, Path(args.out), force=args.force)
+    if not args.quiet:  # one read and one write: a line to say what runs, not a bar
+        how = "float16" if args.fp16 else "as stored"
+        print(f"difflab: exporting {src} to {args.out} (EMA weights where saved, {how}) ...",
+              file=sys.stderr, flush=True)
+    with reading_checkpoint(src):
+        out = export_for_inference(src, args.out, dtype=dtype, provenance=provenance)
+    size = sum(f.stat().st_size for f in Path(out).iterdir())
+    print(f"difflab: wrote {out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+def check_export_destination(src: Path, dest: Path, *, force: bool) -> None:
+    """Export writes its folder whole, replacing what is there; so it writes only where
+    nothing is lost: a new or empty folder, or (--force) an earlier sampling-only export. Never
+    the checkpoint being exported, a folder around it or inside it, whatever --force says."""
+    s, d = src.resolve(), dest.resolve()
+    if d == s:
+        raise CLIError(f"{dest} is the checkpoint being exported; give a new folder")
+    if d in s.parents:
+        raise CLIError(
+            f"{dest} holds the checkpoint being exported ({src}) and would be replaced by "
+            "the export; give a new folder"
+        )
+    if s in d.parents:
+        raise CLIError(f"{dest} is inside the checkpoint being exported; give a new folder")
+    if not os.path.lexists(dest):
+        return
+    if dest.is_symlink() or not dest.is_dir():
+        raise CLIError(f"{dest} exists and is not a folder; export writes a folder: give a "
+                       "new name")
+    contents = sorted(p.name for p in dest.iterdir())
+    if not contents:
+        return
+    if not is_difflab_checkpoint(dest):
+        raise CLIError(
+            f"{dest} is a folder of other files ({', '.join(contents[:3])}"
+            f"{', ...' if len(contents) > 3 else ''}), not a difflab checkpoint; export "
+            "replaces its destination whole, so give a new folder"
+        )
+    if not force:
+        raise CLIError(f"{dest} already holds a difflab checkpoint; add --force to replace it")
+    training = [n for n in contents if n in TRAINING_STATE]
+    if training:
+        raise CLIError(
+            f"{dest} is a training checkpoint (it holds {', '.join(training)}: a run resumes "
+            "from it); --force replaces only an earlier export: give a new folder"
+        )
+    foreign = [
+        n for n in contents
+        if n not in CHECKPOINT_FILES and not (n.endswith(".safetensors") and (dest / n).is_file())
+    ]  # fmt: skip
+    if foreign:
+        raise CLIError(
+            f"{dest} holds files a checkpoint does not ({', '.join(foreign[:3])}); --force "
+            "would delete them: move them away or give a new folder"
+        )
+    print(f"difflab: --force: replacing the checkpoint in {dest}", file=sys.stderr)
+

@@ -1,0 +1,69 @@
+"""`difflab info CHECKPOINT`: what a checkpoint is, how it was trained, its size.
+
+A crash can leave a run's newest complete checkpoint as last.prev/ beside no last/; info then
+describes the folder it fell back to (load_checkpoint warns that it did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from difflab.checkpoints.store import load_checkpoint
+from difflab.cli.errors import reading_checkpoint
+from difflab.cli.inputs import resolve_checkpoint
+
+
+def add_info_arguments(i: argparse.ArgumentParser) -> None:
+    """The flags of `difflab info`; sets func=cmd_info."""
+    i.add_argument("checkpoint")
+    i.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print describe_checkpoint's lines."""
+    path = resolve_checkpoint(args.checkpoint)
+    with reading_checkpoint(path):
+        ck = load_checkpoint(path, with_training_state=True)
+        print("\n".join(describe_checkpoint(ck.path, ck)))  # the folder it fell back to
+    return 0
+
+
+def describe_checkpoint(path: Path, ck) -> list[str]:
+    """`difflab info`'s lines."""
+    c = ck.config
+    run = c.get("run", {})
+    trained = c.get("trained", {})
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in ck.weights().values()})
+    lines = [
+        f"checkpoint   {path}",
+        f"kind         {c.get('kind')}",
+        f"network      {c.get('network', {}).get('type')} "
+        f"{c.get('parameters', 0) / 1e6:.2f} M parameters ({', '.join(dtypes)})",
+        f"data         {c.get('dataset')} {tuple(c.get('image_shape', []))}",
+        f"classes      {c.get('class_names') if c['network'].get('num_classes') else 'none'}",
+        f"diffusion    {run.get('diffusion')}",
+        f"training     step {ck.state.get('step', trained.get('step', '?'))}, "
+        f"{ck.state.get('elapsed_seconds', 60 * trained.get('train_minutes', 0)) / 60:.1f} "
+        "min of optimizer steps",
+        f"files        {size / 1e6:.2f} MB: {', '.join(sorted(f.name for f in path.iterdir()))}",
+    ]
+    if "autoencoder" in c:
+        ae = c["autoencoder"]
+        lines.insert(3, f"latent       {tuple(c.get('model_shape', []))} from an autoencoder "
+                        f"(scale {ae['latent_scale']:.4f}, trained as {ae['source']})")
+    if c.get("text_encoder"):
+        lines.insert(3, f"text         {c['text_encoder']}")
+    if c.get("trained_on"):
+        on = c["trained_on"]
+        how = f", {on['precision']}" if on.get("precision") else ""
+        how += f" x{on['threads']} threads" if on.get("threads") else ""
+        lines.append(f"trained on   {on.get('device')}: {on.get('cpu')}{how}")
+        if on.get("why"):
+            lines.append(f"             ({on['why']})")
+    if "trained" in c:
+        lines.append(f"provenance   {json.dumps(c['trained'])}")
+    return lines
+

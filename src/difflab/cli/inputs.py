@@ -1,0 +1,63 @@
+"""What the commands are given by name: a config (a TOML file, or a preset in configs/), a
+checkpoint (a folder, or a model shipped with difflab), and the files they are to write --
+each checked before any work starts, so that a typo costs a second, not a training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from difflab.checkpoints import names
+from difflab.cli.errors import CLIError
+
+DEFAULT_CONFIG = "fashion_mnist"
+# The package: src/difflab/ in a checkout, site-packages/difflab/ when installed.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _configs_dir() -> Path:
+    """configs/ of a source checkout, else the copy installed inside the package."""
+    for cand in (PACKAGE_DIR.parents[1] / "configs", PACKAGE_DIR / "configs"):
+        if cand.is_dir():
+            return cand
+    return PACKAGE_DIR.parents[1] / "configs"
+
+
+def resolve_config(name: str) -> Path:
+    """A config path, or the name of a preset in configs/ (with or without .toml)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    cand = _configs_dir() / (name if name.endswith(".toml") else f"{name}.toml")
+    if cand.is_file():
+        return cand
+    presets = sorted(f.stem for f in _configs_dir().glob("*.toml"))
+    what = "is a folder, not a TOML file" if p.is_dir() else "not found"
+    raise CLIError(
+        f"config {name!r} {what}; give a TOML file or one of the presets: {', '.join(presets)}"
+    )
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """A checkpoint folder, or the folder of a shipped model: CLIError when there is none."""
+    if Path(name).is_file():
+        raise CLIError(f"checkpoint {name!r} is a file; a checkpoint is a folder (config.json, "
+                       "model.safetensors, ...)")
+    try:
+        return names.resolve_checkpoint(name)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, an output path that cannot be written as a file: an existing
+    folder, or a path through a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{flag} {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+    return path
+

@@ -1,0 +1,124 @@
+"""Run folders: what `difflab train` writes there, and the checks before it writes again.
+
+A new run never silently replaces another. A folder that holds a run needs --resume (continue
+it) or --overwrite (remove what difflab wrote there, after checking every piece is difflab's,
+and the debris of a crashed save; every other file stays).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from difflab.checkpoints.store import checkpoint_candidates, is_difflab_checkpoint, remove_debris
+from difflab.cli.errors import CLIError
+
+# What `difflab train` writes into a run folder (trainer.py, runs/report.py): what makes a
+# folder a run that a new one must not silently replace, and all that --overwrite removes.
+# NAME.prev/ is the checkpoint before NAME/, kept by save_checkpoint(keep_previous=True).
+RUN_CHECKPOINTS = ("last", "best", "best_fid", "last.prev", "best.prev", "best_fid.prev")
+RUN_FILES = (
+    "metrics.jsonl",
+    "config.json",
+    "command.sh",
+    "loss.png",
+    "fid.png",
+    "samples.png",
+    "forward_process.png",
+    "reverse_process.gif",
+    "reconstructions.png",
+)
+RUN_SAMPLES = "samples"  # samples/step_0001000.png, ...
+_SAMPLE_GRID = re.compile(r"step_\d+\.png")
+
+
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """A new run never silently replaces another: a folder that holds what `difflab train`
+    writes needs --resume (continue it) or --overwrite (remove that, keep everything else)."""
+    if resume and overwrite:
+        raise CLIError("--resume continues the run in --out, --overwrite replaces it: give one")
+    if os.path.lexists(out) and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; give the folder to write the run into")
+    if is_difflab_checkpoint(out):
+        raise CLIError(
+            f"--out {out} is a checkpoint folder; give the run folder that holds it "
+            f"({out.parent}) to --resume, or a new folder"
+        )
+    if resume:
+        # last/, or what resume falls back to after a crash (last.prev/, best/, ...)
+        if not any(map(is_difflab_checkpoint, checkpoint_candidates(out / "last"))):
+            raise CLIError(f"--resume: no checkpoint at {out / 'last'} to continue")
+        return
+    found = run_contents(out)
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise CLIError(
+            f"--out {out} already holds a run ({shown}); add --resume to continue it, "
+            "--overwrite to replace it (difflab removes only what it wrote there), or give "
+            "another --out"
+        )
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 clears, the others train
+        return
+    clear_run(out, found)
+    remove_debris(out)  # half-written checkpoints of a crashed run (gone writers' only)
+    print(f"difflab: --overwrite: removed {', '.join(found)} from {out} (anything else there "
+          "is left alone)")
+
+
+def run_contents(out: Path) -> list[str]:
+    """The names in `out` that `difflab train` writes (folders with a trailing /)."""
+    if not out.is_dir():
+        return []
+    names = [f"{n}/" for n in (*RUN_CHECKPOINTS, RUN_SAMPLES) if os.path.lexists(out / n)]
+    return names + [n for n in RUN_FILES if os.path.lexists(out / n)]
+
+
+def clear_run(out: Path, found: list[str]) -> None:
+    """Remove what an earlier run wrote in `out` (`found`, from run_contents), after checking
+    that every piece is difflab's: nothing is removed when one is not."""
+    for name in found:
+        path = out / name.rstrip("/")
+        if name.rstrip("/") in RUN_CHECKPOINTS and (
+            path.is_symlink() or not is_difflab_checkpoint(path)
+        ):
+            raise CLIError(
+                f"--overwrite: {path} is not a difflab checkpoint, so difflab leaves it alone; "
+                "move it away or give another --out"
+            )
+        if name == f"{RUN_SAMPLES}/" and (path.is_symlink() or not path.is_dir()):
+            raise CLIError(f"--overwrite: {path} is not the folder of sample grids difflab "
+                           "writes; move it away or give another --out")
+        if name in RUN_FILES and (path.is_symlink() or not path.is_file()):
+            raise CLIError(f"--overwrite: {path} is not a file difflab wrote; move it away "
+                           "or give another --out")
+        if name == "config.json" and not _is_run_config(path):
+            raise CLIError(f"--overwrite: {path} is not a run config difflab wrote; move it "
+                           "away or give another --out")
+    for name in found:
+        path = out / name.rstrip("/")
+        if name.rstrip("/") in RUN_CHECKPOINTS:
+            shutil.rmtree(path)
+        elif name == f"{RUN_SAMPLES}/":  # the grids only: a file of the user's stays
+            for grid in path.iterdir():
+                if _SAMPLE_GRID.fullmatch(grid.name) and grid.is_file():
+                    grid.unlink()
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when nothing else was in it
+        else:
+            path.unlink()
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether `path` is the config.json `difflab train` writes beside a run's checkpoints."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"data", "model", "train"} <= set(config)
+

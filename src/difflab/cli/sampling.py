@@ -1,0 +1,190 @@
+"""What the drawing commands share (sample, img2img, inpaint): their flags, the checkpoint
+they load, and the sampling settings they resolve and announce.
+
+Sampler, steps and guidance are the flags over the checkpoint's [sample] settings, resolved
+once here, and one line says what runs and where each setting came from, so that a
+checkpoint's defaults never act silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from difflab.argtypes import (
+    MAX_BATCH,
+    MAX_GRID,
+    MAX_GUIDANCE,
+    MAX_SAMPLES,
+    MAX_SCALE,
+    MAX_SEED,
+    MAX_STEPS,
+    device_name,
+    float_in,
+    int_in,
+    sampler_name,
+)
+from difflab.cli.errors import CLIError, reading_checkpoint
+from difflab.cli.inputs import resolve_checkpoint
+from difflab.pipeline import Generator, SamplingSettings
+from difflab.samplers import SAMPLERS
+
+# The largest picture a command writes: 2**27 pixels (128 MP, 384 MB as RGB), a GIF's frames
+# together: 2**30. A 100x100 grid of 28x28 images at --scale 2 is 31 MP.
+MAX_GRID_PIXELS = 2**27
+MAX_GIF_PIXELS = 2**30
+
+
+def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
+    """Options every drawing command shares (sample, img2img, inpaint)."""
+    s.add_argument(
+        "--sampler",
+        type=sampler_name,
+        help="default: the checkpoint's [sample] sampler (the shipped models: dpmpp_2m)",
+    )
+    s.add_argument(
+        "--steps",
+        type=int_in(1, MAX_STEPS),
+        help="steps of the time grid (default: the checkpoint's [sample] steps; with another "
+        "--sampler, that sampler's own default: ddim 50, dpmpp_2m 20, ...)",
+    )
+    s.add_argument("-n", "--num", dest="n", type=int_in(1, MAX_SAMPLES), default=default_n)
+    s.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
+    s.add_argument(
+        "--prompt",
+        action="append",
+        help="text prompt (text models; repeatable: `sample` draws a grid row per prompt, "
+        "img2img and inpaint cycle them)",
+    )
+    s.add_argument(
+        "--negative-prompt",
+        action="append",
+        help="what to steer away from (replaces the unconditional branch of guidance: "
+        "--guidance, or the checkpoint's)",
+    )
+    s.add_argument(
+        "--guidance",
+        type=float_in(0, MAX_GUIDANCE),
+        help="classifier-free guidance scale, with --class or --prompt (default: the "
+        f"checkpoint's [sample] guidance; 1: the plain conditional model; 0 to {MAX_GUIDANCE:g})",
+    )
+    s.add_argument(
+        "--nearest-captions",
+        type=int_in(0, 100_000),
+        metavar="K",
+        help="read each prompt as a blend of its K nearest training captions (text models "
+        "with a caption bank; default: the run's text.nearest_captions; 0: off)",
+    )
+    s.add_argument(
+        "--eta",
+        type=float_in(0, 1),
+        help="DDIM eta (0 deterministic, 1 like DDPM); ddim's default is the checkpoint's "
+        "[sample] eta when that is its sampler",
+    )
+    s.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=256)
+    s.add_argument("--nrow", type=int_in(1, MAX_GRID))
+    s.add_argument("--scale", type=int_in(1, MAX_SCALE), default=2, help="upscale the PNG grid")
+    s.add_argument(
+        "--no-clip", action="store_true", help="do not clip x0 to [-1, 1] (pixel models)"
+    )
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    s.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, mps (default: the "
+                   "first of those this machine has)")
+    s.add_argument(
+        "--quiet", action="store_true", help="no progress bar on stderr (results still print)"
+    )
+
+
+def load_generator(args: argparse.Namespace) -> Generator:
+    """The checkpoint of a drawing command, ready to sample on --device."""
+    path = resolve_checkpoint(args.checkpoint)
+    with reading_checkpoint(path):
+        return Generator.from_checkpoint(path, device=args.device)
+
+
+def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) -> dict:
+    """The Generator keywords that sample, img2img and inpaint share. Sampler, steps and
+    guidance are the flags over the checkpoint's [sample] settings, resolved here once so that
+    the line saying what runs is what runs."""
+    settings = gen.sampling_settings(
+        args.sampler, args.steps, args.guidance,
+        conditioned=classes is not None or bool(args.prompt),
+    )
+    kw = dict(
+        sampler=settings.sampler,
+        steps=settings.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        guidance=settings.guidance,
+        classes=classes,
+        clip=None if args.no_clip else "auto",
+        precision=args.precision,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        nearest_captions=args.nearest_captions,
+        progress=not args.quiet,  # the library is quiet by default; the command is not
+    )
+    if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
+        # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
+        raise CLIError(
+            f"--eta is a setting of {', '.join(with_eta)}; this run samples with "
+            f"{settings.sampler}: add --sampler ddim"
+        )
+    eta = args.eta if args.eta is not None else settings.eta
+    if eta is not None:
+        kw["eta"] = eta
+    print(describe_sampling(settings, eta))
+    print_prompt_readings(args, gen)
+    return kw
+
+
+def _samplers_with_eta() -> list[str]:
+    return sorted(n for n, f in SAMPLERS.items() if "eta" in inspect.signature(f).parameters)
+
+
+def describe_sampling(settings: SamplingSettings, eta: float | None = None) -> str:
+    """One line: what a drawing command runs (sampler, steps, guidance) and where each
+    setting came from, so that a checkpoint's defaults never act silently."""
+    keys = list(settings.source)  # sampler, steps[, guidance]
+    if all(settings.source[k] == "checkpoint" for k in keys):
+        flags = "/".join(f"--{k}" for k in keys)
+        why = f"the checkpoint's [sample] settings; {flags} override"
+    elif all(settings.source[k] == "given" for k in keys):
+        why = "as given"
+    else:
+        groups: dict[str, list[str]] = {}  # where from -> settings, in order
+        for k in keys:
+            where = {
+                "given": f"--{k}",
+                "checkpoint": "the checkpoint's [sample] settings",
+                "default": f"{settings.sampler}'s default" if k == "steps" else "difflab's default",
+            }[settings.source[k]]
+            groups.setdefault(where, []).append(k)
+        why = "; ".join(f"{' and '.join(ks)}: {where}" for where, ks in groups.items())
+    return f"difflab: sampling with {settings.summary(eta)} ({why})"
+
+
+def print_prompt_readings(args: argparse.Namespace, gen) -> None:
+    """Say which training captions each prompt is read as (models with a caption bank), so
+    that a surprising picture can be explained."""
+    if not args.prompt or gen.nearest_captions(args.nearest_captions) == 0:
+        return
+    for line in gen.prompt_readings(args.prompt + (args.negative_prompt or [])):
+        print(f"difflab: {line}")
+
+
+def check_grid(args: argparse.Namespace, shape: tuple[int, ...], frames: int = 1) -> None:
+    """Refuse a PNG grid (or GIF of `frames` grids) too large to hold in memory, before
+    drawing anything: -n and --scale multiply."""
+    if args.n > MAX_GRID:
+        raise CLIError(f"-n {args.n}: a PNG grid holds at most {MAX_GRID} images; write an "
+                       ".npz (--out FILE.npz) for more")
+    pixels = args.n * shape[-2] * shape[-1] * args.scale**2
+    limit, what = (MAX_GRID_PIXELS, "the grid") if frames == 1 else (MAX_GIF_PIXELS, "the GIF")
+    if pixels * frames > limit:
+        raise CLIError(
+            f"-n {args.n} at --scale {args.scale}: {what} would be "
+            f"{pixels * frames / 1e6:.0f} megapixels, more than {limit / 1e6:.0f}; lower -n "
+            "or --scale"
+        )
+

@@ -1,0 +1,115 @@
+"""`difflab train CONFIG`: train a model from a TOML config (a preset name or a path).
+
+    difflab train configs/fashion_mnist.toml --minutes 10 --out runs/fashion
+
+The run folder gets the checkpoints (last/, best/), config.json, the sample grids and, unless
+--no-report, the pictures and command.sh of runs/report.py. Under torchrun every rank trains;
+rank 0 alone prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from difflab.argtypes import device_name, float_in, int_in
+from difflab.cli.errors import writing
+from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
+from difflab.cli.runs import check_run_folder
+from difflab.config import load_config
+from difflab.runs import report, score_fid
+from difflab.training.trainer import Trainer, describe
+
+
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """The flags of `difflab train`; sets func=cmd_train."""
+    t.add_argument(
+        "config",
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        help="TOML file or preset name in configs/ (default: fashion_mnist)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    t.add_argument(
+        "--out",
+        help="run folder (default: runs/CONFIG_NAME); one that already holds a run needs "
+        "--resume or --overwrite",
+    )
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in OUT: removes what difflab wrote there (last/, best/, "
+        "samples/, metrics.jsonl, the report), keeps every other file",
+    )
+    t.add_argument(
+        "--minutes",
+        type=float_in(0, 10**7, low_open=True),
+        help="wall-clock training budget of the whole run (resumed time counts)",
+    )
+    t.add_argument(
+        "--steps", type=int_in(1, 10**9), help="stop after this many optimizer steps"
+    )
+    t.add_argument("--device", type=device_name,
+                   help="cpu, cuda, cuda:1 (default: cuda when available)")
+    t.add_argument("--no-report", action="store_true", help="skip the pictures at the end")
+    t.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Check the config and the run folder, train, and write the report."""
+    config_path = resolve_config(args.config)
+    sets = list(args.set or [])
+    if args.minutes is not None:
+        sets.append(f"train.minutes={args.minutes}")
+    if args.steps is not None:
+        sets.append(f"train.max_steps={args.steps}")
+    cfg = load_config(config_path, sets)
+    out = Path(args.out or f"runs/{config_path.stem}")
+    check_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+    trainer = Trainer(cfg, out, device=args.device)
+    main = trainer.dist.is_main
+    if args.resume:
+        trainer.resume()
+    if main:
+        print(
+            f"difflab: {trainer.data.name}: {len(trainer.data)} images "
+            f"{tuple(trainer.data.image_shape)}; {describe(trainer)}; "
+            f"device {trainer.device}, world size {trainer.dist.world_size}"
+        )
+        (out / "config.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
+
+    def on_sample(tr) -> None:
+        if tr.dist.is_main:
+            report.save_sample_grid(tr, out / "samples" / f"step_{tr.step:07d}.png")
+            report.plot_progress(tr, out / "loss.png")
+
+    t0 = time.time()
+    try:
+        with writing(out):
+            why = trainer.train(on_sample=on_sample, score=score_fid)
+    finally:
+        trainer.close()
+    if not main:
+        return 0
+    print(
+        f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "
+        f"min; checkpoints in {out / 'last'} and {out / 'best'}"
+    )
+    if not args.no_report:
+        with writing(out):
+            paths = report.write_report(trainer, out, command=["difflab", *args.argv])
+        print("difflab: wrote")
+        for what, p in paths.items():
+            print(f"  {what:>8}: {p}")
+    print(f"difflab: {report.final_check(trainer)}")
+    return 0
+

@@ -1,0 +1,54 @@
+"""`difflab viz forward | schedules | toy1d`: pictures of the process itself, no model needed.
+
+- forward: six images of a config's data noised at 0, 25, 50, 75 and 100 % of T;
+- schedules: the noise schedules side by side;
+- toy1d: a point diffused and un-diffused in one dimension.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from difflab import viz
+from difflab.argtypes import MAX_SEED, MAX_STEPS, int_in
+from difflab.build import build_process
+from difflab.cli.inputs import DEFAULT_CONFIG, check_output_file, resolve_config
+from difflab.config import load_config
+from difflab.data import load_dataset
+from difflab.data.transforms import to_float
+from difflab.toy1d import plot_toy1d
+
+
+def add_viz_arguments(v: argparse.ArgumentParser) -> None:
+    """The flags of `difflab viz`; sets func=cmd_viz."""
+    v.add_argument("what", choices=("forward", "schedules", "toy1d"))
+    v.add_argument("--config", default=DEFAULT_CONFIG, help="for 'forward': data + schedule")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.add_argument("--out", default="viz.png")
+    v.add_argument("--timesteps", type=int_in(2, MAX_STEPS), default=1000)
+    v.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
+    v.set_defaults(func=cmd_viz)
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    """Draw the picture `what` names into --out."""
+    out = check_output_file(args.out, "--out")
+    if args.what == "schedules":
+        viz.plot_schedules(out, T=args.timesteps)
+    elif args.what == "toy1d":
+        plot_toy1d(out, seed=args.seed)
+    else:
+        cfg = load_config(resolve_config(args.config), args.set or [])
+        data = load_dataset(cfg.data)
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:6]
+        viz.forward_process_grid(
+            build_process(cfg.diffusion),
+            to_float(data.images[idx]),
+            out,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+    print(f"difflab: wrote {out}")
+    return 0
+

@@ -1,0 +1,90 @@
+"""What a sampling run is asked for: its settings and where each came from, the defaults a
+Generator falls back to, and the checks that refuse bad counts, steps and guidance early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from difflab.argtypes import MAX_GUIDANCE, MAX_STEPS, Range
+
+# The sampler of a Generator without a run config (one over a live trainer's weights):
+# DPM-Solver++(2M) at its default 20 steps matches DDIM at 50 on FID (BENCHMARKS.md, "FID
+# against network evaluations").
+FALLBACK_SAMPLER = "dpmpp_2m"
+
+# img2img's default strength: the smallest strength whose class-change rate reaches 80 % of the
+# largest measured, chosen on one half of the images of a sweep and checked on the other
+# (bench/img2img_strength.py, BENCHMARKS.md "img2img: the default strength"). On fashion-text,
+# 0.9 redraws 81 % / 91 % (select / check half) of images as the prompt's class; 0.6 only 17 %,
+# and 0.8 (66 % / 75 %, SSIM to the input 0.24 against 0.11) missed the bar by one image.
+DEFAULT_IMG2IMG_STRENGTH = 0.9
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What a sampling run uses, and where each setting came from (`source`: "given" by the
+    caller, "checkpoint" for its [sample] settings, "default" for the sampler's own DEFAULTS
+    or FALLBACK_SAMPLER). `guidance` has a source only when it applies: given, or a
+    conditional model asked for a class or prompt."""
+
+    sampler: str
+    steps: int
+    guidance: float | None
+    eta: float | None  # the checkpoint's DDIM eta when its sampler runs, else None
+    source: dict[str, str]
+
+    def summary(self, eta: float | None = None) -> str:
+        """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
+        what = [self.sampler, f"{self.steps} steps"]
+        if "guidance" in self.source:  # a conditional model asked for a class or prompt
+            what.append("no guidance" if self.guidance is None else f"guidance {self.guidance:g}")
+        if eta is not None:
+            what.append(f"eta {eta:g}")
+        return ", ".join(what)
+
+
+def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any) -> None:
+    """Refuse counts and scales that would silently draw garbage or allocate without bound:
+    guidance inf or 1e9 turns every sample into saturated noise, NaN passes `x < 0` checks."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+    if not whole(n) or n < 1:
+        raise ValueError(f"number of images must be >= 1, got {n!r}")
+    if not whole(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if steps is not None and (not whole(steps) or steps not in Range(1, MAX_STEPS)):
+        raise ValueError(f"steps must be a whole number {Range(1, MAX_STEPS)}, got {steps!r}")
+    allowed = Range(0, MAX_GUIDANCE)
+    if guidance is not None and (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, int | float | np.number)
+        or float(guidance) not in allowed
+    ):
+        raise ValueError(f"guidance must be a finite number {allowed}, got {guidance!r}")
+
+
+def result_count(n: int | None, given: int, what: str) -> int:
+    """How many results an edit makes: n (default: one per given image); a batch of more
+    than one image (or mask) fixes it, since each result belongs to one of them."""
+    if n is None:
+        return given
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
+    if given > 1 and n != given:
+        raise ValueError(
+            f"n={n} but {given} {what} were given: one result per {what[:-1]}; omit n, or "
+            f"give one {what[:-1]} to draw it n times"
+        )
+    return n
+
+
+def grid_rows(values: list[Any], n: int) -> tuple[list[Any], int]:
+    """Several classes or prompts drawn as one grid row each: every value ceil(n / values)
+    times (never fewer images than asked for). Returns (a value per image, images per row)."""
+    per = -(-n // len(values))
+    return [v for v in values for _ in range(per)], per

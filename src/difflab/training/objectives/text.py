@@ -1,0 +1,146 @@
+"""Captions as the condition of a text-to-image run: the data's caption table (made from class
+labels by difflab.data.captions, or each image's own captions, as shapes has), encoded by a
+frozen pretrained encoder once (a few hundred to tens of thousands of strings: cheaper than
+encoding every batch, and identical) or by a trainable encoder every step.
+
+A random caption of each image's class (or of the image itself) is its condition; dropped
+captions (all tokens masked) train the unconditional branch of classifier-free guidance
+(Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from difflab.config import RunConfig
+from difflab.data import ImageData, default_cache_dir
+from difflab.data.registry import dataset_caption_table
+from difflab.models.caption_bank import COMPONENT as CAPTION_BANK
+from difflab.models.caption_bank import CaptionBank
+from difflab.models.conditioning import TextCondition
+from difflab.models.text import TextConditioned, TokenIds, TrainableTextEncoder, make_text_encoder
+
+ENCODE_CHUNK = 512  # captions per encoder call: bounds MiniLM's activations, not the result
+# Caption sets at least this large are kept on disk after encoding (default_cache_dir()/
+# text_states/): the ~39,000 captions of 20,000 shapes images take 10-20 CPU-minutes through
+# MiniLM on a busy 2-core machine, and a resumed or repeated run needs the same states.
+CACHE_MIN_TEXTS = 4096
+
+
+def _cache_file(encoder: Any, texts: list[str]) -> Path:
+    key = hashlib.sha256(json.dumps([encoder.spec(), texts]).encode()).hexdigest()[:32]
+    return default_cache_dir() / "text_states" / f"{key}.pt"
+
+
+def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every text through a frozen encoder, `chunk` at a time, padded to the longest: tokens
+    `(N, L, D)` and mask `(N, L)` on the CPU, what one call would give (padding states are
+    zero and masked). One call on the ~39,000 captions of 20,000 shapes images would hold
+    gigabytes of activations at once; chunks of texts of similar length (sorted by length)
+    pad least. Large sets are cached on disk, keyed by the encoder's spec and the texts."""
+    cache = _cache_file(encoder, texts) if len(texts) >= CACHE_MIN_TEXTS else None
+    if cache is not None and cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            return saved["tokens"], saved["mask"]
+        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError):
+            pass  # an unreadable cache is encoded again and rewritten
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = [encoder.encode([texts[j] for j in order[i:i + chunk]])
+             for i in range(0, len(texts), chunk)]
+    length = max(part.tokens.shape[1] for part in parts)
+    tokens = torch.cat([
+        F.pad(part.tokens.cpu(), (0, 0, 0, length - part.tokens.shape[1])) for part in parts
+    ])
+    mask = torch.cat([
+        F.pad(part.mask.cpu(), (0, length - part.mask.shape[1]), value=False) for part in parts
+    ])
+    inverse = torch.empty(len(order), dtype=torch.int64)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    tokens, mask = tokens[inverse], mask[inverse]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        torch.save({"tokens": tokens, "mask": mask}, tmp)
+        tmp.replace(cache)  # atomic: a run killed while writing leaves no half file
+    return tokens, mask
+
+
+class CaptionConditioning:
+    """The text encoder, the caption table, its encoded tokens, and (for pooled sentence
+    embeddings) the caption bank that sampling reads prompts through.
+
+    A trainable encoder is trained with the denoiser: both are wrapped in one module
+    (`TextConditioned`: one optimizer, one EMA, one file), which replaces `net`."""
+
+    def __init__(self, cfg: RunConfig, data: ImageData, net: torch.nn.Module,
+                 net_config: dict[str, Any], device: torch.device):
+        if data.labels is None:
+            raise ValueError(
+                f"text.encoder needs captions, made from class labels, but {data.name!r} "
+                "has no labels"
+            )
+        self.trainable = cfg.text.encoder == "trainable"
+        width = net_config["config"].get("context_dim")
+        if self.trainable:
+            if cfg.text.tokens != "all":
+                raise ValueError(
+                    f"text.tokens = {cfg.text.tokens!r} applies to the pretrained minilm "
+                    "encoder; the trainable one hands over all its tokens (text.tokens = 'all')"
+                )
+            self.encoder = TrainableTextEncoder(
+                width=cfg.text.width, depth=cfg.text.depth, max_tokens=cfg.text.max_tokens
+            )
+            net = TextConditioned(net, self.encoder).to(device)
+            net_config = {
+                "type": "text-conditioned",
+                "net": net_config,
+                "text": self.encoder.spec(),
+                "num_classes": net_config.get("num_classes"),
+            }
+        else:
+            self.encoder = make_text_encoder(
+                cfg.text.encoder, max_tokens=cfg.text.max_tokens, tokens=cfg.text.tokens
+            )
+        self.net, self.net_config = net, net_config
+        if width != self.encoder.width:
+            raise ValueError(
+                f"text.encoder = {cfg.text.encoder!r} gives {self.encoder.width}-wide "
+                f"tokens but the network's context_dim is {width}; set "
+                f"model.overrides.context_dim = {self.encoder.width}"
+                + (" (or text.width)" if self.trainable else "")
+            )
+        self.captions = dataset_caption_table(cfg.data, data.class_names)
+        self.bank: CaptionBank | None = None
+        if self.trainable:  # tokenised once, encoded with grad every step
+            ids, mask = self.encoder.tokenize(self.captions.texts)
+            self.tokens = (ids.to(device), mask.to(device))
+        else:  # the frozen encoder's output never changes: encode every caption once
+            tokens, mask = encode_in_chunks(self.encoder, self.captions.texts)
+            self.tokens = (tokens.to(device), mask.to(device))
+            if cfg.text.tokens == "pooled":  # saved so that sampling can read prompts through it
+                self.bank = CaptionBank(self.captions.texts, tokens[:, 0])
+        self.device = device
+
+    def condition(self, labels: torch.Tensor, generator: torch.Generator,
+                  drop_prob: float) -> TextCondition | TokenIds:
+        """A random caption of each label (a class, or an image); dropped (all-masked) with
+        `drop_prob`."""
+        idx = self.captions.pick(labels.cpu(), generator).to(self.device)
+        tokens, mask = self.tokens
+        drop = (torch.rand(len(idx), generator=generator) < drop_prob).to(self.device)
+        if self.trainable:
+            return TokenIds(tokens[idx], mask[idx], drop)
+        return TextCondition(tokens[idx], mask[idx] & ~drop[:, None])
+
+    def components(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {CAPTION_BANK: self.bank.state_dict()} if self.bank is not None else {}

@@ -1,0 +1,101 @@
+"""What a training checkpoint holds beyond weights, for an exact resume (state.json): the step,
+the EMA's update count, best losses, the data order, every random state, the loss scaler, the
+step settings, and the length of metrics.jsonl to rewind it to. A checkpoint from elsewhere is
+untrusted input: every field is type-checked before any of it is used."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+
+from difflab.checkpoints import store as ckpt_io
+from difflab.training.step_settings import StepSettings
+
+# state.json as resume reads it: each key's JSON types; the optional ones older checkpoints
+# may lack (resume then takes the defaults those versions meant).
+STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (int,), "best_loss": (int, float), "data": (dict,), "generator": (str,),
+    "torch_rng": (str,), "ema_updates": (int,), "best_fid": (int, float),
+    "loss_ema": (int, float), "elapsed_seconds": (int, float), "scaler": (dict,),
+    "step_settings": (dict,), "metrics_bytes": (int,),
+}  # fmt: skip
+OPTIONAL_STATE = ("ema_updates", "best_fid", "loss_ema", "elapsed_seconds", "scaler",
+                  "step_settings", "metrics_bytes")
+
+
+def differences(saved: Any, mine: Any, prefix: str = "") -> str:
+    """The first few keys where two JSON configs differ, as 'key: a vs b'."""
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        parts = [
+            differences(saved.get(k), mine.get(k), f"{prefix}{k}.")
+            for k in sorted(set(saved) | set(mine), key=str)
+            if saved.get(k) != mine.get(k)
+        ]
+        return "; ".join(parts[:3])
+    return f"{prefix.rstrip('.') or 'network'}: {saved!r:.80} vs {mine!r:.80}"
+
+
+def training_state(trainer: Any) -> dict[str, Any]:
+    """state.json of a checkpoint of `trainer` now."""
+    return {
+        "step": trainer.step,
+        "ema_updates": trainer.ema.num_updates,
+        "best_loss": trainer.best_loss,
+        "best_fid": trainer.best_fid,
+        "loss_ema": trainer.loss_ema,
+        "elapsed_seconds": trainer.elapsed,
+        "data": trainer.batches.state_dict(),
+        "generator": ckpt_io.encode_bytes(trainer.gen.get_state()),
+        "torch_rng": ckpt_io.encode_bytes(torch.get_rng_state()),
+        "scaler": trainer.scaler.state_dict(),
+        "step_settings": trainer.step_settings.to_dict() if trainer.step_settings else None,
+        "metrics_bytes": trainer.metrics.durable_size() if trainer.dist.is_main else None,
+    }
+
+
+def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
+    """Put a trainer where the checkpoint `ck` left off: weights, EMA, optimizer, data order,
+    random states, loss scaler, step settings, counters. Refuses (CheckpointError) a
+    checkpoint of another network or one whose state does not fit this run."""
+    path = ck.path
+    mine = json.loads(json.dumps(trainer.net_config))
+    if ck.config.get("network") != mine:
+        raise ckpt_io.CheckpointError(
+            f"cannot resume from {path}: it was trained with a different network "
+            f"({differences(ck.config.get('network'), mine)}; checkpoint vs this run)"
+        )
+    ckpt_io.load_weights_into(trainer.net, ck.model, str(path))
+    s = ck.state
+    source = str(path / ckpt_io.STATE_FILE)
+    ckpt_io.require_fields(s, STATE_FIELDS, source, optional=OPTIONAL_STATE)
+    if s["step"] < 0:
+        raise ckpt_io.CheckpointError(f"{source}: 'step' must be >= 0, got {s['step']}")
+    try:
+        what = "the EMA weights"
+        ckpt_io.load_weights_into(trainer.ema.model, ck.ema, str(path / ckpt_io.EMA_FILE))
+        trainer.ema.num_updates = s.get("ema_updates") or 0
+        what = "the optimizer state"
+        trainer.optimizer.load_state_dict(ck.optimizer)
+        what = "the data order"
+        trainer.batches.load_state_dict(s["data"])
+        what = "the random states"
+        trainer.gen.set_state(ckpt_io.decode_bytes(s["generator"]))
+        torch.set_rng_state(ckpt_io.decode_bytes(s["torch_rng"]))
+        what = "the loss scaler"
+        if s.get("scaler"):
+            trainer.scaler.load_state_dict(s["scaler"])
+        what = "the step settings"
+        if s.get("step_settings"):
+            trainer.tuner.recorded = StepSettings.from_dict(s["step_settings"])
+    except ckpt_io.CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise ckpt_io.CheckpointError(
+            f"cannot resume from {path}: {what} it holds do not fit this run ({e})"
+        ) from e
+    trainer.step, trainer.best_loss = s["step"], s["best_loss"]
+    trainer.best_fid = s["best_fid"] if s.get("best_fid") is not None else math.inf
+    trainer.loss_ema, trainer.elapsed = s.get("loss_ema"), s.get("elapsed_seconds") or 0.0

@@ -1,0 +1,104 @@
+"""`difflab serve`: start the web app.
+
+    difflab serve                                   # http://127.0.0.1:7860, runs/ checkpoints
+    difflab serve --root runs --root ~/models --port 8000
+    difflab serve --host 0.0.0.0                    # reachable from other machines: see below
+
+It binds 127.0.0.1, this machine only, unless --host says otherwise: the page runs models on
+this machine's CPUs for whoever reaches it and has no login, so exposing it is a choice to
+make explicitly. Checkpoints and runs are opened only from under the --root folders (default:
+the current folder); the shipped models are always there.
+
+This module holds only the flags and the start; gradio is imported only when the app is
+built, so `difflab --help` works without the web extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from difflab.argtypes import device_name, float_in, int_in
+from difflab.web.app import build_app, launch
+from difflab.web.limits import Limits, Roots
+from difflab.web.models import ModelStore
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULTS = Limits()  # the bounds one request may ask for, unless the flags say otherwise
+WEB_EXTRA = "pip install -e '.[web]'"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `difflab serve`, added to its subparser, which then runs `serve_main`."""
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to bind (default 127.0.0.1: this machine only; "
+                        "0.0.0.0 exposes the app, without a login, to the network)")
+    parser.add_argument("--port", type=int_in(1, 65535), default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--root", action="append", metavar="DIR",
+                        help="a folder whose checkpoints and runs the app may open "
+                        "(repeatable; default: the current folder)")
+    parser.add_argument("--max-steps", type=int_in(1, 100_000), default=DEFAULTS.max_steps,
+                        help=f"most sampling steps one request may ask for "
+                        f"(default {DEFAULTS.max_steps})")
+    parser.add_argument("--max-images", type=int_in(1, 10_000), default=DEFAULTS.max_images,
+                        help=f"most images one request may ask for (default {DEFAULTS.max_images})")
+    parser.add_argument("--max-upload-mb", type=float_in(0, 1024, low_open=True),
+                        default=DEFAULTS.max_upload_mb,
+                        help=f"largest file accepted (default {DEFAULTS.max_upload_mb:g} MB)")
+    parser.add_argument("--concurrency", type=int_in(1, 64), default=DEFAULTS.concurrency,
+                        help="requests that sample at once; the others wait in the queue "
+                        f"(default {DEFAULTS.concurrency})")
+    parser.add_argument("--queue-size", type=int_in(1, 10_000), default=DEFAULTS.queue_size,
+                        help="requests that may wait; more are refused "
+                        f"(default {DEFAULTS.queue_size})")
+    parser.add_argument("--device", type=device_name,
+                        help="cpu, cuda, cuda:1, mps (default: the first of those this machine "
+                        "has)")
+    parser.set_defaults(func=serve_main)
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Start the app as `args` say and serve until interrupted. A missing web extra or a bad
+    --root is a ValueError / ImportError with one line (the CLI prints it)."""
+    try:
+        import gradio  # noqa: F401  (only to say what to install when it is missing)
+    except ImportError as e:
+        raise ImportError(f"difflab serve needs the web extra (gradio): {WEB_EXTRA}") from e
+
+    roots = Roots(args.root or ["."])
+    limits = Limits(
+        max_steps=args.max_steps, max_images=args.max_images, max_upload_mb=args.max_upload_mb,
+        concurrency=args.concurrency, queue_size=args.queue_size,
+    )
+    app = build_app(roots, limits, ModelStore(roots, device=args.device))
+    print(f"difflab: serving checkpoints and runs from {roots}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"difflab: warning: --host {args.host} makes the app reachable from other "
+              "machines, without a login", file=sys.stderr)
+    url = launch(app, args.host, args.port, limits, block=False, quiet=True)
+    print(f"difflab: the app is at {url} (Ctrl-C stops it)", flush=True)
+    try:
+        app.block_thread()
+    finally:
+        app.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m difflab.web.command`: the serve command on its own, until the CLI has it."""
+    parser = argparse.ArgumentParser(prog="difflab serve", description=__doc__.split("\n")[0])
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return serve_main(args)
+    except (ValueError, ImportError) as e:
+        print(f"difflab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

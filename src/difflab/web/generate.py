@@ -1,0 +1,300 @@
+"""The Generate tab: draw images from a shipped model or a checkpoint, as `difflab sample`.
+
+The Generator is called exactly as `difflab sample` calls it (difflab.cli.sample and
+.sampling): sampler, steps and guidance resolved by `Generator.sampling_settings`, guidance
+only when a class or prompt is asked for, `clip="auto"`, fp32, and `--class all` laid out
+the same way (`class_rows`, as the CLI's `sample_rows`). Sample i of seed s depends on
+nothing else (every sample has its own torch.Generator, whatever the batch size), so the
+page's images are the CLI's, pixel for pixel, for the same seed and settings (tests/web
+compares them, for `--class all` too).
+
+While it samples, each step's x_t (for a latent model: the decoded x0 prediction, as the
+CLI's --gif shows) is streamed to the page; the same frames become the reverse-process GIF.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Generator as Gen
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from difflab import viz
+from difflab.pipeline import Generator
+from difflab.pipeline.settings import grid_rows
+from difflab.samplers import SAMPLERS
+from difflab.web.errors import collecting_warnings
+from difflab.web.limits import Limits, guidance_value, seed_value, whole_number
+from difflab.web.models import ModelStore
+from difflab.web.streaming import run_streaming
+from difflab.web.training_data import health_notes
+
+NO_CLASS = "(no class)"
+ALL_CLASSES = "all (a row per class)"
+# The GIF as the CLI writes it (cmd_sample): at most 60 frames, the last held for 2 s.
+GIF_FRAMES = 60
+GRID_SCALE = 2
+PREVIEW_SCALE = 4  # the live preview, enlarged (a 28x28 sample is tiny on a screen)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One step of a running job: the picture to show and how far it is."""
+
+    image: Any  # PIL image of the grid at this step
+    step: int
+    total: int | None
+    label: str
+
+
+@dataclass
+class Result:
+    """What a finished generation shows: the images (uint8 (N, C, H, W)) with a caption
+    each, the grid PNG and reverse-process GIF to download, and notes for beside them."""
+
+    images: torch.Tensor
+    captions: list[str]
+    grid: Path
+    gif: Path | None
+    notes: list[str] = field(default_factory=list)
+    preview: Any = None  # the last frame of the live preview: the final samples
+
+
+def sampler_names() -> list[str]:
+    return sorted(SAMPLERS)
+
+
+def class_choices(gen: Generator) -> list[str]:
+    """The class picker's entries for a model: none, each class name, all (conditional)."""
+    if gen.num_classes is None:
+        return [NO_CLASS]
+    names = gen.class_names or [str(i) for i in range(gen.num_classes)]
+    return [NO_CLASS, *names, ALL_CLASSES]
+
+
+def defaults(gen: Generator) -> dict[str, Any]:
+    """The model's own [sample] settings, to preselect in the form (sampler, steps, guidance
+    when conditional), from `Generator.sampling_settings` as `difflab sample` resolves them."""
+    settings = gen.sampling_settings(conditioned=True)
+    out = {"sampler": settings.sampler, "steps": settings.steps, "guidance": None}
+    if gen.conditional:
+        out["guidance"] = settings.guidance
+    return out
+
+
+def steps_for(gen: Generator, sampler: str) -> int:
+    """The steps `difflab sample --sampler S` would take without --steps: the checkpoint's
+    for its own sampler, another sampler's own default otherwise."""
+    return gen.sampling_settings(sampler).steps
+
+
+def to_hwc(image: torch.Tensor) -> np.ndarray:
+    """One uint8 (C, H, W) image as an (H, W) grey or (H, W, 3) RGB array, as PNGs hold it."""
+    array = image.numpy()
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+
+
+def work_folder() -> Path:
+    """A fresh folder for one request's files (gradio copies them into its own cache)."""
+    return Path(tempfile.mkdtemp(prefix="difflab-web-"))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation as the form (or the API) asks for it."""
+
+    model: str
+    condition: str | None = None  # a class name, ALL_CLASSES, or NO_CLASS / None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    sampler: str | None = None
+    steps: Any = None
+    guidance: Any = None
+    seed: Any = 0
+    n: Any = 8
+    gif: bool = True
+
+
+def text_or_none(text: str | None) -> str | None:
+    text = (text or "").strip()
+    return text or None
+
+
+def check_numbers(limits: Limits, req: Request) -> tuple[int, int, int]:
+    """(n, steps, seed) of a request, within this app's limits."""
+    n = whole_number(req.n, "number of images", 1, limits.max_images, "--max-images")
+    steps = whole_number(req.steps, "steps", 1, limits.max_steps, "--max-steps")
+    if req.sampler not in SAMPLERS:
+        raise ValueError(f"sampler {req.sampler!r} is not one of {', '.join(sampler_names())}")
+    return n, steps, seed_value(req.seed)
+
+
+def generator_kwargs(
+    gen: Generator,
+    *,
+    sampler: str,
+    steps: int,
+    seed: int,
+    n: int,
+    guidance: Any,
+    classes: list | None,
+    prompt: list[str] | None,
+    negative_prompt: list[str] | None,
+) -> tuple[dict, Any]:
+    """The Generator keywords `difflab sample` / `img2img` / `inpaint` pass for these
+    settings (cli.sampling_kwargs): sampler, steps and guidance resolved once by
+    `sampling_settings`, guidance only for a class or prompt; and the resolved settings."""
+    conditioned = classes is not None or bool(prompt)
+    guidance = guidance_value(guidance) if conditioned and guidance is not None else None
+    settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditioned)
+    kw = dict(
+        sampler=settings.sampler,
+        steps=settings.steps,
+        seed=seed,
+        batch_size=max(n, 1),
+        guidance=settings.guidance,
+        classes=classes,
+        clip="auto",
+        precision="fp32",
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        nearest_captions=None,
+    )
+    if settings.eta is not None:
+        kw["eta"] = settings.eta
+    return kw, settings
+
+
+def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, dict, dict]:
+    """Check a request and turn it into (generator, Generator.generate keywords, layout: n,
+    nrow, row labels and the grid title). Every refusal is a ValueError with one line."""
+    n, steps, seed = check_numbers(limits, req)
+    gen = store.load(req.model)
+    prompt, negative = text_or_none(req.prompt), text_or_none(req.negative_prompt)
+    condition = None if req.condition in (None, "", NO_CLASS) else req.condition
+    classes, row_labels, per_row = None, None, None
+    if condition == ALL_CLASSES:
+        classes, row_labels, per_row = class_rows(gen, n)
+        if len(classes) > limits.max_images:
+            raise ValueError(
+                f"{ALL_CLASSES!r} rounds {n} images up to {len(classes)} ({per_row} per class), "
+                f"over this app's limit of {limits.max_images}; ask for fewer"
+            )
+    elif condition is not None:
+        classes = [condition]
+    n = len(classes) if classes and per_row else n
+    kw, settings = generator_kwargs(
+        gen, sampler=req.sampler, steps=steps, seed=seed, n=n, guidance=req.guidance,
+        classes=classes, prompt=[prompt] if prompt else None,
+        negative_prompt=[negative] if negative else None,
+    )
+    asked = None
+    if per_row is None and classes:
+        asked = f"class {row_label(gen, classes[0])}"
+    elif per_row is None and prompt:
+        asked = repr(prompt)
+    title = viz.sampling_title(model_title(req.model), settings.sampler, settings.steps, seed,
+                               settings.guidance, asked=asked)
+    layout = {"n": n, "nrow": per_row or 8, "title": title, "settings": settings,
+              "row_labels": row_labels}
+    return gen, kw, layout
+
+
+def model_title(name: str) -> str:
+    """How a grid's title names the model: a shipped name, or the checkpoint's path."""
+    return str(name).strip()
+
+
+def class_rows(gen: Generator, n: int) -> tuple[list[int], list[str], int]:
+    """`--class all`: every class ceil(n / classes) times, one grid row each (never fewer
+    images than asked for). Returns (a class per image, a label per row, images per row)."""
+    if gen.num_classes is None:
+        raise ValueError(f"{ALL_CLASSES!r} needs a class-conditional checkpoint")
+    classes = list(range(gen.num_classes))
+    rows, per = grid_rows(classes, n)
+    return rows, gen.class_labels(classes), per
+
+
+def row_label(gen: Generator, cls: Any) -> str:
+    return gen.class_labels([cls])[0]
+
+
+def prompt_notes(gen: Generator, kw: dict) -> list[str]:
+    """What each prompt is read as (models with a caption bank), as `difflab sample` says."""
+    prompts = (kw["prompt"] or []) + (kw["negative_prompt"] or [])
+    if not prompts or gen.nearest_captions(kw["nearest_captions"]) == 0:
+        return []
+    return gen.prompt_readings(prompts)
+
+
+def settings_note(kw: dict, settings) -> str:
+    """The settings that ran and where each came from (as `difflab sample` prints them)."""
+    return f"sampled with {settings.summary(kw.get('eta'))}, seed {kw['seed']}"
+
+
+def captions(gen: Generator, kw: dict, n: int) -> list[str]:
+    """A caption per image: its index and its class or prompt."""
+    labels = gen.resolve_labels(kw["classes"], n) if kw["classes"] else None
+    names = gen.class_names or [str(i) for i in range(gen.num_classes or 0)]
+    out = []
+    for i in range(n):
+        what = names[int(labels[i])] if labels is not None else None
+        if kw["prompt"]:
+            what = kw["prompt"][i % len(kw["prompt"])]
+        out.append(f"#{i} · {what}" if what else f"#{i}")
+    return out
+
+
+def run(
+    store: ModelStore, limits: Limits, req: Request, interval_s: float = 0.2
+) -> Gen[Preview, None, Result]:
+    """Generate as asked, yielding a Preview of the latest step while it samples; returns
+    the Result. Raises ValueError (and the library's errors) for a request it refuses."""
+    gen, kw, layout = plan(store, limits, req)
+    n, nrow = layout["n"], layout["nrow"]
+    key = "x" if gen.autoencoder is None else "denoised"
+
+    def work(report) -> tuple[torch.Tensor, viz.FrameRecorder, list[str]]:
+        recorder = viz.FrameRecorder(key=key, decode=gen.to_pixels)
+
+        def callback(info: dict) -> None:
+            recorder(info)
+            total = info.get("total")
+            report((recorder.frames[-1], int(info.get("i", 0)) + 1,
+                    int(total) if total else None, recorder.labels[-1]))
+
+        with collecting_warnings() as caught:
+            images = gen.generate(n, callback=callback, **kw)
+        return images, recorder, caught
+
+    stream = run_streaming(work, interval_s)
+    while True:
+        try:
+            frame, step, total, label = next(stream)
+        except StopIteration as stop:
+            images, recorder, caught = stop.value
+            break
+        picture = viz.grid_image(frame, nrow, scale=PREVIEW_SCALE, header=label)
+        yield Preview(picture, step, total, label)
+
+    folder = work_folder()
+    grid = viz.save_grid(images, folder / "samples.png", nrow=nrow, scale=GRID_SCALE,
+                         row_labels=layout["row_labels"], title=layout["title"])
+    gif = None
+    if req.gif:
+        gif = viz.save_gif(
+            recorder.finish() + [images], folder / "reverse_process.gif", nrow=nrow,
+            scale=GRID_SCALE, max_frames=GIF_FRAMES, hold_last_ms=2000,
+            frame_labels=recorder.labels + ["final sample"], row_labels=layout["row_labels"],
+            title=layout["title"],
+        )
+    notes = [settings_note(kw, layout["settings"])]
+    notes += prompt_notes(gen, kw)
+    notes += [f"warning: {w}" for w in caught]
+    notes += health_notes(gen, images)
+    final = viz.grid_image(images, nrow, scale=PREVIEW_SCALE, header="final sample")
+    return Result(images, captions(gen, kw, n), grid, gif, notes, final)

@@ -1,0 +1,103 @@
+"""The app under load and at its edges, through its HTTP API (what gradio_client, scripts and
+the page itself call): a burst of requests all complete, correctly; uploads over the bound are
+refused; `difflab serve` binds loopback and applies its flags.
+
+The burst's wall-clock time and the server's peak memory are measured by bench/web_load.py
+(BENCHMARKS.md), not asserted here: they depend on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client", reason="needs the web extra (gradio)")
+httpx = pytest.importorskip("httpx", reason="needs the web extra (gradio)")
+
+BURST = 20
+
+
+def generate_args(seed: int, n: int = 2) -> tuple:
+    """/generate's inputs: model, class, prompt, negative, sampler, steps, guidance, seed, n,
+    gif."""
+    return ("mnist-digits-cond", "3", "", "", "ddim", 2, 2, seed, n, False)
+
+
+def test_a_burst_of_generations_all_complete_correctly(app_url, store):
+    """20 requests at once wait in the queue (one samples at a time) and every one comes back
+    with its own seed's images; the app answers afterwards."""
+    client = gradio_client.Client(app_url, verbose=False)
+    jobs = [client.submit(*generate_args(seed), api_name="/generate") for seed in range(BURST)]
+    results = [job.result(timeout=600) for job in jobs]
+    gen = store.load("mnist-digits-cond")
+    for seed, (_, gallery, notes, _, files) in enumerate(results):
+        shown = np.stack([np.asarray(Image.open(item["image"])) for item in gallery])
+        expected = gen.generate(2, sampler="ddim", steps=2, seed=seed, classes=["3"], guidance=2)
+        assert np.array_equal(shown, expected[:, 0].numpy()), f"request {seed}"
+        assert f"seed {seed}" in notes and len(files) == 1  # the grid PNG (no GIF asked for)
+    assert client.predict(100, api_name="/schedules").endswith(".png")
+
+
+def test_a_failed_request_is_one_line_and_the_next_succeeds(app_url):
+    client = gradio_client.Client(app_url, verbose=False)
+    with pytest.raises(gradio_client.exceptions.AppError) as e:
+        client.predict("/", "(no class)", "", "", "ddim", 2, 0, 0, 1, False, api_name="/generate")
+    assert "is outside the folders this app serves" in str(e.value)
+    _, gallery, _, _, _ = client.predict(*generate_args(0, n=1), api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_uploads_over_the_bound_are_refused(app_url, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(2 * 2**20 + 1))  # one byte over the 2 MB default
+    with big.open("rb") as f:
+        response = httpx.post(f"{app_url}/gradio_api/upload", files={"files": ("big.png", f)})
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+
+
+def _listening(port: int) -> list[str]:
+    """The local addresses listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.append(address)
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
+def test_serve_binds_loopback_and_applies_its_flags(served, port):
+    server = subprocess.Popen(
+        [sys.executable, "-m", "difflab.web.command", "--port", str(port), "--root",
+         str(served), "--max-images", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline, said = time.monotonic() + 120, []
+        while not any("the app is at" in line for line in said):
+            line = server.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(said)
+            said.append(line)
+        assert _listening(port) == ["0100007F"]  # 127.0.0.1 only
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(gradio_client.exceptions.AppError,
+                           match="number of images 5 is over this app's limit of 4"):
+            client.predict(*generate_args(0, n=5), api_name="/generate")
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
