@@ -244,31 +244,25 @@ def test_trainable_text_encoder_trains_with_the_net(folders, tmp_path):
         Trainer(bad, tmp_path / "bad", quiet=True)
 
 
+def pooled_text_config(root, text=None, train=None):
+    """A tiny latent text model reading MiniLM's sentence embedding (text.tokens = "pooled")."""
+    return config_from_dict({
+        "data": DATA,
+        "latent": {"autoencoder": str(root / "ae" / "last")},
+        "text": {"encoder": "minilm", "tokens": "pooled", **(text or {})},
+        "model": {"preset": "ddpm-small-28", "overrides": {
+            "base_channels": 16, "groups": 4, "channel_mults": [1, 2],
+            "attention_resolutions": [], "transformer_resolutions": [4],
+            "context_dim": 384, "transformer_head_dim": 8, "pooled_text": True}},
+        "train": train or TRAIN,
+    })
+
+
 def test_pooled_sentence_embedding_run_round_trips(folders, tmp_path):
     """text.tokens = "pooled" with pooled_text: the run trains on MiniLM's sentence embedding
     alone, and its checkpoint rebuilds the same encoder (one token per prompt)."""
     root, _ = folders
-    cfg = config_from_dict(
-        {
-            "data": DATA,
-            "latent": {"autoencoder": str(root / "ae" / "last")},
-            "text": {"encoder": "minilm", "tokens": "pooled"},
-            "model": {
-                "preset": "ddpm-small-28",
-                "overrides": {
-                    "base_channels": 16,
-                    "groups": 4,
-                    "channel_mults": [1, 2],
-                    "attention_resolutions": [],
-                    "transformer_resolutions": [4],
-                    "context_dim": 384,
-                    "transformer_head_dim": 8,
-                    "pooled_text": True,
-                },
-            },
-            "train": TRAIN,
-        }
-    )
+    cfg = pooled_text_config(root)
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     assert trainer.objective.text.tokens[0].shape[1:] == (1, 384)  # cached: one token per caption
     trainer.train()
@@ -289,27 +283,7 @@ def test_pooled_run_reads_prompts_through_its_caption_bank(folders, tmp_path):
     0 gives the prompt's own embedding. Older checkpoints get their bank with
     add_caption_bank; checkpoints without one refuse retrieval clearly."""
     root, _ = folders
-    cfg = config_from_dict(
-        {
-            "data": DATA,
-            "latent": {"autoencoder": str(root / "ae" / "last")},
-            "text": {"encoder": "minilm", "tokens": "pooled", "nearest_captions": 4},
-            "model": {
-                "preset": "ddpm-small-28",
-                "overrides": {
-                    "base_channels": 16,
-                    "groups": 4,
-                    "channel_mults": [1, 2],
-                    "attention_resolutions": [],
-                    "transformer_resolutions": [4],
-                    "context_dim": 384,
-                    "transformer_head_dim": 8,
-                    "pooled_text": True,
-                },
-            },
-            "train": {**TRAIN, "max_steps": 2},
-        }
-    )
+    cfg = pooled_text_config(root, {"nearest_captions": 4}, {**TRAIN, "max_steps": 2})
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     trainer.train()
     ck = load_checkpoint(tmp_path / "run" / "last")
