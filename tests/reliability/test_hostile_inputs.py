@@ -345,21 +345,13 @@ def test_reader_gone_is_quiet(tmp_path, tally):
 def test_ctrl_c_is_one_line_and_130(tmp_path, tally):
     """SIGINT in the middle of sampling: exit status 130, one line, and the half-drawn .npz
     stream (samples.images.npy) removed."""
-    p = run_cli(
-        "sample",
-        "fashion-mnist",
-        "-n",
-        "100000",
-        "--steps",
-        "50",
-        "--batch-size",
-        "8",
-        "--out",
-        "samples.npz",
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # A process started in the background by a non-interactive shell (CI under nohup ... &)
+    # inherits SIGINT ignored, and Python then never installs its Ctrl-C handler: give the
+    # child the default disposition, as a terminal's foreground process has.
+    p = run_cli("sample", "fashion-mnist", "-n", "100000", "--steps", "50", "--batch-size", "8",
+                "--out", "samples.npz", cwd=tmp_path, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # stderr is read all along by a thread: the progress bar writes there, and a full pipe
     # would block the child before the signal arrives.
     err_lines: list[str] = []
@@ -369,8 +361,10 @@ def test_ctrl_c_is_one_line_and_130(tmp_path, tally):
         if line.startswith("difflab: sampling with"):
             break
     p.send_signal(signal.SIGINT)
-    p.stdout.read()
-    p.wait(timeout=120)
+    try:
+        p.wait(timeout=120)
+    finally:
+        p.kill()  # a no-op once it exited; a hung child must not outlive the test
     reader.join(timeout=30)
     err = "".join(err_lines)
     lines = [
