@@ -31,7 +31,8 @@ def evaluation_index(dataset: str, name: str | int) -> int:
 
 
 def test_the_feature_tables_are_views_of_the_catalog():
-    assert DATASET_NAMES == ("fashion_mnist", "mnist", "digits", "image_folder", "hf", "toy2d")
+    assert DATASET_NAMES == ("fashion_mnist", "mnist", "digits", "image_folder", "hf", "toy2d",
+                             "shapes")
     assert features.DATASETS == FEATURE_DATASETS == ("fashion_mnist", "mnist", "digits")
     assert CAPTIONED_DATASETS == ("fashion_mnist", "mnist", "digits")
     every_name = [n for spec in CATALOG for n in (spec.name, *spec.aliases)]

@@ -26,7 +26,9 @@ def grid_layout(trainer, gen: Generator, n: int) -> tuple[int, int, dict]:
     class), as many columns as fit in ``n``; an unconditional one 8 columns."""
     if trainer.captions is not None:
         table = trainer.captions
-        per_class = [table.texts[ids[0]] for ids in table.by_class]
+        # A caption of each label's first image, at most n rows: a per-image caption table
+        # (shapes) has a label per image, not per class.
+        per_class = [table.texts[ids[0]] for ids in table.by_class[:n]]
     elif gen.num_classes is not None:
         per_class = list(range(gen.num_classes))
     else:
