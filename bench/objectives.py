@@ -83,14 +83,15 @@ def nfe_of(sampler: str, steps: int) -> int:
 
 
 # ---------------------------------------------------------------------------- training
-def train_worker(objective: str, minutes: float, seed: int, folder: Path) -> None:
-    """Train one objective for `minutes` of CPU time in this process; save folder/last and
-    folder/train.json."""
+def train_worker(objective: str, minutes: float, seed: int, folder: Path,
+                 extra: list[str]) -> None:
+    """Train one objective for `minutes` of CPU time in this process (`extra`: --set
+    overrides of its preset); save folder/last and folder/train.json."""
     from difflab.config import load_config
     from difflab.training.trainer import Trainer
 
     torch.set_num_threads(1)
-    sets = [f"train.seed={seed}", "train.threads=1", f"train.minutes={minutes}"]
+    sets = [f"train.seed={seed}", "train.threads=1", f"train.minutes={minutes}", *extra]
     cfg = load_config(ROOT / "configs" / f"{PRESETS[objective]}.toml", sets)
     trainer = Trainer(cfg, folder, quiet=True)
     settings = trainer.tuner.settle()  # precision "auto" for this machine, outside the budget
@@ -104,7 +105,7 @@ def train_worker(objective: str, minutes: float, seed: int, folder: Path) -> Non
         "train_cpu_s": clock.cpu, "train_wall_s": clock.wall,
         "final_loss": float(np.mean(losses[-50:])), "train_precision": settings.precision,
         "train_precision_why": settings.why,
-        "params": sum(p.numel() for p in trainer.net.parameters()),
+        "params": sum(p.numel() for p in trainer.net.parameters()), "overrides": extra,
     }
     trainer.save("last")
     (folder / "train.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -183,13 +184,16 @@ def main() -> None:
                     default=Path(tempfile.gettempdir()) / "difflab-objectives")
     ap.add_argument("--out", type=Path, help="JSON file (default: bench/results/"
                     "objectives_<minutes>min.json)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of every trained preset (as `difflab train "
+                    "--set`); use another --work and --out")
     ap.add_argument("--worker", choices=list(PRESETS), help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = args.work / f"{args.minutes:g}min"
     if args.worker:
         folder = work / f"{args.worker}_s{args.seed}"
-        train_worker(args.worker, args.minutes, args.seed, folder)
+        train_worker(args.worker, args.minutes, args.seed, folder, args.sets)
         return
 
     from difflab.config import load_config
@@ -203,7 +207,8 @@ def main() -> None:
           f"load {loadavg()}", flush=True)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     record = {
-        "command": command, "cpu": cpu_name(), "torch": torch.__version__,
+        "command": command, "commands": [*previous.get("commands", []), command],
+        "cpu": cpu_name(), "torch": torch.__version__,
         "native_bf16_env": os.environ.get("DIFFLAB_NATIVE_BF16"), "minutes": args.minutes,
         "budget": "CPU seconds (time.process_time) of each one-thread training process",
         "samples": args.samples, "evaluator": "difflab.evaluation.evaluate_generator",
@@ -222,7 +227,8 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {objective} seed {seed}: training "
               f"{args.minutes:g} CPU-min", flush=True)
         subprocess.run([sys.executable, __file__, "--worker", objective, "--seed", str(seed),
-                        "--minutes", str(args.minutes), "--work", str(args.work)],
+                        "--minutes", str(args.minutes), "--work", str(args.work),
+                        *(f"--set={kv}" for kv in args.sets)],
                        env=env, check=True)
         print(f"  done in {time.perf_counter() - t0:.0f} s wall, load {loadavg()}", flush=True)
     if args.peer and not args.eval_only:

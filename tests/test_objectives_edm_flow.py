@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from tiny_run import tiny_config
+from tiny_run import ROOT, tiny_config
 
 from difflab.build import build_process
 from difflab.cli import main
@@ -163,12 +163,12 @@ def test_build_process_reads_every_setting():
 
 
 def test_the_presets_train_each_objective_with_the_default_network():
-    default = load_config("configs/fashion_mnist.toml")
+    default = load_config(ROOT / "configs" / "fashion_mnist.toml")
     for name, process, time_scale in (
         ("fashion_mnist_edm", "edm", 250),
         ("fashion_mnist_flow", "flow", 1000),
     ):
-        cfg = load_config(f"configs/{name}.toml")
+        cfg = load_config(ROOT / "configs" / f"{name}.toml")
         assert cfg.diffusion.process == process
         assert cfg.model.preset == default.model.preset
         assert cfg.model.overrides == {"time_scale": time_scale}

@@ -42,10 +42,11 @@ def _churn(
     gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
     if gamma <= 0:
         return x_ve, t, sigma
-    s_max = float(process.sigma_ve(torch.tensor(process.t_max)))
+    s_max = float(process.sigma_ve(torch.tensor(process.t_max, dtype=torch.float64)))
     s_hat = min(sigma * (1 + gamma), s_max)
     x_ve = x_ve + s_noise * math.sqrt(max(s_hat**2 - sigma**2, 0.0)) * randn_like(x_ve, generator)
-    t = process.t_from_sigma_ve(torch.tensor(s_hat)).clamp(process.t_min, process.t_max)
+    t = process.t_from_sigma_ve(torch.tensor(s_hat, dtype=torch.float64))
+    t = t.clamp(process.t_min, process.t_max)
     return x_ve, t, s_hat
 
 

@@ -71,8 +71,8 @@ def make_timesteps(
         return torch.tensor([hi], dtype=torch.float64)
     k = torch.arange(steps, dtype=torch.float64)
     if spacing == "karras":
-        s_lo = float(process.sigma_ve(torch.tensor(lo)))
-        s_hi = float(process.sigma_ve(torch.tensor(hi)))
+        s_lo = float(process.sigma_ve(torch.tensor(lo, dtype=torch.float64)))
+        s_hi = float(process.sigma_ve(torch.tensor(hi, dtype=torch.float64)))
         s_min = s_lo if sigma_min is None else sigma_min
         s_max = s_hi if sigma_max is None else sigma_max
         if not s_lo * (1 - 1e-9) <= s_min < s_max <= s_hi * (1 + 1e-9):
