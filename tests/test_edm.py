@@ -26,7 +26,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from process_learning import held_out_losses
 
 from difflab.diffusion.denoiser import GuidedDenoiser
 from difflab.diffusion.edm import (
@@ -97,8 +97,7 @@ def test_process_is_sigma_equals_t():
     # Karras et al. eq. 5 with N = 18, rho = 7, sigma from 80 down to 0.002.
     i = torch.arange(18, dtype=torch.float64)
     eq5 = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
-    # 1e-7: make_timesteps reads sigma_min and sigma_max through float32 tensors.
-    torch.testing.assert_close(t, eq5, rtol=1e-7, atol=0)
+    torch.testing.assert_close(t, eq5, rtol=1e-13, atol=0)  # float64 throughout
     assert torch.equal(p.alpha(t), torch.ones_like(t)) and torch.equal(p.sigma(t), t)
     assert torch.equal(p.sigma_ve(t), t)
     torch.testing.assert_close(p.t_from_log_snr(p.log_snr(t)), t, rtol=1e-12, atol=0)
@@ -112,7 +111,15 @@ def test_process_is_sigma_equals_t():
     # `sample`'s default grid for EDM's Heun sampler is exactly that one (no cap: not VP).
     seen = []
     sample(gaussian_oracle(p, MU, S, 2), (2, 2), "heun", callback=seen.append)
-    assert [info["t"] for info in seen] == pytest.approx(eq5.tolist(), rel=1e-7)
+    assert [info["t"] for info in seen] == pytest.approx(eq5.tolist(), rel=1e-13)
+
+
+def test_the_karras_grid_takes_the_process_own_ends_as_bounds():
+    """sigma_min = 0.002 and sigma_max = 80 name EDM's own range (they once failed the range
+    check by float32 rounding of 0.002)."""
+    p = EDMProcess()
+    torch.testing.assert_close(make_timesteps(p, 10, "karras", sigma_min=0.002, sigma_max=80.0),
+                               make_timesteps(p, 10, "karras"), rtol=1e-13, atol=0)
 
 
 def test_every_sampler_samples_edm_on_the_karras_grid_by_default():
@@ -311,50 +318,10 @@ def test_ode_likelihood_on_the_edm_process():
 
 
 # ------------------------------------------------------------------ learning
-class TinyNet(nn.Module):
-    """An MLP on (x, sinusoidal features of the time input)."""
-
-    def __init__(self, dim: int = 2, hidden: int = 64, freqs: int = 4):
-        super().__init__()
-        self.register_buffer("freqs", 2.0 ** torch.arange(freqs))
-        self.net = nn.Sequential(
-            nn.Linear(dim + 2 * freqs + 1, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, dim),
-        )
-
-    def forward(self, x, t, cond=None):
-        t = t.float()[:, None]
-        feats = torch.cat([t, torch.sin(t * self.freqs), torch.cos(t * self.freqs)], 1)
-        return self.net(torch.cat([x.float(), feats], 1))
-
-
 def test_training_closes_the_gap_to_the_closed_form_minimum():
     """400 Adam steps on N(0.8, 0.3^2 I) in 2-D (about a second): the held-out loss must close
     97 % of the gap between the zero network and the optimum (measured 99.5-99.7 %, 5 seeds)."""
-    mu, s, dim = 0.8, 0.3, 2
-    p = EDMProcess()
-    torch.manual_seed(0)
-    net = TinyNet(dim)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(400):
-        x0 = mu + s * torch.randn(256, dim, generator=gen)
-        loss = p.training_loss(net, x0, None, gen)
-        assert loss.shape == (256,) and loss.dtype == torch.float32
-        opt.zero_grad()
-        loss.mean().backward()
-        opt.step()
-    held = torch.Generator().manual_seed(5)
-    n = 20000
-    x0 = mu + s * torch.randn(n, dim, generator=held, dtype=torch.float64)
-    sigma, noise = p.sample_t(n, held), torch.randn(n, dim, generator=held, dtype=torch.float64)
-    with torch.no_grad():
-        trained = float(p.loss_at(net, x0.float(), sigma, noise.float()).mean())
-    zero = float(p.loss_at(lambda x, c, cond=None: torch.zeros_like(x), x0, sigma, noise).mean())
-    best = float(p.loss_at(optimal_net(mu, s), x0, sigma, noise).mean())
+    trained, zero, best = held_out_losses(EDMProcess(), optimal_net(0.8, 0.3))
     assert best < trained < zero
     assert (zero - trained) / (zero - best) > 0.97, (trained, zero, best)
 
