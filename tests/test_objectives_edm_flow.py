@@ -274,6 +274,16 @@ def test_difflab_sample_says_what_it_samples_with(run, tmp_path, capsys):
     ) in capsys.readouterr().out
 
 
+def test_difflab_info_shows_only_the_settings_the_process_reads(run, capsys):
+    process, folder, _ = run
+    assert main(["info", str(folder / "last")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("diffusion"))
+    read = {"edm": "'edm_sigma_max': 80.0", "flow": "'flow_time_sampling': 'logit_normal'"}
+    assert f"'process': '{process}'" in line and read[process] in line
+    for other in ("schedule", "snr_gamma", "ve_sigma", "flow_" if process == "edm" else "edm_"):
+        assert other not in line
+
+
 # ------------------------------------------------------------------ latent runs
 def test_a_latent_edm_run_trains_and_samples(tmp_path):
     data = {"name": "digits", "limit": 200}

@@ -152,6 +152,16 @@ PLANS = {
         'difflab sample fashion-text --prompt "a warm winter coat" -n 16 --out coats.png': Plan(
             values=(("-n", "2"),)
         ),
+        'difflab sample shapes-text --prompt "a green circle" --prompt "a purple square" '
+        '--prompt "an orange triangle" --prompt "three circles" --prompt "two red triangles" '
+        '--prompt "a red circle to the left of a blue square" '
+        '--prompt "a yellow square above a green circle" '
+        '--prompt "a purple square and a green triangle" -n 64 --out shapes.png': Plan(
+            values=(("-n", "8"),)
+        ),
+        "difflab eval shapes-text --geneval": Plan(
+            extra=("--images-per-prompt", "1", "--steps", "2")
+        ),
         'difflab img2img fashion-text shirt.png --prompt "a dress" --out dresses.png':
             AS_WRITTEN,
         'difflab inpaint fashion-text bag.png mask.png --prompt "a handbag" --out filled.png':
@@ -315,6 +325,8 @@ def check_outputs(argv: list[str], work: Path, stdout: str) -> None:
         assert shlex.join(argv[1:]) in command
         if args.resume:  # 2 steps, then resumed to 4
             assert load_checkpoint(run / "last", with_training_state=True).state["step"] == 4
+    elif args.command == "eval" and args.geneval:
+        assert "overall (mean of the six categories)" in stdout
     elif args.command == "eval":
         assert "FID" in stdout
     elif args.command == "info":

@@ -48,7 +48,7 @@ def with_sample_settings(gen: Generator, **sample) -> Generator:
 @pytest.mark.parametrize(
     ("name", "guidance"),
     [("fashion-mnist", None), ("fashion-mnist-cond", 2.0), ("mnist-digits-cond", 2.0),
-     ("fashion-text", 3.0)],
+     ("fashion-text", 3.0), ("shapes-text", 3.0)],
 )
 def test_shipped_models_carry_their_benchmarked_settings(name, guidance):
     run = json.loads((WEIGHTS_DIR / name / "config.json").read_text())["run"]

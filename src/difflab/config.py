@@ -522,6 +522,27 @@ OWN_NETWORK_PROCESSES = ("edm", "flow")
 NETWORK_CHOICES = ("parameterization", "loss", "snr_gamma", "zero_terminal_snr")
 
 
+# The diffusion settings each process reads (build.build_process and the objectives), for what
+# `difflab info` shows: the others are stored at their defaults and mean nothing to that run.
+PROCESS_SETTINGS = {
+    "discrete": ("schedule", "timesteps", "zero_terminal_snr", *NETWORK_CHOICES[:3]),
+    "vp": ("schedule", "t_min", *NETWORK_CHOICES[:3]),
+    "ve": ("ve_sigma", "t_min", *NETWORK_CHOICES[:3]),
+    "edm": ("edm_sigma_min", "edm_sigma_max", "sigma_data", "edm_p_mean", "edm_p_std"),
+    "flow": ("t_min", "flow_time_sampling", "flow_logit_mean", "flow_logit_std"),
+}
+
+
+def process_settings(diffusion: dict[str, Any]) -> dict[str, Any]:
+    """A run's [diffusion] table (as a checkpoint stores it) cut to its process and the
+    settings that process reads; a table naming no known process is returned whole."""
+    names = PROCESS_SETTINGS.get(diffusion.get("process", "discrete"))
+    if names is None:
+        return dict(diffusion)
+    return {"process": diffusion.get("process", "discrete"),
+            **{k: diffusion[k] for k in names if k in diffusion}}
+
+
 def _toml(value: Any) -> str:
     """A value as TOML spells it, with none for None (as --set and the configs take it)."""
     if value is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from difflab.checkpoints.store import load_checkpoint
 from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
+from difflab.config import process_settings
 
 
 def add_info_arguments(i: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
         f"{c.get('parameters', 0) / 1e6:.2f} M parameters ({', '.join(dtypes)})",
         f"data         {c.get('dataset')} {tuple(c.get('image_shape', []))}",
         f"classes      {c.get('class_names') if c['network'].get('num_classes') else 'none'}",
-        f"diffusion    {run.get('diffusion')}",
+        f"diffusion    {process_settings(run.get('diffusion') or {})}",
         f"training     step {ck.state.get('step', trained.get('step', '?'))}, "
         f"{ck.state.get('elapsed_seconds', 60 * trained.get('train_minutes', 0)) / 60:.1f} "
         "min of optimizer steps",

@@ -37,7 +37,7 @@ from .image_folder import (
     load_image_folder,
 )
 from .loader import Batch, BatchIterator, ImageDataset, epoch_flips, epoch_permutation
-from .registry import DataConfig, check_image_size, class_aliases, load_dataset
+from .registry import DataConfig, check_image_size, class_aliases, load_dataset, prompt_reader
 from .toy2d import (
     TOY2D_NAMES,
     GaussianMixture,
@@ -76,6 +76,7 @@ __all__ = [
     "PointData",
     "check_image_size",
     "class_aliases",
+    "prompt_reader",
     "class_index",
     "dataset_spec",
     "default_cache_dir",

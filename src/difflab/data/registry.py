@@ -25,6 +25,7 @@ from .catalog import DATASET_NAMES, dataset_spec, find_dataset
 from .hf import load_hf_dataset
 from .image_folder import ON_BAD_IMAGE, load_image_folder
 from .shapes import load_shapes, shapes_caption_table
+from .shapes_grammar import parse_prompt
 from .shapes_scene import IMAGE_SIZE as SHAPES_IMAGE_SIZE
 from .toy2d import TOY2D_NAMES, make_toy2d
 from .transforms import convert_channels, resize_images
@@ -185,6 +186,20 @@ def class_aliases(dataset: str, class_names: Sequence[str] | None) -> Mapping[st
     if spec is None or class_names is None or tuple(class_names) != spec.class_names:
         return None
     return spec.class_aliases
+
+
+# Datasets whose captions come from a grammar that can read prompts back (shapes: objects,
+# counts, colours, sizes and relations; data/shapes_grammar.py). A prompt the grammar cannot
+# read names something the dataset's world does not hold, or words it was never captioned in.
+_PROMPT_READERS: Mapping[str, Callable[[str], object]] = {"shapes": parse_prompt}
+
+
+def prompt_reader(dataset: str) -> Callable[[str], object] | None:
+    """The parser of prompts in a dataset's caption language, which raises ValueError (saying
+    what it cannot read and what the language has) for a prompt outside it; None when the
+    dataset's captions have no grammar."""
+    spec = find_dataset(dataset)
+    return _PROMPT_READERS.get(spec.name) if spec is not None else None
 
 
 def _select_classes(

@@ -50,13 +50,19 @@ def show_captions(nearest: list[tuple[str, float]]) -> str:
 
 @dataclass(frozen=True)
 class UnfamiliarPrompt:
-    """A prompt far from every training caption, and the captions nearest it."""
+    """A prompt far from every training caption, and the captions nearest it; or, for a
+    model whose captions come from a grammar, a prompt the grammar cannot read (`reason`)."""
 
     prompt: str
-    familiarity: float  # cosine similarity to the nearest training caption
+    familiarity: float | None  # cosine similarity to the nearest training caption
     nearest: list[tuple[str, float]]  # the nearest captions, most similar first
+    reason: str = ""  # what the caption grammar could not read, and what it has
 
     def message(self) -> str:
+        if self.reason:
+            return (f"the prompt {self.prompt!r} is outside what this model was trained on, "
+                    f"whose captions all come from one grammar: {self.reason}; it will draw "
+                    f"the nearest thing it knows")
         return (f"the prompt {self.prompt!r} is far from everything this model was trained on "
                 f"(similarity {self.familiarity:.2f} to the nearest training caption; "
                 f"{OUT_OF_DOMAIN_BELOW} or more is in its domain): it will draw the nearest "

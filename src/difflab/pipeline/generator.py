@@ -33,7 +33,7 @@ from difflab.checkpoints.components import autoencoder_from_weights, caption_ban
 from difflab.checkpoints.names import resolve_checkpoint
 from difflab.checkpoints.store import load_checkpoint, load_weights_into
 from difflab.config import TextConfig, config_from_dict
-from difflab.data import class_aliases
+from difflab.data import class_aliases, prompt_reader
 from difflab.data.base import resolve_class
 from difflab.data.transforms import to_uint8
 from difflab.diffusion.denoiser import (
@@ -305,12 +305,16 @@ class Generator:
         return self.caption_bank.familiarity(self.text_encoder.encode(prompts).tokens[:, 0])
 
     def unfamiliar_prompts(self, prompts: list[str], k: int = 3) -> list[UnfamiliarPrompt]:
-        """The prompts (each once) that are far from every training caption: below
-        OUT_OF_DOMAIN_BELOW in familiarity, with the ``k`` captions nearest each. Empty for a
-        model without a caption bank (nothing to compare with) or without prompts."""
+        """The prompts (each once) outside what the model was trained on: below
+        OUT_OF_DOMAIN_BELOW in familiarity, with the ``k`` captions nearest each; or, for a
+        dataset whose captions come from a grammar (shapes), those the grammar cannot read,
+        with what it could not read. Empty for a model with neither (nothing to compare with)
+        or without prompts."""
         prompts = list(dict.fromkeys(prompts))
-        if self.caption_bank is None or not prompts:
+        if not prompts:
             return []
+        if self.caption_bank is None:
+            return self._unreadable_prompts(prompts)
         familiar = self.prompt_familiarity(prompts)
         far = [i for i, v in enumerate(familiar.tolist()) if v < OUT_OF_DOMAIN_BELOW]
         if not far:
@@ -318,6 +322,19 @@ class Generator:
         nearest = self.read_prompts([prompts[i] for i in far], k)
         return [UnfamiliarPrompt(prompts[i], float(familiar[i]), near)
                 for i, near in zip(far, nearest, strict=True)]
+
+    def _unreadable_prompts(self, prompts: list[str]) -> list[UnfamiliarPrompt]:
+        """The prompts the training captions' grammar cannot read, if the dataset has one."""
+        read = prompt_reader(self.config.get("run", {}).get("data", {}).get("name", ""))
+        if read is None or self.text_encoder is None:
+            return []
+        far = []
+        for prompt in prompts:
+            try:
+                read(prompt)
+            except ValueError as e:
+                far.append(UnfamiliarPrompt(prompt, None, [], reason=str(e)))
+        return far
 
     def _text(self, prompts: list[str] | None, n: int, nearest: int = 0) -> TextCondition:
         """Encoded prompts (read through the ``nearest`` nearest training captions when > 0),
