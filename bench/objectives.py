@@ -173,6 +173,9 @@ def main() -> None:
     ap.add_argument("--nfe-samples", type=int, default=1000)
     ap.add_argument("--nfe-objectives", nargs="*", choices=list(PRESETS),
                     help="objectives to sweep (default: all of --objectives)")
+    ap.add_argument("--nfe-samplers", nargs="*",
+                    help="samplers to sweep (default: NFE_SAMPLERS of each objective; "
+                    "'preset': each preset's own [sample] sampler)")
     ap.add_argument("--eval-only", action="store_true",
                     help="no training: score the checkpoints already in --work")
     ap.add_argument("--no-eval", action="store_true",
@@ -260,7 +263,9 @@ def main() -> None:
 
     for objective in args.nfe_objectives or (args.objectives if args.nfe else []):
         folder = work / f"{objective}_s{args.seeds[0]}"
-        for sampler in NFE_SAMPLERS[objective]:
+        samplers = args.nfe_samplers or NFE_SAMPLERS[objective]
+        preset_sampler = load_config(ROOT / "configs" / f"{PRESETS[objective]}.toml").sample.sampler
+        for sampler in [preset_sampler if s == "preset" else s for s in samplers]:
             for nfe in args.nfe:
                 steps = steps_for(sampler, nfe)
                 row = evaluate(folder, args.nfe_samples, args.seeds[0], sampler=sampler,

@@ -206,6 +206,14 @@ def test_geneval_of_a_checkpoint_reports_every_category(tiny_run, tmp_path):
     ]
 
 
+def test_fid_of_a_shapes_checkpoint_points_to_geneval(tiny_run, capsys):
+    ckpt, _ = tiny_run
+    assert main(["eval", str(ckpt), "--samples", "4"]) != 0
+    err = capsys.readouterr().err
+    assert "trained on 'shapes' data" in err and "scored by --geneval" in err
+    assert "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped pipeline
 

@@ -38,9 +38,12 @@ def _checkpoint_dataset(gen) -> tuple[str, list[str] | None]:
     data = gen.config.get("run", {}).get("data", {})
     name = data.get("name")
     if name not in DATASETS:
+        # The shapes world is scored by what its prompts ask for, not by a feature network.
+        instead = ("its samples are scored by --geneval (geneval_checkpoint)" if name == "shapes"
+                   else "use evaluate_images with one of those")
         raise ValueError(
             f"the checkpoint was trained on {name!r} data; the metrics have feature networks "
-            f"for {', '.join(DATASETS)} only (use evaluate_images with one of those)"
+            f"for {', '.join(DATASETS)} only ({instead})"
         )
     return name, data.get("classes")
 
