@@ -36,7 +36,7 @@ from difflab.diffusion.edm import (
     edm_preconditioning,
 )
 from difflab.diffusion.oracles import gaussian_oracle
-from difflab.diffusion.process import DiscreteProcess, VPProcess
+from difflab.diffusion.process import DiscreteProcess, VEProcess, VPProcess
 from difflab.samplers import (
     DEFAULTS,
     EVALS_PER_STEP,
@@ -47,6 +47,7 @@ from difflab.samplers import (
     sample,
 )
 from difflab.samplers.likelihood import ode_log_likelihood
+from difflab.samplers.timesteps import truncate_timesteps
 
 MU, S, D, N = 0.3, 0.5, 8, 4000
 SD = 0.5  # sigma_data
@@ -344,3 +345,30 @@ def test_bad_settings_raise(kwargs, match):
         EDMProcess(**kwargs)
     with pytest.raises(ValueError, match="sigma_data must be a positive"):
         EDMDenoiser(optimal_net(0.0, 1.0), VPProcess(), sigma_data=0)
+
+
+# ------------------------------------------------------------------ img2img strength
+@pytest.mark.parametrize("strength", [0.05, 0.3, 0.5, 0.9])
+def test_img2img_strength_is_the_cosine_schedules_noise_level(strength):
+    """EDM's time is sigma itself (up to 80): strength read linearly in it would put 0.5 at
+    sigma 40, nothing left of the image. It is read as the noise-to-signal ratio the cosine
+    schedule reaches after that fraction of its steps, tan(pi/2 (s + 0.008) / 1.008)
+    (Nichol & Dhariwal 2021, eq. 17), for EDM and VE alike; the default DDPM preset's own
+    table gets there too, up to its discretisation."""
+    want = math.tan(math.pi / 2 * (strength + 0.008) / 1.008)
+    for process in (EDMProcess(), VEProcess(25.0, 1e-3)):
+        t = torch.tensor(process.img2img_time(strength), dtype=torch.float64)
+        assert float(process.sigma(t) / process.alpha(t)) == pytest.approx(want, rel=1e-9)
+    ddpm = DiscreteProcess.from_schedule("cosine", T=1000)
+    t = torch.tensor(ddpm.img2img_time(strength), dtype=torch.float64)
+    assert ddpm.img2img_time(strength) == pytest.approx(strength * 999)  # its own reading
+    assert float(ddpm.sigma(t) / ddpm.alpha(t)) == pytest.approx(want, rel=2e-2)
+
+
+def test_img2img_strength_ends_and_the_grid_it_keeps():
+    edm = EDMProcess()
+    assert edm.img2img_time(1.0) == edm.t_max and edm.img2img_time(0.0) < 0.013
+    grid = torch.tensor([80.0, 40.0, 10.0, 2.0, 1.0, 0.5, 0.1, 0.002], dtype=torch.float64)
+    kept = truncate_timesteps(grid, edm, 0.5)  # starts at sigma 1.0125: the grid below it
+    assert kept.tolist() == [1.0, 0.5, 0.1, 0.002]
+    assert truncate_timesteps(grid, edm, 1.0).tolist() == grid.tolist()

@@ -34,7 +34,7 @@ import torch
 
 from difflab.diffusion.denoiser import Prediction
 from difflab.diffusion.noise import randn
-from difflab.diffusion.process import NoiseProcess, as_time, expand_like
+from difflab.diffusion.process import NoiseProcess, as_time, cosine_equivalent_time, expand_like
 
 Tensor = torch.Tensor
 
@@ -137,6 +137,9 @@ class EDMProcess(NoiseProcess):
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         return torch.exp(-0.5 * torch.as_tensor(lam, dtype=torch.float64))
+
+    def img2img_time(self, strength: float) -> float:
+        return cosine_equivalent_time(self, strength)  # t = sigma, up to 80: not a fraction
 
     def sde_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """f = 0 and g^2 = d sigma^2 / dt = 2 t: a VE process with sigma(t) = t."""

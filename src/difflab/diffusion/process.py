@@ -155,6 +155,13 @@ class NoiseProcess(ABC):
         mean = (a_ts * s_s**2 / s_t**2) * x_t + (a_s * var_ts / s_t**2) * x0
         return mean, var_ts * s_s**2 / s_t**2
 
+    def img2img_time(self, strength: float) -> float:
+        """Where img2img starts at `strength` in [0, 1]: that fraction of the way from t_min
+        to t_max. For the processes whose time is a fraction of a fixed noising path (DDPM's
+        steps, VP, flow) this is how diffusers reads strength; processes whose time is an
+        unbounded noise level (VE, EDM) override it with :func:`cosine_equivalent_time`."""
+        return self.t_min + strength * (self.t_max - self.t_min)
+
     def transition_variance(self, t: Tensor, s: Tensor) -> Tensor:
         """sigma_{t|s}^2 = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 beta_t for steps t, t-1."""
         t, s = as_time(t), as_time(s)
@@ -274,6 +281,25 @@ class VEProcess(NoiseProcess):
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         var = torch.exp(-torch.as_tensor(lam, dtype=torch.float64))  # sigma(t)^2
         return torch.log1p(2 * math.log(self.sigma_base) * var) / (2 * math.log(self.sigma_base))
+
+    def img2img_time(self, strength: float) -> float:
+        return cosine_equivalent_time(self, strength)  # t is a noise level here
+
+
+def cosine_equivalent_time(process: NoiseProcess, strength: float) -> float:
+    """The time at which `process` is as noisy as the cosine schedule is after `strength` of
+    its steps: sigma/alpha = tan(pi/2 (s + 0.008) / 1.008) (Nichol & Dhariwal 2021, eq. 17,
+    whose alpha_bar = cos^2 of that angle), clamped to [t_min, t_max].
+
+    Why: for VE and EDM time is the noise level itself (t = sigma up to 80 for EDM), and
+    strength taken linearly in it would put 0.5 at sigma 40, which leaves nothing of a [-1, 1]
+    image; read through the cosine schedule, a strength destroys as much of the image as it
+    does in the default DDPM preset (0.5: sigma/alpha = 1.01; 0.9: 6.4)."""
+    angle = math.pi / 2 * (min(max(strength, 0.0), 1.0) + 0.008) / 1.008
+    noise_to_signal = max(math.tan(angle), 1e-30)
+    lam = torch.tensor(-2.0 * math.log(noise_to_signal), dtype=torch.float64)
+    t = float(process.t_from_log_snr(lam))
+    return min(max(t, process.t_min), process.t_max)
 
 
 PROCESSES = ("discrete", "vp", "ve")

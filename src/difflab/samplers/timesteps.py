@@ -107,9 +107,11 @@ def make_timesteps(
 
 
 def truncate_timesteps(timesteps: Tensor, process, strength: float) -> Tensor:
-    """The part of a sampling grid at or below time strength * t_max (img2img's start), as
-    diffusers does for its schedulers: fewer steps for a weaker edit."""
-    t_start = process.t_min + strength * (process.t_max - process.t_min)
+    """The part of a sampling grid at or below the time img2img starts from at `strength`
+    (process.img2img_time: strength of the way from t_min to t_max, as diffusers does for its
+    schedulers, or the cosine schedule's noise level where time is a noise level): fewer steps
+    for a weaker edit."""
+    t_start = process.img2img_time(strength)
     kept = timesteps[timesteps <= t_start + 1e-9]
     if len(kept) < 2:  # keep at least one step
         kept = timesteps[-2:]
