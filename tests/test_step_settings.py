@@ -102,6 +102,24 @@ def test_explicit_bf16_without_native_support_is_kept_with_a_warning(monkeypatch
     assert "WARNING" in s.why and "fp32" in s.why
 
 
+def test_a_compiled_cpu_step_trains_in_fp32_and_refuses_autocast(monkeypatch):
+    """torch.compile's CPU backward under bf16 autocast zeroes most weights' gradients
+    (bench/cpu_layouts.py): "auto" picks fp32 without timing bf16, an explicit bf16 or fp16 is
+    refused in one line, and a resumed bf16 run that now compiles is chosen anew."""
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    timer = Timings({("fp32", 1): 1.0})
+    s = choose("auto", 1, CPU, timer, cores=2, compiled=True)
+    assert s.precision == "fp32" and "train.compile on a CPU" in s.why
+    assert timer.calls == ["fp32 x1 thread"]
+    for low in ("bf16", "fp16"):
+        with pytest.raises(ValueError, match=f'train.precision = "{low}" on a CPU') as e:
+            choose(low, 1, CPU, timer, cores=2, compiled=True)
+        assert "\n" not in str(e.value) and "train.compile = false" in str(e.value)
+    bf16 = choose("bf16", 1, CPU, Timings({("bf16", 1): 1.0}), cores=2)
+    assert still_valid(bf16, "auto", 1, CPU, 2) is None
+    assert "train.compile is on" in still_valid(bf16, "auto", 1, CPU, 2, compiled=True)
+
+
 def test_threads_fixed_by_config_or_environment_are_not_timed_against_others(monkeypatch):
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
     timer = Timings({("fp32", 3): 1.0, ("fp32", 1): 1.0})

@@ -22,6 +22,7 @@ from . import digits, fashion_mnist, mnist
 from .base import ImageData, PointData, resolve_class
 from .captions import CaptionTable, caption_table
 from .catalog import DATASET_NAMES, dataset_spec, find_dataset
+from .fashion_attributes import attribute_caption_table, group_labels
 from .hf import load_hf_dataset
 from .image_folder import ON_BAD_IMAGE, load_image_folder
 from .shapes import load_shapes, shapes_caption_table
@@ -31,6 +32,11 @@ from .toy2d import TOY2D_NAMES, make_toy2d
 from .transforms import convert_channels, resize_images
 
 SPLITS = ("train", "test")
+# data.captions: "default" is the dataset's own captions (per class from caption_text/*.toml,
+# or per image for shapes); "attributes" adds what each image shows, measured from its pixels
+# (fashion_mnist only: tone and pattern, difflab.data.fashion_attributes).
+CAPTION_SETS = ("default", "attributes")
+ATTRIBUTE_CAPTIONED = ("fashion_mnist",)
 
 
 @dataclass
@@ -53,6 +59,10 @@ class DataConfig:
     toy: str = "ring"  # toy2d: one of TOY2D_NAMES
     num_samples: int = 10_000  # toy2d: points drawn; shapes: scenes drawn (or test images)
     seed: int = 0  # toy2d, shapes: seed of the draw (the same seed, the same data)
+    # Training captions of a text run: "default" or "attributes" (CAPTION_SETS). With
+    # "attributes" each label is the image's (class, tone, pattern) group, an index into
+    # fashion_attributes.GROUPS and the caption table, not a class: the data is the same.
+    captions: str = "default"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -89,6 +99,14 @@ class DataConfig:
             raise bad("on_bad_image", ", ".join(ON_BAD_IMAGE))
         if self.toy not in TOY2D_NAMES:
             raise bad("toy", ", ".join(TOY2D_NAMES))
+        if self.captions not in CAPTION_SETS:
+            raise bad("captions", ", ".join(CAPTION_SETS))
+        if self.captions == "attributes" and self.name not in ATTRIBUTE_CAPTIONED:
+            raise ValueError(
+                f"data.captions = 'attributes' applies to {', '.join(ATTRIBUTE_CAPTIONED)} "
+                f"only (tone and pattern measured from its pixels); for {self.name} allowed: "
+                "'default'"
+            )
         if self.channels is not None and (
             isinstance(self.channels, bool) or self.channels not in (1, 3)
         ):
@@ -287,12 +305,23 @@ def _load_source(cfg: DataConfig) -> ImageData | PointData:
     )
 
 
+def _attribute_groups(data: ImageData) -> ImageData:
+    """The same images labelled by their (class, tone, pattern) group, measured at the native
+    28x28 (before any resize); a ``data.classes`` subset is mapped back to the standard
+    labels first, since groups are keyed by them."""
+    spec = dataset_spec("fashion_mnist")
+    standard = torch.tensor(spec.class_indices(data.class_names or ()))
+    labels = group_labels(standard[data.labels], data.images)
+    return ImageData(data.images, labels, None, data.name)
+
+
 def load_dataset(cfg: DataConfig) -> ImageData | PointData:
     """Load the whole dataset `cfg` describes into memory.
 
     Images come back as ImageData (uint8 (N, C, H, W)), toy2d as PointData (float (N, 2)).
-    Order of work: load, keep `classes`, keep the first `limit`, then (MNIST-likes)
-    resize and convert channels, so that no time goes into samples thrown away.
+    Order of work: load, keep `classes`, keep the first `limit`, label attribute groups
+    (data.captions = "attributes"), then (MNIST-likes) resize and convert channels, so that
+    no time goes into samples thrown away.
     """
     cfg.validate()
     data = _load_source(cfg)
@@ -304,6 +333,8 @@ def load_dataset(cfg: DataConfig) -> ImageData | PointData:
         data = _take(data, slice(0, cfg.limit))
     if len(data) == 0:
         raise ValueError(f"{data.name}: no samples left after selecting classes {cfg.classes}")
+    if cfg.captions == "attributes":
+        data = _attribute_groups(data)
     if cfg.name in _NATIVE_LOADERS and (cfg.image_size is not None or cfg.channels is not None):
         images = data.images.numpy()
         if cfg.image_size is not None:
@@ -318,9 +349,12 @@ def dataset_caption_table(cfg: DataConfig, class_names: Sequence[str] | None = N
                           ) -> CaptionTable:
     """The training captions of the data `cfg` loads, indexed by its labels: per class
     (captions.caption_table, for the classes `class_names` of the loaded data) or per image
-    (shapes: the captions of image i under label i, from the same split, count and seed).
+    (shapes: the captions of image i under label i, from the same split, count and seed) or
+    per attribute group (data.captions = "attributes": label i is fashion_attributes.GROUPS[i]).
     ValueError for a dataset without captions. One function, so that text-to-image training
     and what reads its captions back need not know which kind a dataset has."""
+    if cfg.captions == "attributes":
+        return attribute_caption_table()
     spec = dataset_spec(cfg.name)
     if spec.image_captions:
         return shapes_caption_table(cfg.split, cfg.num_samples, cfg.seed)

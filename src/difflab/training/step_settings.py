@@ -88,6 +88,19 @@ def thread_candidates(cores: int, local_world_size: int) -> list[int]:
     return [share, 1] if share > 1 else [1]
 
 
+# torch 2.13's inductor on CPU, under bf16 autocast, gives most of a UNet's weights exactly zero
+# gradients while the forward is right: 54 of the default network's 88 parameter tensors
+# (bench/cpu_layouts.py checks every variant against eager). A compiled CPU run therefore
+# trains in fp32, and an explicit low precision with compile is refused rather than left to
+# train part of the network in silence.
+COMPILED_CPU_AUTOCAST = (
+    'train.compile = true with train.precision = "{precision}" on a CPU: torch.compile\'s '
+    "backward under CPU autocast gives most of the network's weights zero gradients (the "
+    'forward is right, so the loss looks fine); use train.precision = "fp32" or "auto" (which '
+    "picks fp32 when compiling on a CPU), or train.compile = false"
+)
+
+
 def choose(
     precision: str,
     threads: int | str,
@@ -97,8 +110,10 @@ def choose(
     cores: int,
     local_world_size: int = 1,
     env_threads: str | None = None,
+    compiled: bool = False,
 ) -> StepSettings:
-    """Settle `precision` and `threads` ("auto" or fixed) for `device`.
+    """Settle `precision` and `threads` ("auto" or fixed) for `device` (`compiled`: the step
+    runs through torch.compile, train.compile).
 
     `time_step(precision, threads, best_so_far)` returns the seconds of one real training
     step in that setting (see time_candidate; it is only called where timing decides); the
@@ -128,6 +143,8 @@ def choose(
 
     native, native_why = native_bf16(device)
     first_threads = thread_options[0]
+    if on_cpu and compiled and precision in ("bf16", "fp16"):
+        raise ValueError(COMPILED_CPU_AUTOCAST.format(precision=precision))
     if precision != "auto":
         chosen_p = precision
         note = f"precision {precision}: train.precision"
@@ -137,6 +154,10 @@ def choose(
     elif not native or device.type == "mps":
         chosen_p = "fp32"
         reasons.insert(0, f"precision fp32: {native_why}")
+    elif on_cpu and compiled:
+        chosen_p = "fp32"
+        reasons.insert(0, "precision fp32: train.compile on a CPU, where inductor's backward "
+                          "under bf16 autocast is wrong (COMPILED_CPU_AUTOCAST)")
     elif device.type == "cuda":
         chosen_p = "bf16"
         reasons.insert(0, f"precision bf16: {native_why}")
@@ -205,8 +226,10 @@ def env_thread_setting() -> str | None:
 
 
 def still_valid(recorded: StepSettings, precision: str, threads: int | str,
-                device: torch.device, cores: int) -> str | None:
+                device: torch.device, cores: int, compiled: bool = False) -> str | None:
     """Why recorded settings cannot be reused here (None: they can)."""
+    if compiled and device.type == "cpu" and recorded.precision != "fp32":
+        return "train.compile is on, and a compiled CPU step trains in fp32"
     if precision not in ("auto", recorded.precision):
         return f"train.precision is now {precision}"
     if device.type == "cpu" and recorded.threads is None:

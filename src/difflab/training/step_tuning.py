@@ -35,7 +35,7 @@ class StepTuner:
         settings, note = None, ""
         if self.recorded is not None:
             why_not = step_settings.still_valid(
-                self.recorded, tc.precision, tc.threads, tr.device, cores
+                self.recorded, tc.precision, tc.threads, tr.device, cores, tc.compile
             )
             if why_not is None:
                 settings = self.recorded
@@ -52,6 +52,7 @@ class StepTuner:
                 cores=cores,
                 local_world_size=tr.dist.local_world_size,
                 env_threads=step_settings.env_thread_setting(),
+                compiled=tc.compile,
             )
         settings = distributed.broadcast_object(settings, tr.dist)
         tr.step_settings = replace(settings, why=settings.why + note)
