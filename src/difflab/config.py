@@ -127,6 +127,9 @@ class TrainConfig:
     fid_samples: int = 1000
     # Probability of replacing a class label with the null label, for classifier-free guidance.
     cond_drop_prob: float = 0.1
+    # torch.compile the network. Off: on a CPU it wins under 10 % per step and its first call
+    # costs ~2 minutes, and with bf16 autocast its backward is wrong there, so a compiled CPU
+    # run trains in fp32 (BENCHMARKS.md, "channels_last and torch.compile on a CPU").
     compile: bool = False
 
 
