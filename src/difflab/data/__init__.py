@@ -8,6 +8,8 @@
 
 Sources: fashion_mnist, mnist, digits, image_folder, hf (Hugging Face, optional), toy2d; what
 each is called and its classes are in one table, catalog.py (`dataset_spec("mnist")`).
+Fashion-MNIST images also have captions of their tone and pattern, measured from their pixels
+(fashion_attributes.py; `data.captions = "attributes"`).
 """
 
 from .base import (
