@@ -361,21 +361,17 @@ def test_bad_caption_settings_are_one_line(settings, match):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """configs/fashion_text_attributes.toml trained two steps on a tiny autoencoder, with the
+    """configs/fashion_text_attributes.toml trained two steps with a small network and the
     trainable text encoder (the minilm one would spend minutes encoding every caption once):
     the wiring, not the learning."""
     root = tmp_path_factory.mktemp("attributes")
     steps = ["train.max_steps=2", "train.batch_size=8", "train.precision='fp32'",
              "train.threads=1", "train.warmup_steps=1", "train.log_every=1",
              "train.sample_every=1000", "train.checkpoint_every=100", "data.limit=64"]
-    ae_cfg = load_config(ROOT / "configs" / "fashion_autoencoder.toml", [
-        *steps, "model.overrides.channels=[8, 8, 16]", "model.overrides.groups=4"])
-    Trainer(ae_cfg, root / "ae", quiet=True).train()
     cfg = load_config(ROOT / "configs" / "fashion_text_attributes.toml", [
-        *steps, f"latent.autoencoder={str(root / 'ae' / 'last')!r}", "text.encoder='trainable'",
-        "text.tokens='all'", "text.width=32", "text.depth=1", "model.overrides.context_dim=32",
-        "model.overrides.base_channels=8", "model.overrides.groups=4",
-        "model.overrides.transformer_head_dim=8", "sample.steps=2"])
+        *steps, "text.encoder='trainable'", "text.tokens='all'", "text.width=32",
+        "text.depth=1", "model.overrides.context_dim=32", "model.overrides.base_channels=8",
+        "model.overrides.groups=4", "model.overrides.transformer_head_dim=8", "sample.steps=2"])
     trainer = Trainer(cfg, root / "run", quiet=True)
     trainer.train()
     return root / "run" / "last", trainer
