@@ -59,13 +59,18 @@ def _check_keys(table: Any, keys: tuple[str, ...], where: str) -> None:
         )
 
 
+def load_words_file(path: Path) -> dict:
+    """A words file's TOML, or ValueError naming the file and what is wrong with it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
+
+
 def read_caption_words(path: str | Path) -> CaptionWords:
     """Parse and check one caption words file (module docstring)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    raw = load_words_file(path)
     _check_keys(raw, _TOP_KEYS, str(path))
     classes = raw["classes"]
     if not isinstance(classes, list) or not classes:

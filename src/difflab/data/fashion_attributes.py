@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import functools
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .caption_words import CAPTION_TEXT_DIR
+from .caption_words import CAPTION_TEXT_DIR, load_words_file
 from .captions import CaptionTable, class_captions, held_out_prompts, indefinite_article
 from .catalog import dataset_spec
 
@@ -347,10 +346,7 @@ def read_attribute_words(path: str | Path) -> AttributeWords:
     entry, is an error naming the file and the key (a dropped string would renumber every
     caption after it)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    raw = load_words_file(path)
     _table(raw, _TOP_KEYS, str(path))
     templates = {
         key: {s: _strings(_table(raw[key], _SLOTS, f"{path}: {key}")[s], f"{path}: {key}.{s}")
