@@ -196,6 +196,9 @@ def main() -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nearest-captions", type=int, default=None,
+                   help="read prompts through K nearest training captions (default: the "
+                   "checkpoint's; 0: the prompt's own embedding)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--ceiling-images", type=int, default=2000,
                    help="real test images for the autoencoder's ceiling (0: skip)")
@@ -225,7 +228,7 @@ def main() -> None:
         images = gen.generate(
             len(prompts) * n, prompt=[q.text for q in prompts for _ in range(n)],
             sampler=settings.sampler, steps=settings.steps, guidance=settings.guidance,
-            seed=args.seed, batch_size=args.batch_size,
+            seed=args.seed, batch_size=args.batch_size, nearest_captions=args.nearest_captions,
         )
     seconds = time.time() - start
     rows = judge(prompts, images, n)
@@ -245,6 +248,7 @@ def main() -> None:
         "sampling": {"sampler": settings.sampler, "steps": settings.steps,
                      "guidance": settings.guidance, "seed": args.seed,
                      "images_per_prompt": n, "images": len(images),
+                     "nearest_captions": args.nearest_captions,  # None: the checkpoint's
                      "seconds": round(seconds, 1)},
         "prompts_far_from_training_captions": [f.prompt for f in far],
         "pattern_classes": [CLASSES[c] for c in PATTERN_CLASSES],
