@@ -174,6 +174,11 @@ class Generator:
         return self.text_encoder is not None
 
     @property
+    def dataset(self) -> str:
+        """The name of the dataset the model was trained on ("" without a run config)."""
+        return self.config.get("run", {}).get("data", {}).get("name", "")
+
+    @property
     def conditional(self) -> bool:
         """Whether the model takes a class or a prompt (and so can be guided)."""
         return self.num_classes is not None or self.takes_text
@@ -237,8 +242,7 @@ class Generator:
                 "this checkpoint is unconditional: it takes no class; drop --class / classes"
             )
         names = self.class_names or [str(i) for i in range(self.num_classes)]
-        dataset = self.config.get("run", {}).get("data", {}).get("name", "")
-        aliases = class_aliases(dataset, self.class_names)
+        aliases = class_aliases(self.dataset, self.class_names)
         idx = [resolve_class(c, names, aliases) for c in classes]
         return torch.tensor([idx[i % len(idx)] for i in range(n)], device=self.device)
 
@@ -325,7 +329,7 @@ class Generator:
 
     def _unreadable_prompts(self, prompts: list[str]) -> list[UnfamiliarPrompt]:
         """The prompts the training captions' grammar cannot read, if the dataset has one."""
-        read = prompt_reader(self.config.get("run", {}).get("data", {}).get("name", ""))
+        read = prompt_reader(self.dataset)
         if read is None or self.text_encoder is None:
             return []
         far = []
