@@ -4,7 +4,7 @@ picks: is the automatic choice within 10 % of the best manual one on this machin
 Every configuration runs real `Trainer.train_step`s (data, noise, forward, loss, backward,
 AdamW, EMA) of `configs/fashion_mnist.toml` at its batch size, round-robin (each
 configuration once per round, several rounds, median of the per-round images/s), so load from
-other processes hits all of them alike. Then `Trainer.settle_step_settings()` runs the start-up
+other processes hits all of them alike. Then `Trainer.tuner.settle()` runs the start-up
 timing of `train.precision = "auto"`, `train.threads = "auto"` several times, as a fresh run
 would, and each pick is scored by the round-robin speed of the configuration it picked.
 
@@ -40,10 +40,10 @@ from difflab.training.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_trainer(out: Path, precision: str, threads: int | str) -> Trainer:
+def make_trainer(out: Path, precision: str, threads: int | str, sets: list[str]) -> Trainer:
     cfg = load_config(
         ROOT / "configs" / "fashion_mnist.toml",
-        [f"train.precision={precision}", f"train.threads={threads}"],
+        [*sets, f"train.precision={precision}", f"train.threads={threads}"],
     )
     return Trainer(cfg, out, device="cpu", quiet=True)
 
@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--slow-steps", type=int, default=None,
                     help="timed steps for emulated bf16 (a step can take a minute)")
     ap.add_argument("--settles", type=int, default=3, help="independent auto choices")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of the preset (as `difflab train --set`)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     native, why = hardware.cpu_native_bf16()
@@ -72,7 +74,7 @@ def main() -> None:
     threads_options = sorted({1, cores})
     tmp = Path(tempfile.mkdtemp(prefix="difflab-bench-"))
     configs = [(p, n) for p in ("fp32", "bf16") for n in threads_options]
-    trainers = {c: make_trainer(tmp / label(*c), c[0], c[1]) for c in configs}
+    trainers = {c: make_trainer(tmp / label(*c), c[0], c[1], args.sets) for c in configs}
     speeds: dict[str, list[float]] = {label(*c): [] for c in configs}
     for r in range(args.rounds):
         for c in configs:
@@ -85,9 +87,9 @@ def main() -> None:
     best = max(median, key=median.get)
     picks = []
     for i in range(args.settles):
-        tr = make_trainer(tmp / f"auto{i}", "auto", "auto")
+        tr = make_trainer(tmp / f"auto{i}", "auto", "auto", args.sets)
         t0 = time.perf_counter()
-        s = tr.settle_step_settings()
+        s = tr.tuner.settle()
         cost = time.perf_counter() - t0
         key = label(s.precision, s.threads)
         picks.append({"pick": key, "seconds_to_choose": round(cost, 2), "why": s.why,

@@ -1,15 +1,18 @@
-"""Three objectives at one CPU budget: the default preset (DDPM, v-prediction, Min-SNR-5), EDM
-and flow matching, same network, same data, same optimiser, same budget, same evaluator.
+"""Objectives at one CPU budget: the default preset (DDPM, v-prediction, Min-SNR-5), EDM
+and flow matching (on the large preset's network), same data, optimiser, budget and evaluator.
 
-- ``default``: ``configs/fashion_mnist.toml`` (cosine DDPM, v-prediction, Min-SNR-5 weights);
+- ``default``: ``configs/fashion_mnist.toml`` (cosine DDPM, v-prediction, Min-SNR-5 weights;
+  the tiny 0.46 M UNet at batch 32 since "Network and batch for a CPU budget");
+- ``large``: ``configs/fashion_mnist_large.toml``, the same objective on the 1.39 M UNet at batch
+  128: the default before that, and the network EDM and flow share;
 - ``edm``: ``configs/fashion_mnist_edm.toml`` (Karras et al. 2022: preconditioning, log-normal
   noise levels, EDM loss weighting; difflab.diffusion.edm);
 - ``flow``: ``configs/fashion_mnist_flow.toml`` (flow matching / rectified flow with
   logit-normal times, Lipman et al. 2023, Liu et al. 2023, Esser et al. 2024;
   difflab.diffusion.flow).
 
-All three train the same ~1.35 M-parameter UNet (only its time input's scale differs:
-``model.overrides.time_scale``) with AdamW 2e-3, batch 128, the learning rate decayed
+``large``, ``edm`` and ``flow`` train the same ~1.39 M-parameter UNet (only its time input's
+scale differs: ``model.overrides.time_scale``) with AdamW 2e-3, batch 128, the learning rate decayed
 linearly to zero over the budget, EMA 0.999. Each trains in its own one-thread subprocess,
 one at a time, until its training loop has used ``--minutes`` of CPU time
 (``time.process_time()``: what the process got of a core, insensitive to other jobs on a
@@ -57,12 +60,18 @@ from quality_at_budget import Clock, loadavg, saturated_fraction
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PRESETS = {"default": "fashion_mnist", "edm": "fashion_mnist_edm", "flow": "fashion_mnist_flow"}
+PRESETS = {
+    "default": "fashion_mnist",
+    "large": "fashion_mnist_large",
+    "edm": "fashion_mnist_edm",
+    "flow": "fashion_mnist_flow",
+}
 DATASET = "fashion_mnist"
 # Samplers of the --nfe sweep per objective: the few-step solvers each objective's process
 # suits (EDM's Heun is its paper's; flow's integrators in t; DPM-Solver++ and DEIS on all).
 NFE_SAMPLERS = {
     "default": ["dpmpp_2m", "dpmpp_3m", "deis", "heun"],
+    "large": ["dpmpp_2m", "dpmpp_3m", "deis", "heun"],
     "edm": ["heun", "dpmpp_2m", "dpmpp_3m", "deis"],
     "flow": ["flow_euler", "flow_heun", "dpmpp_2m", "dpmpp_3m", "deis"],
 }
@@ -190,6 +199,9 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting of every trained preset (as `difflab train "
                     "--set`); use another --work and --out")
+    ap.add_argument("--reference", choices=["test", "train"], default="test",
+                    help="the real images FID is taken against: 'test' to report, 'train' "
+                    "(10,000 of them) to choose settings without looking at the reported set")
     ap.add_argument("--worker", choices=list(PRESETS), help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -215,6 +227,7 @@ def main() -> None:
         "native_bf16_env": os.environ.get("DIFFLAB_NATIVE_BF16"), "minutes": args.minutes,
         "budget": "CPU seconds (time.process_time) of each one-thread training process",
         "samples": args.samples, "evaluator": "difflab.evaluation.evaluate_generator",
+        "reference": args.reference,
         "results": previous.get("results", []), "nfe_sweep": previous.get("nfe_sweep", []),
         "load_average": {"start": loadavg()},
     }
@@ -238,6 +251,8 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] ddpm-pytorch: training", flush=True)
         peer_worker(args.peer_python, args.minutes, args.peer_samples, work / "peer")
 
+    reference = {"reference_split": args.reference,
+                 "n_reference": 10_000 if args.reference == "train" else None}
     if not args.no_eval:
         for objective, seed in runs:
             folder = work / f"{objective}_s{seed}"
@@ -248,7 +263,7 @@ def main() -> None:
             # those it trained with, which may predate an --nfe sweep's choice).
             sc = load_config(ROOT / "configs" / f"{PRESETS[objective]}.toml").sample
             row = {**info, **evaluate(folder, args.samples, seed, sampler=sc.sampler,
-                                      steps=sc.steps)}
+                                      steps=sc.steps, **reference)}
             record["results"] = [r for r in record["results"]
                                  if (r["objective"], r["seed"]) != (objective, seed)] + [row]
             print(f"  FID {row['fid']:.2f} ({row['sampling']['sampler']}, "
@@ -269,7 +284,7 @@ def main() -> None:
             for nfe in args.nfe:
                 steps = steps_for(sampler, nfe)
                 row = evaluate(folder, args.nfe_samples, args.seeds[0], sampler=sampler,
-                               steps=steps)
+                               steps=steps, **reference)
                 row = {"objective": objective, "seed": args.seeds[0], **row}
                 record["nfe_sweep"] = [
                     r for r in record["nfe_sweep"]

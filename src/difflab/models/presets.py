@@ -1,7 +1,13 @@
 """Named networks: the default difflab model and the small 28x28 UNets of the reference texts.
 
-- ``ddpm-small-28``: difflab's default Fashion-MNIST / MNIST denoiser (DDPM-style UNet,
-  widths 32/64/128, self-attention at 7x7, about 1.35 M parameters).
+- ``ddpm-tiny-28``: difflab's default Fashion-MNIST denoiser (``configs/fashion_mnist.toml``):
+  ``ddpm-small-28`` at half the width (16/32/64, ~0.46 M), about 2.8x the training images per
+  CPU-second. On the budgets of a first run (minutes on a CPU) it matches or beats the wider
+  net, and on a CPU without native bf16 it is far ahead (BENCHMARKS.md, "Network and batch
+  for a CPU budget").
+- ``ddpm-small-28``: the DDPM-style UNet of the shipped Fashion-MNIST / MNIST models and of
+  ``configs/fashion_mnist_large.toml``: widths 32/64/128, self-attention at 7x7, about 1.39 M
+  parameters; it keeps learning where the tiny one flattens.
 - ``fashion-article``: the UNet of the Fashion-MNIST DDPM article (Pulfer 2022), see
   :mod:`difflab.models.article_unet`.
 - ``score-unet-28`` / ``score-unet-28-add``: the small score network of Song's MNIST
@@ -94,6 +100,7 @@ def _article(**overrides: Any) -> nn.Module:
 
 
 _DDPM_SMALL = UNetConfig()  # the defaults are this preset; see UNetConfig for each reason
+_DDPM_TINY = dataclasses.replace(_DDPM_SMALL, base_channels=16)
 _SCORE = UNetConfig(
     base_channels=32,
     channel_mults=(1, 2, 4, 8),  # 28, 14, 7, 4: widths 32, 64, 128, 256
@@ -151,8 +158,15 @@ _SHAPES_TEXT = dataclasses.replace(
 )
 
 PRESETS: dict[str, Preset] = {
+    "ddpm-tiny-28": Preset(
+        "difflab's default 28x28 DDPM UNet for a CPU budget: widths 16/32/64, attention at "
+        "7x7, ~0.46 M",
+        _unet(_DDPM_TINY),
+        _DDPM_TINY,
+    ),
     "ddpm-small-28": Preset(
-        "difflab's default 28x28 DDPM UNet: widths 32/64/128, attention at 7x7, ~1.35 M",
+        "difflab's 28x28 DDPM UNet of the shipped models: widths 32/64/128, attention at 7x7, "
+        "~1.39 M",
         _unet(_DDPM_SMALL),
         _DDPM_SMALL,
     ),
