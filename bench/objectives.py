@@ -12,8 +12,8 @@ and flow matching (on the large preset's network), same data, optimiser, budget 
   difflab.diffusion.flow).
 
 ``large``, ``edm`` and ``flow`` train the same ~1.39 M-parameter UNet (only its time input's
-scale differs: ``model.overrides.time_scale``) with AdamW 2e-3, batch 128, the learning rate decayed
-linearly to zero over the budget, EMA 0.999. Each trains in its own one-thread subprocess,
+scale differs: ``model.overrides.time_scale``) with AdamW 2e-3, batch 128, the learning rate
+decayed linearly to zero over the budget, EMA 0.999. Each trains in its own one-thread subprocess,
 one at a time, until its training loop has used ``--minutes`` of CPU time
 (``time.process_time()``: what the process got of a core, insensitive to other jobs on a
 shared machine; the Clock of bench/quality_at_budget.py). Setup (data, network) is outside the
@@ -69,9 +69,10 @@ PRESETS = {
 DATASET = "fashion_mnist"
 # Samplers of the --nfe sweep per objective: the few-step solvers each objective's process
 # suits (EDM's Heun is its paper's; flow's integrators in t; DPM-Solver++ and DEIS on all).
+DDPM_SOLVERS = ["dpmpp_2m", "dpmpp_3m", "deis", "heun"]  # both DDPM presets
 NFE_SAMPLERS = {
-    "default": ["dpmpp_2m", "dpmpp_3m", "deis", "heun"],
-    "large": ["dpmpp_2m", "dpmpp_3m", "deis", "heun"],
+    "default": DDPM_SOLVERS,
+    "large": DDPM_SOLVERS,
     "edm": ["heun", "dpmpp_2m", "dpmpp_3m", "deis"],
     "flow": ["flow_euler", "flow_heun", "dpmpp_2m", "dpmpp_3m", "deis"],
 }
