@@ -52,6 +52,8 @@ def row_of(report: dict, prompts: str) -> dict:
         "overall": report["overall"],
         "categories": {c: r["accuracy"] for c, r in report["categories"].items()},
         "images": sum(r["images"] for r in report["categories"].values()),
+        # FID against scenes rendered for the same prompts (difflab.metrics.shapes_features)
+        "fid": report["fid"]["fid"] if "fid" in report else None,
         "seconds": report["sampling"]["seconds"],
     }
 
@@ -63,6 +65,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="*", default=[10, 20, 50])
     ap.add_argument("--images-per-prompt", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt-sets", nargs="*", default=["training", "held-out"],
+                    choices=["training", "held-out"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shapes_geneval.json")
     args = ap.parse_args()
 
@@ -102,18 +106,21 @@ def main() -> None:
 
     training = [t for ts in training_prompts(per_category=16).values() for t in ts]
     for steps, guidance in settings:
-        run("training", steps, guidance, training)
-        run("held-out", steps, guidance, None)
+        if "training" in args.prompt_sets:
+            run("training", steps, guidance, training)
+        if "held-out" in args.prompt_sets:
+            run("held-out", steps, guidance, None)
 
     cats = list(record["rows"][0]["categories"])
     print(f"\n{record['cpu']}; {args.images_per_prompt} images per prompt, "
           f"{base.sampler}, seed {args.seed}\n")
-    print("| prompts | steps | guidance | " + " | ".join(cats) + " | overall |")
-    print("|---|---:|---:|" + "---:|" * (len(cats) + 1))
+    print("| prompts | steps | guidance | " + " | ".join(cats) + " | overall | FID |")
+    print("|---|---:|---:|" + "---:|" * (len(cats) + 2))
     for r in record["rows"]:
         cells = " | ".join(f"{100 * r['categories'][c]:.1f} %" for c in cats)
+        fid = "" if r.get("fid") is None else f"{r['fid']:.2f}"
         print(f"| {r['prompts']} | {r['steps']} | {r['guidance']:g} | {cells} "
-              f"| **{100 * r['overall']:.1f} %** |")
+              f"| **{100 * r['overall']:.1f} %** | {fid} |")
     print(f"wrote {args.out}")
 
 

@@ -249,11 +249,20 @@ def test_evaluate_geneval_scores_a_perfect_and_a_deaf_generator():
     report = evaluate_geneval(perfect, images_per_prompt=2, seed=1)
     assert report["overall"] == 1.0 and report["images"] == 198 and report["prompts"] == 99
     assert report["overall"] == 1.0
-    assert evaluate_geneval(deaf, images_per_prompt=1)["overall"] < 0.1
+    deaf_report = evaluate_geneval(deaf, images_per_prompt=1)
+    assert deaf_report["overall"] < 0.1
+    # The same images' FID against scenes rendered for their prompts (shapes_features): a
+    # perfect generator's layouts differ from the reference's only by seed, so it scores the
+    # floor (the bias of 198 images, about 29); a deaf one is far above it.
+    fid = report["fid"]
+    assert fid["images"] == 198 and abs(fid["fid"] - fid["floor"]) < 5
+    assert deaf_report["fid"]["fid"] > deaf_report["fid"]["floor"] + 50
     table = format_geneval_report(report)
     for name in CATEGORIES:
         assert name in table
     assert "overall (mean of the six categories)     100.0%" in table
+    assert f"FID {fid['fid']:.2f} against scenes rendered for the same prompts" in table
+    assert "fid" not in evaluate_geneval(perfect, images_per_prompt=1, fid=False)
 
 
 def test_scorer_inputs_are_checked(test_set):

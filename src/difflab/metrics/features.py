@@ -37,7 +37,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -152,9 +152,11 @@ def metric_split(dataset: str, split: str) -> ImageData:
 class FeatureNet(nn.Module):
     """A small CNN classifier whose 128-d penultimate layer is the metrics' feature space."""
 
-    def __init__(self, dataset: str, num_classes: int = 10) -> None:
+    def __init__(self, dataset: str, num_classes: int = 10, recipe: Recipe | None = None) -> None:
         super().__init__()
-        recipe = _recipe(dataset)
+        # An explicit recipe serves data sets that are not classes of the catalog (the shapes
+        # world's scenes, difflab.metrics.shapes_features); `num_classes` is then its logits.
+        recipe = _recipe(dataset) if recipe is None else recipe
         self.dataset, self.recipe, self.num_classes = dataset, recipe, num_classes
         c, size = recipe.image_shape[0], recipe.image_shape[1]
         layers: list[nn.Module] = []
@@ -399,6 +401,12 @@ def load_shipped_feature_net(dataset: str) -> FeatureNet | None:
     to training: a silently retrained classifier is another feature space, and every figure
     computed in it would be incomparable with everyone else's."""
     _recipe(dataset)
+    return read_shipped_net(dataset, lambda: FeatureNet(dataset))
+
+
+def read_shipped_net(dataset: str, make_net: Callable[[], FeatureNet]) -> FeatureNet | None:
+    """The shipped fp16 weights of ``shipped_paths(dataset)`` loaded into ``make_net()`` in
+    float32 after their JSON's version and sha256 are checked; None when none ships."""
     weights, meta = shipped_paths(dataset)
     if not weights.is_file():
         return None
@@ -414,7 +422,7 @@ def load_shipped_feature_net(dataset: str) -> FeatureNet | None:
             k: v.float() if v.is_floating_point() else v
             for k, v in load_file(str(weights)).items()
         }
-        net = FeatureNet(dataset)
+        net = make_net()
         net.load_state_dict(state)
         net.test_accuracy = float(info["test_accuracy"])
     except (ValueError, OSError, RuntimeError, KeyError, TypeError) as e:
@@ -451,6 +459,21 @@ def export_shipped_feature_net(
     accuracy measured again on the fp16 copy, the export's machine, and `provenance`, e.g.
     when and where it was trained). Returns the weights' path. The figure in the JSON is the
     fp16 copy's, since that is what every machine will compute with."""
+    test = metric_split(net.dataset, "test")
+    return write_shipped_net(
+        net, lambda: FeatureNet(net.dataset), lambda n: n.accuracy(test), provenance, folder
+    )
+
+
+def write_shipped_net(
+    net: FeatureNet,
+    make_net: Callable[[], FeatureNet],
+    accuracy: Callable[[FeatureNet], float],
+    provenance: dict[str, Any] | None = None,
+    folder: Path | None = None,
+) -> Path:
+    """:func:`export_shipped_feature_net` for any feature net: ``make_net()`` builds an empty
+    copy (to measure the fp16 weights) and ``accuracy(net)`` is the figure its JSON records."""
     folder = SHIPPED_DIR if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{net.dataset}-v{CODE_VERSION}"
@@ -461,16 +484,15 @@ def export_shipped_feature_net(
     }
     _write_atomic(weights, lambda p: save_file(state, str(p)))
     weights.chmod(0o644)  # package data: readable by every user of a system-wide install
-    half = FeatureNet(net.dataset)
+    half = make_net()
     half.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     half.eval()
-    test = metric_split(net.dataset, "test")
     info = {k: v for k, v in net.info.items() if k not in ("sha256", "source", "path")}
     info.update(provenance or {})
     info.update(
         dtype="float16",
-        test_accuracy=half.accuracy(test),
-        test_accuracy_fp32=net.accuracy(test),
+        test_accuracy=accuracy(half),
+        test_accuracy_fp32=accuracy(net),
         exported={
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "torch": torch.__version__,

@@ -68,6 +68,7 @@ from difflab.data.shapes_scene import (
     relation_holds,
 )
 from difflab.metrics.evaluate import load_images_file
+from difflab.metrics.shapes_features import shapes_fid
 
 SUPPORT = 0.3  # brightest channel / 255 at or above which a pixel belongs to an object
 MIN_AREA = 10  # pixels (of a 32x32 image) a component needs to count as an object
@@ -370,11 +371,13 @@ def evaluate_geneval(
     images_per_prompt: int = 4,
     seed: int = 0,
     prompts: Sequence[str | PromptSpec] | None = None,
+    fid: bool = True,
 ) -> dict[str, Any]:
     """Score a text-to-image model: ``generate(texts, seed)`` returns one uint8 RGB image
     per text; each prompt (default: difflab.data.shapes.geneval_prompts, all categories) is
     drawn ``images_per_prompt`` times, as GenEval draws four. Report as :func:`score_images`,
-    plus the settings."""
+    plus the settings and (``fid``) the same images' FID against scenes rendered for their
+    prompts (difflab.metrics.shapes_features): whether picture quality was traded away."""
     if (
         isinstance(images_per_prompt, bool)
         or not isinstance(images_per_prompt, int)
@@ -393,6 +396,8 @@ def evaluate_geneval(
     report.update(
         images_per_prompt=images_per_prompt, seed=seed, prompts=len(specs) // images_per_prompt
     )
+    if fid and len(specs) > 1:
+        report["fid"] = shapes_fid(images, specs)
     return report
 
 
@@ -413,7 +418,11 @@ def score_images_file(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}['prompts'] must be {len(images)} strings, one per image; got "
             f"{prompts.dtype} with shape {prompts.shape}"
         )
-    return score_images(images, [str(p) for p in prompts])
+    texts = [str(p) for p in prompts]
+    report = score_images(images, texts)
+    if len(texts) > 1:
+        report["fid"] = shapes_fid(images, texts)
+    return report
 
 
 def format_geneval_report(report: dict[str, Any]) -> str:
@@ -437,5 +446,11 @@ def format_geneval_report(report: dict[str, Any]) -> str:
     if report.get("held_out_overall") is not None:
         lines.append(
             f"{'held-out prompts (mean of categories)':<41}{pct(report['held_out_overall'])}"
+        )
+    if report.get("fid") is not None:
+        f = report["fid"]
+        lines.append(
+            f"FID {f['fid']:.2f} against {f['reference']} (the world itself scores "
+            f"{f['floor']:.2f} at {f['images']} images; {f['feature_space']})"
         )
     return "\n".join(lines)
