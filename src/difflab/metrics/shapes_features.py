@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -176,7 +177,9 @@ def train_shapes_feature_net(
     return net
 
 
-def export_shapes_feature_net(net: FeatureNet, provenance: dict[str, Any] | None = None):
+def export_shapes_feature_net(
+    net: FeatureNet, provenance: dict[str, Any] | None = None
+) -> Path:
     """Write ``net`` as the shipped ``feature_weights/shapes-v1.*`` (fp16 + JSON)."""
     check = _check_split()
     return write_shipped_net(net, new_net, lambda n: scene_accuracy(n, *check), provenance)
