@@ -179,6 +179,7 @@ class FeatureNet(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(FEATURE_DIM, num_classes))
         self.test_accuracy: float | None = None
+        self.accuracy_label = "test acc"  # what test_accuracy measures, in feature_space
         self.info: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +189,11 @@ class FeatureNet(nn.Module):
     @property
     def feature_space(self) -> str:
         """The name every figure computed in this space carries."""
-        acc = "untrained" if self.test_accuracy is None else f"test acc {self.test_accuracy:.1%}"
+        acc = (
+            "untrained"
+            if self.test_accuracy is None
+            else f"{self.accuracy_label} {self.test_accuracy:.1%}"
+        )
         return f"difflab {self.dataset} CNN features ({acc})"
 
     def _check(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -214,16 +219,17 @@ class FeatureNet(nn.Module):
         return torch.cat(out).numpy() if out else np.zeros((0, FEATURE_DIM))
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor | np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Predicted class (N,) int64 of uint8 images (N, C, H, W)."""
+    def logits(self, images: torch.Tensor | np.ndarray, batch_size: int = 1000) -> torch.Tensor:
+        """Output logits (N, num_classes) float32 of uint8 images (N, C, H, W)."""
         x = self._check(images)
         self.eval()
         with single_threaded():
-            out = [
-                self(to_float(x[i : i + batch_size])).argmax(1)
-                for i in range(0, len(x), batch_size)
-            ]
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+            out = [self(to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.num_classes)
+
+    def predict(self, images: torch.Tensor | np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Predicted class (N,) int64 of uint8 images (N, C, H, W)."""
+        return self.logits(images, batch_size).argmax(1).numpy()
 
     def accuracy(self, data: ImageData) -> float:
         assert data.labels is not None
