@@ -49,9 +49,11 @@ from difflab.data.fashion_attributes import (
     PATTERNS,
     TONES,
     AttributePrompt,
+    group_captions,
     held_out_attribute_prompts,
     measure,
     pattern_satisfies,
+    read_attribute_prompts,
 )
 from difflab.data.transforms import resize_images
 from difflab.metrics.features import feature_extractor
@@ -114,6 +116,17 @@ def autoencoder_ceiling(gen: Generator, n: int) -> dict | None:
                              if len(kept) else float("nan"))
         out["counts"][p] = len(kept)
     return out
+
+
+def held_out(path: str | None) -> tuple[list[AttributePrompt], list[str]]:
+    """The prompts to score and, for a file, those of its prompts left out because a training
+    caption says the same (held-out wording only)."""
+    if path is None:
+        return list(held_out_attribute_prompts()), []
+    captions = {c.lower() for group in group_captions() for c in group}
+    prompts = read_attribute_prompts(path)
+    return ([q for q in prompts if q.text.lower() not in captions],
+            [q.text for q in prompts if q.text.lower() in captions])
 
 
 def judge(prompts: list[AttributePrompt], images: torch.Tensor, n: int) -> list[dict]:
@@ -202,6 +215,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--ceiling-images", type=int, default=2000,
                    help="real test images for the autoencoder's ceiling (0: skip)")
+    p.add_argument("--prompts-file", default=None,
+                   help="a prompt set written apart (bench/prompts/attribute_check.txt; "
+                   "default: held_out_attribute_prompts()); its prompts that are training "
+                   "captions are dropped")
     p.add_argument("--out", default=None, help="the .json to write")
     args = p.parse_args()
     if args.images_per_prompt < 1:
@@ -214,9 +231,12 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint} is not a Fashion-MNIST text-to-image pipeline "
                          f"(its data: {data.get('name')!r})")
     settings = gen.sampling_settings(args.sampler, args.steps, args.guidance, conditioned=True)
-    prompts = list(held_out_attribute_prompts())
+    prompts, dropped = held_out(args.prompts_file)
     n = args.images_per_prompt
     far = gen.unfamiliar_prompts([q.text for q in prompts])
+    if dropped:
+        print(f"{len(dropped)} prompts of {args.prompts_file} are training captions, left out: "
+              + ", ".join(repr(t) for t in dropped), flush=True)
     print(f"{len(prompts)} held-out prompts x {n} images; {settings.sampler} "
           f"{settings.steps} steps, guidance {settings.guidance}; {len(far)} prompts flagged "
           "far from every training caption", flush=True)
@@ -236,7 +256,8 @@ def main() -> None:
     name = Path(args.checkpoint.rstrip("/")).name
     if name == "last":
         name = Path(args.checkpoint.rstrip("/")).parent.name
-    out = Path(args.out or f"bench/results/attribute_fidelity_{name}.json")
+    suffix = f"_{Path(args.prompts_file).stem}" if args.prompts_file else ""
+    out = Path(args.out or f"bench/results/attribute_fidelity_{name}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": args.checkpoint,
@@ -250,6 +271,8 @@ def main() -> None:
                      "images_per_prompt": n, "images": len(images),
                      "nearest_captions": args.nearest_captions,  # None: the checkpoint's
                      "seconds": round(seconds, 1)},
+        "prompts": args.prompts_file or "held_out_attribute_prompts()",
+        "prompts_left_out_as_training_captions": dropped,
         "prompts_far_from_training_captions": [f.prompt for f in far],
         "pattern_classes": [CLASSES[c] for c in PATTERN_CLASSES],
         "class_priors": {CLASSES[c]: v for c, v in priors.items()},

@@ -603,3 +603,49 @@ def test_hf_loader_with_a_stand_in_datasets_module(tmp_path, monkeypatch):
         load_dataset(DataConfig(name="hf", root=str(tmp_path), split="test"))
     with pytest.raises(ValueError, match="no column 'image'.*img, y"):
         load_dataset(DataConfig(name="hf", root=str(tmp_path)))
+
+
+def labelled(counts: list[int]) -> ImageData:
+    """Images labelled 0, 1, ... with counts[k] images of label k."""
+    labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    return ImageData(torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8), labels, None, "lab")
+
+
+@pytest.mark.parametrize("balance", [0.5, 1.0])
+def test_balance_draws_each_label_in_proportion_to_its_count_to_the_power_one_minus_balance(
+        balance):
+    counts = [900, 90, 10]  # 90 : 9 : 1
+    it = BatchIterator(labelled(counts), batch_size=100, seed=0, balance=balance)
+    drawn = torch.cat([it.next_batch().labels for _ in range(400)])  # 40,000 draws
+    share = torch.bincount(drawn, minlength=3).double() / len(drawn)
+    want = torch.tensor(counts, dtype=torch.float64).pow(1 - balance)
+    want /= want.sum()
+    # multinomial counts: standard error sqrt(p (1 - p) / N) <= 0.0025; allow 4 of them
+    assert torch.allclose(share, want, atol=0.01), (share, want)
+
+
+def test_balanced_draws_are_seeded_and_resume_exactly():
+    data = labelled([50, 5])
+    reference = BatchIterator(data, batch_size=10, seed=3, balance=1.0)
+    expected = [reference.next_batch().labels for _ in range(12)]  # 5 batches an epoch
+    run = BatchIterator(data, batch_size=10, seed=3, balance=1.0)
+    for _ in range(7):
+        run.next_batch()
+    resumed = BatchIterator(data, batch_size=10, seed=3, balance=1.0)
+    resumed.load_state_dict(run.state_dict())
+    assert all(torch.equal(resumed.next_batch().labels, want) for want in expected[7:])
+    epoch_one = torch.cat([reference.batch_at(1, p).labels for p in range(5)])
+    assert not torch.equal(torch.cat(expected[:5]), epoch_one)  # each epoch draws anew
+    with pytest.raises(ValueError, match="balance"):
+        BatchIterator(data, batch_size=10, seed=3).load_state_dict(run.state_dict())
+
+
+def test_balance_zero_keeps_the_plain_shuffle_and_bad_balance_is_refused():
+    plain = epoch_ids(BatchIterator(indexed(50), batch_size=8, seed=3))
+    assert epoch_ids(BatchIterator(indexed(50), batch_size=8, seed=3, balance=0.0)) == plain
+    with pytest.raises(ValueError, match="balance must be in"):
+        BatchIterator(indexed(50), batch_size=8, balance=1.5)
+    with pytest.raises(ValueError, match="no labels"):
+        BatchIterator(torch.zeros(20, 1, 2, 2, dtype=torch.uint8), batch_size=4, balance=1.0)
+    with pytest.raises(ValueError, match="data.balance"):
+        DataConfig(balance=-0.1)

@@ -3,7 +3,6 @@ captions written from them (difflab.data.fashion_attributes, issue 18): the stat
 images whose answer is known by construction, on real images anyone can check by eye, the
 caption groups, held-out wording, the dataset option that trains on them, and a two-step run."""
 
-import functools
 import re
 import tomllib
 
@@ -35,7 +34,9 @@ from difflab.data.fashion_attributes import (
     pattern_of,
     pattern_satisfies,
     pixel_stats,
+    read_attribute_prompts,
     read_attribute_words,
+    stated_attributes,
 )
 from difflab.data.registry import dataset_caption_table
 from difflab.pipeline import Generator
@@ -192,32 +193,6 @@ def test_tone_cuts_are_the_training_tertiles_and_no_class_fixes_an_attribute(tra
 # Captions
 
 
-@functools.cache
-def _terms() -> tuple[tuple[re.Pattern, str, str], ...]:
-    """Every attribute term (training and held out) as (whole-word regex, attribute, value),
-    longest first."""
-    words = attribute_words()
-    terms = {}
-    for attr, table in (("tone", words.tones), ("pattern", words.patterns)):
-        for value, forms in table.items():
-            for group in forms.values():
-                terms.update({t.lower(): (attr, value) for t in group})
-    return tuple((re.compile(rf"(?<![\w-]){re.escape(t)}(?![\w-])"), attr, value)
-                 for t, (attr, value) in sorted(terms.items(), key=lambda kv: -len(kv[0])))
-
-
-@functools.cache
-def claims(text: str) -> dict[str, frozenset[str]]:
-    """The tones and patterns a caption states: its attribute terms, longest first, so that
-    "light grey" is light, not mid ("grey")."""
-    low, found = text.lower(), {"tone": set(), "pattern": set()}
-    for regex, attr, value in _terms():
-        if regex.search(low):
-            found[attr].add(value)
-            low = regex.sub(" ", low)
-    return {k: frozenset(v) for k, v in found.items()}
-
-
 def test_fill_puts_adjectives_where_english_wants_them():
     dark, stripes = ("dark", "in a dark shade"), ("striped", "with stripes")
     assert fill("{a} {tone} {pattern} {name}", "pair of trousers", dark, stripes) == (
@@ -244,21 +219,22 @@ def test_caption_groups_are_well_formed_and_say_only_their_group():
         stated = {"tone": set(), "pattern": set()}
         for text in texts:
             assert "{" not in text and "  " not in text, text
-            said = claims(text)
+            said = stated_attributes(text)
             assert said["tone"] <= {group.tone}, (group, text)
             assert said["pattern"] <= ({group.pattern} if group.pattern else set()), (group, text)
             for attr in stated:
                 stated[attr] |= said[attr]
         assert stated["tone"] == {group.tone}  # some captions say it...
         assert stated["pattern"] == ({group.pattern} if group.pattern else set())
-        assert sum(not any(claims(t).values()) for t in texts) >= 20  # ...some say only the class
+        # ...some say only the class
+        assert sum(not any(stated_attributes(t).values()) for t in texts) >= 20
 
 
 def test_class_only_captions_are_class_captions_that_state_no_attribute():
     words = attribute_words()
     avoid = [w.lower() for w in words.class_only_exclude]
     for group, texts in zip(GROUPS, group_captions(), strict=True):
-        plain = [t for t in texts if not any(claims(t).values())]
+        plain = [t for t in texts if not any(stated_attributes(t).values())]
         assert set(plain) <= set(class_captions("fashion_mnist")[group.label])
         for text in plain:
             assert not any(re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text.lower())
@@ -282,12 +258,40 @@ def test_held_out_prompts_are_disjoint_from_training_wording():
     assert not class_held & training
     # Each prompt states exactly what it is filed under, in held-out words only.
     for p in prompts:
-        said = claims(p.text)
+        said = stated_attributes(p.text)
         assert said["tone"] == ({p.tone} if p.tone else set()), p
         assert said["pattern"] == ({p.pattern} if p.pattern else set()), p
         assert p.pattern is None or p.label in PATTERN_CLASSES
         assert any(re.search(rf"(?<![\w-]){re.escape(h.lower())}(?![\w-])", p.text.lower())
                    for h in held), p
+
+
+def test_the_independent_prompt_set_asks_every_attribute_of_every_class_twice():
+    """bench/prompts/attribute_check.txt, written without reading the captions, parses and
+    has the held-out set's design: two prompts per (class, tone, pattern) asked."""
+    prompts = read_attribute_prompts(ROOT / "bench" / "prompts" / "attribute_check.txt")
+    asks = [(p.label, p.tone, p.pattern) for p in prompts]
+    assert len(prompts) == len({p.text for p in prompts}) == 204
+    assert set(asks) == {(p.label, p.tone, p.pattern) for p in held_out_attribute_prompts()}
+    assert all(asks.count(a) == 2 for a in asks)
+
+
+@pytest.mark.parametrize("line, match", [
+    ("Shirt\tdark\tplain", "3 tab-separated fields"),
+    ("Hoodie\tdark\t-\ta dark hoodie", "class 'Hoodie' is not one of"),
+    ("Shirt\tnavy\t-\ta navy shirt", "tone must be one of"),
+    ("Sandal\t-\tstriped\ta striped sandal", "pattern is only asked of"),
+    ("Shirt\t-\t-\ta shirt", "must ask for a tone or a pattern"),
+])
+def test_a_broken_prompt_file_is_refused_naming_the_line(tmp_path, line, match):
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"# a comment\n\nShirt\tdark\t-\ta dark shirt\n{line}\n")
+    with pytest.raises(ValueError, match=match) as caught:
+        read_attribute_prompts(path)
+    assert "line 4" in str(caught.value)
+    path.write_text("# nothing but comments\n")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        read_attribute_prompts(path)
 
 
 def test_the_words_file_ships_with_the_package():
@@ -338,7 +342,7 @@ def test_attribute_captions_label_images_by_their_group_and_every_caption_is_tru
         assert g.label == int(plain.labels[i]) and g.tone == TONES[tones[i]]
         assert g.pattern == (pattern if g.label in PATTERN_CLASSES else None)
         for text in table.captions_of(group):
-            said = claims(text)
+            said = stated_attributes(text)
             assert said["tone"] <= {TONES[tones[i]]} and said["pattern"] <= {pattern} - {None}
     # A class subset keeps the standard classes' groups; a resize comes after measuring.
     some = load_dataset(DataConfig(name="fashion_mnist", captions="attributes",

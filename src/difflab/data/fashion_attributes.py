@@ -401,6 +401,33 @@ CLASS_ONLY_PER_CLASS = 24
 _LEFT = re.compile(r"\{(?!a\})[^}]*\}")  # any slot but {a}
 
 
+@functools.cache
+def _terms() -> tuple[tuple[re.Pattern, str, str], ...]:
+    """Every attribute term (training and held out) as (whole-word regex, attribute, value),
+    longest first."""
+    words = attribute_words()
+    terms = {}
+    for attr, table in (("tone", words.tones), ("pattern", words.patterns)):
+        for value, forms in table.items():
+            for group in forms.values():
+                terms.update({t.lower(): (attr, value) for t in group})
+    return tuple((re.compile(rf"(?<![\w-]){re.escape(t)}(?![\w-])"), attr, value)
+                 for t, (attr, value) in sorted(terms.items(), key=lambda kv: -len(kv[0])))
+
+
+@functools.cache
+def stated_attributes(text: str) -> dict[str, frozenset[str]]:
+    """The tones and patterns a caption or prompt states in this file's words (training and
+    held out), ``{"tone": ..., "pattern": ...}``: its attribute terms, longest first, so that
+    "light grey" is light, not mid ("grey"). Words outside the file are not read."""
+    low, found = text.lower(), {"tone": set(), "pattern": set()}
+    for regex, attr, value in _terms():
+        if regex.search(low):
+            found[attr].add(value)
+            low = regex.sub(" ", low)
+    return {k: frozenset(v) for k, v in found.items()}
+
+
 def fill(template: str, name: str, tone: tuple[str, str] | None = None,
          pattern: tuple[str, str] | None = None) -> str:
     """A template with a class noun, and a tone and a pattern as (adjective, phrase).
@@ -536,3 +563,37 @@ def held_out_attribute_prompts() -> tuple[AttributePrompt, ...]:
             out.append(AttributePrompt(label, tone, pattern,
                                        fill(template, name, tone_words, pattern_words)))
     return tuple(dict.fromkeys(out))
+
+
+def read_attribute_prompts(path: str | Path) -> tuple[AttributePrompt, ...]:
+    """Prompts from a tab-separated file, one per line: class name (as the dataset spells it),
+    tone, pattern ("-": not asked) and the prompt; blank lines and "# " comments are skipped.
+    A pattern may only be asked of PATTERN_CLASSES. ValueError naming the line otherwise.
+    For prompt sets written apart from the captions (bench/prompts/attribute_check.txt)."""
+    classes = list(dataset_spec("fashion_mnist").class_names or ())
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        where = f"{path}, line {n}"
+        if len(fields) != 4:
+            raise ValueError(f"{where}: {len(fields)} tab-separated fields; want class, tone, "
+                             "pattern, prompt")
+        name, tone, pattern, text = (f.strip() for f in fields)
+        if name not in classes:
+            raise ValueError(f"{where}: class {name!r} is not one of {classes}")
+        if tone not in (*TONES, "-") or pattern not in (*PATTERNS, "-"):
+            raise ValueError(f"{where}: tone must be one of {TONES} or '-', pattern one of "
+                             f"{PATTERNS} or '-'; got {tone!r}, {pattern!r}")
+        label = classes.index(name)
+        if pattern != "-" and label not in PATTERN_CLASSES:
+            raise ValueError(f"{where}: a pattern is only asked of "
+                             f"{[classes[c] for c in PATTERN_CLASSES]}, not {name!r}")
+        if tone == pattern == "-" or not text:
+            raise ValueError(f"{where}: a prompt must ask for a tone or a pattern")
+        out.append(AttributePrompt(label, None if tone == "-" else tone,
+                                   None if pattern == "-" else pattern, text))
+    if not out:
+        raise ValueError(f"{path} holds no prompts")
+    return tuple(out)

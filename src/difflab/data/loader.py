@@ -47,6 +47,16 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_mix_seed(seed, epoch, 0)))
 
 
+def balanced_draw(labels: torch.Tensor, balance: float, seed: int, epoch: int) -> torch.Tensor:
+    """An epoch of len(labels) indices drawn with replacement, index i with weight
+    count(labels[i]) ** -balance: a label's share of the draw is proportional to
+    count ** (1 - balance)."""
+    _, inverse, counts = labels.cpu().unique(return_inverse=True, return_counts=True)
+    weights = counts.double().pow(-balance)[inverse]
+    rng = torch.Generator().manual_seed(_mix_seed(seed, epoch, 2))
+    return torch.multinomial(weights, len(labels), replacement=True, generator=rng)
+
+
 def epoch_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
     """Whether each dataset index is mirrored in `epoch` (bool, CPU, probability 1/2)."""
     g = torch.Generator().manual_seed(_mix_seed(seed, epoch, 1))
@@ -113,6 +123,10 @@ class BatchIterator:
     hflip: mirror each image left-right with probability 1/2 (images only).
     device: where batches are produced (the data stays where it is; move it to the GPU
     beforehand to index there). drop_last: skip the last incomplete batch of each epoch.
+    balance: how evenly labels are drawn. 0 shuffles the data (each sample once per epoch);
+    above 0 each epoch draws its samples with replacement, sample i with weight
+    count(label_i) ** -balance, so 1 draws every label equally often and 0.5 lifts a label
+    a hundred times rarer to a tenth as often (rare attribute groups of a captioned set).
 
     `for batch in it` runs the rest of the current epoch, then moves to the next;
     it.next_batch() rolls over epochs by itself. state_dict() / load_state_dict() carry
@@ -134,6 +148,7 @@ class BatchIterator:
         world_size: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        balance: float = 0.0,
     ) -> None:
         self.data, self.labels = _unpack(data, labels)
         n = len(self.data)
@@ -148,6 +163,11 @@ class BatchIterator:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.hflip, self.scale, self.seed, self.dtype = hflip, scale, seed, dtype
         self.rank, self.world_size = rank, world_size
+        if not 0.0 <= balance <= 1.0:
+            raise ValueError(f"balance must be in [0, 1], got {balance}")
+        if balance and self.labels is None:
+            raise ValueError("balance > 0 draws by label, and this data has no labels")
+        self.balance = float(balance)
         self.device = torch.device(device) if device is not None else self.data.device
         self.samples_per_rank = n // world_size
         if len(self) == 0:
@@ -169,7 +189,12 @@ class BatchIterator:
         """This rank's sample indices for the epoch, and the epoch's flips (by index)."""
         if self._plan_epoch != epoch:
             n = len(self.data)
-            order = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
+            if self.balance:
+                order = balanced_draw(self.labels, self.balance, self.seed, epoch)
+            elif self.shuffle:
+                order = epoch_permutation(n, self.seed, epoch)
+            else:
+                order = torch.arange(n)
             take = self.samples_per_rank * self.world_size
             self._indices = order[self.rank : take : self.world_size]
             self._flips = epoch_flips(n, self.seed, epoch) if self.hflip else None
@@ -225,20 +250,23 @@ class BatchIterator:
             "world_size": self.world_size,
             "num_samples": len(self.data),
             "shuffle": self.shuffle,
+            "balance": self.balance,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume. Seed, sample count and shuffle must match. A different batch size or
+        """Resume. Seed, sample count, shuffle and balance must match. A different batch size or
         world size is converted through the number of samples consumed, exactly when it
         divides by the new global batch, else rounded down with a warning."""
         for key, mine in (
             ("seed", self.seed),
             ("num_samples", len(self.data)),
             ("shuffle", self.shuffle),
+            ("balance", self.balance),
         ):
-            if state[key] != mine:
+            saved = state.get(key, 0.0) if key == "balance" else state[key]  # older: no key
+            if saved != mine:
                 raise ValueError(
-                    f"cannot resume data order: saved {key}={state[key]!r}, this loader "
+                    f"cannot resume data order: saved {key}={saved!r}, this loader "
                     f"has {key}={mine!r}"
                 )
         epoch, position = int(state["epoch"]), int(state["position"])

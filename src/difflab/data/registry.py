@@ -63,6 +63,10 @@ class DataConfig:
     # "attributes" each label is the image's (class, tone, pattern) group, an index into
     # fashion_attributes.GROUPS and the caption table, not a class: the data is the same.
     captions: str = "default"
+    # How evenly training draws labels (classes, or caption groups): 0 shuffles the data,
+    # each image once per epoch; above 0 image i is drawn with weight count(label)^-balance,
+    # 1 every label equally often (data.loader.balanced_draw).
+    balance: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,6 +103,8 @@ class DataConfig:
             raise bad("on_bad_image", ", ".join(ON_BAD_IMAGE))
         if self.toy not in TOY2D_NAMES:
             raise bad("toy", ", ".join(TOY2D_NAMES))
+        if not 0.0 <= self.balance <= 1.0:
+            raise bad("balance", "a number from 0 (plain shuffle) to 1 (every label equally often)")
         if self.captions not in CAPTION_SETS:
             raise bad("captions", ", ".join(CAPTION_SETS))
         if self.captions == "attributes" and self.name not in ATTRIBUTE_CAPTIONED:

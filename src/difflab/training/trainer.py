@@ -143,6 +143,7 @@ class Trainer:
             batch_size=tc.batch_size,
             seed=tc.seed,
             hflip=cfg.data.hflip,
+            balance=cfg.data.balance,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             drop_last=True,
