@@ -10,6 +10,7 @@ from PIL import Image
 from tiny_run import TINY as TINY_RUN
 from tiny_run import as_flags
 
+from difflab.checkpoints.store import load_checkpoint
 from difflab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +144,19 @@ def test_bad_flags_name_allowed_values(run_dir):
     assert p.returncode == 2 and "train.lr must be a number" in p.stderr
     p = run_cli("train", "nosuchconfig")
     assert p.returncode != 0 and "fashion_mnist" in p.stderr
+
+
+def test_train_init_from_starts_a_new_run_from_a_checkpoints_weights(run_dir, tmp_path):
+    out = tmp_path / "more"
+    assert main(["train", "digits8", "--out", str(out), "--steps", "2", "--no-report",
+                 "--init-from", str(run_dir / "last"), *TINY]) == 0
+    ck = load_checkpoint(out / "last", with_training_state=True)
+    assert ck.state["step"] == 2 and ck.state["init_from"]["step"] == 6
+    p = run_cli("train", "digits8", "--out", str(out), "--resume",
+                "--init-from", str(run_dir / "last"))
+    assert p.returncode != 0 and "give one" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("train", "digits8", "--out", str(tmp_path / "x"), "--init-from", "no/such/dir")
+    assert p.returncode != 0 and "not found" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_steps_beyond_T_is_refused(run_dir):

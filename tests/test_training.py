@@ -125,6 +125,31 @@ def test_resume_refuses_a_different_network(tmp_path):
         tr.resume()
 
 
+def test_a_warm_start_begins_from_the_checkpoints_ema_weights_with_a_fresh_run(tmp_path):
+    source = train(tmp_path / "a", 6)
+    tr = Trainer(tiny_config("train.max_steps=2"), tmp_path / "b", device="cpu", quiet=True)
+    tr.warm_start(tmp_path / "a" / "last")
+    for net in (tr.net, tr.ema.model):  # both start from the source's EMA weights
+        for (k, mine), theirs in zip(net.state_dict().items(),
+                                     source.ema.model.state_dict().values(), strict=True):
+            assert torch.equal(mine, theirs), k
+    assert tr.step == 0 and tr.elapsed == 0.0 and not tr.optimizer.state  # a new run
+    tr.train()
+    ck = load_checkpoint(tmp_path / "b" / "last", with_training_state=True)
+    assert ck.state["step"] == 2
+    assert ck.state["init_from"] == {"path": str(tmp_path / "a" / "last"), "step": 6}
+    resumed = train(tmp_path / "b", 3, resume=True)  # a resumed warm start keeps its source
+    assert resumed.init_from == ck.state["init_from"]
+
+
+def test_a_warm_start_refuses_another_network(tmp_path):
+    train(tmp_path / "a", 1)
+    tr = Trainer(tiny_config("model.overrides.base_channels=8"), tmp_path / "b", device="cpu",
+                 quiet=True)
+    with pytest.raises(ValueError, match="cannot start from .*different network"):
+        tr.warm_start(tmp_path / "a" / "last")
+
+
 def torchrun_train(out, *flags, sets=TINY):
     """`difflab train digits8` in two real CPU processes (DDP over Gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from difflab.argtypes import device_name, float_in, int_in
+from difflab.checkpoints.names import resolve_checkpoint
 from difflab.cli.errors import writing
 from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
 from difflab.cli.runs import check_run_folder
@@ -43,6 +44,13 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
         "--resume or --overwrite",
     )
     t.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
+    t.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from these weights (a run's last/ or best/, or a shipped model name) with "
+        "a fresh optimizer, schedule and step count: fine-tuning, or training a model further "
+        "under a new budget; the network must be the config's",
+    )
     t.add_argument(
         "--overwrite",
         action="store_true",
@@ -73,11 +81,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         sets.append(f"train.max_steps={args.steps}")
     cfg = load_config(config_path, sets)
     out = Path(args.out or f"runs/{config_path.stem}")
+    if args.init_from and args.resume:
+        raise ValueError("--init-from starts a new run and --resume continues one: give one")
+    init_from = resolve_checkpoint(args.init_from) if args.init_from else None
     check_run_folder(out, resume=args.resume, overwrite=args.overwrite)
     trainer = Trainer(cfg, out, device=args.device)
     main = trainer.dist.is_main
     if args.resume:
         trainer.resume()
+    elif init_from is not None:
+        trainer.warm_start(init_from)
+        if main:
+            print(f"difflab: starting from the weights of {init_from}"
+                  + (f" (step {trainer.init_from['step']})" if trainer.init_from["step"] else ""))
     if main:
         print(
             f"difflab: {trainer.data.name}: {len(trainer.data)} images "

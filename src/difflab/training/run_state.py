@@ -20,10 +20,10 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "step": (int,), "best_loss": (int, float), "data": (dict,), "generator": (str,),
     "torch_rng": (str,), "ema_updates": (int,), "best_fid": (int, float),
     "loss_ema": (int, float), "elapsed_seconds": (int, float), "scaler": (dict,),
-    "step_settings": (dict,), "metrics_bytes": (int,),
+    "step_settings": (dict,), "metrics_bytes": (int,), "init_from": (dict,),
 }  # fmt: skip
 OPTIONAL_STATE = ("ema_updates", "best_fid", "loss_ema", "elapsed_seconds", "scaler",
-                  "step_settings", "metrics_bytes")
+                  "step_settings", "metrics_bytes", "init_from")
 
 
 def differences(saved: Any, mine: Any, prefix: str = "") -> str:
@@ -53,7 +53,35 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "scaler": trainer.scaler.state_dict(),
         "step_settings": trainer.step_settings.to_dict() if trainer.step_settings else None,
         "metrics_bytes": trainer.metrics.durable_size() if trainer.dist.is_main else None,
+        "init_from": trainer.init_from,
     }
+
+
+def require_same_network(trainer: Any, ck: ckpt_io.Checkpoint, verb: str) -> None:
+    """CheckpointError unless `ck` holds the network this run builds (its config.json
+    "network" equals the run's)."""
+    mine = json.loads(json.dumps(trainer.net_config))
+    if ck.config.get("network") != mine:
+        raise ckpt_io.CheckpointError(
+            f"cannot {verb} {ck.path}: it was trained with a different network "
+            f"({differences(ck.config.get('network'), mine)}; checkpoint vs this run)"
+        )
+
+
+def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
+    """Begin a new run from a checkpoint's weights: fine-tuning, or more training of a model
+    under a new budget or schedule. The network and its EMA copy both start from the
+    checkpoint's best weights (its EMA ones when it has them, as fine-tuning starts from a
+    released model); the optimizer, learning-rate schedule, step count, data order and time
+    budget start afresh. The source is recorded in every checkpoint of the run (init_from)."""
+    require_same_network(trainer, ck, "start from")
+    weights = ck.weights(prefer_ema=True)
+    source = str(ck.path / (ckpt_io.EMA_FILE if ck.ema is not None else ckpt_io.MODEL_FILE))
+    ckpt_io.load_weights_into(trainer.net, weights, source)
+    ckpt_io.load_weights_into(trainer.ema.model, weights, source)
+    step = ck.state.get("step") if isinstance(ck.state, dict) else None
+    trainer.init_from = {"path": str(ck.path),
+                         "step": step if isinstance(step, int) and step >= 0 else None}
 
 
 def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
@@ -61,12 +89,7 @@ def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     random states, loss scaler, step settings, counters. Refuses (CheckpointError) a
     checkpoint of another network or one whose state does not fit this run."""
     path = ck.path
-    mine = json.loads(json.dumps(trainer.net_config))
-    if ck.config.get("network") != mine:
-        raise ckpt_io.CheckpointError(
-            f"cannot resume from {path}: it was trained with a different network "
-            f"({differences(ck.config.get('network'), mine)}; checkpoint vs this run)"
-        )
+    require_same_network(trainer, ck, "resume from")
     ckpt_io.load_weights_into(trainer.net, ck.model, str(path))
     s = ck.state
     source = str(path / ckpt_io.STATE_FILE)
@@ -99,3 +122,4 @@ def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     trainer.step, trainer.best_loss = s["step"], s["best_loss"]
     trainer.best_fid = s["best_fid"] if s.get("best_fid") is not None else math.inf
     trainer.loss_ema, trainer.elapsed = s.get("loss_ema"), s.get("elapsed_seconds") or 0.0
+    trainer.init_from = s.get("init_from")

@@ -165,6 +165,8 @@ class Trainer:
         # The checkpoint the divergence guard can point to: the last one saved or resumed.
         self.last_saved: tuple[Path, int] | None = None
         self._resumed = False
+        # the checkpoint a warm start began from: {"path", "step"} (run_state.warm_start)
+        self.init_from: dict | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl")  # written by rank 0 only
         self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
 
@@ -241,6 +243,12 @@ class Trainer:
         self.last_saved, self._resumed = (ck.path, self.step), True
         if self.dist.is_main:
             self.metrics.rewind(ck.path, ck.state.get("metrics_bytes"), self.step)
+
+    def warm_start(self, path: str | Path) -> None:
+        """Start this new run from the weights of the checkpoint at `path` (a run's last/ or
+        best/, or a shipped model), with a fresh optimizer, schedule and step count
+        (run_state.warm_start). Refuses a checkpoint of another network."""
+        run_state.warm_start(self, ckpt_io.load_checkpoint(path, with_training_state=True))
 
     # ------------------------------------------------------------------ one optimisation step
     @property
