@@ -10,6 +10,12 @@ prompt sets and its error rates reported on another, written apart and never use
 - report: in-domain = bench/prompts/indomain_check.txt (free wording, colours, patterns);
   out-of-domain = bench/prompts/ood_check.txt.
 
+For a model trained on tone and pattern captions (data.captions = "attributes") the in-domain
+sets also hold the attribute prompts: held_out_attribute_prompts() to choose on, and
+bench/prompts/attribute_check.txt to report on. Beside the threshold chosen for the checkpoint,
+the rates at the library's OUT_OF_DOMAIN_BELOW are reported, which is what `difflab sample`
+uses.
+
 The threshold minimises the choose sets' balanced error (false flags of in-domain prompts +
 missed out-of-domain ones, each as a rate), the midpoint between the two neighbouring
 similarities where several tie.
@@ -27,7 +33,9 @@ from pathlib import Path
 import torch
 
 from difflab.data.captions import held_out_prompts
+from difflab.data.fashion_attributes import held_out_attribute_prompts, read_attribute_prompts
 from difflab.hardware import describe_cpu
+from difflab.models.caption_bank import OUT_OF_DOMAIN_BELOW
 from difflab.pipeline import Generator
 
 HERE = Path(__file__).resolve().parent
@@ -73,19 +81,28 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     gen = Generator.from_checkpoint(args.checkpoint, device="cpu")
-    dataset = gen.config["run"]["data"]["name"]
-    held_out = [p for ps in held_out_prompts(dataset, gen.class_names).values() for p in ps]
+    data = gen.config["run"]["data"]
+    check_in_prompts = read_prompts("indomain_check.txt")
+    if data.get("captions") == "attributes":
+        held_out = [q.text for q in held_out_attribute_prompts()]
+        held_out += [p for ps in held_out_prompts(data["name"]).values() for p in ps]
+        check_in_prompts += [q.text for q in read_attribute_prompts(
+            HERE / "prompts" / "attribute_check.txt")]
+    else:
+        held_out = [p for ps in held_out_prompts(data["name"], gen.class_names).values()
+                    for p in ps]
     choose_in, choose_out = familiarity(gen, held_out), familiarity(gen, read_prompts(
         "ood_select.txt"))
     t = choose_threshold(choose_in, choose_out)
-    check_in_prompts, check_out_prompts = read_prompts("indomain_check.txt"), read_prompts(
-        "ood_check.txt")
+    check_out_prompts = read_prompts("ood_check.txt")
     check_in, check_out = familiarity(gen, check_in_prompts), familiarity(gen, check_out_prompts)
     result = {
         "checkpoint": args.checkpoint,
         "threshold": round(t, 4),
         "choose": rates(choose_in, choose_out, t),
         "report": rates(check_in, check_out, t),
+        "report_at_library_threshold": {"threshold": OUT_OF_DOMAIN_BELOW,
+                                        **rates(check_in, check_out, OUT_OF_DOMAIN_BELOW)},
         "flagged_in_domain": [p for p, v in zip(check_in_prompts, check_in, strict=True) if v < t],
         "missed_out_of_domain": [
             p for p, v in zip(check_out_prompts, check_out, strict=True) if v >= t
