@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from difflab.config import load_config
 from difflab.data import (
     CLASS_NAMES,
     BadImageError,
@@ -647,5 +648,6 @@ def test_balance_zero_keeps_the_plain_shuffle_and_bad_balance_is_refused():
         BatchIterator(indexed(50), batch_size=8, balance=1.5)
     with pytest.raises(ValueError, match="no labels"):
         BatchIterator(torch.zeros(20, 1, 2, 2, dtype=torch.uint8), batch_size=4, balance=1.0)
-    with pytest.raises(ValueError, match="data.balance"):
-        DataConfig(balance=-0.1)
+    with pytest.raises(ValueError, match="data.balance must be >= 0 and <= 1"):
+        load_config(Path(__file__).parents[1] / "configs" / "fashion_mnist.toml",
+                    ["data.balance=-0.1"])

@@ -103,8 +103,6 @@ class DataConfig:
             raise bad("on_bad_image", ", ".join(ON_BAD_IMAGE))
         if self.toy not in TOY2D_NAMES:
             raise bad("toy", ", ".join(TOY2D_NAMES))
-        if not 0.0 <= self.balance <= 1.0:
-            raise bad("balance", "a number from 0 (plain shuffle) to 1 (every label equally often)")
         if self.captions not in CAPTION_SETS:
             raise bad("captions", ", ".join(CAPTION_SETS))
         if self.captions == "attributes" and self.name not in ATTRIBUTE_CAPTIONED:
