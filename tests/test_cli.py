@@ -149,7 +149,7 @@ def test_bad_flags_name_allowed_values(run_dir):
 def test_train_init_from_starts_a_new_run_from_a_checkpoints_weights(run_dir, tmp_path):
     out = tmp_path / "more"
     assert main(["train", "digits8", "--out", str(out), "--steps", "2", "--no-report",
-                 "--init-from", str(run_dir / "last"), *TINY]) == 0
+                 "--init-from", str(run_dir), *TINY]) == 0  # the run folder means its last/
     ck = load_checkpoint(out / "last", with_training_state=True)
     assert ck.state["step"] == 2 and ck.state["init_from"]["step"] == 6
     p = run_cli("train", "digits8", "--out", str(out), "--resume",
@@ -157,6 +157,23 @@ def test_train_init_from_starts_a_new_run_from_a_checkpoints_weights(run_dir, tm
     assert p.returncode != 0 and "give one" in p.stderr and "Traceback" not in p.stderr
     p = run_cli("train", "digits8", "--out", str(tmp_path / "x"), "--init-from", "no/such/dir")
     assert p.returncode != 0 and "not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_run_folder_means_its_newest_checkpoint(run_dir, tmp_path):
+    from difflab.checkpoints.names import resolve_checkpoint
+
+    assert resolve_checkpoint(run_dir) == run_dir / "last"
+    assert resolve_checkpoint(run_dir / "best") == run_dir / "best"
+    outs = [tmp_path / "folder.npz", tmp_path / "last.npz"]
+    for source, out in zip((run_dir, run_dir / "last"), outs, strict=True):
+        assert main(["sample", str(source), "-n", "2", "--steps", "3", "--seed", "1",
+                     "--out", str(out)]) == 0
+    a, b = (np.load(o)["images"] for o in outs)
+    assert np.array_equal(a, b)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = run_cli("sample", str(empty), "-n", "1")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
 
 
 def test_steps_beyond_T_is_refused(run_dir):

@@ -2,15 +2,17 @@
 
 `difflab sample fashion-mnist` and `Generator.from_checkpoint("runs/x/last")` both come
 through `resolve_checkpoint`: a path that is a folder is taken as it is (and so is one whose
-newest complete version a crash left as NAME.prev/, which `load_checkpoint` falls back to);
-otherwise a bare name is looked up among the shipped models in `difflab/weights/`.
+newest complete version a crash left as NAME.prev/, which `load_checkpoint` falls back to).
+A training run's own folder (runs/x: last/ and best/, but no model weights of its own)
+means its newest checkpoint, runs/x/last. Otherwise a bare name is looked up among the shipped
+models in `difflab/weights/`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from difflab.checkpoints.store import checkpoint_candidates
+from difflab.checkpoints.store import MODEL_FILE, checkpoint_candidates
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -20,9 +22,17 @@ def shipped_models() -> list[str]:
     return sorted(d.name for d in WEIGHTS_DIR.glob("*") if d.is_dir())
 
 
+def _is_run_folder(folder: Path) -> bool:
+    """True for the output folder of `difflab train`: no checkpoint itself, but a last/ (or
+    the last.prev/ a crash left, or best/) that `load_checkpoint(folder / "last")` can read."""
+    return any(c.is_dir() for c in checkpoint_candidates(folder / "last"))
+
+
 def resolve_checkpoint(name: str | Path) -> Path:
     """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
     p = Path(name)
+    if p.is_dir() and not (p / MODEL_FILE).exists() and _is_run_folder(p):
+        return p / "last"
     if p.is_dir():
         return p
     if any(c.is_dir() for c in checkpoint_candidates(p)[1:]):

@@ -16,14 +16,14 @@ from pathlib import Path
 from difflab import viz
 from difflab.argtypes import float_in
 from difflab.cli.errors import CLIError, writing
-from difflab.cli.inputs import check_output_file
+from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
 from difflab.pipeline import DEFAULT_IMG2IMG_STRENGTH, read_image_file
 
 
 def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
     """The flags of `difflab img2img`; sets func=cmd_img2img."""
-    im.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    im.add_argument("checkpoint", help=CHECKPOINT_HELP)
     im.add_argument("image", help="image file (converted to the model's mode; same size)")
     im.add_argument(
         "--strength",
@@ -38,7 +38,7 @@ def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
 
 def add_inpaint_arguments(ip: argparse.ArgumentParser) -> None:
     """The flags of `difflab inpaint`; sets func=cmd_inpaint."""
-    ip.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    ip.add_argument("checkpoint", help=CHECKPOINT_HELP)
     ip.add_argument("image", help="image file (converted to the model's mode; same size)")
     ip.add_argument("mask", help="mask image of the same size: white (non-zero) = fill")
     add_sampling_arguments(ip, default_n=4)

@@ -37,7 +37,7 @@ from difflab.argtypes import (
     sampler_name,
 )
 from difflab.cli.errors import reading_checkpoint
-from difflab.cli.inputs import resolve_checkpoint
+from difflab.cli.inputs import CHECKPOINT_HELP, resolve_checkpoint
 from difflab.evaluation import evaluate_checkpoint, geneval_checkpoint
 from difflab.metrics.evaluate import (
     REFERENCE_SPLITS,
@@ -52,7 +52,7 @@ from difflab.metrics.geneval import format_geneval_report, score_images_file
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of `difflab eval`; sets func=cmd_eval as the parser's default."""
     parser.add_argument(
-        "checkpoint", nargs="?", help="checkpoint folder or shipped model name (or use --images)"
+        "checkpoint", nargs="?", help=CHECKPOINT_HELP + " (or use --images)"
     )
     parser.add_argument(
         "--images",

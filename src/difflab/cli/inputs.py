@@ -37,6 +37,9 @@ def resolve_config(name: str) -> Path:
     )
 
 
+CHECKPOINT_HELP = ("a checkpoint folder (a run folder means its last/) or a shipped model name")
+
+
 def resolve_checkpoint(name: str) -> Path:
     """A checkpoint folder, or the folder of a shipped model: CLIError when there is none."""
     if Path(name).is_file():

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from difflab import viz
 from difflab.cli.errors import CLIError, removed_on_failure, writing
-from difflab.cli.inputs import check_output_file
+from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
 from difflab.pipeline.settings import grid_rows
 
 
 def add_sample_arguments(s: argparse.ArgumentParser) -> None:
     """The flags of `difflab sample`; sets func=cmd_sample."""
-    s.add_argument("checkpoint", help="checkpoint folder or shipped model name")
+    s.add_argument("checkpoint", help=CHECKPOINT_HELP)
     add_sampling_arguments(s, default_n=64)
     s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
     s.add_argument("--gif", help="also write the reverse process as a GIF")

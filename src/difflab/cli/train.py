@@ -47,9 +47,9 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
-        help="start from these weights (a run's last/ or best/, or a shipped model name) with "
-        "a fresh optimizer, schedule and step count: fine-tuning, or training a model further "
-        "under a new budget; the network must be the config's",
+        help="start from these weights (a run folder, which means its last/, a run's best/, or "
+        "a shipped model name) with a fresh optimizer, schedule and step count: fine-tuning, "
+        "or training a model further under a new budget; the network must be the config's",
     )
     t.add_argument(
         "--overwrite",
