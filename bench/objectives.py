@@ -93,11 +93,20 @@ def nfe_of(sampler: str, steps: int) -> int:
 
 
 # ---------------------------------------------------------------------------- training
+def ema_folder(decay: float | None) -> str:
+    """The checkpoint that holds the weights averaged at `decay` (None: the run's own EMA)."""
+    return "last" if decay is None else f"last_ema{decay:g}"
+
+
 def train_worker(objective: str, minutes: float, seed: int, folder: Path,
-                 extra: list[str]) -> None:
+                 extra: list[str], ema_decays: list[float]) -> None:
     """Train one objective for `minutes` of CPU time in this process (`extra`: --set
-    overrides of its preset); save folder/last and folder/train.json."""
+    overrides of its preset); save folder/last and folder/train.json. Each of `ema_decays`
+    gets an average of its own beside the run's, kept over the same steps (warm-up included)
+    and saved as folder/last_ema<decay> (decay 0: the raw weights): a comparison of decays
+    that shares one training run, so training noise cancels."""
     from difflab.config import load_config
+    from difflab.training.ema import EMA
     from difflab.training.trainer import Trainer
 
     torch.set_num_threads(1)
@@ -105,10 +114,13 @@ def train_worker(objective: str, minutes: float, seed: int, folder: Path,
     cfg = load_config(ROOT / "configs" / f"{PRESETS[objective]}.toml", sets)
     trainer = Trainer(cfg, folder, quiet=True)
     settings = trainer.tuner.settle()  # precision "auto" for this machine, outside the budget
+    extra_emas = {d: EMA(trainer.net, d, cfg.train.ema_warmup) for d in ema_decays}
     clock = Clock(minutes * 60)
     losses = []
     while not clock.spent():
         losses.append(trainer.train_step(progress=clock.cpu / clock.budget_s))
+        for ema in extra_emas.values():
+            ema.update(trainer.net)
     info = {
         "objective": objective, "preset": PRESETS[objective], "seed": seed,
         "steps": trainer.step, "images_seen": trainer.step * cfg.train.batch_size,
@@ -118,6 +130,9 @@ def train_worker(objective: str, minutes: float, seed: int, folder: Path,
         "params": sum(p.numel() for p in trainer.net.parameters()), "overrides": extra,
     }
     trainer.save("last")
+    for decay, ema in extra_emas.items():
+        trainer.ema = ema
+        trainer.save(ema_folder(decay))
     (folder / "train.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -131,13 +146,14 @@ def peer_worker(python: str, minutes: float, samples: int, folder: Path) -> None
 
 
 # ---------------------------------------------------------------------------- scoring
-def evaluate(folder: Path, samples: int, seed: int, **options) -> dict:
+def evaluate(folder: Path, samples: int, seed: int, checkpoint: str = "last",
+             **options) -> dict:
     """The evaluator on a checkpoint's EMA weights: its [sample] settings unless `options`
     name a sampler, steps or spacing."""
     from difflab.evaluation import evaluate_generator
     from difflab.pipeline import Generator
 
-    gen = Generator.from_checkpoint(folder / "last", device="cpu")
+    gen = Generator.from_checkpoint(folder / checkpoint, device="cpu")
     cpu0 = time.process_time()
     report = evaluate_generator(gen, DATASET, samples, seed=seed, batch_size=250, **options)
     sampling = report["sampling"]
@@ -203,13 +219,15 @@ def main() -> None:
     ap.add_argument("--reference", choices=["test", "train"], default="test",
                     help="the real images FID is taken against: 'test' to report, 'train' "
                     "(10,000 of them) to choose settings without looking at the reported set")
+    ap.add_argument("--ema-decays", type=float, nargs="*", default=[], metavar="DECAY",
+                    help="also keep and score these EMA decays of each run (0: raw weights)")
     ap.add_argument("--worker", choices=list(PRESETS), help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = args.work / f"{args.minutes:g}min"
     if args.worker:
         folder = work / f"{args.worker}_s{args.seed}"
-        train_worker(args.worker, args.minutes, args.seed, folder, args.sets)
+        train_worker(args.worker, args.minutes, args.seed, folder, args.sets, args.ema_decays)
         return
 
     from difflab.config import load_config
@@ -245,7 +263,9 @@ def main() -> None:
               f"{args.minutes:g} CPU-min", flush=True)
         subprocess.run([sys.executable, __file__, "--worker", objective, "--seed", str(seed),
                         "--minutes", str(args.minutes), "--work", str(args.work),
-                        *(f"--set={kv}" for kv in args.sets)],
+                        *(f"--set={kv}" for kv in args.sets),
+                        *(["--ema-decays", *map(str, args.ema_decays)] if args.ema_decays
+                          else [])],
                        env=env, check=True)
         print(f"  done in {time.perf_counter() - t0:.0f} s wall, load {loadavg()}", flush=True)
     if args.peer and not args.eval_only:
@@ -262,15 +282,21 @@ def main() -> None:
                   f"{args.samples} samples", flush=True)
             # The preset's [sample] settings as the file has them now (the checkpoint keeps
             # those it trained with, which may predate an --nfe sweep's choice).
-            sc = load_config(ROOT / "configs" / f"{PRESETS[objective]}.toml").sample
-            row = {**info, **evaluate(folder, args.samples, seed, sampler=sc.sampler,
-                                      steps=sc.steps, **reference)}
-            record["results"] = [r for r in record["results"]
-                                 if (r["objective"], r["seed"]) != (objective, seed)] + [row]
-            print(f"  FID {row['fid']:.2f} ({row['sampling']['sampler']}, "
-                  f"{row['sampling']['nfe']} NFE), {info['steps']} steps "
-                  f"{info['train_precision']}", flush=True)
-            save()
+            cfg = load_config(ROOT / "configs" / f"{PRESETS[objective]}.toml")
+            sc = cfg.sample
+            for decay in [None, *args.ema_decays]:
+                row = {**info, "ema_decay": cfg.train.ema_decay if decay is None else decay,
+                       **evaluate(folder, args.samples, seed, ema_folder(decay),
+                                  sampler=sc.sampler, steps=sc.steps, **reference)}
+                key = (objective, seed, row["ema_decay"])
+                record["results"] = [
+                    r for r in record["results"]
+                    if (r["objective"], r["seed"], r.get("ema_decay", cfg.train.ema_decay)) != key
+                ] + [row]
+                print(f"  FID {row['fid']:.2f} ({row['sampling']['sampler']}, "
+                      f"{row['sampling']['nfe']} NFE, EMA {row['ema_decay']:g}), "
+                      f"{info['steps']} steps {info['train_precision']}", flush=True)
+                save()
         if args.peer:
             row = score_peer(work / "peer", 0)
             record["results"] = [r for r in record["results"]
@@ -298,13 +324,14 @@ def main() -> None:
 
     record["load_average"]["end"] = loadavg()
     save()
-    print("\n| objective | seed | precision | steps | train CPU s | sampler | NFE | samples "
-          "| FID | KID x1e3 | precision | recall |")
-    print("|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| objective | seed | precision | steps | train CPU s | EMA | sampler | NFE "
+          "| samples | FID | KID x1e3 | precision | recall |")
+    print("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in record["results"]:
         s = r.get("sampling", {"sampler": r.get("sampler", "?"), "nfe": "?"})
         print(f"| {r['objective']} | {r['seed']} | {r.get('train_precision', '?')} "
-              f"| {r['steps']} | {r['train_cpu_s']:.0f} | {s['sampler']} | {s['nfe']} "
+              f"| {r['steps']} | {r['train_cpu_s']:.0f} | {r.get('ema_decay', '?')} "
+              f"| {s['sampler']} | {s['nfe']} "
               f"| {r['num_images']} "
               f"| {r['fid']:.2f} | {1e3 * r['kid']:.2f} ± {1e3 * r['kid_stderr']:.2f} "
               f"| {r['precision']:.3f} | {r['recall']:.3f} |")
