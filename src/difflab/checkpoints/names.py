@@ -23,18 +23,18 @@ def shipped_models() -> list[str]:
 
 
 def _is_run_folder(folder: Path) -> bool:
-    """True for the output folder of `difflab train`: no checkpoint itself, but a last/ (or
-    the last.prev/ a crash left, or best/) that `load_checkpoint(folder / "last")` can read."""
-    return any(c.is_dir() for c in checkpoint_candidates(folder / "last"))
+    """True for the output folder of `difflab train`: no model weights of its own, but a last/
+    (or the last.prev/ a crash left, or best/) that `load_checkpoint(folder / "last")` reads."""
+    return not (folder / MODEL_FILE).exists() and any(
+        c.is_dir() for c in checkpoint_candidates(folder / "last")
+    )
 
 
 def resolve_checkpoint(name: str | Path) -> Path:
     """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
     p = Path(name)
-    if p.is_dir() and not (p / MODEL_FILE).exists() and _is_run_folder(p):
-        return p / "last"
     if p.is_dir():
-        return p
+        return p / "last" if _is_run_folder(p) else p
     if any(c.is_dir() for c in checkpoint_candidates(p)[1:]):
         return p  # a crash left an earlier complete one: load_checkpoint takes it, and warns
     if (WEIGHTS_DIR / str(name)).is_dir():

@@ -37,7 +37,7 @@ def resolve_config(name: str) -> Path:
     )
 
 
-CHECKPOINT_HELP = ("a checkpoint folder (a run folder means its last/) or a shipped model name")
+CHECKPOINT_HELP = "a checkpoint folder (a run folder means its last/) or a shipped model name"
 
 
 def resolve_checkpoint(name: str) -> Path:
