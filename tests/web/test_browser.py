@@ -123,7 +123,10 @@ def test_img2img_and_inpainting_on_an_uploaded_image(page, store, tmp_path):
     path = tmp_path / "shirt.png"
     Image.fromarray(shirt[0, 0].numpy()).save(path)
     tab(page, "Edit")
-    page.locator("#edit-image").get_by_text("Upload an image").wait_for()  # the editor is up
+    page.locator("#edit-image").get_by_text("Upload an image").wait_for()
+    # The editor draws on canvases it creates once its engine is up; a file given before
+    # that is dropped without a trace (seen 2 in 20 on a busy 2-core machine).
+    page.wait_for_selector("#edit-image canvas")
     page.locator("#edit-image input[type=file]").set_input_files(str(path))
     # The editor has the picture once it can undo (loading it is its first step).
     page.wait_for_selector("#edit-image button[aria-label=Undo]:not([disabled])")
