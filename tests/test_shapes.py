@@ -1,5 +1,6 @@
 """The shapes world (issue 18): scenes, rendering, captions, the held-out split, loaders."""
 
+import hashlib
 import itertools
 import random
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from difflab.data.base import ImageData
+from difflab.data.registry import DataConfig, dataset_caption_table, load_dataset
 from difflab.data.shapes import (
     draw_training_scenes,
     evaluation_prompt_texts,
@@ -140,6 +142,61 @@ def test_the_same_seed_gives_the_same_data():
     assert np.array_equal(a.images, b.images) and a.captions == b.captions
     assert not np.array_equal(a.images, c.images)
     assert make_test_set(50, seed=1).images.tobytes() == make_test_set(50, seed=1).images.tobytes()
+
+
+def test_the_default_draw_is_the_one_the_shipped_model_was_trained_on():
+    """Scenes and captions of seed 0 pinned: the shipped shapes-text's training data must not
+    drift when the generator grows options (data.relations draws from its own stream)."""
+    train = make_training_set(500, seed=0)
+    assert train.name == "shapes/train/seed0"
+    digest = hashlib.sha256()
+    for part in (train.scenes.shape, train.scenes.colour, train.scenes.size, train.scenes.xy):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    digest.update("\n".join("|".join(c) for c in train.captions).encode())
+    assert digest.hexdigest() == (
+        "f3e1bca5bec2b019c022cb56ce3a272b4b9a220d707b0c1857e2760f48c8311a"
+    )
+
+
+def test_relation_scenes_show_the_relation_their_captions_state():
+    """data.relations = 1: every scene is two phrases of 2-3 objects, one clearly beside or
+    above the other, so a relation is among its meanings and about half its captions state
+    one; valid layouts and no held-out composition, as in every training scene."""
+    train = make_training_set(600, seed=4, relations=1.0)
+    assert train.name == "shapes/train/seed4/relations1"
+    scenes = train.scenes
+    assert layout_valid(scenes).all()
+    assert set(scenes.present.sum(axis=1)) == {2, 3}
+    stated = []
+    for scene, captions in zip(scenes.scenes(), train.captions, strict=True):
+        assert not held_out_in_scene(scene)
+        assert any(m.relation for m in scene_meanings(scene)), scene
+        assert len(captions) == 8
+        stated += [parse_prompt(c).relation is not None for c in captions]
+    assert 0.4 < np.mean(stated) < 0.6
+    # Both axes, each relation word's meaning.
+    relations = {parse_prompt(c).relation for cs in train.captions for c in cs} - {None}
+    assert relations == {"left of", "right of", "above", "below"}
+
+
+def test_the_share_of_relation_scenes_follows_data_relations():
+    """relations = r: r of the scenes are relation scenes on top of the default draw's own,
+    which show one about one time in six; 0 is the default draw itself."""
+
+    def share(r: float) -> float:
+        scenes = draw_training_scenes(1500, seed=8, relations=r).scenes()
+        return np.mean([any(m.relation for m in scene_meanings(s)) for s in scenes])
+
+    base = share(0.0)
+    assert 0.08 < base < 0.25
+    half = share(0.5)
+    assert half == pytest.approx(0.5 + 0.5 * base, abs=0.05)
+    assert np.array_equal(
+        draw_training_scenes(300, seed=8).xy, draw_training_scenes(300, seed=8, relations=0.0).xy
+    )
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="relations must be a share between 0 and 1"):
+            draw_training_scenes(10, relations=bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +366,18 @@ def test_image_data_and_caption_table_line_up():
     assert shapes_caption_table("test", 10).captions_of(0) == [
         geneval_prompts()["single_object"][0].text()
     ]
+
+
+def test_data_relations_reaches_the_training_set_and_is_checked():
+    cfg = DataConfig(name="shapes", num_samples=60, seed=2, relations=1.0)
+    data, table = load_dataset(cfg), dataset_caption_table(cfg)
+    same = make_training_set(60, seed=2, relations=1.0)
+    assert np.array_equal(data.images.numpy(), same.images)
+    assert table.texts == same.caption_table().texts
+    with pytest.raises(ValueError, match=r"data.relations=1.5 is not a share: allowed 0 to 1"):
+        DataConfig(name="shapes", relations=1.5)
+    with pytest.raises(ValueError, match="data.relations does not apply to fashion_mnist"):
+        DataConfig(name="fashion_mnist", relations=0.5)
 
 
 def test_loader_arguments_are_checked():

@@ -59,6 +59,9 @@ class DataConfig:
     toy: str = "ring"  # toy2d: one of TOY2D_NAMES
     num_samples: int = 10_000  # toy2d: points drawn; shapes: scenes drawn (or test images)
     seed: int = 0  # toy2d, shapes: seed of the draw (the same seed, the same data)
+    # shapes: the share (0 to 1) of two-phrase training scenes laid out to show a relation
+    # ("a red circle left of a blue square"), so that their captions can state one.
+    relations: float = 0.0
     # Training captions of a text run: "default" or "attributes" (CAPTION_SETS). With
     # "attributes" each label is the image's (class, tone, pattern) group, an index into
     # fashion_attributes.GROUPS and the caption table, not a class: the data is the same.
@@ -154,6 +157,11 @@ class DataConfig:
                 raise ValueError("data.hflip does not apply to toy2d (2-D points)")
         if self.name == "shapes":
             self._validate_shapes()
+        elif self.relations:
+            raise ValueError(
+                f"data.relations does not apply to {self.name}: it lays out shapes scenes; "
+                "leave it at 0"
+            )
 
     def _validate_shapes(self) -> None:
         """shapes renders its own RGB scenes, captioned per image (docs/shapes.md)."""
@@ -181,6 +189,11 @@ class DataConfig:
             raise ValueError("data.root does not apply to shapes (they are drawn from the seed)")
         if self.num_samples < 1:
             raise ValueError("data.num_samples must be at least 1 for shapes (scenes drawn)")
+        if isinstance(self.relations, bool) or not 0.0 <= self.relations <= 1.0:
+            raise ValueError(
+                f"data.relations={self.relations!r} is not a share: allowed 0 to 1 (of the "
+                "two-phrase scenes laid out to show a relation)"
+            )
 
 
 def check_image_size(
@@ -276,7 +289,7 @@ def _load_source(cfg: DataConfig) -> ImageData | PointData:
         return make_toy2d(cfg.toy, cfg.num_samples, cfg.seed)
     if cfg.name == "shapes":
         size = cfg.image_size or SHAPES_IMAGE_SIZE
-        return load_shapes(cfg.split, cfg.num_samples, cfg.seed, size)
+        return load_shapes(cfg.split, cfg.num_samples, cfg.seed, size, cfg.relations)
     if cfg.name == "image_folder":
         if cfg.split != "train":
             raise ValueError(
@@ -361,5 +374,5 @@ def dataset_caption_table(cfg: DataConfig, class_names: Sequence[str] | None = N
         return attribute_caption_table()
     spec = dataset_spec(cfg.name)
     if spec.image_captions:
-        return shapes_caption_table(cfg.split, cfg.num_samples, cfg.seed)
+        return shapes_caption_table(cfg.split, cfg.num_samples, cfg.seed, cfg.relations)
     return caption_table(cfg.name, class_names)

@@ -44,6 +44,7 @@ from .shapes_scene import (
     GAP_PX,
     HELD_OUT_COLOUR_SHAPES,
     HELD_OUT_COUNTS,
+    HELD_OUT_RELATIONS,
     IMAGE_SIZE,
     MAX_OBJECTS,
     RELATIONS,
@@ -67,6 +68,10 @@ PARTITIONS = {
 }
 SAME_SIZE_PROB = 0.7  # a phrase's objects share one size this often ("two small circles")
 LAYOUT_TRIES = 8  # layout rounds before a scene that found no layout is recomposed
+# Most objects in a scene laid out to show a relation: two or three ("two red circles above a
+# blue square"). With four, every object of one phrase clearly beside every one of the other
+# rarely fits in 32x32, and the placement would spend most of its rounds on those.
+RELATION_OBJECTS = 3
 
 # (shape, colour) index pairs a training scene may use.
 _TRAIN_PAIRS = np.array(
@@ -87,11 +92,20 @@ _PATTERN_SLOTS = np.array(
     ]
 )
 _PATTERNS_OF = [np.array([i for i, p in enumerate(_PATTERNS) if sum(p) == n]) for n in PARTITIONS]
+# The same, two phrases only ("two red circles and a blue square"): the scenes a relation
+# can be stated of; none for one object.
+_PAIR_PATTERNS_OF = [
+    np.array([i for i, p in enumerate(_PATTERNS) if sum(p) == n and len(p) == 2])
+    for n in PARTITIONS
+]
 
 
-def _draw_compositions(objects: np.ndarray, rng: np.random.Generator) -> SceneBatch:
+def _draw_compositions(
+    objects: np.ndarray, rng: np.random.Generator, two_phrases: np.ndarray | None = None
+) -> SceneBatch:
     """Training compositions of ``objects[i]`` objects each, positions not yet drawn: one
-    of their PARTITIONS uniformly, a distinct allowed colour-shape pair per phrase, sizes shared
+    of their PARTITIONS uniformly (of two phrases only where ``two_phrases[i]``), a distinct
+    allowed colour-shape pair per phrase, sizes shared
     within a phrase with SAME_SIZE_PROB. Compositions with a held-out count (in a phrase or
     in a shape's total) are drawn again. Vectorised over scenes."""
     batch = SceneBatch.empty(len(objects))
@@ -99,10 +113,13 @@ def _draw_compositions(objects: np.ndarray, rng: np.random.Generator) -> SceneBa
     while len(todo):
         m = len(todo)
         pick = rng.random(m)
+        pairs_only = np.zeros(m, bool) if two_phrases is None else two_phrases[todo]
         pattern = np.array(
             [
-                _PATTERNS_OF[k - 1][int(u * len(_PATTERNS_OF[k - 1]))]
-                for k, u in zip(objects[todo], pick, strict=True)
+                (_PAIR_PATTERNS_OF if two else _PATTERNS_OF)[k - 1][
+                    int(u * len((_PAIR_PATTERNS_OF if two else _PATTERNS_OF)[k - 1]))
+                ]
+                for k, u, two in zip(objects[todo], pick, pairs_only, strict=True)
             ]
         )
         counts = _PATTERN_COUNTS[pattern]  # (m, 4) objects per phrase
@@ -128,43 +145,98 @@ def _draw_compositions(objects: np.ndarray, rng: np.random.Generator) -> SceneBa
     return batch
 
 
-def draw_training_scenes(n: int, seed: int = 0) -> SceneBatch:
+def draw_training_scenes(n: int, seed: int = 0, relations: float = 0.0) -> SceneBatch:
     """``n`` training scenes, the same for the same seed: compositions drawn for all scenes
     at once (:func:`_draw_compositions`), then positions placed object by object
     (shapes_scene.place_objects) so that no held-out relation appears; a scene that finds
-    no layout in LAYOUT_TRIES rounds is recomposed."""
+    no layout in LAYOUT_TRIES rounds is recomposed.
+
+    ``relations`` (0 to 1) is the share of scenes composed as two phrases of 2 to
+    RELATION_OBJECTS objects in all, laid out to show a relation between the phrases clearly
+    (:func:`_relations_to_show`), so that about half their captions state it. At 0 (the
+    default) 1-4 objects are uniform and a scene states a relation only when its draw happens
+    to be two phrases apart: about one caption in twelve. Its draws come from their own
+    stream, so at 0 the scenes are exactly those of earlier versions."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of scenes must be a positive integer, got {n!r}")
+    if isinstance(relations, bool) or not 0.0 <= relations <= 1.0:
+        raise ValueError(f"relations must be a share between 0 and 1, got {relations!r}")
     rng = np.random.default_rng([seed, 18])
-    batch = _draw_compositions(rng.integers(1, MAX_OBJECTS + 1, n), rng)
+    own = np.random.default_rng([seed, 18, 1])
+    wants, picks = own.random(n) < relations, own.integers(len(RELATIONS), size=n)
+    objects = np.where(
+        wants, own.integers(2, RELATION_OBJECTS + 1, n), rng.integers(1, MAX_OBJECTS + 1, n)
+    )
+    batch = _draw_compositions(objects, rng, wants)
     pending = np.arange(n)
     rounds = 0
     while len(pending):
         part = batch.take(pending)
-        ok = place_objects(part, rng, avoid_held_out_relations(part))
+        check = avoid_held_out_relations(part)
+        if wants[pending].any():
+            first, relation = _relations_to_show(part, wants[pending], picks[pending])
+            check = _both(check, _relation_check(part, first, relation))
+        ok = place_objects(part, rng, check)
         batch.xy[pending[ok]] = part.xy[ok]
         pending = pending[~ok]
         rounds += 1
         if rounds % LAYOUT_TRIES == 0 and len(pending):
             # Same number of objects: hard layouts must not shift the mix to fewer.
             objects = batch.present[pending].sum(axis=1)
-            batch.put(pending, _draw_compositions(objects, rng))
+            batch.put(pending, _draw_compositions(objects, rng, wants[pending]))
     batch.xy[~batch.present] = 0.0
     return batch
 
 
+def _relations_to_show(
+    batch: SceneBatch, wants: np.ndarray, picks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For scenes of exactly two phrases (slots come phrase by phrase) where ``wants``: the
+    objects in the first phrase, and the relation (index into RELATIONS, ``picks``) that
+    the first phrase is to stand in to the second; -1 for scenes that show none. A relation
+    whose (shape pair, axis) is held out turns to the other axis ("left of" to "above")."""
+    same = (batch.shape == batch.shape[:, :1]) & (batch.colour == batch.colour[:, :1])
+    first = (same & batch.present).sum(axis=1)
+    rows = np.arange(len(batch))
+    second = np.minimum(first, MAX_OBJECTS - 1)
+    rest = batch.present & ~same
+    one_more = (batch.shape == batch.shape[rows, second][:, None]) & (
+        batch.colour == batch.colour[rows, second][:, None]
+    )
+    two = rest.any(axis=1) & np.all(one_more | ~rest, axis=1)
+    relation = np.where(wants & two, picks, -1)
+    for i in np.nonzero(relation >= 0)[0]:
+        pair = frozenset({SHAPES[batch.shape[i, 0]], SHAPES[batch.shape[i, second[i]]]})
+        if (pair, AXIS[RELATIONS[relation[i]]]) in HELD_OUT_RELATIONS:
+            relation[i] = (relation[i] + 2) % len(RELATIONS)  # left of <-> above, right <-> below
+    return first, relation
+
+
+def _both(a: PairCheck, b: PairCheck) -> PairCheck:
+    return lambda rows, j, k, xy_j, cand: a(rows, j, k, xy_j, cand) & b(rows, j, k, xy_j, cand)
+
+
 def _show_relations(batch: SceneBatch, specs: list[PromptSpec]) -> PairCheck:
-    """A ``pair_ok`` for place_objects: in row i, each object of specs[i]'s first phrase and
-    each of its second (slots come phrase by phrase) stand clearly (shapes_scene.
-    clear_relation) in the spec's relation."""
+    """:func:`_relation_check` for the relation of each row's spec (none: no constraint)."""
     first = np.array([s.groups[0].count if s.relation else 0 for s in specs])
-    last = first + np.array([s.groups[1].count if s.relation else 0 for s in specs])
-    axis = np.array([AXIS.get(s.relation) == "vertical" for s in specs], dtype=np.int64)
-    sign = np.array([1.0 if s.relation in ("left of", "above") else -1.0 for s in specs])
+    relation = np.array([RELATIONS.index(s.relation) if s.relation else -1 for s in specs])
+    return _relation_check(batch, first, relation)
+
+
+def _relation_check(batch: SceneBatch, first: np.ndarray, relation: np.ndarray) -> PairCheck:
+    """A ``pair_ok`` for place_objects: in row i, each of the first ``first[i]`` objects
+    (the first phrase) and each later one (the second) stand clearly (shapes_scene.
+    clear_relation) in RELATIONS[relation[i]]; rows with relation -1 are free."""
+    axis = np.array([AXIS.get(RELATIONS[r]) == "vertical" if r >= 0 else 0 for r in relation])
+    axis = axis.astype(np.int64)
+    sign = np.where(
+        np.isin(relation, [RELATIONS.index("left of"), RELATIONS.index("above")]), 1.0, -1.0
+    )
+    shown = relation >= 0
     ext = batch.extent
 
     def pair_ok(rows, j, k, xy_j, cand):
-        applies = (j < first[rows]) & (first[rows] <= k) & (k < last[rows])
+        applies = shown[rows] & (j < first[rows]) & (first[rows] <= k)
         d = cand - xy_j[:, None, :]  # (m, C, 2): second phrase's object minus the first's
         ax = axis[rows, None, None]
         along = sign[rows, None] * np.take_along_axis(d, ax, axis=2)[..., 0]
@@ -331,18 +403,24 @@ def _check(name: str, value: object, lo: int) -> None:
 
 
 def make_training_set(
-    n: int = 20_000, seed: int = 0, image_size: int = IMAGE_SIZE, captions_per_image: int = 8
+    n: int = 20_000,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    captions_per_image: int = 8,
+    relations: float = 0.0,
 ) -> ShapesSet:
     """``n`` training scenes with up to ``captions_per_image`` captions each (never a test
-    prompt) and their images, the same for the same arguments."""
+    prompt) and their images, the same for the same arguments; ``relations`` as in
+    :func:`draw_training_scenes`."""
     _check("n", n, 1)
     _check("captions_per_image", captions_per_image, 1)
     _check("image_size", image_size, 16)
-    scenes = draw_training_scenes(n, seed)
+    scenes = draw_training_scenes(n, seed, relations)
     exclude = evaluation_prompt_texts()
     words = random.Random(f"shapes-captions-{seed}")  # Python's: ~10x cheaper per draw
     captions = [scene_captions(s, words, captions_per_image, exclude) for s in scenes.scenes()]
-    return ShapesSet(scenes, captions, f"shapes/train/seed{seed}", image_size)
+    name = f"shapes/train/seed{seed}" + (f"/relations{relations:g}" if relations else "")
+    return ShapesSet(scenes, captions, name, image_size)
 
 
 def make_test_set(n: int | None = None, seed: int = 0, image_size: int = IMAGE_SIZE) -> ShapesSet:
@@ -359,26 +437,37 @@ def make_test_set(n: int | None = None, seed: int = 0, image_size: int = IMAGE_S
 
 
 def make_shapes(
-    split: str = "train", n: int = 20_000, seed: int = 0, image_size: int = IMAGE_SIZE
+    split: str = "train",
+    n: int = 20_000,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    relations: float = 0.0,
 ) -> ShapesSet:
-    """``n`` images of the ``train`` split (:func:`make_training_set`) or of the ``test``
-    references (:func:`make_test_set`)."""
+    """``n`` images of the ``train`` split (:func:`make_training_set`, with ``relations``)
+    or of the ``test`` references (:func:`make_test_set`, which show every relation their
+    prompt states)."""
     if split not in SPLITS:
         raise ValueError(f"shapes split {split!r}: allowed {', '.join(SPLITS)}")
     if split == "train":
-        return make_training_set(n, seed, image_size)
+        return make_training_set(n, seed, image_size, relations=relations)
     return make_test_set(n, seed, image_size)
 
 
 def load_shapes(
-    split: str = "train", n: int = 20_000, seed: int = 0, image_size: int = IMAGE_SIZE
+    split: str = "train",
+    n: int = 20_000,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    relations: float = 0.0,
 ) -> ImageData:
     """:func:`make_shapes` as the project's ImageData; labels index the captions of
-    :func:`shapes_caption_table` with the same split, n and seed."""
-    return make_shapes(split, n, seed, image_size).image_data()
+    :func:`shapes_caption_table` with the same split, n, seed and relations."""
+    return make_shapes(split, n, seed, image_size, relations).image_data()
 
 
-def shapes_caption_table(split: str = "train", n: int = 20_000, seed: int = 0) -> CaptionTable:
-    """The caption table of :func:`load_shapes` with the same split, n and seed (no images
-    are rendered)."""
-    return make_shapes(split, n, seed).caption_table()
+def shapes_caption_table(
+    split: str = "train", n: int = 20_000, seed: int = 0, relations: float = 0.0
+) -> CaptionTable:
+    """The caption table of :func:`load_shapes` with the same split, n, seed and relations
+    (no images are rendered)."""
+    return make_shapes(split, n, seed, relations=relations).caption_table()
