@@ -176,6 +176,30 @@ def test_a_run_folder_means_its_newest_checkpoint(run_dir, tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
 
 
+def test_the_budget_flags_replace_the_configs_budget(tmp_path):
+    """`--steps N` trains N steps even where the config says a few minutes (before, the
+    config's minutes stopped it first); both flags together stop at whichever comes first."""
+    from difflab.cli.train import budget_overrides
+    from difflab.config import load_config
+
+    text = (ROOT / "configs" / "digits8.toml").read_text()
+    config = tmp_path / "short.toml"
+    config.write_text(text.replace("[train]\n", "[train]\nminutes = 0.00001\n", 1))
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--steps", "3", "--no-report",
+                 *TINY]) == 0
+    assert load_checkpoint(out / "last", with_training_state=True).state["step"] == 3
+    cfg = load_config(config, budget_overrides(None, 3))
+    assert (cfg.train.minutes, cfg.train.max_steps, cfg.train.epochs) == (None, 3, None)
+    cfg = load_config(config, budget_overrides(5.0, None))
+    assert (cfg.train.minutes, cfg.train.max_steps) == (5.0, None)  # the config's 600 steps too
+    cfg = load_config(config, budget_overrides(5.0, 7))
+    assert (cfg.train.minutes, cfg.train.max_steps) == (5.0, 7)
+    cfg = load_config(config, [*budget_overrides(None, 3), "train.max_steps=9"])
+    assert cfg.train.max_steps == 9  # an explicit --set still wins
+    assert load_config(config, budget_overrides(None, None)).train.minutes == 0.00001
+
+
 def test_steps_beyond_T_is_refused(run_dir):
     p = run_cli("sample", str(run_dir / "last"), "--steps", "5000", "-n", "1")
     assert p.returncode == 2 and "steps" in p.stderr

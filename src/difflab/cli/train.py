@@ -60,10 +60,14 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--minutes",
         type=float_in(0, 10**7, low_open=True),
-        help="wall-clock training budget of the whole run (resumed time counts)",
+        help="wall-clock training budget of the whole run (resumed time counts); replaces "
+        "the config's budget (with --steps too: whichever comes first)",
     )
     t.add_argument(
-        "--steps", type=int_in(1, 10**9), help="stop after this many optimizer steps"
+        "--steps",
+        type=int_in(1, 10**9),
+        help="stop after this many optimizer steps; replaces the config's budget (a preset's "
+        "minutes no longer apply unless --minutes is given too)",
     )
     t.add_argument("--device", type=device_name,
                    help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -71,15 +75,23 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.set_defaults(func=cmd_train)
 
 
+def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
+    """--set strings for the budget flags. A flag replaces the config's whole budget: `--steps
+    5000` on a preset that says 10 minutes trains 5,000 steps, as asked, and its learning-rate
+    schedule decays over those steps. Explicit --set values, applied after, still win."""
+    if minutes is None and steps is None:
+        return []
+    return [
+        f"train.minutes={'none' if minutes is None else minutes}",
+        f"train.max_steps={'none' if steps is None else steps}",
+        "train.epochs=none",
+    ]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Check the config and the run folder, train, and write the report."""
     config_path = resolve_config(args.config)
-    sets = list(args.set or [])
-    if args.minutes is not None:
-        sets.append(f"train.minutes={args.minutes}")
-    if args.steps is not None:
-        sets.append(f"train.max_steps={args.steps}")
-    cfg = load_config(config_path, sets)
+    cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
     out = Path(args.out or f"runs/{config_path.stem}")
     if args.init_from and args.resume:
         raise ValueError("--init-from starts a new run and --resume continues one: give one")
