@@ -105,23 +105,20 @@ def _draw_compositions(
 ) -> SceneBatch:
     """Training compositions of ``objects[i]`` objects each, positions not yet drawn: one
     of their PARTITIONS uniformly (of two phrases only where ``two_phrases[i]``), a distinct
-    allowed colour-shape pair per phrase, sizes shared
-    within a phrase with SAME_SIZE_PROB. Compositions with a held-out count (in a phrase or
-    in a shape's total) are drawn again. Vectorised over scenes."""
+    allowed colour-shape pair per phrase, sizes shared within a phrase with SAME_SIZE_PROB.
+    Compositions with a held-out count (in a phrase or in a shape's total) are drawn again.
+    Vectorised over scenes."""
     batch = SceneBatch.empty(len(objects))
     todo = np.arange(len(objects))
     while len(todo):
         m = len(todo)
         pick = rng.random(m)
         pairs_only = np.zeros(m, bool) if two_phrases is None else two_phrases[todo]
-        pattern = np.array(
-            [
-                (_PAIR_PATTERNS_OF if two else _PATTERNS_OF)[k - 1][
-                    int(u * len((_PAIR_PATTERNS_OF if two else _PATTERNS_OF)[k - 1]))
-                ]
-                for k, u, two in zip(objects[todo], pick, pairs_only, strict=True)
-            ]
-        )
+        options = [
+            (_PAIR_PATTERNS_OF if two else _PATTERNS_OF)[k - 1]
+            for k, two in zip(objects[todo], pairs_only, strict=True)
+        ]
+        pattern = np.array([o[int(u * len(o))] for o, u in zip(options, pick, strict=True)])
         counts = _PATTERN_COUNTS[pattern]  # (m, 4) objects per phrase
         order = np.argsort(rng.random((m, len(_TRAIN_PAIRS))), axis=1)[:, :MAX_OBJECTS]
         pairs = _TRAIN_PAIRS[order]  # (m, 4, 2) distinct (shape, colour) per phrase
@@ -227,8 +224,7 @@ def _relation_check(batch: SceneBatch, first: np.ndarray, relation: np.ndarray) 
     """A ``pair_ok`` for place_objects: in row i, each of the first ``first[i]`` objects
     (the first phrase) and each later one (the second) stand clearly (shapes_scene.
     clear_relation) in RELATIONS[relation[i]]; rows with relation -1 are free."""
-    axis = np.array([AXIS.get(RELATIONS[r]) == "vertical" if r >= 0 else 0 for r in relation])
-    axis = axis.astype(np.int64)
+    axis = np.array([r >= 0 and AXIS[RELATIONS[r]] == "vertical" for r in relation], np.int64)
     sign = np.where(
         np.isin(relation, [RELATIONS.index("left of"), RELATIONS.index("above")]), 1.0, -1.0
     )
