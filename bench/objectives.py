@@ -99,8 +99,10 @@ def ema_folder(decay: float | None) -> str:
 
 
 def train_worker(objective: str, minutes: float, seed: int, folder: Path,
-                 extra: list[str], ema_decays: list[float]) -> None:
-    """Train one objective for `minutes` of CPU time in this process (`extra`: --set
+                 extra: list[str], ema_decays: list[float], steps: int | None = None) -> None:
+    """Train one objective for `minutes` of CPU time in this process, or for exactly
+    `steps` steps when given (equal images for every variant, whatever the machine's speed
+    does meanwhile; the learning rate then decays over the steps) (`extra`: --set
     overrides of its preset); save folder/last and folder/train.json. Each of `ema_decays`
     gets an average of its own beside the run's, kept over the same steps (warm-up included)
     and saved as folder/last_ema<decay> (decay 0: the raw weights): a comparison of decays
@@ -117,8 +119,9 @@ def train_worker(objective: str, minutes: float, seed: int, folder: Path,
     extra_emas = {d: EMA(trainer.net, d, cfg.train.ema_warmup) for d in ema_decays}
     clock = Clock(minutes * 60)
     losses = []
-    while not clock.spent():
-        losses.append(trainer.train_step(progress=clock.cpu / clock.budget_s))
+    while trainer.step < steps if steps else not clock.spent():
+        progress = trainer.step / steps if steps else clock.cpu / clock.budget_s
+        losses.append(trainer.train_step(progress=progress))
         for ema in extra_emas.values():
             ema.update(trainer.net)
     info = {
@@ -192,6 +195,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="CPU minutes of training each")
     ap.add_argument("--objectives", nargs="*", default=list(PRESETS), choices=list(PRESETS))
+    ap.add_argument("--steps", type=int, help="train exactly this many steps instead of "
+                    "--minutes of CPU time (a budget in images, for variants of one network "
+                    "on a machine whose speed drifts)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--samples", type=int, default=2000, help="samples for each FID")
     ap.add_argument("--nfe", type=int, nargs="*", default=[],
@@ -224,16 +230,18 @@ def main() -> None:
     ap.add_argument("--worker", choices=list(PRESETS), help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    work = args.work / f"{args.minutes:g}min"
+    budget = f"{args.steps}steps" if args.steps else f"{args.minutes:g}min"
+    work = args.work / budget
     if args.worker:
         folder = work / f"{args.worker}_s{args.seed}"
-        train_worker(args.worker, args.minutes, args.seed, folder, args.sets, args.ema_decays)
+        train_worker(args.worker, args.minutes, args.seed, folder, args.sets, args.ema_decays,
+                     args.steps)
         return
 
     from difflab.config import load_config
 
     torch.set_num_threads(1)
-    out = args.out or RESULTS / f"objectives_{args.minutes:g}min.json"
+    out = args.out or RESULTS / f"objectives_{budget}.json"
     command = shlex.join([Path(sys.executable).as_posix(), *sys.argv])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     print(f"command: {command}\ncpu: {cpu_name()}, torch {torch.__version__}, "
@@ -243,8 +251,10 @@ def main() -> None:
     record = {
         "command": command, "commands": [*previous.get("commands", []), command],
         "cpu": cpu_name(), "torch": torch.__version__,
-        "native_bf16_env": os.environ.get("DIFFLAB_NATIVE_BF16"), "minutes": args.minutes,
-        "budget": "CPU seconds (time.process_time) of each one-thread training process",
+        "native_bf16_env": os.environ.get("DIFFLAB_NATIVE_BF16"),
+        "minutes": None if args.steps else args.minutes, "steps": args.steps,
+        "budget": "training steps of each one-thread process" if args.steps else
+        "CPU seconds (time.process_time) of each one-thread training process",
         "samples": args.samples, "evaluator": "difflab.evaluation.evaluate_generator",
         "reference": args.reference,
         "results": previous.get("results", []), "nfe_sweep": previous.get("nfe_sweep", []),
@@ -259,10 +269,12 @@ def main() -> None:
     runs = [(o, s) for o in args.objectives for s in args.seeds]
     for objective, seed in [] if args.eval_only else runs:  # one heavy process at a time
         t0 = time.perf_counter()
-        print(f"[{time.strftime('%H:%M:%S')}] {objective} seed {seed}: training "
-              f"{args.minutes:g} CPU-min", flush=True)
+        what = f"{args.steps} steps" if args.steps else f"{args.minutes:g} CPU-min"
+        print(f"[{time.strftime('%H:%M:%S')}] {objective} seed {seed}: training {what}",
+              flush=True)
         subprocess.run([sys.executable, __file__, "--worker", objective, "--seed", str(seed),
                         "--minutes", str(args.minutes), "--work", str(args.work),
+                        *(["--steps", str(args.steps)] if args.steps else []),
                         *(f"--set={kv}" for kv in args.sets),
                         *(["--ema-decays", *map(str, args.ema_decays)] if args.ema_decays
                           else [])],
