@@ -181,6 +181,7 @@ def evaluate_generator(
     seed: int = 0,
     batch_size: int = 256,
     guidance: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     reference_split: str = "test",
     n_reference: int | None = None,
     verbose: bool = False,
@@ -199,7 +200,9 @@ def evaluate_generator(
     conditional = gen.num_classes is not None
     requested = list(range(gen.num_classes)) if conditional else None
     # What will run: settings left None come from the checkpoint's [sample] (Generator).
-    settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditional)
+    settings = gen.sampling_settings(
+        sampler, steps, guidance, conditioned=conditional, guidance_interval=guidance_interval
+    )
     batches, labels = [], []
     start = time.perf_counter()
     for images, lab in gen.generate_batches(
@@ -210,6 +213,7 @@ def evaluate_generator(
         batch_size=batch_size,
         classes=requested,
         guidance=guidance,
+        guidance_interval=guidance_interval,
         progress=verbose,  # a bar over every batch's steps, with the network evaluations
         **sample_options,
     ):
@@ -238,6 +242,7 @@ def evaluate_generator(
         "steps": settings.steps,
         "seed": seed,
         "guidance": settings.guidance,
+        "guidance_interval": _listed(settings.guidance_interval),
         "seconds": round(sample_seconds, 1),
     }
     return report
@@ -284,6 +289,7 @@ def geneval_generator(
     sampler: str | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     batch_size: int = 256,
     negative_prompt: str | None = None,
     verbose: bool = False,
@@ -294,10 +300,13 @@ def geneval_generator(
     difflab.data.shapes.geneval_prompts) drawn `images_per_prompt` times and every image
     checked for the objects, counts, colours and positions its prompt names. The report
     adds the sampling settings and the time it took."""
-    settings = gen.sampling_settings(sampler, steps, guidance, conditioned=True)
+    settings = gen.sampling_settings(
+        sampler, steps, guidance, conditioned=True, guidance_interval=guidance_interval
+    )
     generate = prompt_generate(
         gen, sampler=sampler, steps=steps, guidance=guidance, batch_size=batch_size,
-        negative_prompt=negative_prompt, verbose=verbose, **sample_options,
+        negative_prompt=negative_prompt, verbose=verbose, guidance_interval=guidance_interval,
+        **sample_options,
     )
     start = time.perf_counter()
     report = evaluate_geneval(generate, images_per_prompt, seed, prompts)
@@ -306,10 +315,16 @@ def geneval_generator(
         "steps": settings.steps,
         "seed": seed,
         "guidance": settings.guidance,
+        "guidance_interval": _listed(settings.guidance_interval),
         "negative_prompt": negative_prompt,
         "seconds": round(time.perf_counter() - start, 1),
     }
     return report
+
+
+def _listed(interval: tuple[float, float] | None) -> list[float] | None:
+    """A guidance interval as a report's JSON holds it."""
+    return None if interval is None else list(interval)
 
 
 def geneval_checkpoint(

@@ -38,6 +38,7 @@ from difflab.argtypes import (
 )
 from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import CHECKPOINT_HELP, resolve_checkpoint
+from difflab.cli.sampling import add_guidance_interval_argument, guidance_interval
 from difflab.evaluation import evaluate_checkpoint, geneval_checkpoint
 from difflab.metrics.evaluate import (
     REFERENCE_SPLITS,
@@ -92,6 +93,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         type=float_in(0, MAX_GUIDANCE),
         help=f"classifier-free guidance scale (0 to {MAX_GUIDANCE:g})",
     )
+    add_guidance_interval_argument(parser)
     parser.add_argument(
         "--reference",
         choices=REFERENCE_SPLITS,
@@ -188,6 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 batch_size=args.batch_size,
                 guidance=args.guidance,
+                guidance_interval=guidance_interval(args),
                 reference_split=args.reference,
                 n_reference=args.n_reference,
                 nll=args.nll,
@@ -231,6 +234,7 @@ def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
             sampler=args.sampler,
             steps=args.steps,
             guidance=args.guidance,
+            guidance_interval=guidance_interval(args),
             batch_size=args.batch_size,
             negative_prompt=args.negative_prompt,
             device=args.device,

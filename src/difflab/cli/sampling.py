@@ -15,6 +15,7 @@ from difflab.argtypes import (
     MAX_BATCH,
     MAX_GRID,
     MAX_GUIDANCE,
+    MAX_NOISE_LEVEL,
     MAX_SAMPLES,
     MAX_SCALE,
     MAX_SEED,
@@ -68,6 +69,7 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
         help="classifier-free guidance scale, with --class or --prompt (default: the "
         f"checkpoint's [sample] guidance; 1: the plain conditional model; 0 to {MAX_GUIDANCE:g})",
     )
+    add_guidance_interval_argument(s)
     s.add_argument(
         "--nearest-captions",
         type=int_in(0, 100_000),
@@ -95,6 +97,32 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     )
 
 
+def add_guidance_interval_argument(parser: argparse.ArgumentParser) -> None:
+    """--guidance-interval LOW HIGH, for every command that samples with guidance."""
+    parser.add_argument(
+        "--guidance-interval",
+        nargs=2,
+        type=float_in(0, MAX_NOISE_LEVEL),
+        metavar=("LOW", "HIGH"),
+        help="guide only at noise levels sigma/alpha in (LOW, HIGH], the plain conditional "
+        "model elsewhere (Kynkaanniemi et al. 2024; e.g. 0.3 3; default: the checkpoint's "
+        "[sample] guidance_interval, else every step; 0 1e9: every step)",
+    )
+
+
+def guidance_interval(args: argparse.Namespace) -> tuple[float, float] | None:
+    """--guidance-interval as (low, high), or None when not given; low < high."""
+    if args.guidance_interval is None:
+        return None
+    low, high = args.guidance_interval
+    if not low < high:
+        raise CLIError(
+            f"--guidance-interval {low:g} {high:g}: the low noise level must be below the "
+            "high one (e.g. --guidance-interval 0.3 3)"
+        )
+    return low, high
+
+
 def load_generator(args: argparse.Namespace) -> Generator:
     """The checkpoint of a drawing command, ready to sample on --device."""
     path = resolve_checkpoint(args.checkpoint)
@@ -109,6 +137,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     settings = gen.sampling_settings(
         args.sampler, args.steps, args.guidance,
         conditioned=classes is not None or bool(args.prompt),
+        guidance_interval=guidance_interval(args),
     )
     kw = dict(
         sampler=settings.sampler,
@@ -116,6 +145,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         seed=args.seed,
         batch_size=args.batch_size,
         guidance=settings.guidance,
+        guidance_interval=settings.guidance_interval,
         classes=classes,
         clip=None if args.no_clip else "auto",
         precision=args.precision,
@@ -147,7 +177,7 @@ def describe_sampling(settings: SamplingSettings, eta: float | None = None) -> s
     setting came from, so that a checkpoint's defaults never act silently."""
     keys = list(settings.source)  # sampler, steps[, guidance]
     if all(settings.source[k] == "checkpoint" for k in keys):
-        flags = "/".join(f"--{k}" for k in keys)
+        flags = "/".join(_flag(k) for k in keys)
         why = f"the checkpoint's [sample] settings; {flags} override"
     elif all(settings.source[k] == "given" for k in keys):
         why = "as given"
@@ -155,13 +185,18 @@ def describe_sampling(settings: SamplingSettings, eta: float | None = None) -> s
         groups: dict[str, list[str]] = {}  # where from -> settings, in order
         for k in keys:
             where = {
-                "given": f"--{k}",
+                "given": _flag(k),
                 "checkpoint": "the checkpoint's [sample] settings",
                 "default": f"{settings.sampler}'s default" if k == "steps" else "difflab's default",
             }[settings.source[k]]
-            groups.setdefault(where, []).append(k)
+            groups.setdefault(where, []).append(k.replace("_", " "))
         why = "; ".join(f"{' and '.join(ks)}: {where}" for where, ks in groups.items())
     return f"difflab: sampling with {settings.summary(eta)} ({why})"
+
+
+def _flag(setting: str) -> str:
+    """The command-line flag of a sampling setting: guidance_interval -> --guidance-interval."""
+    return "--" + setting.replace("_", "-")
 
 
 def print_prompt_readings(args: argparse.Namespace, gen) -> None:

@@ -150,21 +150,70 @@ class GuidedDenoiser:
 
     Both x0 and eps are affine in the network output at fixed (x, t), so the same combination
     applies to the x0 prediction and every sampler gets guidance without knowing about it.
-    w = 1 is the plain conditional model, w = 0 the unconditional one."""
+    w = 1 is the plain conditional model, w = 0 the unconditional one.
 
-    def __init__(self, conditional: Denoiser, unconditional: Denoiser, scale: float):
+    `interval` = (low, high) guides only at noise levels sigma in (low, high] and gives the
+    plain conditional prediction elsewhere, without calling the unconditional branch
+    (Kynkaenniemi et al. 2024, "Applying guidance in a limited interval"). sigma is the noise
+    level of Karras et al. 2022, sigma_t / alpha_t (`NoiseProcess.sigma_ve`), so one interval
+    means the same thing under every process. Guidance at the highest noise levels pulls
+    every sample toward the same coarse layout; leaving it out there keeps what guidance does
+    to an image's details at a fraction of its cost to diversity (FID)."""
+
+    def __init__(
+        self,
+        conditional: Denoiser,
+        unconditional: Denoiser,
+        scale: float,
+        interval: tuple[float, float] | None = None,
+    ):
         if scale < 0:
             raise ValueError(f"guidance scale must be >= 0, got {scale}")
+        if interval is not None:
+            interval = check_guidance_interval(interval)
         self.cond, self.uncond, self.scale = conditional, unconditional, float(scale)
+        self.interval = interval
         self.process = conditional.process
 
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         c = self.cond(x, t)
         if self.scale == 1.0:
             return c
+        w = self.scale_at(x, t)
+        if w is None:  # no sample of the batch is inside the interval
+            return c
         u = self.uncond(x, t)
-        w = self.scale
         return Prediction(u.x0 + w * (c.x0 - u.x0), u.eps + w * (c.eps - u.eps))
+
+    def scale_at(self, x: Tensor, t: Tensor) -> float | Tensor | None:
+        """The guidance scale at (x, t): the scale, or per sample the scale inside the
+        interval and 1 outside it; None when every sample is outside."""
+        if self.interval is None:
+            return self.scale
+        low, high = self.interval
+        sigma = self.process.sigma_ve(as_time(t, x.shape[0], x.device))
+        inside = (sigma > low) & (sigma <= high)
+        if not bool(inside.any()):
+            return None
+        if bool(inside.all()):
+            return self.scale
+        return expand_like(torch.where(inside, self.scale, 1.0), x)
+
+
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """(low, high) as floats, or ValueError naming what is allowed: two noise levels
+    0 <= low < high (high may be inf)."""
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"a guidance interval is two noise levels (low, high), got {interval!r}"
+        ) from None
+    if not 0 <= low < high:  # also refuses NaN
+        raise ValueError(
+            f"a guidance interval needs noise levels 0 <= low < high, got ({low:g}, {high:g})"
+        )
+    return low, high
 
 
 class InpaintingDenoiser:

@@ -41,6 +41,7 @@ from difflab.diffusion.denoiser import (
     GuidedDenoiser,
     InpaintingDenoiser,
     ThresholdedDenoiser,
+    check_guidance_interval,
     network_denoiser,
 )
 from difflab.diffusion.noise import per_sample_generators, randn
@@ -198,6 +199,8 @@ class Generator:
             out["eta"] = sc.eta
         if self.conditional:
             out["guidance"] = sc.guidance
+            if sc.guidance_interval is not None:
+                out["guidance_interval"] = sc.guidance_interval
         return out
 
     def sampling_settings(
@@ -207,13 +210,16 @@ class Generator:
         guidance: float | None = None,
         *,
         conditioned: bool = False,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> SamplingSettings:
         """Fill what the caller left None from :meth:`sample_defaults`.
 
         Steps and eta belong to the checkpoint's sampler: another sampler with no steps given
         takes its own default steps (difflab.samplers.DEFAULTS), not the ones tuned for a
         different solver. The checkpoint's guidance applies only when `conditioned` (a class
-        or prompt is asked for): an unconditional draw has nothing to guide toward."""
+        or prompt is asked for): an unconditional draw has nothing to guide toward. A
+        `guidance_interval` left None is the checkpoint's, if it has one; (0, 1e9) guides at
+        every step."""
         defaults = self.sample_defaults()
         source = {"sampler": "given", "steps": "given"}
         if sampler is None:
@@ -230,7 +236,15 @@ class Generator:
             guidance = defaults.get("guidance")
             source["guidance"] = "checkpoint" if "guidance" in defaults else "default"
         eta = defaults.get("eta") if own else None
-        return SamplingSettings(sampler, steps, guidance, eta, source)
+        interval = None
+        if guidance is not None:
+            if guidance_interval is not None:
+                interval = check_guidance_interval(guidance_interval)
+                source["guidance_interval"] = "given"
+            elif "guidance_interval" in defaults:
+                interval = defaults["guidance_interval"]
+                source["guidance_interval"] = "checkpoint"
+        return SamplingSettings(sampler, steps, guidance, eta, source, interval)
 
     # ------------------------------------------------------------------ conditioning
     def resolve_labels(self, classes: list[str | int] | None, n: int) -> Tensor | None:
@@ -361,10 +375,11 @@ class Generator:
         *,
         text: TextCondition | None = None,
         negative: TextCondition | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> Denoiser:
         """The (guided, clipped) denoiser for one batch. With text, the unconditional branch
         of guidance is `negative` (a negative prompt's tokens, as in Stable Diffusion) or no
-        text at all."""
+        text at all. `guidance_interval`: guide only at those noise levels (GuidedDenoiser)."""
         cond = text if text is not None else labels
         den: Denoiser = network_denoiser(self.net, self.process, self.parameterization, cond=cond)
         if guidance is not None:
@@ -378,7 +393,7 @@ class Generator:
                     "guidance needs a conditional checkpoint and a class or a prompt"
                 )
             uncond = network_denoiser(self.net, self.process, self.parameterization, uncond_cond)
-            den = GuidedDenoiser(den, uncond, guidance)
+            den = GuidedDenoiser(den, uncond, guidance, guidance_interval)
         elif negative is not None:
             raise ValueError("a negative prompt needs guidance (e.g. guidance=3)")
         if clip is not None:
@@ -420,6 +435,7 @@ class Generator:
         clip: str | None = "auto",
         classes: list | None = None,
         guidance: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         spacing: str | None = None,
@@ -443,7 +459,8 @@ class Generator:
         sampler, steps and guidance left None come from the checkpoint's [sample] settings
         (:meth:`sampling_settings`: another sampler than the checkpoint's gets its own default
         steps; guidance applies when a class or prompt is given; guidance=1 is the plain
-        conditional model). spacing defaults per sampler (difflab.samplers.DEFAULTS);
+        conditional model; `guidance_interval` (low, high) guides only at those noise levels,
+        the checkpoint's when None). spacing defaults per sampler (difflab.samplers.DEFAULTS);
         `options` go to the sampler (eta=, variance=, ...; ddim gets the checkpoint's eta
         unless given). clip "auto": static for pixel models, none for latent ones.
 
@@ -466,7 +483,8 @@ class Generator:
         for far in self.unfamiliar_prompts(prompts or []):
             warnings.warn(OutOfDomainPrompt(far), stacklevel=2)
         settings = self.sampling_settings(
-            sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None
+            sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None,
+            guidance_interval=guidance_interval,
         )
         sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
         if settings.eta is not None:
@@ -498,7 +516,10 @@ class Generator:
                 negative = (
                     self._text(negatives[start : start + b], b, nearest) if negatives else None
                 )
-                den = self.denoiser(labels, guidance, clip, text=text, negative=negative)
+                den = self.denoiser(
+                    labels, guidance, clip, text=text, negative=negative,
+                    guidance_interval=settings.guidance_interval,
+                )
                 noise = randn((b, *self.model_shape), gens, self.device)
                 x0_init = None
                 if init is not None:
