@@ -206,6 +206,8 @@ def main() -> None:
     p.add_argument("checkpoint")
     p.add_argument("--images-per-prompt", type=int, default=8)
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="guide only at these noise levels (default: the checkpoint's)")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -230,7 +232,8 @@ def main() -> None:
     if not gen.takes_text or data.get("name") != "fashion_mnist":
         raise SystemExit(f"{args.checkpoint} is not a Fashion-MNIST text-to-image pipeline "
                          f"(its data: {data.get('name')!r})")
-    settings = gen.sampling_settings(args.sampler, args.steps, args.guidance, conditioned=True)
+    settings = gen.sampling_settings(args.sampler, args.steps, args.guidance, conditioned=True,
+                                     guidance_interval=args.guidance_interval)
     prompts, dropped = held_out(args.prompts_file)
     n = args.images_per_prompt
     far = gen.unfamiliar_prompts([q.text for q in prompts])
@@ -238,7 +241,8 @@ def main() -> None:
         print(f"{len(dropped)} prompts of {args.prompts_file} are training captions, left out: "
               + ", ".join(repr(t) for t in dropped), flush=True)
     print(f"{len(prompts)} held-out prompts x {n} images; {settings.sampler} "
-          f"{settings.steps} steps, guidance {settings.guidance}; {len(far)} prompts flagged "
+          f"{settings.steps} steps, guidance {settings.guidance} (interval "
+          f"{settings.guidance_interval}); {len(far)} prompts flagged "
           "far from every training caption", flush=True)
     priors = class_priors()
     ceiling = autoencoder_ceiling(gen, args.ceiling_images)
@@ -248,7 +252,8 @@ def main() -> None:
         images = gen.generate(
             len(prompts) * n, prompt=[q.text for q in prompts for _ in range(n)],
             sampler=settings.sampler, steps=settings.steps, guidance=settings.guidance,
-            seed=args.seed, batch_size=args.batch_size, nearest_captions=args.nearest_captions,
+            guidance_interval=settings.guidance_interval, seed=args.seed,
+            batch_size=args.batch_size, nearest_captions=args.nearest_captions,
         )
     seconds = time.time() - start
     rows = judge(prompts, images, n)
@@ -267,7 +272,8 @@ def main() -> None:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "sampling": {"sampler": settings.sampler, "steps": settings.steps,
-                     "guidance": settings.guidance, "seed": args.seed,
+                     "guidance": settings.guidance,
+                     "guidance_interval": settings.guidance_interval, "seed": args.seed,
                      "images_per_prompt": n, "images": len(images),
                      "nearest_captions": args.nearest_captions,  # None: the checkpoint's
                      "seconds": round(seconds, 1)},

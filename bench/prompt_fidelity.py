@@ -104,7 +104,7 @@ def run(
     images = gen.generate(
         len(prompts), prompt=prompts, guidance=None if guidance == 1 else guidance,
         sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-        nearest_captions=nearest,
+        nearest_captions=nearest, guidance_interval=args.guidance_interval,
     )
     report = evaluate_images(images, dataset, labels)
     pred = torch.as_tensor(feature_extractor(dataset).predict(images))
@@ -121,6 +121,8 @@ def main() -> None:
     p.add_argument("pipeline")
     p.add_argument("--per-prompt", type=int, default=50)
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0])
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="guide only at these noise levels (default: the checkpoint's)")
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -160,7 +162,8 @@ def main() -> None:
                 r = run(gen, dataset, sets[name], w, k, args)
                 if name == "held-out":
                     r["fidelity_no_class_name"] = share(r["per_prompt"], nameless)
-                rows.append({"prompts": name, "nearest_captions": k, "guidance": w, **r,
+                rows.append({"prompts": name, "nearest_captions": k, "guidance": w,
+                             "guidance_interval": args.guidance_interval, **r,
                              "seconds": round(time.time() - t0)})
                 print(
                     f"{name:>9} K={k} w={w:g}: fidelity {100 * r['fidelity']:.1f} %, "
