@@ -27,6 +27,11 @@ def main() -> None:
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="guide only at these noise levels sigma/alpha (every scale)")
+    p.add_argument("--reference", choices=["test", "train"], default="test",
+                   help="real images FID is taken against: 'train' (10,000 of them) to choose "
+                   "settings without looking at the reported test split")
     p.add_argument("--out", default=None, help="path prefix for .json and .png")
     args = p.parse_args()
     out = Path(args.out or f"bench/results/guidance_{Path(args.checkpoint).name}")
@@ -35,13 +40,17 @@ def main() -> None:
     for w in args.scales:
         t0 = time.time()
         r = evaluate_checkpoint(args.checkpoint, args.samples, sampler=args.sampler,
-                                steps=args.steps, seed=args.seed, guidance=w)
+                                steps=args.steps, seed=args.seed, guidance=w,
+                                guidance_interval=args.guidance_interval,
+                                reference_split=args.reference,
+                                n_reference=10_000 if args.reference == "train" else None)
         rows.append({"guidance": w, "class_agreement": r.get("class_agreement"),
                      "fid": r["fid"], "precision": r["precision"], "recall": r["recall"],
                      "seconds": round(time.time() - t0, 1)})
         print(rows[-1], flush=True)
     report = {"checkpoint": args.checkpoint, "samples": args.samples, "sampler": args.sampler,
-              "steps": args.steps, "feature_space": r["feature_space"], "rows": rows}
+              "steps": args.steps, "guidance_interval": args.guidance_interval,
+              "reference": args.reference, "feature_space": r["feature_space"], "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(f"\nfeature space: {r['feature_space']}; {args.samples} samples per scale, "
           f"{args.sampler} {args.steps} steps\n")

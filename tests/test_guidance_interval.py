@@ -95,31 +95,35 @@ def cond_model():
 
 def test_a_shipped_model_through_the_generator(cond_model):
     kw = dict(classes=["bag", "sneaker"], guidance=3.0, steps=4, seed=1)
-    plain = cond_model.generate(2, **kw)
-    assert torch.equal(cond_model.generate(2, guidance_interval=(0, 1e9), **kw), plain)
+    plain = cond_model.generate(2, guidance_interval=(0, 1e9), **kw)  # every step guided
     # an interval above every noise level of the grid: the plain conditional model
     unguided = cond_model.generate(2, **{**kw, "guidance": 1.0})
     assert torch.equal(cond_model.generate(2, guidance_interval=(1e8, 1e9), **kw), unguided)
     assert not torch.equal(plain, unguided)
     middle = cond_model.generate(2, guidance_interval=(0.3, 3.0), **kw)
     assert not torch.equal(middle, plain) and not torch.equal(middle, unguided)
+    # (0.3, 3] is the shipped model's own [sample] interval
+    assert torch.equal(cond_model.generate(2, **kw), middle)
 
 
 def test_the_checkpoints_interval_is_the_default_and_an_argument_wins(cond_model):
     config = copy.deepcopy(cond_model.config)
-    config["run"]["sample"]["guidance_interval"] = [0.3, 3.0]
+    config["run"]["sample"]["guidance_interval"] = [0.5, 2.0]
     gen = Generator(cond_model.net, cond_model.process, cond_model.parameterization,
                     cond_model.model_shape, num_classes=cond_model.num_classes,
                     class_names=cond_model.class_names, config=config)
     settings = gen.sampling_settings(conditioned=True)
-    assert settings.guidance_interval == (0.3, 3.0)
+    assert settings.guidance_interval == (0.5, 2.0)
     assert settings.source["guidance_interval"] == "checkpoint"
-    assert settings.summary() == "dpmpp_2m, 20 steps, guidance 2 at noise levels 0.3 to 3"
+    assert settings.summary() == "dpmpp_2m, 20 steps, guidance 3 at noise levels 0.5 to 2"
     kw = dict(classes=["trouser"], steps=4, seed=0)
     assert torch.equal(gen.generate(1, **kw),
-                       cond_model.generate(1, guidance_interval=(0.3, 3.0), **kw))
-    assert torch.equal(gen.generate(1, guidance_interval=(0, 1e9), **kw),
+                       cond_model.generate(1, guidance_interval=(0.5, 2.0), **kw))
+    assert torch.equal(gen.generate(1, guidance_interval=(0.3, 3), **kw),
                        cond_model.generate(1, **kw))
+    # without an interval in its config, guidance runs at every step
+    del config["run"]["sample"]["guidance_interval"]
+    assert gen.sampling_settings(conditioned=True).guidance_interval is None
     # no class asked: nothing is guided, so no interval either
     assert gen.sampling_settings().guidance_interval is None
 
@@ -129,7 +133,7 @@ def test_the_command_line_says_it_and_refuses_a_reversed_interval(tmp_path, caps
     assert main(["sample", "fashion-mnist-cond", "--class", "bag", "--steps", "3", "-n", "1",
                  "--guidance-interval", "0.3", "3", "--out", str(out)]) == 0
     assert out.is_file()
-    assert "guidance 2 at noise levels 0.3 to 3" in capsys.readouterr().out
+    assert "guidance 3 at noise levels 0.3 to 3" in capsys.readouterr().out
     assert main(["sample", "fashion-mnist-cond", "--class", "bag", "-n", "1",
                  "--guidance-interval", "3", "0.3", "--out", str(tmp_path / "t.png")]) == 2
     err = capsys.readouterr().err
@@ -153,4 +157,4 @@ def test_eval_records_the_interval_it_sampled_with(tmp_path):
     assert main(["eval", "fashion-mnist-cond", "--samples", "8", "--steps", "2", "--quiet",
                  "--guidance-interval", "0.3", "3", "--json", str(report)]) == 0
     sampling = json.loads(report.read_text())["sampling"]
-    assert (sampling["guidance"], sampling["guidance_interval"]) == (2.0, [0.3, 3.0])
+    assert (sampling["guidance"], sampling["guidance_interval"]) == (3.0, [0.3, 3.0])

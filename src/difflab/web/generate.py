@@ -157,6 +157,7 @@ def generator_kwargs(
         seed=seed,
         batch_size=max(n, 1),
         guidance=settings.guidance,
+        guidance_interval=settings.guidance_interval,
         classes=classes,
         clip="auto",
         precision="fp32",
