@@ -18,12 +18,20 @@ def test_sample_shows_steps_and_network_evaluations(tmp_path, capsys):
     out = tmp_path / "s.png"
     # A guided step evaluates the network twice (conditional and unconditional).
     assert main(["sample", "fashion-mnist-cond", "--class", "bag", "-n", "2", "--steps", "3",
-                 "--out", str(out)]) == 0
+                 "--guidance-interval", "0", "1e9", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     last = _bar_lines(captured.err)[-1]
     assert "sampling 2 images" in last and "3/3" in last
     assert "6 network evaluations" in last
     assert "network evaluations" not in captured.out  # the bar is on stderr only
+
+
+def test_steps_outside_the_guidance_interval_evaluate_the_network_once(tmp_path, capsys):
+    # The shipped model guides at noise levels (0.3, 3] only: 5 of its 20 steps.
+    assert main(["sample", "fashion-mnist-cond", "--class", "bag", "-n", "1",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    last = _bar_lines(capsys.readouterr().err)[-1]
+    assert "20/20" in last and "25 network evaluations" in last
 
 
 def test_sample_batches_are_named(tmp_path, capsys):
