@@ -146,10 +146,50 @@ def test_the_command_line_says_it_and_refuses_a_reversed_interval(tmp_path, caps
     [("[3, 0.3]", "low < high"), ("[-1, 3]", "must each be >= 0"), ("[1]", "2 items")],
 )
 def test_the_config_key_is_checked_at_load(value, message):
-    assert load_config(None, ["sample.guidance_interval=[0.3, 3]"]).sample.guidance_interval == (
-        0.3, 3.0)
+    guided = ["sample.guidance=3"]
+    assert load_config(
+        None, [*guided, "sample.guidance_interval=[0.3, 3]"]
+    ).sample.guidance_interval == (0.3, 3.0)
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [f"sample.guidance_interval={value}"])
+        load_config(None, [*guided, f"sample.guidance_interval={value}"])
+
+
+def test_a_config_with_an_interval_but_no_guidance_is_refused():
+    # the default preset samples unguided: an interval there would never apply
+    with pytest.raises(ConfigError, match=r"needs sample.guidance \(e.g. 3\)"):
+        load_config(None, ["sample.guidance_interval=[0.3, 3]"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["fashion-mnist"], "this checkpoint is unconditional"),
+        (["fashion-mnist-cond"], "guidance needs a class or a prompt, and none was given"),
+    ],
+)
+def test_an_interval_on_a_draw_that_is_not_guided_is_refused(tmp_path, capsys, argv, why):
+    # an interval that silently did nothing would look like a setting that works
+    out = tmp_path / "s.png"
+    assert main(["sample", *argv, "-n", "1", "--steps", "2", "--guidance-interval", "0.3", "3",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"a guidance interval needs guidance, and {why}" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_the_library_refuses_an_interval_where_the_checkpoint_has_no_guidance(cond_model):
+    config = copy.deepcopy(cond_model.config)
+    del config["run"]["sample"]["guidance"]  # this code's default: no guidance
+    del config["run"]["sample"]["guidance_interval"]
+    gen = Generator(cond_model.net, cond_model.process, cond_model.parameterization,
+                    cond_model.model_shape, num_classes=cond_model.num_classes,
+                    class_names=cond_model.class_names, config=config)
+    assert gen.sampling_settings(conditioned=True).guidance is None
+    with pytest.raises(ValueError, match=r"samples without guidance by default: give guidance"):
+        gen.generate(1, classes=["bag"], steps=2, guidance_interval=(0.3, 3.0))
+    # with guidance given, the same interval is used
+    settings = gen.sampling_settings(guidance=2.0, conditioned=True, guidance_interval=(0.3, 3))
+    assert settings.guidance_interval == (0.3, 3.0)
 
 
 def test_eval_records_the_interval_it_sampled_with(tmp_path):

@@ -138,6 +138,7 @@ def test_checkpoint_without_sample_guidance_still_loads(fashion_cond, tmp_path):
     (old / "manifest.json").unlink()  # those were saved before manifests, too
     config = json.loads((old / "config.json").read_text())
     del config["run"]["sample"]["guidance"]
+    del config["run"]["sample"]["guidance_interval"]  # which came later still
     (old / "config.json").write_text(json.dumps(config, indent=2))
     gen = Generator.from_checkpoint(old, device="cpu")
     assert gen.sample_defaults()["guidance"] is None

@@ -534,6 +534,11 @@ def check_combinations(cfg: RunConfig) -> None:
             f"sample.guidance_interval = {_show(interval)} must be two noise levels "
             "[low, high] with low < high (guidance applies in between)"
         )
+    if interval is not None and cfg.sample.guidance is None:
+        raise ConfigError(
+            f"sample.guidance_interval = {_show(interval)} needs sample.guidance (e.g. 3): "
+            "it says where guidance applies, and this run samples without it"
+        )
     if d.process == "edm" and not d.edm_sigma_min < d.edm_sigma_max:
         raise ConfigError(
             f"diffusion.edm_sigma_min = {_show(d.edm_sigma_min)} must be below "

@@ -237,6 +237,8 @@ class Generator:
             source["guidance"] = "checkpoint" if "guidance" in defaults else "default"
         eta = defaults.get("eta") if own else None
         interval = None
+        if guidance is None and guidance_interval is not None:
+            raise ValueError(self._why_no_guidance(conditioned))
         if guidance is not None:
             if guidance_interval is not None:
                 interval = check_guidance_interval(guidance_interval)
@@ -245,6 +247,20 @@ class Generator:
                 interval = defaults["guidance_interval"]
                 source["guidance_interval"] = "checkpoint"
         return SamplingSettings(sampler, steps, guidance, eta, source, interval)
+
+    def _why_no_guidance(self, conditioned: bool) -> str:
+        """Why a guidance interval was asked for a draw that is not guided: an interval
+        that silently did nothing would look like a setting that works."""
+        if not self.conditional:
+            why = "this checkpoint is unconditional, so there is nothing to guide toward"
+            fix = "drop the interval"
+        elif not conditioned:
+            why = "guidance needs a class or a prompt, and none was given"
+            fix = "give one, or drop the interval"
+        else:
+            why = "this checkpoint samples without guidance by default"
+            fix = "give guidance too (e.g. 3), or drop the interval"
+        return f"a guidance interval needs guidance, and {why}: {fix}"
 
     # ------------------------------------------------------------------ conditioning
     def resolve_labels(self, classes: list[str | int] | None, n: int) -> Tensor | None:
