@@ -139,6 +139,10 @@ class TrainConfig:
     # costs ~2 minutes, and with bf16 autocast its backward is wrong there, so a compiled CPU
     # run trains in fp32 (BENCHMARKS.md, "channels_last and torch.compile on a CPU").
     compile: bool = False
+    # Keep the EMA weights at this fraction of the run's budget (steps or minutes) as the
+    # "bad version" that autoguidance steers away from (Karras et al. 2024; sample.autoguidance).
+    # None: keep none. It costs one copy of the weights in each checkpoint after that point.
+    guide_at: float | None = None
 
 
 @dataclass
@@ -162,6 +166,11 @@ class SampleConfig:
     # nearly all of what guiding every step adds to tone and pattern, at FID 5.8 instead of
     # 12.7 (3.9 at guidance 3; BENCHMARKS.md, "Guidance in a limited interval").
     guidance_interval: tuple[float, float] | None = None
+    # Autoguidance (Karras et al. 2024, eq. 3 with the guide as D_0): D_guide + w (D - D_guide),
+    # where D_guide is the same network at an earlier point of its own run (train.guide_at).
+    # It corrects what the model has not yet learned and needs no condition, so it works for
+    # unconditional models; each step costs two network calls. None: off; 1: the model alone.
+    autoguidance: float | None = None
 
 
 @dataclass
@@ -285,6 +294,8 @@ RANGES: dict[str, Range] = {
     "sample.eta": Range(0, 1),  # 0: deterministic DDIM, 1: DDPM (sample_ddim refuses more)
     "sample.guidance": Range(0, MAX_GUIDANCE),  # 0: the unconditional model
     "sample.guidance_interval": Range(0, MAX_NOISE_LEVEL),  # each of two; and low < high
+    "sample.autoguidance": Range(0, MAX_GUIDANCE),  # 1: the model alone
+    "train.guide_at": Range(0, 1, low_open=True, high_open=True),
     # [text]
     "text.max_tokens": Range(0, 512, low_open=True),  # MiniLM's position table holds 512
     "text.nearest_captions": Range(0, 100_000),  # 0: off
@@ -538,6 +549,16 @@ def check_combinations(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sample.guidance_interval = {_show(interval)} needs sample.guidance (e.g. 3): "
             "it says where guidance applies, and this run samples without it"
+        )
+    if cfg.sample.autoguidance is not None and cfg.train.guide_at is None:
+        raise ConfigError(
+            f"sample.autoguidance = {_show(cfg.sample.autoguidance)} needs train.guide_at (e.g. "
+            "0.25): the run must keep an earlier version of its weights to guide with"
+        )
+    if cfg.sample.autoguidance is not None and cfg.sample.guidance is not None:
+        raise ConfigError(
+            "sample.autoguidance and sample.guidance are two ways to guide the same steps: "
+            "set one of them"
         )
     if d.process == "edm" and not d.edm_sigma_min < d.edm_sigma_max:
         raise ConfigError(

@@ -182,6 +182,7 @@ def evaluate_generator(
     batch_size: int = 256,
     guidance: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    autoguidance: float | None = None,
     reference_split: str = "test",
     n_reference: int | None = None,
     verbose: bool = False,
@@ -201,7 +202,8 @@ def evaluate_generator(
     requested = list(range(gen.num_classes)) if conditional else None
     # What will run: settings left None come from the checkpoint's [sample] (Generator).
     settings = gen.sampling_settings(
-        sampler, steps, guidance, conditioned=conditional, guidance_interval=guidance_interval
+        sampler, steps, guidance, conditioned=conditional, guidance_interval=guidance_interval,
+        autoguidance=autoguidance,
     )
     batches, labels = [], []
     start = time.perf_counter()
@@ -214,6 +216,7 @@ def evaluate_generator(
         classes=requested,
         guidance=guidance,
         guidance_interval=guidance_interval,
+        autoguidance=autoguidance,
         progress=verbose,  # a bar over every batch's steps, with the network evaluations
         **sample_options,
     ):
@@ -243,6 +246,7 @@ def evaluate_generator(
         "seed": seed,
         "guidance": settings.guidance,
         "guidance_interval": _listed(settings.guidance_interval),
+        "autoguidance": settings.autoguidance,
         "seconds": round(sample_seconds, 1),
     }
     return report

@@ -3,7 +3,8 @@ the caption bank of a text model, each stored as a component (`components/NAME.s
 
 `autoencoder_from_weights` rebuilds the autoencoder a latent checkpoint carries;
 `load_autoencoder` reads an autoencoder checkpoint for a new latent diffusion run;
-`add_caption_bank` gives a text checkpoint saved before caption banks existed its bank.
+`add_caption_bank` gives a text checkpoint saved before caption banks existed its bank;
+`guide_component` / `guide_of` store and rebuild autoguidance's guide network.
 """
 
 from __future__ import annotations
@@ -27,6 +28,25 @@ from difflab.models.caption_bank import CaptionBank
 from difflab.models.text import text_encoder_from_spec
 
 AUTOENCODER = "autoencoder"  # the component holding a latent model's autoencoder weights
+# The component holding autoguidance's guide: the network's EMA weights at an earlier point of
+# its own run (train.guide_at), in the network's own layout.
+GUIDE = "guide"
+
+
+def guide_component(weights: dict[str, torch.Tensor] | None) -> dict[str, dict[str, torch.Tensor]]:
+    """The guide's weights as a checkpoint component, or no component when there is none."""
+    return {} if weights is None else {GUIDE: weights}
+
+
+def guide_of(spec: dict, components: dict[str, dict[str, torch.Tensor]], source: str
+             ) -> torch.nn.Module | None:
+    """The guide network a checkpoint carries (the network of `spec` with the guide's weights,
+    each checked against it), or None when it carries none."""
+    if GUIDE not in components:
+        return None
+    net = network_from_spec(spec)
+    load_weights_into(net, components[GUIDE], f"{source} ({GUIDE})")
+    return net.float().eval().requires_grad_(False)
 
 
 def autoencoder_from_weights(spec: dict, weights: dict[str, torch.Tensor], source: str

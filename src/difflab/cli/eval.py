@@ -38,7 +38,11 @@ from difflab.argtypes import (
 )
 from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import CHECKPOINT_HELP, resolve_checkpoint
-from difflab.cli.sampling import add_guidance_interval_argument, guidance_interval
+from difflab.cli.sampling import (
+    add_autoguidance_argument,
+    add_guidance_interval_argument,
+    guidance_interval,
+)
 from difflab.evaluation import evaluate_checkpoint, geneval_checkpoint
 from difflab.metrics.evaluate import (
     REFERENCE_SPLITS,
@@ -94,6 +98,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help=f"classifier-free guidance scale (0 to {MAX_GUIDANCE:g})",
     )
     add_guidance_interval_argument(parser)
+    add_autoguidance_argument(parser)
     parser.add_argument(
         "--reference",
         choices=REFERENCE_SPLITS,
@@ -191,6 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 guidance=args.guidance,
                 guidance_interval=guidance_interval(args),
+                autoguidance=args.autoguidance,
                 reference_split=args.reference,
                 n_reference=args.n_reference,
                 nll=args.nll,

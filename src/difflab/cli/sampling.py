@@ -70,6 +70,7 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
         f"checkpoint's [sample] guidance; 1: the plain conditional model; 0 to {MAX_GUIDANCE:g})",
     )
     add_guidance_interval_argument(s)
+    add_autoguidance_argument(s)
     s.add_argument(
         "--nearest-captions",
         type=int_in(0, 100_000),
@@ -110,6 +111,18 @@ def add_guidance_interval_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_autoguidance_argument(parser: argparse.ArgumentParser) -> None:
+    """--autoguidance W, for every command that samples."""
+    parser.add_argument(
+        "--autoguidance",
+        type=float_in(0, MAX_GUIDANCE),
+        metavar="W",
+        help="guide with an earlier version of the model that the run kept (train.guide_at; "
+        "Karras et al. 2024): works without a class or prompt (default: the checkpoint's "
+        "[sample] autoguidance; 1: the model alone)",
+    )
+
+
 def guidance_interval(args: argparse.Namespace) -> tuple[float, float] | None:
     """--guidance-interval as (low, high), or None when not given; low < high."""
     if args.guidance_interval is None:
@@ -138,6 +151,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         args.sampler, args.steps, args.guidance,
         conditioned=classes is not None or bool(args.prompt),
         guidance_interval=guidance_interval(args),
+        autoguidance=args.autoguidance,
     )
     kw = dict(
         sampler=settings.sampler,
@@ -146,6 +160,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         batch_size=args.batch_size,
         guidance=settings.guidance,
         guidance_interval=settings.guidance_interval,
+        autoguidance=settings.autoguidance,
         classes=classes,
         clip=None if args.no_clip else "auto",
         precision=args.precision,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from difflab.build import build_process, network_from_spec
-from difflab.checkpoints.components import autoencoder_from_weights, caption_bank_of
+from difflab.checkpoints.components import autoencoder_from_weights, caption_bank_of, guide_of
 from difflab.checkpoints.names import resolve_checkpoint
 from difflab.checkpoints.store import load_checkpoint, load_weights_into
 from difflab.config import TextConfig, config_from_dict
@@ -87,9 +87,12 @@ class Generator:
         autoencoder: torch.nn.Module | None = None,
         text_encoder: Any = None,
         caption_bank: CaptionBank | None = None,
+        guide: torch.nn.Module | None = None,
     ):
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
+        # autoguidance's guide: this network at an earlier point of its run (train.guide_at)
+        self.guide = guide.to(self.device).eval() if guide is not None else None
         self.process, self.parameterization = process, parameterization
         self.class_names, self.num_classes = class_names, num_classes
         self.config = config or {}
@@ -136,6 +139,7 @@ class Generator:
             else:  # a frozen pretrained encoder: rebuilt from its package
                 text_encoder = text_encoder_from_spec(ck.config["text_encoder"])
         caption_bank = caption_bank_of(ck.components, str(path))
+        guide = guide_of(ck.config["network"], ck.components, str(path))
         device = pick_device(device).device  # CUDA, then MPS, then the CPU
         return cls(
             net.float(),
@@ -149,6 +153,7 @@ class Generator:
             autoencoder=autoencoder,
             text_encoder=text_encoder,
             caption_bank=caption_bank,
+            guide=guide,
         )
 
     @classmethod
@@ -201,6 +206,8 @@ class Generator:
             out["guidance"] = sc.guidance
             if sc.guidance_interval is not None:
                 out["guidance_interval"] = sc.guidance_interval
+        if sc.autoguidance is not None and self.guide is not None:
+            out["autoguidance"] = sc.autoguidance  # a checkpoint saved before its guide: none
         return out
 
     def sampling_settings(
@@ -211,6 +218,7 @@ class Generator:
         *,
         conditioned: bool = False,
         guidance_interval: tuple[float, float] | None = None,
+        autoguidance: float | None = None,
     ) -> SamplingSettings:
         """Fill what the caller left None from :meth:`sample_defaults`.
 
@@ -219,7 +227,9 @@ class Generator:
         different solver. The checkpoint's guidance applies only when `conditioned` (a class
         or prompt is asked for): an unconditional draw has nothing to guide toward. A
         `guidance_interval` left None is the checkpoint's, if it has one; (0, 1e9) guides at
-        every step."""
+        every step. `autoguidance` left None is the checkpoint's, if it has one and the guide
+        weights to go with it; it replaces classifier-free guidance, so the two are not given
+        together."""
         defaults = self.sample_defaults()
         source = {"sampler": "given", "steps": "given"}
         if sampler is None:
@@ -236,8 +246,14 @@ class Generator:
             guidance = defaults.get("guidance")
             source["guidance"] = "checkpoint" if "guidance" in defaults else "default"
         eta = defaults.get("eta") if own else None
+        auto = self._autoguidance(autoguidance, guidance, source, defaults)
+        if auto is not None and guidance is not None:  # the checkpoint's, which it replaces
+            guidance = None
+            del source["guidance"]
         interval = None
         if guidance is None and guidance_interval is not None:
+            if auto is not None:
+                raise ValueError("a guidance interval applies to guidance, not to autoguidance")
             raise ValueError(self._why_no_guidance(conditioned))
         if guidance is not None:
             if guidance_interval is not None:
@@ -246,7 +262,28 @@ class Generator:
             elif "guidance_interval" in defaults:
                 interval = defaults["guidance_interval"]
                 source["guidance_interval"] = "checkpoint"
-        return SamplingSettings(sampler, steps, guidance, eta, source, interval)
+        return SamplingSettings(sampler, steps, guidance, eta, source, interval, auto)
+
+    def _autoguidance(self, given: float | None, guidance: float | None, source: dict,
+                      defaults: dict) -> float | None:
+        """The autoguidance weight a draw uses (None: off), its source noted in `source`."""
+        if given is not None:
+            if self.guide is None:
+                raise ValueError(
+                    "autoguidance needs a guide, an earlier version of this model, and this "
+                    "checkpoint holds none: train with train.guide_at (e.g. 0.25)"
+                )
+            if source.get("guidance") == "given" and guidance is not None:
+                raise ValueError(
+                    "autoguidance and guidance are two ways to guide the same steps: give one"
+                )
+            check_sampling_inputs(1, None, given, 1)
+            source["autoguidance"] = "given"
+            return float(given)
+        if "autoguidance" in defaults and guidance is None:
+            source["autoguidance"] = "checkpoint"
+            return defaults["autoguidance"]
+        return None
 
     def _why_no_guidance(self, conditioned: bool) -> str:
         """Why a guidance interval was asked for a draw that is not guided: an interval
@@ -392,13 +429,21 @@ class Generator:
         text: TextCondition | None = None,
         negative: TextCondition | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        autoguidance: float | None = None,
     ) -> Denoiser:
         """The (guided, clipped) denoiser for one batch. With text, the unconditional branch
         of guidance is `negative` (a negative prompt's tokens, as in Stable Diffusion) or no
-        text at all. `guidance_interval`: guide only at those noise levels (GuidedDenoiser)."""
+        text at all. `guidance_interval`: guide only at those noise levels (GuidedDenoiser).
+        `autoguidance` w: D_guide + w (D - D_guide) with the guide network on the same condition
+        (Karras et al. 2024, eq. 3), in place of classifier-free guidance."""
         cond = text if text is not None else labels
         den: Denoiser = network_denoiser(self.net, self.process, self.parameterization, cond=cond)
-        if guidance is not None:
+        if autoguidance is not None:
+            if self.guide is None or guidance is not None:
+                raise ValueError("autoguidance needs the checkpoint's guide and no guidance")
+            bad = network_denoiser(self.guide, self.process, self.parameterization, cond=cond)
+            den = GuidedDenoiser(den, bad, autoguidance)
+        elif guidance is not None:
             if text is not None:
                 b = text.tokens.shape[0]
                 uncond_cond = negative if negative is not None else self._text(None, b)
@@ -452,6 +497,7 @@ class Generator:
         classes: list | None = None,
         guidance: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        autoguidance: float | None = None,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         spacing: str | None = None,
@@ -476,7 +522,9 @@ class Generator:
         (:meth:`sampling_settings`: another sampler than the checkpoint's gets its own default
         steps; guidance applies when a class or prompt is given; guidance=1 is the plain
         conditional model; `guidance_interval` (low, high) guides only at those noise levels,
-        the checkpoint's when None). spacing defaults per sampler (difflab.samplers.DEFAULTS);
+        the checkpoint's when None); `autoguidance` w guides with the checkpoint's guide
+        network instead (the checkpoint's [sample] autoguidance when None and it has a guide).
+        spacing defaults per sampler (difflab.samplers.DEFAULTS);
         `options` go to the sampler (eta=, variance=, ...; ddim gets the checkpoint's eta
         unless given). clip "auto": static for pixel models, none for latent ones.
 
@@ -500,7 +548,7 @@ class Generator:
             warnings.warn(OutOfDomainPrompt(far), stacklevel=2)
         settings = self.sampling_settings(
             sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None,
-            guidance_interval=guidance_interval,
+            guidance_interval=guidance_interval, autoguidance=autoguidance,
         )
         sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
         if settings.eta is not None:
@@ -535,6 +583,7 @@ class Generator:
                 den = self.denoiser(
                     labels, guidance, clip, text=text, negative=negative,
                     guidance_interval=settings.guidance_interval,
+                    autoguidance=settings.autoguidance,
                 )
                 noise = randn((b, *self.model_shape), gens, self.device)
                 x0_init = None

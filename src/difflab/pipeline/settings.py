@@ -37,6 +37,8 @@ class SamplingSettings:
     source: dict[str, str]
     # the noise levels (low, high] guidance applies at (GuidedDenoiser); None: every step
     guidance_interval: tuple[float, float] | None = None
+    # autoguidance's weight w (Generator.denoiser), in place of guidance; None: off
+    autoguidance: float | None = None
 
     def summary(self, eta: float | None = None) -> str:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
@@ -46,6 +48,8 @@ class SamplingSettings:
             if self.guidance is not None and self.guidance_interval is not None:
                 low, high = self.guidance_interval
                 what[-1] += f" at noise levels {low:g} to {high:g}"
+        if self.autoguidance is not None:
+            what.append(f"autoguidance {self.autoguidance:g}")
         if eta is not None:
             what.append(f"eta {eta:g}")
         return ", ".join(what)

@@ -5,6 +5,7 @@ untrusted input: every field is type-checked before any of it is used."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from difflab.checkpoints import store as ckpt_io
+from difflab.checkpoints.components import GUIDE
 from difflab.training.step_settings import StepSettings
 
 # state.json as resume reads it: each key's JSON types; the optional ones older checkpoints
@@ -21,9 +23,10 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "torch_rng": (str,), "ema_updates": (int,), "best_fid": (int, float),
     "loss_ema": (int, float), "elapsed_seconds": (int, float), "scaler": (dict,),
     "step_settings": (dict,), "metrics_bytes": (int,), "init_from": (dict,),
+    "guide_step": (int,),
 }  # fmt: skip
 OPTIONAL_STATE = ("ema_updates", "best_fid", "loss_ema", "elapsed_seconds", "scaler",
-                  "step_settings", "metrics_bytes", "init_from")
+                  "step_settings", "metrics_bytes", "init_from", "guide_step")
 
 
 def differences(saved: Any, mine: Any, prefix: str = "") -> str:
@@ -54,6 +57,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "step_settings": trainer.step_settings.to_dict() if trainer.step_settings else None,
         "metrics_bytes": trainer.metrics.durable_size() if trainer.dist.is_main else None,
         "init_from": trainer.init_from,
+        "guide_step": trainer.guide_step,
     }
 
 
@@ -113,6 +117,8 @@ def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
         what = "the step settings"
         if s.get("step_settings"):
             trainer.tuner.recorded = StepSettings.from_dict(s["step_settings"])
+        what = "the guide's weights"
+        trainer.guide, trainer.guide_step = _guide(trainer, ck, s.get("guide_step"))
     except ckpt_io.CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
@@ -123,3 +129,20 @@ def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     trainer.best_fid = s["best_fid"] if s.get("best_fid") is not None else math.inf
     trainer.loss_ema, trainer.elapsed = s.get("loss_ema"), s.get("elapsed_seconds") or 0.0
     trainer.init_from = s.get("init_from")
+
+
+def _guide(trainer: Any, ck: ckpt_io.Checkpoint, step: int | None
+           ) -> tuple[dict[str, torch.Tensor] | None, int | None]:
+    """The guide weights and step a checkpoint holds (autoguidance), checked against the
+    run's network; (None, None) for a checkpoint saved before its run kept them."""
+    if step is None:
+        return None, None
+    weights = ck.components.get(GUIDE)
+    if weights is None or step < 0:
+        raise ckpt_io.CheckpointError(
+            f"{ck.path}: state.json names a guide at step {step} but the checkpoint holds no "
+            f"valid {GUIDE} weights"
+        )
+    check = copy.deepcopy(trainer.ema.model)
+    ckpt_io.load_weights_into(check, weights, f"{ck.path} ({GUIDE})")
+    return {k: v.detach().clone() for k, v in check.state_dict().items()}, step

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from difflab import hardware
 from difflab.build import build_process, describe_network
 from difflab.checkpoints import store as ckpt_io
+from difflab.checkpoints.components import guide_component
 from difflab.config import RunConfig
 from difflab.data import BatchIterator, ImageData, load_dataset
 from difflab.metrics.features import DATASETS
@@ -167,6 +168,9 @@ class Trainer:
         self._resumed = False
         # the checkpoint a warm start began from: {"path", "step"} (run_state.warm_start)
         self.init_from: dict | None = None
+        # autoguidance's guide: the EMA weights at train.guide_at of the budget, and their step
+        self.guide: dict[str, torch.Tensor] | None = None
+        self.guide_step: int | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl")  # written by rank 0 only
         self.steps_per_epoch = max(1, len(self.data) // (tc.batch_size * self.dist.world_size))
 
@@ -183,6 +187,7 @@ class Trainer:
             "dataset": self.data.name,
             "parameters": sum(p.numel() for p in self.net.parameters()),
             "trained_on": self.machine_record(),
+            **({"guide": {"step": self.guide_step}} if self.guide is not None else {}),
         }
 
     def machine_record(self) -> dict:
@@ -210,7 +215,7 @@ class Trainer:
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
             state=run_state.training_state(self),
-            components=self.objective.components(),
+            components={**self.objective.components(), **guide_component(self.guide)},
             keep_previous=True,  # NAME.prev/: a second complete checkpoint to fall back on
         )
         self.last_saved = (path, self.step)
@@ -308,6 +313,16 @@ class Trainer:
         return loss_value
 
     # ------------------------------------------------------------------ the loop
+    def _keep_guide(self, progress: float | None) -> None:
+        """Keep the EMA weights once the run has spent train.guide_at of its budget: the
+        earlier, worse version of this model that autoguidance steers away from (Karras et
+        al. 2024, sec. 3). A run without a budget (progress None) has no such point."""
+        at = self.cfg.train.guide_at
+        if at is None or self.guide is not None or progress is None or progress < at:
+            return
+        self.guide = {k: v.detach().clone() for k, v in self.ema.model.state_dict().items()}
+        self.guide_step = self.step
+
     def _all_ranks_mean(self, value: float) -> float:
         """The mean of a number over ranks (NCCL reduces device tensors only)."""
         if not self.dist.enabled:
@@ -393,6 +408,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self.train_step(self._progress(total, budget))
                 dt = time.perf_counter() - t0
+                self._keep_guide(self._progress(total, budget))
                 window.add(loss, dt)
                 self.loss_ema = (
                     loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss

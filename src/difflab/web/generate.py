@@ -158,6 +158,7 @@ def generator_kwargs(
         batch_size=max(n, 1),
         guidance=settings.guidance,
         guidance_interval=settings.guidance_interval,
+        autoguidance=settings.autoguidance,
         classes=classes,
         clip="auto",
         precision="fp32",

@@ -1,0 +1,166 @@
+"""Autoguidance (Karras et al. 2024): a run keeps its EMA weights at train.guide_at of its budget
+as the guide, checkpoints carry them and resume keeps them exactly; sampling steers by
+D_guide + w (D - D_guide), with exact answers where the guide is the model itself, and
+refuses what it cannot do in one line."""
+
+import copy
+
+import pytest
+import torch
+from tiny_run import tiny_config
+
+from difflab.checkpoints.store import CheckpointError, load_checkpoint, save_checkpoint
+from difflab.cli import main
+from difflab.config import ConfigError, load_config
+from difflab.diffusion.denoiser import network_denoiser
+from difflab.pipeline import Generator
+from difflab.training.trainer import Trainer
+
+GUIDED = ["train.guide_at=0.75", "sample.autoguidance=2"]
+
+
+def train(out, extra=(), resume_from=None):
+    tr = Trainer(tiny_config("train.max_steps=8", *GUIDED, *extra), out, device="cpu",
+                 quiet=True)
+    if resume_from is not None:
+        tr.resume(resume_from)
+    tr.train()
+    return tr
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """8 steps, the guide kept at 6 (0.75 of the budget), a checkpoint at 6 and at 8."""
+    out = tmp_path_factory.mktemp("guided")
+    train(out, ["train.checkpoint_every=6"])
+    return out
+
+
+def test_the_guide_is_the_ema_weights_at_its_fraction_of_the_budget(run):
+    final = load_checkpoint(run / "last", with_training_state=True)
+    at_six = load_checkpoint(run / "last.prev", with_training_state=True)
+    assert final.config["guide"] == {"step": 6} and final.state["guide_step"] == 6
+    assert at_six.state["step"] == 6
+    guide = final.components["guide"]
+    assert guide.keys() == at_six.ema.keys()
+    for key, value in at_six.ema.items():
+        assert torch.equal(guide[key], value), key
+    # and it is not the final model: two more steps moved the EMA
+    assert any(not torch.equal(guide[k], v) for k, v in final.ema.items())
+
+
+def test_a_run_without_guide_at_keeps_none(tmp_path):
+    tr = Trainer(tiny_config("train.max_steps=2"), tmp_path, device="cpu", quiet=True)
+    tr.train()
+    ck = load_checkpoint(tmp_path / "last")
+    assert "guide" not in ck.components and "guide" not in ck.config
+
+
+@pytest.mark.parametrize("every", [5, 7])  # resumed before the guide is kept, and after
+def test_resume_keeps_or_takes_the_guide_exactly(tmp_path, every):
+    straight = train(tmp_path / "a", [f"train.checkpoint_every={every}"])
+    interrupted = tmp_path / "a" / "last.prev"  # the checkpoint at step `every`
+    assert load_checkpoint(interrupted, with_training_state=True).state["step"] == every
+    resumed = train(tmp_path / "b", [f"train.checkpoint_every={every}"], resume_from=interrupted)
+    assert (resumed.step, resumed.guide_step) == (8, straight.guide_step) == (8, 6)
+    for key, value in straight.guide.items():
+        assert torch.equal(resumed.guide[key], value), key
+
+
+def test_a_checkpoint_that_names_a_guide_it_does_not_hold_is_refused(run, tmp_path):
+    ck = load_checkpoint(run / "last", with_training_state=True)
+    save_checkpoint(tmp_path / "bad", config=ck.model_config(), model=ck.model, ema=ck.ema,
+                    optimizer=ck.optimizer, state=ck.state, components={})
+    tr = Trainer(tiny_config("train.max_steps=8", *GUIDED), tmp_path / "c", device="cpu",
+                 quiet=True)
+    with pytest.raises(CheckpointError, match="names a guide at step 6 but the checkpoint holds"):
+        tr.resume(tmp_path / "bad")
+
+
+def test_a_guide_of_another_shape_is_refused_on_load(run, tmp_path):
+    ck = load_checkpoint(run / "last", with_training_state=True)
+    guide = dict(ck.components["guide"])
+    key = next(iter(guide))
+    guide[key] = torch.zeros(3, 3)
+    save_checkpoint(tmp_path / "bad", config=ck.model_config(), model=ck.model, ema=ck.ema,
+                    optimizer=ck.optimizer, state=ck.state, components={"guide": guide})
+    with pytest.raises(CheckpointError, match="guide"):
+        Generator.from_checkpoint(tmp_path / "bad", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gen(run):
+    return Generator.from_checkpoint(run / "last", device="cpu")
+
+
+def test_autoguidance_extrapolates_from_the_guide_to_the_model(gen):
+    x, t = torch.randn(3, *gen.model_shape), torch.tensor([900.0, 500.0, 50.0])
+    model = network_denoiser(gen.net, gen.process, gen.parameterization)(x, t)
+    guide = network_denoiser(gen.guide, gen.process, gen.parameterization)(x, t)
+    out = gen.denoiser(clip=None, autoguidance=2.5)(x, t)
+    # Karras et al. 2024, eq. 3: D_guide + w (D - D_guide)
+    assert torch.allclose(out.x0, guide.x0 + 2.5 * (model.x0 - guide.x0), atol=1e-5)
+    assert not torch.allclose(model.x0, guide.x0, atol=1e-3)  # the guide differs
+
+
+def test_a_guide_equal_to_the_model_changes_nothing_at_any_weight(gen):
+    args = (gen.net, gen.process, gen.parameterization, gen.model_shape)
+    same = Generator(*args, config=gen.config, guide=copy.deepcopy(gen.net))
+    unguided = Generator(*args, config=gen.config)  # no guide: the default cannot apply
+    assert unguided.sampling_settings().autoguidance is None
+    kw = dict(steps=3, seed=4)
+    plain = unguided.generate(2, **kw)
+    # the checkpoint's default is autoguidance 2: with D_guide = D it is D exactly
+    assert same.sampling_settings().autoguidance == 2.0
+    assert torch.equal(same.generate(2, **kw), plain)
+    assert torch.equal(same.generate(2, autoguidance=7.0, **kw), plain)
+    assert not torch.equal(gen.generate(2, **kw), plain)  # the real guide does change it
+
+
+def test_the_checkpoint_default_applies_and_is_said(gen, run, tmp_path, capsys):
+    settings = gen.sampling_settings()
+    assert (settings.autoguidance, settings.source["autoguidance"]) == (2.0, "checkpoint")
+    assert "autoguidance 2" in settings.summary()
+    kw = dict(steps=3, seed=1)
+    assert torch.equal(gen.generate(2, **kw), gen.generate(2, autoguidance=2.0, **kw))
+    assert not torch.equal(gen.generate(2, **kw), gen.generate(2, autoguidance=1.5, **kw))
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run / "last"), "-n", "2", "--steps", "2", "--quiet",
+                 "--autoguidance", "3", "--out", str(out)]) == 0
+    assert "autoguidance 3" in capsys.readouterr().out and out.is_file()
+
+
+def test_autoguidance_without_a_guide_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", "fashion-mnist", "-n", "1", "--steps", "2", "--autoguidance", "2",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "autoguidance needs a guide" in err and "train.guide_at" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_autoguidance_and_guidance_together_are_refused():
+    cond = Generator.from_checkpoint("fashion-mnist-cond", device="cpu")
+    cond.guide = copy.deepcopy(cond.net)
+    with pytest.raises(ValueError, match="two ways to guide the same steps"):
+        cond.sampling_settings(guidance=3.0, conditioned=True, autoguidance=2.0)
+    # the class is still drawn by the model and its guide alike
+    settings = cond.sampling_settings(conditioned=True, autoguidance=2.0)
+    assert settings.autoguidance == 2.0
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["sample.autoguidance=2"], "needs train.guide_at"),
+        (["train.guide_at=0.25", "sample.autoguidance=2", "sample.guidance=3"],
+         "set one of them"),
+        (["train.guide_at=1"], "train.guide_at"),
+        (["train.guide_at=0"], "train.guide_at"),
+        (["train.guide_at=0.25", "sample.autoguidance=-1"], "sample.autoguidance"),
+    ],
+)
+def test_the_config_keys_are_checked_at_load(sets, message):
+    assert load_config(None, GUIDED).train.guide_at == 0.75
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets)
