@@ -115,6 +115,8 @@ def test_a_guide_equal_to_the_model_changes_nothing_at_any_weight(gen):
     assert torch.equal(same.generate(2, **kw), plain)
     assert torch.equal(same.generate(2, autoguidance=7.0, **kw), plain)
     assert not torch.equal(gen.generate(2, **kw), plain)  # the real guide does change it
+    # weight 1 is the model alone, without calling the guide
+    assert torch.equal(gen.generate(2, autoguidance=1.0, **kw), plain)
 
 
 def test_the_checkpoint_default_applies_and_is_said(gen, run, tmp_path, capsys):
@@ -128,6 +130,16 @@ def test_the_checkpoint_default_applies_and_is_said(gen, run, tmp_path, capsys):
     assert main(["sample", str(run / "last"), "-n", "2", "--steps", "2", "--quiet",
                  "--autoguidance", "3", "--out", str(out)]) == 0
     assert "autoguidance 3" in capsys.readouterr().out and out.is_file()
+
+
+def test_the_progress_bar_counts_the_guides_calls(run, tmp_path, capsys):
+    # ddim at 3 steps: three calls of the model and three of its guide; weight 1 calls only
+    # the model
+    for weight, calls in (("2", 6), ("1", 3)):
+        assert main(["sample", str(run / "last"), "-n", "1", "--steps", "3", "--sampler",
+                     "ddim", "--autoguidance", weight, "--out", str(tmp_path / "s.png")]) == 0
+        last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+        assert f"{calls} network evaluations" in last
 
 
 def test_autoguidance_without_a_guide_is_refused_in_one_line(tmp_path, capsys):

@@ -438,7 +438,7 @@ class Generator:
         (Karras et al. 2024, eq. 3), in place of classifier-free guidance."""
         cond = text if text is not None else labels
         den: Denoiser = network_denoiser(self.net, self.process, self.parameterization, cond=cond)
-        if autoguidance is not None:
+        if autoguidance is not None and autoguidance != 1.0:  # 1: the model alone, one call
             if self.guide is None or guidance is not None:
                 raise ValueError("autoguidance needs the checkpoint's guide and no guidance")
             bad = network_denoiser(self.guide, self.process, self.parameterization, cond=cond)
@@ -567,7 +567,11 @@ class Generator:
             else nullcontext()
         )
         # The bar counts the network's forward calls (a guided step makes two) until closed.
-        bar = SamplingProgress(self.net, n, batch_size, len(timesteps)) if progress else None
+        guide = (self.guide,) if self.guide is not None else ()
+        bar = (
+            SamplingProgress(self.net, n, batch_size, len(timesteps), others=guide)
+            if progress else None
+        )
         step_callback = bar.wrap(callback) if bar is not None else callback
         try:
             for start in range(0, n, batch_size):

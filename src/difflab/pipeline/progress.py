@@ -15,19 +15,21 @@ class NetworkProgress:
     """A tqdm bar on stderr that also counts a network's forward calls, the cost of sampling
     or of a likelihood bound: "network evaluations" in the bar's postfix.
 
-    The count comes from a forward pre-hook on `net` (removed by `close`), so a guided step
-    counts two and an adaptive ODE solver's rejected steps count too. The count is redrawn at
-    most every `REDRAW_S` seconds between the bar's own updates, so that one long unit of work
-    (a batch of a 1,000-term bound) is not a silent minute.
+    The count comes from a forward pre-hook on `net` and on each of `others` (autoguidance's
+    guide network; removed by `close`), so a guided step counts two and an adaptive ODE
+    solver's rejected steps count too. The count is redrawn at most every `REDRAW_S` seconds
+    between the bar's own updates, so that one long unit of work (a batch of a 1,000-term
+    bound) is not a silent minute.
     """
 
     REDRAW_S = 0.5
 
-    def __init__(self, net: torch.nn.Module, desc: str, total: int | None, unit: str):
+    def __init__(self, net: torch.nn.Module, desc: str, total: int | None, unit: str,
+                 others: tuple[torch.nn.Module, ...] = ()):
         self.nfe = 0
         self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
         self._drawn = time.monotonic()
-        self._hook = net.register_forward_pre_hook(self._count)
+        self._hooks = [m.register_forward_pre_hook(self._count) for m in (net, *others)]
 
     def _count(self, module: torch.nn.Module, args: Any) -> None:
         self.nfe += 1
@@ -40,7 +42,8 @@ class NetworkProgress:
         self.bar.update(k)
 
     def close(self) -> None:
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         self.bar.close()
 
 
@@ -48,12 +51,14 @@ class SamplingProgress(NetworkProgress):
     """The progress of a sampling run: one bar over the sampler's steps of every batch, which
     names the batch and counts the network evaluations (:class:`NetworkProgress`)."""
 
-    def __init__(self, net: torch.nn.Module, n: int, batch_size: int, steps: int | None = None):
+    def __init__(self, net: torch.nn.Module, n: int, batch_size: int, steps: int | None = None,
+                 others: tuple[torch.nn.Module, ...] = ()):
         """steps: the sampler's steps per batch, if known (the first callback's `total`
-        corrects it: an adaptive ODE solver knows none)."""
+        corrects it: an adaptive ODE solver knows none); others: more networks whose calls
+        count (autoguidance's guide)."""
         self.n, self.batches, self.batch, self._sized = n, -(-n // batch_size), 0, False
         total = steps * self.batches if steps else None
-        super().__init__(net, self._desc(1, min(n, batch_size)), total, "step")
+        super().__init__(net, self._desc(1, min(n, batch_size)), total, "step", others)
 
     def _desc(self, k: int, b: int) -> str:
         images = f"{b} image" + ("s" if b != 1 else "")
