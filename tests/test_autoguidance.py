@@ -14,6 +14,7 @@ from difflab.cli import main
 from difflab.config import ConfigError, load_config
 from difflab.diffusion.denoiser import network_denoiser
 from difflab.pipeline import Generator
+from difflab.runs.report import sample_kwargs
 from difflab.training.trainer import Trainer
 
 GUIDED = ["train.guide_at=0.75", "sample.autoguidance=2"]
@@ -47,6 +48,19 @@ def test_the_guide_is_the_ema_weights_at_its_fraction_of_the_budget(run):
         assert torch.equal(guide[key], value), key
     # and it is not the final model: two more steps moved the EMA
     assert any(not torch.equal(guide[k], v) for k, v in final.ema.items())
+
+
+def test_a_runs_grids_and_scores_draw_as_its_checkpoint_does(tmp_path):
+    tr = train(tmp_path, ["train.checkpoint_every=100"])
+    kw = sample_kwargs(tr)  # what the sample grid and FID during training draw with
+    assert kw["autoguidance"] == 2.0
+    live = Generator.from_trainer(tr).generate(2, seed=3, **kw)
+    saved = Generator.from_checkpoint(tmp_path / "last", device="cpu")
+    assert torch.equal(live, saved.generate(2, seed=3, sampler=kw["sampler"], steps=kw["steps"]))
+    # before the guide is kept there is nothing to guide with, and the grid draws plainly
+    early = Trainer(tiny_config("train.max_steps=8", *GUIDED), tmp_path / "e", device="cpu",
+                    quiet=True)
+    assert "autoguidance" not in sample_kwargs(early)
 
 
 def test_a_run_without_guide_at_keeps_none(tmp_path):

@@ -174,6 +174,7 @@ def sampling_title(
     *,
     asked: str | None = None,
     step: int | None = None,
+    autoguidance: float | None = None,
 ) -> str:
     """A grid's title: "fashion-mnist-cond · Bag · dpmpp_2m, 20 steps, guidance 2, seed 0"
     (`asked`: the class or prompt every sample shares; `step`: a training run's step)."""
@@ -185,6 +186,8 @@ def sampling_title(
     how = f"{sampler}, {steps} steps"
     if guidance is not None:
         how += f", guidance {guidance:g}"
+    if autoguidance is not None:
+        how += f", autoguidance {autoguidance:g}"
     parts.append(f"{how}, seed {seed}")
     return " · ".join(parts)
 

@@ -143,6 +143,7 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
     elif args.per_row is None and args.prompt:
         asked = repr(args.prompt[0])
     return viz.sampling_title(
-        args.checkpoint, kw["sampler"], kw["steps"], kw["seed"], kw["guidance"], asked=asked
+        args.checkpoint, kw["sampler"], kw["steps"], kw["seed"], kw["guidance"], asked=asked,
+        autoguidance=kw.get("autoguidance"),
     )
 

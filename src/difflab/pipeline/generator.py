@@ -19,6 +19,7 @@ noise, whatever the batch size: every sample has its own torch.Generator.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -173,6 +174,7 @@ class Generator:
             autoencoder=trainer.autoencoder,
             # A trainable text encoder is part of the EMA net; a frozen one is not.
             text_encoder=getattr(trainer.ema.model, "text", trainer.text_encoder),
+            guide=_guide_of_trainer(trainer),
         )
 
     @property
@@ -701,3 +703,14 @@ class Generator:
         del images
         path.with_suffix(".images.npy").unlink()
         return path
+
+
+def _guide_of_trainer(trainer: Any) -> torch.nn.Module | None:
+    """A live trainer's guide weights (autoguidance; None until it keeps them) in a copy of
+    its EMA network."""
+    weights = getattr(trainer, "guide", None)
+    if weights is None:
+        return None
+    guide = copy.deepcopy(trainer.ema.model)
+    guide.load_state_dict(weights)
+    return guide.requires_grad_(False)

@@ -59,7 +59,7 @@ def grid_labels(trainer, n: int = 64, seed: int = 0) -> tuple[list[str] | None, 
     kw = sample_kwargs(trainer)
     title = viz.sampling_title(
         trainer.out.name, kw["sampler"], kw["steps"], seed, kw.get("guidance"),
-        step=trainer.step,
+        step=trainer.step, autoguidance=kw.get("autoguidance"),
     )
     return labels, title
 
@@ -82,6 +82,8 @@ def sample_kwargs(trainer) -> dict:
         kw["eta"] = sc.eta
     if sc.guidance is not None and (trainer.conditional or trainer.captions is not None):
         kw["guidance"] = sc.guidance  # grids and FID as `difflab sample` will draw them
+    if sc.autoguidance is not None and trainer.guide is not None:  # once the run has kept it
+        kw["autoguidance"] = sc.autoguidance
     return kw
 
 

@@ -200,7 +200,8 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
     elif per_row is None and prompt:
         asked = repr(prompt)
     title = viz.sampling_title(model_title(req.model), settings.sampler, settings.steps, seed,
-                               settings.guidance, asked=asked)
+                               settings.guidance, asked=asked,
+                               autoguidance=settings.autoguidance)
     layout = {"n": n, "nrow": per_row or 8, "title": title, "settings": settings,
               "row_labels": row_labels}
     return gen, kw, layout
