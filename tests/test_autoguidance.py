@@ -163,6 +163,9 @@ def test_autoguidance_without_a_guide_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "autoguidance needs a guide" in err and "train.guide_at" in err
     assert "Traceback" not in err and not out.exists()
+    # weight 1, the model alone, needs no guide
+    assert main(["sample", "fashion-mnist", "-n", "1", "--steps", "2", "--autoguidance", "1",
+                 "--quiet", "--out", str(out)]) == 0
 
 
 def test_autoguidance_and_guidance_together_are_refused():

@@ -270,7 +270,7 @@ class Generator:
                       defaults: dict) -> float | None:
         """The autoguidance weight a draw uses (None: off), its source noted in `source`."""
         if given is not None:
-            if self.guide is None:
+            if self.guide is None and given != 1.0:  # 1 is the model alone: nothing to guide
                 raise ValueError(
                     "autoguidance needs a guide, an earlier version of this model, and this "
                     "checkpoint holds none: train with train.guide_at (e.g. 0.25)"
