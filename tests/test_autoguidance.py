@@ -4,6 +4,7 @@ D_guide + w (D - D_guide), with exact answers where the guide is the model itsel
 refuses what it cannot do in one line."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -154,6 +155,14 @@ def test_the_progress_bar_counts_the_guides_calls(run, tmp_path, capsys):
                      "ddim", "--autoguidance", weight, "--out", str(tmp_path / "s.png")]) == 0
         last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
         assert f"{calls} network evaluations" in last
+
+
+def test_eval_samples_with_the_checkpoints_autoguidance_and_says_so(run, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["eval", str(run / "last"), "--samples", "8", "--steps", "2", "--quiet",
+                 "--json", str(report)]) == 0
+    assert "autoguidance 2" in capsys.readouterr().out
+    assert json.loads(report.read_text())["sampling"]["autoguidance"] == 2.0
 
 
 def test_autoguidance_without_a_guide_is_refused_in_one_line(tmp_path, capsys):

@@ -289,6 +289,8 @@ def format_report(report: dict[str, Any]) -> str:
         s = report["sampling"]
         steps = "default steps" if s["steps"] is None else f"{s['steps']} steps"
         guide = "" if s["guidance"] is None else f", guidance {s['guidance']}"
+        if s.get("autoguidance") is not None:
+            guide += f", autoguidance {s['autoguidance']:g}"
         rows.append(
             (
                 "model",
