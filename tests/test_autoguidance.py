@@ -177,6 +177,13 @@ def test_autoguidance_without_a_guide_is_refused_in_one_line(tmp_path, capsys):
                  "--quiet", "--out", str(out)]) == 0
 
 
+def test_geneval_passes_autoguidance_on_rather_than_dropping_it(capsys):
+    # shapes-text keeps no guide, so the GenEval path refuses the weight as sampling does
+    assert main(["eval", "shapes-text", "--geneval", "--autoguidance", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "autoguidance needs a guide" in err and "Traceback" not in err
+
+
 def test_autoguidance_and_guidance_together_are_refused():
     cond = Generator.from_checkpoint("fashion-mnist-cond", device="cpu")
     cond.guide = copy.deepcopy(cond.net)

@@ -294,6 +294,7 @@ def geneval_generator(
     steps: int | None = None,
     guidance: float | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    autoguidance: float | None = None,
     batch_size: int = 256,
     negative_prompt: str | None = None,
     verbose: bool = False,
@@ -305,12 +306,13 @@ def geneval_generator(
     checked for the objects, counts, colours and positions its prompt names. The report
     adds the sampling settings and the time it took."""
     settings = gen.sampling_settings(
-        sampler, steps, guidance, conditioned=True, guidance_interval=guidance_interval
+        sampler, steps, guidance, conditioned=True, guidance_interval=guidance_interval,
+        autoguidance=autoguidance,
     )
     generate = prompt_generate(
         gen, sampler=sampler, steps=steps, guidance=guidance, batch_size=batch_size,
         negative_prompt=negative_prompt, verbose=verbose, guidance_interval=guidance_interval,
-        **sample_options,
+        autoguidance=autoguidance, **sample_options,
     )
     start = time.perf_counter()
     report = evaluate_geneval(generate, images_per_prompt, seed, prompts)
@@ -320,6 +322,7 @@ def geneval_generator(
         "seed": seed,
         "guidance": settings.guidance,
         "guidance_interval": _listed(settings.guidance_interval),
+        "autoguidance": settings.autoguidance,
         "negative_prompt": negative_prompt,
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -241,6 +241,7 @@ def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
             steps=args.steps,
             guidance=args.guidance,
             guidance_interval=guidance_interval(args),
+            autoguidance=args.autoguidance,
             batch_size=args.batch_size,
             negative_prompt=args.negative_prompt,
             device=args.device,

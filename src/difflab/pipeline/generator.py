@@ -19,7 +19,6 @@ noise, whatever the batch size: every sample has its own torch.Generator.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -30,7 +29,12 @@ import numpy as np
 import torch
 
 from difflab.build import build_process, network_from_spec
-from difflab.checkpoints.components import autoencoder_from_weights, caption_bank_of, guide_of
+from difflab.checkpoints.components import (
+    autoencoder_from_weights,
+    caption_bank_of,
+    guide_component,
+    guide_of,
+)
 from difflab.checkpoints.names import resolve_checkpoint
 from difflab.checkpoints.store import load_checkpoint, load_weights_into
 from difflab.config import TextConfig, config_from_dict
@@ -174,7 +178,8 @@ class Generator:
             autoencoder=trainer.autoencoder,
             # A trainable text encoder is part of the EMA net; a frozen one is not.
             text_encoder=getattr(trainer.ema.model, "text", trainer.text_encoder),
-            guide=_guide_of_trainer(trainer),
+            # its guide weights, once it keeps them (autoguidance), in the run's network
+            guide=guide_of(trainer.net_config, guide_component(trainer.guide), "the run"),
         )
 
     @property
@@ -703,14 +708,3 @@ class Generator:
         del images
         path.with_suffix(".images.npy").unlink()
         return path
-
-
-def _guide_of_trainer(trainer: Any) -> torch.nn.Module | None:
-    """A live trainer's guide weights (autoguidance; None until it keeps them) in a copy of
-    its EMA network."""
-    weights = getattr(trainer, "guide", None)
-    if weights is None:
-        return None
-    guide = copy.deepcopy(trainer.ema.model)
-    guide.load_state_dict(weights)
-    return guide.requires_grad_(False)

@@ -5,7 +5,6 @@ untrusted input: every field is type-checked before any of it is used."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 
 from difflab.checkpoints import store as ckpt_io
-from difflab.checkpoints.components import GUIDE
+from difflab.checkpoints.components import GUIDE, guide_of
 from difflab.training.step_settings import StepSettings
 
 # state.json as resume reads it: each key's JSON types; the optional ones older checkpoints
@@ -137,12 +136,11 @@ def _guide(trainer: Any, ck: ckpt_io.Checkpoint, step: int | None
     run's network; (None, None) for a checkpoint saved before its run kept them."""
     if step is None:
         return None, None
-    weights = ck.components.get(GUIDE)
-    if weights is None or step < 0:
+    # the network is the run's: require_same_network compared the two specs before this
+    guide = guide_of(ck.config["network"], ck.components, str(ck.path))
+    if guide is None or step < 0:
         raise ckpt_io.CheckpointError(
             f"{ck.path}: state.json names a guide at step {step} but the checkpoint holds no "
             f"valid {GUIDE} weights"
         )
-    check = copy.deepcopy(trainer.ema.model)
-    ckpt_io.load_weights_into(check, weights, f"{ck.path} ({GUIDE})")
-    return {k: v.detach().clone() for k, v in check.state_dict().items()}, step
+    return {k: v.detach() for k, v in guide.state_dict().items()}, step
