@@ -122,6 +122,8 @@ def train_worker(objective: str, minutes: float, seed: int, folder: Path,
     while trainer.step < steps if steps else not clock.spent():
         progress = trainer.step / steps if steps else clock.cpu / clock.budget_s
         losses.append(trainer.train_step(progress=progress))
+        # train.guide_at: keep the EMA weights as autoguidance's guide, as `difflab train` does
+        trainer.keep_guide(trainer.step / steps if steps else clock.cpu / clock.budget_s)
         for ema in extra_emas.values():
             ema.update(trainer.net)
     info = {
@@ -160,12 +162,19 @@ def evaluate(folder: Path, samples: int, seed: int, checkpoint: str = "last",
     cpu0 = time.process_time()
     report = evaluate_generator(gen, DATASET, samples, seed=seed, batch_size=250, **options)
     sampling = report["sampling"]
-    sampling["nfe"] = nfe_of(sampling["sampler"], sampling["steps"])
+    guided = sampling.get("autoguidance") not in (None, 1.0)  # the guide's call doubles it
+    sampling["nfe"] = nfe_of(sampling["sampler"], sampling["steps"]) * (2 if guided else 1)
     sampling["spacing"] = options.get("spacing", "default")
     sampling["cpu_s"] = round(time.process_time() - cpu0, 1)
     return {k: report[k] for k in ("fid", "kid", "kid_stderr", "precision", "recall",
                                    "feature_space", "num_images") if k in report} | {
         "sampling": sampling}
+
+
+def row_key(row: dict, default_decay: float) -> tuple:
+    """What makes a result row one of its own: run, weight average and autoguidance."""
+    return (row["objective"], row["seed"], row.get("ema_decay", default_decay),
+            row.get("sampling", {}).get("autoguidance"))
 
 
 def score_peer(folder: Path, seed: int) -> dict:
@@ -227,6 +236,9 @@ def main() -> None:
                     "(10,000 of them) to choose settings without looking at the reported set")
     ap.add_argument("--ema-decays", type=float, nargs="*", default=[], metavar="DECAY",
                     help="also keep and score these EMA decays of each run (0: raw weights)")
+    ap.add_argument("--autoguidance", type=float, nargs="*", default=[], metavar="W",
+                    help="score each autoguidance weight (1: the model alone) instead of the "
+                    "checkpoint's own setting; the run needs train.guide_at for W != 1")
     ap.add_argument("--worker", choices=list(PRESETS), help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -296,17 +308,18 @@ def main() -> None:
             # those it trained with, which may predate an --nfe sweep's choice).
             cfg = load_config(ROOT / "configs" / f"{PRESETS[objective]}.toml")
             sc = cfg.sample
-            for decay in [None, *args.ema_decays]:
+            weights = args.autoguidance or [None]
+            for decay, weight in [(d, w) for d in [None, *args.ema_decays] for w in weights]:
                 row = {**info, "ema_decay": cfg.train.ema_decay if decay is None else decay,
                        **evaluate(folder, args.samples, seed, ema_folder(decay),
-                                  sampler=sc.sampler, steps=sc.steps, **reference)}
-                key = (objective, seed, row["ema_decay"])
-                record["results"] = [
-                    r for r in record["results"]
-                    if (r["objective"], r["seed"], r.get("ema_decay", cfg.train.ema_decay)) != key
-                ] + [row]
+                                  sampler=sc.sampler, steps=sc.steps, autoguidance=weight,
+                                  **reference)}
+                decay0, same = cfg.train.ema_decay, row_key(row, cfg.train.ema_decay)
+                record["results"] = [r for r in record["results"]
+                                     if row_key(r, decay0) != same] + [row]
                 print(f"  FID {row['fid']:.2f} ({row['sampling']['sampler']}, "
-                      f"{row['sampling']['nfe']} NFE, EMA {row['ema_decay']:g}), "
+                      f"{row['sampling']['nfe']} NFE, EMA {row['ema_decay']:g}, "
+                      f"autoguidance {row['sampling']['autoguidance']}), "
                       f"{info['steps']} steps {info['train_precision']}", flush=True)
                 save()
         if args.peer:

@@ -313,7 +313,7 @@ class Trainer:
         return loss_value
 
     # ------------------------------------------------------------------ the loop
-    def _keep_guide(self, progress: float | None) -> None:
+    def keep_guide(self, progress: float | None) -> None:
         """Keep the EMA weights once the run has spent train.guide_at of its budget: the
         earlier, worse version of this model that autoguidance steers away from (Karras et
         al. 2024, sec. 3). A run without a budget (progress None) has no such point."""
@@ -408,7 +408,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self.train_step(self._progress(total, budget))
                 dt = time.perf_counter() - t0
-                self._keep_guide(self._progress(total, budget))
+                self.keep_guide(self._progress(total, budget))
                 window.add(loss, dt)
                 self.loss_ema = (
                     loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
