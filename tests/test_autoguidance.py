@@ -209,3 +209,22 @@ def test_the_config_keys_are_checked_at_load(sets, message):
     assert load_config(None, GUIDED).train.guide_at == 0.75
     with pytest.raises(ConfigError, match=message):
         load_config(None, sets)
+
+
+def test_an_fp16_export_keeps_the_guide_and_guides_as_the_run_did(run, tmp_path):
+    """`difflab export --fp16` is how a model ships: its guide must travel with it, cast like
+    the model, or the shipped model could not sample with its own autoguidance."""
+    assert main(["export", str(run / "last"), str(tmp_path / "ship"), "--fp16", "--quiet"]) == 0
+    shipped = load_checkpoint(tmp_path / "ship")
+    source = load_checkpoint(run / "last")
+    assert shipped.config["guide"] == {"step": 6}
+    assert shipped.components["guide"].keys() == source.components["guide"].keys()
+    for key, value in shipped.components["guide"].items():
+        assert value.dtype == torch.float16, key
+        assert torch.equal(value, source.components["guide"][key].half()), key
+    exported = Generator.from_checkpoint(tmp_path / "ship", device="cpu")
+    original = Generator.from_checkpoint(run / "last", device="cpu")
+    a = exported.generate(2, seed=1, steps=4, autoguidance=2)
+    b = original.generate(2, seed=1, steps=4, autoguidance=2)
+    assert (a - b).abs().max() < 0.05  # fp16 weights, fp32 arithmetic: rounding only
+    assert not torch.equal(a, exported.generate(2, seed=1, steps=4, autoguidance=1))
