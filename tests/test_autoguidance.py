@@ -167,14 +167,28 @@ def test_eval_samples_with_the_checkpoints_autoguidance_and_says_so(run, tmp_pat
 
 def test_autoguidance_without_a_guide_is_refused_in_one_line(tmp_path, capsys):
     out = tmp_path / "s.png"
-    assert main(["sample", "fashion-mnist", "-n", "1", "--steps", "2", "--autoguidance", "2",
-                 "--out", str(out)]) == 2
+    assert main(["sample", "mnist-digits-cond", "-n", "1", "--steps", "2", "--autoguidance",
+                 "2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "autoguidance needs a guide" in err and "train.guide_at" in err
     assert "Traceback" not in err and not out.exists()
     # weight 1, the model alone, needs no guide
-    assert main(["sample", "fashion-mnist", "-n", "1", "--steps", "2", "--autoguidance", "1",
-                 "--quiet", "--out", str(out)]) == 0
+    assert main(["sample", "mnist-digits-cond", "-n", "1", "--steps", "2", "--autoguidance",
+                 "1", "--quiet", "--out", str(out)]) == 0
+
+
+def test_a_guidance_interval_on_an_autoguided_draw_is_refused_in_one_line(run, tmp_path, capsys):
+    # the run autoguides by default; an interval belongs to classifier-free guidance
+    out = tmp_path / "s.png"
+    argv = ["sample", str(run / "last"), "-n", "1", "--steps", "2", "--guidance-interval", "0.3",
+            "3", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a guidance interval applies to guidance, not to autoguidance (weight 2 here)" in err
+    assert "Traceback" not in err and not out.exists()
+    # weight 1 is the model alone, unguided: the interval has nothing to apply to, and says so
+    assert main([*argv, "--autoguidance", "1"]) == 2
+    assert "this checkpoint is unconditional" in capsys.readouterr().err
 
 
 def test_geneval_passes_autoguidance_on_rather_than_dropping_it(capsys):

@@ -163,7 +163,7 @@ def test_a_config_with_an_interval_but_no_guidance_is_refused():
 @pytest.mark.parametrize(
     ("argv", "why"),
     [
-        (["fashion-mnist"], "this checkpoint is unconditional"),
+        (["fashion-mnist", "--autoguidance", "1"], "this checkpoint is unconditional"),
         (["fashion-mnist-cond"], "guidance needs a class or a prompt, and none was given"),
     ],
 )

@@ -259,8 +259,11 @@ class Generator:
             del source["guidance"]
         interval = None
         if guidance is None and guidance_interval is not None:
-            if auto is not None:
-                raise ValueError("a guidance interval applies to guidance, not to autoguidance")
+            if auto is not None and auto != 1.0:  # weight 1 is the model alone, unguided
+                raise ValueError(
+                    f"a guidance interval applies to guidance, not to autoguidance (weight "
+                    f"{auto:g} here): drop the interval"
+                )
             raise ValueError(self._why_no_guidance(conditioned))
         if guidance is not None:
             if guidance_interval is not None:
