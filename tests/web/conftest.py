@@ -22,7 +22,7 @@ from difflab.web.models import ModelStore
 WEB_EXTRA = "the web app needs the web extra: pip install -e '.[web]'"
 
 # The smallest run `difflab train` makes (tests/tiny_run.py's network), with a sample grid at
-# each of its 2 steps so that the Runs tab has grids to show.
+# each of its 2 steps so that the Runs tab has grids to show, and an autoguidance guide.
 TINY_RUN = [
     "--set",
     "model.overrides.base_channels=16",
@@ -40,6 +40,11 @@ TINY_RUN = [
     "train.sample_every=1",
     "--set",
     "data.limit=200",
+    # a guide kept after the first step, so that the form's autoguidance has a model to show
+    "--set",
+    "train.guide_at=0.5",
+    "--set",
+    "sample.autoguidance=2",
 ]
 # Small enough that a test draws in seconds on 2 shared cores.
 TEST_LIMITS = Limits(max_steps=50, max_images=16, concurrency=1, queue_size=64)

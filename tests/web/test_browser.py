@@ -69,8 +69,13 @@ def screenshot(page, name: str) -> None:
 
 
 def test_generate_shows_the_clis_images(page, tmp_path):
+    # the served run keeps a guide: its own autoguidance weight fills the form
+    pick(page, "gen-model", "tiny/last")
+    page.locator("#gen-autoguidance input").wait_for()
+    assert page.locator("#gen-autoguidance input").input_value() == "2"
     pick(page, "gen-model", "mnist-digits-cond")
     page.wait_for_selector("#gen-class input")
+    page.locator("#gen-autoguidance").wait_for(state="hidden")  # it keeps no guide
     pick(page, "gen-class", "7")
     type_number(page, "gen-steps", 6)
     type_number(page, "gen-n", 8)

@@ -137,6 +137,9 @@ def test_text_generation_equals_the_cli_and_says_how_the_prompt_reads(store, tmp
         ),
         ({"model": "fashion-mnist", "condition": "7"}, "this checkpoint is unconditional"),
         ({"model": "/etc"}, "checkpoint '/etc' is outside the folders this app serves"),
+        ({"autoguidance": 2}, "autoguidance needs a guide"),  # this model keeps none
+        ({"autoguidance": "2x"}, "autoguidance must be a number"),
+        ({"autoguidance": -1}, "autoguidance -1 is out of range (allowed 0..50)"),
     ],
 )
 def test_generate_refuses_in_one_line(store, kw, message):
@@ -144,6 +147,25 @@ def test_generate_refuses_in_one_line(store, kw, message):
     with pytest.raises(ValueError) as e:
         draw(store, **request)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_autoguidance_is_the_models_own_and_draws_as_the_cli_does(store, served, tmp_path):
+    """The served run keeps a guide: the form preselects its weight, a weight given draws
+    what `--autoguidance` draws, and 1 is the model alone."""
+    run = str(served / "runs" / "tiny" / "last")
+    assert generate.defaults(store.load(run))["autoguidance"] == 2.0
+    assert generate.defaults(store.load("mnist-digits-cond"))["autoguidance"] is None
+    common = [run, "-n", "2", "--sampler", "ddim", "--steps", "3", "--seed", "2"]
+    for weight in (1.5, 1):
+        _, result = draw(store, model=run, sampler="ddim", steps=3, seed=2, n=2,
+                         autoguidance=weight)
+        expected = cli_images(tmp_path, *common, "--autoguidance", str(weight))
+        assert np.array_equal(result.images.numpy(), expected)
+    assert "autoguidance 1," in result.notes[0]  # the weight given, 1: the model alone
+    _, own = draw(store, model=run, sampler="ddim", steps=3, seed=2, n=2)
+    assert np.array_equal(own.images.numpy(), cli_images(tmp_path, *common))
+    assert "autoguidance 2" in own.notes[0]
+    assert not np.array_equal(own.images.numpy(), result.images.numpy())
 
 
 def test_a_runs_checkpoint_is_listed_and_draws(store, served):

@@ -117,8 +117,12 @@ def build_app(roots: Roots, limits: Limits | None = None,
             gr.update(visible=gen.takes_text),
             gr.update(value=d["sampler"]),
             gr.update(value=d["steps"]),
-            gr.update(value=d["guidance"] if d["guidance"] is not None else 0,
+            # blank, not 0, where the model autoguides instead: 0 would ask for guidance too
+            gr.update(value=d["guidance"] if d["guidance"] is not None
+                      else None if d["autoguidance"] is not None else 0,
                       visible=gen.conditional),
+            # only for a model that keeps a guide (train.guide_at); blank (its own) otherwise
+            gr.update(value=d["autoguidance"], visible=d["autoguidance"] is not None),
             _describe_model(gen),
         )
 
@@ -155,6 +159,11 @@ def build_app(roots: Roots, limits: Limits | None = None,
                         with gr.Row():
                             g_guidance = gr.Number(0, label="guidance", visible=False,
                                                    elem_id="gen-guidance")
+                            g_autoguidance = gr.Number(
+                                None, label="autoguidance (1: off)", visible=False,
+                                elem_id="gen-autoguidance",
+                                info="steer away from the run's earlier weights",
+                            )
                             g_seed = gr.Number(0, label="seed", precision=0, elem_id="gen-seed")
                             g_n = gr.Number(8, label=f"images (≤ {limits.max_images})",
                                             precision=0, elem_id="gen-n")
@@ -287,16 +296,19 @@ def build_app(roots: Roots, limits: Limits | None = None,
                 r_timer = gr.Timer(RUN_REFRESH_S, active=True)
 
         # ---------------------------------------------------------------- handlers
-        form_outputs = [g_class, g_prompt, g_negative, g_sampler, g_steps, g_guidance, g_info]
+        form_outputs = [g_class, g_prompt, g_negative, g_sampler, g_steps, g_guidance,
+                        g_autoguidance, g_info]
         g_model.change(_shown_errors(model_form), g_model, form_outputs, **light)
         app.load(_shown_errors(model_form), g_model, form_outputs, **light)
         g_sampler.input(_shown_errors(sampler_steps), [g_model, g_sampler], g_steps, **light)
 
         def on_generate(model, condition, prompt, negative, sampler, steps, guidance, seed, n,
-                        gif, progress=gr.Progress()):  # noqa: B008 (gradio's API)
+                        gif, autoguidance=None,
+                        progress=gr.Progress()):  # noqa: B008 (gradio's API)
             req = Request(model=model, condition=condition, prompt=prompt,
                           negative_prompt=negative, sampler=sampler, steps=steps,
-                          guidance=guidance, seed=seed, n=n, gif=bool(gif))
+                          guidance=guidance, autoguidance=autoguidance, seed=seed, n=n,
+                          gif=bool(gif))
             progress(0, desc="loading the model")
             job = generate.run(store, limits, req)
             while True:
@@ -315,7 +327,7 @@ def build_app(roots: Roots, limits: Limits | None = None,
         g_go.click(
             _shown_errors(on_generate),
             [g_model, g_class, g_prompt, g_negative, g_sampler, g_steps, g_guidance, g_seed,
-             g_n, g_gif],
+             g_n, g_gif, g_autoguidance],
             [g_preview, g_gallery, g_notes, g_gif_view, g_files],
             api_name="generate", **heavy,
         )

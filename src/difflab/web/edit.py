@@ -82,7 +82,7 @@ def _prepare(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator
     kw, settings = generator_kwargs(
         gen, sampler=req.sampler, steps=steps, seed=seed, n=n, guidance=req.guidance,
         classes=None, prompt=[prompt] if prompt else None,
-        negative_prompt=[negative] if negative else None,
+        negative_prompt=[negative] if negative else None, autoguidance=req.autoguidance,
     )
     kw.pop("classes")  # as cmd_img2img / cmd_inpaint: text or nothing, no class
     return gen, kw | {"_settings": settings, "_n": n}

@@ -28,7 +28,13 @@ from difflab.pipeline import Generator
 from difflab.pipeline.settings import grid_rows
 from difflab.samplers import SAMPLERS
 from difflab.web.errors import collecting_warnings
-from difflab.web.limits import Limits, guidance_value, seed_value, whole_number
+from difflab.web.limits import (
+    Limits,
+    autoguidance_value,
+    guidance_value,
+    seed_value,
+    whole_number,
+)
 from difflab.web.models import ModelStore
 from difflab.web.streaming import run_streaming
 from difflab.web.training_data import health_notes
@@ -78,11 +84,15 @@ def class_choices(gen: Generator) -> list[str]:
 
 def defaults(gen: Generator) -> dict[str, Any]:
     """The model's own [sample] settings, to preselect in the form (sampler, steps, guidance
-    when conditional), from `Generator.sampling_settings` as `difflab sample` resolves them."""
+    when conditional, autoguidance when it keeps a guide), from `Generator.sampling_settings`
+    as `difflab sample` resolves them."""
     settings = gen.sampling_settings(conditioned=True)
-    out = {"sampler": settings.sampler, "steps": settings.steps, "guidance": None}
+    out = {"sampler": settings.sampler, "steps": settings.steps, "guidance": None,
+           "autoguidance": None}
     if gen.conditional:
         out["guidance"] = settings.guidance
+    if gen.guide is not None:  # 1 (the model alone) where the checkpoint does not autoguide
+        out["autoguidance"] = settings.autoguidance if settings.autoguidance is not None else 1.0
     return out
 
 
@@ -114,6 +124,7 @@ class Request:
     sampler: str | None = None
     steps: Any = None
     guidance: Any = None
+    autoguidance: Any = None  # None: the checkpoint's [sample] autoguidance, if it keeps a guide
     seed: Any = 0
     n: Any = 8
     gif: bool = True
@@ -144,13 +155,16 @@ def generator_kwargs(
     classes: list | None,
     prompt: list[str] | None,
     negative_prompt: list[str] | None,
+    autoguidance: Any = None,
 ) -> tuple[dict, Any]:
     """The Generator keywords `difflab sample` / `img2img` / `inpaint` pass for these
-    settings (cli.sampling_kwargs): sampler, steps and guidance resolved once by
+    settings (cli.sampling_kwargs): sampler, steps, guidance and autoguidance resolved once by
     `sampling_settings`, guidance only for a class or prompt; and the resolved settings."""
     conditioned = classes is not None or bool(prompt)
     guidance = guidance_value(guidance) if conditioned and guidance is not None else None
-    settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditioned)
+    auto = autoguidance_value(autoguidance) if autoguidance is not None else None
+    settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditioned,
+                                     autoguidance=auto)
     kw = dict(
         sampler=settings.sampler,
         steps=settings.steps,
@@ -192,7 +206,7 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
     kw, settings = generator_kwargs(
         gen, sampler=req.sampler, steps=steps, seed=seed, n=n, guidance=req.guidance,
         classes=classes, prompt=[prompt] if prompt else None,
-        negative_prompt=[negative] if negative else None,
+        negative_prompt=[negative] if negative else None, autoguidance=req.autoguidance,
     )
     asked = None
     if per_row is None and classes:

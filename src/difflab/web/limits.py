@@ -86,6 +86,18 @@ def guidance_value(value: Any) -> float:
     return float(value)
 
 
+def autoguidance_value(value: Any) -> float:
+    """An autoguidance weight from a form field (1: the model alone), in the library's range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"autoguidance must be a number (allowed 0..{MAX_GUIDANCE:g}; 1: the model alone), "
+            f"got {value!r}"
+        )
+    if not (math.isfinite(value) and 0 <= value <= MAX_GUIDANCE):
+        raise ValueError(f"autoguidance {value!r} is out of range (allowed 0..{MAX_GUIDANCE:g})")
+    return float(value)
+
+
 def seed_value(value: Any) -> int:
     return whole_number(value, "seed", 0, MAX_SEED)
 
