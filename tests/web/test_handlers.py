@@ -139,7 +139,8 @@ def test_text_generation_equals_the_cli_and_says_how_the_prompt_reads(store, tmp
         ({"model": "/etc"}, "checkpoint '/etc' is outside the folders this app serves"),
         ({"autoguidance": 2}, "autoguidance needs a guide"),  # this model keeps none
         ({"autoguidance": "2x"}, "autoguidance must be a number"),
-        ({"autoguidance": -1}, "autoguidance -1 is out of range (allowed 0..50)"),
+        ({"autoguidance": -1}, "autoguidance -1 is out of range (allowed 0..50; 1: the model "
+                               "alone)"),
     ],
 )
 def test_generate_refuses_in_one_line(store, kw, message):

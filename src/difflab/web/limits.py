@@ -75,27 +75,26 @@ def whole_number(value: Any, what: str, low: int, high: int, flag: str | None = 
     return number
 
 
-def guidance_value(value: Any) -> float:
-    """A classifier-free guidance scale from a form field, in the library's range."""
+def _weight(value: Any, what: str, hint: str = "") -> float:
+    """A guidance weight from a form field, a number in the library's range 0..MAX_GUIDANCE."""
+    allowed = f"allowed 0..{MAX_GUIDANCE:g}{hint}"
     if value is None or value == "":
-        raise ValueError(f"guidance is empty; allowed 0..{MAX_GUIDANCE:g}")
+        raise ValueError(f"{what} is empty; {allowed}")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"guidance must be a number (allowed 0..{MAX_GUIDANCE:g}), got {value!r}")
+        raise ValueError(f"{what} must be a number ({allowed}), got {value!r}")
     if not (math.isfinite(value) and 0 <= value <= MAX_GUIDANCE):
-        raise ValueError(f"guidance {value!r} is out of range (allowed 0..{MAX_GUIDANCE:g})")
+        raise ValueError(f"{what} {value!r} is out of range ({allowed})")
     return float(value)
+
+
+def guidance_value(value: Any) -> float:
+    """A classifier-free guidance scale from a form field."""
+    return _weight(value, "guidance")
 
 
 def autoguidance_value(value: Any) -> float:
-    """An autoguidance weight from a form field (1: the model alone), in the library's range."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(
-            f"autoguidance must be a number (allowed 0..{MAX_GUIDANCE:g}; 1: the model alone), "
-            f"got {value!r}"
-        )
-    if not (math.isfinite(value) and 0 <= value <= MAX_GUIDANCE):
-        raise ValueError(f"autoguidance {value!r} is out of range (allowed 0..{MAX_GUIDANCE:g})")
-    return float(value)
+    """An autoguidance weight from a form field (1: the model alone)."""
+    return _weight(value, "autoguidance", "; 1: the model alone")
 
 
 def seed_value(value: Any) -> int:
