@@ -64,6 +64,13 @@ def test_a_runs_grids_and_scores_draw_as_its_checkpoint_does(tmp_path):
     assert "autoguidance" not in sample_kwargs(early)
 
 
+def test_info_names_the_guide_and_the_sampling_settings(run, capsys):
+    assert main(["info", str(run / "last")]) == 0
+    out = capsys.readouterr().out
+    assert "guide        the EMA weights at step 6, for autoguidance" in out
+    assert "autoguidance 2 (its [sample] settings)" in out
+
+
 def test_a_run_without_guide_at_keeps_none(tmp_path):
     tr = Trainer(tiny_config("train.max_steps=2"), tmp_path, device="cpu", quiet=True)
     tr.train()

@@ -19,8 +19,6 @@ SHIPPED_CONFIGS = {
     "fashion-text": "fashion_text",
     "shapes-text": "shapes_text",
 }
-# A config renamed after a shipped model was trained with it: its name in trained.command.
-TRAINED_AS = {"fashion_mnist_large": "fashion_mnist"}
 
 
 def write(tmp_path, text: str) -> Path:
@@ -86,9 +84,7 @@ def test_shipped_configs_build_the_shipped_networks(name):
     fields; what they build is still exactly what each shipped model was trained as: the same
     network spec, field by field, and the same number of parameters."""
     shipped = json.loads((WEIGHTS_DIR / name / "config.json").read_text())
-    config = SHIPPED_CONFIGS[name]
-    trained_as = TRAINED_AS.get(config, config)
-    assert f"difflab train {trained_as} " in shipped["trained"]["command"] + " "
+    assert f"difflab train {SHIPPED_CONFIGS[name]} " in shipped["trained"]["command"] + " "
     cfg = load_config(CONFIGS / f"{SHIPPED_CONFIGS[name]}.toml")
     shape = tuple(shipped.get("model_shape", shipped["image_shape"]))  # latents, or pixels
     net, spec = build_network(cfg.model, shape, shipped["network"]["num_classes"])

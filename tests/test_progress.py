@@ -41,7 +41,8 @@ def test_sample_batches_are_named(tmp_path, capsys):
     # Only the first and last states are drawn for sure (tqdm skips redraws within 0.1 s).
     assert lines[0].startswith("sampling batch 1/2 (2 images)")
     assert "batch 2/2 (1 image)" in lines[-1] and "4/4" in lines[-1]
-    assert "4 network evaluations" in lines[-1]  # unguided: one per step and batch
+    # the shipped model autoguides: its own call and its guide's, per step and batch
+    assert "8 network evaluations" in lines[-1]
 
 
 def test_quiet_sample_writes_nothing_to_stderr(tmp_path, capsys):
@@ -57,7 +58,7 @@ def test_generator_is_quiet_unless_asked(capsys):
     quiet = gen.generate(2, steps=2)
     assert capsys.readouterr().err == ""
     loud = gen.generate(2, steps=2, progress=True)
-    assert "2 network evaluations" in _bar_lines(capsys.readouterr().err)[-1]
+    assert "4 network evaluations" in _bar_lines(capsys.readouterr().err)[-1]  # and its guide
     assert (quiet == loud).all()  # watching does not change what is drawn
     assert not gen.net._forward_pre_hooks  # the counter is gone once the run ends
 

@@ -42,18 +42,23 @@ def with_sample_settings(gen: Generator, **sample) -> Generator:
     config = copy.deepcopy(gen.config)
     config["run"]["sample"] = sample
     return Generator(gen.net, gen.process, gen.parameterization, gen.model_shape,
-                     num_classes=gen.num_classes, class_names=gen.class_names, config=config)
+                     num_classes=gen.num_classes, class_names=gen.class_names, config=config,
+                     guide=gen.guide)
 
 
 @pytest.mark.parametrize(
-    ("name", "guidance"),
-    [("fashion-mnist", None), ("fashion-mnist-cond", 3.0), ("mnist-digits-cond", 2.0),
-     ("fashion-text", 3.0), ("shapes-text", 3.0)],
+    ("name", "sampler", "guidance", "autoguidance"),
+    [("fashion-mnist", "dpmpp_2m_sde", None, 2.0), ("fashion-mnist-cond", "dpmpp_2m", 3.0, None),
+     ("mnist-digits-cond", "dpmpp_2m", 2.0, None), ("fashion-text", "dpmpp_2m", 3.0, None),
+     ("shapes-text", "dpmpp_2m", 3.0, None)],
 )
-def test_shipped_models_carry_their_benchmarked_settings(name, guidance):
+def test_shipped_models_carry_their_benchmarked_settings(name, sampler, guidance, autoguidance):
     run = json.loads((WEIGHTS_DIR / name / "config.json").read_text())["run"]
     sample = config_from_dict(run).sample
-    assert (sample.sampler, sample.steps, sample.guidance) == ("dpmpp_2m", 20, guidance)
+    assert (sample.sampler, sample.steps, sample.guidance) == (sampler, 20, guidance)
+    # the unconditional model steers away from its own weights at a quarter of its run
+    # (BENCHMARKS.md, "The shipped Fashion-MNIST model")
+    assert sample.autoguidance == autoguidance
     # guidance only at noise levels (0.3, 3]: the class agreement of guidance 2 at every step,
     # at a lower FID (BENCHMARKS.md, "Class-conditional Fashion-MNIST")
     interval = (0.3, 3.0) if name == "fashion-mnist-cond" else None
@@ -61,11 +66,14 @@ def test_shipped_models_carry_their_benchmarked_settings(name, guidance):
 
 
 def test_generate_uses_the_checkpoints_sampler_and_steps(fashion):
-    assert fashion.sample_defaults() == {"sampler": "dpmpp_2m", "steps": 20}
+    assert fashion.sample_defaults() == {"sampler": "dpmpp_2m_sde", "steps": 20,
+                                         "autoguidance": 2.0}
     counter = StepCounter()
     default = fashion.generate(2, seed=0, callback=counter)
     assert counter.calls == 20
-    assert torch.equal(default, fashion.generate(2, seed=0, sampler="dpmpp_2m", steps=20))
+    assert torch.equal(default, fashion.generate(2, seed=0, sampler="dpmpp_2m_sde", steps=20,
+                                                 autoguidance=2.0))
+    assert not torch.equal(default, fashion.generate(2, seed=0, autoguidance=1.0))
     assert not torch.equal(default, fashion.generate(2, seed=0, sampler="ddim", steps=50))
 
 
@@ -73,7 +81,7 @@ def test_steps_alone_keep_the_checkpoints_sampler(fashion):
     counter = StepCounter()
     five = fashion.generate(2, seed=0, steps=5, callback=counter)
     assert counter.calls == 5
-    assert torch.equal(five, fashion.generate(2, seed=0, sampler="dpmpp_2m", steps=5))
+    assert torch.equal(five, fashion.generate(2, seed=0, sampler="dpmpp_2m_sde", steps=5))
 
 
 def test_another_sampler_alone_gets_its_own_default_steps(fashion):
@@ -90,12 +98,11 @@ def test_another_sampler_alone_gets_its_own_default_steps(fashion):
 
 
 def test_ddim_eta_comes_from_the_checkpoint_only_for_ddim(fashion):
-    noisy = with_sample_settings(fashion, sampler="ddim", steps=6, eta=1.0)
+    noisy = with_sample_settings(fashion, sampler="ddim", steps=6, eta=1.0)  # no autoguidance
     assert noisy.sample_defaults() == {"sampler": "ddim", "steps": 6, "eta": 1.0}
-    assert torch.equal(noisy.generate(1, seed=0),
-                       fashion.generate(1, seed=0, sampler="ddim", steps=6, eta=1.0))
-    assert torch.equal(noisy.generate(1, seed=0, eta=0.0),
-                       fashion.generate(1, seed=0, sampler="ddim", steps=6))
+    alone = dict(sampler="ddim", steps=6, autoguidance=1.0)  # the model alone, as `noisy` draws
+    assert torch.equal(noisy.generate(1, seed=0), fashion.generate(1, seed=0, eta=1.0, **alone))
+    assert torch.equal(noisy.generate(1, seed=0, eta=0.0), fashion.generate(1, seed=0, **alone))
     # dpmpp_2m takes no eta: the checkpoint's DDIM setting must not reach it.
     assert noisy.sampling_settings(sampler="dpmpp_2m").eta is None
     assert noisy.generate(1, sampler="dpmpp_2m", steps=2).shape == (1, 1, 28, 28)
@@ -115,10 +122,10 @@ def test_guidance_default_for_a_conditional_model(fashion_cond):
 
 
 def test_unconditional_model_ignores_guidance_settings(fashion):
-    guided = with_sample_settings(fashion, sampler="dpmpp_2m", steps=20, guidance=3.0)
+    guided = with_sample_settings(fashion, sampler="dpmpp_2m_sde", steps=20, guidance=3.0)
     assert "guidance" not in guided.sample_defaults()
     assert guided.sampling_settings(conditioned=True).guidance is None
-    assert torch.equal(guided.generate(1, steps=2), fashion.generate(1, steps=2))
+    assert torch.equal(guided.generate(1, steps=2), fashion.generate(1, steps=2, autoguidance=1))
 
 
 def test_text_model_guidance_needs_a_prompt():
@@ -162,7 +169,8 @@ def test_generator_without_a_config_falls_back(fashion):
     assert settings.source == {"sampler": "default", "steps": "default"}
     # The explicit keywords training's report passes still decide everything.
     kw = dict(sampler="ddim", steps=4, clip="static", eta=0.0, seed=0)
-    assert torch.equal(bare.generate(2, **kw), fashion.generate(2, **kw))
+    # (a bare Generator has no guide: the checkpoint's drawn with the model alone is the same)
+    assert torch.equal(bare.generate(2, **kw), fashion.generate(2, autoguidance=1.0, **kw))
 
 
 def test_cli_says_what_it_samples_with(tmp_path, capsys):
@@ -170,8 +178,8 @@ def test_cli_says_what_it_samples_with(tmp_path, capsys):
     assert main(["sample", "fashion-mnist", "--steps", "3", "-n", "2", "--out", str(out)]) == 0
     assert out.is_file()
     assert (
-        "difflab: sampling with dpmpp_2m, 3 steps "
-        "(sampler: the checkpoint's [sample] settings; steps: --steps)"
+        "difflab: sampling with dpmpp_2m_sde, 3 steps, autoguidance 2 "
+        "(sampler and autoguidance: the checkpoint's [sample] settings; steps: --steps)"
     ) in capsys.readouterr().out
     assert main(["sample", "fashion-mnist-cond", "--class", "bag", "-n", "1", "--out",
                  str(out)]) == 0
@@ -183,12 +191,12 @@ def test_cli_says_what_it_samples_with(tmp_path, capsys):
     assert main(["sample", "fashion-mnist", "--sampler", "ddim", "--eta", "0.5", "-n", "1",
                  "--out", str(out)]) == 0
     assert (
-        "difflab: sampling with ddim, 50 steps, eta 0.5 (sampler: --sampler; steps: ddim's "
-        "default)"
+        "difflab: sampling with ddim, 50 steps, autoguidance 2, eta 0.5 (sampler: --sampler; "
+        "steps: ddim's default; autoguidance: the checkpoint's [sample] settings)"
     ) in capsys.readouterr().out
 
 
 def test_cli_eta_with_a_sampler_that_has_none(tmp_path, capsys):
-    assert main(["sample", "fashion-mnist", "--eta", "0.5", "-n", "1", "--out",
+    assert main(["sample", "fashion-mnist-cond", "--eta", "0.5", "-n", "1", "--out",
                  str(tmp_path / "s.png")]) == 2
     assert re.search("--eta is a setting of ddim.*samples with dpmpp_2m", capsys.readouterr().err)

@@ -51,6 +51,12 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
         "min of optimizer steps",
         f"files        {size / 1e6:.2f} MB: {', '.join(sorted(f.name for f in path.iterdir()))}",
     ]
+    sample = run.get("sample") or {}
+    if sample.get("sampler"):
+        lines.append(f"sampling     {_sample_settings(sample)} (its [sample] settings)")
+    if "guide" in c:  # autoguidance's guide (train.guide_at), a component of its own
+        lines.append(f"guide        the EMA weights at step {c['guide'].get('step', '?')}, "
+                     "for autoguidance")
     if "autoencoder" in c:
         ae = c["autoencoder"]
         lines.insert(3, f"latent       {tuple(c.get('model_shape', []))} from an autoencoder "
@@ -68,3 +74,15 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
         lines.append(f"provenance   {json.dumps(c['trained'])}")
     return lines
 
+
+
+def _sample_settings(sample: dict) -> str:
+    """A checkpoint's [sample] settings as a sampling line names them."""
+    parts = [f"{sample['sampler']}, {sample.get('steps', '?')} steps"]
+    if sample.get("guidance") is not None:
+        interval = sample.get("guidance_interval")
+        at = f" at noise levels {interval[0]:g} to {interval[1]:g}" if interval else ""
+        parts.append(f"guidance {sample['guidance']:g}{at}")
+    if sample.get("autoguidance") is not None:
+        parts.append(f"autoguidance {sample['autoguidance']:g}")
+    return ", ".join(parts)
