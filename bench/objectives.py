@@ -119,11 +119,13 @@ def train_worker(objective: str, minutes: float, seed: int, folder: Path,
     extra_emas = {d: EMA(trainer.net, d, cfg.train.ema_warmup) for d in ema_decays}
     clock = Clock(minutes * 60)
     losses = []
+    def spent() -> float:  # the fraction of the budget used so far
+        return trainer.step / steps if steps else clock.cpu / clock.budget_s
+
     while trainer.step < steps if steps else not clock.spent():
-        progress = trainer.step / steps if steps else clock.cpu / clock.budget_s
-        losses.append(trainer.train_step(progress=progress))
+        losses.append(trainer.train_step(progress=spent()))
         # train.guide_at: keep the EMA weights as autoguidance's guide, as `difflab train` does
-        trainer.keep_guide(trainer.step / steps if steps else clock.cpu / clock.budget_s)
+        trainer.keep_guide(spent())
         for ema in extra_emas.values():
             ema.update(trainer.net)
     info = {

@@ -13,7 +13,8 @@ from pathlib import Path
 from difflab.checkpoints.store import load_checkpoint
 from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
-from difflab.config import process_settings
+from difflab.config import ConfigError, config_from_dict, process_settings
+from difflab.pipeline.settings import SamplingSettings
 
 
 def add_info_arguments(i: argparse.ArgumentParser) -> None:
@@ -51,9 +52,8 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
         "min of optimizer steps",
         f"files        {size / 1e6:.2f} MB: {', '.join(sorted(f.name for f in path.iterdir()))}",
     ]
-    sample = run.get("sample") or {}
-    if sample.get("sampler"):
-        lines.append(f"sampling     {_sample_settings(sample)} (its [sample] settings)")
+    if (run.get("sample") or {}).get("sampler"):
+        lines.append(f"sampling     {_sample_settings(run)}")
     if "guide" in c:  # autoguidance's guide (train.guide_at), a component of its own
         lines.append(f"guide        the EMA weights at step {c['guide'].get('step', '?')}, "
                      "for autoguidance")
@@ -75,14 +75,14 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
     return lines
 
 
-
-def _sample_settings(sample: dict) -> str:
-    """A checkpoint's [sample] settings as a sampling line names them."""
-    parts = [f"{sample['sampler']}, {sample.get('steps', '?')} steps"]
-    if sample.get("guidance") is not None:
-        interval = sample.get("guidance_interval")
-        at = f" at noise levels {interval[0]:g} to {interval[1]:g}" if interval else ""
-        parts.append(f"guidance {sample['guidance']:g}{at}")
-    if sample.get("autoguidance") is not None:
-        parts.append(f"autoguidance {sample['autoguidance']:g}")
-    return ", ".join(parts)
+def _sample_settings(run: dict) -> str:
+    """A checkpoint's [sample] settings as `difflab sample`'s line names them
+    (SamplingSettings.summary), its guidance shown as the checkpoint's."""
+    try:
+        sc = config_from_dict(run).sample
+    except ConfigError as e:  # info still describes a checkpoint that sampling would refuse
+        return f"its [sample] settings are not usable: {e}"
+    source = {"guidance": "checkpoint"} if sc.guidance is not None else {}
+    settings = SamplingSettings(sc.sampler, sc.steps, sc.guidance, None, source,
+                                sc.guidance_interval, sc.autoguidance)
+    return f"{settings.summary()} (its [sample] settings)"
