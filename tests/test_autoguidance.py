@@ -5,6 +5,7 @@ refuses what it cannot do in one line."""
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -69,6 +70,19 @@ def test_info_names_the_guide_and_the_sampling_settings(run, capsys):
     out = capsys.readouterr().out
     assert "guide        the EMA weights at step 6, for autoguidance" in out
     assert "autoguidance 2 (its [sample] settings)" in out
+
+
+def test_info_describes_a_checkpoint_whose_sample_settings_are_not_usable(run, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(run / "last", bad)
+    (bad / "manifest.json").unlink()  # as a checkpoint saved before manifests
+    config = json.loads((bad / "config.json").read_text())
+    config["run"]["sample"]["steps"] = -3
+    (bad / "config.json").write_text(json.dumps(config))
+    assert main(["info", str(bad)]) == 0
+    out = capsys.readouterr().out
+    assert "sampling     its [sample] settings are not usable: sample.steps must be > 0" in out
+    assert "guide        the EMA weights at step 6" in out  # the rest is still described
 
 
 def test_a_run_without_guide_at_keeps_none(tmp_path):
