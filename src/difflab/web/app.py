@@ -117,7 +117,8 @@ def build_app(roots: Roots, limits: Limits | None = None,
             gr.update(visible=gen.takes_text),
             gr.update(value=d["sampler"]),
             gr.update(value=d["steps"]),
-            # blank, not 0, where the model autoguides instead: 0 would ask for guidance too
+            # blank (its own), not 0, for a model that keeps a guide: 0 would ask for guidance
+            # on top of its autoguidance, which the library refuses
             gr.update(value=d["guidance"] if d["guidance"] is not None
                       else None if d["autoguidance"] is not None else 0,
                       visible=gen.conditional),
