@@ -54,6 +54,7 @@ from .attention import LinearAttention2d, SelfAttention2d, SpatialTransformer
 from .blocks import ConvNeXtBlock, Downsample, ResBlock, Upsample, zero_init
 from .conditioning import PooledText, TextCondition, class_labels, text_tokens, time_batch
 from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP
+from .text_refiner import TextRefiner
 
 BLOCKS = ("resnet", "convnext")
 SKIPS = ("concat", "add")
@@ -154,6 +155,13 @@ class UNetConfig:
     # sentence, not only the positions that cross-attend to it (Imagen, SDXL). Needs
     # context_dim. False: text reaches the net through cross-attention alone.
     pooled_text: bool = False
+    # Trainable transformer layers (difflab.models.text_refiner) that re-read the text
+    # tokens before the spatial transformers do, so a frozen encoder's word states can be
+    # regrouped per object ("red" with "circle"). 0: the encoder's states as they are.
+    text_layers: int = 0
+    # Width those layers run at (a linear map from context_dim first); None: context_dim.
+    # The transformers' cross-attention then reads tokens this wide.
+    text_width: int | None = None
     # Scale-shift (FiLM) time conditioning (improved DDPM) rather than an added bias.
     scale_shift: bool = True
     # Whether the middle block has attention (score-SDE's small ScoreNet has none).
@@ -206,8 +214,11 @@ class UNetConfig:
         positive("transformer_ff_mult")
         for name in ("out_channels", "time_features", "time_embed_dim", "num_classes"):
             positive(name, allow_none=True)
-        for name in ("context_dim", "transformer_head_dim"):
+        for name in ("context_dim", "transformer_head_dim", "text_width"):
             positive(name, allow_none=True)
+        layers = self.text_layers
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
+            raise _bad("text_layers", f"must be an integer >= 0, got {layers!r}")
         for name, allowed in (
             ("block", BLOCKS),
             ("skip", SKIPS),
@@ -242,6 +253,17 @@ class UNetConfig:
             raise _bad("class_context", "needs num_classes (the labels to make tokens of)")
         if self.pooled_text and self.context_dim is None:
             raise _bad("pooled_text", "needs context_dim (the width of the text tokens)")
+        if self.text_layers and self.context_dim is None:
+            raise _bad("text_layers", "needs context_dim (the width of the text tokens)")
+        if self.text_width is not None and not self.text_layers:
+            raise _bad("text_width", "is the width of the text layers: set text_layers >= 1")
+        head = self.text_head_dim
+        if self.text_layers and (self.text_width or self.context_dim) % head:
+            raise _bad(
+                "text_width",
+                f"{self.text_width or self.context_dim} is not a multiple of the head width "
+                f"{head} (transformer_head_dim, or 32)",
+            )
         has_context = self.context_dim is not None or self.class_context
         if self.transformer_resolutions and not has_context:
             raise _bad(
@@ -297,10 +319,15 @@ class UNetConfig:
                 )
 
     @property
+    def text_head_dim(self) -> int:
+        """Head width of the text layers: the transformers' own, or 32."""
+        return self.transformer_head_dim or 32
+
+    @property
     def context_width(self) -> int | None:
         """Width of the context tokens the transformers read (None: no transformers)."""
         if self.context_dim is not None:
-            return self.context_dim
+            return (self.text_width or self.context_dim) if self.text_layers else self.context_dim
         if self.class_context:
             return self.time_embed_dim or 4 * self.base_channels
         return None
@@ -472,6 +499,11 @@ class UNet(nn.Module):
             nn.Embedding(c.num_classes + 1, c.context_width) if c.class_context else None
         )
         self.pooled_text = PooledText(c.context_dim, emb_dim) if c.pooled_text else None
+        self.text_refiner = (
+            TextRefiner(c.context_dim, c.context_width, c.text_layers, c.text_head_dim)
+            if c.text_layers
+            else None
+        )
 
     @classmethod
     def from_config(cls, data: dict[str, Any] | UNetConfig) -> UNet:
@@ -523,6 +555,8 @@ class UNet(nn.Module):
         emb = self.embed(t, labels, batch, x.device)  # validates the labels
         if self.pooled_text is not None:
             emb = emb + self.pooled_text(text, mask, batch).to(emb.dtype)
+        if self.text_refiner is not None and text is not None:
+            text = self.text_refiner(text, mask)
         context, mask = self.context(text, mask, labels, batch)
 
         h = self.conv_in(x)
