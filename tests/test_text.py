@@ -165,6 +165,30 @@ def test_minilm_spec_round_trip(minilm):
     assert text_encoder_from_spec({"name": "minilm", "max_tokens": 32}).tokens == "all"
 
 
+def test_an_earlier_layers_word_states(minilm, encoded, reference):
+    """text.layer: the word pieces' states after that layer (hidden_states[layer] of the
+    model sentence-transformers loads), the sentence embedding still the last layer's."""
+    earlier = PretrainedTextEncoder(layer=5)
+    cond = earlier.encode(PROMPTS)
+    torch.testing.assert_close(cond.tokens[:, 0], encoded.tokens[:, 0], rtol=0, atol=0)
+    assert torch.equal(cond.mask, encoded.mask)
+    ids, mask = minilm.tokenize(PROMPTS)
+    with torch.no_grad():
+        states = reference[0].auto_model(
+            input_ids=ids, attention_mask=mask.long(), output_hidden_states=True
+        ).hidden_states
+    assert len(states) == 7  # the embeddings, then six layers
+    want = states[5] * mask[..., None]
+    torch.testing.assert_close(cond.tokens[:, 1:], want, atol=1e-5, rtol=0)
+    assert not torch.allclose(cond.tokens[:, 1:], encoded.tokens[:, 1:], atol=1e-2)
+    spec = json.loads(json.dumps(earlier.spec()))
+    assert spec == {"name": "minilm", "max_tokens": 64, "tokens": "all", "layer": 5}
+    assert text_encoder_from_spec(spec).layer == 5
+    for bad in (0, 7, 2.0, True):
+        with pytest.raises(ValueError, match=f"layer={bad!r} is not allowed; choose 1 to 6"):
+            PretrainedTextEncoder(layer=bad)
+
+
 def test_pooled_only_is_the_sentence_embedding_alone(minilm):
     prompts = ["a pair of sandals", "footwear for running on a track"]
     full = minilm.encode(prompts)

@@ -59,6 +59,7 @@ TEXT_ENCODERS = ("minilm", "trainable")
 TOKEN_SETS = ("all", "pooled")
 
 MINILM_WIDTH = 384  # hidden size of all-MiniLM-L6-v2 (its config.json)
+MINILM_LAYERS = 6  # its transformer layers ("L6")
 MINILM_MAX_TOKENS = 256  # its sentence_bert_config.json max_seq_length, specials included
 VOCAB_SIZE = 30522  # the uncased BERT WordPiece vocabulary both encoders use
 # [CLS], one word piece, [SEP]: fewer cannot hold any text at all.
@@ -249,6 +250,7 @@ class PretrainedTextEncoder:
         max_tokens: int = 64,
         device: torch.device | str | None = None,
         tokens: str = "all",
+        layer: int = MINILM_LAYERS,
     ) -> None:
         # 64 word pieces hold any caption a diffusion model of this size can follow; the
         # model itself was trained with up to 256.
@@ -256,7 +258,10 @@ class PretrainedTextEncoder:
         self.device = torch.device("cpu" if device is None else device)
         if tokens not in TOKEN_SETS:
             raise ValueError(f"tokens={tokens!r} is not allowed; choose one of {TOKEN_SETS}")
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= MINILM_LAYERS:
+            raise ValueError(f"layer={layer!r} is not allowed; choose 1 to {MINILM_LAYERS}")
         self.tokens = tokens
+        self.layer = layer
 
     def to(self, device: torch.device | str) -> PretrainedTextEncoder:
         """Encode on ``device`` from now on (the model is copied there on first use)."""
@@ -268,19 +273,27 @@ class PretrainedTextEncoder:
         return _tokenize(prompts, self.max_tokens, stacklevel=3)
 
     def encode(self, prompts: Sequence[str]) -> TextCondition:
-        """Tokens ``(B, 1 + L, 384)``: the normalised sentence embedding, then the last
-        hidden states of the ``L`` word pieces (zeros on padding); mask ``(B, 1 + L)``.
-        With ``tokens="pooled"``: the sentence embedding alone, ``(B, 1, 384)``."""
+        """Tokens ``(B, 1 + L, 384)``: the normalised sentence embedding, then the hidden
+        states of the ``L`` word pieces after layer ``layer`` (zeros on padding); mask
+        ``(B, 1 + L)``. With ``tokens="pooled"``: the sentence embedding alone, ``(B, 1, 384)``.
+        The sentence embedding is always the last layer's, as the model was trained."""
         ids, mask = _tokenize(prompts, self.max_tokens, stacklevel=3)
         ids, mask = ids.to(self.device), mask.to(self.device)
         model = _minilm(_device_key(self.device))
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            hidden = model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        hidden = hidden * mask[..., None]  # (B, L, 384); padding states are meaningless
+            out = model(
+                input_ids=ids,
+                attention_mask=mask.long(),
+                output_hidden_states=self.layer != MINILM_LAYERS,
+            )
+        last = out.last_hidden_state * mask[..., None]  # (B, L, 384); padding is meaningless
         # sentence-transformers' Pooling(mean) then Normalize modules, as the model was trained.
-        pooled = F.normalize(_masked_mean(hidden, mask), dim=-1)  # (B, 384)
+        pooled = F.normalize(_masked_mean(last, mask), dim=-1)  # (B, 384)
         if self.tokens == "pooled":
             return TextCondition(tokens=pooled[:, None], mask=mask.new_ones(len(pooled), 1))
+        hidden = last
+        if self.layer != MINILM_LAYERS:  # hidden_states[0] is the embedding layer's output
+            hidden = out.hidden_states[self.layer] * mask[..., None]
         return _with_pooled(pooled, hidden, mask)
 
     def null(self, n: int, device: torch.device | str | None = None) -> TextCondition:
@@ -289,7 +302,10 @@ class PretrainedTextEncoder:
 
     def spec(self) -> dict[str, Any]:
         """JSON-able settings; :func:`text_encoder_from_spec` rebuilds the encoder."""
-        return {"name": self.name, "max_tokens": self.max_tokens, "tokens": self.tokens}
+        spec = {"name": self.name, "max_tokens": self.max_tokens, "tokens": self.tokens}
+        if self.layer != MINILM_LAYERS:  # absent: the last layer, as before the option
+            spec["layer"] = self.layer
+        return spec
 
     def __repr__(self) -> str:
         return (

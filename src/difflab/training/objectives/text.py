@@ -97,6 +97,11 @@ class CaptionConditioning:
                     f"text.tokens = {cfg.text.tokens!r} applies to the pretrained minilm "
                     "encoder; the trainable one hands over all its tokens (text.tokens = 'all')"
                 )
+            if cfg.text.layer != 6:
+                raise ValueError(
+                    f"text.layer = {cfg.text.layer} applies to the pretrained minilm encoder; "
+                    "the trainable one hands over its last layer (text.layer = 6)"
+                )
             self.encoder = TrainableTextEncoder(
                 width=cfg.text.width, depth=cfg.text.depth, max_tokens=cfg.text.max_tokens
             )
@@ -109,7 +114,10 @@ class CaptionConditioning:
             }
         else:
             self.encoder = make_text_encoder(
-                cfg.text.encoder, max_tokens=cfg.text.max_tokens, tokens=cfg.text.tokens
+                cfg.text.encoder,
+                max_tokens=cfg.text.max_tokens,
+                tokens=cfg.text.tokens,
+                layer=cfg.text.layer,
             )
         self.net, self.net_config = net, net_config
         if width != self.encoder.width:
