@@ -257,6 +257,27 @@ class TransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+class TokenLayer(nn.Module):
+    """Pre-LN transformer layer over a token sequence ``(B, L, width)`` with a padding mask:
+    ``x + attn(LN(x))`` (self-attention whose keys are the real tokens only), then
+    ``x + ff(LN(x))``. :class:`TransformerBlock`'s self-attention takes no mask (image
+    positions are never padding); text is, so the real tokens of a prompt never see the
+    padding that batching added. Used by the text encoders and the text layers of a UNet.
+    """
+
+    def __init__(self, width: int, num_heads: int, ff_mult: int = 4, *, gated: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = CrossAttention(width, None, num_heads, zero_out=False)
+        self.norm2 = nn.LayerNorm(width)
+        self.ff = FeedForward(width, ff_mult, gated=gated)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, mask)  # keys restricted to real tokens
+        return x + self.ff(self.norm2(x))
+
+
 class SpatialTransformer(nn.Module):
     """Transformer over the positions of a ``(B, C, H, W)`` map, conditioned on a context
     sequence by cross-attention (Rombach et al. 2022, LDM's ``SpatialTransformer``).

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CrossAttention, FeedForward
+from .attention import TokenLayer
 from .conditioning import TextCondition
 
 TEXT_ENCODERS = ("minilm", "trainable")
@@ -314,28 +314,6 @@ class PretrainedTextEncoder:
         )
 
 
-class _EncoderLayer(nn.Module):
-    """Pre-LN transformer encoder layer: ``x + attn(LN(x))``, then ``x + mlp(LN(x))``.
-
-    Self-attention takes the padding mask (difflab's ``TransformerBlock`` self-attention has
-    none), so the real tokens of a prompt never see the padding that batching added.
-    """
-
-    def __init__(self, width: int, heads: int, ff_mult: int = 4) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = CrossAttention(width, None, heads, zero_out=False)
-        self.norm2 = nn.LayerNorm(width)
-        # A plain GELU MLP, as in BERT: GEGLU would cost 50 % more parameters for a
-        # text encoder this small.
-        self.ff = FeedForward(width, ff_mult, gated=False)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, mask)  # keys restricted to real tokens
-        return x + self.ff(self.norm2(x))
-
-
 class TrainableTextEncoder(nn.Module):
     """A small transformer text encoder trained with the diffusion network (``"trainable"``).
 
@@ -369,7 +347,9 @@ class TrainableTextEncoder(nn.Module):
         # would dwarf the residual branches of the first layers.
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.02)
-        self.layers = nn.ModuleList(_EncoderLayer(width, heads) for _ in range(depth))
+        # A plain GELU MLP, as in BERT: GEGLU would cost 50 % more parameters for a text
+        # encoder this small.
+        self.layers = nn.ModuleList(TokenLayer(width, heads, gated=False) for _ in range(depth))
         self.norm = nn.LayerNorm(width)  # pre-LN leaves the residual stream un-normalised
 
     @property

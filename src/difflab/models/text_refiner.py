@@ -19,23 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .attention import CrossAttention, FeedForward
-
-
-class _Layer(nn.Module):
-    """``x + attn(LN(x))`` over the unpadded tokens, then ``x + ff(LN(x))``."""
-
-    def __init__(self, width: int, head_dim: int, ff_mult: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = CrossAttention(width, None, width // head_dim, head_dim, zero_out=False)
-        self.norm2 = nn.LayerNorm(width)
-        self.ff = FeedForward(width, ff_mult)
-
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, mask)  # keys masked: padding is never attended to
-        return x + self.ff(self.norm2(x))
+from .attention import TokenLayer
 
 
 class TextRefiner(nn.Module):
@@ -51,7 +35,9 @@ class TextRefiner(nn.Module):
                 f"({head_dim}) divides; got depth {depth}"
             )
         self.proj_in = nn.Linear(context_dim, width) if width != context_dim else nn.Identity()
-        self.layers = nn.ModuleList(_Layer(width, head_dim, ff_mult) for _ in range(depth))
+        self.layers = nn.ModuleList(
+            TokenLayer(width, width // head_dim, ff_mult, gated=True) for _ in range(depth)
+        )
         self.norm_out = nn.LayerNorm(width)
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
