@@ -195,7 +195,8 @@ class TextConfig:
     # minilm: the layer (1-6) whose word-piece states the network reads; the sentence
     # embedding is always the last layer's. Stable Diffusion 2 and SDXL read their text
     # encoder's penultimate layer: the last is shaped most by the encoder's own objective
-    # (for MiniLM, one pooled vector per sentence).
+    # (for MiniLM, one pooled vector per sentence). On the shapes world layer 5 tied with 6
+    # (BENCHMARKS.md, "Three levers for binding"), so the default stays the last.
     layer: int = 6
     # Sampling a "pooled" model reads each prompt through the training captions: its
     # sentence embedding becomes the softmax(cosine / caption_temperature)-weighted mean of

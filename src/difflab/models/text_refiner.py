@@ -8,6 +8,9 @@ image network's. These layers are the cheapest form of that lever on a CPU budge
 self-attention layers over the ~20 tokens of a caption, trained with the denoiser, so that
 each token can gather the words it belongs with before the spatial transformers read it.
 Their cost is per caption, not per pixel (a 32x32 map has 50x more positions to attend from).
+Measured on the shapes world at equal steps they lose to the frozen states, most on
+compositions no training caption holds (BENCHMARKS.md, "Three levers for binding"): layers
+trained on the training captions learn to re-read the combinations those hold. Off by default.
 
 ``TextRefiner(tokens (B, L, context_dim), mask (B, L) or None) -> (B, L, width)``: an
 optional linear map to ``width``, then ``depth`` pre-norm layers (masked self-attention,
