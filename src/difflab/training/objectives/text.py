@@ -26,7 +26,13 @@ from difflab.data.registry import dataset_caption_table
 from difflab.models.caption_bank import COMPONENT as CAPTION_BANK
 from difflab.models.caption_bank import CaptionBank
 from difflab.models.conditioning import TextCondition
-from difflab.models.text import TextConditioned, TokenIds, TrainableTextEncoder, make_text_encoder
+from difflab.models.text import (
+    MINILM_LAYERS,
+    TextConditioned,
+    TokenIds,
+    TrainableTextEncoder,
+    make_text_encoder,
+)
 
 ENCODE_CHUNK = 512  # captions per encoder call: bounds MiniLM's activations, not the result
 # Caption sets at least this large are kept on disk after encoding (default_cache_dir()/
@@ -97,10 +103,10 @@ class CaptionConditioning:
                     f"text.tokens = {cfg.text.tokens!r} applies to the pretrained minilm "
                     "encoder; the trainable one hands over all its tokens (text.tokens = 'all')"
                 )
-            if cfg.text.layer != 6:
+            if cfg.text.layer != MINILM_LAYERS:
                 raise ValueError(
                     f"text.layer = {cfg.text.layer} applies to the pretrained minilm encoder; "
-                    "the trainable one hands over its last layer (text.layer = 6)"
+                    f"the trainable one hands over its last layer (text.layer = {MINILM_LAYERS})"
                 )
             self.encoder = TrainableTextEncoder(
                 width=cfg.text.width, depth=cfg.text.depth, max_tokens=cfg.text.max_tokens
