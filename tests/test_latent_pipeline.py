@@ -277,6 +277,9 @@ def test_pooled_sentence_embedding_run_round_trips(folders, tmp_path):
     bad = config_from_dict({**cfg.to_dict(), "text": {"encoder": "trainable", "layer": 5}})
     with pytest.raises(ValueError, match="text.layer = 5 applies to the pretrained minilm"):
         Trainer(bad, tmp_path / "bad", quiet=True)
+    bad = config_from_dict({**cfg.to_dict(), "text": {**cfg.to_dict()["text"], "layer": 4}})
+    with pytest.raises(ValueError, match="text.layer = 4 chooses the word-piece states"):
+        Trainer(bad, tmp_path / "bad", quiet=True)
 
 
 def test_pooled_run_reads_prompts_through_its_caption_bank(folders, tmp_path):

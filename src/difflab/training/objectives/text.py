@@ -119,6 +119,12 @@ class CaptionConditioning:
                 "num_classes": net_config.get("num_classes"),
             }
         else:
+            if cfg.text.tokens == "pooled" and cfg.text.layer != MINILM_LAYERS:
+                raise ValueError(
+                    f"text.layer = {cfg.text.layer} chooses the word-piece states, which "
+                    "text.tokens = 'pooled' leaves out (its sentence embedding is always the "
+                    f"last layer's): use text.tokens = 'all', or text.layer = {MINILM_LAYERS}"
+                )
             self.encoder = make_text_encoder(
                 cfg.text.encoder,
                 max_tokens=cfg.text.max_tokens,
