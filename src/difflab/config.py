@@ -36,6 +36,7 @@ from difflab.argtypes import (
 from difflab.data import DataConfig
 from difflab.diffusion.flow import TIME_SAMPLINGS
 from difflab.models.presets import PRESETS
+from difflab.models.text import MINILM_LAYERS
 from difflab.samplers import SAMPLERS
 
 
@@ -192,12 +193,12 @@ class TextConfig:
     # minilm: "all" gives the network the pooled sentence embedding and the per-token
     # states; "pooled" the sentence embedding alone (difflab.models.text.TOKEN_SETS).
     tokens: str = "all"
-    # minilm: the layer (1-6) whose word-piece states the network reads; the sentence
-    # embedding is always the last layer's. Stable Diffusion 2 and SDXL read their text
+    # minilm: the layer (1 to MINILM_LAYERS = 6) whose word-piece states the network reads;
+    # the sentence embedding is always the last layer's. Stable Diffusion 2 and SDXL read their text
     # encoder's penultimate layer: the last is shaped most by the encoder's own objective
     # (for MiniLM, one pooled vector per sentence). On the shapes world layer 5 tied with 6
     # (BENCHMARKS.md, "Three levers for binding"), so the default stays the last.
-    layer: int = 6
+    layer: int = MINILM_LAYERS
     # Sampling a "pooled" model reads each prompt through the training captions: its
     # sentence embedding becomes the softmax(cosine / caption_temperature)-weighted mean of
     # its nearest_captions nearest captions' embeddings, where the network knows what
@@ -308,7 +309,7 @@ RANGES: dict[str, Range] = {
     "text.caption_temperature": Range(0, 100, low_open=True),
     "text.width": Range(0, 4096, low_open=True),
     "text.depth": Range(0, 64, low_open=True),
-    "text.layer": Range(1, 6),
+    "text.layer": Range(1, MINILM_LAYERS),
     # [autoencoder]
     "autoencoder.kl_weight": Range(0, 1),  # 1 is a full VAE; LDM uses 1e-6 .. 1e-4
 }
