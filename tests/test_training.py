@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_run import TINY, tiny_config
 
-from difflab.checkpoints.store import load_checkpoint
+from difflab.checkpoints.store import load_checkpoint, write_manifest
 from difflab.evaluation import evaluate_checkpoint
 from difflab.pipeline import Generator
 from difflab.runs import report, score_fid
@@ -148,6 +148,56 @@ def test_a_warm_start_refuses_another_network(tmp_path):
                  quiet=True)
     with pytest.raises(ValueError, match="cannot start from .*different network"):
         tr.warm_start(tmp_path / "a" / "last")
+
+
+def _drop_network_settings(checkpoint, names):
+    """Rewrite a checkpoint's config.json as a difflab from before `names` existed wrote it."""
+    path = checkpoint / "config.json"
+    config = json.loads(path.read_text())
+    for name in names:
+        del config["network"]["config"][name]
+    path.write_text(json.dumps(config))
+    write_manifest(checkpoint)
+
+
+def test_a_checkpoint_from_before_a_network_setting_existed_still_resumes_and_warm_starts(
+    tmp_path,
+):
+    # text_layers and text_width came in after fashion-mnist shipped: its config.json lacks
+    # them, and `--init-from fashion-mnist` was refused as "a different network" (None vs 0).
+    train(tmp_path / "a", 2)
+    _drop_network_settings(tmp_path / "a" / "last", ["text_layers", "text_width"])
+    tr = Trainer(tiny_config("train.max_steps=1"), tmp_path / "b", device="cpu", quiet=True)
+    tr.warm_start(tmp_path / "a" / "last")
+    assert tr.init_from["step"] == 2
+    resumed = train(tmp_path / "a", 3, resume=True)
+    assert resumed.step == 3
+    # A setting the checkpoint does have, at another value, is still a different network.
+    bad = tmp_path / "a" / "last" / "config.json"
+    config = json.loads(bad.read_text())
+    config["network"]["config"]["base_channels"] *= 2
+    bad.write_text(json.dumps(config))
+    write_manifest(bad.parent)
+    tr = Trainer(tiny_config("train.max_steps=5"), tmp_path / "c", device="cpu", quiet=True)
+    with pytest.raises(ValueError, match="different network .*base_channels"):
+        tr.warm_start(tmp_path / "a" / "last")
+
+
+@pytest.mark.parametrize("name, preset", [("fashion-mnist", "fashion_mnist_large"),
+                                          ("fashion-mnist-cond", "fashion_mnist_cond"),
+                                          ("mnist-digits-cond", "mnist_cond")])
+def test_a_shipped_model_is_the_network_its_preset_builds(name, preset):
+    # What `difflab train PRESET --init-from NAME` compares, without loading the dataset.
+    from difflab.build import build_network, complete_network_spec
+    from difflab.checkpoints.names import WEIGHTS_DIR
+    from difflab.config import load_config
+
+    shipped = json.loads((WEIGHTS_DIR / name / "config.json").read_text())["network"]
+    config = shipped["config"]
+    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    model = load_config(ROOT / "configs" / f"{preset}.toml").model
+    _, spec = build_network(model, shape, config["num_classes"])
+    assert complete_network_spec(shipped) == complete_network_spec(json.loads(json.dumps(spec)))
 
 
 def torchrun_train(out, *flags, sets=TINY):

@@ -130,6 +130,26 @@ def network_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
     return net_cls(config_cls(**spec["config"]))
 
 
+def complete_network_spec(spec: Any) -> Any:
+    """`spec` with every network setting a later difflab added filled in at its default, so a
+    checkpoint written before a setting existed compares equal to a run that builds the same
+    network (e.g. `text_layers`, added 2026-12-04, is 0 in every older checkpoint). Anything
+    that is not a spec of a known network kind comes back unchanged, to be refused by the
+    comparison."""
+    if not isinstance(spec, dict):
+        return spec
+    if spec.get("type") == "text-conditioned":
+        return {**spec, "net": complete_network_spec(spec.get("net"))}
+    kind = NETWORK_KINDS.get(spec.get("type"))
+    if kind is None or not isinstance(spec.get("config"), dict):
+        return spec
+    defaults = {}
+    for f in dataclasses.fields(kind[0]):
+        if f.init and f.default is not dataclasses.MISSING:
+            defaults[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return {**spec, "config": {**defaults, **spec["config"]}}
+
+
 def build_network(
     cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int | None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from difflab.build import complete_network_spec
 from difflab.checkpoints import store as ckpt_io
 from difflab.checkpoints.components import GUIDE, guide_of
 from difflab.training.step_settings import StepSettings
@@ -62,12 +63,14 @@ def training_state(trainer: Any) -> dict[str, Any]:
 
 def require_same_network(trainer: Any, ck: ckpt_io.Checkpoint, verb: str) -> None:
     """CheckpointError unless `ck` holds the network this run builds (its config.json
-    "network" equals the run's)."""
-    mine = json.loads(json.dumps(trainer.net_config))
-    if ck.config.get("network") != mine:
+    "network" equals the run's, once settings added since it was written take their
+    defaults)."""
+    mine = complete_network_spec(json.loads(json.dumps(trainer.net_config)))
+    saved = complete_network_spec(ck.config.get("network"))
+    if saved != mine:
         raise ckpt_io.CheckpointError(
             f"cannot {verb} {ck.path}: it was trained with a different network "
-            f"({differences(ck.config.get('network'), mine)}; checkpoint vs this run)"
+            f"({differences(saved, mine)}; checkpoint vs this run)"
         )
 
 
