@@ -10,6 +10,8 @@ network instead, e.g. the snapshots of one run at 1/8, 1/4 and 1/2 of its budget
 the model alone (one network call a step, the others two). Sampler and steps are the
 checkpoint's unless given. FID is in difflab's feature space of the checkpoint's dataset;
 `--reference train` (10,000 training images) chooses without looking at the test split.
+A guide written `CHECKPOINT#guide` is that checkpoint's own guide rather than its weights
+(e.g. a shipped model's guide.safetensors, to compare with the guide a longer run kept).
 """
 
 from __future__ import annotations
@@ -19,16 +21,31 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from difflab.evaluation import evaluate_generator
 from difflab.hardware import describe_cpu
 from difflab.pipeline import Generator
+
+
+def guide_net(guide: str) -> torch.nn.Module:
+    """The network a --guides entry names: a checkpoint's EMA weights, or with #guide its
+    own guide."""
+    path, _, part = guide.partition("#")
+    other = Generator.from_checkpoint(path, device="cpu")
+    if part not in ("", "guide"):
+        raise SystemExit(f"--guides {guide}: after '#' only 'guide' is allowed")
+    if part == "guide" and other.guide is None:
+        raise SystemExit(f"--guides {guide}: {path} keeps no guide")
+    return other.guide if part else other.net
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--guides", nargs="+", required=True,
-                   help="checkpoints of the same network to guide with (their EMA weights)")
+                   help="checkpoints of the same network to guide with (their EMA weights; "
+                        "CHECKPOINT#guide: the guide that checkpoint keeps)")
     p.add_argument("--weights", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--sampler", default=None)
@@ -43,7 +60,7 @@ def main() -> None:
                  "n_reference": 10_000 if args.reference == "train" else None}
     rows = []
     for guide in args.guides:
-        gen.guide = Generator.from_checkpoint(guide, device="cpu").net
+        gen.guide = guide_net(guide)
         for w in args.weights:
             if w == 1.0 and guide != args.guides[0]:
                 continue  # the model alone does not depend on the guide

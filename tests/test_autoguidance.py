@@ -15,6 +15,7 @@ from difflab.checkpoints.store import CheckpointError, load_checkpoint, save_che
 from difflab.cli import main
 from difflab.config import ConfigError, load_config
 from difflab.diffusion.denoiser import network_denoiser
+from difflab.diffusion.process import as_time
 from difflab.pipeline import Generator
 from difflab.runs.report import sample_kwargs
 from difflab.training.trainer import Trainer
@@ -198,18 +199,65 @@ def test_autoguidance_without_a_guide_is_refused_in_one_line(tmp_path, capsys):
                  "1", "--quiet", "--out", str(out)]) == 0
 
 
-def test_a_guidance_interval_on_an_autoguided_draw_is_refused_in_one_line(run, tmp_path, capsys):
-    # the run autoguides by default; an interval belongs to classifier-free guidance
+def _sigmas_of_calls(gen, net, **kw):
+    """The noise level sigma/alpha of every call of `net` (the model or its guide) while
+    drawing with `kw`."""
+    sigmas = []
+
+    def hook(module, args, output):
+        x, t = args[0], args[1]
+        sigmas.append(float(gen.process.sigma_ve(as_time(t, x.shape[0], x.device))[0]))
+
+    handle = net.register_forward_hook(hook)
+    try:
+        images = gen.generate(2, seed=5, **kw)
+    finally:
+        handle.remove()
+    return images, sigmas
+
+
+def test_autoguidance_in_an_interval_calls_the_guide_only_at_those_noise_levels(gen):
+    kw = dict(steps=6, sampler="ddim")
+    _, model_sigmas = _sigmas_of_calls(gen, gen.net, **kw)
+    low, high = sorted(model_sigmas)[1], sorted(model_sigmas)[-2]  # leaves out the 2 ends
+    inside = [s for s in model_sigmas if low < s <= high]
+    assert 0 < len(inside) < len(model_sigmas)
+    images, guide_sigmas = _sigmas_of_calls(gen, gen.guide, guidance_interval=(low, high), **kw)
+    assert guide_sigmas == inside  # the second call only where it guides
+    # Every noise level inside: the same images as autoguidance at every step; none inside:
+    # the model alone, exactly.
+    every = gen.generate(2, seed=5, **kw)
+    assert torch.equal(gen.generate(2, seed=5, guidance_interval=(0, 1e9), **kw), every)
+    alone = gen.generate(2, seed=5, autoguidance=1.0, **kw)
+    assert torch.equal(gen.generate(2, seed=5, guidance_interval=(1e8, 1e9), **kw), alone)
+    assert not torch.equal(images, every) and not torch.equal(images, alone)
+
+
+def test_an_autoguided_draw_takes_an_interval_from_the_command_line_and_says_so(
+    run, tmp_path, capsys
+):
     out = tmp_path / "s.png"
     argv = ["sample", str(run / "last"), "-n", "1", "--steps", "2", "--guidance-interval", "0.3",
             "3", "--out", str(out)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "a guidance interval applies to guidance, not to autoguidance (weight 2 here)" in err
-    assert "Traceback" not in err and not out.exists()
+    assert main(argv) == 0
+    assert "autoguidance 2 at noise levels 0.3 to 3" in capsys.readouterr().out
+    assert out.is_file()
     # weight 1 is the model alone, unguided: the interval has nothing to apply to, and says so
     assert main([*argv, "--autoguidance", "1"]) == 2
-    assert "this checkpoint is unconditional" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "this draw is unguided (autoguidance 1 is the model alone)" in err
+    assert "Traceback" not in err
+
+
+def test_a_runs_sample_interval_applies_to_its_autoguidance(tmp_path):
+    tr = train(tmp_path, ["train.checkpoint_every=100", "sample.guidance_interval=[0.5, 5]"])
+    gen = Generator.from_checkpoint(tmp_path / "last", device="cpu")
+    settings = gen.sampling_settings()
+    assert (settings.autoguidance, settings.guidance_interval) == (2.0, (0.5, 5.0))
+    assert settings.source["guidance_interval"] == "checkpoint"
+    kw = dict(steps=4, seed=2)
+    assert torch.equal(gen.generate(2, **kw), gen.generate(2, guidance_interval=(0.5, 5), **kw))
+    assert sample_kwargs(tr)["autoguidance"] == 2.0
 
 
 def test_geneval_passes_autoguidance_on_rather_than_dropping_it(capsys):

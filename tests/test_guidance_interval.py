@@ -5,6 +5,7 @@ checkpoint, its [sample] settings, the command line and the config file."""
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from difflab.config import ConfigError, load_config
 from difflab.diffusion.denoiser import GuidedDenoiser, Prediction
 from difflab.diffusion.process import DiscreteProcess, as_time, expand_like
 from difflab.pipeline import Generator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Affine:
@@ -155,15 +158,22 @@ def test_the_config_key_is_checked_at_load(value, message):
 
 
 def test_a_config_with_an_interval_but_no_guidance_is_refused():
-    # the default preset samples unguided: an interval there would never apply
-    with pytest.raises(ConfigError, match=r"needs sample.guidance \(e.g. 3\)"):
-        load_config(None, ["sample.guidance_interval=[0.3, 3]"])
+    # fashion_mnist_large samples unguided: an interval there would never apply
+    unguided = ROOT / "configs" / "fashion_mnist_large.toml"
+    with pytest.raises(ConfigError, match=r"needs sample.guidance \(e.g. 3\) or "
+                                          r"sample.autoguidance \(e.g. 2\)"):
+        load_config(unguided, ["sample.guidance_interval=[0.3, 3]"])
+    # the default preset autoguides, and the interval applies to that
+    default = ROOT / "configs" / "fashion_mnist.toml"
+    interval = load_config(default, ["sample.guidance_interval=[0.3, 3]"]).sample.guidance_interval
+    assert interval == (0.3, 3.0)
 
 
 @pytest.mark.parametrize(
     ("argv", "why"),
     [
-        (["fashion-mnist", "--autoguidance", "1"], "this checkpoint is unconditional"),
+        (["fashion-mnist", "--autoguidance", "1"],
+         "this draw is unguided (autoguidance 1 is the model alone): give autoguidance above 1"),
         (["fashion-mnist-cond"], "guidance needs a class or a prompt, and none was given"),
     ],
 )

@@ -162,10 +162,11 @@ class SampleConfig:
     # Checkpoints saved before this key existed load with None.
     guidance: float | None = None
     # Guide only at noise levels sigma_t / alpha_t in (low, high] (Kynkaanniemi et al. 2024;
-    # difflab.diffusion.denoiser.GuidedDenoiser), the plain conditional model elsewhere. None:
-    # guidance at every step. On the fashion attribute model, guidance 10 in (0.3, 3] kept
-    # nearly all of what guiding every step adds to tone and pattern, at FID 5.8 instead of
-    # 12.7 (3.9 at guidance 3; BENCHMARKS.md, "Guidance in a limited interval").
+    # difflab.diffusion.denoiser.GuidedDenoiser), the model alone elsewhere, for guidance
+    # or autoguidance alike. None: guidance at every step. On the fashion attribute model,
+    # guidance 10 in (0.3, 3] kept nearly all of what guiding every step adds to tone and
+    # pattern, at FID 5.8 instead of 12.7 (3.9 at guidance 3; BENCHMARKS.md, "Guidance in a
+    # limited interval").
     guidance_interval: tuple[float, float] | None = None
     # Autoguidance (Karras et al. 2024, eq. 3 with the guide as D_0): D_guide + w (D - D_guide),
     # where D_guide is the same network at an earlier point of its own run (train.guide_at).
@@ -553,10 +554,11 @@ def check_combinations(cfg: RunConfig) -> None:
             f"sample.guidance_interval = {_show(interval)} must be two noise levels "
             "[low, high] with low < high (guidance applies in between)"
         )
-    if interval is not None and cfg.sample.guidance is None:
+    if interval is not None and cfg.sample.guidance is None and cfg.sample.autoguidance is None:
         raise ConfigError(
-            f"sample.guidance_interval = {_show(interval)} needs sample.guidance (e.g. 3): "
-            "it says where guidance applies, and this run samples without it"
+            f"sample.guidance_interval = {_show(interval)} needs sample.guidance (e.g. 3) or "
+            "sample.autoguidance (e.g. 2): it says where guidance applies, and this run "
+            "samples without either"
         )
     if cfg.sample.autoguidance is not None and cfg.train.guide_at is None:
         raise ConfigError(

@@ -99,15 +99,17 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
 
 
 def add_guidance_interval_argument(parser: argparse.ArgumentParser) -> None:
-    """--guidance-interval LOW HIGH, for every command that samples with guidance."""
+    """--guidance-interval LOW HIGH, for every command that samples with guidance or
+    autoguidance."""
     parser.add_argument(
         "--guidance-interval",
         nargs=2,
         type=float_in(0, MAX_NOISE_LEVEL),
         metavar=("LOW", "HIGH"),
-        help="guide only at noise levels sigma/alpha in (LOW, HIGH], the plain conditional "
-        "model elsewhere (Kynkaanniemi et al. 2024; e.g. 0.3 3; default: the checkpoint's "
-        "[sample] guidance_interval, else every step; 0 1e9: every step)",
+        help="guide (classifier-free or autoguidance) only at noise levels sigma/alpha in "
+        "(LOW, HIGH], the model alone elsewhere (Kynkaanniemi et al. 2024; e.g. 0.3 3; "
+        "default: the checkpoint's [sample] guidance_interval, else every step; 0 1e9: "
+        "every step)",
     )
 
 

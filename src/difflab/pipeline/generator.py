@@ -211,10 +211,10 @@ class Generator:
             out["eta"] = sc.eta
         if self.conditional:
             out["guidance"] = sc.guidance
-            if sc.guidance_interval is not None:
-                out["guidance_interval"] = sc.guidance_interval
         if sc.autoguidance is not None and self.guide is not None:
             out["autoguidance"] = sc.autoguidance  # a checkpoint saved before its guide: none
+        if sc.guidance_interval is not None and ("guidance" in out or "autoguidance" in out):
+            out["guidance_interval"] = sc.guidance_interval
         return out
 
     def sampling_settings(
@@ -236,7 +236,7 @@ class Generator:
         `guidance_interval` left None is the checkpoint's, if it has one; (0, 1e9) guides at
         every step. `autoguidance` left None is the checkpoint's, if it has one and the guide
         weights to go with it; it replaces classifier-free guidance, so the two are not given
-        together."""
+        together. The interval applies to whichever of the two guides the draw."""
         defaults = self.sample_defaults()
         source = {"sampler": "given", "steps": "given"}
         if sampler is None:
@@ -258,14 +258,10 @@ class Generator:
             guidance = None
             del source["guidance"]
         interval = None
-        if guidance is None and guidance_interval is not None:
-            if auto is not None and auto != 1.0:  # weight 1 is the model alone, unguided
-                raise ValueError(
-                    f"a guidance interval applies to guidance, not to autoguidance (weight "
-                    f"{auto:g} here): drop the interval"
-                )
+        guided = guidance is not None or (auto is not None and auto != 1.0)  # 1: model alone
+        if not guided and guidance_interval is not None:
             raise ValueError(self._why_no_guidance(conditioned))
-        if guidance is not None:
+        if guided:
             if guidance_interval is not None:
                 interval = check_guidance_interval(guidance_interval)
                 source["guidance_interval"] = "given"
@@ -298,7 +294,10 @@ class Generator:
     def _why_no_guidance(self, conditioned: bool) -> str:
         """Why a guidance interval was asked for a draw that is not guided: an interval
         that silently did nothing would look like a setting that works."""
-        if not self.conditional:
+        if self.guide is not None:
+            why = "this draw is unguided (autoguidance 1 is the model alone)"
+            fix = "give autoguidance above 1 (e.g. 2), or drop the interval"
+        elif not self.conditional:
             why = "this checkpoint is unconditional, so there is nothing to guide toward"
             fix = "drop the interval"
         elif not conditioned:
@@ -443,7 +442,8 @@ class Generator:
     ) -> Denoiser:
         """The (guided, clipped) denoiser for one batch. With text, the unconditional branch
         of guidance is `negative` (a negative prompt's tokens, as in Stable Diffusion) or no
-        text at all. `guidance_interval`: guide only at those noise levels (GuidedDenoiser).
+        text at all. `guidance_interval`: guide (either way) only at those noise levels
+        (GuidedDenoiser), calling the second network only there.
         `autoguidance` w: D_guide + w (D - D_guide) with the guide network on the same condition
         (Karras et al. 2024, eq. 3), in place of classifier-free guidance."""
         cond = text if text is not None else labels
@@ -452,7 +452,7 @@ class Generator:
             if self.guide is None or guidance is not None:
                 raise ValueError("autoguidance needs the checkpoint's guide and no guidance")
             bad = network_denoiser(self.guide, self.process, self.parameterization, cond=cond)
-            den = GuidedDenoiser(den, bad, autoguidance)
+            den = GuidedDenoiser(den, bad, autoguidance, guidance_interval)
         elif guidance is not None:
             if text is not None:
                 b = text.tokens.shape[0]

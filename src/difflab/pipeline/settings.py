@@ -35,7 +35,8 @@ class SamplingSettings:
     guidance: float | None
     eta: float | None  # the checkpoint's DDIM eta when its sampler runs, else None
     source: dict[str, str]
-    # the noise levels (low, high] guidance applies at (GuidedDenoiser); None: every step
+    # the noise levels (low, high] guidance or autoguidance applies at (GuidedDenoiser);
+    # None: every step
     guidance_interval: tuple[float, float] | None = None
     # autoguidance's weight w (Generator.denoiser), in place of guidance; None: off
     autoguidance: float | None = None
@@ -45,11 +46,12 @@ class SamplingSettings:
         what = [self.sampler, f"{self.steps} steps"]
         if "guidance" in self.source:  # a conditional model asked for a class or prompt
             what.append("no guidance" if self.guidance is None else f"guidance {self.guidance:g}")
-            if self.guidance is not None and self.guidance_interval is not None:
-                low, high = self.guidance_interval
-                what[-1] += f" at noise levels {low:g} to {high:g}"
         if self.autoguidance is not None:
             what.append(f"autoguidance {self.autoguidance:g}")
+        guided = self.guidance is not None or self.autoguidance not in (None, 1.0)
+        if guided and self.guidance_interval is not None:
+            low, high = self.guidance_interval
+            what[-1] += f" at noise levels {low:g} to {high:g}"
         if eta is not None:
             what.append(f"eta {eta:g}")
         return ", ".join(what)
