@@ -1,7 +1,7 @@
 """FID of a checkpoint under autoguidance, against the guide and the weight.
 
     python bench/autoguidance_sweep.py CHECKPOINT --guides G1 [G2 ...] [--weights 1 1.5 2 3]
-        [--samples 2000] [--steps 20] [--reference train] [--out FILE.json]
+        [--samples 2000] [--steps 20] [--interval LOW HIGH] [--reference train] [--out FILE]
 
 Autoguidance (Karras et al. 2024) steers a model away from a worse version of itself:
 D_guide + w (D - D_guide). A run keeps its own guide (`train.guide_at`); to choose where in the
@@ -50,6 +50,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only at noise levels in (LOW, HIGH] (the guide is called only "
+                        "there; default: the checkpoint's, else every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", choices=["test", "train"], default="train")
     p.add_argument("--out", required=True, help="the .json to write")
@@ -67,6 +70,7 @@ def main() -> None:
             t0 = time.time()
             r = evaluate_generator(gen, dataset, args.samples, sampler=args.sampler,
                                    steps=args.steps, seed=args.seed, autoguidance=w,
+                                   guidance_interval=args.interval if w != 1.0 else None,
                                    **reference)
             rows.append({"guide": guide if w != 1.0 else None, "weight": w, "fid": r["fid"],
                          "kid": r["kid"], "precision": r["precision"], "recall": r["recall"],
