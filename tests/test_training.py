@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_run import TINY, tiny_config
 
-from difflab.checkpoints.store import load_checkpoint, write_manifest
+from difflab.checkpoints.store import export_for_inference, load_checkpoint, write_manifest
 from difflab.evaluation import evaluate_checkpoint
 from difflab.pipeline import Generator
 from difflab.runs import report, score_fid
@@ -140,6 +140,13 @@ def test_a_warm_start_begins_from_the_checkpoints_ema_weights_with_a_fresh_run(t
     assert ck.state["init_from"] == {"path": str(tmp_path / "a" / "last"), "step": 6}
     resumed = train(tmp_path / "b", 3, resume=True)  # a resumed warm start keeps its source
     assert resumed.init_from == ck.state["init_from"]
+    # and its export says so: 3 steps of its own, on top of the source's 6
+    export_for_inference(tmp_path / "b" / "last", tmp_path / "export")
+    trained = json.loads((tmp_path / "export" / "config.json").read_text())["trained"]
+    assert trained["step"] == 3 and trained["init_from"] == ck.state["init_from"]
+    export_for_inference(tmp_path / "a" / "last", tmp_path / "export_a")  # not warm-started
+    assert "init_from" not in json.loads((tmp_path / "export_a" / "config.json").read_text())[
+        "trained"]
 
 
 def test_a_warm_start_refuses_another_network(tmp_path):

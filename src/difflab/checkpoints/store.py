@@ -699,7 +699,8 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
                          provenance: dict[str, Any] | None = None) -> Path:
     """Write a sampling-only copy of a checkpoint: the EMA weights (when present) as the model,
     optionally cast (fp16 halves the size), no optimizer or training state, and a 'trained'
-    record of how it was made (command, time, hardware) in config.json. Written atomically,
+    record of how it was made (command, time, hardware, and for a warm-started run the
+    checkpoint it started from) in config.json. Written atomically,
     like every checkpoint."""
     ck = load_checkpoint(src, with_training_state=True)
     config = ck.model_config()
@@ -710,6 +711,9 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
         "weights": "ema" if ck.ema is not None else "model",
         **(provenance or {}),
     }
+    init_from = ck.state.get("init_from")
+    if isinstance(init_from, dict):  # a warm start: its steps came on top of these weights'
+        config["trained"]["init_from"] = init_from
     return save_checkpoint(
         dst,
         config=config,
