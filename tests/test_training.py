@@ -147,6 +147,10 @@ def test_a_warm_start_begins_from_the_checkpoints_ema_weights_with_a_fresh_run(t
     export_for_inference(tmp_path / "a" / "last", tmp_path / "export_a")  # not warm-started
     assert "init_from" not in json.loads((tmp_path / "export_a" / "config.json").read_text())[
         "trained"]
+    # a warm start from an export (no training state) takes the step from its record
+    tr = Trainer(tiny_config("train.max_steps=1"), tmp_path / "c", device="cpu", quiet=True)
+    tr.warm_start(tmp_path / "export_a")
+    assert tr.init_from == {"path": str(tmp_path / "export_a"), "step": 6}
 
 
 def test_a_warm_start_refuses_another_network(tmp_path):

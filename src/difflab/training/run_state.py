@@ -86,6 +86,9 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     ckpt_io.load_weights_into(trainer.net, weights, source)
     ckpt_io.load_weights_into(trainer.ema.model, weights, source)
     step = ck.state.get("step") if isinstance(ck.state, dict) else None
+    if step is None:  # an export keeps no training state, but says its step in "trained"
+        trained = ck.config.get("trained")
+        step = trained.get("step") if isinstance(trained, dict) else None
     trainer.init_from = {"path": str(ck.path),
                          "step": step if isinstance(step, int) and step >= 0 else None}
 
