@@ -32,6 +32,10 @@ def test_steps_outside_the_guidance_interval_evaluate_the_network_once(tmp_path,
                  "--out", str(tmp_path / "s.png")]) == 0
     last = _bar_lines(capsys.readouterr().err)[-1]
     assert "20/20" in last and "25 network evaluations" in last
+    # The shipped unconditional model calls its guide at 7 of its 13 noise levels, (0.09, 12].
+    assert main(["sample", "fashion-mnist", "-n", "1", "--out", str(tmp_path / "u.png")]) == 0
+    last = _bar_lines(capsys.readouterr().err)[-1]
+    assert "13/13" in last and "20 network evaluations" in last
 
 
 def test_sample_batches_are_named(tmp_path, capsys):
@@ -41,8 +45,9 @@ def test_sample_batches_are_named(tmp_path, capsys):
     # Only the first and last states are drawn for sure (tqdm skips redraws within 0.1 s).
     assert lines[0].startswith("sampling batch 1/2 (2 images)")
     assert "batch 2/2 (1 image)" in lines[-1] and "4/4" in lines[-1]
-    # the shipped model autoguides: its own call and its guide's, per step and batch
-    assert "8 network evaluations" in lines[-1]
+    # one call per step and batch: the shipped model's guide is called only at noise levels
+    # in (0.09, 12], and a 2-step draw has none there (80, then 0.006)
+    assert "4 network evaluations" in lines[-1]
 
 
 def test_quiet_sample_writes_nothing_to_stderr(tmp_path, capsys):
@@ -58,7 +63,7 @@ def test_generator_is_quiet_unless_asked(capsys):
     quiet = gen.generate(2, steps=2)
     assert capsys.readouterr().err == ""
     loud = gen.generate(2, steps=2, progress=True)
-    assert "4 network evaluations" in _bar_lines(capsys.readouterr().err)[-1]  # and its guide
+    assert "2 network evaluations" in _bar_lines(capsys.readouterr().err)[-1]
     assert (quiet == loud).all()  # watching does not change what is drawn
     assert not gen.net._forward_pre_hooks  # the counter is gone once the run ends
 

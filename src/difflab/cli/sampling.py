@@ -207,8 +207,13 @@ def describe_sampling(settings: SamplingSettings, eta: float | None = None) -> s
                 "default": f"{settings.sampler}'s default" if k == "steps" else "difflab's default",
             }[settings.source[k]]
             groups.setdefault(where, []).append(k.replace("_", " "))
-        why = "; ".join(f"{' and '.join(ks)}: {where}" for where, ks in groups.items())
+        why = "; ".join(f"{_listing(ks)}: {where}" for where, ks in groups.items())
     return f"difflab: sampling with {settings.summary(eta)} ({why})"
+
+
+def _listing(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _flag(setting: str) -> str:
