@@ -11,6 +11,7 @@ import torch
 from tiny_run import TINY, tiny_config
 
 from difflab.checkpoints.store import export_for_inference, load_checkpoint, write_manifest
+from difflab.cli import main
 from difflab.evaluation import evaluate_checkpoint
 from difflab.pipeline import Generator
 from difflab.runs import report, score_fid
@@ -125,7 +126,7 @@ def test_resume_refuses_a_different_network(tmp_path):
         tr.resume()
 
 
-def test_a_warm_start_begins_from_the_checkpoints_ema_weights_with_a_fresh_run(tmp_path):
+def test_a_warm_start_begins_from_the_checkpoints_ema_weights_with_a_fresh_run(tmp_path, capsys):
     source = train(tmp_path / "a", 6)
     tr = Trainer(tiny_config("train.max_steps=2"), tmp_path / "b", device="cpu", quiet=True)
     tr.warm_start(tmp_path / "a" / "last")
@@ -144,6 +145,10 @@ def test_a_warm_start_begins_from_the_checkpoints_ema_weights_with_a_fresh_run(t
     export_for_inference(tmp_path / "b" / "last", tmp_path / "export")
     trained = json.loads((tmp_path / "export" / "config.json").read_text())["trained"]
     assert trained["step"] == 3 and trained["init_from"] == ck.state["init_from"]
+    assert main(["info", str(tmp_path / "export")]) == 0  # and difflab info says it
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("training"))
+    assert line.startswith("training     step 3, ")
+    assert line.endswith(f"min of optimizer steps, started from {tmp_path / 'a' / 'last'} (step 6)")
     export_for_inference(tmp_path / "a" / "last", tmp_path / "export_a")  # not warm-started
     assert "init_from" not in json.loads((tmp_path / "export_a" / "config.json").read_text())[
         "trained"]

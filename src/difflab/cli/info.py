@@ -49,7 +49,7 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
         f"diffusion    {process_settings(run.get('diffusion') or {})}",
         f"training     step {ck.state.get('step', trained.get('step', '?'))}, "
         f"{ck.state.get('elapsed_seconds', 60 * trained.get('train_minutes', 0)) / 60:.1f} "
-        "min of optimizer steps",
+        f"min of optimizer steps{_warm_start(ck.state.get('init_from', trained.get('init_from')))}",
         f"files        {size / 1e6:.2f} MB: {', '.join(sorted(f.name for f in path.iterdir()))}",
     ]
     if (run.get("sample") or {}).get("sampler"):
@@ -73,6 +73,16 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
     if "trained" in c:
         lines.append(f"provenance   {json.dumps(c['trained'])}")
     return lines
+
+
+def _warm_start(init_from: object) -> str:
+    """', started from PATH (step N)' for a run that began from another checkpoint's weights,
+    so its step count is not read as the whole training."""
+    if not isinstance(init_from, dict):
+        return ""
+    step = init_from.get("step")
+    at = f" (step {step:,})" if isinstance(step, int) else ""
+    return f", started from {init_from.get('path')}{at}"
 
 
 def _sample_settings(run: dict) -> str:
