@@ -67,6 +67,7 @@ from difflab.pipeline.settings import (
     FALLBACK_SAMPLER,
     SamplingSettings,
     check_sampling_inputs,
+    is_guided,
     result_count,
 )
 from difflab.samplers import default_steps, default_timesteps, get_sampler
@@ -258,7 +259,7 @@ class Generator:
             guidance = None
             del source["guidance"]
         interval = None
-        guided = guidance is not None or (auto is not None and auto != 1.0)  # 1: model alone
+        guided = is_guided(guidance, auto)
         if not guided and guidance_interval is not None:
             raise ValueError(self._why_no_guidance(conditioned))
         if guided:

@@ -48,13 +48,18 @@ class SamplingSettings:
             what.append("no guidance" if self.guidance is None else f"guidance {self.guidance:g}")
         if self.autoguidance is not None:
             what.append(f"autoguidance {self.autoguidance:g}")
-        guided = self.guidance is not None or self.autoguidance not in (None, 1.0)
-        if guided and self.guidance_interval is not None:
+        if is_guided(self.guidance, self.autoguidance) and self.guidance_interval is not None:
             low, high = self.guidance_interval
             what[-1] += f" at noise levels {low:g} to {high:g}"
         if eta is not None:
             what.append(f"eta {eta:g}")
         return ", ".join(what)
+
+
+def is_guided(guidance: float | None, autoguidance: float | None) -> bool:
+    """Whether a draw calls a second network: classifier-free guidance, or autoguidance at a
+    weight other than 1 (weight 1 is the model alone)."""
+    return guidance is not None or (autoguidance is not None and autoguidance != 1.0)
 
 
 def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any) -> None:
