@@ -17,7 +17,7 @@ from difflab.config import ConfigError, load_config
 from difflab.diffusion.denoiser import network_denoiser
 from difflab.diffusion.process import as_time
 from difflab.pipeline import Generator
-from difflab.runs.report import sample_kwargs
+from difflab.runs.report import grid_labels, sample_kwargs
 from difflab.training.trainer import Trainer
 
 GUIDED = ["train.guide_at=0.75", "sample.autoguidance=2"]
@@ -258,6 +258,10 @@ def test_a_runs_sample_interval_applies_to_its_autoguidance(tmp_path):
     kw = dict(steps=4, seed=2)
     assert torch.equal(gen.generate(2, **kw), gen.generate(2, guidance_interval=(0.5, 5), **kw))
     assert sample_kwargs(tr)["autoguidance"] == 2.0
+    assert sample_kwargs(tr)["guidance_interval"] == (0.5, 5.0)
+    # the training grid's title says the interval, so the picture can be drawn again
+    _, title = grid_labels(tr, n=2)
+    assert "autoguidance 2 at noise levels 0.5 to 5" in title
 
 
 def test_geneval_passes_autoguidance_on_rather_than_dropping_it(capsys):

@@ -93,6 +93,10 @@ def test_sampling_title_says_how_to_draw_it_again():
     assert viz.sampling_title("run", "ddim", 5, 3, None, asked="class Bag", step=1200) == (
         "run · step 1,200 · class Bag · ddim, 5 steps, seed 3"
     )
+    assert viz.sampling_title("run", "dpmpp_2m_sde", 13, 0, autoguidance=2.0,
+                              interval=(0.09, 12.0)) == (
+        "run · dpmpp_2m_sde, 13 steps, autoguidance 2 at noise levels 0.09 to 12, seed 0"
+    )
 
 
 # ----------------------------------------------------------------------------- GIFs

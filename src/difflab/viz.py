@@ -175,9 +175,11 @@ def sampling_title(
     asked: str | None = None,
     step: int | None = None,
     autoguidance: float | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> str:
     """A grid's title: "fashion-mnist-cond · Bag · dpmpp_2m, 20 steps, guidance 2, seed 0"
-    (`asked`: the class or prompt every sample shares; `step`: a training run's step)."""
+    (`asked`: the class or prompt every sample shares; `step`: a training run's step;
+    `interval`: the noise levels (low, high] the guidance applies at, when not every step)."""
     parts = [str(model)]
     if step is not None:
         parts.append(f"step {step:,}")
@@ -188,6 +190,8 @@ def sampling_title(
         how += f", guidance {guidance:g}"
     if autoguidance is not None:
         how += f", autoguidance {autoguidance:g}"
+    if interval is not None:  # callers pass it only for a guided draw
+        how += f" at noise levels {interval[0]:g} to {interval[1]:g}"
     parts.append(f"{how}, seed {seed}")
     return " · ".join(parts)
 

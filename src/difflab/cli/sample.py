@@ -144,6 +144,6 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         asked = repr(args.prompt[0])
     return viz.sampling_title(
         args.checkpoint, kw["sampler"], kw["steps"], kw["seed"], kw["guidance"], asked=asked,
-        autoguidance=kw.get("autoguidance"),
+        autoguidance=kw.get("autoguidance"), interval=kw.get("guidance_interval"),
     )
 

@@ -60,6 +60,7 @@ def grid_labels(trainer, n: int = 64, seed: int = 0) -> tuple[list[str] | None, 
     title = viz.sampling_title(
         trainer.out.name, kw["sampler"], kw["steps"], seed, kw.get("guidance"),
         step=trainer.step, autoguidance=kw.get("autoguidance"),
+        interval=kw.get("guidance_interval"),
     )
     return labels, title
 
@@ -84,6 +85,8 @@ def sample_kwargs(trainer) -> dict:
         kw["guidance"] = sc.guidance  # grids and FID as `difflab sample` will draw them
     if sc.autoguidance is not None and trainer.guide is not None:  # once the run has kept it
         kw["autoguidance"] = sc.autoguidance
+    if sc.guidance_interval is not None and ("guidance" in kw or "autoguidance" in kw):
+        kw["guidance_interval"] = sc.guidance_interval
     return kw
 
 

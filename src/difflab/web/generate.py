@@ -215,7 +215,8 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
         asked = repr(prompt)
     title = viz.sampling_title(model_title(req.model), settings.sampler, settings.steps, seed,
                                settings.guidance, asked=asked,
-                               autoguidance=settings.autoguidance)
+                               autoguidance=settings.autoguidance,
+                               interval=settings.guidance_interval)
     layout = {"n": n, "nrow": per_row or 8, "title": title, "settings": settings,
               "row_labels": row_labels}
     return gen, kw, layout
