@@ -10,8 +10,10 @@ import pytest
 import torch
 from tiny_run import TINY, tiny_config
 
+from difflab.checkpoints.names import resolve_checkpoint
 from difflab.checkpoints.store import export_for_inference, load_checkpoint, write_manifest
 from difflab.cli import main
+from difflab.config import load_config
 from difflab.evaluation import evaluate_checkpoint
 from difflab.pipeline import Generator
 from difflab.runs import report, score_fid
@@ -164,6 +166,14 @@ def test_a_warm_start_refuses_another_network(tmp_path):
                  quiet=True)
     with pytest.raises(ValueError, match="cannot start from .*different network"):
         tr.warm_start(tmp_path / "a" / "last")
+
+
+def test_a_warm_start_from_a_shipped_model_records_its_name_not_this_machines_path(tmp_path):
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    tr = Trainer(load_config(configs / "fashion_mnist_large.toml", ["train.max_steps=1"]),
+                 tmp_path / "b", device="cpu", quiet=True)
+    tr.warm_start(resolve_checkpoint("fashion-mnist"))
+    assert tr.init_from == {"path": "fashion-mnist", "step": 9777}
 
 
 def _drop_network_settings(checkpoint, names):

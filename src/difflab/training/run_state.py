@@ -14,6 +14,7 @@ import torch
 from difflab.build import complete_network_spec
 from difflab.checkpoints import store as ckpt_io
 from difflab.checkpoints.components import GUIDE, guide_of
+from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.training.step_settings import StepSettings
 
 # state.json as resume reads it: each key's JSON types; the optional ones older checkpoints
@@ -89,7 +90,10 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     if step is None:  # an export keeps no training state, but says its step in "trained"
         trained = ck.config.get("trained")
         step = trained.get("step") if isinstance(trained, dict) else None
-    trainer.init_from = {"path": str(ck.path),
+    # A shipped model is recorded by its name, as `--init-from NAME` takes it, not by where
+    # this machine happens to keep the package: the record travels with the exported model.
+    shipped = ck.path.parent.resolve() == WEIGHTS_DIR.resolve()
+    trainer.init_from = {"path": ck.path.name if shipped else str(ck.path),
                          "step": step if isinstance(step, int) and step >= 0 else None}
 
 
