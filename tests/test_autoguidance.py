@@ -264,6 +264,15 @@ def test_a_runs_sample_interval_applies_to_its_autoguidance(tmp_path):
     assert "autoguidance 2 at noise levels 0.5 to 5" in title
 
 
+def test_a_run_at_autoguidance_1_with_an_interval_still_draws_its_grids(tmp_path):
+    # weight 1 is the model alone: its interval has nothing to apply to, and the run's grids
+    # must not hand it to the Generator, which refuses an interval on an unguided draw
+    tr = train(tmp_path, ["sample.autoguidance=1", "sample.guidance_interval=[0.5, 5]"])
+    assert "guidance_interval" not in sample_kwargs(tr)
+    _, title = grid_labels(tr, n=2)
+    assert "autoguidance 1, seed 0" in title
+
+
 def test_geneval_passes_autoguidance_on_rather_than_dropping_it(capsys):
     # shapes-text keeps no guide, so the GenEval path refuses the weight as sampling does
     assert main(["eval", "shapes-text", "--geneval", "--autoguidance", "2", "--quiet"]) == 2

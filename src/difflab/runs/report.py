@@ -16,6 +16,7 @@ import torch
 from difflab import viz
 from difflab.data.transforms import to_float, to_uint8
 from difflab.pipeline import Generator
+from difflab.pipeline.settings import is_guided
 from difflab.training import health
 from difflab.training.step_settings import label
 
@@ -85,7 +86,8 @@ def sample_kwargs(trainer) -> dict:
         kw["guidance"] = sc.guidance  # grids and FID as `difflab sample` will draw them
     if sc.autoguidance is not None and trainer.guide is not None:  # once the run has kept it
         kw["autoguidance"] = sc.autoguidance
-    if sc.guidance_interval is not None and ("guidance" in kw or "autoguidance" in kw):
+    # only for a guided draw: the Generator refuses an interval on one that is not (weight 1)
+    if sc.guidance_interval is not None and is_guided(kw.get("guidance"), kw.get("autoguidance")):
         kw["guidance_interval"] = sc.guidance_interval
     return kw
 
