@@ -108,6 +108,12 @@ class TrainConfig:
     # 10-minute CPU run reaches. ema_warmup ramps the decay in from 0 during the first steps.
     ema_decay: float = 0.999
     ema_warmup: bool = True
+    # Post-hoc EMA (Karras et al. 2024, EDM2 sec. 3): also keep power-function EMAs of these
+    # lengths (sigma_rel, a share of the run: e.g. [0.05, 0.1]) and snapshot them every
+    # posthoc_every steps under RUN/posthoc_ema/, so that `difflab export --ema-length` can
+    # build the average of any length afterwards (difflab.training.posthoc_snapshots).
+    posthoc_ema: tuple[float, ...] | None = None
+    posthoc_every: int = 500
     grad_clip: float | None = 1.0
     # "auto" settles it on the machine at hand (difflab.training.step_settings): bf16 autocast
     # where it is native and times faster (2-3x faster than fp32 on CPUs with AVX-512 BF16 or
@@ -283,6 +289,9 @@ RANGES: dict[str, Range] = {
     "train.weight_decay": Range(0, 1),
     "train.betas": Range(0, 1, high_open=True),  # each of Adam's two; 1 never forgets
     "train.ema_decay": Range(0, 1, high_open=True),  # 1 would keep the initial weights
+    # each length; 1/sqrt(12) = 0.2887 is the uniform average of the whole run (posthoc_ema)
+    "train.posthoc_ema": Range(0, 0.2886, low_open=True),
+    "train.posthoc_every": Range(1, 10**9),
     "train.grad_clip": Range(0, None, low_open=True),  # none: no clipping; <= 0 is no norm
     "train.threads": Range(1, 1024),
     "train.grad_accum": Range(1, 1024),
@@ -569,6 +578,12 @@ def check_combinations(cfg: RunConfig) -> None:
         raise ConfigError(
             "sample.autoguidance and sample.guidance are two ways to guide the same steps: "
             "set one of them"
+        )
+    lengths = cfg.train.posthoc_ema
+    if lengths is not None and (not lengths or len(set(lengths)) != len(lengths)):
+        raise ConfigError(
+            f"train.posthoc_ema = {_show(lengths)} must list one or more different EMA "
+            "lengths (e.g. [0.05, 0.1]), or be left unset for none"
         )
     if d.process == "edm" and not d.edm_sigma_min < d.edm_sigma_max:
         raise ConfigError(

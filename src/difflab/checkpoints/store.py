@@ -58,6 +58,9 @@ MANIFEST_VERSION = 1
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE = "model.safetensors", "ema.safetensors", "optimizer.pt"
 CONFIG_FILE, STATE_FILE, MANIFEST_FILE = "config.json", "state.json", "manifest.json"
 PREVIOUS_SUFFIX = ".prev"
+# The components that carry a run's post-hoc EMAs (difflab.training.posthoc_snapshots) for an
+# exact resume: training state, which an export leaves out.
+POSTHOC_EMA_PREFIX = "posthoc_ema_"
 _WRITTEN_BY_SAVE = ("format", "format_version", "components")
 # The names a checkpoint may give its files and components: one plain path component.
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
@@ -696,12 +699,16 @@ def load_weights_into(net: torch.nn.Module, weights: dict[str, torch.Tensor], so
 
 
 def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype | None = None,
-                         provenance: dict[str, Any] | None = None) -> Path:
-    """Write a sampling-only copy of a checkpoint: the EMA weights (when present) as the model,
-    optionally cast (fp16 halves the size), no optimizer or training state, and a 'trained'
-    record of how it was made (command, time, hardware, and for a warm-started run the
-    checkpoint it started from) in config.json. Written atomically,
-    like every checkpoint."""
+                         provenance: dict[str, Any] | None = None,
+                         weights: dict[str, torch.Tensor] | None = None,
+                         guide: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a sampling-only copy of a checkpoint: the EMA weights (when present) as the
+    model, optionally cast (fp16 halves the size), no optimizer, training state or
+    training-only components (POSTHOC_EMA_PREFIX), and a 'trained' record of how it was made
+    (command, time, hardware, and for a warm-started run the checkpoint it started from) in
+    config.json. `weights` and `guide` replace the model's and autoguidance's guide's weights
+    (a post-hoc EMA, difflab.training.posthoc_snapshots). Written atomically, like every
+    checkpoint."""
     ck = load_checkpoint(src, with_training_state=True)
     config = ck.model_config()
     elapsed = ck.state.get("elapsed_seconds", 0.0)
@@ -717,7 +724,10 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
     return save_checkpoint(
         dst,
         config=config,
-        model=ck.weights(prefer_ema=True),
-        components=ck.components,
+        model=ck.weights(prefer_ema=True) if weights is None else weights,
+        # "guide": checkpoints.components.GUIDE, which imports this module
+        components={name: guide if name == "guide" and guide is not None else c
+                    for name, c in ck.components.items()
+                    if not name.startswith(POSTHOC_EMA_PREFIX)},
         dtype=dtype,
     )

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from difflab.checkpoints.store import export_for_inference, is_difflab_checkpoint
+from difflab.checkpoints.store import export_for_inference, is_difflab_checkpoint, load_checkpoint
 from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
+from difflab.training.posthoc_ema import MAX_SIGMA_REL
+from difflab.training.posthoc_snapshots import rebuild
 
 # The files a checkpoint folder holds besides its NAME.safetensors (checkpoints/store.py):
 # `export --force` replaces a folder of these only, so that nothing else in it is lost.
@@ -33,6 +35,15 @@ def add_export_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--fp16", action="store_true", help="store the weights in float16")
     e.add_argument(
         "--force", action="store_true", help="replace an earlier export already in OUT"
+    )
+    e.add_argument(
+        "--ema-length", type=float, metavar="SIGMA_REL",
+        help="export the post-hoc EMA of this length (a share of the run, e.g. 0.08) instead "
+        "of the run's EMA; the run must have kept snapshots (train.posthoc_ema)",
+    )
+    e.add_argument(
+        "--guide-ema-length", type=float, metavar="SIGMA_REL",
+        help="the same for autoguidance's guide, rebuilt at the step the run kept it",
     )
     e.add_argument("--command-line", help="the command that trained it, for the record")
     e.add_argument("--hardware", help="what it was trained on (default: this machine)")
@@ -57,10 +68,32 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"difflab: exporting {src} to {args.out} (EMA weights where saved, {how}) ...",
               file=sys.stderr, flush=True)
     with reading_checkpoint(src):
-        out = export_for_inference(src, args.out, dtype=dtype, provenance=provenance)
+        weights = posthoc_weights(src, args.ema_length, args.guide_ema_length, provenance)
+        out = export_for_inference(src, args.out, dtype=dtype, provenance=provenance, **weights)
     size = sum(f.stat().st_size for f in Path(out).iterdir())
     print(f"difflab: wrote {out} ({size / 1e6:.2f} MB)")
     return 0
+
+
+def posthoc_weights(src: Path, length: float | None, guide_length: float | None,
+                    provenance: dict) -> dict:
+    """The post-hoc EMA weights asked for (--ema-length, --guide-ema-length) as
+    export_for_inference's keywords, each recorded in the provenance."""
+    found = {}
+    for what, sigma_rel in (("weights", length), ("guide", guide_length)):
+        if sigma_rel is None:
+            continue
+        if not 0 < sigma_rel <= MAX_SIGMA_REL:
+            raise CLIError(f"--{'guide-' if what == 'guide' else ''}ema-length {sigma_rel}: an "
+                           f"EMA length is in (0, {MAX_SIGMA_REL:.4f}] (0.05-0.15 is typical)")
+        step = None
+        if what == "guide":
+            step = load_checkpoint(src, with_training_state=True).state.get("guide_step")
+            if not isinstance(step, int):
+                raise CLIError(f"--guide-ema-length: {src} kept no guide (train.guide_at)")
+        found[what], record = rebuild(src, sigma_rel, step)
+        provenance["posthoc_ema" if what == "weights" else "guide_posthoc_ema"] = record
+    return found
 
 
 def check_export_destination(src: Path, dest: Path, *, force: bool) -> None:

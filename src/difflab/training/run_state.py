@@ -15,6 +15,7 @@ from difflab.build import complete_network_spec
 from difflab.checkpoints import store as ckpt_io
 from difflab.checkpoints.components import GUIDE, guide_of
 from difflab.checkpoints.names import WEIGHTS_DIR
+from difflab.training.posthoc_snapshots import component_name
 from difflab.training.step_settings import StepSettings
 
 # state.json as resume reads it: each key's JSON types; the optional ones older checkpoints
@@ -24,10 +25,10 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "torch_rng": (str,), "ema_updates": (int,), "best_fid": (int, float),
     "loss_ema": (int, float), "elapsed_seconds": (int, float), "scaler": (dict,),
     "step_settings": (dict,), "metrics_bytes": (int,), "init_from": (dict,),
-    "guide_step": (int,),
+    "guide_step": (int,), "posthoc_ema": (list,),
 }  # fmt: skip
 OPTIONAL_STATE = ("ema_updates", "best_fid", "loss_ema", "elapsed_seconds", "scaler",
-                  "step_settings", "metrics_bytes", "init_from", "guide_step")
+                  "step_settings", "metrics_bytes", "init_from", "guide_step", "posthoc_ema")
 
 
 def differences(saved: Any, mine: Any, prefix: str = "") -> str:
@@ -59,6 +60,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "metrics_bytes": trainer.metrics.durable_size() if trainer.dist.is_main else None,
         "init_from": trainer.init_from,
         "guide_step": trainer.guide_step,
+        "posthoc_ema": [ema.sigma_rel for ema in trainer.posthoc] or None,
     }
 
 
@@ -128,6 +130,8 @@ def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
             trainer.tuner.recorded = StepSettings.from_dict(s["step_settings"])
         what = "the guide's weights"
         trainer.guide, trainer.guide_step = _guide(trainer, ck, s.get("guide_step"))
+        what = "the post-hoc EMAs"
+        _restore_posthoc(trainer, ck, s.get("posthoc_ema") or [], s["step"])
     except ckpt_io.CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
@@ -154,3 +158,21 @@ def _guide(trainer: Any, ck: ckpt_io.Checkpoint, step: int | None
             f"valid {GUIDE} weights"
         )
     return {k: v.detach() for k, v in guide.state_dict().items()}, step
+
+
+def _restore_posthoc(trainer: Any, ck: ckpt_io.Checkpoint, lengths: list, step: int) -> None:
+    """The power EMAs of train.posthoc_ema where the checkpoint left them; refuses a run that
+    asks for other lengths than the checkpoint kept (its averages would start over)."""
+    mine = [ema.sigma_rel for ema in trainer.posthoc]
+    if lengths != mine:
+        raise ckpt_io.CheckpointError(
+            f"cannot resume from {ck.path}: it kept post-hoc EMAs of lengths {lengths or 'none'} "
+            f"and this run asks for {mine or 'none'} (train.posthoc_ema); resume with the "
+            "same setting"
+        )
+    for i, ema in enumerate(trainer.posthoc):
+        name = component_name(i)
+        if name not in ck.components:
+            raise ckpt_io.CheckpointError(f"{ck.path}: the post-hoc EMA {name} is missing")
+        ckpt_io.load_weights_into(ema.model, ck.components[name], f"{ck.path} ({name})")
+        ema.num_updates = step

@@ -39,6 +39,7 @@ from difflab.training import distributed, health, run_state
 from difflab.training.ema import EMA
 from difflab.training.metrics_log import MetricsLog
 from difflab.training.objectives import make_objective
+from difflab.training.posthoc_snapshots import PowerEMA, component_name, save_snapshots
 from difflab.training.step_settings import StepSettings
 from difflab.training.step_tuning import StepTuner
 
@@ -130,6 +131,9 @@ class Trainer:
         self.model_shape = getattr(self.objective, "model_shape", self.data.image_shape)
         train_data = getattr(self.objective, "moments", self.data)  # latents: posterior moments
         self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
+        # post-hoc EMA: power EMAs of the lengths in train.posthoc_ema, snapshotted as it trains
+        self.posthoc = [PowerEMA(self.net, length) for length in tc.posthoc_ema or ()]
+        self.posthoc_saved_at: int | None = None  # the step of the last snapshots written
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay
         )
@@ -215,7 +219,8 @@ class Trainer:
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
             state=run_state.training_state(self),
-            components={**self.objective.components(), **guide_component(self.guide)},
+            components={**self.objective.components(), **guide_component(self.guide),
+                        **{component_name(i): e.state_dict() for i, e in enumerate(self.posthoc)}},
             keep_previous=True,  # NAME.prev/: a second complete checkpoint to fall back on
         )
         self.last_saved = (path, self.step)
@@ -309,6 +314,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update(self.net)
+        for ema in self.posthoc:
+            ema.update(self.net)
         self.step += 1
         return loss_value
 
@@ -322,6 +329,14 @@ class Trainer:
             return
         self.guide = {k: v.detach().clone() for k, v in self.ema.model.state_dict().items()}
         self.guide_step = self.step
+        self.save_posthoc()  # so that the guide's own average can be rebuilt at its step
+
+    def save_posthoc(self) -> None:
+        """Snapshot the power EMAs at this step (train.posthoc_ema), once per step."""
+        if not self.posthoc or not self.dist.is_main or self.posthoc_saved_at == self.step:
+            return
+        save_snapshots(self.out, self.posthoc, self.step, self.net_config)
+        self.posthoc_saved_at = self.step
 
     def _all_ranks_mean(self, value: float) -> float:
         """The mean of a number over ranks (NCCL reduces device tensors only)."""
@@ -418,6 +433,8 @@ class Trainer:
                     self._log(window, bar, total, budget)
                     window = LogWindow()
                     self.tuner.maybe_retime()
+                if self.step % tc.posthoc_every == 0:
+                    self.save_posthoc()
                 if tc.sample_every and self.step % tc.sample_every == 0 and on_sample:
                     on_sample(self)
                 # Everything a step logs comes before its checkpoint, so that a run resumed
@@ -429,6 +446,7 @@ class Trainer:
                     self._checkpoint()
             if window.steps:  # the last steps before a time budget ran out
                 self._log(window, bar, total, budget)
+            self.save_posthoc()  # the run's end: the step export rebuilds averages at
             self._checkpoint()
             distributed.barrier(self.dist)
         finally:
