@@ -161,3 +161,18 @@ def test_export_asks_for_snapshots_a_run_did_not_keep_in_one_line(tmp_path, caps
     assert code != 0 and "EMA length" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert math.isfinite(MAX_SIGMA_REL)
+
+
+def test_overwrite_removes_the_snapshots_and_keeps_a_users_file_beside_them(tmp_path, capsys):
+    from tiny_run import TINY, as_flags
+
+    run = tmp_path / "run"
+    _train(run, 4)
+    mine = run / SNAPSHOT_DIR / "notes.txt"
+    mine.write_text("mine")
+    assert rebuild(run / "last", 0.1)[1]["snapshots"] == 4  # the user's file is not read
+    code = main(["train", "digits8", "--out", str(run), "--overwrite", "--steps", "1",
+                 "--no-report", *as_flags(TINY)])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (run / SNAPSHOT_DIR).iterdir()) == ["notes.txt"]
+    assert mine.read_text() == "mine"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from difflab.checkpoints.store import checkpoint_candidates, is_difflab_checkpoint, remove_debris
 from difflab.cli.errors import CLIError
+from difflab.training.posthoc_snapshots import SNAPSHOT_DIR, SNAPSHOT_NAME
 
 # What `difflab train` writes into a run folder (trainer.py, runs/report.py): what makes a
 # folder a run that a new one must not silently replace, and all that --overwrite removes.
@@ -33,6 +34,7 @@ RUN_FILES = (
     "reconstructions.png",
 )
 RUN_SAMPLES = "samples"  # samples/step_0001000.png, ...
+# RUN/posthoc_ema/step_00001000_sigma_0.050/, ...: post-hoc EMA snapshots (train.posthoc_ema)
 _SAMPLE_GRID = re.compile(r"step_\d+\.png")
 
 
@@ -75,7 +77,8 @@ def run_contents(out: Path) -> list[str]:
     """The names in `out` that `difflab train` writes (folders with a trailing /)."""
     if not out.is_dir():
         return []
-    names = [f"{n}/" for n in (*RUN_CHECKPOINTS, RUN_SAMPLES) if os.path.lexists(out / n)]
+    names = [f"{n}/" for n in (*RUN_CHECKPOINTS, RUN_SAMPLES, SNAPSHOT_DIR)
+             if os.path.lexists(out / n)]
     return names + [n for n in RUN_FILES if os.path.lexists(out / n)]
 
 
@@ -94,6 +97,8 @@ def clear_run(out: Path, found: list[str]) -> None:
         if name == f"{RUN_SAMPLES}/" and (path.is_symlink() or not path.is_dir()):
             raise CLIError(f"--overwrite: {path} is not the folder of sample grids difflab "
                            "writes; move it away or give another --out")
+        if name == f"{SNAPSHOT_DIR}/":
+            _check_snapshots(path)
         if name in RUN_FILES and (path.is_symlink() or not path.is_file()):
             raise CLIError(f"--overwrite: {path} is not a file difflab wrote; move it away "
                            "or give another --out")
@@ -104,6 +109,13 @@ def clear_run(out: Path, found: list[str]) -> None:
         path = out / name.rstrip("/")
         if name.rstrip("/") in RUN_CHECKPOINTS:
             shutil.rmtree(path)
+        elif name == f"{SNAPSHOT_DIR}/":  # the snapshots only: anything else stays
+            for snapshot in path.iterdir():
+                if SNAPSHOT_NAME.fullmatch(snapshot.name):
+                    shutil.rmtree(snapshot)
+            remove_debris(path)
+            with contextlib.suppress(OSError):
+                path.rmdir()
         elif name == f"{RUN_SAMPLES}/":  # the grids only: a file of the user's stays
             for grid in path.iterdir():
                 if _SAMPLE_GRID.fullmatch(grid.name) and grid.is_file():
@@ -112,6 +124,19 @@ def clear_run(out: Path, found: list[str]) -> None:
                 path.rmdir()  # only when nothing else was in it
         else:
             path.unlink()
+
+
+def _check_snapshots(path: Path) -> None:
+    """CLIError unless every snapshot-named entry of RUN/posthoc_ema/ is difflab's checkpoint."""
+    if path.is_symlink() or not path.is_dir():
+        raise CLIError(f"--overwrite: {path} is not the folder of post-hoc EMA snapshots "
+                       "difflab writes; move it away or give another --out")
+    for snapshot in path.iterdir():
+        if SNAPSHOT_NAME.fullmatch(snapshot.name) and (
+            snapshot.is_symlink() or not is_difflab_checkpoint(snapshot)
+        ):
+            raise CLIError(f"--overwrite: {snapshot} is not a difflab checkpoint, so difflab "
+                           "leaves it alone; move it away or give another --out")
 
 
 def _is_run_config(path: Path) -> bool:

@@ -12,6 +12,7 @@ untrusted input (each checked against the network and its record type-checked).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from difflab.training.ema import EMA
 from difflab.training.posthoc_ema import beta, sigma_rel_to_gamma, solve_coefficients
 
 SNAPSHOT_DIR = "posthoc_ema"  # inside the run's folder, beside last/ and best/
+SNAPSHOT_NAME = re.compile(r"step_\d{8}_sigma_\d\.\d{3}")  # snapshot_name's; nothing else is read
 # A rebuilt average whose profile misses the one asked for by more than this (relative L2)
 # is refused: the snapshots do not span it (a length far outside the tracked ones).
 MAX_FIT_ERROR = 0.1
@@ -80,7 +82,7 @@ def find_snapshots(run_dir: Path, network: dict, up_to: int) -> list[Snapshot]:
     folder = run_dir / SNAPSHOT_DIR
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.name.startswith("."):  # an interrupted write's temporary folder
+        if not SNAPSHOT_NAME.fullmatch(path.name):  # a temporary folder, a file of the user's
             continue
         config = ckpt_io.load_checkpoint(path, fallback=False).config
         record = config.get("posthoc_ema")

@@ -39,7 +39,12 @@ from difflab.training import distributed, health, run_state
 from difflab.training.ema import EMA
 from difflab.training.metrics_log import MetricsLog
 from difflab.training.objectives import make_objective
-from difflab.training.posthoc_snapshots import PowerEMA, component_name, save_snapshots
+from difflab.training.posthoc_snapshots import (
+    SNAPSHOT_DIR,
+    PowerEMA,
+    component_name,
+    save_snapshots,
+)
 from difflab.training.step_settings import StepSettings
 from difflab.training.step_tuning import StepTuner
 
@@ -384,7 +389,9 @@ class Trainer:
         budget = tc.minutes * 60 if tc.minutes is not None else math.inf
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:  # a new run in an old folder: what interrupted writes left there
-            for gone in ckpt_io.remove_debris(self.out):
+            snapshots = self.out / SNAPSHOT_DIR
+            for gone in [*ckpt_io.remove_debris(self.out),
+                         *(ckpt_io.remove_debris(snapshots) if snapshots.is_dir() else [])]:
                 tqdm.write(f"difflab: removed {gone}, left by an interrupted checkpoint write")
         threads_before = torch.get_num_threads()
         settle_start = time.perf_counter()
