@@ -338,7 +338,8 @@ class Trainer:
 
     def save_posthoc(self) -> None:
         """Snapshot the power EMAs at this step (train.posthoc_ema), once per step."""
-        if not self.posthoc or not self.dist.is_main or self.posthoc_saved_at == self.step:
+        if (not self.posthoc or not self.dist.is_main or self.step == 0
+                or self.posthoc_saved_at == self.step):
             return
         save_snapshots(self.out, self.posthoc, self.step, self.net_config)
         self.posthoc_saved_at = self.step
