@@ -142,6 +142,10 @@ def test_export_writes_a_rebuilt_average_and_leaves_the_power_emas_behind(tmp_pa
     trained = ck.config["trained"]
     assert trained["posthoc_ema"]["sigma_rel"] == 0.1
     assert trained["guide_posthoc_ema"]["step"] == guide_step
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "weights      the post-hoc EMA of length 0.1 at step 8, rebuilt from" in info
+    assert f"guide        the post-hoc EMA of length 0.05 at step {guide_step}," in info
     # a plain export keeps the run's own EMA and its guide
     plain = tmp_path / "plain"
     assert main(["export", str(tmp_path / "run" / "last"), str(plain), "--quiet"]) == 0

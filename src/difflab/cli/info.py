@@ -54,9 +54,14 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
     ]
     if (run.get("sample") or {}).get("sampler"):
         lines.append(f"sampling     {_sample_settings(run)}")
+    posthoc = trained.get("posthoc_ema") if isinstance(trained, dict) else None
+    if isinstance(posthoc, dict):  # difflab export --ema-length
+        lines.append(f"weights      {_posthoc(posthoc)}")
     if "guide" in c:  # autoguidance's guide (train.guide_at), a component of its own
-        lines.append(f"guide        the EMA weights at step {c['guide'].get('step', '?')}, "
-                     "for autoguidance")
+        guide = trained.get("guide_posthoc_ema") if isinstance(trained, dict) else None
+        what = _posthoc(guide) if isinstance(guide, dict) else (
+            f"the EMA weights at step {c['guide'].get('step', '?')}")
+        lines.append(f"guide        {what}, for autoguidance")
     if "autoencoder" in c:
         ae = c["autoencoder"]
         lines.insert(3, f"latent       {tuple(c.get('model_shape', []))} from an autoencoder "
@@ -73,6 +78,12 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
     if "trained" in c:
         lines.append(f"provenance   {json.dumps(c['trained'])}")
     return lines
+
+
+def _posthoc(record: dict) -> str:
+    """A post-hoc EMA's export record in words."""
+    return (f"the post-hoc EMA of length {record.get('sigma_rel', '?')} at step "
+            f"{record.get('step', '?')}, rebuilt from {record.get('snapshots', '?')} snapshots")
 
 
 def _warm_start(init_from: object) -> str:
