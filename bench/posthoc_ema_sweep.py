@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--lengths", type=float, nargs="+", required=True)
     p.add_argument("--guide-lengths", type=float, nargs="*", default=[])
     p.add_argument("--no-own", action="store_true", help="skip the run's own EMA row")
+    p.add_argument("--guide-only", action="store_true",
+                   help="score only the guide's lengths, with the first --lengths value")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -69,11 +71,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return row
 
-    if not args.no_own:
+    if not args.no_own and not args.guide_only:
         score(None, None)
-    best = min((score(length, None) for length in args.lengths), key=lambda r: r["fid"])
+    best = args.lengths[0] if args.guide_only else min(
+        (score(length, None) for length in args.lengths), key=lambda r: r["fid"])["length"]
     for guide_length in args.guide_lengths:
-        score(best["length"], guide_length)
+        score(best, guide_length)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": args.checkpoint, "samples": args.samples, "seed": args.seed,
