@@ -10,6 +10,7 @@ from tiny_run import tiny_config
 
 from difflab.checkpoints.store import CheckpointError, load_checkpoint
 from difflab.cli import main
+from difflab.training.ema import PowerEMA
 from difflab.training.posthoc_ema import (
     MAX_SIGMA_REL,
     gamma_to_sigma_rel,
@@ -18,7 +19,7 @@ from difflab.training.posthoc_ema import (
     sigma_rel_to_gamma,
     solve_coefficients,
 )
-from difflab.training.posthoc_snapshots import SNAPSHOT_DIR, PowerEMA, rebuild, snapshot_name
+from difflab.training.posthoc_snapshots import SNAPSHOT_DIR, rebuild, snapshot_name
 from difflab.training.trainer import Trainer
 
 
@@ -123,6 +124,24 @@ def test_the_power_emas_resume_exactly_and_refuse_other_lengths(tmp_path):
             assert torch.equal(x, y)
     with pytest.raises(CheckpointError, match="post-hoc EMAs of lengths"):
         _train(tmp_path / "b", 10, lengths="[0.05]", resume=True)
+
+
+def test_ema_length_samples_the_power_ema_and_resumes_it_exactly(tmp_path):
+    # train.ema_length makes the sampled EMA the power EMA that train.posthoc_ema tracks
+    straight = _train(tmp_path / "a", 8, lengths="[0.1]", extra=["train.ema_length=0.1"])
+    assert isinstance(straight.ema, PowerEMA) and straight.ema.sigma_rel == 0.1
+    tracked = straight.posthoc[0]
+    for x, y in zip(straight.ema.model.parameters(), tracked.model.parameters(), strict=True):
+        assert torch.equal(x, y)
+    sampled = load_checkpoint(tmp_path / "a" / "last").ema
+    torch.testing.assert_close(_params(sampled), _params(tracked.state_dict()), rtol=0, atol=0)
+    _train(tmp_path / "b", 4, lengths="[0.1]", extra=["train.ema_length=0.1"])
+    resumed = _train(tmp_path / "b", 8, lengths="[0.1]", resume=True,
+                     extra=["train.ema_length=0.1"])
+    assert resumed.ema.num_updates == 8
+    for x, y in zip(straight.ema.model.parameters(), resumed.ema.model.parameters(),
+                    strict=True):
+        assert torch.equal(x, y)
 
 
 def test_export_writes_a_rebuilt_average_and_leaves_the_power_emas_behind(tmp_path, capsys):

@@ -108,6 +108,10 @@ class TrainConfig:
     # 10-minute CPU run reaches. ema_warmup ramps the decay in from 0 during the first steps.
     ema_decay: float = 0.999
     ema_warmup: bool = True
+    # Or the sampled EMA as a power-function EMA of this length (Karras et al. 2024, EDM2:
+    # sigma_rel, a share of the run, e.g. 0.05), which then replaces ema_decay and ema_warmup.
+    # Its window grows with the run where ema_decay's is a fixed number of steps.
+    ema_length: float | None = None
     # Post-hoc EMA (Karras et al. 2024, EDM2 sec. 3): also keep power-function EMAs of these
     # lengths (sigma_rel, a share of the run: e.g. [0.05, 0.1]) and snapshot them every
     # posthoc_every steps under RUN/posthoc_ema/, so that `difflab export --ema-length` can
@@ -291,6 +295,7 @@ RANGES: dict[str, Range] = {
     "train.ema_decay": Range(0, 1, high_open=True),  # 1 would keep the initial weights
     # each length; 1/sqrt(12) = 0.2887 is the uniform average of the whole run (posthoc_ema)
     "train.posthoc_ema": Range(0, 0.2886, low_open=True),
+    "train.ema_length": Range(0, 0.2886, low_open=True),
     "train.posthoc_every": Range(1, 10**9),
     "train.grad_clip": Range(0, None, low_open=True),  # none: no clipping; <= 0 is no norm
     "train.threads": Range(1, 1024),

@@ -4,6 +4,10 @@ Diffusion models sample far better from an EMA of their weights than from the ra
 (Ho et al. 2020 use decay 0.9999; Song & Ermon 2020, "Improved techniques", sec. 3.5). With
 `warmup`, the decay ramps as min(decay, (1 + n) / (10 + n)) so that a short run is not
 dominated by its random initialisation (the schedule used by TensorFlow's EMA).
+
+A power EMA (Karras et al. 2024, EDM2 eq. 4) instead averages a fixed share of the run,
+`sigma_rel`, whatever its length: the average of a 2,600-step run and of a 26,000-step run
+cover the same fraction of their training (`train.ema_length`, `train.posthoc_ema`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import copy
 
 import torch
 from torch import nn
+
+from difflab.training.posthoc_ema import beta, sigma_rel_to_gamma
 
 
 class EMA:
@@ -46,3 +52,16 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int) -> None:
         self.model.load_state_dict(state)
         self.num_updates = num_updates
+
+
+class PowerEMA(EMA):
+    """An EMA whose decay at step t is (1 - 1/t)^(gamma + 1) (EDM2 eq. 4): its profile over
+    the run is proportional to t^gamma, so its length is a fixed share of the run, sigma_rel.
+    num_updates must count the run's steps (warm starts count from 0, resumes restore it)."""
+
+    def __init__(self, model: nn.Module, sigma_rel: float):
+        super().__init__(model, decay=0.0, warmup=False)
+        self.sigma_rel, self.gamma = sigma_rel, sigma_rel_to_gamma(sigma_rel)
+
+    def current_decay(self) -> float:
+        return beta(self.gamma, self.num_updates + 1)

@@ -18,30 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from difflab.checkpoints import store as ckpt_io
-from difflab.training.ema import EMA
-from difflab.training.posthoc_ema import beta, sigma_rel_to_gamma, solve_coefficients
+from difflab.training.ema import PowerEMA
+from difflab.training.posthoc_ema import sigma_rel_to_gamma, solve_coefficients
 
 SNAPSHOT_DIR = "posthoc_ema"  # inside the run's folder, beside last/ and best/
 SNAPSHOT_NAME = re.compile(r"step_\d{8}_sigma_\d\.\d{3}")  # snapshot_name's; nothing else is read
 # A rebuilt average whose profile misses the one asked for by more than this (relative L2)
 # is refused: the snapshots do not span it (a length far outside the tracked ones).
 MAX_FIT_ERROR = 0.1
-
-
-class PowerEMA(EMA):
-    """An EMA whose decay at step t is (1 - 1/t)^(gamma + 1) (EDM2 eq. 4): its profile over
-    the run is proportional to t^gamma, so its length is a fixed share of the run, sigma_rel.
-    num_updates must count the run's steps (warm starts count from 0, resumes restore it)."""
-
-    def __init__(self, model: nn.Module, sigma_rel: float):
-        super().__init__(model, decay=0.0, warmup=False)
-        self.sigma_rel, self.gamma = sigma_rel, sigma_rel_to_gamma(sigma_rel)
-
-    def current_decay(self) -> float:
-        return beta(self.gamma, self.num_updates + 1)
 
 
 def component_name(index: int) -> str:

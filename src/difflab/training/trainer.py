@@ -36,12 +36,11 @@ from difflab.config import RunConfig
 from difflab.data import BatchIterator, ImageData, load_dataset
 from difflab.metrics.features import DATASETS
 from difflab.training import distributed, health, run_state
-from difflab.training.ema import EMA
+from difflab.training.ema import EMA, PowerEMA
 from difflab.training.metrics_log import MetricsLog
 from difflab.training.objectives import make_objective
 from difflab.training.posthoc_snapshots import (
     SNAPSHOT_DIR,
-    PowerEMA,
     component_name,
     save_snapshots,
 )
@@ -135,7 +134,10 @@ class Trainer:
         self.latent_scale = self.objective.latent_scale
         self.model_shape = getattr(self.objective, "model_shape", self.data.image_shape)
         train_data = getattr(self.objective, "moments", self.data)  # latents: posterior moments
-        self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
+        # the weights that get sampled: a power EMA of a share of the run (train.ema_length)
+        # or one of a fixed number of steps (train.ema_decay)
+        self.ema = (PowerEMA(self.net, tc.ema_length) if tc.ema_length is not None
+                    else EMA(self.net, tc.ema_decay, tc.ema_warmup))
         # post-hoc EMA: power EMAs of the lengths in train.posthoc_ema, snapshotted as it trains
         self.posthoc = [PowerEMA(self.net, length) for length in tc.posthoc_ema or ()]
         self.posthoc_saved_at: int | None = None  # the step of the last snapshots written
