@@ -11,13 +11,19 @@ import pytest
 import torch
 from tiny_run import tiny_config
 
-from difflab.checkpoints.store import CheckpointError, load_checkpoint, save_checkpoint
+from difflab.checkpoints.store import (
+    GUIDE_EMA,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from difflab.cli import main
 from difflab.config import ConfigError, load_config
 from difflab.diffusion.denoiser import network_denoiser
 from difflab.diffusion.process import as_time
 from difflab.pipeline import Generator
 from difflab.runs.report import grid_labels, sample_kwargs
+from difflab.training.posthoc_snapshots import SNAPSHOT_DIR, snapshot_name
 from difflab.training.trainer import Trainer
 
 GUIDED = ["train.guide_at=0.75", "sample.autoguidance=2"]
@@ -102,6 +108,34 @@ def test_resume_keeps_or_takes_the_guide_exactly(tmp_path, every):
     assert (resumed.step, resumed.guide_step) == (8, straight.guide_step) == (8, 6)
     for key, value in straight.guide.items():
         assert torch.equal(resumed.guide[key], value), key
+
+
+# the guide kept from a power EMA of its own length, tracked beside as a post-hoc EMA to compare
+GUIDE_AVERAGE = ["train.guide_ema_length=0.15", "train.posthoc_ema=[0.15]",
+                 "train.posthoc_every=100"]
+
+
+@pytest.mark.parametrize("every", [5, 7])  # resumed before the guide is kept, and after
+def test_a_guide_from_its_own_average_is_that_power_ema_and_resumes_exactly(tmp_path, every):
+    straight = train(tmp_path / "a", [f"train.checkpoint_every={every}", *GUIDE_AVERAGE])
+    assert straight.guide_step == 6 and straight.guide_ema is None
+    tracked = load_checkpoint(tmp_path / "a" / SNAPSHOT_DIR / snapshot_name(6, 0.15)).model
+    for key, value in tracked.items():
+        assert torch.equal(straight.guide[key], value), key
+    interrupted = tmp_path / "a" / "last.prev"  # the checkpoint at step `every`
+    kept = load_checkpoint(interrupted, with_training_state=True)
+    assert (GUIDE_EMA in kept.components) == (every < 6)  # carried until the guide is kept
+    resumed = train(tmp_path / "b", [f"train.checkpoint_every={every}", *GUIDE_AVERAGE],
+                    resume_from=interrupted)
+    for key, value in straight.guide.items():
+        assert torch.equal(resumed.guide[key], value), key
+    # an export carries the guide, never the average it is taken from
+    assert main(["export", str(interrupted), str(tmp_path / "x")]) == 0
+    assert GUIDE_EMA not in load_checkpoint(tmp_path / "x").components
+    if every < 6:  # a run that would take its guide from another average is refused
+        with pytest.raises(CheckpointError, match="guide's average at length 0.15"):
+            train(tmp_path / "c", ["train.posthoc_ema=[0.15]", "train.posthoc_every=100"],
+                  resume_from=interrupted)
 
 
 def test_a_checkpoint_that_names_a_guide_it_does_not_hold_is_refused(run, tmp_path):
@@ -298,6 +332,8 @@ def test_autoguidance_and_guidance_together_are_refused():
          "set one of them"),
         (["train.guide_at=1"], "train.guide_at"),
         (["train.guide_at=0"], "train.guide_at"),
+        (["train.guide_ema_length=0.1"], "needs train.guide_at"),
+        (["train.guide_at=0.25", "train.guide_ema_length=0.5"], "train.guide_ema_length"),
         (["train.guide_at=0.25", "sample.autoguidance=-1"], "sample.autoguidance"),
     ],
 )

@@ -154,6 +154,10 @@ class TrainConfig:
     # "bad version" that autoguidance steers away from (Karras et al. 2024; sample.autoguidance).
     # None: keep none. It costs one copy of the weights in each checkpoint after that point.
     guide_at: float | None = None
+    # The guide from a power EMA of this length (sigma_rel at guide_at, as train.ema_length)
+    # instead of the sampled EMA: the guide wants a longer average than the sampled weights
+    # (BENCHMARKS.md, "The length of the weight average"). None: the sampled EMA.
+    guide_ema_length: float | None = None
 
 
 @dataclass
@@ -296,6 +300,7 @@ RANGES: dict[str, Range] = {
     # each length; 1/sqrt(12) = 0.2887 is the uniform average of the whole run (posthoc_ema)
     "train.posthoc_ema": Range(0, 0.2886, low_open=True),
     "train.ema_length": Range(0, 0.2886, low_open=True),
+    "train.guide_ema_length": Range(0, 0.2886, low_open=True),
     "train.posthoc_every": Range(1, 10**9),
     "train.grad_clip": Range(0, None, low_open=True),  # none: no clipping; <= 0 is no norm
     "train.threads": Range(1, 1024),
@@ -583,6 +588,11 @@ def check_combinations(cfg: RunConfig) -> None:
         raise ConfigError(
             "sample.autoguidance and sample.guidance are two ways to guide the same steps: "
             "set one of them"
+        )
+    if cfg.train.guide_ema_length is not None and cfg.train.guide_at is None:
+        raise ConfigError(
+            f"train.guide_ema_length = {_show(cfg.train.guide_ema_length)} needs train.guide_at "
+            "(e.g. 0.25): it sets the length of the average the run keeps as its guide there"
         )
     lengths = cfg.train.posthoc_ema
     if lengths is not None and (not lengths or len(set(lengths)) != len(lengths)):

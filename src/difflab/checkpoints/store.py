@@ -61,6 +61,9 @@ PREVIOUS_SUFFIX = ".prev"
 # The components that carry a run's post-hoc EMAs (difflab.training.posthoc_snapshots) for an
 # exact resume: training state, which an export leaves out.
 POSTHOC_EMA_PREFIX = "posthoc_ema_"
+# The component carrying the power EMA a run keeps its guide from (train.guide_ema_length)
+# until it keeps the guide: training state too.
+GUIDE_EMA = "guide_ema"
 _WRITTEN_BY_SAVE = ("format", "format_version", "components")
 # The names a checkpoint may give its files and components: one plain path component.
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
@@ -704,10 +707,10 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
                          guide: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a sampling-only copy of a checkpoint: the EMA weights (when present) as the
     model, optionally cast (fp16 halves the size), no optimizer, training state or
-    training-only components (POSTHOC_EMA_PREFIX), and a 'trained' record of how it was made
-    (command, time, hardware, and for a warm-started run the checkpoint it started from) in
-    config.json. `weights` and `guide` replace the model's and autoguidance's guide's weights
-    (a post-hoc EMA, difflab.training.posthoc_snapshots). Written atomically, like every
+    training-only components (POSTHOC_EMA_PREFIX, GUIDE_EMA), and a 'trained' record of how it
+    was made (command, time, hardware, and for a warm-started run the checkpoint it started
+    from) in config.json. `weights` and `guide` replace the model's and autoguidance's guide's
+    weights (a post-hoc EMA, difflab.training.posthoc_snapshots). Written atomically, like every
     checkpoint."""
     ck = load_checkpoint(src, with_training_state=True)
     config = ck.model_config()
@@ -728,6 +731,6 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
         # "guide": checkpoints.components.GUIDE, which imports this module
         components={name: guide if name == "guide" and guide is not None else c
                     for name, c in ck.components.items()
-                    if not name.startswith(POSTHOC_EMA_PREFIX)},
+                    if not name.startswith(POSTHOC_EMA_PREFIX) and name != GUIDE_EMA},
         dtype=dtype,
     )

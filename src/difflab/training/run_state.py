@@ -25,10 +25,11 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "torch_rng": (str,), "ema_updates": (int,), "best_fid": (int, float),
     "loss_ema": (int, float), "elapsed_seconds": (int, float), "scaler": (dict,),
     "step_settings": (dict,), "metrics_bytes": (int,), "init_from": (dict,),
-    "guide_step": (int,), "posthoc_ema": (list,),
+    "guide_step": (int,), "posthoc_ema": (list,), "guide_ema_length": (int, float),
 }  # fmt: skip
 OPTIONAL_STATE = ("ema_updates", "best_fid", "loss_ema", "elapsed_seconds", "scaler",
-                  "step_settings", "metrics_bytes", "init_from", "guide_step", "posthoc_ema")
+                  "step_settings", "metrics_bytes", "init_from", "guide_step", "posthoc_ema",
+                  "guide_ema_length")
 
 
 def differences(saved: Any, mine: Any, prefix: str = "") -> str:
@@ -61,6 +62,7 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "init_from": trainer.init_from,
         "guide_step": trainer.guide_step,
         "posthoc_ema": [ema.sigma_rel for ema in trainer.posthoc] or None,
+        "guide_ema_length": trainer.guide_ema.sigma_rel if trainer.guide_ema else None,
     }
 
 
@@ -130,6 +132,8 @@ def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
             trainer.tuner.recorded = StepSettings.from_dict(s["step_settings"])
         what = "the guide's weights"
         trainer.guide, trainer.guide_step = _guide(trainer, ck, s.get("guide_step"))
+        what = "the guide's average"
+        _restore_guide_ema(trainer, ck, s.get("guide_ema_length"), s["step"])
         what = "the post-hoc EMAs"
         _restore_posthoc(trainer, ck, s.get("posthoc_ema") or [], s["step"])
     except ckpt_io.CheckpointError:
@@ -176,3 +180,28 @@ def _restore_posthoc(trainer: Any, ck: ckpt_io.Checkpoint, lengths: list, step: 
             raise ckpt_io.CheckpointError(f"{ck.path}: the post-hoc EMA {name} is missing")
         ckpt_io.load_weights_into(ema.model, ck.components[name], f"{ck.path} ({name})")
         ema.num_updates = step
+
+
+def _restore_guide_ema(trainer: Any, ck: ckpt_io.Checkpoint, length: float | None,
+                       step: int) -> None:
+    """The power EMA the guide is to be kept from (train.guide_ema_length) where the checkpoint
+    left it, or none once the guide is kept; refuses a run that asks for another length than
+    the checkpoint kept (the guide would silently come from another average)."""
+    if trainer.guide is not None:
+        trainer.guide_ema = None
+        return
+    mine = trainer.guide_ema.sigma_rel if trainer.guide_ema else None
+    if length != mine:
+        raise ckpt_io.CheckpointError(
+            f"cannot resume from {ck.path}: it kept its guide's average at length "
+            f"{length or 'none'} and this run asks for {mine or 'none'} "
+            "(train.guide_ema_length); resume with the same setting"
+        )
+    if trainer.guide_ema is None:
+        return
+    if ckpt_io.GUIDE_EMA not in ck.components:
+        raise ckpt_io.CheckpointError(f"{ck.path}: the guide's average {ckpt_io.GUIDE_EMA} "
+                                      "is missing")
+    ckpt_io.load_weights_into(trainer.guide_ema.model, ck.components[ckpt_io.GUIDE_EMA],
+                              f"{ck.path} ({ckpt_io.GUIDE_EMA})")
+    trainer.guide_ema.num_updates = step

@@ -138,6 +138,10 @@ class Trainer:
         # or one of a fixed number of steps (train.ema_decay)
         self.ema = (PowerEMA(self.net, tc.ema_length) if tc.ema_length is not None
                     else EMA(self.net, tc.ema_decay, tc.ema_warmup))
+        # the average the guide is kept from, when not the sampled one (train.guide_ema_length);
+        # dropped once the guide is kept
+        self.guide_ema = (PowerEMA(self.net, tc.guide_ema_length)
+                          if tc.guide_ema_length is not None and tc.guide_at is not None else None)
         # post-hoc EMA: power EMAs of the lengths in train.posthoc_ema, snapshotted as it trains
         self.posthoc = [PowerEMA(self.net, length) for length in tc.posthoc_ema or ()]
         self.posthoc_saved_at: int | None = None  # the step of the last snapshots written
@@ -219,6 +223,10 @@ class Trainer:
         """Write the checkpoint `name` (last, best, best_fid) with everything an exact resume
         needs; refuses non-finite weights (TrainingDiverged), so no NaN is ever saved."""
         self._check_finite()
+        # the averages only training needs: the post-hoc EMAs and the guide's, until it is kept
+        averages = {component_name(i): e.state_dict() for i, e in enumerate(self.posthoc)}
+        if self.guide_ema is not None:
+            averages[ckpt_io.GUIDE_EMA] = self.guide_ema.state_dict()
         path = ckpt_io.save_checkpoint(
             self.out / name,
             config=self.checkpoint_config(),
@@ -227,7 +235,7 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             state=run_state.training_state(self),
             components={**self.objective.components(), **guide_component(self.guide),
-                        **{component_name(i): e.state_dict() for i, e in enumerate(self.posthoc)}},
+                        **averages},
             keep_previous=True,  # NAME.prev/: a second complete checkpoint to fall back on
         )
         self.last_saved = (path, self.step)
@@ -320,8 +328,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.ema.update(self.net)
-        for ema in self.posthoc:
+        for ema in (self.ema, *self.posthoc, *([self.guide_ema] if self.guide_ema else ())):
             ema.update(self.net)
         self.step += 1
         return loss_value
@@ -334,8 +341,9 @@ class Trainer:
         at = self.cfg.train.guide_at
         if at is None or self.guide is not None or progress is None or progress < at:
             return
-        self.guide = {k: v.detach().clone() for k, v in self.ema.model.state_dict().items()}
-        self.guide_step = self.step
+        source = (self.guide_ema or self.ema).model
+        self.guide = {k: v.detach().clone() for k, v in source.state_dict().items()}
+        self.guide_step, self.guide_ema = self.step, None
         self.save_posthoc()  # so that the guide's own average can be rebuilt at its step
 
     def save_posthoc(self) -> None:
