@@ -116,12 +116,15 @@ GUIDE_AVERAGE = ["train.guide_ema_length=0.15", "train.posthoc_ema=[0.15]",
 
 
 @pytest.mark.parametrize("every", [5, 7])  # resumed before the guide is kept, and after
-def test_a_guide_from_its_own_average_is_that_power_ema_and_resumes_exactly(tmp_path, every):
+def test_a_guide_from_its_own_average_is_that_power_ema_and_resumes_exactly(tmp_path, every,
+                                                                         capsys):
     straight = train(tmp_path / "a", [f"train.checkpoint_every={every}", *GUIDE_AVERAGE])
     assert straight.guide_step == 6 and straight.guide_ema is None
     tracked = load_checkpoint(tmp_path / "a" / SNAPSHOT_DIR / snapshot_name(6, 0.15)).model
     for key, value in tracked.items():
         assert torch.equal(straight.guide[key], value), key
+    assert main(["info", str(tmp_path / "a" / "last")]) == 0
+    assert "guide        a power EMA of length 0.15 at step 6" in capsys.readouterr().out
     interrupted = tmp_path / "a" / "last.prev"  # the checkpoint at step `every`
     kept = load_checkpoint(interrupted, with_training_state=True)
     assert (GUIDE_EMA in kept.components) == (every < 6)  # carried until the guide is kept

@@ -126,7 +126,7 @@ def test_the_power_emas_resume_exactly_and_refuse_other_lengths(tmp_path):
         _train(tmp_path / "b", 10, lengths="[0.05]", resume=True)
 
 
-def test_ema_length_samples_the_power_ema_and_resumes_it_exactly(tmp_path):
+def test_ema_length_samples_the_power_ema_and_resumes_it_exactly(tmp_path, capsys):
     # train.ema_length makes the sampled EMA the power EMA that train.posthoc_ema tracks
     straight = _train(tmp_path / "a", 8, lengths="[0.1]", extra=["train.ema_length=0.1"])
     assert isinstance(straight.ema, PowerEMA) and straight.ema.sigma_rel == 0.1
@@ -139,6 +139,8 @@ def test_ema_length_samples_the_power_ema_and_resumes_it_exactly(tmp_path):
     resumed = _train(tmp_path / "b", 8, lengths="[0.1]", resume=True,
                      extra=["train.ema_length=0.1"])
     assert resumed.ema.num_updates == 8
+    assert main(["info", str(tmp_path / "b" / "last")]) == 0
+    assert "weights      a power EMA of length 0.1 (train.ema_length)" in capsys.readouterr().out
     for x, y in zip(straight.ema.model.parameters(), resumed.ema.model.parameters(),
                     strict=True):
         assert torch.equal(x, y)

@@ -55,12 +55,18 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
     if (run.get("sample") or {}).get("sampler"):
         lines.append(f"sampling     {_sample_settings(run)}")
     posthoc = trained.get("posthoc_ema") if isinstance(trained, dict) else None
+    train = run.get("train") if isinstance(run.get("train"), dict) else {}
+    length, guide_length = train.get("ema_length"), train.get("guide_ema_length")
     if isinstance(posthoc, dict):  # difflab export --ema-length
         lines.append(f"weights      {_posthoc(posthoc)}")
+    elif isinstance(length, (int, float)):
+        lines.append(f"weights      a power EMA of length {length:g} (train.ema_length)")
     if "guide" in c:  # autoguidance's guide (train.guide_at), a component of its own
         guide = trained.get("guide_posthoc_ema") if isinstance(trained, dict) else None
+        step = c["guide"].get("step", "?")
         what = _posthoc(guide) if isinstance(guide, dict) else (
-            f"the EMA weights at step {c['guide'].get('step', '?')}")
+            f"a power EMA of length {guide_length:g} at step {step}"
+            if isinstance(guide_length, (int, float)) else f"the EMA weights at step {step}")
         lines.append(f"guide        {what}, for autoguidance")
     if "autoencoder" in c:
         ae = c["autoencoder"]
