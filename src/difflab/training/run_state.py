@@ -195,7 +195,8 @@ def _restore_guide_ema(trainer: Any, ck: ckpt_io.Checkpoint, length: float | Non
         raise ckpt_io.CheckpointError(
             f"cannot resume from {ck.path}: it kept its guide's average at length "
             f"{length or 'none'} and this run asks for {mine or 'none'} "
-            "(train.guide_ema_length); resume with the same setting"
+            "(train.guide_ema_length); resume with the same setting: --set "
+            f"train.guide_ema_length={length if length is not None else 'none'}"
         )
     if trainer.guide_ema is None:
         return
