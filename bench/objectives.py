@@ -86,12 +86,6 @@ def steps_for(sampler: str, nfe: int) -> int:
     return max(2, (nfe - 1) // per + 1)
 
 
-def nfe_of(sampler: str, steps: int) -> int:
-    from difflab.samplers import EVALS_PER_STEP
-
-    return EVALS_PER_STEP.get(sampler, 1) * (steps - 1) + 1
-
-
 # ---------------------------------------------------------------------------- training
 def ema_folder(decay: float | None) -> str:
     """The checkpoint that holds the weights averaged at `decay` (None: the run's own EMA)."""
@@ -153,6 +147,7 @@ def peer_worker(python: str, minutes: float, samples: int, folder: Path) -> None
 
 
 # ---------------------------------------------------------------------------- scoring
+BATCH = 250  # samples drawn at a time
 def evaluate(folder: Path, samples: int, seed: int, checkpoint: str = "last",
              **options) -> dict:
     """The evaluator on a checkpoint's EMA weights: its [sample] settings unless `options`
@@ -161,11 +156,17 @@ def evaluate(folder: Path, samples: int, seed: int, checkpoint: str = "last",
     from difflab.pipeline import Generator
 
     gen = Generator.from_checkpoint(folder / checkpoint, device="cpu")
+    # network calls counted as they happen, the guide's included: autoguidance calls it only
+    # at the steps inside its interval, which a formula from the steps would not know
+    calls = [0]
+    hooks = [m.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+             for m in (gen.net, gen.guide) if m is not None]
     cpu0 = time.process_time()
-    report = evaluate_generator(gen, DATASET, samples, seed=seed, batch_size=250, **options)
+    report = evaluate_generator(gen, DATASET, samples, seed=seed, batch_size=BATCH, **options)
+    for hook in hooks:
+        hook.remove()
     sampling = report["sampling"]
-    guided = sampling.get("autoguidance") not in (None, 1.0)  # the guide's call doubles it
-    sampling["nfe"] = nfe_of(sampling["sampler"], sampling["steps"]) * (2 if guided else 1)
+    sampling["nfe"] = calls[0] // -(-samples // BATCH)  # per sample: every batch calls alike
     sampling["spacing"] = options.get("spacing", "default")
     sampling["cpu_s"] = round(time.process_time() - cpu0, 1)
     return {k: report[k] for k in ("fid", "kid", "kid_stderr", "precision", "recall",
