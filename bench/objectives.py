@@ -148,6 +148,8 @@ def peer_worker(python: str, minutes: float, samples: int, folder: Path) -> None
 
 # ---------------------------------------------------------------------------- scoring
 BATCH = 250  # samples drawn at a time
+
+
 def evaluate(folder: Path, samples: int, seed: int, checkpoint: str = "last",
              **options) -> dict:
     """The evaluator on a checkpoint's EMA weights: its [sample] settings unless `options`

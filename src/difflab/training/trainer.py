@@ -138,10 +138,10 @@ class Trainer:
         # or one of a fixed number of steps (train.ema_decay)
         self.ema = (PowerEMA(self.net, tc.ema_length) if tc.ema_length is not None
                     else EMA(self.net, tc.ema_decay, tc.ema_warmup))
-        # the average the guide is kept from, when not the sampled one (train.guide_ema_length);
-        # dropped once the guide is kept
+        # the average the guide is kept from, when not the sampled one (train.guide_ema_length,
+        # which the config allows only with guide_at); dropped once the guide is kept
         self.guide_ema = (PowerEMA(self.net, tc.guide_ema_length)
-                          if tc.guide_ema_length is not None and tc.guide_at is not None else None)
+                          if tc.guide_ema_length is not None else None)
         # post-hoc EMA: power EMAs of the lengths in train.posthoc_ema, snapshotted as it trains
         self.posthoc = [PowerEMA(self.net, length) for length in tc.posthoc_ema or ()]
         self.posthoc_saved_at: int | None = None  # the step of the last snapshots written
@@ -328,8 +328,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        for ema in (self.ema, *self.posthoc, *([self.guide_ema] if self.guide_ema else ())):
-            ema.update(self.net)
+        for ema in (self.ema, *self.posthoc, self.guide_ema):
+            if ema is not None:
+                ema.update(self.net)
         self.step += 1
         return loss_value
 
