@@ -281,3 +281,20 @@ def test_conditions_drive_a_cross_attention_unet(trainable):
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 5.0])
     assert net(x, t, trainable.encode(["a sneaker", "an ankle boot"])).shape == x.shape
     assert net(x, t, trainable.null(2)).shape == x.shape
+
+
+# --- encoding a caption table in chunks ---------------------------------------------------------
+
+
+def test_chunked_encoding_is_one_call_and_says_what_it_does(minilm, encoded, capsys):
+    from difflab.training.objectives.text import encode_in_chunks
+
+    tokens, mask = encode_in_chunks(minilm, PROMPTS, chunk=2, progress=True)
+    said = capsys.readouterr().out
+    assert "encoding 3 captions with the frozen text encoder, once" in said
+    # Sorted by length, two chunks padded apart, put back in order: what one call gives.
+    assert torch.equal(mask, encoded.mask.cpu())
+    assert torch.allclose(tokens, encoded.tokens.cpu(), atol=1e-5)
+    encode_in_chunks(minilm, PROMPTS, chunk=2)  # quiet by default: library calls print nothing
+    encode_in_chunks(minilm, PROMPTS, progress=True)  # one chunk is quick: nothing to say
+    assert capsys.readouterr().out == ""

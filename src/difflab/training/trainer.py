@@ -122,7 +122,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(tc.seed * 1000 + self.dist.rank)
         # What differs between kinds of run (pixel or latent diffusion, the autoencoder):
         # the network, what batches hold, the loss, what a checkpoint carries.
-        self.objective = make_objective(cfg, self.data, self.process, self.device)
+        self.objective = make_objective(cfg, self.data, self.process, self.device, self.quiet)
         self.net, self.net_config = self.objective.net, self.objective.net_config
         self.kind = self.net_config.get("net", self.net_config)["type"]  # the base network
         self.conditional = self.net_config.get("num_classes") is not None

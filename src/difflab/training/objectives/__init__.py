@@ -36,8 +36,9 @@ Objective = AutoencoderObjective | DiffusionObjective
 
 
 def make_objective(cfg: RunConfig, data: ImageData, process: NoiseProcess,
-                   device: torch.device) -> Objective:
-    """The objective the config describes, its network built on `device`.
+                   device: torch.device, quiet: bool = True) -> Objective:
+    """The objective the config describes, its network built on `device`; unless `quiet`,
+    slow preparation (encoding a large caption set) says what it is doing.
 
     Order matters for an exact reproduction: the latents are encoded first (loading the
     autoencoder draws from the global RNG), then the seed is set and the network built, then
@@ -53,7 +54,7 @@ def make_objective(cfg: RunConfig, data: ImageData, process: NoiseProcess,
     net.to(device)
     text = None
     if cfg.text.encoder is not None:
-        text = CaptionConditioning(cfg, data, net, net_config, device)
+        text = CaptionConditioning(cfg, data, net, net_config, device, quiet)
         net, net_config = text.net, text.net_config
     if net_config.get("num_classes") is not None and data.labels is None:
         raise ValueError(

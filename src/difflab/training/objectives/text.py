@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from difflab.config import RunConfig
 from difflab.data import ImageData, default_cache_dir
@@ -46,13 +47,17 @@ def _cache_file(encoder: Any, texts: list[str]) -> Path:
     return default_cache_dir() / "text_states" / f"{key}.pt"
 
 
-def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK,
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Every text through a frozen encoder, `chunk` at a time, padded to the longest: tokens
     `(N, L, D)` and mask `(N, L)` on the CPU, what one call would give (padding states are
     zero and masked). One call on the ~39,000 captions of 20,000 shapes images would hold
     gigabytes of activations at once; chunks of texts of similar length (sorted by length)
-    pad least. Large sets are cached on disk, keyed by the encoder's spec and the texts."""
+    pad least. Large sets are cached on disk, keyed by the encoder's spec and the texts.
+
+    With `progress`, encoding a set of more than one chunk says what it is doing and draws a
+    bar: on a laptop CPU the shapes captions take minutes before the first training step,
+    and a silent terminal for that long reads as a hang."""
     cache = _cache_file(encoder, texts) if len(texts) >= CACHE_MIN_TEXTS else None
     if cache is not None and cache.is_file():
         try:
@@ -61,8 +66,17 @@ def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK
         except (OSError, RuntimeError, KeyError, pickle.UnpicklingError):
             pass  # an unreadable cache is encoded again and rewritten
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    parts = [encoder.encode([texts[j] for j in order[i:i + chunk]])
-             for i in range(0, len(texts), chunk)]
+    starts = range(0, len(texts), chunk)
+    show = progress and len(starts) > 1
+    if show:
+        kept = f"; kept in {cache.parent} for later runs" if cache is not None else ""
+        print(f"difflab: encoding {len(texts):,} captions with the frozen text encoder, "
+              f"once{kept}", flush=True)
+    parts = []
+    with tqdm(total=len(texts), unit="caption", disable=not show, leave=False) as bar:
+        for i in starts:
+            parts.append(encoder.encode([texts[j] for j in order[i:i + chunk]]))
+            bar.update(len(parts[-1].tokens))
     length = max(part.tokens.shape[1] for part in parts)
     tokens = torch.cat([
         F.pad(part.tokens.cpu(), (0, 0, 0, length - part.tokens.shape[1])) for part in parts
@@ -89,7 +103,7 @@ class CaptionConditioning:
     (`TextConditioned`: one optimizer, one EMA, one file), which replaces `net`."""
 
     def __init__(self, cfg: RunConfig, data: ImageData, net: torch.nn.Module,
-                 net_config: dict[str, Any], device: torch.device):
+                 net_config: dict[str, Any], device: torch.device, quiet: bool = True):
         if data.labels is None:
             raise ValueError(
                 f"text.encoder needs captions, made from class labels, but {data.name!r} "
@@ -145,7 +159,8 @@ class CaptionConditioning:
             ids, mask = self.encoder.tokenize(self.captions.texts)
             self.tokens = (ids.to(device), mask.to(device))
         else:  # the frozen encoder's output never changes: encode every caption once
-            tokens, mask = encode_in_chunks(self.encoder, self.captions.texts)
+            tokens, mask = encode_in_chunks(self.encoder, self.captions.texts,
+                                            progress=not quiet)
             self.tokens = (tokens.to(device), mask.to(device))
             if cfg.text.tokens == "pooled":  # saved so that sampling can read prompts through it
                 self.bank = CaptionBank(self.captions.texts, tokens[:, 0])
