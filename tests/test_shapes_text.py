@@ -181,6 +181,23 @@ def tiny_run(tmp_path_factory):
     return root / "run" / "last", trainer
 
 
+def test_a_run_says_it_is_encoding_a_large_caption_set(tmp_path, capsys):
+    """Hundreds of captions (more than one encoder chunk) are minutes on a laptop for the
+    real 20,000 scenes: the run says what it is doing before its first step."""
+    cfg = config_from_dict({
+        "data": {"name": "shapes", "num_samples": 300, "seed": 2},
+        "text": {"encoder": "minilm", "tokens": "all"},
+        "model": {"preset": "unet-shapes-text-32",
+                  "overrides": {"base_channels": 8, "groups": 4, "transformer_head_dim": 8}},
+        "train": {"batch_size": 8, "max_steps": 1, "precision": "fp32", "threads": 1},
+    })
+    trainer = Trainer(cfg, tmp_path / "run")
+    n = len(trainer.captions.texts)
+    assert n > 512  # more than one chunk of difflab.training.objectives.text.ENCODE_CHUNK
+    assert f"difflab: encoding {n:,} captions with the frozen text encoder, once" in (
+        capsys.readouterr().out)
+
+
 def test_text_objective_trains_on_per_image_captions(tiny_run):
     _, trainer = tiny_run
     assert trainer.captions.num_classes == 48
