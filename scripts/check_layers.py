@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first. A room is a subpackage or a top-level module of difflab.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("hardware", "data", "diffusion"),  # floor 0: no difflab imports outside the room
+    ("hardware", "data", "diffusion", "ownership"),  # floor 0: no difflab imports outside the room
     ("samplers", "models", "metrics", "viz", "toy1d"),
     ("argtypes",),
     ("config",),

@@ -288,3 +288,23 @@ def test_plot_points_2d(tmp_path):
     _png(viz.plot_points_2d(samples.numpy()[2:], tmp_path / "pts2.png"))
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         viz.plot_points_2d(torch.zeros(5, 3), tmp_path / "bad.png")
+
+
+def test_every_picture_carries_difflabs_mark_and_a_users_does_not(tmp_path):
+    """What lets a later command replace only difflab's own files (difflab.ownership)."""
+    from difflab.ownership import written_by_difflab
+    from difflab.toy1d import plot_toy1d
+
+    frames = [torch.zeros(2, 1, 8, 8)] * 3
+    written = [
+        viz.save_grid(torch.zeros(2, 1, 8, 8), tmp_path / "grid.png"),
+        viz.save_gif(frames, tmp_path / "reverse.gif"),
+        viz.plot_schedules(tmp_path / "schedules.png", T=50),
+        plot_toy1d(tmp_path / "toy1d.png"),
+    ]
+    assert all(written_by_difflab(p) for p in written)
+    Image.new("L", (8, 8)).save(tmp_path / "users.png")
+    Image.new("L", (8, 8)).save(tmp_path / "users.gif")
+    (tmp_path / "text.png").write_text("not a picture")
+    for name in ("users.png", "users.gif", "text.png", "missing.png"):
+        assert not written_by_difflab(tmp_path / name)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from difflab.ownership import MARK
+
 Tensor = torch.Tensor
 
 
@@ -127,5 +129,5 @@ def plot_toy1d(
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=100)
+    fig.savefig(out, format="png", dpi=100, metadata={"Software": MARK})
     return out

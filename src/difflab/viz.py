@@ -12,7 +12,8 @@ Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, so n
 backend switch and no shared state between threads of the web app); images are written with
 PIL. matplotlib is imported only when a figure is drawn. Every file is written to a temporary
 name in the target folder and renamed into place, so a reader (the web app) never sees a
-half-written PNG or GIF.
+half-written PNG or GIF. Every picture carries difflab's mark (difflab.ownership), so that a later
+run or command replaces only its own pictures, never a user's file of the same name.
 
 Pictures say what they show: grids and GIF frames take row labels (classes, prompts), a title
 (model, sampler, steps, seed) and, on GIF frames, the step and t, all written with PIL on a
@@ -36,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 from difflab.data.transforms import to_uint8
 from difflab.diffusion import schedules
 from difflab.diffusion.process import DiscreteProcess, NoiseProcess
+from difflab.ownership import MARK, png_mark
 
 Tensor = torch.Tensor
 PathLike = str | os.PathLike
@@ -142,7 +144,7 @@ def save_grid(
     img = grid_image(
         images, nrow, scale, padding, pad_value, row_labels=row_labels, title=title
     )
-    return _write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+    return _write_atomic(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=png_mark()))
 
 
 def grid_image(
@@ -398,6 +400,7 @@ def save_gif(
             duration=durations,
             loop=loop,
             optimize=False,
+            comment=MARK,
         )
 
     return _write_atomic(path, write)
@@ -478,7 +481,8 @@ def _new_figure(width: float, height: float):
 
 
 def _save_figure(fig, path: PathLike) -> Path:
-    return _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi))
+    return _write_atomic(path, lambda tmp: fig.savefig(
+        tmp, format="png", dpi=fig.dpi, metadata={"Software": MARK}))
 
 
 def _imshow(ax, img: np.ndarray) -> None:

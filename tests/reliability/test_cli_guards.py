@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from difflab import argtypes
 from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.config import CHOICES, RANGES, ConfigError, RunConfig, load_config
+from difflab.viz import save_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = WEIGHTS_DIR / "fashion-mnist"
@@ -73,11 +75,10 @@ def fake_run(folder: Path) -> Path:
     folder.mkdir(parents=True)
     shutil.copytree(SHIPPED, folder / "last")
     shutil.copytree(SHIPPED, folder / "best")
-    (folder / "samples").mkdir()
-    (folder / "samples" / "step_0000003.png").write_bytes(b"\x89PNG grid")
+    save_grid(torch.zeros(1, 1, 4, 4), folder / "samples" / "step_0000003.png")
     (folder / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
     (folder / "config.json").write_text(json.dumps({"data": {}, "model": {}, "train": {}}))
-    (folder / "samples.png").write_bytes(b"\x89PNG report")
+    save_grid(torch.zeros(1, 1, 4, 4), folder / "samples.png")
     (folder / "notes.txt").write_text("the user's own notes")
     return folder
 
@@ -195,6 +196,65 @@ def test_overwrite_removes_only_what_difflab_wrote(tmp_path, capsys, tally):
     assert rows[0]["step"] == 1 and "loss" in rows[0]  # the new run's log, not appended
     assert "removed" in capsys.readouterr().out
     tally("cli_guards", train_out_cases=2)
+
+
+@pytest.mark.parametrize("name, mine", [
+    ("samples.png", b"\x89PNG my own picture"),
+    ("loss.png", b"not even a picture"),
+    ("command.sh", b"#!/bin/sh\necho my own script\n"),
+    ("metrics.jsonl", b"my notes, not JSON\n"),
+])
+def test_a_users_file_with_a_run_files_name_is_never_replaced(tmp_path, capsys, tally, name,
+                                                               mine):
+    """A folder holding only a file of the user's that shares a name with one a run writes:
+    neither a new run nor --overwrite may replace or remove it."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_bytes(mine)
+    before = snapshot(tmp_path)
+    for flags in ([], ["--overwrite"]):
+        line = refused(["train", "digits8", "--out", str(folder), "--steps", "1", *flags],
+                       capsys)
+        assert str(folder / name) in line and "leaves it alone" in line
+        assert snapshot(tmp_path) == before
+    tally("cli_guards", train_out_cases=2)
+
+
+def test_overwrite_replaces_a_whole_runs_pictures_from_before_they_were_marked(tmp_path,
+                                                                              capsys):
+    from PIL import Image
+    from tiny_run import TINY, as_flags
+
+    run = fake_run(tmp_path / "run")
+    for name in ("samples.png", "samples/step_0000003.png"):
+        Image.new("L", (8, 8)).save(run / name)  # a picture, without difflab's mark
+    code = main(["train", "digits8", "--out", str(run), "--overwrite", "--steps", "1",
+                 "--no-report", *as_flags(TINY)])
+    assert code == 0, capsys.readouterr().err
+    assert not (run / "samples.png").exists() and not (run / "samples").exists()
+    assert (run / "notes.txt").read_text() == "the user's own notes"
+
+
+def test_sample_replaces_its_own_picture_but_never_the_users(tmp_path, capsys, tally):
+    """Rerunning a command rewrites what difflab wrote; a user's file at --out stays."""
+    from difflab.ownership import written_by_difflab
+
+    mine, ours = tmp_path / "photo.png", tmp_path / "grid.png"
+    mine.write_bytes(b"\x89PNG a holiday photo")
+    before = snapshot(tmp_path)
+    for out in (mine, tmp_path / "photo.npz"):
+        if out.suffix == ".npz":
+            out.write_bytes(b"my arrays")
+            before = snapshot(tmp_path)
+        argv = ["sample", str(SHIPPED), "-n", "2", "--steps", "1", "--out", str(out)]
+        line = refused(argv, capsys)
+        assert str(out) in line and "did not write it" in line
+        assert snapshot(tmp_path) == before
+    for out in (ours, ours, tmp_path / "draws.npz", tmp_path / "draws.npz"):  # twice each
+        argv = ["sample", str(SHIPPED), "-n", "2", "--steps", "1", "--out", str(out)]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert written_by_difflab(out)
+    tally("cli_guards", sample_out_cases=4)
 
 
 # ---------------------------------------------------------------------------- config fuzz

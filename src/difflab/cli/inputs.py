@@ -4,10 +4,12 @@ each checked before any work starts, so that a typo costs a second, not a traini
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from difflab.checkpoints import names
 from difflab.cli.errors import CLIError
+from difflab.ownership import written_by_difflab
 
 DEFAULT_CONFIG = "fashion_mnist"
 # The package: src/difflab/ in a checkout, site-packages/difflab/ when installed.
@@ -52,11 +54,16 @@ def resolve_checkpoint(name: str) -> Path:
 
 
 def check_output_file(path: str | Path, flag: str) -> Path:
-    """Refuse, before any work, an output path that cannot be written as a file: an existing
-    folder, or a path through a file."""
+    """Refuse, before any work, an output path that cannot be written as a file (an existing
+    folder, a path through a file) or that holds a file difflab did not write: difflab
+    replaces its own pictures and sample files (rerunning a command is common), never the
+    user's."""
     path = Path(path)
     if path.is_dir():
         raise CLIError(f"{flag} {path} is a folder; give a file name")
+    if os.path.lexists(path) and (path.is_symlink() or not written_by_difflab(path)):
+        raise CLIError(f"{flag} {path} exists and difflab did not write it, so difflab leaves "
+                       "it alone; give another file name, or move that file away")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -14,8 +14,12 @@ import re
 import shutil
 from pathlib import Path
 
+from PIL import Image
+
 from difflab.checkpoints.store import checkpoint_candidates, is_difflab_checkpoint, remove_debris
 from difflab.cli.errors import CLIError
+from difflab.ownership import written_by_difflab
+from difflab.runs.report import COMMAND_HEADER
 from difflab.training.posthoc_snapshots import SNAPSHOT_DIR, SNAPSHOT_NAME
 
 # What `difflab train` writes into a run folder (trainer.py, runs/report.py): what makes a
@@ -58,6 +62,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     found = run_contents(out)
     if not found:
         return
+    _check_all_difflabs(out, found)  # before either branch: a new run would write over them
     if not overwrite:
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         raise CLIError(
@@ -85,26 +90,8 @@ def run_contents(out: Path) -> list[str]:
 def clear_run(out: Path, found: list[str]) -> None:
     """Remove what an earlier run wrote in `out` (`found`, from run_contents), after checking
     that every piece is difflab's: nothing is removed when one is not."""
-    for name in found:
-        path = out / name.rstrip("/")
-        if name.rstrip("/") in RUN_CHECKPOINTS and (
-            path.is_symlink() or not is_difflab_checkpoint(path)
-        ):
-            raise CLIError(
-                f"--overwrite: {path} is not a difflab checkpoint, so difflab leaves it alone; "
-                "move it away or give another --out"
-            )
-        if name == f"{RUN_SAMPLES}/" and (path.is_symlink() or not path.is_dir()):
-            raise CLIError(f"--overwrite: {path} is not the folder of sample grids difflab "
-                           "writes; move it away or give another --out")
-        if name == f"{SNAPSHOT_DIR}/":
-            _check_snapshots(path)
-        if name in RUN_FILES and (path.is_symlink() or not path.is_file()):
-            raise CLIError(f"--overwrite: {path} is not a file difflab wrote; move it away "
-                           "or give another --out")
-        if name == "config.json" and not _is_run_config(path):
-            raise CLIError(f"--overwrite: {path} is not a run config difflab wrote; move it "
-                           "away or give another --out")
+    _check_all_difflabs(out, found)
+    whole_run = _is_whole_run(out)
     for name in found:
         path = out / name.rstrip("/")
         if name.rstrip("/") in RUN_CHECKPOINTS:
@@ -118,7 +105,7 @@ def clear_run(out: Path, found: list[str]) -> None:
                 path.rmdir()
         elif name == f"{RUN_SAMPLES}/":  # the grids only: a file of the user's stays
             for grid in path.iterdir():
-                if _SAMPLE_GRID.fullmatch(grid.name) and grid.is_file():
+                if _SAMPLE_GRID.fullmatch(grid.name) and _is_run_file(grid, whole_run):
                     grid.unlink()
             with contextlib.suppress(OSError):
                 path.rmdir()  # only when nothing else was in it
@@ -126,17 +113,81 @@ def clear_run(out: Path, found: list[str]) -> None:
             path.unlink()
 
 
+def _check_all_difflabs(out: Path, found: list[str]) -> None:
+    """CLIError naming the first of `found` (names a run writes) that difflab did not write:
+    a user's file or folder that shares a name with a run's is neither replaced nor removed."""
+    whole_run = _is_whole_run(out)
+    for name in found:
+        path = out / name.rstrip("/")
+        if name.rstrip("/") in RUN_CHECKPOINTS:
+            ours = not path.is_symlink() and is_difflab_checkpoint(path)
+            what = "a difflab checkpoint"
+        elif name == f"{RUN_SAMPLES}/":
+            ours = not path.is_symlink() and path.is_dir()
+            what = "the folder of sample grids difflab writes"
+        elif name == f"{SNAPSHOT_DIR}/":
+            _check_snapshots(path)
+            continue
+        elif name == "config.json":
+            ours = not path.is_symlink() and path.is_file() and _is_run_config(path)
+            what = "a run config difflab wrote"
+        else:
+            ours = not path.is_symlink() and path.is_file() and _is_run_file(path, whole_run)
+            what = "a file difflab wrote"
+        if not ours:
+            raise CLIError(f"{path} is not {what}, and a run writes that name, so difflab "
+                           "leaves it alone: move it away or give another --out")
+
+
 def _check_snapshots(path: Path) -> None:
     """CLIError unless every snapshot-named entry of RUN/posthoc_ema/ is difflab's checkpoint."""
     if path.is_symlink() or not path.is_dir():
-        raise CLIError(f"--overwrite: {path} is not the folder of post-hoc EMA snapshots "
-                       "difflab writes; move it away or give another --out")
+        raise CLIError(f"{path} is not the folder of post-hoc EMA snapshots difflab writes, "
+                       "so difflab leaves it alone: move it away or give another --out")
     for snapshot in path.iterdir():
         if SNAPSHOT_NAME.fullmatch(snapshot.name) and (
             snapshot.is_symlink() or not is_difflab_checkpoint(snapshot)
         ):
-            raise CLIError(f"--overwrite: {snapshot} is not a difflab checkpoint, so difflab "
-                           "leaves it alone; move it away or give another --out")
+            raise CLIError(f"{snapshot} is not a difflab checkpoint, so difflab leaves it "
+                           "alone: move it away or give another --out")
+
+
+def _is_run_file(path: Path, whole_run: bool) -> bool:
+    """Whether `path` (one of RUN_FILES) is what difflab wrote: pictures carry difflab's mark
+    (difflab.ownership), command.sh its header, metrics.jsonl JSON rows of steps. A picture
+    without the mark (written before difflab marked them) counts when it is a picture and
+    the folder holds a `whole_run`: a difflab checkpoint in last/ and the run's config."""
+    if path.suffix in (".png", ".gif"):
+        return written_by_difflab(path) or (whole_run and _is_picture(path))
+    try:
+        with path.open(encoding="utf-8") as f:
+            head = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if path.name == "command.sh":
+        return head.startswith(COMMAND_HEADER)
+    if path.name == "metrics.jsonl":
+        try:
+            row = json.loads(head.split("\n", 1)[0]) if head else {}
+        except ValueError:
+            return False
+        return isinstance(row, dict) and (not head or "step" in row)
+    return True  # config.json: _is_run_config
+
+
+def _is_whole_run(out: Path) -> bool:
+    """A difflab checkpoint in last/ and the run's config.json: where pictures from before
+    difflab marked its files are trusted as the run's."""
+    return is_difflab_checkpoint(out / "last") and _is_run_config(out / "config.json")
+
+
+def _is_picture(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+    return True
 
 
 def _is_run_config(path: Path) -> bool:

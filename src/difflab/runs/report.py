@@ -20,6 +20,9 @@ from difflab.pipeline.settings import is_guided
 from difflab.training import health
 from difflab.training.step_settings import label
 
+# The first lines of every command.sh: how `--overwrite` tells difflab's from a user's.
+COMMAND_HEADER = "#!/bin/sh\n# Reproduces this run"
+
 
 def grid_layout(trainer, gen: Generator, n: int) -> tuple[int, int, dict]:
     """How a grid of about ``n`` samples is laid out: ``(count, nrow, conditions)``. A
@@ -239,7 +242,7 @@ def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> N
         command = prefix + list(command[1:])
     cmd = out / "command.sh"
     cmd.write_text(
-        "#!/bin/sh\n# Reproduces this run: `sh command.sh`, or paste these lines into a shell, "
+        COMMAND_HEADER + ": `sh command.sh`, or paste these lines into a shell, "
         "from any directory.\n" + "".join(n + "\n" for n in notes)
         + f"cd {shlex.quote(os.getcwd())} &&\n  "
         + " ".join(shlex.quote(a) for a in command) + "\n"
