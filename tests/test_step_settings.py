@@ -201,8 +201,13 @@ def test_resume_keeps_the_recorded_precision_or_says_why_not(tmp_path, monkeypat
     again.train()
     assert again.step_settings.precision == "bf16"
     assert "kept from the checkpoint" in capsys.readouterr().out
+    twice = trainer(tmp_path, "train.max_steps=4", quiet=False)  # resumed again: said once
+    twice.resume()
+    twice.train()
+    assert twice.step_settings.why.count("kept from the checkpoint") == 1
+    assert capsys.readouterr().out.count("kept from the checkpoint") == 1
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")  # the same run moved to an AVX2 laptop
-    moved = trainer(tmp_path, "train.max_steps=4", quiet=False)
+    moved = trainer(tmp_path, "train.max_steps=5", quiet=False)
     moved.resume()
     moved.train()
     assert moved.step_settings.precision == "fp32"

@@ -14,6 +14,8 @@ from difflab import hardware
 from difflab.training import distributed, step_settings
 from difflab.training.step_settings import StepSettings, label
 
+# Appended to the saved choice's reason when a resumed run keeps it (once, however often resumed).
+KEPT = " (kept from the checkpoint, so the resumed run computes as before)"
 
 class StepTuner:
     """Chooses and re-times a trainer's step settings; the trainer keeps the result in
@@ -39,7 +41,7 @@ class StepTuner:
             )
             if why_not is None:
                 settings = self.recorded
-                note = " (kept from the checkpoint, so the resumed run computes as before)"
+                note = KEPT
             else:
                 note = f" (chosen anew: the checkpoint's {self.recorded.precision} "
                 note += f"does not hold, {why_not}; the resumed run is not bit-identical)"
@@ -55,7 +57,10 @@ class StepTuner:
                 compiled=tc.compile,
             )
         settings = distributed.broadcast_object(settings, tr.dist)
-        tr.step_settings = replace(settings, why=settings.why + note)
+        why = settings.why
+        while why.endswith(KEPT):  # said once, however often the run was resumed
+            why = why.removesuffix(KEPT)
+        tr.step_settings = replace(settings, why=why + note)
         # Thread counts to time again if the machine's load changes (retime_threads): only
         # where "auto" chose them on a single-process CPU run.
         auto_threads = tc.threads == "auto" and not step_settings.env_thread_setting()
