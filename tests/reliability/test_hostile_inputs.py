@@ -145,6 +145,16 @@ def junk_idx(folder: Path) -> Path:
     return folder
 
 
+def few_images(folder: Path, n: int = 3) -> Path:
+    """An image folder of `n` real 28x28 pictures: fewer than a batch."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("L", (28, 28), 40 * i).save(folder / f"{i}.png")
+    return folder
+
+
 def eval_images(path: Path) -> list[str]:
     return ["eval", "--images", str(path), "--dataset", "fashion_mnist", "--quiet"]
 
@@ -237,6 +247,9 @@ CASES: list[Case] = [
     ("image folder of corrupt images", lambda d: (
         train_on("data.name=image_folder", f"data.root={write(d / 'imgs' / 'a.png', 'x').parent}"),
         ["imgs", "readable"])),
+    ("image folder smaller than a batch", lambda d: (
+        train_on("data.name=image_folder", f"data.root={few_images(d / 'few')}"),
+        ["3 images", "train.batch_size"])),
     ("missing image folder", lambda d: (
         train_on("data.name=image_folder", f"data.root={d / 'nowhere'}"), ["nowhere"])),
     ("corrupt IDX files", lambda d: (
@@ -249,6 +262,9 @@ CASES: list[Case] = [
     ("--out through a file", lambda d: (
         ["sample", "fashion-mnist", "-n", "1", "--out", str(write(d / "f.txt", "x") / "o.png")],
         ["f.txt", "is a file"])),
+    ("a user's own picture as --out", lambda d: (
+        ["sample", "fashion-mnist", "-n", "1", "--out", str(write(d / "mine.png", "photo"))],
+        ["mine.png", "did not write it"])),
     ("folder as --gif", lambda d: (
         ["sample", "fashion-mnist", "-n", "1", "--out", "o.png", "--gif", str(d / "g.gif")],
         ["g.gif", "is a folder"])),

@@ -153,6 +153,13 @@ class Trainer:
         self.model = DDP(self.net) if self.dist.enabled else self.net
         if tc.compile:
             self.model = torch.compile(self.model)
+        per_rank = len(train_data) // self.dist.world_size
+        if per_rank < tc.batch_size:  # every batch is whole: the loader would have none
+            ranks = f" per process of {self.dist.world_size}" if self.dist.enabled else ""
+            raise ValueError(
+                f"{self.data.name} has {per_rank} images{ranks}, fewer than train.batch_size "
+                f"= {tc.batch_size}: add images, or set --set train.batch_size={max(per_rank, 1)}"
+            )
         self.batches = BatchIterator(
             train_data,
             self.data.labels,
