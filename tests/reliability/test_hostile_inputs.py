@@ -250,6 +250,9 @@ CASES: list[Case] = [
     ("image folder smaller than a batch", lambda d: (
         train_on("data.name=image_folder", f"data.root={few_images(d / 'few')}"),
         ["3 images", "train.batch_size"])),
+    ("latent run before its autoencoder", lambda d: (
+        ["train", "fashion_text", "--out", "run", "--steps", "1"],
+        ["latent.autoencoder", "difflab train fashion_autoencoder"])),
     ("missing image folder", lambda d: (
         train_on("data.name=image_folder", f"data.root={d / 'nowhere'}"), ["nowhere"])),
     ("corrupt IDX files", lambda d: (

@@ -63,7 +63,14 @@ def autoencoder_from_weights(spec: dict, weights: dict[str, torch.Tensor], sourc
 def load_autoencoder(path: str | Path) -> Autoencoder:
     """The frozen autoencoder (EMA weights) of an autoencoder checkpoint: a folder or the name
     of a shipped one."""
-    path = resolve_checkpoint(path)
+    try:
+        path = resolve_checkpoint(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"latent.autoencoder = {str(path)!r} is not there: a latent diffusion run needs a "
+            "trained autoencoder first (difflab train fashion_autoencoder writes "
+            "runs/fashion_autoencoder/last), or --set latent.autoencoder=FOLDER naming one"
+        ) from None
     ck = load_checkpoint(path)
     if ck.config.get("kind") != "autoencoder":
         raise CheckpointError(
