@@ -50,6 +50,12 @@ def png_bytes(side: int = 28) -> bytes:
     return buf.getvalue()
 
 
+def black_png(side: int = 28) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 0).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -181,6 +187,8 @@ CASES: list[Case] = [
                                           ["b.png", "5000x5000", "at most 4096x4096"])),
     ("folder as image", lambda d: (img2img(d / "dir.png"), ["dir.png", "is a folder"])),
     ("missing image", lambda d: (img2img(d / "gone.png"), ["gone.png", "does not exist"])),
+    ("all-black mask", lambda d: (inpaint(write(d / "mask.png", black_png())),
+                                  ["mask", "marks nothing to redraw"])),
     ("text file as mask", lambda d: (inpaint(write(d / "mask.png", "#!/bin/sh\n")),
                                      ["mask.png", "cannot read mask"])),
     ("bomb as mask", lambda d: (inpaint(write(d / "m.png", png_claiming(5000, 5000))),

@@ -249,4 +249,7 @@ def as_mask_tensor(mask: Any, shape: tuple[int, int, int], what: str = "mask") -
         raise ValueError(
             f"{what} is {_size(mh, mw)}, image {_size(h, w)}; they must be the same size"
         )
+    if not m.any():  # sampling would return the image unchanged, after all its steps
+        raise ValueError(f"{what} marks nothing to redraw (every pixel is 0); its white "
+                         "(non-zero) pixels mark what inpainting draws")
     return torch.from_numpy(np.ascontiguousarray(m != 0))
