@@ -61,10 +61,24 @@ class Range:
     def __str__(self) -> str:
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {_number(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {_number(self.high)}")
         return " and ".join(parts) or "any finite number"
+
+
+def _number(x: float) -> str:
+    """A bound as a person reads it: 4294967295, not 4.29497e+09; 0.5, not 0.500000."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def prompt_text(text: str) -> str:
+    """An argparse type: a prompt with words in it (an empty one is no way to ask for none)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"is empty ({text!r}); give some words, or leave the flag out to draw without text"
+        )
+    return text
 
 
 def int_in(low: int | None = 1, high: int | None = None) -> Callable[[str], int]:

@@ -273,6 +273,12 @@ CASES: list[Case] = [
     ("--out through a file", lambda d: (
         ["sample", "fashion-mnist", "-n", "1", "--out", str(write(d / "f.txt", "x") / "o.png")],
         ["f.txt", "is a file"])),
+    ("empty --prompt", lambda d: (
+        ["sample", "fashion-text", "--prompt", " ", "-n", "1", "--out", "o.png"],
+        ["--prompt", "is empty", "leave the flag out"])),
+    ("--prompt to a model without text", lambda d: (
+        ["sample", "fashion-mnist", "--prompt", "a shirt", "-n", "1", "--out", "o.png"],
+        ["fashion-mnist takes no text: drop --prompt"])),
     ("a user's own picture as --out", lambda d: (
         ["sample", "fashion-mnist", "-n", "1", "--out", str(write(d / "mine.png", "photo"))],
         ["mine.png", "did not write it"])),

@@ -23,6 +23,7 @@ from difflab.argtypes import (
     device_name,
     float_in,
     int_in,
+    prompt_text,
     sampler_name,
 )
 from difflab.cli.errors import CLIError, reading_checkpoint
@@ -54,12 +55,14 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     s.add_argument(
         "--prompt",
         action="append",
+        type=prompt_text,
         help="text prompt (text models; repeatable: `sample` draws a grid row per prompt, "
         "img2img and inpaint cycle them)",
     )
     s.add_argument(
         "--negative-prompt",
         action="append",
+        type=prompt_text,
         help="what to steer away from (replaces the unconditional branch of guidance: "
         "--guidance, or the checkpoint's)",
     )
@@ -149,6 +152,9 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     """The Generator keywords that sample, img2img and inpaint share. Sampler, steps and
     guidance are the flags over the checkpoint's [sample] settings, resolved here once so that
     the line saying what runs is what runs."""
+    for flag, given in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
+        if given and not gen.takes_text:
+            raise CLIError(f"{args.checkpoint} takes no text: drop {flag}")
     settings = gen.sampling_settings(
         args.sampler, args.steps, args.guidance,
         conditioned=classes is not None or bool(args.prompt),
