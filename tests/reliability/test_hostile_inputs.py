@@ -273,6 +273,9 @@ CASES: list[Case] = [
     ("--out through a file", lambda d: (
         ["sample", "fashion-mnist", "-n", "1", "--out", str(write(d / "f.txt", "x") / "o.png")],
         ["f.txt", "is a file"])),
+    ("--init-from a model of another network", lambda d: (
+        ["train", "fashion_mnist", "--init-from", "fashion-mnist", "--out", "run", "--steps", "1"],
+        ["base_channels", "trained from the config fashion_mnist_large"])),
     ("empty --prompt", lambda d: (
         ["sample", "fashion-text", "--prompt", " ", "-n", "1", "--out", "o.png"],
         ["--prompt", "is empty", "leave the flag out"])),

@@ -75,8 +75,18 @@ def require_same_network(trainer: Any, ck: ckpt_io.Checkpoint, verb: str) -> Non
     if saved != mine:
         raise ckpt_io.CheckpointError(
             f"cannot {verb} {ck.path}: it was trained with a different network "
-            f"({differences(saved, mine)}; checkpoint vs this run)"
+            f"({differences(saved, mine)}; checkpoint vs this run){_how_it_was_built(ck)}"
         )
+
+
+def _how_it_was_built(ck: ckpt_io.Checkpoint) -> str:
+    """Where to find the network a checkpoint needs: the config of the command that trained
+    it (an export records it), else its run's [model] settings."""
+    command = str((ck.config.get("trained") or {}).get("command") or "").split()
+    if "train" in command[:-1]:
+        return f"; it was trained from the config {command[command.index('train') + 1]}"
+    model = (ck.config.get("run") or {}).get("model")
+    return f"; its run's [model] settings were {model}" if isinstance(model, dict) else ""
 
 
 def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
