@@ -291,6 +291,8 @@ CASES: list[Case] = [
     ("folder as --json", lambda d: (
         ["eval", "fashion-mnist", "--json", str(d / "r.json"), "--samples", "8"],
         ["r.json", "is a folder"])),
+    ("viz --out not a .png", lambda d: (["viz", "schedules", "--out", str(d / "v.jpg")],
+                                        ["--out must end in .png", "v.jpg"])),
     ("folder as viz --out", lambda d: (["viz", "schedules", "--out", str(d / "v.png")],
                                        ["v.png", "is a folder"])),
     ("--out.npz with its scratch file taken", lambda d: (

@@ -14,6 +14,7 @@ import torch
 from difflab import viz
 from difflab.argtypes import MAX_SEED, MAX_STEPS, int_in
 from difflab.build import build_process
+from difflab.cli.errors import CLIError
 from difflab.cli.inputs import DEFAULT_CONFIG, check_output_file, resolve_config
 from difflab.config import load_config
 from difflab.data import load_dataset
@@ -35,6 +36,8 @@ def add_viz_arguments(v: argparse.ArgumentParser) -> None:
 def cmd_viz(args: argparse.Namespace) -> int:
     """Draw the picture `what` names into --out."""
     out = check_output_file(args.out, "--out")
+    if out.suffix != ".png":  # the pictures are PNGs: a .jpg name would hold PNG bytes
+        raise CLIError(f"--out must end in .png, got {out.name!r}")
     if args.what == "schedules":
         viz.plot_schedules(out, T=args.timesteps)
     elif args.what == "toy1d":
