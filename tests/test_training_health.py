@@ -73,3 +73,14 @@ def test_train_command_ends_with_how_far_it_got(tmp_path, capsys, steps=2):
     assert "samples are still noise" in lines[-1]
     trained_on = json.loads((out / "last" / "config.json").read_text())["trained_on"]
     assert trained_on["precision"] == "fp32" and "no native bf16" in trained_on["why"]
+
+
+def test_the_final_check_says_it_is_drawing_before_it_draws(tmp_path, capsys):
+    """A score model's sampler takes 500 steps: the check's wait is announced, not silent."""
+    tr = Trainer(tiny_config("sample.steps=8", "train.max_steps=1"), tmp_path, device="cpu")
+    tr.train()
+    capsys.readouterr()
+    line = report.final_check(tr, n=4)
+    said = capsys.readouterr().out
+    assert f"drawing 4 samples ({tr.cfg.sample.sampler}, 8 steps) to check" in said
+    assert line.startswith("1 steps in ")  # the verdict itself is the caller's to print

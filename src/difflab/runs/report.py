@@ -126,7 +126,14 @@ def save_sample_grid(trainer, path: Path, n: int | None = None, seed: int = 0) -
 
 def final_check(trainer, n: int = 32, seed: int = 0) -> str:
     """The run's last line: how far it got, at what speed, and whether its samples look like
-    data (the health monitor on `n` fixed-seed samples), with what to try when not."""
+    data (the health monitor on `n` fixed-seed samples), with what to try when not. Drawing
+    them takes a while with a many-step sampler (a score model's 500 predictor-corrector
+    steps), so it is announced first."""
+    if trainer.kind != "autoencoder" and not trainer.quiet:
+        sc = trainer.cfg.sample
+        steps = f", {sc.steps} steps" if sc.steps else ""
+        print(f"difflab: drawing {n} samples ({sc.sampler}{steps}) to check that they look "
+              "like data", flush=True)
     findings = trainer.check_health(lambda: fixed_seed_samples(trainer, n, seed)[0])
     minutes = trainer.elapsed / 60
     rate = trainer.step / trainer.elapsed if trainer.elapsed > 0 else 0.0
