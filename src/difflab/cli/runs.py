@@ -62,7 +62,8 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     found = run_contents(out)
     if not found:
         return
-    _check_all_difflabs(out, found)  # before either branch: a new run would write over them
+    # before either branch: a new run would write over them, --overwrite would remove them
+    whole_run = _check_all_difflabs(out, found)
     if not overwrite:
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         raise CLIError(
@@ -72,7 +73,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         )
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 clears, the others train
         return
-    clear_run(out, found)
+    clear_run(out, found, whole_run)
     remove_debris(out)  # half-written checkpoints of a crashed run (gone writers' only)
     print(f"difflab: --overwrite: removed {', '.join(found)} from {out} (anything else there "
           "is left alone)")
@@ -87,11 +88,9 @@ def run_contents(out: Path) -> list[str]:
     return names + [n for n in RUN_FILES if os.path.lexists(out / n)]
 
 
-def clear_run(out: Path, found: list[str]) -> None:
-    """Remove what an earlier run wrote in `out` (`found`, from run_contents), after checking
-    that every piece is difflab's: nothing is removed when one is not."""
-    _check_all_difflabs(out, found)
-    whole_run = _is_whole_run(out)
+def clear_run(out: Path, found: list[str], whole_run: bool) -> None:
+    """Remove what an earlier run wrote in `out`: `found` (from run_contents), every piece of
+    which `_check_all_difflabs` found to be difflab's and which told `whole_run`."""
     for name in found:
         path = out / name.rstrip("/")
         if name.rstrip("/") in RUN_CHECKPOINTS:
@@ -113,9 +112,10 @@ def clear_run(out: Path, found: list[str]) -> None:
             path.unlink()
 
 
-def _check_all_difflabs(out: Path, found: list[str]) -> None:
+def _check_all_difflabs(out: Path, found: list[str]) -> bool:
     """CLIError naming the first of `found` (names a run writes) that difflab did not write:
-    a user's file or folder that shares a name with a run's is neither replaced nor removed."""
+    a user's file or folder that shares a name with a run's is neither replaced nor removed.
+    Returns whether `out` holds a whole run (`_is_whole_run`)."""
     whole_run = _is_whole_run(out)
     for name in found:
         path = out / name.rstrip("/")
@@ -137,6 +137,7 @@ def _check_all_difflabs(out: Path, found: list[str]) -> None:
         if not ours:
             raise CLIError(f"{path} is not {what}, and a run writes that name, so difflab "
                            "leaves it alone: move it away or give another --out")
+    return whole_run
 
 
 def _check_snapshots(path: Path) -> None:
@@ -167,12 +168,14 @@ def _is_run_file(path: Path, whole_run: bool) -> bool:
     if path.name == "command.sh":
         return head.startswith(COMMAND_HEADER)
     if path.name == "metrics.jsonl":
+        if not head:  # created, then stopped before its first row
+            return True
         try:
-            row = json.loads(head.split("\n", 1)[0]) if head else {}
+            row = json.loads(head.split("\n", 1)[0])
         except ValueError:
             return False
-        return isinstance(row, dict) and (not head or "step" in row)
-    return True  # config.json: _is_run_config
+        return isinstance(row, dict) and "step" in row
+    return False  # no other name of RUN_FILES comes here (config.json: _is_run_config)
 
 
 def _is_whole_run(out: Path) -> bool:
