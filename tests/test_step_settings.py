@@ -77,12 +77,24 @@ class Timings:
 def test_native_cpu_times_both_precisions_and_keeps_the_faster(monkeypatch):
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
     for fp32, bf16, expected in ((1.0, 0.4, "bf16"), (0.5, 0.9, "fp32")):
-        timer = Timings({("fp32", 2): fp32, ("bf16", 2): bf16, (expected, 1): 5.0})
+        timer = Timings({("fp32", 2): fp32, ("bf16", 2): bf16, ("fp32", 1): 5.0,
+                         ("bf16", 1): 5.0})
         s = choose("auto", "auto", CPU, timer, cores=2)
         assert s.precision == expected and s.threads == 2
-        assert set(timer.calls) == {"fp32 x2 threads", "bf16 x2 threads", f"{expected} x1 thread"}
+        assert sorted(timer.calls) == sorted(label(p, n) for p in ("fp32", "bf16") for n in (2, 1))
         assert f"precision {expected}" in s.why and f"{min(fp32, bf16):.2f} s" in s.why
         assert s.seconds_per_step == min(fp32, bf16)
+
+
+def test_on_a_busy_machine_the_precision_is_chosen_at_the_fastest_thread_count(monkeypatch):
+    """Two contended threads time mostly noise (measured beside two busy processes: bf16 1.65 s
+    against fp32 1.97 s on two threads, 0.24 s on one), so the precision is decided where the
+    run will actually train."""
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    timer = Timings({("fp32", 2): 1.97, ("bf16", 2): 1.65, ("fp32", 1): 0.2, ("bf16", 1): 0.3})
+    s = choose("auto", "auto", CPU, timer, cores=2)
+    assert (s.precision, s.threads, s.seconds_per_step) == ("fp32", 1, 0.2)
+    assert "fp32 0.20 s, bf16 0.30 s per step" in s.why and "threads 1" in s.why
 
 
 def test_without_native_bf16_it_is_never_timed_and_fp32_is_chosen(monkeypatch):
@@ -243,3 +255,56 @@ def test_a_run_that_slows_down_times_its_threads_again(tmp_path, monkeypatch):
     tr.seconds_per_step = again.seconds_per_step  # the next window runs as timed
     tr.tuner.maybe_retime()  # not slow against the new timing, not due: nothing is timed
     assert tr.step_settings is again
+
+
+def test_precision_is_switched_mid_run_only_for_a_clear_win():
+    """Re-timing fp32 against native bf16: a switch changes the arithmetic, so the other
+    precision must be PRECISION_SWITCH times faster; the reason says from which step, once."""
+    from difflab.training.step_settings import PRECISION_SWITCH, RETIMED, retime_precision
+
+    busy_start = StepSettings("fp32", 2, "precision fp32: it timed faster", {}, 1.0)
+    barely = Timings({("bf16", 2): 1.0 / PRECISION_SWITCH + 0.01})
+    kept = retime_precision(busy_start, barely, step=300)
+    assert (kept.precision, kept.why, kept.seconds_per_step) == ("fp32", busy_start.why, 1.0)
+    assert kept.timings["bf16 x2 threads"] == barely.table[("bf16", 2)]
+    quiet = Timings({("bf16", 2): 0.5})
+    switched = retime_precision(busy_start, quiet, step=300)
+    assert (switched.precision, switched.threads, switched.seconds_per_step) == ("bf16", 2, 0.5)
+    assert switched.why == (f"precision fp32: it timed faster{RETIMED}300: bf16, timed faster on "
+                            "the machine as it was then (bf16 0.50 s, fp32 1.00 s per step)")
+    back = retime_precision(switched, Timings({("fp32", 2): 0.2}), step=900)
+    assert back.precision == "fp32" and back.why.count(RETIMED) == 1 and f"{RETIMED}900" in back.why
+
+
+def test_a_busy_start_on_native_bf16_times_the_precisions_again(tmp_path, monkeypatch, capsys):
+    """Where auto chose between fp32 and native bf16, a slow window times the other precision
+    too, switches when it wins clearly, says so, and the checkpoint records it; a precision the
+    config fixed is never timed against the other."""
+    from difflab.training.step_settings import RETIMED
+
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    tr = trainer(tmp_path / "auto", "train.max_steps=2", "train.threads=1", quiet=False)
+    tr.train()
+    assert tr.tuner.retime_precision and tr.tuner.options == []
+    first = tr.step_settings
+    other = "fp32" if first.precision == "bf16" else "bf16"
+    # the machine as it is now: the chosen precision slow, the other clearly faster
+    table = {(first.precision, 1): 1.0, (other, 1): 0.1}
+    tr.tuner.time_step = Timings(table)
+    tr.seconds_per_step = 10 * first.seconds_per_step  # a slow window
+    tr.tuner.maybe_retime()
+    assert (tr.precision, tr.step_settings.seconds_per_step) == (other, 0.1)
+    assert f"step 2: now {other}, timed faster" in capsys.readouterr().out
+    tr.train_step(0.5)  # trains on in the new precision, and its checkpoint says so
+    tr._checkpoint()
+    record = json.loads((tmp_path / "auto" / "last" / "config.json").read_text())["trained_on"]
+    assert record["precision"] == other and f"{RETIMED}2: {other}" in record["why"]
+    fixed = trainer(tmp_path / "fixed", "train.max_steps=2", "train.threads=1",
+                    "train.precision=fp32")
+    fixed.train()
+    assert not fixed.tuner.retime_precision
+    fixed.seconds_per_step = 10 * fixed.step_settings.seconds_per_step
+    fixed.tuner.maybe_retime()
+    assert fixed.precision == "fp32"
+    assert not any(k.startswith("bf16") for k in fixed.step_settings.timings)

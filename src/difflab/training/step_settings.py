@@ -12,9 +12,12 @@ forward/backward step where it is not:
   two threads contend and one is often faster (measured: 1.9 s against 4.9 s per step).
   ``OMP_NUM_THREADS`` in the environment, or an integer ``train.threads``, fixes it.
 
-The choice, its reason and the timings are printed, saved in every checkpoint, and reused when
-the run is resumed on a machine where they still hold, so a resumed run computes in the same
-precision as the uninterrupted one.
+During the run both are timed again when a log window runs slower than timed, and every
+RETIME_EVERY_S seconds: the thread count, and (where auto chose between them) fp32 against
+native bf16, so a run that started while the machine was busy does not keep the busy machine's
+choice. The choice, its reason and the timings are printed, saved in every checkpoint, and
+reused when the run is resumed on a machine where they still hold, so a resumed run computes in
+the same precision as the uninterrupted one did at that step.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ STEPS_PER_CANDIDATE = 2
 # training in any case (about 1 % of the time: two or three timed steps per candidate).
 RETIME_SLOWER = 1.5
 RETIME_EVERY_S = 300.0
+# Where "auto" chose between native bf16 and fp32, that choice is timed again too (a run started
+# while the machine was busy can time fp32 faster and keep it when the machine quietens; on an
+# idle Zen 4 bf16 steps 1.7x faster). Switching mid-run changes the arithmetic, so the other
+# precision must time this many times faster, not merely faster.
+PRECISION_SWITCH = 1.15
+RETIMED = "; precision re-timed at step "  # joins a switch's reason to the start-up one
 
 @dataclass
 class StepSettings:
@@ -142,7 +151,6 @@ def choose(
         thread_options = list(thread_candidates(cores, local_world_size))
 
     native, native_why = native_bf16(device)
-    first_threads = thread_options[0]
     if on_cpu and compiled and precision in ("bf16", "fp16"):
         raise ValueError(COMPILED_CPU_AUTOCAST.format(precision=precision))
     if precision != "auto":
@@ -161,20 +169,25 @@ def choose(
     elif device.type == "cuda":
         chosen_p = "bf16"
         reasons.insert(0, f"precision bf16: {native_why}")
-    else:  # a CPU with native bf16: time both on the real step
-        t_fp32 = timed("fp32", first_threads)
-        t_bf16 = timed("bf16", first_threads)
-        chosen_p = "bf16" if t_bf16 < t_fp32 else "fp32"
+    else:  # a CPU with native bf16: both precisions at every thread count, on the real step
+        # Each thread count is timed in both precisions: on a busy machine every count but
+        # the fastest times mostly contention, and would decide the precision by noise.
+        for n in thread_options:
+            timed("fp32", n)
+            timed("bf16", n)
+        chosen_p, at = min(((p, n) for p in ("fp32", "bf16") for n in thread_options),
+                           key=lambda pn: timings[label(*pn)])
+        t_fp32, t_bf16 = timings[label("fp32", at)], timings[label("bf16", at)]
         reasons.insert(
             0,
-            f"precision {chosen_p}: {native_why}, and it timed faster "
+            f"precision bf16: {native_why}, and it timed faster "
             f"(bf16 {t_bf16:.2f} s, fp32 {t_fp32:.2f} s per step)"
             if chosen_p == "bf16"
             else f"precision fp32: it timed faster than bf16 here "
             f"(fp32 {t_fp32:.2f} s, bf16 {t_bf16:.2f} s per step) although {native_why}",
         )
 
-    chosen_t = first_threads
+    chosen_t = thread_options[0]
     if len(thread_options) > 1:
         best: float | None = None
         for n in thread_options:
@@ -219,6 +232,28 @@ def retime_threads(
         timings={**settings.timings, **fresh},
         seconds_per_step=best,
     )
+
+
+def retime_precision(
+    settings: StepSettings,
+    time_step: Callable[[str, int | None, float | None], float],
+    step: int,
+) -> StepSettings:
+    """Time the other of fp32 and bf16 at the chosen thread count and switch to it where it is
+    PRECISION_SWITCH times faster than the chosen precision's latest timing (called only where
+    "auto" chose between them on a CPU with native bf16). The reason says from which step."""
+    other = "fp32" if settings.precision == "bf16" else "bf16"
+    now = settings.seconds_per_step
+    key = label(other, settings.threads)
+    t_other = time_step(other, settings.threads, now)
+    timings = {**settings.timings, key: t_other}
+    if now is None or t_other * PRECISION_SWITCH > now:
+        return replace(settings, timings=timings)
+    base = settings.why.split(RETIMED)[0]
+    why = (f"{base}{RETIMED}{step}: {other}, timed faster on the machine as it was then "
+           f"({other} {t_other:.2f} s, {settings.precision} {now:.2f} s per step)")
+    return replace(settings, precision=other, why=why, timings=timings,
+                   seconds_per_step=t_other)
 
 
 def env_thread_setting() -> str | None:

@@ -1,6 +1,7 @@
 """Precision and threads for this machine: chosen by timing the run's own step when training
-starts (step_settings.choose), kept from a resumed checkpoint where they still hold, and the
-thread count timed again while the run trains when the machine's load changes."""
+starts (step_settings.choose), kept from a resumed checkpoint where they still hold, and timed
+again while the run trains when the machine's load changes: the thread count, and the choice
+between fp32 and native bf16 where "auto" made it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class StepTuner:
         self.trainer = trainer
         self.recorded: StepSettings | None = None  # from a resumed checkpoint
         self.options: list[int] = []  # thread counts to time again (maybe_retime)
+        self.retime_precision = False  # whether fp32 against native bf16 is timed again too
         self.last_retime = 0.0  # trainer.elapsed at the last timing of the thread counts
         self.warmed_up = False
 
@@ -64,31 +66,46 @@ class StepTuner:
         # Thread counts to time again if the machine's load changes (retime_threads): only
         # where "auto" chose them on a single-process CPU run.
         auto_threads = tc.threads == "auto" and not step_settings.env_thread_setting()
-        if auto_threads and settings.threads is not None and not tr.dist.enabled:
+        single_cpu = settings.threads is not None and not tr.dist.enabled
+        if auto_threads and single_cpu:
             self.options = step_settings.thread_candidates(cores, 1)
+        # As at the start: only where auto chose between the two (a CPU with native bf16, not
+        # compiled), and where no other rank would have to follow.
+        self.retime_precision = (single_cpu and tc.precision == "auto" and not tc.compile
+                                 and hardware.native_bf16(tr.device)[0])
         return tr.step_settings
 
     def maybe_retime(self) -> None:
-        """Time the thread counts again when the last log window ran far slower than the
-        chosen setting was timed (the machine got busy), or every RETIME_EVERY_S seconds
-        (it may have quietened); switch to the faster, and say so."""
+        """Time the thread counts (and fp32 against native bf16, where auto chose between
+        them) again when the last log window ran far slower than the chosen setting was timed
+        (the machine got busy), or every RETIME_EVERY_S seconds (it may have quietened);
+        switch to the faster, and say so."""
         tr = self.trainer
         s = tr.step_settings
-        if len(self.options) < 2 or s is None or not s.seconds_per_step:
+        if len(self.options) < 2 and not self.retime_precision:
+            return
+        if s is None or not s.seconds_per_step:
             return
         slow = (tr.seconds_per_step or 0) > step_settings.RETIME_SLOWER * s.seconds_per_step
         due = tr.elapsed - self.last_retime >= step_settings.RETIME_EVERY_S
         if not (slow or due):
             return
         self.last_retime = tr.elapsed
-        new = step_settings.retime_threads(s, self.time_step, self.options)
+        new = step_settings.retime_threads(s, self.time_step, self.options or [s.threads])
         torch.set_num_threads(new.threads)
-        tr.step_settings = new
         if new.threads != s.threads and not tr.quiet:
             shown = ", ".join(f"{n}: {new.timings[label(new.precision, n)]:.2f} s"
                               for n in self.options)
             tqdm.write(f"difflab: step {tr.step}: now {new.threads} thread(s), timed faster "
                        f"on the machine as it is now ({shown} per step)")
+        if self.retime_precision:
+            was = new
+            new = step_settings.retime_precision(was, self.time_step, tr.step)
+            if new.precision != was.precision and not tr.quiet:
+                tqdm.write(f"difflab: step {tr.step}: now {new.precision}, timed faster on the "
+                           f"machine as it is now ({new.precision} {new.seconds_per_step:.2f} s, "
+                           f"{was.precision} {was.seconds_per_step:.2f} s per step)")
+        tr.step_settings = new
 
     def time_step(self, precision: str, threads: int | None, best: float | None) -> float:
         """Seconds of one forward/backward pass of the real network on a real batch, in
