@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
+from difflab.cli.errors import CLIError
 from difflab.cli.eval import add_eval_arguments
 from difflab.evaluation import evaluate_checkpoint
 from difflab.metrics import (
@@ -284,6 +285,12 @@ def test_eval_command_on_an_images_file(tmp_path, capsys):
     assert "FID" in table and "digits CNN features" in table and "class agreement" in table
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["reference"]["split"] == "train" and report["class_agreement"] > 0.9
+    assert args.func(args) == 0  # a rerun replaces its own report
+    # a JSON file difflab did not write is left alone, before any work
+    (tmp_path / "r.json").write_text('{"mine": 1}')
+    with pytest.raises(CLIError, match="difflab did not write it"):
+        args.func(args)
+    assert json.loads((tmp_path / "r.json").read_text()) == {"mine": 1}
     for argv, message in [
         (["--images", str(tmp_path / "s.npz")], "needs --dataset"),
         ([], "give a checkpoint"),

@@ -4,12 +4,14 @@ before a command replaces a file.
 difflab never overwrites or deletes what it did not create. Names alone cannot tell: a user's
 own `samples.png` in a run folder or beside the checkout looks like one of ours. So what
 difflab writes says so inside the file (a PNG's Software text, a GIF's comment, an `.npz`
-array), and a command that would replace a file first checks that mark
-(`written_by_difflab`); a file without it is left alone and the command says so.
+array, a JSON report's top-level "written_by"), and a command that would replace a file first
+checks that mark (`written_by_difflab`); a file without it is left alone and the command says
+so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 MARK = "difflab"  # a PNG's Software text, a GIF's comment
-NPZ_MARK = "written_by"  # an .npz array holding MARK
+MARK_KEY = "written_by"  # an .npz array holding MARK, a JSON report's key with MARK
 
 
 def png_mark() -> PngImagePlugin.PngInfo:
@@ -33,10 +35,16 @@ def written_by_difflab(path: str | os.PathLike) -> bool:
     command may replace. Anything else (a user's file of the same name, a file that is not
     what its name says, an unreadable one) is not."""
     path = Path(path)
+    if path.suffix == ".json":
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(report, dict) and report.get(MARK_KEY) == MARK
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as arrays:
-                return NPZ_MARK in arrays.files and str(arrays[NPZ_MARK]) == MARK
+                return MARK_KEY in arrays.files and str(arrays[MARK_KEY]) == MARK
         except (OSError, ValueError, zipfile.BadZipFile):
             return False
     try:

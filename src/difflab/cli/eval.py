@@ -37,7 +37,7 @@ from difflab.argtypes import (
     sampler_name,
 )
 from difflab.cli.errors import reading_checkpoint
-from difflab.cli.inputs import CHECKPOINT_HELP, resolve_checkpoint
+from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file, resolve_checkpoint
 from difflab.cli.sampling import (
     add_autoguidance_argument,
     add_guidance_interval_argument,
@@ -52,6 +52,7 @@ from difflab.metrics.evaluate import (
 )
 from difflab.metrics.features import DATASETS
 from difflab.metrics.geneval import format_geneval_report, score_images_file
+from difflab.ownership import MARK, MARK_KEY
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -156,10 +157,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """`difflab eval`: print the report's table, write JSON with --json. Bad input raises
     ValueError / FileNotFoundError with a message for the user."""
     verbose = not getattr(args, "quiet", False)
-    if args.json:
-        json_out = Path(args.json)
-        if json_out.is_dir():  # found out now, not after minutes of sampling
-            raise ValueError(f"--json {json_out} is a folder; give a file name")
+    if args.json:  # found out now, not after minutes of sampling
+        check_output_file(args.json, "--json")
     if args.geneval:
         report = _geneval(args, verbose)
     elif args.images is not None:
@@ -210,7 +209,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.write_text(json.dumps({**report, MARK_KEY: MARK}, indent=2) + "\n")
         tmp.replace(out)
         print(f"difflab: wrote {out}")
     return 0

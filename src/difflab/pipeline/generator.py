@@ -60,7 +60,7 @@ from difflab.models.caption_bank import (
 )
 from difflab.models.conditioning import TextCondition
 from difflab.models.text import TextConditioned, text_encoder_from_spec
-from difflab.ownership import MARK, NPZ_MARK
+from difflab.ownership import MARK, MARK_KEY
 from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
 from difflab.pipeline.progress import SamplingProgress
 from difflab.pipeline.settings import (
@@ -704,7 +704,7 @@ class Generator:
                 labels[i : i + len(batch)], has_labels = lab.numpy(), True
             i += len(batch)
         images.flush()
-        arrays = {"images": images, NPZ_MARK: np.array(MARK)}  # what may replace it
+        arrays = {"images": images, MARK_KEY: np.array(MARK)}  # what may replace it
         if has_labels:
             arrays["labels"] = labels
         tmp = path.with_name(path.name + ".tmp.npz")
