@@ -308,3 +308,30 @@ def test_a_busy_start_on_native_bf16_times_the_precisions_again(tmp_path, monkey
     fixed.tuner.maybe_retime()
     assert fixed.precision == "fp32"
     assert not any(k.startswith("bf16") for k in fixed.step_settings.timings)
+
+
+@pytest.mark.parametrize("cores, physical, ranks, expected", [
+    (2, 2, 1, [2, 1]),  # this project's 2-vCPU machines
+    (8, 4, 1, [8, 4, 2, 1]),  # a laptop: 4 cores, two hyperthreads each
+    (16, 16, 1, [16, 8, 1]),
+    (8, 4, 2, [4, 2, 1]),  # two ranks share the machine
+    (1, 1, 1, [1]),
+])
+def test_thread_candidates_include_the_physical_cores_and_half_of_them(cores, physical, ranks,
+                                                                       expected):
+    assert step_settings.thread_candidates(cores, ranks, physical) == expected
+
+
+def test_physical_cores_count_hyperthreads_of_one_core_once(tmp_path):
+    """Read from Linux's topology files: CPUs 0 and 1 are one core's two threads."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    for i, cpu in enumerate(cpus):
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text("0\n")
+        (topo / "core_id").write_text(f"{i // 2}\n")
+    assert hardware.physical_cores(tmp_path) == (len(cpus) + 1) // 2
+    assert 1 <= hardware.physical_cores() <= hardware.cpu_cores()  # this machine's own
+    assert hardware.physical_cores(tmp_path / "absent") == hardware.cpu_cores()

@@ -103,6 +103,25 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def physical_cores(topology: str | os.PathLike = "/sys/devices/system/cpu") -> int:
+    """Physical cores under this process's affinity mask: hyperthreads of one core count once.
+    A laptop's 8 logical CPUs are often 4 cores, and 8 threads of one convolution then share
+    4 cores' vector units. Read from Linux's topology files; elsewhere, every CPU counts."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return cpu_cores()
+    cores = set()
+    for cpu in cpus:
+        base = Path(topology) / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((base / "physical_package_id").read_text().strip(),
+                       (base / "core_id").read_text().strip()))
+        except OSError:
+            return cpu_cores()
+    return max(1, len(cores))
+
+
 def describe_cpu() -> str:
     """'AMD EPYC, 2 cores, flags avx2 fma avx512f avx512_bf16': the line next to a figure."""
     flags = " ".join(cpu_flags()) or "none of " + "/".join(SPEED_FLAGS[:4])

@@ -8,8 +8,10 @@ forward/backward step where it is not:
   capability 8.0+) it is taken without timing; on a CPU whose oneDNN reports native bf16 both
   precisions are timed on the real step and the faster is kept; on a CPU without native bf16,
   fp32, without timing bf16 at all (one emulated step of the default network takes 20-90 s).
-- threads (CPU only): all cores against one, timed on the real step. On a busy 2-core machine
-  two threads contend and one is often faster (measured: 1.9 s against 4.9 s per step).
+- threads (CPU only): all logical CPUs, the physical cores (fewer where hyperthreads pair
+  them), half of those from 4 on, and one, timed on the real step (thread_candidates). On a
+  busy 2-core machine two threads contend and one is often faster (measured: 1.9 s against
+  4.9 s per step).
   ``OMP_NUM_THREADS`` in the environment, or an integer ``train.threads``, fixes it.
 
 During the run both are timed again when a log window runs slower than timed, and every
@@ -91,10 +93,15 @@ def time_candidate(step: Callable[[], None], best_so_far: float | None) -> float
     return min(times)
 
 
-def thread_candidates(cores: int, local_world_size: int) -> list[int]:
-    """All the cores this process's share allows, and one."""
-    share = max(1, cores // max(1, local_world_size))
-    return [share, 1] if share > 1 else [1]
+def thread_candidates(cores: int, local_world_size: int, physical: int | None = None) -> list[int]:
+    """The thread counts to time, largest first: every logical CPU of this process's share,
+    its physical cores (where hyperthreads make them fewer), half of those (from 4 on: a
+    laptop busy with other work often runs fastest on part of its cores), and one."""
+    ranks = max(1, local_world_size)
+    share = max(1, cores // ranks)
+    phys = max(1, min(share, (physical or cores) // ranks))
+    options = {share, phys, phys // 2 if phys >= 4 else 1, 1}
+    return sorted(options, reverse=True)
 
 
 # torch 2.13's inductor on CPU, under bf16 autocast, gives most of a UNet's weights exactly zero
@@ -120,6 +127,7 @@ def choose(
     local_world_size: int = 1,
     env_threads: str | None = None,
     compiled: bool = False,
+    physical: int | None = None,
 ) -> StepSettings:
     """Settle `precision` and `threads` ("auto" or fixed) for `device` (`compiled`: the step
     runs through torch.compile, train.compile).
@@ -148,7 +156,7 @@ def choose(
         thread_options = [int(env_threads)] if env_threads.isdigit() else [None]
         reasons.append(f"threads {env_threads}: OMP_NUM_THREADS")
     else:
-        thread_options = list(thread_candidates(cores, local_world_size))
+        thread_options = list(thread_candidates(cores, local_world_size, physical))
 
     native, native_why = native_bf16(device)
     if on_cpu and compiled and precision in ("bf16", "fp16"):

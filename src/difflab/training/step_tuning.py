@@ -35,7 +35,7 @@ class StepTuner:
         ones a resumed checkpoint recorded where they still hold; every rank takes rank 0's."""
         tr = self.trainer
         tc = tr.cfg.train
-        cores = hardware.cpu_cores()
+        cores, physical = hardware.cpu_cores(), hardware.physical_cores()
         settings, note = None, ""
         if self.recorded is not None:
             why_not = step_settings.still_valid(
@@ -57,6 +57,7 @@ class StepTuner:
                 local_world_size=tr.dist.local_world_size,
                 env_threads=step_settings.env_thread_setting(),
                 compiled=tc.compile,
+                physical=physical,
             )
         settings = distributed.broadcast_object(settings, tr.dist)
         why = settings.why
@@ -68,7 +69,7 @@ class StepTuner:
         auto_threads = tc.threads == "auto" and not step_settings.env_thread_setting()
         single_cpu = settings.threads is not None and not tr.dist.enabled
         if auto_threads and single_cpu:
-            self.options = step_settings.thread_candidates(cores, 1)
+            self.options = step_settings.thread_candidates(cores, 1, physical)
         # As at the start: only where auto chose between the two (a CPU with native bf16, not
         # compiled), and where no other rank would have to follow.
         self.retime_precision = (single_cpu and tc.precision == "auto" and not tc.compile
