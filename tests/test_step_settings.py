@@ -235,8 +235,8 @@ def test_thread_counts_are_timed_again_when_the_machine_gets_busy(monkeypatch):
 
     s = retime_threads(quiet, busy, [2, 1])
     assert (s.precision, s.threads, s.seconds_per_step) == ("bf16", 1, 1.1)
-    assert s.timings["bf16 x2 threads"] == 3.0 and busy.calls == ["bf16 x2 threads",
-                                                                 "bf16 x1 thread"]
+    assert s.timings["bf16 x2 threads"] == 3.0 and busy.calls == ["bf16 x1 thread",
+                                                                 "bf16 x2 threads"]
 
 
 def test_a_run_that_slows_down_times_its_threads_again(tmp_path, monkeypatch):

@@ -96,7 +96,9 @@ def time_candidate(step: Callable[[], None], best_so_far: float | None) -> float
 def thread_candidates(cores: int, local_world_size: int, physical: int | None = None) -> list[int]:
     """The thread counts to time, largest first: every logical CPU of this process's share,
     its physical cores (where hyperthreads make them fewer), half of those (from 4 on: a
-    laptop busy with other work often runs fastest on part of its cores), and one."""
+    laptop busy with other work often runs fastest on part of its cores), and one. They are
+    timed fewest first: a count that contends with other work is then cut after one step
+    (HOPELESS) instead of setting a slow first bar for the others."""
     ranks = max(1, local_world_size)
     share = max(1, cores // ranks)
     phys = max(1, min(share, (physical or cores) // ranks))
@@ -180,7 +182,7 @@ def choose(
     else:  # a CPU with native bf16: both precisions at every thread count, on the real step
         # Each thread count is timed in both precisions: on a busy machine every count but
         # the fastest times mostly contention, and would decide the precision by noise.
-        for n in thread_options:
+        for n in sorted(thread_options):  # fewest first: see thread_candidates
             timed("fp32", n)
             timed("bf16", n)
         chosen_p, at = min(((p, n) for p in ("fp32", "bf16") for n in thread_options),
@@ -198,7 +200,7 @@ def choose(
     chosen_t = thread_options[0]
     if len(thread_options) > 1:
         best: float | None = None
-        for n in thread_options:
+        for n in sorted(thread_options):
             key = label(chosen_p, n)
             if key not in timings:
                 timings[key] = time_step(chosen_p, n, best)
@@ -229,7 +231,7 @@ def retime_threads(
     fresh: dict[str, float] = {}
     best: float | None = None
     chosen = settings.threads
-    for n in options:
+    for n in sorted(options):
         key = label(settings.precision, n)
         fresh[key] = time_step(settings.precision, n, best)
         if best is None or fresh[key] < best:
