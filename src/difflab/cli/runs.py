@@ -42,6 +42,12 @@ RUN_SAMPLES = "samples"  # samples/step_0001000.png, ...
 _SAMPLE_GRID = re.compile(r"step_\d+\.png")
 
 
+def _has_checkpoint(out: Path) -> bool:
+    """Whether --resume has something to continue: last/, or what resume falls back to after
+    a crash (last.prev/, best/, ...)."""
+    return any(map(is_difflab_checkpoint, checkpoint_candidates(out / "last")))
+
+
 def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     """A new run never silently replaces another: a folder that holds what `difflab train`
     writes needs --resume (continue it) or --overwrite (remove that, keep everything else)."""
@@ -55,9 +61,10 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             f"({out.parent}) to --resume, or a new folder"
         )
     if resume:
-        # last/, or what resume falls back to after a crash (last.prev/, best/, ...)
-        if not any(map(is_difflab_checkpoint, checkpoint_candidates(out / "last"))):
-            raise CLIError(f"--resume: no checkpoint at {out / 'last'} to continue")
+        if not _has_checkpoint(out):
+            why = (" (the run there stopped before its first checkpoint: --overwrite, not "
+                   "--resume, starts it again)" if run_contents(out) else "")
+            raise CLIError(f"--resume: no checkpoint at {out / 'last'} to continue{why}")
         return
     found = run_contents(out)
     if not found:
@@ -66,6 +73,12 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     whole_run = _check_all_difflabs(out, found)
     if not overwrite:
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        if not _has_checkpoint(out):
+            raise CLIError(
+                f"--out {out} holds a run that stopped before its first checkpoint ({shown}): "
+                "nothing to resume; --overwrite starts it again (difflab removes only what it "
+                "wrote there), or give another --out"
+            )
         raise CLIError(
             f"--out {out} already holds a run ({shown}); add --resume to continue it, "
             "--overwrite to replace it (difflab removes only what it wrote there), or give "

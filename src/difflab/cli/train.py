@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
 from difflab.cli.runs import check_run_folder
 from difflab.config import load_config
 from difflab.runs import report, score_fid
-from difflab.training.trainer import Trainer, describe
+from difflab.training.trainer import INTERRUPTED, Trainer, describe
 
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
@@ -88,6 +90,22 @@ def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
     ]
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues the run `argv` started: the same with --resume, without
+    what only a new run takes (--overwrite, --init-from)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--init-from":
+            skip = True
+        elif arg != "--overwrite" and not arg.startswith("--init-from="):
+            kept.append(arg)
+    if "--resume" not in kept:
+        kept.append("--resume")
+    return shlex.join(["difflab", *kept])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Check the config and the run folder, train, and write the report."""
     config_path = resolve_config(args.config)
@@ -128,6 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.close()
     if not main:
         return 0
+    if why.why == INTERRUPTED:  # the user wants out: no pictures, no health check
+        print(f"difflab: interrupted at step {why.step}; saved {out / 'last'}, and this "
+              f"continues from there: {resume_command(args.argv)}", file=sys.stderr)
+        return 130
     print(
         f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "
         f"min; checkpoints in {out / 'last'} and {out / 'best'}"

@@ -37,6 +37,7 @@ from difflab.data import BatchIterator, ImageData, load_dataset
 from difflab.metrics.features import DATASETS
 from difflab.training import distributed, health, run_state
 from difflab.training.ema import EMA, PowerEMA
+from difflab.training.interrupt import StopOnCtrlC
 from difflab.training.metrics_log import MetricsLog
 from difflab.training.objectives import make_objective
 from difflab.training.posthoc_snapshots import (
@@ -59,6 +60,9 @@ _DIVERGED_HINT = "Try a lower train.lr, train.grad_clip = 1.0 or train.precision
 class StopReason:
     step: int
     why: str
+
+
+INTERRUPTED = "interrupted"  # StopReason.why of a run stopped by Ctrl-C (training.interrupt)
 
 
 @dataclass
@@ -431,10 +435,15 @@ class Trainer:
         first_step = self.step + 1  # logged whatever log_every says: a curve from the start
         clock = time.perf_counter()
         reason = StopReason(self.step, "max_steps")
+        ctrl_c = StopOnCtrlC(enabled=not self.dist.enabled)
         try:
+            ctrl_c.install()
             while True:
                 if total is not None and self.step >= total:
                     reason = StopReason(self.step, "max_steps" if tc.max_steps else "epochs")
+                    break
+                if ctrl_c.requested:  # after a whole step: the checkpoint below resumes exactly
+                    reason = StopReason(self.step, INTERRUPTED)
                     break
                 # The time budget counts the whole run, resumed parts included, so a resumed
                 # run stops where the uninterrupted one would have; every rank goes by the same
@@ -476,6 +485,7 @@ class Trainer:
             self._checkpoint()
             distributed.barrier(self.dist)
         finally:
+            ctrl_c.restore()
             bar.close()
             self.metrics.close()
             torch.set_num_threads(threads_before)

@@ -1,0 +1,98 @@
+"""Ctrl-C during training (difflab.training.interrupt): the first one finishes the step, saves
+a checkpoint and stops with status 130, saying how to continue; the continued run is
+bit-identical to one never interrupted. A run used to keep nothing when stopped before its
+first periodic checkpoint (1,000 steps into the default preset)."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tiny_run import ROOT, as_flags, tiny_config
+
+from difflab.checkpoints.store import load_checkpoint
+from difflab.cli import main
+from difflab.training.trainer import INTERRUPTED, Trainer
+
+
+def run(out: Path, steps: int, resume: bool = False, on_sample=None) -> Trainer:
+    tr = Trainer(tiny_config(f"train.max_steps={steps}", "train.sample_every=3"), out,
+                 device="cpu", quiet=True)
+    if resume:
+        tr.resume()
+    tr.stop = tr.train(on_sample=on_sample)
+    return tr
+
+
+def test_ctrl_c_saves_the_step_and_the_continued_run_is_bit_identical(tmp_path):
+    straight = run(tmp_path / "straight", 6)
+    ctrl_c = lambda tr: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731 - at step 3
+    stopped = run(tmp_path / "stopped", 6, on_sample=ctrl_c)
+    assert (stopped.stop.step, stopped.stop.why) == (3, INTERRUPTED)
+    assert load_checkpoint(tmp_path / "stopped" / "last", with_training_state=True
+                           ).state["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    resumed = run(tmp_path / "stopped", 6, resume=True)
+    assert resumed.step == 6
+    for a, b in zip(straight.net.parameters(), resumed.net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    rows = [json.loads(line)["loss"] for line in open(tmp_path / "straight" / "metrics.jsonl")]
+    assert rows == [json.loads(line)["loss"]
+                    for line in open(tmp_path / "stopped" / "metrics.jsonl")]
+
+
+def test_ctrl_c_of_a_real_difflab_train_says_how_to_continue(tmp_path):
+    out = tmp_path / "run"
+    sets = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
+            "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
+            "train.batch_size=16", "train.log_every=1", "data.limit=200"]
+    argv = ["train", "digits8", "--out", str(out), "--steps", "100000", *as_flags(sets)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "difflab.cli", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, t0 = out / "metrics.jsonl", time.monotonic()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() - t0 < 300, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    step = load_checkpoint(out / "last", with_training_state=True).state["step"]
+    assert step >= 3 and f"difflab: interrupted at step {step}; saved {out / 'last'}" in stderr
+    assert "stopping after this step" in stderr + stdout
+    assert not (out / "samples.png").exists()  # no report after a Ctrl-C
+    # the command it prints continues the run (to a smaller budget here, to end at once)
+    said = shlex.split(stderr.split("continues from there: ")[1].splitlines()[0])
+    assert said[0] == "difflab" and said[-1] == "--resume" and "--overwrite" not in said
+    again = said[1:]
+    again[again.index("--steps") + 1] = str(step + 1)
+    assert main([*again, "--no-report"]) == 0
+    assert load_checkpoint(out / "last", with_training_state=True).state["step"] == step + 1
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_not_a_dead_end(tmp_path, capsys):
+    """kill -9 before the first checkpoint leaves config.json and metrics.jsonl: neither a
+    plain rerun nor --resume can go on, and both say that --overwrite starts it again."""
+    import shutil
+
+    out = tmp_path / "run"
+    argv = ["train", "digits8", "--out", str(out), "--steps", "2", "--no-report",
+            *as_flags(["model.overrides.base_channels=16", "model.overrides.groups=4",
+                       "model.overrides.attention_resolutions=[]", "data.limit=200"])]
+    assert main(argv) == 0
+    for name in os.listdir(out):  # what a kill -9 before the first checkpoint leaves
+        if name not in ("config.json", "metrics.jsonl"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "--overwrite, not --resume, starts it again" in err
+    assert main([*argv, "--overwrite"]) == 0
