@@ -152,7 +152,7 @@ def test_bad_images_name_the_mismatch(bad, message):
 
 
 def test_bad_masks_and_counts_name_the_mismatch(text_gen, picture, tmp_path):
-    with pytest.raises(ValueError, match="mask is 28x27, image 28x28"):
+    with pytest.raises(ValueError, match="mask is 27x28, image 28x28"):
         as_mask_tensor(np.zeros((28, 27), bool), SHAPE)
     with pytest.raises(ValueError, match="3 channels"):
         as_mask_tensor(np.zeros((28, 28, 3), np.uint8), SHAPE)

@@ -470,3 +470,18 @@ def test_estimate_flops_counts_a_conv() -> None:
 def test_estimate_flops_of_default_unet() -> None:
     flops = estimate_flops(UNet(), (1, 28, 28))
     assert 1e8 < flops < 1e9
+
+
+@pytest.mark.parametrize("side, attends", [(28, [7]), (32, [8]), (64, [16]), (8, [2])])
+def test_a_preset_at_another_image_size_attends_at_the_same_level(side: int, attends) -> None:
+    """A user's own pictures at 32 or 64 px keep the preset's architecture: attention at its
+    third level (7 of 28), where a side of 7 would not exist; a config's own sides win."""
+    from difflab.build import build_network, network_spec
+    from difflab.config import ModelConfig
+
+    net, spec = build_network(ModelConfig(preset="ddpm-tiny-28"), (3, side, side), None)
+    assert spec["config"]["attention_resolutions"] == attends
+    x = torch.randn(2, 3, side, side)
+    assert net(x, torch.tensor([1, 500])).shape == x.shape
+    mine = ModelConfig(preset="ddpm-tiny-28", overrides={"attention_resolutions": [side]})
+    assert network_spec(mine, (3, side, side), None)["config"]["attention_resolutions"] == [side]

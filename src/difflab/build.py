@@ -19,7 +19,7 @@ from difflab.models import presets
 from difflab.models.autoencoder import Autoencoder, AutoencoderConfig
 from difflab.models.text import TextConditioned, text_encoder_from_spec
 from difflab.models.transformer import DiT, DiTConfig
-from difflab.models.unet import UNet, UNetConfig
+from difflab.models.unet import UNet, UNetConfig, level_sides
 
 
 def build_process(cfg: DiffusionConfig) -> NoiseProcess:
@@ -70,6 +70,23 @@ NETWORK_KINDS: dict[str, tuple[type, type]] = {
 }
 
 
+# A preset names where it attends by feature-map side at its own input size (7 of 28 for the
+# Fashion-MNIST UNets). A user's image folder at another size keeps the same architecture: the
+# same levels attend (16 of 64), unless the config names the sides itself.
+RESOLUTION_FIELDS = ("attention_resolutions", "linear_attention_resolutions",
+                     "transformer_resolutions")
+
+
+def _same_levels(base: Any, size: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preset's attention sides moved to the same levels of a `size` input."""
+    if not hasattr(base, "level_sides") or size == base.image_size or "channel_mults" in overrides:
+        return {}
+    old_sides = base.level_sides
+    new_sides = level_sides(size, len(old_sides))
+    return {name: tuple(new_sides[old_sides.index(side)] for side in getattr(base, name))
+            for name in RESOLUTION_FIELDS if hasattr(base, name) and name not in overrides}
+
+
 def network_spec(
     cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int | None
 ) -> dict[str, Any]:
@@ -99,6 +116,7 @@ def network_spec(
             f"allowed: {', '.join(sorted(fields))}"
         )
     settings = {**{k: getattr(base, k) for k in fields}, "in_channels": c, "image_size": h}
+    settings.update(_same_levels(base, h, cfg.overrides))
     settings.update(cfg.overrides)
     if (
         "num_classes" in fields

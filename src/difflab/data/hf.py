@@ -115,8 +115,8 @@ def load_hf_dataset(
     sizes = {a.shape[1:] for a in arrays}
     if len(sizes) > 1:
         raise ValueError(
-            f"{path}: images have {len(sizes)} different sizes; set image_size to resize "
-            f"and centre-crop them to one size"
+            f"{path}: images have {len(sizes)} different sizes; set image_size "
+            f"(--set data.image_size=N) to resize and centre-crop them to one size"
         )
     target_channels = channels or max(a.shape[0] for a in arrays)
     images = np.stack([convert_channels(a[None], target_channels)[0] for a in arrays])

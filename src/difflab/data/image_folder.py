@@ -138,7 +138,7 @@ def load_image_folder(
         shown = ", ".join(f"{p.name} {w}x{h}" for (h, w), p in list(examples.items())[:4])
         raise ValueError(
             f"images in {root} have {len(sizes)} different sizes ({shown}); set image_size "
-            f"to resize and centre-crop them all to one size"
+            f"(--set data.image_size=N) to resize and centre-crop them all to NxN"
         )
     target_channels = channels or max(a.shape[0] for a in arrays)
     images = np.stack(

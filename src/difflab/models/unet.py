@@ -66,6 +66,14 @@ def _bad(name: str, problem: str) -> ValueError:
     return ValueError(f"UNetConfig.{name}: {problem}")
 
 
+def level_sides(image_size: int, levels: int) -> tuple[int, ...]:
+    """Feature-map side at each of `levels` levels for an `image_size` input (7 -> 4)."""
+    sides = [image_size]
+    for _ in range(levels - 1):
+        sides.append((sides[-1] + 1) // 2)  # a stride-2 conv with padding 1 rounds up
+    return tuple(sides)
+
+
 @dataclass
 class UNetConfig:
     """Settings of :class:`UNet`; validated on creation (ValueError naming the field)."""
@@ -189,10 +197,7 @@ class UNetConfig:
     @property
     def level_sides(self) -> tuple[int, ...]:
         """Feature-map side at each level for an ``image_size`` input (7 -> 4: rounds up)."""
-        sides = [self.image_size]
-        for _ in self.channel_mults[1:]:
-            sides.append((sides[-1] + 1) // 2)  # a stride-2 conv with padding 1 rounds up
-        return tuple(sides)
+        return level_sides(self.image_size, len(self.channel_mults))
 
     @property
     def channels(self) -> tuple[int, ...]:

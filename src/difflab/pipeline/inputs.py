@@ -27,7 +27,8 @@ _CHANNEL_COUNTS = (1, 2, 3, 4)
 
 
 def _size(h: int, w: int) -> str:
-    return f"{h}x{w}"
+    """Width x height, as image tools and the image-folder errors write a picture's size."""
+    return f"{w}x{h}"
 
 
 def _as_array(x: Any) -> np.ndarray:
