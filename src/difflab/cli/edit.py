@@ -32,6 +32,7 @@ def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
         "smallest strength that changes the class as often as 80%% of the best; BENCHMARKS.md)",
     )
     add_sampling_arguments(im, default_n=4)
+    _add_class_argument(im)
     im.add_argument("--out", default="img2img.png", help="FILE.png")
     im.set_defaults(func=cmd_img2img)
 
@@ -42,8 +43,19 @@ def add_inpaint_arguments(ip: argparse.ArgumentParser) -> None:
     ip.add_argument("image", help="image file (converted to the model's mode; same size)")
     ip.add_argument("mask", help="mask image of the same size: white (non-zero) = fill")
     add_sampling_arguments(ip, default_n=4)
+    _add_class_argument(ip)
     ip.add_argument("--out", default="inpaint.png", help="FILE.png")
     ip.set_defaults(func=cmd_inpaint)
+
+
+def _add_class_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        help="class name or index for a class-conditional model (repeatable: the results "
+        "take the classes in turn)",
+    )
 
 
 def _edit_output(args: argparse.Namespace) -> Path:
@@ -70,7 +82,7 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     image = read_image_file(args.image, "image")  # a bad file is told before the model loads
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
-    kw = sampling_kwargs(args, gen)
+    kw = sampling_kwargs(args, gen, args.classes)
     prompt = kw.pop("prompt")
     strength = args.strength
     if strength is None:  # the pipeline's measured default (bench/img2img_strength.py)
@@ -87,7 +99,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     mask = read_image_file(args.mask, "mask")
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
-    kw = sampling_kwargs(args, gen)
+    kw = sampling_kwargs(args, gen, args.classes)
     prompt = kw.pop("prompt")
     images = gen.inpaint(image, mask, prompt, n=args.n, **kw)
     return _save_edits(images, args)
