@@ -191,3 +191,19 @@ def test_each_thread_sees_its_own_warnings():
     for t in threads:
         t.join()
     assert seen == {0: ["request 0"], 1: ["request 1"]}
+
+
+def test_a_relative_name_is_also_read_from_each_root(tmp_path, monkeypatch):
+    """`--root /srv/runs` and the API asks for run "a": /srv/runs/a, wherever the app runs;
+    a relative name cannot climb out of the roots that way."""
+    served = tmp_path / "served"
+    (served / "a" / "last").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "outside").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    roots = Roots([served])
+    assert roots.checkpoint("a/last") == served / "a" / "last"
+    assert roots.confine("a", "run") == served / "a"
+    for name in ("../outside", "b"):
+        with pytest.raises(ValueError, match="outside the folders this app serves"):
+            roots.confine(name, "run")

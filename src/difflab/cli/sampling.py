@@ -42,7 +42,7 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     s.add_argument(
         "--sampler",
         type=sampler_name,
-        help="default: the checkpoint's [sample] sampler (the shipped models: dpmpp_2m)",
+        help="default: the checkpoint's [sample] sampler (`difflab info NAME` shows it)",
     )
     s.add_argument(
         "--steps",

@@ -125,11 +125,15 @@ class Roots:
         return any(real == root or root in real.parents for root in self.folders)
 
     def confine(self, text: str, what: str = "folder") -> Path:
-        """The folder `text` names (relative paths: from the app's working folder), refused
-        unless it lies under a root."""
+        """The folder `text` names, refused unless it lies under a root. A relative path is
+        read from the app's working folder, else from each root in turn (`run1` in
+        `--root runs` is runs/run1, as the API's callers expect)."""
         path = Path(str(text).strip()).expanduser()
         if not str(text).strip():
             raise ValueError(f"no {what} given")
+        if not path.is_absolute() and not (self.contains(path) and path.is_dir()):
+            inside = [root / path for root in self.folders]
+            path = next((p for p in inside if self.contains(p) and p.is_dir()), path)
         if not self.contains(path):
             raise ValueError(
                 f"{what} {str(text).strip()!r} is outside the folders this app serves ({self}); "
