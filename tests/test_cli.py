@@ -278,3 +278,16 @@ def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):
     assert "FID" in capsys.readouterr().out
     p = run_cli("eval", "--images", str(npz))
     assert p.returncode != 0 and "--dataset" in p.stderr
+
+
+def test_resume_says_where_it_goes_on_and_refuses_a_spent_budget(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "digits8", "--out", str(out), *TINY]
+    assert main([*base, "--steps", "2", "--no-report"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--steps", "2", "--resume"]) == 2  # the whole run's budget: spent
+    assert "at step 2 already and --steps 2 is the whole run's" in capsys.readouterr().err
+    assert main([*base, "--steps", "3", "--resume"]) == 0
+    assert f"difflab: resuming {out / 'last'} at step 2 (" in capsys.readouterr().out
+    command = (out / "command.sh").read_text()  # the one command that trains the whole run
+    assert "--resume" not in command and "--steps 3" in command and "was resumed" in command

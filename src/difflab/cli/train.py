@@ -18,7 +18,7 @@ from pathlib import Path
 
 from difflab.argtypes import device_name, float_in, int_in
 from difflab.checkpoints.names import resolve_checkpoint
-from difflab.cli.errors import writing
+from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
 from difflab.cli.runs import check_run_folder
 from difflab.config import load_config
@@ -90,6 +90,21 @@ def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
     ]
 
 
+def check_budget_left(trainer: Trainer, main: bool) -> None:
+    """Say where a resumed run continues, and refuse a budget it has already spent (the
+    budget is the whole run's, resumed parts included)."""
+    tc, done = trainer.cfg.train, trainer.elapsed / 60
+    if main:
+        print(f"difflab: resuming {trainer.last_saved[0]} at step {trainer.step} "
+              f"({done:.1f} min trained)")
+    if tc.minutes is not None and done >= tc.minutes:
+        raise CLIError(f"the run has trained {done:.1f} min already and --minutes "
+                       f"{tc.minutes:g} is the whole run's budget: give more to train on")
+    if tc.max_steps is not None and trainer.step >= tc.max_steps:
+        raise CLIError(f"the run is at step {trainer.step} already and --steps "
+                       f"{tc.max_steps} is the whole run's: give more to train on")
+
+
 def resume_command(argv: list[str]) -> str:
     """The command line that continues the run `argv` started: the same with --resume, without
     what only a new run takes (--overwrite, --init-from)."""
@@ -119,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     main = trainer.dist.is_main
     if args.resume:
         trainer.resume()
+        check_budget_left(trainer, main)
     elif init_from is not None:
         trainer.warm_start(init_from)
         if main:
@@ -150,9 +166,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"difflab: interrupted at step {why.step}; saved {out / 'last'}, and this "
               f"continues from there: {resume_command(args.argv)}", file=sys.stderr)
         return 130
+    whole = f", {trainer.elapsed / 60:.1f} min in all" if args.resume else ""
     print(
         f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "
-        f"min; checkpoints in {out / 'last'} and {out / 'best'}"
+        f"min{whole}; checkpoints in {out / 'last'} and {out / 'best'}"
     )
     if not args.no_report:
         with writing(out):

@@ -227,6 +227,9 @@ def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> N
 
     dist = trainer.dist
     notes = []
+    if "--resume" in command:  # resume is exact: the one command of the whole run
+        command = [a for a in command if a != "--resume"]
+        notes.append("# The run was resumed; this one command trains all of it, exactly.")
     if command and command[0] == "difflab":
         if dist.world_size > 1:
             prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
