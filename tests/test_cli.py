@@ -291,3 +291,20 @@ def test_resume_says_where_it_goes_on_and_refuses_a_spent_budget(tmp_path, capsy
     assert f"difflab: resuming {out / 'last'} at step 2 (" in capsys.readouterr().out
     command = (out / "command.sh").read_text()  # the one command that trains the whole run
     assert "--resume" not in command and "--steps 3" in command and "was resumed" in command
+
+
+def test_a_very_long_prompt_is_quoted_short(tmp_path, capsys):
+    """A 600-word prompt: the warnings and the grid's title quote its first 60 characters."""
+    from PIL import Image
+
+    from difflab.models.caption_bank import quote_prompt
+
+    long = " ".join(["a very warm and cosy winter coat with a hood"] * 60)
+    assert quote_prompt(long) == repr(long[:60].rstrip() + "…")
+    assert quote_prompt("a tee") == "'a tee'"
+    out = tmp_path / "long.png"
+    assert main(["sample", "fashion-text", "--prompt", long, "-n", "2", "--steps", "2",
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    assert long[:200] not in said.out + said.err
+    assert Image.open(out).height < 300  # the title is one short line over the two samples

@@ -18,6 +18,7 @@ from difflab import viz
 from difflab.cli.errors import CLIError, removed_on_failure, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
+from difflab.models.caption_bank import quote_prompt
 from difflab.pipeline.settings import grid_rows
 
 
@@ -129,7 +130,7 @@ def sample_rows(args: argparse.Namespace, gen) -> tuple[list | None, list[str] |
         if args.negative_prompt and len(args.negative_prompt) == len(values):
             args.negative_prompt = [v for v in args.negative_prompt for _ in range(per)]
         args.prompt = rows
-        return None, values
+        return None, [quote_prompt(v, 40).strip("'\"") for v in values]
     return rows, gen.class_labels(values)  # fails on an unknown class
 
 
@@ -141,7 +142,7 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         index = int(gen.resolve_labels(args.classes[:1], 1)[0])
         asked = "class " + (gen.class_names or [str(i) for i in range(gen.num_classes)])[index]
     elif args.per_row is None and args.prompt:
-        asked = repr(args.prompt[0])
+        asked = quote_prompt(args.prompt[0])
     return viz.sampling_title(
         args.checkpoint, kw["sampler"], kw["steps"], kw["seed"], kw["guidance"], asked=asked,
         autoguidance=kw.get("autoguidance"), interval=kw.get("guidance_interval"),

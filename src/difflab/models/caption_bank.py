@@ -43,6 +43,12 @@ from torch import Tensor
 OUT_OF_DOMAIN_BELOW = 0.518
 
 
+def quote_prompt(prompt: str, limit: int = 60) -> str:
+    """A prompt as messages and titles quote it: whole when short, else its first `limit`
+    characters and an ellipsis (a 600-word prompt must not fill the terminal or the grid)."""
+    return repr(prompt if len(prompt) <= limit else prompt[:limit].rstrip() + "…")
+
+
 def show_captions(nearest: list[tuple[str, float]]) -> str:
     """"'a red tee' (0.43), 'a tee' (0.41)": captions with their similarity, for messages."""
     return ", ".join(f"{text!r} ({sim:.2f})" for text, sim in nearest)
@@ -59,11 +65,12 @@ class UnfamiliarPrompt:
     reason: str = ""  # what the caption grammar could not read, and what it has
 
     def message(self) -> str:
+        prompt = quote_prompt(self.prompt)
         if self.reason:
-            return (f"the prompt {self.prompt!r} is outside what this model was trained on, "
-                    f"whose captions all come from one grammar: {self.reason}; it will draw "
-                    f"the nearest thing it knows")
-        return (f"the prompt {self.prompt!r} is far from everything this model was trained on "
+            return (f"the prompt {prompt} is outside what this model was trained on, whose "
+                    f"captions all come from one grammar: {self.reason}; it will draw the "
+                    f"nearest thing it knows")
+        return (f"the prompt {prompt} is far from everything this model was trained on "
                 f"(similarity {self.familiarity:.2f} to the nearest training caption; "
                 f"{OUT_OF_DOMAIN_BELOW} or more is in its domain): it will draw the nearest "
                 f"thing it knows, the training captions {show_captions(self.nearest)}")

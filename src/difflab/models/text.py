@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import TokenLayer
+from .caption_bank import quote_prompt
 from .conditioning import TextCondition
 
 TEXT_ENCODERS = ("minilm", "trainable")
@@ -176,7 +177,7 @@ def _tokenize(prompts: Sequence[str], max_tokens: int, stacklevel: int) -> tuple
             raise ValueError(f"prompt {i} ({prompt!r}) has no word pieces the tokenizer knows")
         if len(row) > max_tokens:
             warnings.warn(
-                f"prompt {prompt[:40]!r}{'...' if len(prompt) > 40 else ''} has {len(row)} "
+                f"prompt {quote_prompt(prompt)} has {len(row)} "
                 f"tokens, more than max_tokens={max_tokens}; it was truncated to the first "
                 f"{max_tokens}",
                 stacklevel=stacklevel,

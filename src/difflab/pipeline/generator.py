@@ -56,6 +56,7 @@ from difflab.models.caption_bank import (
     CaptionBank,
     OutOfDomainPrompt,
     UnfamiliarPrompt,
+    quote_prompt,
     show_captions,
 )
 from difflab.models.conditioning import TextCondition
@@ -376,7 +377,8 @@ class Generator:
         unique = list(dict.fromkeys(prompts))
         lines = []
         for prompt, near in zip(unique, self.read_prompts(unique, k), strict=True):
-            lines.append(f"{prompt!r} reads as the training captions {show_captions(near)}")
+            lines.append(f"{quote_prompt(prompt)} reads as the training captions "
+                         f"{show_captions(near)}")
         return lines
 
     def prompt_familiarity(self, prompts: list[str]) -> Tensor:
