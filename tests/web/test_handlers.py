@@ -344,3 +344,26 @@ def test_runs_read_a_run_that_is_still_writing(tmp_path):
     assert view.fid is not None and view.grids == []
     assert "FID 80.00 at step 2 (best 80.00 at step 2)" in view.summary
     assert view.health == ["step 2: samples look like data"]
+
+
+def test_a_refused_request_logs_one_line_and_a_bug_its_traceback(capsys):
+    """gradio prints the traceback of every gr.Error to the server's log; a user's mistake
+    gets one line there instead, and only a bug a traceback."""
+    gr = pytest.importorskip("gradio")
+    from difflab.web.app import _shown_errors
+
+    def refuses():
+        raise ValueError("steps must be between 1 and 200")
+
+    def breaks():
+        raise ZeroDivisionError("division by zero")
+
+    for handler, shown, logged in ((refuses, "steps must be between 1 and 200", False),
+                                   (breaks, "internal error, ZeroDivisionError", True)):
+        with pytest.raises(gr.Error) as failure:
+            _shown_errors(handler)()
+        assert shown in failure.value.message and failure.value.print_exception is False
+        log = capsys.readouterr().err
+        assert ("Traceback" in log) is logged
+        assert logged or log == "difflab serve: refused a request: steps must be between 1 " \
+                                "and 200\n"

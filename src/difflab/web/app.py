@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
+from difflab.failures import is_user_error
 from difflab.pipeline import DEFAULT_IMG2IMG_STRENGTH
 from difflab.pipeline.inputs import MAX_IMAGE_PIXELS
 from difflab.web import edit, explore, generate, runs
@@ -47,6 +49,16 @@ RUN_REFRESH_S = 5.0
 CSS = ".pixelated img, img.pixelated { image-rendering: pixelated; }"
 
 
+def _page_error(gr: Any, e: Exception) -> Exception:
+    """The gr.Error the page shows for `e`. gradio would print its traceback to the log for
+    every refused request; describe_failure prints one for bugs only, and a user's mistake
+    gets one line there."""
+    line = describe_failure(e)
+    if is_user_error(e):
+        print(f"difflab serve: refused a request: {line}", file=sys.stderr, flush=True)
+    return gr.Error(line, duration=None, print_exception=False)
+
+
 def _shown_errors(fn: Callable) -> Callable:
     """Run a handler; any failure becomes a gr.Error with its one line (the traceback of a
     bug goes to the server's log). Works for plain and generator handlers."""
@@ -59,7 +71,7 @@ def _shown_errors(fn: Callable) -> Callable:
             except gr.Error:
                 raise
             except Exception as e:
-                raise gr.Error(describe_failure(e), duration=None) from e
+                raise _page_error(gr, e) from e
 
         return streaming
 
@@ -70,7 +82,7 @@ def _shown_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except Exception as e:
-            raise gr.Error(describe_failure(e), duration=None) from e
+            raise _page_error(gr, e) from e
 
     return plain
 
