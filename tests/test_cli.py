@@ -114,6 +114,11 @@ def test_info(run_dir, capsys):
     assert main(["info", str(run_dir / "last")]) == 0
     out = capsys.readouterr().out
     assert "pixel-diffusion" in out and "M parameters" in out and "step 6" in out
+    from difflab.checkpoints.names import shipped_models
+
+    assert main(["info"]) == 0  # without a name: the shipped models
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.strip() for line in listed[1:]] == shipped_models() and shipped_models()
 
 
 def test_viz_commands(tmp_path):

@@ -95,4 +95,6 @@ def test_a_run_killed_before_its_first_checkpoint_is_not_a_dead_end(tmp_path, ca
     assert main([*argv, "--resume"]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "--overwrite, not --resume, starts it again" in err
+    assert main(["sample", str(out), "--out", str(tmp_path / "s.png")]) == 2
+    assert "a training run with no checkpoint yet" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0

@@ -34,7 +34,14 @@ def resolve_checkpoint(name: str | Path) -> Path:
     """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
     p = Path(name)
     if p.is_dir():
-        return p / "last" if _is_run_folder(p) else p
+        if _is_run_folder(p):
+            return p / "last"
+        if not (p / MODEL_FILE).exists() and (p / "metrics.jsonl").is_file():
+            raise FileNotFoundError(
+                f"{p} is a training run with no checkpoint yet: it saves one every "
+                "train.checkpoint_every steps, at its end and at Ctrl-C"
+            )
+        return p
     if any(c.is_dir() for c in checkpoint_candidates(p)[1:]):
         return p  # a crash left an earlier complete one: load_checkpoint takes it, and warns
     if (WEIGHTS_DIR / str(name)).is_dir():

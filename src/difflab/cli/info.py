@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from difflab.checkpoints.names import shipped_models
 from difflab.checkpoints.store import load_checkpoint
 from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
@@ -19,12 +20,19 @@ from difflab.pipeline.settings import SamplingSettings
 
 def add_info_arguments(i: argparse.ArgumentParser) -> None:
     """The flags of `difflab info`; sets func=cmd_info."""
-    i.add_argument("checkpoint")
+    i.add_argument("checkpoint", nargs="?",
+                   help="a checkpoint or run folder, or a shipped model (without it: their "
+                   "names)")
     i.set_defaults(func=cmd_info)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print describe_checkpoint's lines."""
+    """Print describe_checkpoint's lines; without a checkpoint, the shipped models."""
+    if args.checkpoint is None:
+        print("shipped models (difflab info NAME describes one; difflab sample NAME draws):")
+        for name in shipped_models():
+            print(f"  {name}")
+        return 0
     path = resolve_checkpoint(args.checkpoint)
     with reading_checkpoint(path):
         ck = load_checkpoint(path, with_training_state=True)
