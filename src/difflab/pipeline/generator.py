@@ -77,6 +77,9 @@ from difflab.samplers.timesteps import truncate_timesteps
 
 Tensor = torch.Tensor
 
+GUIDANCE_NEEDS_CONDITION = "guidance needs a conditional checkpoint and a class or a prompt"
+
+
 class Generator:
     """A trained diffusion model, ready to sample: pixel space, or latent space with the
     autoencoder that decodes it; conditioned on nothing, class labels, or text."""
@@ -255,6 +258,8 @@ class Generator:
         elif conditioned and self.conditional:
             guidance = defaults.get("guidance")
             source["guidance"] = "checkpoint" if "guidance" in defaults else "default"
+        if guidance is not None and not (conditioned and self.conditional):
+            raise ValueError(GUIDANCE_NEEDS_CONDITION)  # now, before a line says what runs
         eta = defaults.get("eta") if own else None
         auto = self._autoguidance(autoguidance, guidance, source, defaults)
         if auto is not None and guidance is not None:  # the checkpoint's, which it replaces
@@ -464,9 +469,7 @@ class Generator:
             elif labels is not None:
                 uncond_cond = torch.full_like(labels, self.num_classes)
             else:
-                raise ValueError(
-                    "guidance needs a conditional checkpoint and a class or a prompt"
-                )
+                raise ValueError(GUIDANCE_NEEDS_CONDITION)
             uncond = network_denoiser(self.net, self.process, self.parameterization, uncond_cond)
             den = GuidedDenoiser(den, uncond, guidance, guidance_interval)
         elif negative is not None:
