@@ -124,7 +124,7 @@ def test_overlong_prompt_warns_and_is_truncated():
         out = enc.encode([long, "a bag"])
     assert len(record) == 1
     message = str(record[0].message)
-    assert repr(long[:40]) in message
+    assert repr(long[:60].rstrip() + "…") in message  # quoted short (quote_prompt)
     assert record[0].filename == __file__  # points at the caller, not at text.py
     assert out.tokens.shape == (2, 1 + 16, 384)
     assert out.mask[0].all()
