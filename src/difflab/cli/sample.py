@@ -130,7 +130,7 @@ def sample_rows(args: argparse.Namespace, gen) -> tuple[list | None, list[str] |
         if args.negative_prompt and len(args.negative_prompt) == len(values):
             args.negative_prompt = [v for v in args.negative_prompt for _ in range(per)]
         args.prompt = rows
-        return None, [quote_prompt(v, 40).strip("'\"") for v in values]
+        return None, values  # viz cuts a long label to its width
     return rows, gen.class_labels(values)  # fails on an unknown class
 
 
