@@ -237,6 +237,10 @@ def test_thread_counts_are_timed_again_when_the_machine_gets_busy(monkeypatch):
     assert (s.precision, s.threads, s.seconds_per_step) == ("bf16", 1, 1.1)
     assert s.timings["bf16 x2 threads"] == 3.0 and busy.calls == ["bf16 x1 thread",
                                                                  "bf16 x2 threads"]
+    # a tie, read during a moment's load, keeps the current count (THREADS_SWITCH)
+    tie = retime_threads(quiet, Timings({("bf16", 2): 0.091, ("bf16", 1): 0.089}), [2, 1])
+    assert (tie.threads, tie.seconds_per_step) == (2, 0.091)
+    assert tie.timings["bf16 x1 thread"] == 0.089
 
 
 def test_a_run_that_slows_down_times_its_threads_again(tmp_path, monkeypatch):
