@@ -206,6 +206,9 @@ def test_timing_the_real_step_changes_nothing_of_the_run(tmp_path, monkeypatch):
 def test_resume_keeps_the_recorded_precision_or_says_why_not(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # A slow window would time the precisions again and may switch (tested on its own below):
+    # off here, so that what is kept at resume is all this test reads.
+    monkeypatch.setattr(step_settings, "RETIME_SLOWER", math.inf)
     first = trainer(tmp_path, "train.max_steps=2", "train.precision=bf16")
     first.train()
     again = trainer(tmp_path, "train.max_steps=3", quiet=False)
@@ -289,7 +292,10 @@ def test_a_busy_start_on_native_bf16_times_the_precisions_again(tmp_path, monkey
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     tr = trainer(tmp_path / "auto", "train.max_steps=2", "train.threads=1", quiet=False)
+    slower = step_settings.RETIME_SLOWER
+    monkeypatch.setattr(step_settings, "RETIME_SLOWER", math.inf)  # no timing but ours
     tr.train()
+    monkeypatch.setattr(step_settings, "RETIME_SLOWER", slower)
     assert tr.tuner.retime_precision and tr.tuner.options == []
     first = tr.step_settings
     other = "fp32" if first.precision == "bf16" else "bf16"
