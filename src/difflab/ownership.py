@@ -31,9 +31,9 @@ def png_mark() -> PngImagePlugin.PngInfo:
 
 
 def written_by_difflab(path: str | os.PathLike) -> bool:
-    """Whether `path` is a PNG, GIF or .npz that difflab wrote (it carries the mark): what a
-    command may replace. Anything else (a user's file of the same name, a file that is not
-    what its name says, an unreadable one) is not."""
+    """Whether `path` is a PNG, GIF, .npz or JSON report that difflab wrote (it carries the
+    mark): what a command may replace. Anything else (a user's file of the same name, a file
+    that is not what its name says, an unreadable one) is not."""
     path = Path(path)
     if path.suffix == ".json":
         try:
