@@ -85,6 +85,34 @@ def test_spatial_transformer_mask_is_exact_and_empty_context_adds_nothing() -> N
     assert torch.equal(none, layer(x, None))  # attend to nothing == no cross-attention
 
 
+def test_without_a_position_code_the_transformer_cannot_tell_where_a_token_is() -> None:
+    """Every layer of a spatial transformer acts on each token alike and attention is
+    permutation-equivariant, so moving the map's pixels around moves its output the same way:
+    nothing in it knows left from right. The position code breaks exactly that, and starts
+    as nothing at all (zero-initialised), so a trained transformer is unchanged by adding it."""
+    torch.manual_seed(0)
+    plain = perturb_zero_inits(SpatialTransformer(16, 12, num_heads=2))
+    placed = SpatialTransformer(16, 12, num_heads=2, position=True)
+    missing, _ = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["position.bias", "position.weight"]
+    x, ctx = torch.randn(2, 16, 4, 6), torch.randn(2, 5, 12)
+    assert torch.equal(placed(x, ctx), plain(x, ctx))  # zero start: the same function
+    mirror = lambda m: m.flip(-1)  # noqa: E731  left <-> right
+    assert torch.allclose(plain(mirror(x), ctx), mirror(plain(x, ctx)), atol=1e-5)
+    perturb_zero_inits(placed)
+    assert not torch.allclose(placed(mirror(x), ctx), mirror(placed(x, ctx)), atol=1e-3)
+    # the code is that of each token's row and column, for any map size
+    assert placed(torch.randn(1, 16, 3, 5), ctx[:1]).shape == (1, 16, 3, 5)
+
+
+def test_a_unet_with_transformer_position_has_the_code_in_every_transformer() -> None:
+    net = UNet(small(context_dim=6, transformer_resolutions=(8, 4), transformer_position=True))
+    transformers = [m for m in net.modules() if isinstance(m, SpatialTransformer)]
+    assert transformers and all(t.position is not None for t in transformers)
+    assert all(t.position is None for t in text_net().modules()
+               if isinstance(t, SpatialTransformer))
+
+
 @pytest.mark.parametrize("n", [6, 300])  # plain matmul path and fused kernel path
 def test_attention_fully_masked_row_is_zero(n: int) -> None:
     q, k, v = torch.randn(3, 2, 1, n, 8).unbind(0)  # each (B=2, nh=1, n, 8)
@@ -233,6 +261,9 @@ def test_gradients_reach_every_parameter(kind: str) -> None:
         (dict(context_dim=0, transformer_resolutions=(4,)), "context_dim"),
         (dict(pooled_text=True), "pooled_text"),  # no text to pool
         (dict(context_dim=6, transformer_resolutions=(4,), pooled_text=1), "pooled_text"),
+        (dict(transformer_position=True), "transformer_position"),  # no transformer to add to
+        (dict(context_dim=6, transformer_resolutions=(4,), transformer_position=1),
+         "transformer_position"),
     ],
 )
 def test_bad_config_names_the_field(kw: dict, field: str) -> None:

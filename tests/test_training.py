@@ -176,6 +176,44 @@ def test_a_warm_start_from_a_shipped_model_records_its_name_not_this_machines_pa
     assert tr.init_from == {"path": "fashion-mnist", "step": 9777}
 
 
+CLASS_TRANSFORMERS = ["model.overrides.num_classes=10", "model.overrides.class_context=true",
+                      "model.overrides.transformer_resolutions=[4]"]
+
+
+def test_a_warm_start_may_add_the_transformers_position_code_and_starts_where_it_left(
+    tmp_path, capsys
+):
+    """transformer_position only adds zero-initialised layers: a run with it on may start from
+    a checkpoint with it off, computes exactly the checkpoint's function at its first step,
+    and says what it added; any other difference, or taking the code away, is refused."""
+    source = train(tmp_path / "a", 2, extra=CLASS_TRANSFORMERS)
+    grown = [*CLASS_TRANSFORMERS, "model.overrides.transformer_position=true"]
+    tr = Trainer(tiny_config("train.max_steps=1", *grown), tmp_path / "b", device="cpu",
+                 quiet=True)
+    tr.warm_start(tmp_path / "a" / "last")
+    assert tr.init_from["added"] == ["transformer_position"]
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([5.0, 300.0, 900.0])
+    labels = torch.tensor([1, 4, 10])  # 10: the null label
+    with torch.no_grad():
+        for net in (tr.net, tr.ema.model):
+            assert torch.equal(net(x, t, labels), source.ema.model(x, t, labels))
+    tr.train()  # the new layers learn: the position code is no longer zero
+    assert any(p.any() for n, p in tr.net.named_parameters() if ".position." in n)
+    assert main(["info", str(tmp_path / "b" / "last")]) == 0
+    assert "(step 2), adding transformer_position" in capsys.readouterr().out
+    back = Trainer(tiny_config("train.max_steps=1", *CLASS_TRANSFORMERS), tmp_path / "c",
+                   device="cpu", quiet=True)
+    with pytest.raises(ValueError, match="different network .*transformer_position"):
+        back.warm_start(tmp_path / "b" / "last")  # would drop what those layers learned
+    other = Trainer(tiny_config("train.max_steps=1", *grown, "model.overrides.base_channels=8"),
+                    tmp_path / "d", device="cpu", quiet=True)
+    with pytest.raises(ValueError, match="different network .*base_channels"):
+        other.warm_start(tmp_path / "a" / "last")
+    with pytest.raises(ValueError, match="cannot resume.*network"):  # resume grows nothing
+        Trainer(tiny_config("train.max_steps=3", *grown), tmp_path / "a", device="cpu",
+                quiet=True).resume()
+
+
 def _drop_network_settings(checkpoint, names):
     """Rewrite a checkpoint's config.json as a difflab from before `names` existed wrote it."""
     path = checkpoint / "config.json"

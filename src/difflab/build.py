@@ -168,6 +168,30 @@ def complete_network_spec(spec: Any) -> Any:
     return {**spec, "config": {**defaults, **spec["config"]}}
 
 
+# Network settings whose only effect is to add zero-initialised layers: a network built with
+# one turned on computes what the network without it does until it trains, so a warm start
+# (--init-from) may turn it on over a checkpoint that has it off, and the added layers start
+# from their own zero initialisation.
+ZERO_START_SETTINGS = ("transformer_position",)
+
+
+def grown_network_spec(saved: Any, mine: Any) -> tuple[Any, list[str]]:
+    """`saved` (a complete network spec) with the ZERO_START_SETTINGS that `mine` turns on
+    and `saved` has off turned on too, and their names: the spec a warm start from `saved`
+    into a run building `mine` compares with."""
+    if not (isinstance(saved, dict) and isinstance(mine, dict)):
+        return saved, []
+    if saved.get("type") == "text-conditioned" and mine.get("type") == "text-conditioned":
+        net, grown = grown_network_spec(saved.get("net"), mine.get("net"))
+        return {**saved, "net": net}, grown
+    config, mine_config = saved.get("config"), mine.get("config")
+    if not (isinstance(config, dict) and isinstance(mine_config, dict)):
+        return saved, []
+    grown = [k for k in ZERO_START_SETTINGS
+             if mine_config.get(k) is True and config.get(k) is False]
+    return {**saved, "config": {**config, **dict.fromkeys(grown, True)}}, grown
+
+
 def build_network(
     cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int | None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:

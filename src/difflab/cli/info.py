@@ -107,7 +107,9 @@ def _warm_start(init_from: object) -> str:
         return ""
     step = init_from.get("step")
     at = f" (step {step:,})" if isinstance(step, int) else ""
-    return f", started from {init_from.get('path')}{at}"
+    added = init_from.get("added")
+    plus = f", adding {', '.join(map(str, added))}" if isinstance(added, list) and added else ""
+    return f", started from {init_from.get('path')}{at}{plus}"
 
 
 def _sample_settings(run: dict) -> str:

@@ -138,8 +138,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif init_from is not None:
         trainer.warm_start(init_from)
         if main:
+            added = trainer.init_from.get("added")
             print(f"difflab: starting from the weights of {init_from}"
-                  + (f" (step {trainer.init_from['step']})" if trainer.init_from["step"] else ""))
+                  + (f" (step {trainer.init_from['step']})" if trainer.init_from["step"] else "")
+                  + (f", adding {', '.join(added)} (zero-initialised layers)" if added else ""))
     if main:
         print(
             f"difflab: {trainer.data.name}: {len(trainer.data)} images "

@@ -10,6 +10,8 @@ References:
   cross-attention from image tokens to a conditioning sequence (text tokens), and the
   spatial transformer (self-attention, cross-attention, feed-forward on a feature map).
 - Shazeer (2020), "GLU Variants Improve Transformer": the GEGLU feed-forward.
+- Vaswani et al. (2017) sec. 3.5 and Peebles & Xie (2023, DiT): a fixed sine-cosine code of
+  each token's position added to the tokens (here optional, through a learned projection).
 
 All layers on feature maps are residual with a zero-initialised output projection, so
 inserting one into a trained or fresh network starts as the identity.
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import zero_init
+from .embeddings import position_code_2d
 
 # Largest attention matrix (queries x keys) computed with plain matmuls on CPU. Measured with
 # torch 2.13, bf16, one thread, forward + backward: for 49 tokens PyTorch's CPU flash kernel
@@ -291,6 +294,14 @@ class SpatialTransformer(nn.Module):
     view, and proj_out is zero-initialised so the layer starts as the identity.
     ``gated``: GEGLU feed-forward (LDM) or a GELU MLP. ``context`` None skips the
     cross-attention (the same as a fully masked context).
+
+    ``position``: add ``position(code)`` to the tokens, ``code`` the fixed 2-D sine-cosine code
+    of each token's row and column and ``position`` a zero-initialised Linear layer. Without
+    it every layer here is the same at every token, so the transformer is equivariant to
+    moving the map: it cannot tell a token on the left from one on the right except through
+    what the convolutions before it leave at the borders, and a prompt's "to the left of"
+    has nothing to attach to. Zero-initialised, the layer changes nothing until it learns,
+    so a network trained without it can be warm-started with it.
     """
 
     def __init__(
@@ -305,6 +316,7 @@ class SpatialTransformer(nn.Module):
         gated: bool = True,
         groups: int = 8,
         eps: float = 1e-5,
+        position: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1 or ff_mult < 1:
@@ -314,6 +326,7 @@ class SpatialTransformer(nn.Module):
         self.context_dim = context_dim
         self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.proj_in = nn.Linear(channels, inner)
+        self.position = zero_init(nn.Linear(inner, inner)) if position else None
         self.blocks = nn.ModuleList(
             TransformerBlock(inner, context_dim, num_heads, head_dim, ff_mult, gated=gated)
             for _ in range(depth)
@@ -329,6 +342,9 @@ class SpatialTransformer(nn.Module):
                 f"context must be (B, L, {self.context_dim}), got {tuple(context.shape)}"
             )
         tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, inner)
+        if self.position is not None:
+            code = position_code_2d(h, w, self.position.in_features).to(x.device, tokens.dtype)
+            tokens = tokens + self.position(code)  # (HW, inner), the same for every image
         for block in self.blocks:
             tokens = block(tokens, context, context_mask)
         out = self.proj_out(tokens).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)

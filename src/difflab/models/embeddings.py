@@ -12,6 +12,8 @@ References:
   Low Dimensional Domains": ``[sin(2 pi W t), cos(2 pi W t)]`` with fixed random ``W``.
 - Song et al. (2021), "Score-Based Generative Modeling through Stochastic Differential
   Equations": Gaussian Fourier features of continuous time for score networks.
+- He et al. (2022, MAE) and Peebles & Xie (2023, DiT): the same code applied to the row and
+  the column of a token in a 2-D map, which tells a transformer where each token lies.
 """
 
 from __future__ import annotations
@@ -157,3 +159,23 @@ class TimeMLP(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         return self.mlp(self.embedding(t))
+
+
+def position_code_2d(rows: int, cols: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine code ``(rows * cols, dim)`` of a ``rows x cols`` token map.
+
+    As in DiT/MAE: half the features are Vaswani's 1-D code of the token's row, the other
+    half of its column. Tokens are in raster order, matching ``flatten`` of a ``(h, w)`` map.
+    """
+    rows_of = torch.arange(rows, dtype=torch.float64).repeat_interleave(cols)  # 0,0,..,1,1,..
+    cols_of = torch.arange(cols, dtype=torch.float64).repeat(rows)  # 0,1,..,0,1,..
+    half = dim // 2
+    code = torch.cat(
+        [sinusoidal_embedding(rows_of, half), sinusoidal_embedding(cols_of, dim - half)], dim=-1
+    )
+    return code.float()
+
+
+def position_embedding_2d(grid: int, dim: int) -> Tensor:
+    """:func:`position_code_2d` of a square ``grid x grid`` map (DiT's patch grid)."""
+    return position_code_2d(grid, grid, dim)

@@ -47,7 +47,12 @@ from torch import Tensor, nn
 from .attention import CrossAttention, FeedForward
 from .blocks import zero_init
 from .conditioning import PooledText, TextCondition, class_labels, text_tokens, time_batch
-from .embeddings import GaussianFourierFeatures, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
+from .embeddings import (
+    GaussianFourierFeatures,
+    SinusoidalEmbedding,
+    TimeMLP,
+    position_embedding_2d,
+)
 
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 # Size of the fixed sinusoidal/Fourier code of t before the time MLP (DiT's
@@ -158,22 +163,6 @@ class DiTConfig:
         if unknown:
             raise ValueError(f"DiTConfig: unknown key(s) {unknown}; allowed: {allowed}")
         return cls(**data)
-
-
-def position_embedding_2d(grid: int, dim: int) -> Tensor:
-    """Fixed 2-D sine-cosine code ``(grid * grid, dim)`` of a ``grid x grid`` token map.
-
-    As in DiT/MAE: half the features are Vaswani's 1-D code of the token's row, the other
-    half of its column. Rows are in raster order, matching ``flatten`` of a ``(h, w)`` map.
-    """
-    coords = torch.arange(grid, dtype=torch.float64)
-    rows = coords.repeat_interleave(grid)  # (grid*grid,): 0,0,..,1,1,..
-    cols = coords.repeat(grid)  # (grid*grid,): 0,1,..,0,1,..
-    half = dim // 2
-    code = torch.cat(
-        [sinusoidal_embedding(rows, half), sinusoidal_embedding(cols, dim - half)], dim=-1
-    )  # (grid*grid, dim)
-    return code.float()
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:

@@ -139,6 +139,11 @@ class UNetConfig:
     # self-attention, a side is usually listed in one or the other. Needs a context
     # (context_dim and/or class_context). Empty: no transformers (all older presets).
     transformer_resolutions: tuple[int, ...] = ()
+    # The spatial transformers add a fixed 2-D sine-cosine code of each token's row and
+    # column (through a zero-initialised projection) to their tokens, so cross-attention
+    # knows where a token lies: what "to the left of" or "above" in a prompt needs. False:
+    # they see position only through the convolutions' borders (LDM; all older presets).
+    transformer_position: bool = False
     # Transformer layers per SpatialTransformer; 1, as LDM's small models.
     transformer_depth: int = 1
     # Width of a transformer head; None: the level width / num_heads, so the transformer
@@ -240,7 +245,8 @@ class UNetConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise _bad(name, f"must be a number, got {value!r}")
-        for name in ("scale_shift", "mid_attention", "class_context", "pooled_text"):
+        for name in ("scale_shift", "mid_attention", "class_context", "pooled_text",
+                     "transformer_position"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, f"must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -276,6 +282,9 @@ class UNetConfig:
                 "spatial transformers need a context: set context_dim (text tokens) "
                 "and/or class_context=True with num_classes",
             )
+        if self.transformer_position and not self.transformer_resolutions:
+            raise _bad("transformer_position", "needs spatial transformers "
+                       "(transformer_resolutions) to add the position code to")
         if has_context and not self.transformer_resolutions:
             name = "context_dim" if self.context_dim is not None else "class_context"
             raise _bad(
@@ -448,6 +457,7 @@ class UNet(nn.Module):
                 head_dim=c.transformer_head_dim,
                 groups=c.groups,
                 eps=c.norm_eps,
+                position=c.transformer_position,
             )
 
         self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)

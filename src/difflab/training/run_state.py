@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from difflab.build import complete_network_spec
+from difflab.build import complete_network_spec, grown_network_spec, network_from_spec
 from difflab.checkpoints import store as ckpt_io
 from difflab.checkpoints.components import GUIDE, guide_of
 from difflab.checkpoints.names import WEIGHTS_DIR
@@ -66,17 +66,23 @@ def training_state(trainer: Any) -> dict[str, Any]:
     }
 
 
-def require_same_network(trainer: Any, ck: ckpt_io.Checkpoint, verb: str) -> None:
+def require_same_network(trainer: Any, ck: ckpt_io.Checkpoint, verb: str, *,
+                         grow: bool = False) -> list[str]:
     """CheckpointError unless `ck` holds the network this run builds (its config.json
     "network" equals the run's, once settings added since it was written take their
-    defaults)."""
+    defaults). With `grow` (a warm start), the run may also turn on settings that only add
+    zero-initialised layers (build.ZERO_START_SETTINGS); their names are returned."""
     mine = complete_network_spec(json.loads(json.dumps(trainer.net_config)))
     saved = complete_network_spec(ck.config.get("network"))
+    grown: list[str] = []
+    if grow:
+        saved, grown = grown_network_spec(saved, mine)
     if saved != mine:
         raise ckpt_io.CheckpointError(
             f"cannot {verb} {ck.path}: it was trained with a different network "
             f"({differences(saved, mine)}; checkpoint vs this run){_how_it_was_built(ck)}"
         )
+    return grown
 
 
 def _how_it_was_built(ck: ckpt_io.Checkpoint) -> str:
@@ -94,9 +100,16 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     under a new budget or schedule. The network and its EMA copy both start from the
     checkpoint's best weights (its EMA ones when it has them, as fine-tuning starts from a
     released model); the optimizer, learning-rate schedule, step count, data order and time
-    budget start afresh. The source is recorded in every checkpoint of the run (init_from)."""
-    require_same_network(trainer, ck, "start from")
+    budget start afresh. The source is recorded in every checkpoint of the run (init_from).
+    A setting that only adds zero-initialised layers (build.ZERO_START_SETTINGS) may be on
+    here and off in the checkpoint: those layers keep their zero start, so the run begins
+    from the checkpoint's function exactly, and init_from names them ("added")."""
+    grown = require_same_network(trainer, ck, "start from", grow=True)
     weights = ck.weights(prefer_ema=True)
+    if grown:  # the layers the grown settings add: all this network has beyond the saved one
+        saved = set(network_from_spec(ck.config["network"]).state_dict())
+        own = trainer.net.state_dict()
+        weights = {**{k: v for k, v in own.items() if k not in saved}, **weights}
     source = str(ck.path / (ckpt_io.EMA_FILE if ck.ema is not None else ckpt_io.MODEL_FILE))
     ckpt_io.load_weights_into(trainer.net, weights, source)
     ckpt_io.load_weights_into(trainer.ema.model, weights, source)
@@ -108,7 +121,8 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     # this machine happens to keep the package: the record travels with the exported model.
     shipped = ck.path.parent.resolve() == WEIGHTS_DIR.resolve()
     trainer.init_from = {"path": ck.path.name if shipped else str(ck.path),
-                         "step": step if isinstance(step, int) and step >= 0 else None}
+                         "step": step if isinstance(step, int) and step >= 0 else None,
+                         **({"added": grown} if grown else {})}
 
 
 def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
