@@ -119,7 +119,7 @@ GUIDE_AVERAGE = ["train.guide_ema_length=0.15", "train.posthoc_ema=[0.15]",
 def test_a_guide_from_its_own_average_is_that_power_ema_and_resumes_exactly(tmp_path, every,
                                                                          capsys):
     straight = train(tmp_path / "a", [f"train.checkpoint_every={every}", *GUIDE_AVERAGE])
-    assert straight.guide_step == 6 and straight.guide_ema is None
+    assert straight.guide_step == 6 and straight.guide_ema is not None  # it goes on
     tracked = load_checkpoint(tmp_path / "a" / SNAPSHOT_DIR / snapshot_name(6, 0.15)).model
     for key, value in tracked.items():
         assert torch.equal(straight.guide[key], value), key
@@ -127,7 +127,7 @@ def test_a_guide_from_its_own_average_is_that_power_ema_and_resumes_exactly(tmp_
     assert "guide        a power EMA of length 0.15 at step 6" in capsys.readouterr().out
     interrupted = tmp_path / "a" / "last.prev"  # the checkpoint at step `every`
     kept = load_checkpoint(interrupted, with_training_state=True)
-    assert (GUIDE_EMA in kept.components) == (every < 6)  # carried until the guide is kept
+    assert GUIDE_EMA in kept.components  # carried before the guide is kept and after
     resumed = train(tmp_path / "b", [f"train.checkpoint_every={every}", *GUIDE_AVERAGE],
                     resume_from=interrupted)
     for key, value in straight.guide.items():
@@ -135,10 +135,49 @@ def test_a_guide_from_its_own_average_is_that_power_ema_and_resumes_exactly(tmp_
     # an export carries the guide, never the average it is taken from
     assert main(["export", str(interrupted), str(tmp_path / "x")]) == 0
     assert GUIDE_EMA not in load_checkpoint(tmp_path / "x").components
-    if every < 6:  # a run that would take its guide from another average is refused
-        with pytest.raises(CheckpointError, match="guide's average at length 0.15"):
-            train(tmp_path / "c", ["train.posthoc_ema=[0.15]", "train.posthoc_every=100"],
-                  resume_from=interrupted)
+    # a run that would take its guide from another average is refused
+    with pytest.raises(CheckpointError, match="guide's average at length 0.15"):
+        train(tmp_path / "c", ["train.posthoc_ema=[0.15]", "train.posthoc_every=100"],
+              resume_from=interrupted)
+
+
+@pytest.mark.parametrize("average", [[], ["train.guide_ema_length=0.15"]])
+def test_a_resume_that_grows_the_budget_takes_the_guide_again_where_it_now_belongs(
+    tmp_path, average, capsys
+):
+    """8 steps keep the guide at 6; resumed to 16, the guide belongs at 12. The run lets go of
+    the old one and takes it again at 12 from the average that went on, so it is exactly the
+    guide of a run given 16 steps from the start (a constant learning rate: nothing else
+    depends on the budget)."""
+    def run(out, steps, resume_from=None):
+        tr = Trainer(tiny_config(f"train.max_steps={steps}", *GUIDED, *average), out,
+                     device="cpu", quiet=False)
+        if resume_from is not None:
+            tr.resume(resume_from)
+        tr.train()
+        return tr
+
+    straight = run(tmp_path / "a", 16)
+    short = run(tmp_path / "b", 8)
+    assert (straight.guide_step, short.guide_step) == (12, 6)
+    capsys.readouterr()
+    grown = run(tmp_path / "b", 16, resume_from=tmp_path / "b" / "last")
+    assert "guide (kept at step 6) is taken again at 0.75 of it" in capsys.readouterr().out
+    assert grown.guide_step == 12
+    for key, value in straight.guide.items():
+        assert torch.equal(grown.guide[key], value), key
+    # a budget that grows less, so that the guide's point is behind: the guide stays
+    run(tmp_path / "c", 8)
+    kept = run(tmp_path / "c", 9, resume_from=tmp_path / "c" / "last")  # at 8 of 9: past 0.75
+    assert kept.guide_step == 6
+    if average:  # a checkpoint from before the average went on past its guide keeps its guide
+        ck = load_checkpoint(tmp_path / "b" / "last.prev", with_training_state=True)
+        assert ck.state["step"] == 8
+        old = {k: v for k, v in ck.components.items() if k != GUIDE_EMA}
+        state = {**ck.state, "guide_ema_length": None}
+        save_checkpoint(tmp_path / "d" / "last", config=ck.config, model=ck.model, ema=ck.ema,
+                        optimizer=ck.optimizer, state=state, components=old)
+        assert run(tmp_path / "d", 16, resume_from=tmp_path / "d" / "last").guide_step == 6
 
 
 def test_a_checkpoint_that_names_a_guide_it_does_not_hold_is_refused(run, tmp_path):

@@ -209,9 +209,11 @@ def _restore_posthoc(trainer: Any, ck: ckpt_io.Checkpoint, lengths: list, step: 
 def _restore_guide_ema(trainer: Any, ck: ckpt_io.Checkpoint, length: float | None,
                        step: int) -> None:
     """The power EMA the guide is to be kept from (train.guide_ema_length) where the checkpoint
-    left it, or none once the guide is kept; refuses a run that asks for another length than
-    the checkpoint kept (the guide would silently come from another average)."""
-    if trainer.guide is not None:
+    left it (it goes on after the guide is kept, for a budget that grows: Trainer.move_guide);
+    none for a checkpoint from before it went on, whose guide is kept. Refuses a run that asks
+    for another length than the checkpoint kept (the guide would silently come from another
+    average)."""
+    if trainer.guide is not None and ckpt_io.GUIDE_EMA not in ck.components:
         trainer.guide_ema = None
         return
     mine = trainer.guide_ema.sigma_rel if trainer.guide_ema else None

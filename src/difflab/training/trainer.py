@@ -143,7 +143,8 @@ class Trainer:
         self.ema = (PowerEMA(self.net, tc.ema_length) if tc.ema_length is not None
                     else EMA(self.net, tc.ema_decay, tc.ema_warmup))
         # the average the guide is kept from, when not the sampled one (train.guide_ema_length,
-        # which the config allows only with guide_at); dropped once the guide is kept
+        # which the config allows only with guide_at); it goes on after the guide is kept, so
+        # a resume that extends the budget can take the guide again where it now belongs
         self.guide_ema = (PowerEMA(self.net, tc.guide_ema_length)
                           if tc.guide_ema_length is not None else None)
         # post-hoc EMA: power EMAs of the lengths in train.posthoc_ema, snapshotted as it trains
@@ -355,8 +356,21 @@ class Trainer:
             return
         source = (self.guide_ema or self.ema).model
         self.guide = {k: v.detach().clone() for k, v in source.state_dict().items()}
-        self.guide_step, self.guide_ema = self.step, None
+        self.guide_step = self.step
         self.save_posthoc()  # so that the guide's own average can be rebuilt at its step
+
+    def move_guide(self, progress: float | None) -> int | None:
+        """Let go of a kept guide when the budget has grown past it (a resume with more
+        --minutes or --steps): train.guide_at of the new budget lies ahead, and keep_guide
+        takes the guide again there, from the average it was kept from, which went on. A power
+        EMA does not depend on the budget, so the guide is the one a run given the longer
+        budget from the start would keep. Returns the step of the guide let go, else None."""
+        at = self.cfg.train.guide_at
+        if (at is None or self.guide is None or progress is None or progress >= at
+                or (self.cfg.train.guide_ema_length is not None and self.guide_ema is None)):
+            return None  # the last: a checkpoint from before the average went on past its guide
+        step, self.guide, self.guide_step = self.guide_step, None, None
+        return step
 
     def save_posthoc(self) -> None:
         """Snapshot the power EMAs at this step (train.posthoc_ema), once per step."""
@@ -426,6 +440,10 @@ class Trainer:
         self.tuner.last_retime = self.elapsed
         if not self.quiet:
             print(f"difflab: {settings.why}", flush=True)
+        moved = self.move_guide(self._progress(total, budget))
+        if moved is not None and not self.quiet:
+            print(f"difflab: the budget grew, so autoguidance's guide (kept at step {moved:,}) "
+                  f"is taken again at {self.cfg.train.guide_at:g} of it", flush=True)
         if self.dist.is_main:
             self.metrics.open(append=self._resumed or self.step > 0)
         bar = tqdm(
