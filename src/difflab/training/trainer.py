@@ -235,7 +235,7 @@ class Trainer:
         """Write the checkpoint `name` (last, best, best_fid) with everything an exact resume
         needs; refuses non-finite weights (TrainingDiverged), so no NaN is ever saved."""
         self._check_finite()
-        # the averages only training needs: the post-hoc EMAs and the guide's, until it is kept
+        # the averages only training needs: the post-hoc EMAs and the guide's
         averages = {component_name(i): e.state_dict() for i, e in enumerate(self.posthoc)}
         if self.guide_ema is not None:
             averages[ckpt_io.GUIDE_EMA] = self.guide_ema.state_dict()
