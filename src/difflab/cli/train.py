@@ -139,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.warm_start(init_from)
         if main:
             added = trainer.init_from.get("added")
-            print(f"difflab: starting from the weights of {init_from}"
+            # a shipped model by its name (init_from records it so), a run by its path
+            print(f"difflab: starting from the weights of {trainer.init_from['path']}"
                   + (f" (step {trainer.init_from['step']})" if trainer.init_from["step"] else "")
                   + (f", adding {', '.join(added)} (zero-initialised layers)" if added else ""))
     if main:
