@@ -92,6 +92,11 @@ def test_checkpoint_is_one_folder_with_its_autoencoder(folders, tmp_path):
     assert float(z.std()) == pytest.approx(1.0, abs=0.1)
     out = export_for_inference(root / "txt" / "last", tmp_path / "exp", dtype=torch.float16)
     assert (out / "autoencoder.safetensors").is_file()
+    # An export is shared: it names the autoencoder by its run, not by a path on this machine.
+    exported = load_checkpoint(out).config
+    assert ck.config["autoencoder"]["source"].startswith(str(root))
+    assert exported["autoencoder"]["source"] == "ae/last"
+    assert exported["run"]["latent"]["autoencoder"] == "ae/last"
     g16 = Generator.from_checkpoint(out, device="cpu")
     assert g16.generate(2, prompt="a zero", steps=3).shape == (2, 1, 8, 8)
 

@@ -701,6 +701,21 @@ def load_weights_into(net: torch.nn.Module, weights: dict[str, torch.Tensor], so
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
 
 
+def _name_autoencoder_by_its_run(config: dict[str, Any]) -> None:
+    """An export is made to be shared, so the autoencoder a latent model was trained on is
+    named by its run (e.g. "fashion_ae/last"), not by a path on the machine that trained it;
+    its weights travel in the export itself."""
+    def run_name(path: Any) -> Any:
+        return "/".join(Path(path).parts[-2:]) if isinstance(path, str) else path
+
+    ae = config.get("autoencoder")
+    if isinstance(ae, dict) and "source" in ae:
+        ae["source"] = run_name(ae["source"])
+    latent = (config.get("run") or {}).get("latent")
+    if isinstance(latent, dict) and latent.get("autoencoder"):
+        latent["autoencoder"] = run_name(latent["autoencoder"])
+
+
 def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype | None = None,
                          provenance: dict[str, Any] | None = None,
                          weights: dict[str, torch.Tensor] | None = None,
@@ -724,6 +739,7 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
     init_from = ck.state.get("init_from")
     if isinstance(init_from, dict):  # a warm start: its steps came on top of these weights'
         config["trained"]["init_from"] = init_from
+    _name_autoencoder_by_its_run(config)
     return save_checkpoint(
         dst,
         config=config,
