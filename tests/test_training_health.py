@@ -75,6 +75,14 @@ def test_train_command_ends_with_how_far_it_got(tmp_path, capsys, steps=2):
     assert trained_on["precision"] == "fp32" and "no native bf16" in trained_on["why"]
 
 
+def test_no_check_skips_the_health_checks_samples(tmp_path, capsys):
+    code = main(["train", "digits8", "--steps", "1", "--out", str(tmp_path / "run"),
+                 "--no-report", "--no-check", *as_flags([*TINY, "sample.steps=8"])])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "stopped at step 1" in out and "drawing" not in out and "samples are" not in out
+
+
 def test_the_final_check_says_it_is_drawing_before_it_draws(tmp_path, capsys):
     """A score model's sampler takes 500 steps: the check's wait is announced, not silent."""
     tr = Trainer(tiny_config("sample.steps=8", "train.max_steps=1"), tmp_path, device="cpu")
