@@ -183,3 +183,31 @@ def test_cli_and_api_share_the_measured_default_strength(picture, tmp_path, caps
     args[2] = str(tmp_path / "big.png")
     assert cli.main(args) == 2
     assert "image is 32x32 but the model draws 28x28" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_wrong_size_before_the_model_loads(picture, tmp_path, capsys):
+    """The size is read from the checkpoint's config.json: a checkpoint whose weights are
+    broken still answers with the picture's size, so nothing was loaded before the check."""
+    import shutil
+
+    from difflab import cli
+    from difflab.checkpoints.names import resolve_checkpoint
+
+    broken = tmp_path / "broken"
+    shutil.copytree(resolve_checkpoint("fashion-text"), broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    for args, told in (
+        (["img2img", str(broken), str(tmp_path / "big.png")],
+         "image is 32x32 but the model draws 28x28"),
+        (["inpaint", str(broken), str(tmp_path / "in.png"), str(tmp_path / "big.png")],
+         "mask is 32x32, image 28x28"),
+    ):
+        assert cli.main([*args, "--prompt", "a dress", "--out", str(tmp_path / "o.png")]) == 2
+        err = capsys.readouterr().err
+        assert told in err and "Traceback" not in err
+    # With a right-size picture the broken weights are what is told.
+    assert cli.main(["img2img", str(broken), str(tmp_path / "in.png"), "--prompt", "a dress",
+                     "--out", str(tmp_path / "o.png")]) == 2
+    assert "model.safetensors" in capsys.readouterr().err

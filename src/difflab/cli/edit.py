@@ -11,14 +11,21 @@ read, and refused with a reason, before the model loads.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from difflab import viz
 from difflab.argtypes import float_in
+from difflab.checkpoints.names import resolve_checkpoint
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
-from difflab.pipeline import DEFAULT_IMG2IMG_STRENGTH, read_image_file
+from difflab.pipeline import (
+    DEFAULT_IMG2IMG_STRENGTH,
+    as_image_tensor,
+    as_mask_tensor,
+    read_image_file,
+)
 
 
 def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
@@ -66,6 +73,21 @@ def _edit_output(args: argparse.Namespace) -> Path:
     return out
 
 
+def _check_sizes_first(checkpoint: str, image, mask=None) -> None:
+    """Refuse a picture or mask of the wrong size before the model loads (seconds for a text
+    model): the checkpoint's config.json names the size its pictures have. The pipeline checks
+    again; a config.json that cannot be read here is left to the load to explain."""
+    try:
+        config = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())
+        shape = tuple(int(v) for v in config["image_shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if len(shape) == 3:
+        as_image_tensor(image, shape, "image")
+        if mask is not None:
+            as_mask_tensor(mask, shape)
+
+
 def _save_edits(images, args: argparse.Namespace) -> int:
     """Write the results as one PNG grid at --out."""
     out = Path(args.out)
@@ -80,6 +102,7 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     """Noise the image to --strength and denoise it toward the prompt, -n times."""
     _edit_output(args)
     image = read_image_file(args.image, "image")  # a bad file is told before the model loads
+    _check_sizes_first(args.checkpoint, image)
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
     kw = sampling_kwargs(args, gen, args.classes)
@@ -97,6 +120,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     _edit_output(args)
     image = read_image_file(args.image, "image")
     mask = read_image_file(args.mask, "mask")
+    _check_sizes_first(args.checkpoint, image, mask)
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
     kw = sampling_kwargs(args, gen, args.classes)
