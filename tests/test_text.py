@@ -298,3 +298,36 @@ def test_chunked_encoding_is_one_call_and_says_what_it_does(minilm, encoded, cap
     encode_in_chunks(minilm, PROMPTS, chunk=2)  # quiet by default: library calls print nothing
     encode_in_chunks(minilm, PROMPTS, progress=True)  # one chunk is quick: nothing to say
     assert capsys.readouterr().out == ""
+
+
+def test_a_second_run_waits_for_the_captions_another_is_encoding(minilm, tmp_path,
+                                                                 monkeypatch, capsys):
+    """Two runs started side by side (or torchrun's ranks) encode a large caption set once:
+    while one holds the cache entry's lock the other waits, then reads what it wrote."""
+    import fcntl
+    import threading
+    import time
+
+    from difflab.training.objectives import text
+
+    monkeypatch.setenv("DIFFLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(text, "CACHE_MIN_TEXTS", 1)
+    cache = text._cache_file(minilm, PROMPTS)
+    cache.parent.mkdir(parents=True)
+    written = (torch.full((3, 2, 384), 7.0), torch.ones(3, 2, dtype=torch.bool))
+    got = {}
+    with open(cache.with_name(f".{cache.stem}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "the first run", mid-encoding
+        second = threading.Thread(
+            target=lambda: got.update(r=text.encode_in_chunks(minilm, PROMPTS, progress=True)))
+        second.start()
+        for _ in range(600):  # until the second run says it waits (at most a minute)
+            if "waiting for its result" in capsys.readouterr().out:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the second run did not wait for the first")
+        torch.save({"tokens": written[0], "mask": written[1]}, cache)  # the first run's result
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        second.join()
+    assert torch.equal(got["r"][0], written[0]) and torch.equal(got["r"][1], written[1])

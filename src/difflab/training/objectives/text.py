@@ -10,12 +10,19 @@ captions (all tokens masked) train the unconditional branch of classifier-free g
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX file locks
+    fcntl = None
 
 import torch
 import torch.nn.functional as F
@@ -47,24 +54,71 @@ def _cache_file(encoder: Any, texts: list[str]) -> Path:
     return default_cache_dir() / "text_states" / f"{key}.pt"
 
 
+def _read_cache(cache: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if not cache.is_file():
+        return None
+    try:
+        saved = torch.load(cache, weights_only=True)
+        return saved["tokens"], saved["mask"]
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError):
+        return None  # an unreadable cache is encoded again and rewritten
+
+
+@contextlib.contextmanager
+def _encoding_alone(cache: Path, progress: bool) -> Iterator[None]:
+    """Hold the cache entry's lock while encoding, so that a second run started beside the
+    first (or the other ranks of a torchrun) waits for its states instead of spending the
+    same CPU-minutes on them at the same time. POSIX file locks; without fcntl (Windows)
+    each run encodes for itself, as before."""
+    if fcntl is None:
+        yield
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_name(f".{cache.stem}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print("difflab: another difflab process is encoding the same captions; "
+                      "waiting for its result", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK,
                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Every text through a frozen encoder, `chunk` at a time, padded to the longest: tokens
     `(N, L, D)` and mask `(N, L)` on the CPU, what one call would give (padding states are
     zero and masked). One call on the ~39,000 captions of 20,000 shapes images would hold
     gigabytes of activations at once; chunks of texts of similar length (sorted by length)
-    pad least. Large sets are cached on disk, keyed by the encoder's spec and the texts.
+    pad least. Large sets are cached on disk, keyed by the encoder's spec and the texts, and
+    encoded by one process at a time (the others wait and read its result).
 
     With `progress`, encoding a set of more than one chunk says what it is doing and draws a
     bar: on a laptop CPU the shapes captions take minutes before the first training step,
     and a silent terminal for that long reads as a hang."""
-    cache = _cache_file(encoder, texts) if len(texts) >= CACHE_MIN_TEXTS else None
-    if cache is not None and cache.is_file():
-        try:
-            saved = torch.load(cache, weights_only=True)
-            return saved["tokens"], saved["mask"]
-        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError):
-            pass  # an unreadable cache is encoded again and rewritten
+    if len(texts) < CACHE_MIN_TEXTS:
+        return _encode(encoder, texts, chunk, progress, None)
+    cache = _cache_file(encoder, texts)
+    found = _read_cache(cache)
+    if found is not None:
+        return found
+    with _encoding_alone(cache, progress):
+        found = _read_cache(cache)  # written while this process waited
+        if found is not None:
+            return found
+        tokens, mask = _encode(encoder, texts, chunk, progress, cache)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        torch.save({"tokens": tokens, "mask": mask}, tmp)
+        tmp.replace(cache)  # atomic: a run killed while writing leaves no half file
+    return tokens, mask
+
+
+def _encode(encoder: Any, texts: list[str], chunk: int, progress: bool,
+            cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     starts = range(0, len(texts), chunk)
     show = progress and len(starts) > 1
@@ -86,13 +140,7 @@ def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK,
     ])
     inverse = torch.empty(len(order), dtype=torch.int64)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    tokens, mask = tokens[inverse], mask[inverse]
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save({"tokens": tokens, "mask": mask}, tmp)
-        tmp.replace(cache)  # atomic: a run killed while writing leaves no half file
-    return tokens, mask
+    return tokens[inverse], mask[inverse]
 
 
 class CaptionConditioning:
