@@ -192,6 +192,11 @@ def test_a_warm_start_may_add_the_transformers_position_code_and_starts_where_it
                  quiet=True)
     tr.warm_start(tmp_path / "a" / "last")
     assert tr.init_from["added"] == ["transformer_position"]
+    from difflab.training.run_state import describe_init_from  # what train and info say
+
+    assert describe_init_from(tr.init_from) == (
+        f"{tmp_path / 'a' / 'last'} (step 2), adding transformer_position "
+        "(zero-initialised layers)")
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([5.0, 300.0, 900.0])
     labels = torch.tensor([1, 4, 10])  # 10: the null label
     with torch.no_grad():

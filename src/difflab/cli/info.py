@@ -16,6 +16,7 @@ from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.config import ConfigError, config_from_dict, process_settings
 from difflab.pipeline.settings import SamplingSettings
+from difflab.training.run_state import describe_init_from
 
 
 def add_info_arguments(i: argparse.ArgumentParser) -> None:
@@ -103,13 +104,7 @@ def _posthoc(record: dict) -> str:
 def _warm_start(init_from: object) -> str:
     """', started from PATH (step N)' for a run that began from another checkpoint's weights,
     so its step count is not read as the whole training."""
-    if not isinstance(init_from, dict):
-        return ""
-    step = init_from.get("step")
-    at = f" (step {step:,})" if isinstance(step, int) else ""
-    added = init_from.get("added")
-    plus = f", adding {', '.join(map(str, added))}" if isinstance(added, list) and added else ""
-    return f", started from {init_from.get('path')}{at}{plus}"
+    return f", started from {describe_init_from(init_from)}" if isinstance(init_from, dict) else ""
 
 
 def _sample_settings(run: dict) -> str:

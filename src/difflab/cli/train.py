@@ -23,6 +23,7 @@ from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
 from difflab.cli.runs import check_run_folder
 from difflab.config import load_config
 from difflab.runs import report, score_fid
+from difflab.training.run_state import describe_init_from
 from difflab.training.trainer import INTERRUPTED, Trainer, describe
 
 
@@ -140,12 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_budget_left(trainer, main)
     elif init_from is not None:
         trainer.warm_start(init_from)
-        if main:
-            added = trainer.init_from.get("added")
-            # a shipped model by its name (init_from records it so), a run by its path
-            print(f"difflab: starting from the weights of {trainer.init_from['path']}"
-                  + (f" (step {trainer.init_from['step']})" if trainer.init_from["step"] else "")
-                  + (f", adding {', '.join(added)} (zero-initialised layers)" if added else ""))
+        if main:  # a shipped model by its name (init_from records it so), a run by its path
+            print(f"difflab: starting from the weights of {describe_init_from(trainer.init_from)}")
     if main:
         print(
             f"difflab: {trainer.data.name}: {len(trainer.data)} images "

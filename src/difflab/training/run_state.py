@@ -125,6 +125,17 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
                          **({"added": grown} if grown else {})}
 
 
+def describe_init_from(init_from: dict) -> str:
+    """A warm start's record (`trainer.init_from`) in words, as `difflab train` and `difflab
+    info` say it: 'PATH (step N), adding X (zero-initialised layers)'."""
+    step = init_from.get("step")
+    at = f" (step {step:,})" if isinstance(step, int) else ""
+    added = init_from.get("added")
+    plus = (f", adding {', '.join(map(str, added))} (zero-initialised layers)"
+            if isinstance(added, list) and added else "")
+    return f"{init_from.get('path')}{at}{plus}"
+
+
 def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     """Put a trainer where the checkpoint `ck` left off: weights, EMA, optimizer, data order,
     random states, loss scaler, step settings, counters. Refuses (CheckpointError) a
