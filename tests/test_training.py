@@ -17,6 +17,7 @@ from difflab.config import load_config
 from difflab.evaluation import evaluate_checkpoint
 from difflab.pipeline import Generator
 from difflab.runs import report, score_fid
+from difflab.training.run_state import describe_init_from
 from difflab.training.trainer import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,8 +193,6 @@ def test_a_warm_start_may_add_the_transformers_position_code_and_starts_where_it
                  quiet=True)
     tr.warm_start(tmp_path / "a" / "last")
     assert tr.init_from["added"] == ["transformer_position"]
-    from difflab.training.run_state import describe_init_from  # what train and info say
-
     assert describe_init_from(tr.init_from) == (
         f"{tmp_path / 'a' / 'last'} (step 2), adding transformer_position "
         "(zero-initialised layers)")
