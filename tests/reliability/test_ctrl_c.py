@@ -98,3 +98,40 @@ def test_a_run_killed_before_its_first_checkpoint_is_not_a_dead_end(tmp_path, ca
     assert main(["sample", str(out), "--out", str(tmp_path / "s.png")]) == 2
     assert "a training run with no checkpoint yet" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
+
+
+def test_ctrl_c_of_a_torchrun_stops_every_rank_at_one_step_and_saves(tmp_path):
+    """Ctrl-C in a terminal reaches every process of the torchrun (its agent forwards it once
+    more): the ranks agree on a step, rank 0 saves it, and the printed torchrun command
+    continues the run. It used to kill the ranks and keep nothing before the first periodic
+    checkpoint."""
+    out = tmp_path / "ddp"
+    sets = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
+            "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
+            "train.batch_size=16", "train.log_every=1", "data.limit=200"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    argv = ["train", "digits8", "--out", str(out), "--steps", "100000", "--device", "cpu",
+            "--no-report", *as_flags(sets)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*torchrun, "--standalone", "--nproc_per_node=2", "-m",
+                             "difflab.cli", *argv], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own group, as a terminal's job
+    metrics, t0 = out / "metrics.jsonl", time.monotonic()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() - t0 < 300, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    stdout, stderr = proc.communicate(timeout=300)
+    step = load_checkpoint(out / "last", with_training_state=True).state["step"]
+    assert step >= 3 and f"difflab: interrupted at step {step}; saved" in stderr, stderr[-3000:]
+    assert stdout.count("stopping every rank after this step") == 1  # rank 0 says it
+    said = shlex.split(stderr.split("continues from there: ")[1].splitlines()[0])
+    assert said[:4] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m"]
+    assert said[-1] == "--resume"
+    again = said[1:]
+    again[again.index("--steps") + 1] = str(step + 1)
+    done = subprocess.run([*torchrun, *again], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_checkpoint(out / "last", with_training_state=True).state["step"] == step + 1

@@ -109,9 +109,10 @@ def check_budget_left(trainer: Trainer, main: bool) -> None:
                        f"{tc.max_steps} is the whole run's: give more to train on")
 
 
-def resume_command(argv: list[str]) -> str:
+def resume_command(argv: list[str], world_size: int = 1, local_world_size: int = 1) -> str:
     """The command line that continues the run `argv` started: the same with --resume, without
-    what only a new run takes (--overwrite, --init-from)."""
+    what only a new run takes (--overwrite, --init-from); under torchrun, its launch on one
+    machine (on several, the user's own launch of the same arguments)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -122,7 +123,12 @@ def resume_command(argv: list[str]) -> str:
             kept.append(arg)
     if "--resume" not in kept:
         kept.append("--resume")
-    return shlex.join(["difflab", *kept])
+    if world_size == 1:
+        return shlex.join(["difflab", *kept])
+    if local_world_size == world_size:
+        return shlex.join(["torchrun", "--standalone", f"--nproc_per_node={world_size}", "-m",
+                           "difflab.cli", *kept])
+    return f"your torchrun launch of {shlex.join(['-m', 'difflab.cli', *kept])}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -166,8 +172,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main:
         return 0
     if why.why == INTERRUPTED:  # the user wants out: no pictures, no health check
+        again = resume_command(args.argv, trainer.dist.world_size,
+                               trainer.dist.local_world_size)
         print(f"difflab: interrupted at step {why.step}; saved {out / 'last'}, and this "
-              f"continues from there: {resume_command(args.argv)}", file=sys.stderr)
+              f"continues from there: {again}", file=sys.stderr)
         return 130
     whole = f", {trainer.elapsed / 60:.1f} min in all" if args.resume else ""
     print(

@@ -65,6 +65,14 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The largest value of a tensor over ranks (e.g. whether any rank was asked to stop)."""
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
 def broadcast_object(obj: T, info: DistInfo) -> T:
     """Rank 0's `obj` on every rank (a choice all ranks must share)."""
     if not info.enabled:

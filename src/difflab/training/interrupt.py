@@ -6,6 +6,11 @@ periodic checkpoint saved (nothing at all before the first, 1,000 steps into the
 preset). So while a run trains, the first Ctrl-C only asks it to stop: the loop finishes the
 step, writes a checkpoint that --resume continues from exactly, and returns. A second Ctrl-C
 stops at once, as before.
+
+Under torchrun every rank gets the terminal's Ctrl-C, and torchrun's agent sends each rank the
+signal once more as it shuts down (then kills them 30 s later): there a repeated signal is not
+a second Ctrl-C, and SIGTERM (how a scheduler or torchrun may stop ranks) asks the same. The
+ranks agree on the step to stop at in the training loop (Trainer.train).
 """
 
 from __future__ import annotations
@@ -18,36 +23,46 @@ from tqdm import tqdm
 
 ASKED = ("difflab: Ctrl-C: stopping after this step and saving a checkpoint "
          "(Ctrl-C again stops at once, without one)")
+ASKED_DISTRIBUTED = ("difflab: stopping every rank after this step and saving a checkpoint "
+                     "(torchrun kills the ranks 30 s after its Ctrl-C)")
 
 
 class StopOnCtrlC:
     """For the training loop, between install() and restore(): `requested` turns True at the
     first Ctrl-C.
 
-    Only a single-process run in the main thread, with Python's own Ctrl-C handling, is
-    changed: ranks of a distributed run would have to agree on the step to stop at, and a
-    program that embeds difflab with its own SIGINT handler keeps it."""
+    Only a run in the main thread with Python's own Ctrl-C handling is changed: a program
+    that embeds difflab with its own SIGINT handler keeps it. With `distributed` (a rank of a
+    torchrun) SIGTERM asks too, a repeated signal does not stop at once, and only `announce`
+    (rank 0) says so."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, distributed: bool = False, announce: bool = True):
         self.enabled = enabled
+        self.distributed = distributed
+        self.announce = announce
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def _ask(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
+            if self.distributed:  # torchrun's own copy of the signal, or its kill to come
+                return
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write(ASKED)
+        if self.announce:
+            tqdm.write(ASKED_DISTRIBUTED if self.distributed else ASKED)
 
     def install(self) -> StopOnCtrlC:
         """Take over Ctrl-C (where `enabled` and Python's own handling is in place)."""
         if (self.enabled and threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._ask)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._ask)
+            if self.distributed and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._ask)
         return self
 
     def restore(self) -> None:
-        """Give Ctrl-C back to what handled it before."""
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        """Give the signals back to what handled them before."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}

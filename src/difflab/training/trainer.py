@@ -380,6 +380,13 @@ class Trainer:
         save_snapshots(self.out, self.posthoc, self.step, self.net_config)
         self.posthoc_saved_at = self.step
 
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether `flag` is set on any rank (one small all-reduce a step when distributed)."""
+        if not self.dist.enabled:
+            return flag
+        tensor = torch.tensor(float(flag), device=self.device)
+        return bool(distributed.all_reduce_max(tensor, self.dist) > 0)
+
     def _all_ranks_mean(self, value: float) -> float:
         """The mean of a number over ranks (NCCL reduces device tensors only)."""
         if not self.dist.enabled:
@@ -453,14 +460,16 @@ class Trainer:
         first_step = self.step + 1  # logged whatever log_every says: a curve from the start
         clock = time.perf_counter()
         reason = StopReason(self.step, "max_steps")
-        ctrl_c = StopOnCtrlC(enabled=not self.dist.enabled)
+        ctrl_c = StopOnCtrlC(distributed=self.dist.enabled, announce=self.dist.is_main)
         try:
             ctrl_c.install()
             while True:
                 if total is not None and self.step >= total:
                     reason = StopReason(self.step, "max_steps" if tc.max_steps else "epochs")
                     break
-                if ctrl_c.requested:  # after a whole step: the checkpoint below resumes exactly
+                # After a whole step, so that the checkpoint below resumes exactly; the ranks
+                # of a distributed run stop at the same step when any of them was asked.
+                if self._any_rank(ctrl_c.requested):
                     reason = StopReason(self.step, INTERRUPTED)
                     break
                 # The time budget counts the whole run, resumed parts included, so a resumed
