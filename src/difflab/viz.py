@@ -144,7 +144,13 @@ def save_grid(
     img = grid_image(
         images, nrow, scale, padding, pad_value, row_labels=row_labels, title=title
     )
-    return _write_atomic(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=png_mark()))
+    return save_png(img, path)
+
+
+def save_png(picture: Image.Image, path: PathLike) -> Path:
+    """Write a picture as a PNG, atomically, marked as difflab's (difflab.ownership): what
+    difflab wrote it may replace later, and nothing else."""
+    return _write_atomic(path, lambda tmp: picture.save(tmp, format="PNG", pnginfo=png_mark()))
 
 
 def grid_image(

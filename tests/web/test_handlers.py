@@ -274,6 +274,9 @@ def test_sampler_comparison_shares_the_seed(store):
     gen = store.load("mnist-digits-cond")
     again = gen.generate(3, sampler="dpmpp_2m", steps=4, seed=7, classes=["3"], guidance=2)
     assert torch.equal(out.rows[-1][2], again)
+    from difflab.ownership import written_by_difflab
+
+    assert written_by_difflab(out.path)  # the picture offered for download is marked
     with pytest.raises(ValueError, match="over this app's limit of 12"):
         explore.compare(
             store,

@@ -152,7 +152,6 @@ def compare(store: ModelStore, limits: Limits, model: str, samplers: list[str] |
             title = " · ".join([req.model, *asked, f"seed {seed_value(seed)}"])
     batch = torch.cat(images)
     picture = viz.grid_image(batch, nrow=n, scale=GRID_SCALE, row_labels=labels, title=title)
-    path = work_folder() / "sampler_comparison.png"
-    picture.save(path)
+    path = viz.save_png(picture, work_folder() / "sampler_comparison.png")
     return Comparison(picture, path, notes, [(s, k, x) for (s, k), x in zip(rows, images,
                                                                         strict=True)])
