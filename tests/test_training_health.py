@@ -92,3 +92,34 @@ def test_the_final_check_says_it_is_drawing_before_it_draws(tmp_path, capsys):
     said = capsys.readouterr().out
     assert f"drawing 4 samples ({tr.cfg.sample.sampler}, 8 steps) to check" in said
     assert line.startswith("1 steps in ")  # the verdict itself is the caller's to print
+
+
+def test_an_autoencoder_run_is_judged_by_its_reconstructions_alone(tmp_path):
+    """An autoencoder's grid puts each real image beside its reconstruction; judged whole, a
+    good autoencoder (reconstructions equal to their inputs) read as a collapse ("near-copies,
+    train longer"). The monitor sees the reconstructions alone."""
+    from difflab.config import config_from_dict
+    from difflab.data.transforms import to_uint8
+    from difflab.training import health
+
+    cfg = config_from_dict({
+        "data": {"name": "digits", "limit": 300},
+        "model": {"preset": "kl-f4-28", "overrides": {"channels": [8, 16], "groups": 4}},
+        "train": {"batch_size": 32, "max_steps": 2, "precision": "fp32",
+                  "sample_every": 1000, "checkpoint_every": 100, "warmup_steps": 1},
+    })
+    tr = Trainer(cfg, tmp_path / "ae", device="cpu", quiet=True)
+    tr.train()
+    grid, nrow = report.fixed_seed_samples(tr, 32)
+    assert nrow == 8 and len(grid) == 64
+    shown = report.health_view(tr, grid)
+    real = torch.cat(grid.split(8)[0::2])
+    with torch.no_grad():  # what the grid's odd rows are: the EMA weights' reconstructions
+        x = real.float() / 127.5 - 1
+        again = tr.ema.model.decode(tr.ema.model.encode(x).mode())
+    assert torch.equal(shown, to_uint8(again))
+    # A perfect autoencoder: its grid would be each image twice.
+    perfect = torch.cat([t for i in range(0, 32, 8) for t in (real[i:i + 8], real[i:i + 8])])
+    stats = health.data_stats(tr.data.images)
+    assert [f.kind for f in health.check_samples(perfect, stats, 2)] == ["collapse"]
+    assert health.check_samples(report.health_view(tr, perfect), stats, 2) == []

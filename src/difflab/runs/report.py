@@ -95,6 +95,15 @@ def sample_kwargs(trainer) -> dict:
     return kw
 
 
+def health_view(trainer, images: torch.Tensor) -> torch.Tensor:
+    """What the health monitor judges of `fixed_seed_samples`: for an autoencoder run the
+    reconstructions alone, since each stands beside its own input in the grid and a good
+    autoencoder's would read as near-copies of them (a collapse that is not one)."""
+    if trainer.kind != "autoencoder":
+        return images
+    return torch.cat(images.split(8)[1::2])  # reconstructions(): rows of 8 real, 8 rebuilt
+
+
 def fixed_seed_samples(trainer, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, int]:
     """About `n` uint8 samples from the EMA weights, the same noise every time (an autoencoder
     run: real images and their reconstructions), and the grid's row length."""
@@ -114,7 +123,7 @@ def save_sample_grid(trainer, path: Path, n: int | None = None, seed: int = 0) -
 
     def draw() -> torch.Tensor:
         drawn.extend(fixed_seed_samples(trainer, n, seed))
-        return drawn[0]
+        return health_view(trainer, drawn[0])
 
     trainer.check_health(draw)
     if not drawn:
@@ -134,7 +143,8 @@ def final_check(trainer, n: int = 32, seed: int = 0) -> str:
         steps = f", {sc.steps} steps" if sc.steps else ""
         print(f"difflab: drawing {n} samples ({sc.sampler}{steps}) to check that they look "
               "like data", flush=True)
-    findings = trainer.check_health(lambda: fixed_seed_samples(trainer, n, seed)[0])
+    findings = trainer.check_health(
+        lambda: health_view(trainer, fixed_seed_samples(trainer, n, seed)[0]))
     minutes = trainer.elapsed / 60
     rate = trainer.step / trainer.elapsed if trainer.elapsed > 0 else 0.0
     s = trainer.step_settings
