@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from tiny_run import ROOT, as_flags, tiny_config
+from tiny_run import ROOT, TINY, as_flags, tiny_config
 
 from difflab.checkpoints.store import load_checkpoint
 from difflab.cli import main
@@ -135,3 +135,19 @@ def test_ctrl_c_of_a_torchrun_stops_every_rank_at_one_step_and_saves(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert load_checkpoint(out / "last", with_training_state=True).state["step"] == step + 1
+
+
+def test_a_plain_resume_goes_on_to_the_runs_own_budget(tmp_path, capsys):
+    """`--resume` without --minutes or --steps continues to the budget the run was started
+    with (its checkpoint's record), not to the preset's; it says so, and command.sh and the
+    next resume command name that budget."""
+    ctrl_c = lambda tr: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731 - at step 3
+    out = tmp_path / "run"
+    assert run(out, 6, on_sample=ctrl_c).stop.step == 3  # started as --steps 6, stopped at 3
+    capsys.readouterr()
+    assert main(["train", "digits8", "--out", str(out), "--resume", *as_flags(TINY)]) == 0
+    said = capsys.readouterr().out
+    assert "at step 3" in said and "to the run's own budget of 6 steps" in said
+    assert load_checkpoint(out / "last", with_training_state=True).state["step"] == 6
+    command = (out / "command.sh").read_text()
+    assert "--steps 6" in command and "--resume" not in command

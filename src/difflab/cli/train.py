@@ -94,13 +94,49 @@ def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
     ]
 
 
-def check_budget_left(trainer: Trainer, main: bool) -> None:
+BUDGET_KEYS = ("minutes", "max_steps", "epochs")
+
+
+def budget_given(args: argparse.Namespace) -> bool:
+    """Whether the command line sets the budget (--minutes, --steps, or --set of one)."""
+    sets = [s.split("=", 1)[0].strip() for s in args.set or []]
+    return (args.minutes is not None or args.steps is not None
+            or any(k in sets for k in (f"train.{key}" for key in BUDGET_KEYS)))
+
+
+def keep_recorded_budget(trainer: Trainer) -> tuple[str, list[str]]:
+    """A resume that names no budget continues to the one the run was trained with (its
+    checkpoint's record), not to the preset's: a run started with --minutes 1 and resumed
+    plainly would otherwise train for the preset's 10 minutes. Returns how it is said, and
+    the flags that name that budget (for command.sh and the next resume command)."""
+    recorded = trainer.resumed_train
+    if not isinstance(recorded, dict):
+        return "", []
+    tc = trainer.cfg.train
+    for key in BUDGET_KEYS:
+        value = recorded.get(key)
+        if value is None or isinstance(value, int | float) and not isinstance(value, bool):
+            setattr(tc, key, value)
+    parts = [f"{tc.minutes:g} min" if tc.minutes is not None else "",
+             f"{tc.max_steps:,} steps" if tc.max_steps is not None else "",
+             f"{tc.epochs:g} epochs" if tc.epochs is not None else ""]
+    what = " or ".join(p for p in parts if p) or "no limit"
+    if tc.epochs is None and (tc.minutes is None) != (tc.max_steps is None):
+        flags = (["--minutes", f"{tc.minutes:g}"] if tc.minutes is not None
+                 else ["--steps", str(tc.max_steps)])
+    else:
+        flags = [a for key in BUDGET_KEYS for a in (
+            "--set", f"train.{key}={'none' if getattr(tc, key) is None else getattr(tc, key)}")]
+    return f", to the run's own budget of {what} (--minutes or --steps sets another)", flags
+
+
+def check_budget_left(trainer: Trainer, main: bool, budget: str = "") -> None:
     """Say where a resumed run continues, and refuse a budget it has already spent (the
     budget is the whole run's, resumed parts included)."""
     tc, done = trainer.cfg.train, trainer.elapsed / 60
     if main:
         print(f"difflab: resuming {trainer.last_saved[0]} at step {trainer.step} "
-              f"({done:.1f} min trained)")
+              f"({done:.1f} min trained){budget}")
     if tc.minutes is not None and done >= tc.minutes:
         raise CLIError(f"the run has trained {done:.1f} min already and --minutes "
                        f"{tc.minutes:g} is the whole run's budget: give more to train on")
@@ -144,7 +180,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     main = trainer.dist.is_main
     if args.resume:
         trainer.resume()
-        check_budget_left(trainer, main)
+        kept, flags = ("", []) if budget_given(args) else keep_recorded_budget(trainer)
+        args.argv = [*args.argv, *flags]  # so command.sh and a next resume name it too
+        check_budget_left(trainer, main, kept)
     elif init_from is not None:
         trainer.warm_start(init_from)
         if main:  # a shipped model by its name (init_from records it so), a run by its path
