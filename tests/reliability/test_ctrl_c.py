@@ -75,6 +75,30 @@ def test_ctrl_c_of_a_real_difflab_train_says_how_to_continue(tmp_path):
     assert load_checkpoint(out / "last", with_training_state=True).state["step"] == step + 1
 
 
+def test_sigterm_saves_the_step_like_a_first_ctrl_c(tmp_path):
+    """`kill`, `timeout`, `docker stop` and batch schedulers send SIGTERM (then SIGKILL): the
+    run saves the step it is at and exits 143; a second SIGTERM does not stop it unsaved."""
+    out = tmp_path / "run"
+    sets = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
+            "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
+            "train.batch_size=16", "train.log_every=1", "data.limit=200"]
+    argv = ["train", "digits8", "--out", str(out), "--steps", "100000", *as_flags(sets)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "difflab.cli", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, t0 = out / "metrics.jsonl", time.monotonic()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() - t0 < 300, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+    step = load_checkpoint(out / "last", with_training_state=True).state["step"]
+    assert step >= 3 and f"difflab: stopped by SIGTERM at step {step}; saved" in stderr
+    assert "SIGTERM: stopping after this step" in stderr + stdout
+
+
 def test_a_run_killed_before_its_first_checkpoint_is_not_a_dead_end(tmp_path, capsys):
     """kill -9 before the first checkpoint leaves config.json and metrics.jsonl: neither a
     plain rerun nor --resume can go on, and both say that --overwrite starts it again."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -210,11 +211,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main:
         return 0
     if why.why == INTERRUPTED:  # the user wants out: no pictures, no health check
+        by = why.signal or signal.SIGINT
         again = resume_command(args.argv, trainer.dist.world_size,
                                trainer.dist.local_world_size)
-        print(f"difflab: interrupted at step {why.step}; saved {out / 'last'}, and this "
+        what = "interrupted" if by == signal.SIGINT else f"stopped by {signal.Signals(by).name}"
+        print(f"difflab: {what} at step {why.step}; saved {out / 'last'}, and this "
               f"continues from there: {again}", file=sys.stderr)
-        return 130
+        return 128 + by  # the shell's status for a process the signal stopped
     whole = f", {trainer.elapsed / 60:.1f} min in all" if args.resume else ""
     print(
         f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "

@@ -17,6 +17,7 @@ saves them.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -60,9 +61,10 @@ _DIVERGED_HINT = "Try a lower train.lr, train.grad_clip = 1.0 or train.precision
 class StopReason:
     step: int
     why: str
+    signal: int | None = None  # INTERRUPTED: the signal that asked (SIGINT or SIGTERM)
 
 
-INTERRUPTED = "interrupted"  # StopReason.why of a run stopped by Ctrl-C (training.interrupt)
+INTERRUPTED = "interrupted"  # StopReason.why of a run stopped by Ctrl-C or SIGTERM (interrupt.py)
 
 
 @dataclass
@@ -473,7 +475,7 @@ class Trainer:
                 # After a whole step, so that the checkpoint below resumes exactly; the ranks
                 # of a distributed run stop at the same step when any of them was asked.
                 if self._any_rank(ctrl_c.requested):
-                    reason = StopReason(self.step, INTERRUPTED)
+                    reason = StopReason(self.step, INTERRUPTED, ctrl_c.signal or signal.SIGINT)
                     break
                 # The time budget counts the whole run, resumed parts included, so a resumed
                 # run stops where the uninterrupted one would have; every rank goes by the same
