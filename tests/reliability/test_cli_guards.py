@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -255,6 +256,23 @@ def test_sample_replaces_its_own_picture_but_never_the_users(tmp_path, capsys, t
         assert main(argv) == 0, capsys.readouterr().err
         assert written_by_difflab(out)
     tally("cli_guards", sample_out_cases=4)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_sampling(tmp_path, capsys):
+    """A folder the process may not write in (here /sys, which not even root may, or a
+    read-only folder for other users) is named before any sampling, not after it; a
+    successful run leaves no trace of the check."""
+    if os.geteuid() == 0:
+        locked = Path("/sys")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+    for out in (locked / "x.png", locked / "new" / "x.png"):
+        line = refused(["sample", str(SHIPPED), "-n", "2", "--out", str(out)], capsys)
+        assert f"cannot write in {locked} (permission denied)" in line
+    assert main(["sample", str(SHIPPED), "-n", "2", "--steps", "1",
+                 "--out", str(tmp_path / "ok.png")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "locked") == ["ok.png"]
 
 
 # ---------------------------------------------------------------------------- config fuzz

@@ -5,6 +5,7 @@ each checked before any work starts, so that a typo costs a second, not a traini
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from difflab.checkpoints import names
@@ -68,6 +69,21 @@ def check_output_file(path: str | Path, flag: str) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise CLIError(f"{flag} {path}: {parent} is a file, not a folder")
+            _check_writable(parent, path, flag)
             break
     return path
+
+
+def _check_writable(folder: Path, path: Path, flag: str) -> None:
+    """Write and remove an empty file of our own in the nearest existing folder of `path`:
+    the one check that holds for permissions, read-only mounts and dropped privileges alike,
+    so that a minute of sampling is not lost to a folder it cannot be saved in."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".difflab-write-check-", dir=folder)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise CLIError(f"{flag} {path}: cannot write in {folder} ({why.lower()}); give a "
+                       "path in a folder you can write to") from None
+    os.close(fd)
+    os.unlink(probe)
 
