@@ -204,6 +204,10 @@ def test_a_relative_name_is_also_read_from_each_root(tmp_path, monkeypatch):
     roots = Roots([served])
     assert roots.checkpoint("a/last") == served / "a" / "last"
     assert roots.confine("a", "run") == served / "a"
-    for name in ("../outside", "b"):
-        with pytest.raises(ValueError, match="outside the folders this app serves"):
-            roots.confine(name, "run")
+    with pytest.raises(ValueError, match="outside the folders this app serves"):
+        roots.confine("../outside", "run")
+    with pytest.raises(ValueError, match="run 'b' not found in the folders this app serves"):
+        roots.confine("b", "run")
+    # A mistyped model name is told as such, with the shipped models to choose from.
+    with pytest.raises(ValueError, match="'fashion-mnst' not found .*; or a shipped model: "):
+        roots.checkpoint("fashion-mnst")

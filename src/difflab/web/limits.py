@@ -133,7 +133,12 @@ class Roots:
             raise ValueError(f"no {what} given")
         if not path.is_absolute() and not (self.contains(path) and path.is_dir()):
             inside = [root / path for root in self.folders]
-            path = next((p for p in inside if self.contains(p) and p.is_dir()), path)
+            found = next((p for p in inside if self.contains(p) and p.is_dir()), None)
+            if found is None and any(self.contains(p) for p in inside):
+                # a name that would lie inside a root but is nowhere: a typo, most likely
+                raise ValueError(f"{what} {str(text).strip()!r} not found in the folders this "
+                                 f"app serves ({self}){self.shipped_hint(what)}")
+            path = found or path
         if not self.contains(path):
             raise ValueError(
                 f"{what} {str(text).strip()!r} is outside the folders this app serves ({self}); "
@@ -142,6 +147,13 @@ class Roots:
         if not path.is_dir():
             raise ValueError(f"{what} {str(text).strip()!r} is not a folder")
         return path
+
+    @staticmethod
+    def shipped_hint(what: str) -> str:
+        """For a checkpoint that was not found: the names that are always there."""
+        if what != "checkpoint":
+            return ""
+        return f"; or a shipped model: {', '.join(shipped_models())}"
 
     def checkpoint(self, name: str) -> Path:
         """A shipped model's folder by name, or a checkpoint folder under a root."""
