@@ -302,7 +302,7 @@ def test_a_very_long_prompt_is_quoted_short(tmp_path, capsys):
     """A 600-word prompt: the warnings and the grid's title quote its first 60 characters."""
     from PIL import Image
 
-    from difflab.models.caption_bank import quote_prompt
+    from difflab.data.captions import quote_prompt
 
     long = " ".join(["a very warm and cosy winter coat with a hood"] * 60)
     assert quote_prompt(long) == repr(long[:60].rstrip() + "…")
@@ -313,3 +313,11 @@ def test_a_very_long_prompt_is_quoted_short(tmp_path, capsys):
     said = capsys.readouterr()
     assert long[:200] not in said.out + said.err
     assert Image.open(out).height < 300  # the title is one short line over the two samples
+    # Read by the caption bank and by sampling, but warned about once.
+    assert said.err.count("tokens, more than max_tokens") == 1
+    # The shapes grammar quotes it short too, as the phrase it could not read.
+    assert main(["sample", "shapes-text", "--prompt", long, "-n", "1", "--steps", "1",
+                 "--out", str(tmp_path / "shapes.png")]) == 0
+    said = capsys.readouterr()
+    assert long[:200] not in said.out + said.err and "outside what this model" in said.err
+    assert max(len(line) for line in said.err.splitlines()) < 1000

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 
 from difflab import failures
 from difflab.cli.errors import CLIError
@@ -51,9 +52,18 @@ def error_message(e: BaseException) -> str:
     return failures.one_line(e, fewer="-n, --batch-size, train.batch_size")
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as `difflab: warning: ...`, without the source line Python prints."""
-    print(f"difflab: warning: {message}", file=sys.stderr)
+def _warning_printer() -> Callable[..., None]:
+    """A `warnings.showwarning` that prints each warning as `difflab: warning: ...`, without
+    the source line Python prints, and once per command: a long prompt is read by the caption
+    bank and by each sampling batch, and its warning need not be said each time."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"difflab: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 def _stdout_gone() -> None:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # restores showwarning after (main runs in tests)
             if not debug:
-                warnings.showwarning = _show_warning
+                warnings.showwarning = _warning_printer()
             args = build_parser().parse_args(argv)
             args.argv = argv
             code = args.func(args)

@@ -18,7 +18,7 @@ from difflab import viz
 from difflab.cli.errors import CLIError, removed_on_failure, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
-from difflab.models.caption_bank import quote_prompt
+from difflab.data.captions import quote_prompt
 from difflab.pipeline.settings import grid_rows
 
 

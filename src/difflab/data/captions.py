@@ -202,3 +202,9 @@ class CaptionTable:
 def caption_table(dataset: str, class_names: Sequence[str] | None = None) -> CaptionTable:
     """:class:`CaptionTable` of :func:`class_captions`."""
     return CaptionTable.from_captions(class_captions(dataset, class_names))
+
+
+def quote_prompt(prompt: str, limit: int = 60) -> str:
+    """A prompt as messages and titles quote it: whole when short, else its first `limit`
+    characters and an ellipsis (a 600-word prompt must not fill the terminal or the grid)."""
+    return repr(prompt if len(prompt) <= limit else prompt[:limit].rstrip() + "…")

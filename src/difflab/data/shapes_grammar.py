@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from .captions import quote_prompt
 from .shapes_scene import (
     AXIS,
     COLOUR_NAMES,
@@ -306,7 +307,8 @@ GRAMMAR_HELP = (
 def _parse_phrase(words: list[str], prompt: str) -> ObjectSpec:
     def bad(why: str) -> ValueError:
         return ValueError(
-            f"cannot read {' '.join(words)!r} in prompt {prompt!r}: {why}; {GRAMMAR_HELP}"
+            f"cannot read {quote_prompt(' '.join(words))} in prompt {quote_prompt(prompt)}: "
+            f"{why}; {GRAMMAR_HELP}"
         )
 
     if not words:
@@ -342,13 +344,13 @@ def parse_prompt(prompt: str) -> PromptSpec:
     relations = list(_RELATION_RE.finditer(f" {text} "))
     if len(relations) > 1:
         raise ValueError(
-            f"prompt {prompt!r} has {len(relations)} relations; the grammar allows one"
+            f"prompt {quote_prompt(prompt)} has {len(relations)} relations; the grammar allows one"
         )
     if relations:
         m = relations[0]
         left, right = f" {text} "[: m.start()].split(), f" {text} "[m.end() :].split()
         if "," in left + right or "and" in left + right:
-            raise ValueError(f"prompt {prompt!r}: a relation joins two single phrases")
+            raise ValueError(f"prompt {quote_prompt(prompt)}: a relation joins two single phrases")
         groups = (_parse_phrase(left, prompt), _parse_phrase(right, prompt))
         return PromptSpec(groups, _RELATION_OF[m[1]])
     phrases: list[list[str]] = [[]]

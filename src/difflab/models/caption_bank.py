@@ -35,18 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from difflab.data.captions import quote_prompt
+
 # A prompt whose nearest training caption is less similar than this (cosine, MiniLM sentence
 # embeddings) is out of the model's domain: `difflab sample` says so and names the nearest
 # captions, instead of silently drawing the nearest class. Chosen by bench/prompt_ood.py on
 # held-out paraphrases against prompts written to be far (bench/prompts/ood_select.txt), error
 # rates reported on other sets written apart (BENCHMARKS.md, "Out-of-domain prompts").
 OUT_OF_DOMAIN_BELOW = 0.518
-
-
-def quote_prompt(prompt: str, limit: int = 60) -> str:
-    """A prompt as messages and titles quote it: whole when short, else its first `limit`
-    characters and an ellipsis (a 600-word prompt must not fill the terminal or the grid)."""
-    return repr(prompt if len(prompt) <= limit else prompt[:limit].rstrip() + "…")
 
 
 def show_captions(nearest: list[tuple[str, float]]) -> str:

@@ -47,8 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from difflab.data.captions import quote_prompt
+
 from .attention import TokenLayer
-from .caption_bank import quote_prompt
 from .conditioning import TextCondition
 
 TEXT_ENCODERS = ("minilm", "trainable")
@@ -174,7 +175,8 @@ def _tokenize(prompts: Sequence[str], max_tokens: int, stacklevel: int) -> tuple
     rows = []
     for i, (prompt, row) in enumerate(zip(prompts, ids, strict=True)):
         if len(row) <= 2:
-            raise ValueError(f"prompt {i} ({prompt!r}) has no word pieces the tokenizer knows")
+            raise ValueError(
+                f"prompt {i} ({quote_prompt(prompt)}) has no word pieces the tokenizer knows")
         if len(row) > max_tokens:
             warnings.warn(
                 f"prompt {quote_prompt(prompt)} has {len(row)} "

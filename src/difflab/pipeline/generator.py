@@ -40,6 +40,7 @@ from difflab.checkpoints.store import load_checkpoint, load_weights_into
 from difflab.config import TextConfig, config_from_dict
 from difflab.data import class_aliases, prompt_reader
 from difflab.data.base import resolve_class
+from difflab.data.captions import quote_prompt
 from difflab.data.transforms import to_uint8
 from difflab.diffusion.denoiser import (
     Denoiser,
@@ -56,7 +57,6 @@ from difflab.models.caption_bank import (
     CaptionBank,
     OutOfDomainPrompt,
     UnfamiliarPrompt,
-    quote_prompt,
     show_captions,
 )
 from difflab.models.conditioning import TextCondition
