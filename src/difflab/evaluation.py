@@ -40,7 +40,8 @@ def _checkpoint_dataset(gen) -> tuple[str, list[str] | None]:
     if name not in DATASETS:
         # The shapes world is scored by what its prompts ask for, not by a feature network.
         instead = ("its samples are scored by --geneval (geneval_checkpoint)" if name == "shapes"
-                   else "use evaluate_images with one of those")
+                   else "judge such a run by its samples and loss curve, or score samples of "
+                   "the same kind of images with difflab eval --images FILE.npz --dataset NAME")
         raise ValueError(
             f"the checkpoint was trained on {name!r} data; the metrics have feature networks "
             f"for {', '.join(DATASETS)} only ({instead})"

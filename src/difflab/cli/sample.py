@@ -90,7 +90,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     title=title,
                 )
             print(f"difflab: wrote {args.gif}")
-    print(f"difflab: wrote {args.n} samples to {out}")
+    print(f"difflab: wrote {args.n} sample{'s' if args.n != 1 else ''} to {out}")
     return 0
 
 

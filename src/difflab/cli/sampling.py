@@ -50,7 +50,8 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
         help="steps of the time grid (default: the checkpoint's [sample] steps; with another "
         "--sampler, that sampler's own default: ddim 50, dpmpp_2m 20, ...)",
     )
-    s.add_argument("-n", "--num", dest="n", type=int_in(1, MAX_SAMPLES), default=default_n)
+    s.add_argument("-n", "--num", dest="n", type=int_in(1, MAX_SAMPLES), default=default_n,
+                   help=f"how many images (default {default_n})")
     s.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
     s.add_argument(
         "--prompt",
