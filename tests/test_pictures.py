@@ -82,7 +82,8 @@ def test_long_labels_are_cut_and_titles_wrapped(tmp_path):
     bare = _pixels(viz.save_grid(images, tmp_path / "b.png", nrow=2, scale=2))
     labelled = _pixels(path)
     # A long label is cut, not allowed to make the picture ever wider; the title wraps to it.
-    assert labelled.shape[1] - bare.shape[1] <= viz.MAX_ROW_LABEL_PX + 2 * viz.LABEL_GAP
+    widest = max(bare.shape[1] + viz.MAX_ROW_LABEL_PX + 2 * viz.LABEL_GAP, viz.MIN_TITLE_PX)
+    assert labelled.shape[1] <= widest
     assert labelled.shape[0] - bare.shape[0] > 3 * 11  # several lines of title
 
 
@@ -206,7 +207,10 @@ def test_class_all_grid_has_a_label_per_row(tmp_path, capsys):
         assert (labelled[top + y0 : top + y1, :left] < 128).any(), y0
     # --nrow other than one class per row: rows mix classes, so no row labels (title only).
     assert main(["sample", "mnist-digits-cond", *common, "--nrow", "5", "--out", str(mixed)]) == 0
-    assert _pixels(mixed).shape[1] == 5 * 30 + 2
+    m = _pixels(mixed)
+    assert m.shape[1] == max(5 * 30 + 2, viz.MIN_TITLE_PX)  # widened for the title alone
+    top, left = m.shape[0] - (2 * 30 + 2), m.shape[1] - (5 * 30 + 2)
+    assert (m[top:, :left] == 255).all()  # nothing written beside the rows
 
 
 def _args(**kw):
@@ -227,3 +231,26 @@ def test_several_prompts_get_a_row_each(capsys):
     )
     one = _args(prompt=["a coat"])
     assert sample_rows(one, gen) == (None, None) and one.n == 20 and one.per_row is None
+
+
+def test_a_title_over_one_small_sample_stays_a_line_or_two(tmp_path):
+    """One 28x28 sample at scale 2 is 64 px wide: its title gets a wider band, not ten
+    lines of a word each."""
+    path = viz.save_grid(_batch(1, 1), tmp_path / "one.png", nrow=8, scale=2,
+                         title="fashion-mnist-cond · class Shirt · dpmpp_2m, 20 steps, "
+                         "guidance 2, seed 0")
+    picture = _pixels(path)
+    assert picture.shape[1] == viz.MIN_TITLE_PX and picture.shape[0] < 150
+
+
+def test_sample_bare_writes_the_sample_itself_for_img2img(tmp_path, capsys):
+    from PIL import Image
+
+    from difflab.cli import main
+
+    out = tmp_path / "shirt.png"
+    assert main(["sample", "fashion-mnist-cond", "--class", "shirt", "-n", "1", "--steps", "2",
+                 "--bare", "--scale", "1", "--out", str(out)]) == 0
+    assert Image.open(out).size == (28, 28)
+    assert main(["img2img", "fashion-text", str(out), "--prompt", "a dress", "-n", "1",
+                 "--steps", "2", "--out", str(tmp_path / "dress.png")]) == 0

@@ -162,6 +162,8 @@ PLANS = {
         "difflab eval shapes-text --geneval": Plan(
             extra=("--images-per-prompt", "1", "--steps", "2")
         ),
+        "difflab sample fashion-mnist-cond --class shirt -n 1 --bare --scale 1 "
+        "--out one_shirt.png": AS_WRITTEN,
         'difflab img2img fashion-text shirt.png --prompt "a dress" --out dresses.png':
             AS_WRITTEN,
         'difflab inpaint fashion-text bag.png mask.png --prompt "a handbag" --out filled.png':

@@ -212,6 +212,9 @@ def sampling_title(
 
 LABEL_GAP = 6  # pixels between a label and the grid or the picture's edge
 MAX_ROW_LABEL_PX = 240  # longer row labels (prompts) are cut with an ellipsis
+# A title over a grid narrower than this gets this width (a wider left margin): over one 28x28
+# sample at scale 2 it would otherwise wrap to a line per word, taller than the picture.
+MIN_TITLE_PX = 320
 
 
 @functools.lru_cache(maxsize=8)
@@ -295,6 +298,8 @@ def label_image(
             )
         widest = max((_text_width(str(s), font) for s in row_labels), default=0)
         left = min(widest, MAX_ROW_LABEL_PX) + 2 * LABEL_GAP
+    if title and left + img.width < MIN_TITLE_PX:
+        left = MIN_TITLE_PX - img.width
     width = left + img.width
     lines = _wrap(title, font, width - 2 * LABEL_GAP) if title else []
     if header is not None:

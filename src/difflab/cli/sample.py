@@ -28,6 +28,9 @@ def add_sample_arguments(s: argparse.ArgumentParser) -> None:
     add_sampling_arguments(s, default_n=64)
     s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
     s.add_argument("--gif", help="also write the reverse process as a GIF")
+    s.add_argument("--bare", action="store_true",
+                   help="the images alone in the PNG: no title, row labels or padding (with "
+                   "-n 1 --scale 1 it is the sample at its own size, as img2img takes it)")
     s.add_argument(
         "--class",
         dest="classes",
@@ -74,8 +77,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         labels = row_labels if nrow == args.per_row else None  # rows of one condition only
         title = grid_title(args, kw, gen)
         with writing(out):
-            viz.save_grid(images, out, nrow=nrow, scale=args.scale, row_labels=labels,
-                          title=title)
+            if args.bare:  # the images alone: -n 1 --scale 1 is the sample itself
+                viz.save_grid(images, out, nrow=nrow, scale=args.scale, padding=0)
+            else:
+                viz.save_grid(images, out, nrow=nrow, scale=args.scale, row_labels=labels,
+                              title=title)
         if recorder is not None:
             with writing(Path(args.gif)):
                 viz.save_gif(
