@@ -46,24 +46,44 @@ def test_ctrl_c_saves_the_step_and_the_continued_run_is_bit_identical(tmp_path):
                     for line in open(tmp_path / "stopped" / "metrics.jsonl")]
 
 
-def test_ctrl_c_of_a_real_difflab_train_says_how_to_continue(tmp_path):
-    out = tmp_path / "run"
-    sets = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
-            "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
-            "train.batch_size=16", "train.log_every=1", "data.limit=200"]
-    argv = ["train", "digits8", "--out", str(out), "--steps", "100000", *as_flags(sets)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "difflab.cli", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# A small real run of `difflab train` that would go on for hours: stopped by the tests.
+ENDLESS = ["--steps", "100000", *as_flags([
+    "model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
+    "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
+    "train.batch_size=16", "train.log_every=1", "data.limit=200"])]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def start_training(launch: list[str], out: Path, **popen) -> subprocess.Popen:
+    """`launch` (python -m difflab.cli, or a torchrun of it) training into `out`, returned
+    once it has logged three steps: a run in its loop, with something to lose."""
+    proc = subprocess.Popen([*launch, "train", "digits8", "--out", str(out), *ENDLESS],
+                            cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **popen)
     metrics, t0 = out / "metrics.jsonl", time.monotonic()
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         assert proc.poll() is None and time.monotonic() - t0 < 300, proc.communicate()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+def stopped_by(signum: int, out: Path, times: int = 1) -> tuple[int, str, str]:
+    """A real single-process `difflab train` sent `signum` `times` times: the step it saved
+    (checked to be in its loop and told), its stdout and stderr; it must exit 128 + signum."""
+    proc = start_training([sys.executable, "-m", "difflab.cli"], out)
+    for _ in range(times):
+        proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert proc.returncode == 128 + signum and "Traceback" not in stderr, stderr[-2000:]
     step = load_checkpoint(out / "last", with_training_state=True).state["step"]
-    assert step >= 3 and f"difflab: interrupted at step {step}; saved {out / 'last'}" in stderr
+    assert step >= 3 and f" at step {step}; saved {out / 'last'}" in stderr
+    return step, stdout, stderr
+
+
+def test_ctrl_c_of_a_real_difflab_train_says_how_to_continue(tmp_path):
+    out = tmp_path / "run"
+    step, stdout, stderr = stopped_by(signal.SIGINT, out)
+    assert f"difflab: interrupted at step {step}" in stderr
     assert "stopping after this step" in stderr + stdout
     assert not (out / "samples.png").exists()  # no report after a Ctrl-C
     # the command it prints continues the run (to a smaller budget here, to end at once)
@@ -78,24 +98,8 @@ def test_ctrl_c_of_a_real_difflab_train_says_how_to_continue(tmp_path):
 def test_sigterm_saves_the_step_like_a_first_ctrl_c(tmp_path):
     """`kill`, `timeout`, `docker stop` and batch schedulers send SIGTERM (then SIGKILL): the
     run saves the step it is at and exits 143; a second SIGTERM does not stop it unsaved."""
-    out = tmp_path / "run"
-    sets = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
-            "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
-            "train.batch_size=16", "train.log_every=1", "data.limit=200"]
-    argv = ["train", "digits8", "--out", str(out), "--steps", "100000", *as_flags(sets)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "difflab.cli", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics, t0 = out / "metrics.jsonl", time.monotonic()
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() - t0 < 300, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
-    step = load_checkpoint(out / "last", with_training_state=True).state["step"]
-    assert step >= 3 and f"difflab: stopped by SIGTERM at step {step}; saved" in stderr
+    step, stdout, stderr = stopped_by(signal.SIGTERM, tmp_path / "run", times=2)
+    assert f"difflab: stopped by SIGTERM at step {step}" in stderr
     assert "SIGTERM: stopping after this step" in stderr + stdout
 
 
@@ -130,21 +134,9 @@ def test_ctrl_c_of_a_torchrun_stops_every_rank_at_one_step_and_saves(tmp_path):
     continues the run. It used to kill the ranks and keep nothing before the first periodic
     checkpoint."""
     out = tmp_path / "ddp"
-    sets = ["model.overrides.base_channels=16", "model.overrides.channel_mults=[1, 2]",
-            "model.overrides.attention_resolutions=[]", "model.overrides.groups=4",
-            "train.batch_size=16", "train.log_every=1", "data.limit=200"]
     torchrun = [sys.executable, "-m", "torch.distributed.run"]
-    argv = ["train", "digits8", "--out", str(out), "--steps", "100000", "--device", "cpu",
-            "--no-report", *as_flags(sets)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*torchrun, "--standalone", "--nproc_per_node=2", "-m",
-                             "difflab.cli", *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its own group, as a terminal's job
-    metrics, t0 = out / "metrics.jsonl", time.monotonic()
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() - t0 < 300, proc.communicate()
-        time.sleep(0.2)
+    proc = start_training([*torchrun, "--standalone", "--nproc_per_node=2", "-m", "difflab.cli"],
+                          out, start_new_session=True)  # its own group, as a terminal's job
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
     stdout, stderr = proc.communicate(timeout=300)
     step = load_checkpoint(out / "last", with_training_state=True).state["step"]
@@ -155,7 +147,7 @@ def test_ctrl_c_of_a_torchrun_stops_every_rank_at_one_step_and_saves(tmp_path):
     assert said[-1] == "--resume"
     again = said[1:]
     again[again.index("--steps") + 1] = str(step + 1)
-    done = subprocess.run([*torchrun, *again], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([*torchrun, *again], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert load_checkpoint(out / "last", with_training_state=True).state["step"] == step + 1
