@@ -221,6 +221,17 @@ def test_a_users_file_with_a_run_files_name_is_never_replaced(tmp_path, capsys, 
     tally("cli_guards", train_out_cases=2)
 
 
+def test_every_file_of_the_users_in_the_way_is_named_at_once(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "settings"}')
+    (folder / "samples.png").write_bytes(b"\x89PNG my picture")
+    before = snapshot(tmp_path)
+    line = refused(["train", "digits8", "--out", str(folder), "--overwrite"], capsys)
+    assert "config.json, samples.png in " in line and "leaves them alone" in line
+    assert snapshot(tmp_path) == before
+
+
 def test_overwrite_replaces_a_whole_runs_pictures_from_before_they_were_marked(tmp_path,
                                                                               capsys):
     from PIL import Image

@@ -126,10 +126,12 @@ def clear_run(out: Path, found: list[str], whole_run: bool) -> None:
 
 
 def _check_all_difflabs(out: Path, found: list[str]) -> bool:
-    """CLIError naming the first of `found` (names a run writes) that difflab did not write:
-    a user's file or folder that shares a name with a run's is neither replaced nor removed.
-    Returns whether `out` holds a whole run (`_is_whole_run`)."""
+    """CLIError naming every one of `found` (names a run writes) that difflab did not write:
+    a user's file or folder that shares a name with a run's is neither replaced nor removed,
+    and all of them are said at once, not one per attempt. Returns whether `out` holds a
+    whole run (`_is_whole_run`)."""
     whole_run = _is_whole_run(out)
+    theirs = []
     for name in found:
         path = out / name.rstrip("/")
         if name.rstrip("/") in RUN_CHECKPOINTS:
@@ -148,8 +150,15 @@ def _check_all_difflabs(out: Path, found: list[str]) -> bool:
             ours = not path.is_symlink() and path.is_file() and _is_run_file(path, whole_run)
             what = "a file difflab wrote"
         if not ours:
-            raise CLIError(f"{path} is not {what}, and a run writes that name, so difflab "
-                           "leaves it alone: move it away or give another --out")
+            theirs.append((path, what))
+    if len(theirs) == 1:
+        path, what = theirs[0]
+        raise CLIError(f"{path} is not {what}, and a run writes that name, so difflab "
+                       "leaves it alone: move it away or give another --out")
+    if theirs:
+        raise CLIError(f"{', '.join(p.name for p, _ in theirs)} in {out} are not difflab's, and "
+                       "a run writes those names, so difflab leaves them alone: move them away "
+                       "or give another --out")
     return whole_run
 
 
