@@ -298,6 +298,26 @@ def test_resume_says_where_it_goes_on_and_refuses_a_spent_budget(tmp_path, capsy
     assert "--resume" not in command and "--steps 3" in command and "was resumed" in command
 
 
+def test_a_resume_without_a_config_reads_the_runs_own(tmp_path, capsys):
+    """A run on custom settings resumes without its --set flags again: with no config named,
+    --resume reads the run's config.json; it can also be named, and then --out defaults to
+    its folder. command.sh names that config."""
+    out = tmp_path / "custom"
+    assert main(["train", "digits8", "--out", str(out), "--steps", "2", "--no-report",
+                 *TINY]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 0
+    assert load_checkpoint(out / "last", with_training_state=True).state["step"] == 3
+    command = (out / "command.sh").read_text()
+    assert f"train {out / 'config.json'} --out {out} --steps 3" in command
+    assert main(["train", str(out / "config.json"), "--resume", "--steps", "4",
+                 "--no-report"]) == 0
+    assert load_checkpoint(out / "last", with_training_state=True).state["step"] == 4
+    (tmp_path / "bad.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "bad.json is not valid JSON" in capsys.readouterr().err
+
+
 def test_a_very_long_prompt_is_quoted_short(tmp_path, capsys):
     """A 600-word prompt: the warnings and the grid's title quote its first 60 characters."""
     from PIL import Image

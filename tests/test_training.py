@@ -287,7 +287,7 @@ def test_conditional_sample_grid_has_a_row_per_class(tmp_path):
     assert (count, nrow) == (60, 6) and conditions["classes"][:7] == [0] * 6 + [1]
     path = report.save_sample_grid(tr, tmp_path / "grid.png")
     width, height = Image.open(path).size
-    assert height > width  # 10 rows of 6: taller than wide
+    assert height >= (10 * (8 + 2) + 2) * 2  # 10 rows of 8x8 images (padding 2, scale 2)
 
 
 def test_lr_schedules_follow_their_closed_forms():
@@ -347,5 +347,6 @@ def test_sample_grid_draws_train_num_sample_images(tmp_path):
         )
         path = report.save_sample_grid(tr, tmp_path / f"grid{n}.png")
         width, heights[n] = Image.open(path).size
-    row = heights[16] - heights[8]
-    assert row > 0 and width // row == 8  # 8 columns of square tiles
+    assert heights[16] - heights[8] == (8 + 2) * 2  # one more row of 8x8 tiles (scale 2)
+    count, nrow, _ = report.grid_layout(tr, Generator.from_trainer(tr), 16)
+    assert (count, nrow) == (16, 8)  # of 8 columns

@@ -16,6 +16,7 @@ the key and what is allowed. What no single key can say (keys that bound each ot
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -525,16 +526,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a TOML run config (or the defaults when path is None) and apply --set overrides."""
+    """Read a run config (or the defaults when path is None) and apply --set overrides: TOML,
+    or the config.json that `difflab train` writes into a run folder (every key, as it ran)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            raw = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from e
+            if path.suffix == ".json":
+                raw = json.loads(path.read_text())
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"{path} holds no run config (a JSON object of sections)")
+            else:
+                raw = tomllib.loads(path.read_text())
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            kind = "JSON" if path.suffix == ".json" else "TOML"
+            raise ConfigError(f"{path} is not valid {kind}: {e}") from e
         except OSError as e:  # unreadable: permissions, a folder, a broken disk
             raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from e
     raw = apply_overrides(raw, overrides or [])

@@ -144,7 +144,7 @@ def _check_all_difflabs(out: Path, found: list[str]) -> bool:
             _check_snapshots(path)
             continue
         elif name == "config.json":
-            ours = not path.is_symlink() and path.is_file() and _is_run_config(path)
+            ours = not path.is_symlink() and path.is_file() and is_run_config(path)
             what = "a run config difflab wrote"
         else:
             ours = not path.is_symlink() and path.is_file() and _is_run_file(path, whole_run)
@@ -197,13 +197,13 @@ def _is_run_file(path: Path, whole_run: bool) -> bool:
         except ValueError:
             return False
         return isinstance(row, dict) and "step" in row
-    return False  # no other name of RUN_FILES comes here (config.json: _is_run_config)
+    return False  # no other name of RUN_FILES comes here (config.json: is_run_config)
 
 
 def _is_whole_run(out: Path) -> bool:
     """A difflab checkpoint in last/ and the run's config.json: where pictures from before
     difflab marked its files are trusted as the run's."""
-    return is_difflab_checkpoint(out / "last") and _is_run_config(out / "config.json")
+    return is_difflab_checkpoint(out / "last") and is_run_config(out / "config.json")
 
 
 def _is_picture(path: Path) -> bool:
@@ -215,7 +215,7 @@ def _is_picture(path: Path) -> bool:
     return True
 
 
-def _is_run_config(path: Path) -> bool:
+def is_run_config(path: Path) -> bool:
     """Whether `path` is the config.json `difflab train` writes beside a run's checkpoints."""
     try:
         config = json.loads(path.read_text())

@@ -21,7 +21,7 @@ from difflab.argtypes import device_name, float_in, int_in
 from difflab.checkpoints.names import resolve_checkpoint
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
-from difflab.cli.runs import check_run_folder
+from difflab.cli.runs import check_run_folder, is_run_config
 from difflab.config import load_config
 from difflab.runs import report, score_fid
 from difflab.training.run_state import describe_init_from
@@ -33,8 +33,8 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument(
         "config",
         nargs="?",
-        default=DEFAULT_CONFIG,
-        help="TOML file or preset name in configs/ (default: fashion_mnist)",
+        help="TOML file or preset name in configs/, or a run's config.json (default: "
+        "fashion_mnist; with --resume, the run's own config.json)",
     )
     t.add_argument(
         "--set",
@@ -168,11 +168,29 @@ def resume_command(argv: list[str], world_size: int = 1, local_world_size: int =
     return f"your torchrun launch of {shlex.join(['-m', 'difflab.cli', *kept])}"
 
 
+def train_config(args: argparse.Namespace) -> Path:
+    """The config a `difflab train` command names; when it names none, a resume's is the
+    run's own config.json (so a run on custom data resumes without its --set flags again),
+    else the default preset. The config is then put in `args.argv`, so that command.sh and
+    the resume command name it."""
+    if args.config is not None:
+        return resolve_config(args.config)
+    recorded = Path(args.out or f"runs/{DEFAULT_CONFIG}") / "config.json"
+    if args.resume and recorded.is_file() and is_run_config(recorded):
+        path = recorded
+    else:
+        path = resolve_config(DEFAULT_CONFIG)
+    at = args.argv.index("train") + 1 if "train" in args.argv else 0
+    args.argv = [*args.argv[:at], str(path), *args.argv[at:]]
+    return path
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Check the config and the run folder, train, and write the report."""
-    config_path = resolve_config(args.config)
+    config_path = train_config(args)
     cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
-    out = Path(args.out or f"runs/{config_path.stem}")
+    out = Path(args.out or (config_path.parent if config_path.suffix == ".json"
+                            else f"runs/{config_path.stem}"))
     if args.init_from and args.resume:
         raise ValueError("--init-from starts a new run and --resume continues one: give one")
     init_from = resolve_checkpoint(args.init_from) if args.init_from else None
