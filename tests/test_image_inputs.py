@@ -211,3 +211,21 @@ def test_cli_refuses_a_wrong_size_before_the_model_loads(picture, tmp_path, caps
     assert cli.main(["img2img", str(broken), str(tmp_path / "in.png"), "--prompt", "a dress",
                      "--out", str(tmp_path / "o.png")]) == 2
     assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_the_early_size_check_reads_config_json_as_safely_as_a_load(tmp_path):
+    """A config.json that is a FIFO would block a plain read forever: the early check reads it
+    as a load does (regular files only), so the command ends with the load's one line."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    os.mkfifo(folder / "config.json")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big.png")
+    p = subprocess.run([sys.executable, "-m", "difflab.cli", "img2img", str(folder),
+                        str(tmp_path / "big.png"), "--prompt", "a dress",
+                        "--out", str(tmp_path / "o.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]

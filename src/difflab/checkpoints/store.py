@@ -182,6 +182,17 @@ def is_difflab_checkpoint(path: str | Path) -> bool:
     return False
 
 
+def peek_config(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint folder's config.json, read as safely as a load reads it (regular file,
+    bounded size) but without the weights or any check of them; None when it cannot be read.
+    For early checks before the load, which then explains what is wrong."""
+    try:
+        doc = json.loads(_read_regular(Path(path) / CONFIG_FILE, _MAX_JSON_BYTES))
+    except (OSError, ValueError):  # CheckpointError and JSON errors are ValueErrors
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 # ---------------------------------------------------------------------------------- writing
 def _prepare(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     out = {}

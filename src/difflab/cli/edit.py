@@ -11,12 +11,12 @@ read, and refused with a reason, before the model loads.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from difflab import viz
 from difflab.argtypes import float_in
 from difflab.checkpoints.names import resolve_checkpoint
+from difflab.checkpoints.store import peek_config
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
@@ -78,7 +78,7 @@ def _check_sizes_first(checkpoint: str, image, mask=None) -> None:
     model): the checkpoint's config.json names the size its pictures have. The pipeline checks
     again; a config.json that cannot be read here is left to the load to explain."""
     try:
-        config = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())
+        config = peek_config(resolve_checkpoint(checkpoint)) or {}
         shape = tuple(int(v) for v in config["image_shape"])
     except (OSError, ValueError, KeyError, TypeError):
         return
