@@ -69,6 +69,9 @@ def grid_labels(trainer, n: int = 64, seed: int = 0) -> tuple[list[str] | None, 
     return labels, title
 
 
+RECONSTRUCTION_ROW = 8  # an autoencoder's grid: rows of this many real images, then rebuilt
+
+
 def reconstructions(trainer, n: int = 32, seed: int = 0) -> torch.Tensor:
     """Real images and the autoencoder's reconstructions, interleaved row by row (uint8)."""
     g = torch.Generator().manual_seed(seed)
@@ -76,7 +79,8 @@ def reconstructions(trainer, n: int = 32, seed: int = 0) -> torch.Tensor:
     real = to_float(trainer.data.images[idx]).to(trainer.device)
     with torch.no_grad():
         rec = trainer.ema.model.decode(trainer.ema.model.encode(real).mode())
-    rows = [t for i in range(0, n, 8) for t in (real[i : i + 8], rec[i : i + 8])]
+    k = RECONSTRUCTION_ROW
+    rows = [t for i in range(0, n, k) for t in (real[i : i + k], rec[i : i + k])]
     return to_uint8(torch.cat(rows).float().cpu())
 
 
@@ -101,14 +105,14 @@ def health_view(trainer, images: torch.Tensor) -> torch.Tensor:
     autoencoder's would read as near-copies of them (a collapse that is not one)."""
     if trainer.kind != "autoencoder":
         return images
-    return torch.cat(images.split(8)[1::2])  # reconstructions(): rows of 8 real, 8 rebuilt
+    return torch.cat(images.split(RECONSTRUCTION_ROW)[1::2])  # the odd rows of reconstructions()
 
 
 def fixed_seed_samples(trainer, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, int]:
     """About `n` uint8 samples from the EMA weights, the same noise every time (an autoencoder
     run: real images and their reconstructions), and the grid's row length."""
     if trainer.kind == "autoencoder":
-        return reconstructions(trainer, n, seed), 8
+        return reconstructions(trainer, n, seed), RECONSTRUCTION_ROW
     gen = Generator.from_trainer(trainer)
     count, nrow, conditions = grid_layout(trainer, gen, n)
     return gen.generate(count, seed=seed, **conditions, **sample_kwargs(trainer)), nrow
