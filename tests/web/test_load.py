@@ -101,3 +101,27 @@ def test_serve_binds_loopback_and_applies_its_flags(served, port):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_uploads_that_are_not_images_are_refused_in_one_line(app_url, tmp_path):
+    """The browser's upload widgets only offer images, but the HTTP API takes any file: an
+    image or mask that is not a picture is refused by name, in one line (not gradio's
+    preprocessing report), and the app keeps serving."""
+    picture, text = tmp_path / "picture.png", tmp_path / "notes.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(picture)
+    text.write_text("not a picture\n")
+    client = gradio_client.Client(app_url, verbose=False)
+
+    def inpaint(image, mask) -> str:
+        sketch = {"background": gradio_client.handle_file(str(image)), "layers": [],
+                  "composite": None}
+        with pytest.raises(gradio_client.exceptions.AppError) as e:
+            client.predict("fashion-text", sketch, gradio_client.handle_file(str(mask)),
+                           "a dress", "", "ddim", 2, 2, 0, 1, api_name="/inpaint")
+        return str(e.value)
+
+    for message, what in ((inpaint(picture, text), "mask"), (inpaint(text, picture), "image")):
+        assert message.startswith(f"cannot read the {what} 'notes.png': it is not an image")
+        assert "\n" not in message and "preprocess" not in message
+    _, gallery, _, _, _ = client.predict(*generate_args(0, n=1), api_name="/generate")
+    assert len(gallery) == 1

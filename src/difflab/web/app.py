@@ -87,6 +87,31 @@ def _shown_errors(fn: Callable) -> Callable:
     return plain
 
 
+def _refuse_unreadable_uploads(component: Any, what: str) -> Any:
+    """`component` with its upload decoding wrapped: the browser's widget offers images only,
+    but the HTTP API takes any file, and gradio would answer one that is not a picture with
+    its own multi-line error (and a traceback in the log). Here it is one line naming the
+    upload, as every other refusal is."""
+    import gradio as gr  # the web extra: imported only when the app is built
+    decode = component.preprocess
+
+    @functools.wraps(decode)
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except gr.Error:
+            raise
+        except Exception as e:  # PIL's decoders raise many types; their text names a temp file
+            upload = getattr(payload, "background", None) or payload  # the editor's picture
+            named = getattr(upload, "orig_name", None) or "upload"
+            raise _page_error(gr, ValueError(
+                f"cannot read the {what} {named!r}: it is not an image difflab can read "
+                "(PNG, JPEG, BMP, GIF, TIFF or WebP)")) from e
+
+    component.preprocess = preprocess
+    return component
+
+
 def _notes(lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
@@ -203,16 +228,17 @@ def build_app(roots: Roots, limits: Limits | None = None,
                     with gr.Column(scale=1):
                         e_model = gr.Dropdown(models, value=EDIT_MODEL, label="model",
                                               allow_custom_value=True, elem_id="edit-model")
-                        e_sketch = gr.ImageEditor(
+                        e_sketch = _refuse_unreadable_uploads(gr.ImageEditor(
                             type="filepath", label="image: upload, then paint what to redraw "
                             "(inpainting)", sources=["upload"], elem_id="edit-image",
                             layers=False, transforms=(), elem_classes="pixelated",
                             brush=gr.Brush(colors=["#ff0000"], color_mode="fixed",
                                            default_size=2),
-                        )
-                        e_mask = gr.Image(type="filepath", image_mode=None, sources=["upload"],
-                                          label="mask (optional; white = redraw)",
-                                          elem_id="edit-mask", elem_classes="pixelated")
+                        ), "image")
+                        e_mask = _refuse_unreadable_uploads(gr.Image(
+                            type="filepath", image_mode=None, sources=["upload"],
+                            label="mask (optional; white = redraw)", elem_id="edit-mask",
+                            elem_classes="pixelated"), "mask")
                         e_prompt = gr.Textbox(label="prompt", elem_id="edit-prompt")
                         e_negative = gr.Textbox(label="negative prompt", elem_id="edit-negative")
                         e_strength = gr.Slider(0, 1, DEFAULT_IMG2IMG_STRENGTH, step=0.05,
