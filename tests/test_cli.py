@@ -267,6 +267,8 @@ def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):
                 "--json",
                 str(report),
                 "--quiet",
+                "--compile",
+                "off",
             ]
         )
         == 0
@@ -275,6 +277,7 @@ def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):
 
     r = json.loads(report.read_text())
     assert r["fid"] > 0 and "digits CNN features" in r["feature_space"]
+    assert r["sampling"]["compiled"] is False
     npz = tmp_path / "s.npz"
     assert (
         main(["sample", str(run_dir / "last"), "-n", "60", "--steps", "4", "--out", str(npz)]) == 0
@@ -283,6 +286,8 @@ def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):
     assert "FID" in capsys.readouterr().out
     p = run_cli("eval", "--images", str(npz))
     assert p.returncode != 0 and "--dataset" in p.stderr
+    assert main(["eval", "--images", str(npz), "--dataset", "digits", "--compile", "on"]) == 2
+    assert "--compile goes with drawing a checkpoint's samples" in capsys.readouterr().err
 
 
 def test_resume_says_where_it_goes_on_and_refuses_a_spent_budget(tmp_path, capsys):

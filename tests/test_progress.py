@@ -99,6 +99,7 @@ def test_eval_shows_progress_and_quiet_silences_it(tmp_path, capsys):
     sampling = [s for s in lines if s.startswith("sampling 8 images")]
     assert sampling and "2/2" in sampling[-1] and "network evaluations" in sampling[-1]
     assert any("features of 8 images" in s for s in lines)
+    assert "difflab: sampling with the eager network (8 images x 2 steps: too few" in captured.err
     nll = [s for s in lines if s.startswith("NLL")]
     assert nll and "4/4" in nll[-1] and "network evaluations" in nll[-1]
     assert "FID" in captured.out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from difflab.metrics.evaluate import evaluate_images
 from difflab.metrics.features import CLASS_ALIASES, CLASS_NAMES, DATASETS, metric_split
 from difflab.metrics.geneval import evaluate_geneval
 from difflab.pipeline import Generator
+from difflab.pipeline.compiled import choose_compile
 from difflab.pipeline.progress import NetworkProgress
 from difflab.samplers.likelihood import ode_bits_per_dim, uniform_dequantize
 
@@ -187,6 +189,7 @@ def evaluate_generator(
     reference_split: str = "test",
     n_reference: int | None = None,
     verbose: bool = False,
+    compile: str = "auto",
     **sample_options: Any,
 ) -> dict[str, Any]:
     """Draw `samples` images from a :class:`~difflab.pipeline.Generator` and evaluate them
@@ -194,7 +197,9 @@ def evaluate_generator(
     in turn, and its class agreement reported; a text model draws without a prompt.
     `classes`: the dataset classes the model was trained on (None: all); `sample_options`
     go to the sampler (clip=, eta=, ...). Sampler, steps and guidance left None are the
-    checkpoint's [sample] settings, as `difflab sample` uses them."""
+    checkpoint's [sample] settings, as `difflab sample` uses them. `compile` "auto", "on" or
+    "off": sample through torch.compile (auto: when it pays, difflab.pipeline.compiled);
+    what was chosen, and why, is in the report's "sampling" and said when verbose."""
     if samples < 4:
         raise ValueError(f"samples must be at least 4, got {samples}")
     names = CLASS_NAMES[dataset]
@@ -206,6 +211,9 @@ def evaluate_generator(
         sampler, steps, guidance, conditioned=conditional, guidance_interval=guidance_interval,
         autoguidance=autoguidance,
     )
+    compiling = choose_compile(compile, gen.device, "fp32", samples, settings.steps)
+    if verbose:
+        print(f"difflab: sampling with the {compiling.why}", file=sys.stderr, flush=True)
     batches, labels = [], []
     start = time.perf_counter()
     for images, lab in gen.generate_batches(
@@ -219,6 +227,7 @@ def evaluate_generator(
         guidance_interval=guidance_interval,
         autoguidance=autoguidance,
         progress=verbose,  # a bar over every batch's steps, with the network evaluations
+        compile=compiling.compile,
         **sample_options,
     ):
         batches.append(images)
@@ -248,6 +257,7 @@ def evaluate_generator(
         "guidance": settings.guidance,
         "guidance_interval": _listed(settings.guidance_interval),
         "autoguidance": settings.autoguidance,
+        "compiled": compiling.compile,
         "seconds": round(sample_seconds, 1),
     }
     return report

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,3 +161,11 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     if device.type == "mps":
         return False, "bf16 autocast on MPS is not relied on"
     return cpu_native_bf16()
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend (inductor) would build its kernels with:
+    $CXX, else clang++ on macOS and g++ elsewhere, as inductor picks it; None when that is not
+    installed (most Windows and many slim Linux machines), where compiling cannot work."""
+    name = os.environ.get("CXX") or ("clang++" if platform.system() == "Darwin" else "g++")
+    return shutil.which(name)

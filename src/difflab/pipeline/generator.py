@@ -62,6 +62,7 @@ from difflab.models.caption_bank import (
 from difflab.models.conditioning import TextCondition
 from difflab.models.text import TextConditioned, text_encoder_from_spec
 from difflab.ownership import MARK, MARK_KEY
+from difflab.pipeline.compiled import CompiledNetwork
 from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
 from difflab.pipeline.progress import SamplingProgress
 from difflab.pipeline.settings import (
@@ -455,12 +456,22 @@ class Generator:
         (GuidedDenoiser), calling the second network only there.
         `autoguidance` w: D_guide + w (D - D_guide) with the guide network on the same condition
         (Karras et al. 2024, eq. 3), in place of classifier-free guidance."""
+        return self._denoiser(self.net, self.guide, labels, guidance, clip, text=text,
+                              negative=negative, guidance_interval=guidance_interval,
+                              autoguidance=autoguidance)
+
+    def _denoiser(self, net: torch.nn.Module, guide: torch.nn.Module | None,
+                  labels: Tensor | None, guidance: float | None, clip: str | None, *,
+                  text: TextCondition | None, negative: TextCondition | None,
+                  guidance_interval: tuple[float, float] | None,
+                  autoguidance: float | None) -> Denoiser:
+        """:meth:`denoiser` on the given networks (the model's own, or them compiled)."""
         cond = text if text is not None else labels
-        den: Denoiser = network_denoiser(self.net, self.process, self.parameterization, cond=cond)
+        den: Denoiser = network_denoiser(net, self.process, self.parameterization, cond=cond)
         if autoguidance is not None and autoguidance != 1.0:  # 1: the model alone, one call
-            if self.guide is None or guidance is not None:
+            if guide is None or guidance is not None:
                 raise ValueError("autoguidance needs the checkpoint's guide and no guidance")
-            bad = network_denoiser(self.guide, self.process, self.parameterization, cond=cond)
+            bad = network_denoiser(guide, self.process, self.parameterization, cond=cond)
             den = GuidedDenoiser(den, bad, autoguidance, guidance_interval)
         elif guidance is not None:
             if text is not None:
@@ -470,7 +481,7 @@ class Generator:
                 uncond_cond = torch.full_like(labels, self.num_classes)
             else:
                 raise ValueError(GUIDANCE_NEEDS_CONDITION)
-            uncond = network_denoiser(self.net, self.process, self.parameterization, uncond_cond)
+            uncond = network_denoiser(net, self.process, self.parameterization, uncond_cond)
             den = GuidedDenoiser(den, uncond, guidance, guidance_interval)
         elif negative is not None:
             raise ValueError("a negative prompt needs guidance (e.g. guidance=3)")
@@ -526,6 +537,7 @@ class Generator:
         first: int = 0,
         nearest_captions: int | None = None,
         progress: bool = False,
+        compile: bool = False,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
@@ -550,6 +562,8 @@ class Generator:
         `nearest_captions`: see :meth:`nearest_captions` (prompts and negative prompts alike).
         `progress`: a tqdm bar on stderr over every batch's steps, with the network
         evaluations so far (:class:`SamplingProgress`); off by default, the library is quiet.
+        `compile`: run the networks through torch.compile (:class:`CompiledNetwork`; worth it
+        only for long jobs: :func:`~difflab.pipeline.compiled.choose_compile` says when).
         """
         check_sampling_inputs(n, steps, guidance, batch_size)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
@@ -583,10 +597,14 @@ class Generator:
             if precision == "bf16"
             else nullcontext()
         )
+        net, guide = self.net, self.guide
+        if compile:
+            net = CompiledNetwork(net)
+            guide = CompiledNetwork(guide) if guide is not None else None
         # The bar counts the network's forward calls (a guided step makes two) until closed.
-        guide = (self.guide,) if self.guide is not None else ()
         bar = (
-            SamplingProgress(self.net, n, batch_size, len(timesteps), others=guide)
+            SamplingProgress(net, n, batch_size, len(timesteps),
+                             others=(guide,) if guide is not None else ())
             if progress else None
         )
         step_callback = bar.wrap(callback) if bar is not None else callback
@@ -601,8 +619,8 @@ class Generator:
                 negative = (
                     self._text(negatives[start : start + b], b, nearest) if negatives else None
                 )
-                den = self.denoiser(
-                    labels, guidance, clip, text=text, negative=negative,
+                den = self._denoiser(
+                    net, guide, labels, guidance, clip, text=text, negative=negative,
                     guidance_interval=settings.guidance_interval,
                     autoguidance=settings.autoguidance,
                 )
