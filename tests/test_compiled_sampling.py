@@ -89,3 +89,16 @@ def test_a_failed_build_samples_on_eagerly_and_says_why(guided_run, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "torch.compile failed, sampling with the eager network" in done.stderr
     assert np.array_equal(np.load(out), draw(guided_run))
+
+
+@needs_compiler
+def test_sample_says_when_it_compiles(guided_run, tmp_path, capsys):
+    common = ["sample", str(guided_run), "-n", "5", "--batch-size", "4", "--sampler", "ddim",
+              "--steps", "3", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "plain.npz")]) == 0
+    assert "network" not in capsys.readouterr().out  # a few images: eager, nothing to say
+    assert main([*common, "--compile", "on", "--out", str(tmp_path / "compiled.npz")]) == 0
+    assert "sampling with the compiled network (compile on; 5 images x 3 steps)" in (
+        capsys.readouterr().out)
+    plain, compiled = (np.load(tmp_path / f"{n}.npz")["images"] for n in ("plain", "compiled"))
+    assert np.abs(plain.astype(int) - compiled.astype(int)).max() <= 1

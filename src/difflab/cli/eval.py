@@ -40,6 +40,7 @@ from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file, resolve_checkpoint
 from difflab.cli.sampling import (
     add_autoguidance_argument,
+    add_compile_argument,
     add_guidance_interval_argument,
     guidance_interval,
 )
@@ -53,7 +54,6 @@ from difflab.metrics.evaluate import (
 from difflab.metrics.features import DATASETS
 from difflab.metrics.geneval import format_geneval_report, score_images_file
 from difflab.ownership import MARK, MARK_KEY
-from difflab.pipeline.compiled import COMPILE_CHOICES
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -143,11 +143,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--negative-prompt", help="--geneval: a negative prompt for every image"
     )
-    parser.add_argument(
-        "--compile", choices=COMPILE_CHOICES,
-        help="sample a checkpoint through torch.compile: auto (default) when the job is long "
-        "enough to pay for a ~2-minute build, on a CPU in fp32 with a C++ compiler; on; off",
-    )
+    add_compile_argument(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument(
         "--device", type=device_name, help="cpu, cuda, ... (default: cuda when available)"

@@ -17,7 +17,13 @@ from pathlib import Path
 from difflab import viz
 from difflab.cli.errors import CLIError, removed_on_failure, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
-from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
+from difflab.cli.sampling import (
+    add_compile_argument,
+    add_sampling_arguments,
+    check_grid,
+    load_generator,
+    sampling_kwargs,
+)
 from difflab.data.captions import quote_prompt
 from difflab.pipeline.settings import grid_rows
 
@@ -28,6 +34,7 @@ def add_sample_arguments(s: argparse.ArgumentParser) -> None:
     add_sampling_arguments(s, default_n=64)
     s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
     s.add_argument("--gif", help="also write the reverse process as a GIF")
+    add_compile_argument(s)
     s.add_argument("--bare", action="store_true",
                    help="the images alone in the PNG: no title, row labels or padding (with "
                    "-n 1 --scale 1 it is the sample at its own size, as img2img takes it)")

@@ -29,6 +29,7 @@ from difflab.argtypes import (
 from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.pipeline import Generator, SamplingSettings
+from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
 from difflab.samplers import SAMPLERS
 
 # The largest picture a command writes: 2**27 pixels (128 MP, 384 MB as RGB), a GIF's frames
@@ -142,6 +143,15 @@ def guidance_interval(args: argparse.Namespace) -> tuple[float, float] | None:
     return low, high
 
 
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """--compile auto|on|off: sample through torch.compile (difflab.pipeline.compiled)."""
+    parser.add_argument(
+        "--compile", choices=COMPILE_CHOICES,
+        help="sample through torch.compile: auto (default) when the job is long enough to pay "
+        "for a ~2-minute build (thousands of images, fp32 on a CPU with a C++ compiler); on; off",
+    )
+
+
 def load_generator(args: argparse.Namespace) -> Generator:
     """The checkpoint of a drawing command, ready to sample on --device."""
     path = resolve_checkpoint(args.checkpoint)
@@ -178,6 +188,8 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         nearest_captions=args.nearest_captions,
         progress=not args.quiet,  # the library is quiet by default; the command is not
     )
+    if hasattr(args, "compile"):  # sample's flag; img2img and inpaint draw a few images
+        kw["compile"] = _compiling(args, gen, settings.steps)
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
         raise CLIError(
@@ -190,6 +202,14 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     print(describe_sampling(settings, eta))
     print_prompt_readings(args, gen)
     return kw
+
+
+def _compiling(args: argparse.Namespace, gen: Generator, steps: int) -> bool:
+    """Whether `difflab sample` draws through torch.compile; said when it does or was asked."""
+    choice = choose_compile(args.compile or "auto", gen.device, args.precision, args.n, steps)
+    if choice.compile or args.compile is not None:
+        print(f"difflab: sampling with the {choice.why}")
+    return choice.compile
 
 
 def _samplers_with_eta() -> list[str]:
