@@ -5,6 +5,7 @@
 - `settings`: sampling settings, their defaults and checks.
 - `inputs`: user images and masks in any usual form -> tensors of a model's shape.
 - `progress`: progress bars that count network evaluations.
+- `compiled`: torch.compile for long sampling jobs, when it pays and with an eager fall-back.
 """
 
 from difflab.pipeline.generator import Generator

@@ -24,9 +24,10 @@ import torch
 from difflab.hardware import cpp_compiler
 
 COMPILE_CHOICES = ("auto", "on", "off")
-# Image-forwards (images x sampling steps) from which `auto` compiles: twice the break-even
-# measured on an AVX2 CPU (a ~120 s build against 1.3 s saved per batch-256 forward pays back
-# after about 24,000 image-forwards), so a machine that builds slower still gains.
+# Image-steps (images x sampling steps) from which `auto` compiles: about twice the break-even
+# measured on an AVX2 CPU (bench/eval_compile.py: a 119 s build, batches 1.65x faster, paid
+# back after 1,131 images of 20 network calls, about 23,000 image-forwards), so that a machine
+# that builds slower still gains. The 10,000 images of an FID evaluation are well past it.
 AUTO_MIN_IMAGE_STEPS = 50_000
 
 
