@@ -19,5 +19,7 @@ def score_fid(trainer: Any) -> dict[str, Any]:
         trainer.cfg.train.fid_samples,
         classes=trainer.cfg.data.classes,
         seed=trainer.cfg.train.seed,
+        # Eager: a build of ~2 minutes inside a timed run would come out of its training budget.
+        compile="off",
         **sample_kwargs(trainer),
     )
