@@ -132,7 +132,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--geneval",
         action="store_true",
         help="GenEval-style prompt following on the shapes world (a text-to-image shapes "
-        "model, or --images with 'prompts') instead of FID",
+        "model, or --images with 'prompts'), with FID in that world's feature space, instead "
+        "of the dataset FID",
     )
     parser.add_argument(
         "--images-per-prompt",

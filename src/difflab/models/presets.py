@@ -203,7 +203,7 @@ PRESETS: dict[str, Preset] = {
         _SHAPES_TEXT,
     ),
     "kl-f4-28": Preset(
-        "KL autoencoder 28x28x1 -> 7x7x4 (f = 4), widths 32/64/64, ~0.4 M: latent diffusion's "
+        "KL autoencoder 28x28x1 -> 7x7x4 (f = 4), widths 32/64/64, ~0.6 M: latent diffusion's "
         "first stage",
         _builder(Autoencoder, AutoencoderConfig()),
         AutoencoderConfig(),
