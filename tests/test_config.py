@@ -17,7 +17,7 @@ SHIPPED_CONFIGS = {
     "fashion-mnist-cond": "fashion_mnist_cond",
     "mnist-digits-cond": "mnist_cond",
     "fashion-text": "fashion_text",
-    "shapes-text": "shapes_text",
+    "shapes-text": "shapes_text_latent",
 }
 
 

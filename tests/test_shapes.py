@@ -146,7 +146,7 @@ def test_the_same_seed_gives_the_same_data():
 
 def test_the_default_draw_is_the_one_the_shipped_model_was_trained_on():
     """Scenes and captions of seed 0 pinned: the shipped shapes-text's training data (seed 0,
-    then seed 1 for its continuation) must not drift when the generator grows options
+    then seed 1 with relations for its continuation) must not drift when the generator grows options
     (data.relations draws from its own stream)."""
     train = make_training_set(500, seed=0)
     assert train.name == "shapes/train/seed0"

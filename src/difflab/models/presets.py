@@ -19,12 +19,14 @@
 - ``dit-*``: DiT transformer backbones (:mod:`difflab.models.transformer`), for pixels
   (``dit-s-28``, ``dit-s4-28``) or 7x7x4 latents with text cross-attention (``dit-latent-7``).
 - ``unet-latent-text-7``: the UNet of latent text-to-image (``configs/fashion_text.toml``,
-  the shipped ``fashion-text``) on the ``kl-f4-28`` autoencoder's 7x7x4 latents: two levels
+  the shipped ``fashion-text``; with ``image_size = 8``, the shipped ``shapes-text`` of
+  ``configs/shapes_text_latent.toml``) on the ``kl-f4-28`` autoencoder's 7x7x4 latents: two levels
   (7 -> 4) 64/128 wide, a spatial transformer at both cross-attending to the 384-wide
   all-MiniLM-L6-v2 sentence embedding, which is also added to the time embedding
   (``pooled_text``, as in Imagen and SDXL) so that every block sees it; ~2.7 M parameters.
 - ``unet-shapes-text-32``: pixel-space text-to-image on the 32x32 RGB shapes world
-  (``configs/shapes_text.toml``, the shipped ``shapes-text``): widths 32/64/64 at 32/16/8,
+  (``configs/shapes_text.toml``, the shipped ``shapes-text`` until it went latent): widths
+  32/64/64 at 32/16/8,
   spatial transformers at 16 and 8 cross-attending to the frozen MiniLM's per-token states
   (and its pooled embedding added to the time embedding).
 - ``kl-f4-28``: the KL autoencoder of latent diffusion, 28x28x1 -> 7x7x4
@@ -138,11 +140,12 @@ _LATENT_TEXT = dataclasses.replace(
 )
 
 # Text-to-image in pixel space on the 32x32 RGB shapes world (configs/shapes_text.toml, the
-# shipped ``shapes-text``): three levels 32 -> 16 -> 8, spatial transformers at 16 and 8 that
-# cross-attend to the MiniLM's per-token states (binding "red" to "circle" and "left of" to
-# the right pair needs the words, not one pooled vector), whose pooled token also joins the
-# time embedding. Objects are 8-12 px: 2-3 cells at 8x8, 4-6 at 16x16, so both levels can
-# place them; 32x32 keeps only convolutions (1,024 positions: attention there costs most).
+# shipped ``shapes-text`` until 2026-12-06): three levels 32 -> 16 -> 8, spatial transformers
+# at 16 and 8 that cross-attend to the MiniLM's per-token states (binding "red" to "circle"
+# and "left of" to the right pair needs the words, not one pooled vector), whose pooled token
+# also joins the time embedding. Objects are 8-12 px: 2-3 cells at 8x8, 4-6 at 16x16, so both
+# levels can place them; 32x32 keeps only convolutions (1,024 positions: attention there costs
+# most).
 _SHAPES_TEXT = dataclasses.replace(
     _DDPM_SMALL,
     in_channels=3,
