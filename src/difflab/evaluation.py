@@ -211,7 +211,8 @@ def evaluate_generator(
         sampler, steps, guidance, conditioned=conditional, guidance_interval=guidance_interval,
         autoguidance=autoguidance,
     )
-    compiling = choose_compile(compile, gen.device, "fp32", samples, settings.steps)
+    precision = sample_options.get("precision", "fp32")  # generate_batches' default
+    compiling = choose_compile(compile, gen.device, precision, samples, settings.steps)
     if verbose:
         print(f"difflab: sampling with the {compiling.why}", file=sys.stderr, flush=True)
     batches, labels = [], []
