@@ -21,6 +21,7 @@ from difflab.cli.sampling import (
     add_compile_argument,
     add_sampling_arguments,
     check_grid,
+    compiling,
     load_generator,
     sampling_kwargs,
 )
@@ -64,6 +65,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix == ".png":
         check_grid(args, gen.image_shape, frames=60 if args.gif else 1)
     kw = sampling_kwargs(args, gen, classes)
+    kw["compile"] = compiling(args, gen, kw["steps"])  # img2img and inpaint draw a few images
     if args.gif and out.suffix == ".png" and args.n > args.batch_size:
         # Every frame is one grid of the whole run; batches after the first would not fit it.
         raise CLIError(

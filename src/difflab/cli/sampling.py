@@ -188,8 +188,6 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         nearest_captions=args.nearest_captions,
         progress=not args.quiet,  # the library is quiet by default; the command is not
     )
-    if hasattr(args, "compile"):  # sample's flag; img2img and inpaint draw a few images
-        kw["compile"] = _compiling(args, gen, settings.steps)
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
         raise CLIError(
@@ -204,7 +202,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     return kw
 
 
-def _compiling(args: argparse.Namespace, gen: Generator, steps: int) -> bool:
+def compiling(args: argparse.Namespace, gen: Generator, steps: int) -> bool:
     """Whether `difflab sample` draws through torch.compile; said when it does or was asked."""
     choice = choose_compile(args.compile or "auto", gen.device, args.precision, args.n, steps)
     if choice.compile or args.compile is not None:
