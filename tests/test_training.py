@@ -218,6 +218,58 @@ def test_a_warm_start_may_add_the_transformers_position_code_and_starts_where_it
                 quiet=True).resume()
 
 
+def _digits_config(**overrides):
+    """A small pixel UNet on the 8x8 digits; with text settings, the real MiniLM reads its
+    class captions."""
+    from difflab.config import config_from_dict
+    model = {"base_channels": 16, "groups": 4, "channel_mults": [1, 2],
+             "attention_resolutions": [4], **overrides}
+    return config_from_dict({
+        "data": {"name": "digits", "limit": 64},
+        **({"text": {"encoder": "minilm", "tokens": "pooled"}} if "context_dim" in model else {}),
+        "model": {"preset": "ddpm-small-28", "overrides": model},
+        "train": {"batch_size": 16, "max_steps": 2, "precision": "fp32", "log_every": 1,
+                  "sample_every": 1000, "checkpoint_every": 100, "warmup_steps": 1},
+    })
+
+
+TEXT_ON_TOP = {"transformer_resolutions": [4], "context_dim": 384, "transformer_head_dim": 8,
+               "pooled_text": True}
+
+
+def test_a_text_model_may_start_from_an_unconditional_one_and_starts_where_it_left(tmp_path):
+    """Spatial transformers (zero-initialised output) and the pooled text's MLP (zero last
+    layer) only add to a network without a context: a text run may start from a trained
+    unconditional checkpoint, computes exactly its function at the first step whatever the
+    prompt, names what it added, and learns the new layers. Another trunk is refused, and so
+    is the way back (it would drop what the text layers learned)."""
+    from difflab.models.conditioning import TextCondition
+    source = Trainer(_digits_config(), tmp_path / "a", device="cpu", quiet=True)
+    source.train()
+    tr = Trainer(_digits_config(**TEXT_ON_TOP), tmp_path / "b", device="cpu", quiet=True)
+    tr.warm_start(tmp_path / "a" / "last")
+    assert tr.init_from["added"] == ["context_dim", "transformer_resolutions",
+                                     "transformer_head_dim", "pooled_text"]
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([5.0, 300.0, 900.0])
+    text = TextCondition(tokens=torch.randn(3, 5, 384), mask=torch.ones(3, 5, dtype=torch.bool))
+    with torch.no_grad():
+        want = source.ema.model(x, t)
+        for net in (tr.net, tr.ema.model):
+            assert torch.equal(net(x, t, text), want)
+    tr.train()
+    assert any(p.any() for n, p in tr.net.named_parameters() if "proj_out" in n)
+    with torch.no_grad():  # the text now changes what it draws
+        assert not torch.equal(tr.net(x, t, text), tr.net(x, t, TextCondition(
+            tokens=torch.zeros(3, 5, 384), mask=torch.zeros(3, 5, dtype=torch.bool))))
+    other = Trainer(_digits_config(**TEXT_ON_TOP, base_channels=8), tmp_path / "c",
+                    device="cpu", quiet=True)
+    with pytest.raises(ValueError, match="different network .*base_channels"):
+        other.warm_start(tmp_path / "a" / "last")
+    back = Trainer(_digits_config(), tmp_path / "d", device="cpu", quiet=True)
+    with pytest.raises(ValueError, match="different network .*context_dim"):
+        back.warm_start(tmp_path / "b" / "last")
+
+
 def _drop_network_settings(checkpoint, names):
     """Rewrite a checkpoint's config.json as a difflab from before `names` existed wrote it."""
     path = checkpoint / "config.json"

@@ -174,10 +174,30 @@ def complete_network_spec(spec: Any) -> Any:
 # from their own zero initialisation.
 ZERO_START_SETTINGS = ("transformer_position",)
 
+# The settings that give a network without any context (no text, no class token) the text's
+# ways in: spatial transformers, whose output projection starts at zero, so each is the
+# identity (models.attention.SpatialTransformer), and the pooled text's MLP, whose last layer
+# starts at zero (models.conditioning.PooledText). The text layers feed only those. So an
+# unconditional network with these added computes what it did, whatever the text, and a text
+# model may be fine-tuned from a trained unconditional one (the way conditioning is added to a
+# pretrained network: Zhang et al. 2023, ControlNet's zero convolutions).
+TEXT_SETTINGS = ("context_dim", "transformer_resolutions", "transformer_head_dim",
+                 "transformer_depth", "transformer_ff_mult", "transformer_position",
+                 "pooled_text", "text_layers", "text_width")
+
+
+def _zero_start_changes(config: dict[str, Any], mine: dict[str, Any]) -> list[str]:
+    """The settings in which `mine` differs from `config` only by adding zero-start layers."""
+    if config.get("context_dim") is None and not config.get("transformer_resolutions") \
+            and not config.get("class_context") and mine.get("context_dim") is not None:
+        return [k for k in TEXT_SETTINGS if config.get(k) != mine.get(k)]
+    return [k for k in ZERO_START_SETTINGS if mine.get(k) is True and config.get(k) is False]
+
 
 def grown_network_spec(saved: Any, mine: Any) -> tuple[Any, list[str]]:
-    """`saved` (a complete network spec) with the ZERO_START_SETTINGS that `mine` turns on
-    and `saved` has off turned on too, and their names: the spec a warm start from `saved`
+    """`saved` (a complete network spec) with the settings that `mine` changes only by adding
+    zero-initialised layers (ZERO_START_SETTINGS turned on; TEXT_SETTINGS over a network
+    without a context) taken from `mine`, and their names: the spec a warm start from `saved`
     into a run building `mine` compares with."""
     if not (isinstance(saved, dict) and isinstance(mine, dict)):
         return saved, []
@@ -185,11 +205,11 @@ def grown_network_spec(saved: Any, mine: Any) -> tuple[Any, list[str]]:
         net, grown = grown_network_spec(saved.get("net"), mine.get("net"))
         return {**saved, "net": net}, grown
     config, mine_config = saved.get("config"), mine.get("config")
-    if not (isinstance(config, dict) and isinstance(mine_config, dict)):
+    if not (isinstance(config, dict) and isinstance(mine_config, dict)) \
+            or saved.get("type") != mine.get("type"):
         return saved, []
-    grown = [k for k in ZERO_START_SETTINGS
-             if mine_config.get(k) is True and config.get(k) is False]
-    return {**saved, "config": {**config, **dict.fromkeys(grown, True)}}, grown
+    grown = _zero_start_changes(config, mine_config)
+    return {**saved, "config": {**config, **{k: mine_config[k] for k in grown}}}, grown
 
 
 def build_network(
