@@ -71,7 +71,7 @@ def require_same_network(trainer: Any, ck: ckpt_io.Checkpoint, verb: str, *,
     """CheckpointError unless `ck` holds the network this run builds (its config.json
     "network" equals the run's, once settings added since it was written take their
     defaults). With `grow` (a warm start), the run may also turn on settings that only add
-    zero-initialised layers (build.ZERO_START_SETTINGS); their names are returned."""
+    zero-initialised layers (build.grown_network_spec); their names are returned."""
     mine = complete_network_spec(json.loads(json.dumps(trainer.net_config)))
     saved = complete_network_spec(ck.config.get("network"))
     grown: list[str] = []
@@ -101,7 +101,7 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     checkpoint's best weights (its EMA ones when it has them, as fine-tuning starts from a
     released model); the optimizer, learning-rate schedule, step count, data order and time
     budget start afresh. The source is recorded in every checkpoint of the run (init_from).
-    A setting that only adds zero-initialised layers (build.ZERO_START_SETTINGS) may be on
+    A setting that only adds zero-initialised layers (build.grown_network_spec) may be on
     here and off in the checkpoint: those layers keep their zero start, so the run begins
     from the checkpoint's function exactly, and init_from names them ("added")."""
     grown = require_same_network(trainer, ck, "start from", grow=True)
