@@ -35,7 +35,7 @@ checkpoint is also sampled with several samplers at about 5, 10, 20 (...) networ
 
 ``--peer`` also trains denoising-diffusion-pytorch at the same budget, through
 bench/quality_at_budget.py's worker (its own Trainer and DDIM sampler; it needs the package,
-e.g. /work/benchenv: ``--peer-python``), and scores its samples with the same evaluator.
+e.g. .bench-env: ``--peer-python``), and scores its samples with the same evaluator.
 
 Writes ``bench/results/objectives_<minutes>min.json`` (``--out``); the checkpoints stay in
 ``--work`` (one folder per objective and seed), so a later ``--eval-only`` or ``--nfe`` run
@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--no-eval", action="store_true",
                     help="skip the default-sampler FID (e.g. only --nfe)")
     ap.add_argument("--peer", action="store_true", help="add denoising-diffusion-pytorch")
-    ap.add_argument("--peer-python", default="/work/benchenv/bin/python")
+    ap.add_argument("--peer-python", default=".bench-env/bin/python")
     ap.add_argument("--peer-samples", type=int, default=1000)
     ap.add_argument("--work", type=Path,
                     default=Path(tempfile.gettempdir()) / "difflab-objectives")

@@ -45,7 +45,7 @@ every system (the smallest N), the figure to compare across rows. "saturated" is
 of samples with more than 90 % of their pixels at 0 or 255 (the same fraction on real test
 images is printed for reference: Fashion-MNIST has black backgrounds).
 
-    OMP_NUM_THREADS=1 /work/benchenv/bin/python bench/quality_at_budget.py --minutes 20
+    OMP_NUM_THREADS=1 .bench-env/bin/python bench/quality_at_budget.py --minutes 20
 
 Writes ``<out>/quality_at_budget.json``, ``.png`` (FID and KID per system), one
 ``<system>.npz`` of samples and an 8x8 ``<system>_grid.png`` per system.

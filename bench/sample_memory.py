@@ -22,7 +22,7 @@ Measurements:
 The sampler runs only 2 steps: memory, not quality, is measured; the number of steps does
 not change the peak. Run it with the bench environment's python (bench/setup_env.sh):
 
-    /work/benchenv/bin/python bench/sample_memory.py [--n 10000] [--ckpt DIR]
+    .bench-env/bin/python bench/sample_memory.py [--n 10000] [--ckpt DIR]
 
 Writes bench/results/sample_memory.json.
 """

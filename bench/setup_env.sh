@@ -2,7 +2,7 @@
 # Build the bench environment: difflab and its peers (denoising-diffusion-pytorch, diffusers)
 # on one torch, so every number in one comparison comes from the same build.
 #
-#     bash bench/setup_env.sh            # builds /work/benchenv
+#     bash bench/setup_env.sh            # builds .bench-env
 #     BENCH_ENV=/tmp/benv bash bench/setup_env.sh
 #
 # The peers are not dependencies of difflab; they live only here. denoising-diffusion-pytorch
@@ -12,8 +12,8 @@
 # makes pip resolve (and download) another build.
 set -euo pipefail
 
-BENCH_ENV="${BENCH_ENV:-/work/benchenv}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_ENV="${BENCH_ENV:-$REPO/.bench-env}"
 PYTHON="${PYTHON:-python3.11}"
 
 if [[ ! -x "$BENCH_ENV/bin/python" ]]; then

@@ -16,7 +16,7 @@ one forward at batch 1 (it counts matmuls, convolutions and attention, not eleme
 
 Run it with the bench environment's python (bench/setup_env.sh):
 
-    /work/benchenv/bin/python bench/train_throughput.py [--rounds 5] [--steps 3] [--profile]
+    .bench-env/bin/python bench/train_throughput.py [--rounds 5] [--steps 3] [--profile]
 
 Writes bench/results/train_throughput.json (and train_throughput_profile.txt with --profile).
 """

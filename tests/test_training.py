@@ -13,8 +13,9 @@ from tiny_run import TINY, tiny_config
 from difflab.checkpoints.names import resolve_checkpoint
 from difflab.checkpoints.store import export_for_inference, load_checkpoint, write_manifest
 from difflab.cli import main
-from difflab.config import load_config
+from difflab.config import config_from_dict, load_config
 from difflab.evaluation import evaluate_checkpoint
+from difflab.models.conditioning import TextCondition
 from difflab.pipeline import Generator
 from difflab.runs import report, score_fid
 from difflab.training.run_state import describe_init_from
@@ -221,7 +222,6 @@ def test_a_warm_start_may_add_the_transformers_position_code_and_starts_where_it
 def _digits_config(**overrides):
     """A small pixel UNet on the 8x8 digits; with text settings, the real MiniLM reads its
     class captions."""
-    from difflab.config import config_from_dict
     model = {"base_channels": 16, "groups": 4, "channel_mults": [1, 2],
              "attention_resolutions": [4], **overrides}
     return config_from_dict({
@@ -243,7 +243,6 @@ def test_a_text_model_may_start_from_an_unconditional_one_and_starts_where_it_le
     unconditional checkpoint, computes exactly its function at the first step whatever the
     prompt, names what it added, and learns the new layers. Another trunk is refused, and so
     is the way back (it would drop what the text layers learned)."""
-    from difflab.models.conditioning import TextCondition
     source = Trainer(_digits_config(), tmp_path / "a", device="cpu", quiet=True)
     source.train()
     tr = Trainer(_digits_config(**TEXT_ON_TOP), tmp_path / "b", device="cpu", quiet=True)

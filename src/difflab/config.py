@@ -164,8 +164,9 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     # What `difflab sample`, `eval` and the training grids use unless told otherwise.
-    # DPM-Solver++(2M) at 20 evaluations beat DDIM at 50 on the shipped Fashion-MNIST model
-    # (FID 6.97 against 7.36; BENCHMARKS.md, "FID against network evaluations").
+    # DPM-Solver++(2M) at 20 evaluations beat DDIM at 50 on the Fashion-MNIST model shipped
+    # until 2026-12-03 (FID 6.97 against 7.36; BENCHMARKS.md, "FID against network
+    # evaluations").
     sampler: str = "dpmpp_2m"
     steps: int = 20
     # x0 clipping to [-1, 1] keeps pixel-space samples in range (Ho et al. 2020's code).
