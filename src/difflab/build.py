@@ -186,9 +186,10 @@ TEXT_SETTINGS = ("context_dim", "transformer_resolutions", "transformer_head_dim
                  "pooled_text", "text_layers", "text_width")
 
 
-def _zero_start_changes(config: dict[str, Any], mine: dict[str, Any]) -> list[str]:
-    """The settings in which `mine` differs from `config` only by adding zero-start layers."""
-    if config.get("context_dim") is None and not config.get("transformer_resolutions") \
+def _zero_start_changes(config: dict[str, Any], mine: dict[str, Any], text: bool) -> list[str]:
+    """The settings in which `mine` differs from `config` only by adding zero-start layers
+    (`text`: whether TEXT_SETTINGS may be added, which holds for the UNet)."""
+    if text and config.get("context_dim") is None and not config.get("transformer_resolutions") \
             and not config.get("class_context") and mine.get("context_dim") is not None:
         return [k for k in TEXT_SETTINGS if config.get(k) != mine.get(k)]
     return [k for k in ZERO_START_SETTINGS if mine.get(k) is True and config.get(k) is False]
@@ -208,7 +209,7 @@ def grown_network_spec(saved: Any, mine: Any) -> tuple[Any, list[str]]:
     if not (isinstance(config, dict) and isinstance(mine_config, dict)) \
             or saved.get("type") != mine.get("type"):
         return saved, []
-    grown = _zero_start_changes(config, mine_config)
+    grown = _zero_start_changes(config, mine_config, text=saved.get("type") == "unet")
     return {**saved, "config": {**config, **{k: mine_config[k] for k in grown}}}, grown
 
 
