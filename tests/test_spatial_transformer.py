@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from difflab.build import TEXT_SETTINGS, grown_network_spec
 from difflab.models import UNet, UNetConfig, count_parameters, get_preset, preset_config
 from difflab.models.attention import SpatialTransformer, TransformerBlock, attention
 from difflab.models.conditioning import TextCondition
@@ -429,3 +430,26 @@ def test_score_transformer_preset() -> None:
     assert 5.0e6 < count_parameters(net) < 6.0e6, count_parameters(net)
     x = torch.randn(2, 1, 28, 28)
     assert net(x, torch.tensor([0.2, 0.9]), torch.tensor([7, 10])).shape == x.shape
+
+
+def test_every_text_setting_added_over_an_unconditional_unet_starts_at_zero() -> None:
+    """build.TEXT_SETTINGS, all at once and at non-default values, over a UNet without a
+    context: the grown spec is the text UNet's, and with the unconditional weights loaded the
+    text UNet computes exactly what the unconditional one does, whatever the text."""
+    plain = UNet(small(attention_resolutions=(4,), num_classes=3))
+    text = dict(context_dim=12, transformer_resolutions=(8, 4), transformer_head_dim=4,
+                transformer_depth=2, transformer_ff_mult=2, transformer_position=True,
+                pooled_text=True, text_layers=1, text_width=8)
+    assert set(text) == set(TEXT_SETTINGS)
+    grown = UNet(small(attention_resolutions=(4,), num_classes=3, **text))
+    spec = {"type": "unet", "config": plain.config_dict()}
+    mine = {"type": "unet", "config": grown.config_dict()}
+    assert grown_network_spec(spec, mine) == (mine, list(TEXT_SETTINGS))
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10.0, 700.0])
+    cond = TextCondition(tokens=torch.randn(2, 5, 12), mask=torch.ones(2, 5, dtype=torch.bool),
+                         labels=torch.tensor([1, 3]))
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, cond), plain(x, t, torch.tensor([1, 3])))
