@@ -54,8 +54,8 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
         help="start from these weights (a run folder, which means its last/, a run's best/, or "
         "a shipped model name) with a fresh optimizer, schedule and step count: fine-tuning, "
         "or training a model further under a new budget; the network must be the config's, "
-        "or the same with zero-initialised layers added (the text layers over an "
-        "unconditional network's: a text model may start from an unconditional one)",
+        "or the same with layers added that start at zero (a text model may start from an "
+        "unconditional one: its text layers are added at zero)",
     )
     t.add_argument(
         "--overwrite",
