@@ -529,6 +529,8 @@ class Generator:
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         spacing: str | None = None,
+        sigma_max: float | None = None,
+        rho: float = 7.0,
         callback: Callable[[dict], None] | None = None,
         precision: str = "fp32",
         init: Tensor | None = None,
@@ -553,7 +555,8 @@ class Generator:
         conditional model; `guidance_interval` (low, high) guides only at those noise levels,
         the checkpoint's when None); `autoguidance` w guides with the checkpoint's guide
         network instead (the checkpoint's [sample] autoguidance when None and it has a guide).
-        spacing defaults per sampler (difflab.samplers.DEFAULTS);
+        spacing defaults per sampler (difflab.samplers.DEFAULTS); `sigma_max` and `rho` shape
+        a Karras grid (difflab.samplers.default_timesteps);
         `options` go to the sampler (eta=, variance=, ...; ddim gets the checkpoint's eta
         unless given). clip "auto": static for pixel models, none for latent ones.
 
@@ -587,7 +590,7 @@ class Generator:
         fn = get_sampler(sampler)
         if self.takes_text and prompts is None and guidance is not None:
             raise ValueError("guidance on a text model needs a prompt")
-        timesteps = default_timesteps(sampler, self.process, steps, spacing)
+        timesteps = default_timesteps(sampler, self.process, steps, spacing, sigma_max, rho)
         if strength < 1.0:
             if init is None:
                 raise ValueError("strength < 1 needs an init image (img2img)")

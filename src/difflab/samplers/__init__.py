@@ -121,10 +121,12 @@ def default_timesteps(
     steps: int | None = None,
     spacing: str | None = None,
     sigma_max: float | None = None,
+    rho: float = 7.0,
 ) -> Tensor:
     """The time grid `sample` uses: `default_steps` and `default_spacing` for whatever is
     None, and for "karras" on a process that ends in noise of unit scale (sigma(t_max) <= 1)
-    sigma_max = min(sigma_ve(t_max), KARRAS_SIGMA_MAX)."""
+    sigma_max = min(sigma_ve(t_max), KARRAS_SIGMA_MAX). `rho` shapes the Karras grid only
+    (eq. 5: larger spends more of the steps at low noise)."""
     get_sampler(name)
     if steps is None:
         steps = default_steps(name, process)
@@ -133,7 +135,7 @@ def default_timesteps(
     if spacing == "karras" and sigma_max is None and float(process.sigma(t_max)) <= 1 + 1e-9:
         top = float(process.sigma_ve(t_max))
         sigma_max = KARRAS_SIGMA_MAX if top > KARRAS_SIGMA_MAX else None
-    return make_timesteps(process, steps, spacing, sigma_max=sigma_max)
+    return make_timesteps(process, steps, spacing, sigma_max=sigma_max, rho=rho)
 
 
 @torch.no_grad()
