@@ -2,13 +2,22 @@
 on rendered ground truth (clean and as a generator would blur, tint and speckle it), and
 "wrong" on deliberately wrong images."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from difflab.data.shapes import geneval_prompts, make_test_set, make_training_set, scenes_for_specs
 from difflab.data.shapes_grammar import CATEGORIES, ObjectSpec, PromptSpec, parse_prompt
-from difflab.data.shapes_scene import COLOUR_NAMES, INVERSE, PALETTE, SHAPES, render
+from difflab.data.shapes_scene import (
+    COLOUR_NAMES,
+    INVERSE,
+    OPPOSITE_PLACE,
+    PALETTE,
+    SHAPES,
+    render,
+)
 from difflab.metrics.geneval import (
     MIN_AREA,
     Detection,
@@ -82,6 +91,28 @@ def test_training_captions_are_true_of_their_images(train_pairs):
     assert min(accuracies(report).values()) >= BAR, accuracies(report)
     flawed = score_images(generator_like(images, seed=1)[index], captions)
     assert min(accuracies(flawed).values()) >= BAR, accuracies(flawed)
+
+
+def test_place_captions_are_true_of_their_images():
+    """Captions that say where a phrase stands (data.places) score right on their rendered
+    scenes, clean and through a generator's flaws, and wrong with the place turned round."""
+    train = make_training_set(300, seed=11, places=1.0)
+    index = [i for i, cs in enumerate(train.captions) for _ in cs]
+    specs = [parse_prompt(c) for cs in train.captions for c in cs]
+    placed = [j for j, s in enumerate(specs) if any(g.place for g in s.groups)]
+    assert len(placed) > 1000
+    images = train.images[[index[j] for j in placed]]
+    for flawed in (images, generator_like(images, seed=2)):
+        report = score_images(flawed, [specs[j] for j in placed])
+        assert report["categories"]["position"]["accuracy"] >= BAR
+    turned = [
+        PromptSpec(
+            tuple(replace(g, place=g.place and OPPOSITE_PLACE[g.place]) for g in specs[j].groups)
+        )
+        for j in placed
+    ]
+    report = score_images(images, turned)
+    assert report["categories"]["position"]["accuracy"] <= 1 - BAR
 
 
 def test_larger_images_score_the_same():
@@ -226,6 +257,22 @@ def test_check_relations_hold_between_every_pair():
     near = parse_prompt("a red circle left of a blue circle")
     assert check(near, [_d("circle", x=10), _d("circle", "blue", x=13.3)])[0]
     assert not check(near, [_d("circle", x=10), _d("circle", "blue", x=13.1)])[0]
+
+
+def test_check_places_hold_for_every_object_of_the_phrase():
+    spec = parse_prompt("two circles on the left and a red square")
+    left, right = _d("circle", x=6, y=8), _d("circle", x=6, y=24)
+    assert check(spec, [left, right, _d("square", x=26)]) == (True, "ok")
+    assert check(spec, [left, _d("circle", x=26), _d("square", x=6, y=20)]) == (
+        False,
+        "objects right, but not where the prompt places them",
+    )
+    # The relation rule against the middle line (x = 16): past it by 0.4 of the extent.
+    top = parse_prompt("a circle at the top")
+    assert check(top, [_d("circle", y=16 - 3.3)])[0]
+    assert not check(top, [_d("circle", y=16 - 3.1)])[0]
+    large = parse_prompt("a large circle at the top")
+    assert not check(large, [_d("circle", "red", "large", y=12)])[0]  # 4.8 px for a large one
 
 
 def test_specks_below_the_minimum_area_are_not_objects():

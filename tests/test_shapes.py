@@ -28,6 +28,7 @@ from difflab.data.shapes_grammar import (
     PromptSpec,
     held_out_in_spec,
     parse_prompt,
+    placed_meanings,
     scene_meanings,
 )
 from difflab.data.shapes_scene import (
@@ -41,6 +42,7 @@ from difflab.data.shapes_scene import (
     Scene,
     SceneBatch,
     ShapeObject,
+    clear_place,
     held_out_in_scene,
     layout_valid,
     relation_holds,
@@ -277,7 +279,7 @@ def test_the_issue_examples_parse():
 def test_every_wording_parses_back_to_its_meaning():
     rng = random.Random(0)
     for scene in draw_training_scenes(300, seed=6).scenes():
-        for meaning in scene_meanings(scene):
+        for meaning in scene_meanings(scene) + placed_meanings(scene):
             for _ in range(3):
                 assert parse_prompt(meaning.text(rng)).canonical() == meaning.canonical()
             assert parse_prompt(meaning.text()) == meaning  # canonical text keeps the order
@@ -379,6 +381,61 @@ def test_data_relations_reaches_the_training_set_and_is_checked():
         DataConfig(name="shapes", relations=1.5)
     with pytest.raises(ValueError, match="data.relations does not apply to fashion_mnist"):
         DataConfig(name="fashion_mnist", relations=0.5)
+
+
+def test_place_captions_say_where_each_placed_phrase_stands():
+    """data.places = 1: every caption of a scene with a phrase wholly in one half of the
+    image says where some phrase stands; each placed phrase's objects all lie in that half,
+    both axes and all four places occur, and no caption names a held-out composition (two
+    phrases in opposite halves count as a relation)."""
+    train = make_training_set(400, seed=3, places=1.0)
+    assert train.name == "shapes/train/seed3/places1"
+    placed_captions = 0
+    seen_places = set()
+    for scene, captions in zip(train.scenes.scenes(), train.captions, strict=True):
+        can = bool(placed_meanings(scene))
+        for caption in captions:
+            spec = parse_prompt(caption)
+            assert not held_out_in_spec(spec), caption
+            placed = [g for g in spec.groups if g.place is not None]
+            assert bool(placed) == can, (caption, scene)
+            placed_captions += bool(placed)
+            for g in placed:
+                seen_places.add(g.place)
+                members = [o for o in scene.objects if g.matches(o.shape, o.colour, o.size)]
+                assert members and all(clear_place(o.x, o.y, g.place, o.extent) for o in members)
+    assert seen_places == {"left", "right", "top", "bottom"}
+    assert placed_captions > 0.3 * sum(map(len, train.captions))  # about half the scenes can
+    # The same scenes as without places: only the words change.
+    assert np.array_equal(train.scenes.xy, make_training_set(400, seed=3).scenes.xy)
+
+
+def test_places_in_prompts_parse_and_count_as_position():
+    prompt = "A picture of two big blue squares on the left side and a circle at the top."
+    spec = parse_prompt(prompt)
+    assert spec == PromptSpec(
+        (ObjectSpec("square", 2, "blue", "large", "left"), ObjectSpec("circle", place="top"))
+    )
+    assert spec.category == "position"
+    assert spec.text() == "two large blue squares on the left and a circle at the top"
+    assert held_out_in_spec(parse_prompt("a circle on the left and a square on the right")) == [
+        "a circle on the left and a square on the right"
+    ]
+    assert held_out_in_spec(parse_prompt("a circle at the top and a square at the bottom")) == []
+    assert parse_prompt("a circle on the left side of a square").relation == "left of"
+    with pytest.raises(ValueError, match="place 'middle': allowed left, right, top, bottom"):
+        ObjectSpec("circle", place="middle")
+
+
+def test_data_places_reaches_the_training_set_and_is_checked():
+    cfg = DataConfig(name="shapes", num_samples=60, seed=2, places=0.5)
+    table = dataset_caption_table(cfg)
+    assert table.texts == make_training_set(60, seed=2, places=0.5).caption_table().texts
+    assert any(parse_prompt(t).category == "position" for t in table.texts)
+    with pytest.raises(ValueError, match=r"data.places=2 is not a share: allowed 0 to 1"):
+        DataConfig(name="shapes", places=2)
+    with pytest.raises(ValueError, match="data.places does not apply to digits"):
+        DataConfig(name="digits", places=0.5)
 
 
 def test_loader_arguments_are_checked():

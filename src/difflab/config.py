@@ -280,6 +280,7 @@ RANGES: dict[str, Range] = {
     "data.seed": Range(0, MAX_SEED),
     "data.balance": Range(0, 1),
     "data.relations": Range(0, 1),
+    "data.places": Range(0, 1),
     # [diffusion]
     "diffusion.timesteps": Range(2, MAX_STEPS),  # a table of T >= 2 steps: one is no process
     "diffusion.snr_gamma": Range(0, None, low_open=True),

@@ -62,6 +62,9 @@ class DataConfig:
     # shapes: the share (0 to 1) of two-phrase training scenes laid out to show a relation
     # ("a red circle left of a blue square"), so that their captions can state one.
     relations: float = 0.0
+    # shapes: the share (0 to 1) of training captions that say where in the picture a phrase
+    # stands ("a red circle on the left"), when its scene allows one.
+    places: float = 0.0
     # Training captions of a text run: "default" or "attributes" (CAPTION_SETS). With
     # "attributes" each label is the image's (class, tone, pattern) group, an index into
     # fashion_attributes.GROUPS and the caption table, not a class: the data is the same.
@@ -157,6 +160,11 @@ class DataConfig:
                 raise ValueError("data.hflip does not apply to toy2d (2-D points)")
         if self.name == "shapes":
             self._validate_shapes()
+        elif self.places:
+            raise ValueError(
+                f"data.places does not apply to {self.name}: it words shapes captions; "
+                "leave it at 0"
+            )
         elif self.relations:
             raise ValueError(
                 f"data.relations does not apply to {self.name}: it lays out shapes scenes; "
@@ -193,6 +201,11 @@ class DataConfig:
             raise ValueError(
                 f"data.relations={self.relations!r} is not a share: allowed 0 to 1 (of the "
                 "two-phrase scenes laid out to show a relation)"
+            )
+        if isinstance(self.places, bool) or not 0.0 <= self.places <= 1.0:
+            raise ValueError(
+                f"data.places={self.places!r} is not a share: allowed 0 to 1 (of the "
+                "captions that say where a phrase stands)"
             )
 
 
@@ -289,7 +302,9 @@ def _load_source(cfg: DataConfig) -> ImageData | PointData:
         return make_toy2d(cfg.toy, cfg.num_samples, cfg.seed)
     if cfg.name == "shapes":
         size = cfg.image_size or SHAPES_IMAGE_SIZE
-        return load_shapes(cfg.split, cfg.num_samples, cfg.seed, size, cfg.relations)
+        return load_shapes(
+            cfg.split, cfg.num_samples, cfg.seed, size, cfg.relations, cfg.places
+        )
     if cfg.name == "image_folder":
         if cfg.split != "train":
             raise ValueError(
@@ -374,5 +389,7 @@ def dataset_caption_table(cfg: DataConfig, class_names: Sequence[str] | None = N
         return attribute_caption_table()
     spec = dataset_spec(cfg.name)
     if spec.image_captions:
-        return shapes_caption_table(cfg.split, cfg.num_samples, cfg.seed, cfg.relations)
+        return shapes_caption_table(
+            cfg.split, cfg.num_samples, cfg.seed, cfg.relations, cfg.places
+        )
     return caption_table(cfg.name, class_names)

@@ -404,18 +404,23 @@ def make_training_set(
     image_size: int = IMAGE_SIZE,
     captions_per_image: int = 8,
     relations: float = 0.0,
+    places: float = 0.0,
 ) -> ShapesSet:
     """``n`` training scenes with up to ``captions_per_image`` captions each (never a test
     prompt) and their images, the same for the same arguments; ``relations`` as in
-    :func:`draw_training_scenes`."""
+    :func:`draw_training_scenes`; ``places`` the share of captions that say where in the
+    picture a phrase stands, when its scene allows (shapes_grammar.scene_captions)."""
     _check("n", n, 1)
     _check("captions_per_image", captions_per_image, 1)
     _check("image_size", image_size, 16)
     scenes = draw_training_scenes(n, seed, relations)
     exclude = evaluation_prompt_texts()
     words = random.Random(f"shapes-captions-{seed}")  # Python's: ~10x cheaper per draw
-    captions = [scene_captions(s, words, captions_per_image, exclude) for s in scenes.scenes()]
+    captions = [
+        scene_captions(s, words, captions_per_image, exclude, places) for s in scenes.scenes()
+    ]
     name = f"shapes/train/seed{seed}" + (f"/relations{relations:g}" if relations else "")
+    name += f"/places{places:g}" if places else ""
     return ShapesSet(scenes, captions, name, image_size)
 
 
@@ -438,14 +443,16 @@ def make_shapes(
     seed: int = 0,
     image_size: int = IMAGE_SIZE,
     relations: float = 0.0,
+    places: float = 0.0,
 ) -> ShapesSet:
-    """``n`` images of the ``train`` split (:func:`make_training_set`, with ``relations``)
+    """``n`` images of the ``train`` split (:func:`make_training_set`, with ``relations`` and
+    ``places``)
     or of the ``test`` references (:func:`make_test_set`, which show every relation their
     prompt states)."""
     if split not in SPLITS:
         raise ValueError(f"shapes split {split!r}: allowed {', '.join(SPLITS)}")
     if split == "train":
-        return make_training_set(n, seed, image_size, relations=relations)
+        return make_training_set(n, seed, image_size, relations=relations, places=places)
     return make_test_set(n, seed, image_size)
 
 
@@ -455,15 +462,20 @@ def load_shapes(
     seed: int = 0,
     image_size: int = IMAGE_SIZE,
     relations: float = 0.0,
+    places: float = 0.0,
 ) -> ImageData:
     """:func:`make_shapes` as the project's ImageData; labels index the captions of
-    :func:`shapes_caption_table` with the same split, n, seed and relations."""
-    return make_shapes(split, n, seed, image_size, relations).image_data()
+    :func:`shapes_caption_table` with the same split, n, seed, relations and places."""
+    return make_shapes(split, n, seed, image_size, relations, places).image_data()
 
 
 def shapes_caption_table(
-    split: str = "train", n: int = 20_000, seed: int = 0, relations: float = 0.0
+    split: str = "train",
+    n: int = 20_000,
+    seed: int = 0,
+    relations: float = 0.0,
+    places: float = 0.0,
 ) -> CaptionTable:
-    """The caption table of :func:`load_shapes` with the same split, n, seed and relations
-    (no images are rendered)."""
-    return make_shapes(split, n, seed, relations=relations).caption_table()
+    """The caption table of :func:`load_shapes` with the same split, n, seed, relations and
+    places (no images are rendered)."""
+    return make_shapes(split, n, seed, relations=relations, places=places).caption_table()

@@ -5,8 +5,10 @@ The grammar (numbers as words, a size and a colour before the noun):
 
     prompt   := [frame] list | [frame] phrase RELATION phrase
     list     := phrase | phrase ("," phrase)* "and" phrase
-    phrase   := QUANTITY [SIZE] [COLOUR] SHAPE      "a small red circle", "three blue squares"
+    phrase   := QUANTITY [SIZE] [COLOUR] SHAPE [PLACE]   "a small red circle", "three blue
+                                                         squares at the top"
     QUANTITY := a | an | one | a single | two | three | four
+    PLACE    := on the left | on the right | at the top | at the bottom (and synonyms)
     RELATION := (to the | on the)? left of | (to the | on the)? right of | above | over |
                 on top of | below | under | beneath
     frame    := "a picture of ..." | "an image of ..." | "... on a black background"
@@ -15,13 +17,17 @@ The grammar (numbers as words, a size and a colour before the noun):
 
 A spec means a whole scene: each phrase asks for exactly ``count`` objects of its shape (and
 colour and size, when named), nothing else is in the image, and a relation must hold between
-every object of the first phrase and every object of the second (shapes_scene.relation_holds).
+every object of the first phrase and every object of the second (shapes_scene.relation_holds),
+and a phrase with a place has all its objects in that half of the image
+(shapes_scene.place_holds).
 Captions are only written when true of their scene by that reading, and the scorer checks
 images against it, so a caption of a training image is also a prompt the scorer can score.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import random
 import re
 from collections import Counter
@@ -35,10 +41,14 @@ from .shapes_scene import (
     HELD_OUT_COUNTS,
     HELD_OUT_RELATIONS,
     INVERSE,
+    OPPOSITE_PLACE,
+    PLACE_AXIS,
+    PLACES,
     RELATIONS,
     SHAPES,
     SIZES,
     Scene,
+    clear_place,
     clear_relation,
 )
 
@@ -51,6 +61,12 @@ RELATION_WORDS = {
     "right of": ("to the right of", "right of", "on the right of"),
     "above": ("above", "over", "on top of"),
     "below": ("below", "under", "beneath"),
+}
+PLACE_WORDS = {
+    "left": ("on the left", "at the left", "on the left side"),
+    "right": ("on the right", "at the right", "on the right side"),
+    "top": ("at the top", "near the top", "in the upper half"),
+    "bottom": ("at the bottom", "near the bottom", "in the lower half"),
 }
 ONE_WORDS = ("a", "one", "a single")
 FRAMES = ("{}", "{}", "{}", "a picture of {}", "an image of {}", "{} on a black background")
@@ -67,12 +83,14 @@ CATEGORIES = (
 
 @dataclass(frozen=True)
 class ObjectSpec:
-    """One phrase: ``count`` objects of ``shape``; colour and size None when not named."""
+    """One phrase: ``count`` objects of ``shape``; colour, size and place (the half of the
+    image its objects stand in) None when not named."""
 
     shape: str
     count: int = 1
     colour: str | None = None
     size: str | None = None
+    place: str | None = None
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -81,11 +99,14 @@ class ObjectSpec:
             raise ValueError(f"colour {self.colour!r}: allowed {', '.join(COLOUR_NAMES)}")
         if self.size is not None and self.size not in SIZES:
             raise ValueError(f"size {self.size!r}: allowed {', '.join(SIZES)}")
+        if self.place is not None and self.place not in PLACES:
+            raise ValueError(f"place {self.place!r}: allowed {', '.join(PLACES)}")
         if isinstance(self.count, bool) or self.count not in NUMBER_WORDS:
             raise ValueError(f"count {self.count!r}: allowed 1..{max(NUMBER_WORDS)}")
 
     def matches(self, shape: str, colour: str, size: str) -> bool:
-        """Whether one object with these attributes fits this phrase."""
+        """Whether one object with these attributes fits this phrase (where it stands is
+        checked apart, shapes_scene.place_holds)."""
         return shape == self.shape and self.colour in (None, colour) and self.size in (None, size)
 
     def words(self, rng: random.Random | None = None) -> str:
@@ -103,11 +124,14 @@ class ObjectSpec:
         words.append(self.shape if self.count == 1 else PLURALS[self.shape])
         if words[0] == "a" and words[1][0] in "aeiou":
             words[0] = "an"
+        if self.place is not None:
+            options = PLACE_WORDS[self.place]
+            words.append(options[0] if rng is None else rng.choice(options))
         return " ".join(words)
 
 
 def _phrase_order(g: ObjectSpec) -> tuple:
-    return (g.shape, g.colour or "", g.size or "", g.count)
+    return (g.shape, g.colour or "", g.size or "", g.count, g.place or "")
 
 
 @dataclass(frozen=True)
@@ -142,7 +166,7 @@ class PromptSpec:
         """The GenEval category the prompt belongs to ("other" for the grammar's longer
         descriptions, such as three phrases)."""
         g = self.groups
-        if self.relation is not None:
+        if self.relation is not None or any(p.place is not None for p in g):
             return "position"
         if len(g) == 1:
             if g[0].count > 1:
@@ -197,6 +221,15 @@ def held_out_in_spec(spec: PromptSpec) -> list[str]:
         a, b = spec.groups[0].shape, spec.groups[1].shape
         if (frozenset({a, b}), AXIS[spec.relation]) in HELD_OUT_RELATIONS:
             found.append(f"a {a} {spec.relation} a {b}")
+    # Two phrases in opposite halves ("a circle on the left and a square on the right") ask
+    # for the pair apart along that axis as much as a relation does.
+    for g, h in itertools.combinations(spec.groups, 2):
+        if g.place is not None and h.place == OPPOSITE_PLACE[g.place]:
+            if (frozenset({g.shape, h.shape}), PLACE_AXIS[g.place]) in HELD_OUT_RELATIONS:
+                found.append(
+                    f"a {g.shape} {PLACE_WORDS[g.place][0]} and a {h.shape} "
+                    f"{PLACE_WORDS[h.place][0]}"
+                )
     return found
 
 
@@ -249,21 +282,63 @@ def scene_meanings(scene: Scene) -> list[PromptSpec]:
     return list(dict.fromkeys(specs))
 
 
+def _clear_places(scene: Scene, members: list[int]) -> list[str]:
+    """The places (halves of the image) that every one of ``members`` lies wholly in."""
+    objects = [scene.objects[i] for i in members]
+    return [p for p in PLACES if all(clear_place(o.x, o.y, p, o.extent) for o in objects)]
+
+
+def placed_meanings(scene: Scene) -> list[PromptSpec]:
+    """The scene's lists (:func:`scene_meanings` without relations) with places: each phrase
+    whose objects all lie in one half of the image, placed there alone ("a red circle on the
+    left and a blue square"), and every phrase placed at once when all of them lie in halves
+    along one axis ("a red circle on the left and a blue square on the right")."""
+    specs: list[PromptSpec] = []
+    for by_colour in (True, False):
+        groups = _groups(scene, by_colour)
+        for with_size in (False, True):
+            phrases = [_phrase(scene, k, m, with_size) for k, m in groups.items()]
+            places = [_clear_places(scene, m) for m in groups.values()]
+            for i, options in enumerate(places):
+                for place in options:
+                    one = list(phrases)
+                    one[i] = dataclasses.replace(phrases[i], place=place)
+                    specs.append(PromptSpec(tuple(one)))
+            if len(phrases) < 2:
+                continue
+            for axis in ("horizontal", "vertical"):
+                chosen = [[p for p in ps if PLACE_AXIS[p] == axis] for ps in places]
+                if all(chosen):
+                    placed = (
+                        dataclasses.replace(g, place=ps[0])
+                        for g, ps in zip(phrases, chosen, strict=True)
+                    )
+                    specs.append(PromptSpec(tuple(placed)))
+    return list(dict.fromkeys(specs))
+
+
 def scene_captions(
     scene: Scene,
     rng: random.Random,
     n: int = 8,
     exclude: frozenset[str] | set[str] = frozenset(),
+    places: float = 0.0,
 ) -> list[str]:
     """Up to ``n`` distinct captions of ``scene`` in varied wording, none in ``exclude``
     (the test prompts). Relation captions, when the scene allows one, make up about half:
-    they are the rarer and the harder kind to learn."""
+    they are the rarer and the harder kind to learn. ``places`` (0 to 1) is the share of
+    captions that say where in the picture a phrase stands (:func:`placed_meanings`), when
+    the scene allows one; at 0 the captions are exactly those of earlier versions."""
     meanings = scene_meanings(scene)
     plain = [m for m in meanings if m.relation is None]
     related = [m for m in meanings if m.relation is not None]
+    placed = placed_meanings(scene) if places > 0 else []
     out: dict[str, None] = {}
     for _ in range(3 * n):  # a few spare draws for repeats and excluded wordings
-        pool = related if related and rng.random() < 0.5 else plain
+        if placed and rng.random() < places:
+            pool = placed
+        else:
+            pool = related if related and rng.random() < 0.5 else plain
         text = rng.choice(pool).text(rng)
         if text not in exclude:
             out.setdefault(text)
@@ -280,16 +355,18 @@ _NUMBERS = {"a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "three": 3, "four"
 _NUMBERS.update({str(k): k for k in NUMBER_WORDS})
 _SIZE_OF = {w: size for size, words in SIZE_WORDS.items() for w in words}
 _SHAPE_OF = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
+# Read, never written: wordings a prompt set may use that captions do not.
+_READ_ONLY_RELATION_WORDS = {"on the left side of": "left of", "on the right side of": "right of"}
+_RELATION_OF = {w: r for r, ws in RELATION_WORDS.items() for w in ws} | _READ_ONLY_RELATION_WORDS
 # Longest wordings first, so that "to the left of" is not read as "left of" plus junk.
 _RELATION_RE = re.compile(
-    r"\s("
-    + "|".join(
-        re.escape(w)
-        for w in sorted((w for ws in RELATION_WORDS.values() for w in ws), key=len, reverse=True)
-    )
-    + r")\s"
+    r"\s(" + "|".join(re.escape(w) for w in sorted(_RELATION_OF, key=len, reverse=True)) + r")\s"
 )
-_RELATION_OF = {w: r for r, ws in RELATION_WORDS.items() for w in ws}
+# A phrase's last words may name its place; longest first, so "on the left side" is not read
+# as "on the left" plus junk.
+_PLACE_ENDINGS = sorted(
+    ((w.split(), p) for p, ws in PLACE_WORDS.items() for w in ws), key=lambda e: -len(e[0])
+)
 _PREFIXES = ("a picture of ", "an image of ", "a photo of ", "an image with ", "a picture with ")
 _SUFFIXES = (" on a black background", " on black")
 
@@ -299,8 +376,9 @@ GRAMMAR_HELP = (
     + "/".join(COLOUR_NAMES)
     + "; shapes "
     + "/".join(SHAPES)
-    + "), joined by ',' / 'and', or two phrases joined by a relation (left of, right of, "
-    "above, below)"
+    + "), each perhaps with a place (on the left, on the right, at the top, at the "
+    "bottom), joined by ',' / 'and', or two phrases joined by a relation (left of, right "
+    "of, above, below)"
 )
 
 
@@ -315,6 +393,11 @@ def _parse_phrase(words: list[str], prompt: str) -> ObjectSpec:
         raise bad("empty phrase")
     if words[:2] == ["a", "single"]:
         words = ["one", *words[2:]]
+    place = None
+    for ending, where in _PLACE_ENDINGS:
+        if len(words) > len(ending) and words[-len(ending) :] == ending:
+            words, place = words[: -len(ending)], where
+            break
     if words[0] not in _NUMBERS:
         raise bad(f"it must start with a number word, not {words[0]!r}")
     count, rest = _NUMBERS[words[0]], words[1:]
@@ -328,7 +411,7 @@ def _parse_phrase(words: list[str], prompt: str) -> ObjectSpec:
             size = _SIZE_OF[w]
         else:
             raise bad(f"unexpected word {w!r}")
-    return ObjectSpec(shape, count, colour, size)
+    return ObjectSpec(shape, count, colour, size, place)
 
 
 def parse_prompt(prompt: str) -> PromptSpec:

@@ -46,6 +46,11 @@ BORDER_PX = 1.0  # least gap between an object and the image's edge
 RELATIONS = ("left of", "right of", "above", "below")
 AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# Where in the picture one phrase's objects stand ("a red circle on the left"): a half of the
+# image along one axis, the image's own frame of reference rather than another object's.
+PLACES = ("left", "right", "top", "bottom")
+PLACE_AXIS = {"left": "horizontal", "right": "horizontal", "top": "vertical", "bottom": "vertical"}
+OPPOSITE_PLACE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 # A relation holds when the centres are apart along its axis by more than this fraction of
 # the two objects' summed extents (GenEval's relative-position rule, with its 0.1 raised to
 # 0.2 because our objects are a few pixels wide and a one-pixel wobble must not decide).
@@ -128,6 +133,27 @@ def clear_relation(
     along = {"left of": dx, "right of": -dx, "above": dy, "below": -dy}[relation]
     across = abs(dy) if AXIS[relation] == "horizontal" else abs(dx)
     return along >= (extent_a + extent_b) / 2 + GAP_PX and along > across
+
+
+def _beyond_middle(x: float, y: float, place: str) -> float:
+    """How far the centre (x, y) lies past the image's middle line towards ``place``."""
+    middle = IMAGE_SIZE / 2
+    return {"left": middle - x, "right": x - middle, "top": middle - y, "bottom": y - middle}[place]
+
+
+def place_holds(x: float, y: float, place: str, extent: float) -> bool:
+    """Whether an object centred at (x, y) stands at ``place`` ("left", ...) of the image.
+
+    The relation rule of :func:`relation_holds` with the image's middle line as the other
+    object, of no extent: the centre is past it by more than POSITION_THRESHOLD times twice
+    the object's extent (3.2 px for a small object, 4.8 for a large one)."""
+    return _beyond_middle(x, y, place) > 2 * POSITION_THRESHOLD * extent
+
+
+def clear_place(x: float, y: float, place: str, extent: float) -> bool:
+    """Stricter than :func:`place_holds`, for what captions state: the object lies wholly in
+    that half of the image, a pixel clear of the middle line."""
+    return _beyond_middle(x, y, place) >= extent / 2 + 1.0
 
 
 def held_out_in_scene(scene: Scene) -> list[str]:

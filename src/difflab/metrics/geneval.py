@@ -27,8 +27,10 @@ they can be read exactly, with geometry instead of a network:
    assigned to its phrases exactly: each phrase gets ``count`` objects of its shape (and
    colour and size, when named), no object is left over, and a relation holds between every
    object of the first phrase and every one of the second (shapes_scene.relation_holds,
-   GenEval's centre-offset rule). Our prompts describe whole scenes, so an extra object is
-   an error here, where GenEval only requires the named ones.
+   GenEval's centre-offset rule); a phrase with a place ("on the left") has all its objects
+   in that half of the image (shapes_scene.place_holds, the same rule against the middle).
+   Our prompts describe whole scenes, so an extra object is an error here, where GenEval only
+   requires the named ones.
 
 Thresholds come from what the renderer draws (shapes_scene.render): their clean values and
 the ranges under blur, noise and colour jitter are in docs/shapes.md, and the tests check
@@ -65,6 +67,7 @@ from difflab.data.shapes_scene import (
     PALETTE,
     SHAPES,
     SIZES,
+    place_holds,
     relation_holds,
 )
 from difflab.metrics.evaluate import load_images_file
@@ -291,11 +294,18 @@ def check(spec: PromptSpec, found: Sequence[Detection]) -> tuple[bool, str]:
     if any(not s for s in slots):
         odd = next(d for d, s in zip(found, slots, strict=True) if not s)
         return False, f"a {odd.size} {odd.colour} {odd.shape} that the prompt does not ask for"
-    counted = False
+    counted = placed = False
     for choice in itertools.product(*slots):
         if any(choice.count(g) != p.count for g, p in enumerate(spec.groups)):
             continue
         counted = True
+        if not all(
+            place_holds(d.x, d.y, spec.groups[g].place, d.extent)
+            for d, g in zip(found, choice, strict=True)
+            if spec.groups[g].place is not None
+        ):
+            continue
+        placed = True
         if spec.relation is None:
             return True, "ok"
         first = [d for d, g in zip(found, choice, strict=True) if g == 0]
@@ -306,8 +316,10 @@ def check(spec: PromptSpec, found: Sequence[Detection]) -> tuple[bool, str]:
             for b in second
         ):
             return True, "ok"
-    if counted:
+    if placed:
         return False, f"objects right, but not {spec.relation}"
+    if counted:
+        return False, "objects right, but not where the prompt places them"
     return False, "objects do not match the phrases' counts"
 
 
