@@ -264,6 +264,12 @@ def test_shipped_shapes_text_says_when_a_prompt_is_outside_its_world(tmp_path, c
     assert [f.prompt for f in far] == ["a red car", "a pink circle", "a cat"]
     assert "not 'car'" in far[0].message() and "unexpected word 'pink'" in far[1].message()
     assert "shapes circle/square/triangle" in far[2].message()
+    # Its captions never said where a phrase stands, so a place is outside too; a model
+    # trained with data.places reads it.
+    placed = gen.unfamiliar_prompts(["a red circle on the left"])
+    assert "trained without such captions (data.places = 0)" in placed[0].message()
+    gen.config["run"]["data"]["places"] = 0.3
+    assert gen.unfamiliar_prompts(["a red circle on the left"]) == []
     capsys.readouterr()
     assert main(["sample", "shapes-text", "--prompt", "a red car", "-n", "1", "--steps", "2",
                  "--out", str(tmp_path / "car.png")]) == 0

@@ -20,13 +20,13 @@ import torch
 
 from . import digits, fashion_mnist, mnist
 from .base import ImageData, PointData, resolve_class
-from .captions import CaptionTable, caption_table
+from .captions import CaptionTable, caption_table, quote_prompt
 from .catalog import DATASET_NAMES, dataset_spec, find_dataset
 from .fashion_attributes import attribute_caption_table, group_labels
 from .hf import load_hf_dataset
 from .image_folder import ON_BAD_IMAGE, load_image_folder
 from .shapes import load_shapes, shapes_caption_table
-from .shapes_grammar import parse_prompt
+from .shapes_grammar import PLACE_WORDS, parse_prompt
 from .shapes_scene import IMAGE_SIZE as SHAPES_IMAGE_SIZE
 from .toy2d import TOY2D_NAMES, make_toy2d
 from .transforms import convert_channels, resize_images
@@ -236,18 +236,45 @@ def class_aliases(dataset: str, class_names: Sequence[str] | None) -> Mapping[st
     return spec.class_aliases
 
 
+def _shapes_reader(data: Mapping[str, Any]) -> Callable[[str], object]:
+    """parse_prompt, refusing places ("on the left") when the run's captions had none."""
+    if data.get("places", 0.0):
+        return parse_prompt
+
+    def read(prompt: str) -> object:
+        spec = parse_prompt(prompt)
+        placed = [g for g in spec.groups if g.place is not None]
+        if placed:
+            raise ValueError(
+                f"prompt {quote_prompt(prompt)} says where a {placed[0].shape} stands in the "
+                f"picture ('{PLACE_WORDS[placed[0].place][0]}'), and this model was trained "
+                "without such captions (data.places = 0); it reads relations between objects "
+                "('a red circle left of a blue square')"
+            )
+        return spec
+
+    return read
+
+
 # Datasets whose captions come from a grammar that can read prompts back (shapes: objects,
-# counts, colours, sizes and relations; data/shapes_grammar.py). A prompt the grammar cannot
-# read names something the dataset's world does not hold, or words it was never captioned in.
-_PROMPT_READERS: Mapping[str, Callable[[str], object]] = {"shapes": parse_prompt}
+# counts, colours, sizes, places and relations; data/shapes_grammar.py). A prompt the grammar
+# cannot read names something the dataset's world does not hold, or words it was never
+# captioned in. Each entry builds the reader from the run's [data] settings.
+_PROMPT_READERS: Mapping[str, Callable[[Mapping[str, Any]], Callable[[str], object]]] = {
+    "shapes": _shapes_reader
+}
 
 
-def prompt_reader(dataset: str) -> Callable[[str], object] | None:
+def prompt_reader(
+    dataset: str, data: Mapping[str, Any] | None = None
+) -> Callable[[str], object] | None:
     """The parser of prompts in a dataset's caption language, which raises ValueError (saying
     what it cannot read and what the language has) for a prompt outside it; None when the
-    dataset's captions have no grammar."""
+    dataset's captions have no grammar. ``data``: the run's [data] settings, which say what
+    the captions were written with (shapes: data.places)."""
     spec = find_dataset(dataset)
-    return _PROMPT_READERS.get(spec.name) if spec is not None else None
+    build = _PROMPT_READERS.get(spec.name) if spec is not None else None
+    return None if build is None else build(data or {})
 
 
 def _select_classes(

@@ -415,7 +415,7 @@ class Generator:
 
     def _unreadable_prompts(self, prompts: list[str]) -> list[UnfamiliarPrompt]:
         """The prompts the training captions' grammar cannot read, if the dataset has one."""
-        read = prompt_reader(self.dataset)
+        read = prompt_reader(self.dataset, self.config.get("run", {}).get("data", {}))
         if read is None or self.text_encoder is None:
             return []
         far = []
