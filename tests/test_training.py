@@ -160,6 +160,9 @@ def test_a_warm_start_begins_from_the_checkpoints_ema_weights_with_a_fresh_run(t
     tr = Trainer(tiny_config("train.max_steps=1"), tmp_path / "c", device="cpu", quiet=True)
     tr.warm_start(tmp_path / "export_a")
     assert tr.init_from == {"path": str(tmp_path / "export_a"), "step": 6}
+    # and from one that was itself warm-started, counts both runs' steps (3 on top of 6)
+    tr.warm_start(tmp_path / "export")
+    assert tr.init_from == {"path": str(tmp_path / "export"), "step": 3, "steps_in_all": 9}
 
 
 def test_a_warm_start_refuses_another_network(tmp_path):
@@ -175,7 +178,11 @@ def test_a_warm_start_from_a_shipped_model_records_its_name_not_this_machines_pa
     tr = Trainer(load_config(configs / "fashion_mnist_large.toml", ["train.max_steps=1"]),
                  tmp_path / "b", device="cpu", quiet=True)
     tr.warm_start(resolve_checkpoint("fashion-mnist"))
-    assert tr.init_from == {"path": "fashion-mnist", "step": 9777}
+    # Its own run began from the model shipped before it (5,000 steps): both are counted.
+    assert tr.init_from == {"path": "fashion-mnist", "step": 9777, "steps_in_all": 14777}
+    assert describe_init_from(tr.init_from) == (
+        "fashion-mnist (step 9,777 of its last run, 14,777 in all)"
+    )
 
 
 CLASS_TRANSFORMERS = ["model.overrides.num_classes=10", "model.overrides.class_context=true",

@@ -113,23 +113,33 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     source = str(ck.path / (ckpt_io.EMA_FILE if ck.ema is not None else ckpt_io.MODEL_FILE))
     ckpt_io.load_weights_into(trainer.net, weights, source)
     ckpt_io.load_weights_into(trainer.ema.model, weights, source)
-    step = ck.state.get("step") if isinstance(ck.state, dict) else None
+    state = ck.state if isinstance(ck.state, dict) else {}
+    trained = ck.config.get("trained") if isinstance(ck.config.get("trained"), dict) else {}
+    step = state.get("step")
     if step is None:  # an export keeps no training state, but says its step in "trained"
-        trained = ck.config.get("trained")
-        step = trained.get("step") if isinstance(trained, dict) else None
+        step = trained.get("step")
+    step = step if isinstance(step, int) and step >= 0 else None
     # A shipped model is recorded by its name, as `--init-from NAME` takes it, not by where
     # this machine happens to keep the package: the record travels with the exported model.
     shipped = ck.path.parent.resolve() == WEIGHTS_DIR.resolve()
-    trainer.init_from = {"path": ck.path.name if shipped else str(ck.path),
-                         "step": step if isinstance(step, int) and step >= 0 else None,
+    trainer.init_from = {"path": ck.path.name if shipped else str(ck.path), "step": step,
                          **({"added": grown} if grown else {})}
+    # A checkpoint that itself began from another counts that one's steps too.
+    earlier = state.get("init_from", trained.get("init_from"))
+    if step is not None and isinstance(earlier, dict):
+        before = earlier.get("steps_in_all", earlier.get("step"))
+        if isinstance(before, int) and not isinstance(before, bool) and before >= 0:
+            trainer.init_from["steps_in_all"] = step + before
 
 
 def describe_init_from(init_from: dict) -> str:
     """A warm start's record (`trainer.init_from`) in words, as `difflab train` and `difflab
-    info` say it: 'PATH (step N), adding X (zero-initialised layers)'."""
-    step = init_from.get("step")
+    info` say it: 'PATH (step N[ of its last run, M in all]), adding X (zero-initialised
+    layers)'."""
+    step, total = init_from.get("step"), init_from.get("steps_in_all")
     at = f" (step {step:,})" if isinstance(step, int) else ""
+    if isinstance(step, int) and isinstance(total, int) and not isinstance(total, bool):
+        at = f" (step {step:,} of its last run, {total:,} in all)"
     added = init_from.get("added")
     plus = (f", adding {', '.join(map(str, added))} (zero-initialised layers)"
             if isinstance(added, list) and added else "")
