@@ -14,7 +14,7 @@ from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.config import ConfigError, config_from_dict
 from difflab.pipeline import FALLBACK_SAMPLER, Generator
-from difflab.samplers import DEFAULTS
+from difflab.samplers import DEFAULTS, make_timesteps
 
 
 class StepCounter:
@@ -206,3 +206,37 @@ def test_cli_eta_with_a_sampler_that_has_none(tmp_path, capsys):
     assert main(["sample", "fashion-mnist-cond", "--eta", "0.5", "-n", "1", "--out",
                  str(tmp_path / "s.png")]) == 2
     assert re.search("--eta is a setting of ddim.*samples with dpmpp_2m", capsys.readouterr().err)
+
+
+def test_the_checkpoints_karras_grid_goes_with_its_own_sampler(fashion):
+    """[sample] sigma_max and rho shape the time grid of the checkpoint's own sampler (the
+    grid its steps were chosen on); another sampler takes its own grid; given values win; a
+    sampler that does not step on a Karras grid refuses them in one line."""
+    gen = with_sample_settings(fashion, sampler="dpmpp_2m", steps=5, sigma_max=40.0, rho=9.0)
+    assert gen.sample_defaults() == {"sampler": "dpmpp_2m", "steps": 5, "sigma_max": 40.0,
+                                     "rho": 9.0}
+
+    def grid(**kw) -> list[float]:
+        ts: list[float] = []
+        gen.generate(1, seed=0, callback=lambda info: ts.append(float(info["t"])), **kw)
+        return ts
+
+    def karras(sigma_max: float, rho: float, steps: int) -> list[float]:
+        return make_timesteps(gen.process, steps, "karras", sigma_max=sigma_max, rho=rho).tolist()
+
+    assert grid() == pytest.approx(karras(40.0, 9.0, 5), rel=1e-6)
+    assert grid(sigma_max=20.0) == pytest.approx(karras(20.0, 9.0, 5), rel=1e-6)
+    assert grid(rho=3.0) == pytest.approx(karras(40.0, 3.0, 5), rel=1e-6)
+    # another sampler on a Karras grid: its own (sigma 80, rho 7), with its own 20 steps
+    assert grid(sampler="dpmpp_3m") == pytest.approx(karras(80.0, 7.0, 20), rel=1e-6)
+    assert "(Karras grid from sigma 40, rho 9)" in gen.sampling_settings().summary()
+    with pytest.raises(ValueError, match="ddim steps on a 'uniform' grid"):
+        gen.sampling_settings("ddim", rho=9.0)
+    assert gen.sampling_settings("ddim").sigma_max is None  # the checkpoint's grid is not ddim's
+    run = copy.deepcopy(fashion.config["run"])
+    run["sample"].update(sampler="ddim", sigma_max=40.0)
+    with pytest.raises(ConfigError, match="sample.sigma_max shapes the Karras time grid"):
+        config_from_dict(run)
+    run["sample"].update(sampler="dpmpp_2m", sigma_max=0.0)
+    with pytest.raises(ConfigError, match="sample.sigma_max"):
+        config_from_dict(run)

@@ -209,7 +209,8 @@ def evaluate_generator(
     # What will run: settings left None come from the checkpoint's [sample] (Generator).
     settings = gen.sampling_settings(
         sampler, steps, guidance, conditioned=conditional, guidance_interval=guidance_interval,
-        autoguidance=autoguidance,
+        autoguidance=autoguidance, sigma_max=sample_options.get("sigma_max"),
+        rho=sample_options.get("rho"),
     )
     precision = sample_options.get("precision", "fp32")  # generate_batches' default
     compiling = choose_compile(compile, gen.device, precision, samples, settings.steps)
@@ -258,6 +259,7 @@ def evaluate_generator(
         "guidance": settings.guidance,
         "guidance_interval": _listed(settings.guidance_interval),
         "autoguidance": settings.autoguidance,
+        **_grid(settings),
         "compiled": compiling.compile,
         "seconds": round(sample_seconds, 1),
     }
@@ -319,7 +321,8 @@ def geneval_generator(
     adds the sampling settings and the time it took."""
     settings = gen.sampling_settings(
         sampler, steps, guidance, conditioned=True, guidance_interval=guidance_interval,
-        autoguidance=autoguidance,
+        autoguidance=autoguidance, sigma_max=sample_options.get("sigma_max"),
+        rho=sample_options.get("rho"),
     )
     generate = prompt_generate(
         gen, sampler=sampler, steps=steps, guidance=guidance, batch_size=batch_size,
@@ -335,10 +338,16 @@ def geneval_generator(
         "guidance": settings.guidance,
         "guidance_interval": _listed(settings.guidance_interval),
         "autoguidance": settings.autoguidance,
+        **_grid(settings),
         "negative_prompt": negative_prompt,
         "seconds": round(time.perf_counter() - start, 1),
     }
     return report
+
+
+def _grid(settings) -> dict[str, float]:
+    """The Karras grid's settings a report records, where they are not the sampler's own."""
+    return {k: getattr(settings, k) for k in ("sigma_max", "rho") if getattr(settings, k)}
 
 
 def _listed(interval: tuple[float, float] | None) -> list[float] | None:

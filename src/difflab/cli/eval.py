@@ -41,6 +41,7 @@ from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file, resolve_check
 from difflab.cli.sampling import (
     add_autoguidance_argument,
     add_compile_argument,
+    add_grid_arguments,
     add_guidance_interval_argument,
     guidance_interval,
 )
@@ -101,6 +102,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     add_guidance_interval_argument(parser)
     add_autoguidance_argument(parser)
+    add_grid_arguments(parser)
     parser.add_argument(
         "--reference",
         choices=REFERENCE_SPLITS,
@@ -202,6 +204,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 guidance=args.guidance,
                 guidance_interval=guidance_interval(args),
                 autoguidance=args.autoguidance,
+                sigma_max=args.sigma_max,
+                rho=args.rho,
                 reference_split=args.reference,
                 n_reference=args.n_reference,
                 nll=args.nll,
@@ -248,6 +252,8 @@ def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
             guidance=args.guidance,
             guidance_interval=guidance_interval(args),
             autoguidance=args.autoguidance,
+            sigma_max=args.sigma_max,
+            rho=args.rho,
             batch_size=args.batch_size,
             negative_prompt=args.negative_prompt,
             device=args.device,

@@ -116,5 +116,5 @@ def _sample_settings(run: dict) -> str:
         return f"its [sample] settings are not usable: {e}"
     source = {"guidance": "checkpoint"} if sc.guidance is not None else {}
     settings = SamplingSettings(sc.sampler, sc.steps, sc.guidance, None, source,
-                                sc.guidance_interval, sc.autoguidance)
+                                sc.guidance_interval, sc.autoguidance, sc.sigma_max, sc.rho)
     return f"{settings.summary()} (its [sample] settings)"

@@ -76,6 +76,7 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     )
     add_guidance_interval_argument(s)
     add_autoguidance_argument(s)
+    add_grid_arguments(s)
     s.add_argument(
         "--nearest-captions",
         type=int_in(0, 100_000),
@@ -130,6 +131,24 @@ def add_autoguidance_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """--sigma-max and --rho: the Karras time grid (Karras et al. 2022, eq. 5)."""
+    parser.add_argument(
+        "--sigma-max",
+        type=float_in(0, MAX_NOISE_LEVEL, low_open=True),
+        metavar="SIGMA",
+        help="top noise level (sigma/alpha) of the Karras time grid, for samplers that step on "
+        "one (dpmpp_2m, dpmpp_2m_sde, heun, ...; default: the checkpoint's [sample] "
+        "sigma_max with its own sampler, else 80)",
+    )
+    parser.add_argument(
+        "--rho",
+        type=float_in(0, 100, low_open=True),
+        help="spacing of the Karras time grid: larger puts more steps at low noise (default: "
+        "the checkpoint's [sample] rho with its own sampler, else 7)",
+    )
+
+
 def guidance_interval(args: argparse.Namespace) -> tuple[float, float] | None:
     """--guidance-interval as (low, high), or None when not given; low < high."""
     if args.guidance_interval is None:
@@ -171,6 +190,8 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         conditioned=classes is not None or bool(args.prompt),
         guidance_interval=guidance_interval(args),
         autoguidance=args.autoguidance,
+        sigma_max=args.sigma_max,
+        rho=args.rho,
     )
     kw = dict(
         sampler=settings.sampler,
@@ -180,6 +201,8 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         guidance=settings.guidance,
         guidance_interval=settings.guidance_interval,
         autoguidance=settings.autoguidance,
+        sigma_max=settings.sigma_max,
+        rho=settings.rho,
         classes=classes,
         clip=None if args.no_clip else "auto",
         precision=args.precision,

@@ -19,6 +19,7 @@ noise, whatever the batch size: every sample has its own torch.Generator.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -73,7 +74,7 @@ from difflab.pipeline.settings import (
     is_guided,
     result_count,
 )
-from difflab.samplers import default_steps, default_timesteps, get_sampler
+from difflab.samplers import default_spacing, default_steps, default_timesteps, get_sampler
 from difflab.samplers.timesteps import truncate_timesteps
 
 Tensor = torch.Tensor
@@ -222,6 +223,9 @@ class Generator:
             out["autoguidance"] = sc.autoguidance  # a checkpoint saved before its guide: none
         if sc.guidance_interval is not None and ("guidance" in out or "autoguidance" in out):
             out["guidance_interval"] = sc.guidance_interval
+        for key in ("sigma_max", "rho"):  # the Karras grid its sampler was tuned on
+            if getattr(sc, key) is not None:
+                out[key] = getattr(sc, key)
         return out
 
     def sampling_settings(
@@ -233,6 +237,8 @@ class Generator:
         conditioned: bool = False,
         guidance_interval: tuple[float, float] | None = None,
         autoguidance: float | None = None,
+        sigma_max: float | None = None,
+        rho: float | None = None,
     ) -> SamplingSettings:
         """Fill what the caller left None from :meth:`sample_defaults`.
 
@@ -243,7 +249,9 @@ class Generator:
         `guidance_interval` left None is the checkpoint's, if it has one; (0, 1e9) guides at
         every step. `autoguidance` left None is the checkpoint's, if it has one and the guide
         weights to go with it; it replaces classifier-free guidance, so the two are not given
-        together. The interval applies to whichever of the two guides the draw."""
+        together. The interval applies to whichever of the two guides the draw. `sigma_max`
+        and `rho` shape the Karras grid of a sampler that steps on one; left None, they are
+        the checkpoint's when its own sampler runs (they were chosen with it), like steps."""
         defaults = self.sample_defaults()
         source = {"sampler": "given", "steps": "given"}
         if sampler is None:
@@ -262,6 +270,7 @@ class Generator:
         if guidance is not None and not (conditioned and self.conditional):
             raise ValueError(GUIDANCE_NEEDS_CONDITION)  # now, before a line says what runs
         eta = defaults.get("eta") if own else None
+        grid = self._grid(sampler, own, defaults, source, sigma_max=sigma_max, rho=rho)
         auto = self._autoguidance(autoguidance, guidance, source, defaults)
         if auto is not None and guidance is not None:  # the checkpoint's, which it replaces
             guidance = None
@@ -277,7 +286,29 @@ class Generator:
             elif "guidance_interval" in defaults:
                 interval = defaults["guidance_interval"]
                 source["guidance_interval"] = "checkpoint"
-        return SamplingSettings(sampler, steps, guidance, eta, source, interval, auto)
+        return SamplingSettings(sampler, steps, guidance, eta, source, interval, auto, **grid)
+
+    def _grid(self, sampler: str, own: bool, defaults: dict, source: dict,
+              **given: float | None) -> dict[str, float | None]:
+        """sigma_max and rho of the Karras grid a draw uses (None: the sampler's own), each
+        given or the checkpoint's; refused for a sampler whose grid is not a Karras one."""
+        grid: dict[str, float | None] = {}
+        for key, value in given.items():
+            if value is not None:
+                if not (isinstance(value, int | float) and not isinstance(value, bool)
+                        and math.isfinite(value) and value > 0):
+                    raise ValueError(f"{key} must be a number > 0, got {value!r}")
+                grid[key], source[key] = float(value), "given"
+            elif own and key in defaults:
+                grid[key], source[key] = defaults[key], "checkpoint"
+        spacing = default_spacing(sampler, self.process)
+        if spacing != "karras" and any(source.get(k) == "given" for k in grid):
+            raise ValueError(
+                f"sigma_max and rho shape the Karras time grid, and {sampler} steps on a "
+                f"{spacing!r} grid; choose a sampler on the Karras grid (dpmpp_2m, "
+                "dpmpp_2m_sde, heun, ...)"
+            )
+        return grid if spacing == "karras" else {}
 
     def _autoguidance(self, given: float | None, guidance: float | None, source: dict,
                       defaults: dict) -> float | None:
@@ -530,7 +561,7 @@ class Generator:
         negative_prompt: str | list[str] | None = None,
         spacing: str | None = None,
         sigma_max: float | None = None,
-        rho: float = 7.0,
+        rho: float | None = None,
         callback: Callable[[dict], None] | None = None,
         precision: str = "fp32",
         init: Tensor | None = None,
@@ -556,7 +587,8 @@ class Generator:
         the checkpoint's when None); `autoguidance` w guides with the checkpoint's guide
         network instead (the checkpoint's [sample] autoguidance when None and it has a guide).
         spacing defaults per sampler (difflab.samplers.DEFAULTS); `sigma_max` and `rho` shape
-        a Karras grid (difflab.samplers.default_timesteps);
+        a Karras grid (difflab.samplers.default_timesteps; None: the checkpoint's with its own
+        sampler, else the sampler's);
         `options` go to the sampler (eta=, variance=, ...; ddim gets the checkpoint's eta
         unless given). clip "auto": static for pixel models, none for latent ones.
 
@@ -583,6 +615,7 @@ class Generator:
         settings = self.sampling_settings(
             sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None,
             guidance_interval=guidance_interval, autoguidance=autoguidance,
+            sigma_max=sigma_max, rho=rho,
         )
         sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
         if settings.eta is not None:
@@ -590,7 +623,9 @@ class Generator:
         fn = get_sampler(sampler)
         if self.takes_text and prompts is None and guidance is not None:
             raise ValueError("guidance on a text model needs a prompt")
-        timesteps = default_timesteps(sampler, self.process, steps, spacing, sigma_max, rho)
+        timesteps = default_timesteps(
+            sampler, self.process, steps, spacing, settings.sigma_max, settings.rho or 7.0
+        )
         if strength < 1.0:
             if init is None:
                 raise ValueError("strength < 1 needs an init image (img2img)")

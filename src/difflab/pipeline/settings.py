@@ -40,10 +40,18 @@ class SamplingSettings:
     guidance_interval: tuple[float, float] | None = None
     # autoguidance's weight w (Generator.denoiser), in place of guidance; None: off
     autoguidance: float | None = None
+    # the Karras grid's top noise level and rho (difflab.samplers.default_timesteps); None:
+    # the sampler's own (80 or the process's top, and 7)
+    sigma_max: float | None = None
+    rho: float | None = None
 
     def summary(self, eta: float | None = None) -> str:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
         what = [self.sampler, f"{self.steps} steps"]
+        grid = [f"from sigma {self.sigma_max:g}"] if self.sigma_max is not None else []
+        grid += [f"rho {self.rho:g}"] if self.rho is not None else []
+        if grid:
+            what[-1] += f" (Karras grid {', '.join(grid)})"
         if "guidance" in self.source:  # a conditional model asked for a class or prompt
             what.append("no guidance" if self.guidance is None else f"guidance {self.guidance:g}")
         if self.autoguidance is not None:
