@@ -184,16 +184,23 @@ def sampling_title(
     step: int | None = None,
     autoguidance: float | None = None,
     interval: tuple[float, float] | None = None,
+    sigma_max: float | None = None,
+    rho: float | None = None,
 ) -> str:
     """A grid's title: "fashion-mnist-cond · Bag · dpmpp_2m, 20 steps, guidance 2, seed 0"
     (`asked`: the class or prompt every sample shares; `step`: a training run's step;
-    `interval`: the noise levels (low, high] the guidance applies at, when not every step)."""
+    `interval`: the noise levels (low, high] the guidance applies at, when not every step;
+    `sigma_max`, `rho`: the Karras grid, when not the sampler's own)."""
     parts = [str(model)]
     if step is not None:
         parts.append(f"step {step:,}")
     if asked is not None:
         parts.append(asked)
     how = f"{sampler}, {steps} steps"
+    grid = [f"from sigma {sigma_max:g}"] if sigma_max is not None else []
+    grid += [f"rho {rho:g}"] if rho is not None else []
+    if grid:
+        how += f" (Karras grid {', '.join(grid)})"
     if guidance is not None:
         how += f", guidance {guidance:g}"
     if autoguidance is not None:

@@ -64,7 +64,7 @@ def grid_labels(trainer, n: int = 64, seed: int = 0) -> tuple[list[str] | None, 
     title = viz.sampling_title(
         trainer.out.name, kw["sampler"], kw["steps"], seed, kw.get("guidance"),
         step=trainer.step, autoguidance=kw.get("autoguidance"),
-        interval=kw.get("guidance_interval"),
+        interval=kw.get("guidance_interval"), sigma_max=kw.get("sigma_max"), rho=kw.get("rho"),
     )
     return labels, title
 
@@ -96,6 +96,7 @@ def sample_kwargs(trainer) -> dict:
     # only for a guided draw: the Generator refuses an interval on one that is not (weight 1)
     if sc.guidance_interval is not None and is_guided(kw.get("guidance"), kw.get("autoguidance")):
         kw["guidance_interval"] = sc.guidance_interval
+    kw.update({k: getattr(sc, k) for k in ("sigma_max", "rho") if getattr(sc, k) is not None})
     return kw
 
 

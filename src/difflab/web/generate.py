@@ -216,7 +216,8 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
     title = viz.sampling_title(model_title(req.model), settings.sampler, settings.steps, seed,
                                settings.guidance, asked=asked,
                                autoguidance=settings.autoguidance,
-                               interval=settings.guidance_interval)
+                               interval=settings.guidance_interval,
+                               sigma_max=settings.sigma_max, rho=settings.rho)
     layout = {"n": n, "nrow": per_row or 8, "title": title, "settings": settings,
               "row_labels": row_labels}
     return gen, kw, layout
