@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from difflab.argtypes import MAX_GUIDANCE, MAX_STEPS, Range
+from difflab.viz import describe_karras_grid
 
 # The sampler of a Generator without a run config (one over a live trainer's weights):
 # DPM-Solver++(2M) at its default 20 steps matches DDIM at 50 on FID (BENCHMARKS.md, "FID
@@ -48,10 +49,7 @@ class SamplingSettings:
     def summary(self, eta: float | None = None) -> str:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
         what = [self.sampler, f"{self.steps} steps"]
-        grid = [f"from sigma {self.sigma_max:g}"] if self.sigma_max is not None else []
-        grid += [f"rho {self.rho:g}"] if self.rho is not None else []
-        if grid:
-            what[-1] += f" (Karras grid {', '.join(grid)})"
+        what[-1] += describe_karras_grid(self.sigma_max, self.rho)
         if "guidance" in self.source:  # a conditional model asked for a class or prompt
             what.append("no guidance" if self.guidance is None else f"guidance {self.guidance:g}")
         if self.autoguidance is not None:
