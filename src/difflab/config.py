@@ -38,7 +38,7 @@ from difflab.data import DataConfig
 from difflab.diffusion.flow import TIME_SAMPLINGS
 from difflab.models.presets import PRESETS
 from difflab.models.text import MINILM_LAYERS
-from difflab.samplers import DEFAULTS, SAMPLERS
+from difflab.samplers import SAMPLERS, spacing_for
 
 
 class ConfigError(ValueError):
@@ -601,7 +601,7 @@ def check_combinations(cfg: RunConfig) -> None:
             "samples without either"
         )
     grid = [k for k in ("sigma_max", "rho") if getattr(cfg.sample, k) is not None]
-    spacing = "karras" if d.process == "edm" else DEFAULTS[cfg.sample.sampler][1]
+    spacing = spacing_for(cfg.sample.sampler, edm=d.process == "edm")
     if grid and spacing != "karras":
         raise ConfigError(
             f"sample.{grid[0]} shapes the Karras time grid, and sample.sampler = "

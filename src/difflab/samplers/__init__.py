@@ -104,15 +104,19 @@ def default_steps(name: str, process: NoiseProcess) -> int:
     return DEFAULTS.get(name, (50, "uniform"))[0] or (process.T if process.discrete else 1000)
 
 
-def default_spacing(name: str, process: NoiseProcess) -> str:
-    """The time spacing `name` samples `process` on when none is asked for: the sampler's
-    DEFAULTS, except on EDM, where every sampler takes the Karras grid. EDM's time is its noise
-    level, t = sigma in [0.002, 80] (Karras et al. 2022): a grid uniform in it puts one point of
-    50 below sigma 1.6, and its eq. 5 grid is the one the process is designed for."""
+def spacing_for(name: str, edm: bool) -> str:
+    """The time spacing sampler `name` steps on when none is asked for, by name alone (a config
+    is checked before any process exists): the sampler's DEFAULTS, except on EDM, where every
+    sampler takes the Karras grid. EDM's time is its noise level, t = sigma in [0.002, 80]
+    (Karras et al. 2022): a grid uniform in it puts one point of 50 below sigma 1.6, and its
+    eq. 5 grid is the one the process is designed for."""
     get_sampler(name)
-    if isinstance(process, EDMProcess):
-        return "karras"
-    return DEFAULTS.get(name, (50, "uniform"))[1]
+    return "karras" if edm else DEFAULTS.get(name, (50, "uniform"))[1]
+
+
+def default_spacing(name: str, process: NoiseProcess) -> str:
+    """The time spacing `name` samples `process` on when none is asked for (`spacing_for`)."""
+    return spacing_for(name, isinstance(process, EDMProcess))
 
 
 def default_timesteps(
@@ -170,6 +174,7 @@ __all__ = [
     "SPACINGS",
     "KARRAS_SIGMA_MAX",
     "default_spacing",
+    "spacing_for",
     "default_steps",
     "default_timesteps",
     "get_sampler",
