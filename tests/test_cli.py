@@ -346,3 +346,42 @@ def test_a_very_long_prompt_is_quoted_short(tmp_path, capsys):
     said = capsys.readouterr()
     assert long[:200] not in said.out + said.err and "outside what this model" in said.err
     assert max(len(line) for line in said.err.splitlines()) < 1000
+
+
+def test_a_checkpoint_from_elsewhere_with_odd_json_is_refused_in_one_line(tmp_path, capsys):
+    """Untrusted config.json: class names that are not one string per class, and JSON nested
+    deeper than the parser recurses, each get one line naming the file, not a traceback."""
+    import json
+    import shutil
+
+    from difflab.checkpoints.store import is_difflab_checkpoint, peek_config, write_manifest
+
+    out = tmp_path / "cond"
+    assert main(["train", "digits8", "--out", str(out), "--steps", "1", "--no-report",
+                 "--no-check", *TINY, "--set", "model.overrides.num_classes=10"]) == 0
+    cases = {"ints": list(range(10)), "few": ["zero"], "text": "0123456789"}
+    for name, names in cases.items():
+        ck = tmp_path / name
+        shutil.copytree(out / "last", ck)
+        config = json.loads((ck / "config.json").read_text())
+        (ck / "config.json").write_text(json.dumps({**config, "class_names": names}))
+        write_manifest(ck)
+        capsys.readouterr()
+        assert main(["sample", str(ck), "-n", "1", "--steps", "2", "--class", "3",
+                     "--out", str(tmp_path / f"{name}.png")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "'class_names'" in err, err
+        assert "one name per class" in err or "list of strings" in err
+    deep = tmp_path / "deep"
+    shutil.copytree(out / "last", deep)
+    (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    write_manifest(deep)
+    assert is_difflab_checkpoint(deep)  # its manifest says so; the config's depth must not raise
+    assert peek_config(deep) is None
+    capsys.readouterr()
+    assert main(["info", str(deep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("config.json is not valid JSON: nested too deeply"), err
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["train", str(tmp_path / "deep.json"), "--out", str(tmp_path / "y")]) == 2
+    assert "nests its values too deeply" in capsys.readouterr().err

@@ -556,6 +556,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             kind = "JSON" if path.suffix == ".json" else "TOML"
             raise ConfigError(f"{path} is not valid {kind}: {e}") from e
+        except RecursionError as e:  # the parsers recurse once per level of nesting
+            raise ConfigError(f"{path} nests its values too deeply to be a run config") from e
         except OSError as e:  # unreadable: permissions, a folder, a broken disk
             raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from e
     raw = apply_overrides(raw, overrides or [])

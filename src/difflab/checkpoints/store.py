@@ -174,7 +174,7 @@ def is_difflab_checkpoint(path: str | Path) -> bool:
         return False
     for name in (MANIFEST_FILE, CONFIG_FILE):
         try:
-            doc = json.loads(_read_regular(p / name, _MAX_JSON_BYTES))
+            doc = _decode_json(_read_regular(p / name, _MAX_JSON_BYTES))
         except (OSError, ValueError):  # CheckpointError and JSON errors are ValueErrors
             continue
         if isinstance(doc, dict) and doc.get("format") == "difflab":
@@ -187,7 +187,7 @@ def peek_config(path: str | Path) -> dict[str, Any] | None:
     bounded size) but without the weights or any check of them; None when it cannot be read.
     For early checks before the load, which then explains what is wrong."""
     try:
-        doc = json.loads(_read_regular(Path(path) / CONFIG_FILE, _MAX_JSON_BYTES))
+        doc = _decode_json(_read_regular(Path(path) / CONFIG_FILE, _MAX_JSON_BYTES))
     except (OSError, ValueError):  # CheckpointError and JSON errors are ValueErrors
         return None
     return doc if isinstance(doc, dict) else None
@@ -459,10 +459,19 @@ def _read_regular(path: Path, limit: int | None = None) -> bytes:
         return f.read()
 
 
+def _decode_json(data: bytes) -> Any:
+    """json.loads, where nesting too deep for the parser (it recurses once per level, and a
+    file from elsewhere may nest thousands) is invalid JSON like any other: a ValueError."""
+    try:
+        return json.loads(data)
+    except RecursionError as e:
+        raise ValueError("nested too deeply") from e
+
+
 def _parse_json(data: bytes, source: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = _decode_json(data)
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors too
         raise CheckpointError(f"{source} is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
         raise CheckpointError(f"{source} must hold a JSON object, not {type(doc).__name__}")

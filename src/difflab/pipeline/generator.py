@@ -37,7 +37,7 @@ from difflab.checkpoints.components import (
     guide_of,
 )
 from difflab.checkpoints.names import resolve_checkpoint
-from difflab.checkpoints.store import load_checkpoint, load_weights_into
+from difflab.checkpoints.store import CheckpointError, load_checkpoint, load_weights_into
 from difflab.config import TextConfig, config_from_dict
 from difflab.data import class_aliases, prompt_reader
 from difflab.data.base import resolve_class
@@ -159,7 +159,7 @@ class Generator:
             build_process(run.diffusion),
             run.diffusion.parameterization,
             tuple(ck.config.get("model_shape", ck.config["image_shape"])),
-            class_names=ck.config.get("class_names"),
+            class_names=_class_names(ck.config, str(path / "config.json")),
             num_classes=ck.config["network"].get("num_classes"),
             config=ck.config,
             device=device,
@@ -774,3 +774,19 @@ class Generator:
         del images
         path.with_suffix(".images.npy").unlink()
         return path
+
+
+def _class_names(config: dict[str, Any], source: str) -> list[str] | None:
+    """A checkpoint's class names, checked: untrusted input, and every label a sample, a
+    title or the web app's menu shows comes from them. One name (a string) per class of the
+    network, or none."""
+    names, count = config.get("class_names"), config["network"].get("num_classes")
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{source}: 'class_names' must be a list of strings, got "
+                              f"{names!r:.60}")
+    if count is not None and len(names) != count:
+        raise CheckpointError(f"{source}: 'class_names' names {len(names)} classes and the "
+                              f"network has {count}; one name per class is allowed")
+    return names
