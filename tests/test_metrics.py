@@ -340,6 +340,22 @@ def test_eval_command_on_a_continuous_checkpoint(tmp_path, capsys):
     assert report["sampling"]["steps"] == 2 and math.isfinite(report["nll_bpd"])
 
 
+def test_eval_report_names_the_time_grid_it_sampled_on(tmp_path, capsys):
+    """A grid given to eval (--sigma-max, --rho) is named in its table as in its JSON: two
+    reports on two grids must not read alike."""
+    ck = train_tiny(tmp_path / "run")
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        [str(ck), "--samples", "8", "--sampler", "dpmpp_2m", "--steps", "2", "--sigma-max",
+         "40", "--rho", "12", "--quiet", "--json", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    assert "(dpmpp_2m, 2 steps (Karras grid from sigma 40, rho 12), seed 0" in (
+        capsys.readouterr().out)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["sampling"]["sigma_max"], report["sampling"]["rho"]) == (40.0, 12.0)
+
+
 # ---------------------------------------------------------------------------- Fashion-MNIST
 def test_fashion_mnist_features_rank_real_above_corrupted():
     """Shipped classifier; 2,000 train images against 2,000 test images."""

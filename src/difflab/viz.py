@@ -173,14 +173,6 @@ def grid_image(
     return label_image(img, spans, row_labels=row_labels, title=title, header=header)
 
 
-def describe_karras_grid(sigma_max: float | None, rho: float | None) -> str:
-    """" (Karras grid from sigma 40, rho 12)": what a sampling line or title adds for a grid
-    that is not the sampler's own; "" when both are None."""
-    words = [f"from sigma {sigma_max:g}"] if sigma_max is not None else []
-    words += [f"rho {rho:g}"] if rho is not None else []
-    return f" (Karras grid {', '.join(words)})" if words else ""
-
-
 def sampling_title(
     model: str,
     sampler: str,
@@ -204,7 +196,7 @@ def sampling_title(
         parts.append(f"step {step:,}")
     if asked is not None:
         parts.append(asked)
-    how = f"{sampler}, {steps} steps" + describe_karras_grid(sigma_max, rho)
+    how = f"{sampler}, {steps} steps" + schedules.describe_karras_grid(sigma_max, rho)
     if guidance is not None:
         how += f", guidance {guidance:g}"
     if autoguidance is not None:

@@ -115,3 +115,12 @@ def vp_cosine_log_alpha(t: Tensor, s: float = 0.008) -> Tensor:
 def ve_marginal_std(t: Tensor, sigma: float = 25.0) -> Tensor:
     """Marginal std of dx = sigma^t dw started at x(0): sqrt((sigma^(2t) - 1) / (2 ln sigma))."""
     return torch.sqrt((sigma ** (2 * t) - 1.0) / (2 * math.log(sigma)))
+
+
+def describe_karras_grid(sigma_max: float | None, rho: float | None) -> str:
+    """" (Karras grid from sigma 40, rho 12)": what a sampling line, a picture's title or an
+    eval report adds for a sampling grid (Karras et al. 2022, eq. 5) that is not the
+    sampler's own; "" when both are None."""
+    words = [f"from sigma {sigma_max:g}"] if sigma_max is not None else []
+    words += [f"rho {rho:g}"] if rho is not None else []
+    return f" (Karras grid {', '.join(words)})" if words else ""

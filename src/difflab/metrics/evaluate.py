@@ -31,6 +31,7 @@ import torch
 
 from difflab.data import resolve_class
 from difflab.data.transforms import convert_channels, resize_images
+from difflab.diffusion.schedules import describe_karras_grid
 
 from .features import (
     CLASS_ALIASES,
@@ -288,6 +289,7 @@ def format_report(report: dict[str, Any]) -> str:
     if "checkpoint" in report:
         s = report["sampling"]
         steps = "default steps" if s["steps"] is None else f"{s['steps']} steps"
+        steps += describe_karras_grid(s.get("sigma_max"), s.get("rho"))
         guide = "" if s["guidance"] is None else f", guidance {s['guidance']}"
         if s.get("autoguidance") is not None:
             guide += f", autoguidance {s['autoguidance']:g}"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from difflab.argtypes import MAX_GUIDANCE, MAX_STEPS, Range
-from difflab.viz import describe_karras_grid
+from difflab.diffusion.schedules import describe_karras_grid
 
 # The sampler of a Generator without a run config (one over a live trainer's weights):
 # DPM-Solver++(2M) at its default 20 steps matches DDIM at 50 on FID (BENCHMARKS.md, "FID
