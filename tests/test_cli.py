@@ -65,6 +65,11 @@ def test_sample_png_npz_gif(run_dir, tmp_path):
     )
     assert Image.open(tmp_path / "s.png").size[0] > 8
     assert (tmp_path / "s.gif").is_file()
+    # a GIF named as anything else (the grid's own name among them) is refused before work
+    for gif in ("s.png", "s.txt"):
+        assert main(["sample", ck, "-n", "2", "--steps", "2", "--out", str(tmp_path / "s.png"),
+                     "--gif", str(tmp_path / gif)]) == 2
+    assert Image.open(tmp_path / "s.png").format == "PNG" and not (tmp_path / "s.txt").exists()
     assert (
         main(
             [

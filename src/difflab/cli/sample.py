@@ -54,8 +54,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, "--out")
     if out.suffix not in (".png", ".npz"):
         raise CLIError(f"--out must end in .png or .npz, got {out.name!r}")
-    if args.gif:
-        check_output_file(args.gif, "--gif")
+    if args.gif and check_output_file(args.gif, "--gif").suffix != ".gif":
+        # a GIF under another name would be taken for what its name says (or, named as --out,
+        # replace the grid just written)
+        raise CLIError(f"--gif must end in .gif, got {Path(args.gif).name!r}")
     for scratch in npz_scratch_files(out) if out.suffix == ".npz" else []:
         if os.path.lexists(scratch):
             raise CLIError(f"--out {out}: {scratch} exists, and the samples stream through a "
