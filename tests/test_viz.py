@@ -267,10 +267,21 @@ def test_plot_loss_from_list_and_errors(tmp_path):
     _png(viz.plot_loss(rows, tmp_path / "loss.png"))
     with pytest.raises(ValueError, match="keys seen"):
         viz.plot_loss([{"step": 1, "lr": 0.1}], tmp_path / "none.png")
+
+
+def test_damaged_metrics_rows_are_skipped_with_one_warning(tmp_path):
+    """A damaged row mid-file (not JSON, not an object, a logged number that is not one, bytes
+    that are not UTF-8) costs that row, counted in one warning, not the run's report."""
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"loss": 1}\nnot json\n{"loss": 2}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:2"):
-        viz.plot_loss(bad, tmp_path / "bad.png")
+    bad.write_bytes(b'{"step": 1, "loss": 1}\nnot json\n[1]\n{"step": 2, "loss": null}\n'
+                    b'{"step": "3", "loss": 1}\n{"step": 4, "loss": 0.5}\n\xff\xfe\n'
+                    b'{"step": 5, "loss": 0.25}\n{"step": 6, "lo')
+    with pytest.warns(UserWarning, match=r"bad.jsonl: skipped 5 damaged row\(s\) \(line 2, 3, 4, "
+                      r"5, 7\)"):
+        rows = viz.read_metrics(bad)
+    assert [r["step"] for r in rows] == [1, 4, 5]
+    with pytest.warns(UserWarning):
+        _png(viz.plot_loss(bad, tmp_path / "bad.png"))
 
 
 def test_ema_is_bias_corrected():

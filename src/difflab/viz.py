@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -606,20 +607,44 @@ def plot_schedules(path: PathLike, T: int = 1000, names: Iterable[str] | None = 
     return _save_figure(fig, path)
 
 
-def _read_metrics(metrics: PathLike | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+# What each number a trainer logs must be: a row where one is something else is damaged.
+_METRIC_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,), "loss": (int, float), "lr": (int, float), "images_per_sec": (int, float),
+    "elapsed_sec": (int, float), "fid": (int, float),
+}
+
+
+def _whole_row(row: Any) -> bool:
+    return isinstance(row, dict) and all(
+        not isinstance(row[k], bool) and isinstance(row[k], types)
+        for k, types in _METRIC_TYPES.items() if k in row
+    )
+
+
+def read_metrics(metrics: PathLike | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of a metrics.jsonl (or a list of rows, as given). A last line still being
+    written is left out; a damaged row elsewhere (not JSON, not an object, a logged number
+    that is not one: a disk error, a hand edit) is skipped with one warning that counts them,
+    so one bad line does not cost a finished run its report or the web app its Runs tab."""
     if not isinstance(metrics, str | os.PathLike):
         return list(metrics)
-    lines = Path(metrics).read_text().splitlines()
-    rows = []
+    lines = Path(metrics).read_bytes().decode("utf-8", errors="replace").splitlines()
+    rows, damaged = [], []
     for k, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if k == len(lines) - 1:  # a run still writing its last line
-                break
-            raise ValueError(f"{metrics}:{k + 1} is not valid JSON: {err}") from None
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if _whole_row(row):
+            rows.append(row)
+        elif k < len(lines) - 1:
+            damaged.append(k + 1)
+    if damaged:
+        where = ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
+        warnings.warn(f"{metrics}: skipped {len(damaged)} damaged row(s) (line {where})",
+                      stacklevel=2)
     return rows
 
 
@@ -668,7 +693,7 @@ def loss_figure(
     """
     from matplotlib.ticker import MaxNLocator
 
-    rows = _read_metrics(metrics)
+    rows = read_metrics(metrics)
     pts = [(float(r.get("step", k)), float(r[key])) for k, r in enumerate(rows) if key in r]
     if not pts:
         seen = sorted({k for r in rows for k in r})

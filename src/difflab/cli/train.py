@@ -21,6 +21,7 @@ from difflab.argtypes import device_name, float_in, int_in
 from difflab.checkpoints.names import resolve_checkpoint
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
+from difflab.cli.run_lock import run_folder_lock
 from difflab.cli.runs import check_run_folder, is_run_config
 from difflab.config import load_config
 from difflab.runs import report, score_fid
@@ -188,11 +189,17 @@ def train_config(args: argparse.Namespace) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Check the config and the run folder, train, and write the report."""
+    """Check the config and the run folder, train, and write the report, holding the run
+    folder against a second trainer throughout."""
     config_path = train_config(args)
-    cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
     out = Path(args.out or (config_path.parent if config_path.suffix == ".json"
                             else f"runs/{config_path.stem}"))
+    with run_folder_lock(out):
+        return _train(args, config_path, out)
+
+
+def _train(args: argparse.Namespace, config_path: Path, out: Path) -> int:
+    cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
     if args.init_from and args.resume:
         raise ValueError("--init-from starts a new run and --resume continues one: give one")
     init_from = resolve_checkpoint(args.init_from) if args.init_from else None

@@ -12,7 +12,6 @@ being written is skipped (as `viz.loss_figure` does).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -37,24 +36,6 @@ class RunView:
     fid: Any = None  # the same for FID, where the run tracks it
     grids: list[tuple[Any, str]] = field(default_factory=list)  # (PIL image, caption)
     health: list[str] = field(default_factory=list)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of metrics.jsonl; a last line still being written is left out."""
-    rows = []
-    lines = path.read_text().splitlines()
-    for k, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{k + 1} is not valid JSON") from None
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def health_lines(rows: list[dict]) -> list[str]:
@@ -106,6 +87,10 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def _step(row: dict) -> str:
+    return f"{row['step']:,}" if "step" in row else "?"
+
+
 def _summary(run_name: str, run: Path, rows: list[dict]) -> str:
     logged = [r for r in rows if "loss" in r]
     fids = [r for r in rows if isinstance(r.get("fid"), int | float)]
@@ -114,7 +99,7 @@ def _summary(run_name: str, run: Path, rows: list[dict]) -> str:
     if logged:
         last = logged[-1]
         lines.append(
-            f"step {last.get('step', '?'):,} · loss {last['loss']:.4g} · lr {last.get('lr', 0):.3g}"
+            f"step {_step(last)} · loss {last['loss']:.4g} · lr {last.get('lr', 0):.3g}"
             f" · {last.get('images_per_sec', 0):.0f} images/s · "
             f"{last.get('elapsed_sec', 0) / 60:.1f} min of training"
         )
@@ -122,8 +107,8 @@ def _summary(run_name: str, run: Path, rows: list[dict]) -> str:
         lines.append("no step logged yet")
     if fids:
         best = min(fids, key=lambda r: r["fid"])
-        lines.append(f"FID {fids[-1]['fid']:.2f} at step {fids[-1].get('step', '?'):,} "
-                     f"(best {best['fid']:.2f} at step {best.get('step', '?'):,})")
+        lines.append(f"FID {fids[-1]['fid']:.2f} at step {_step(fids[-1])} "
+                     f"(best {best['fid']:.2f} at step {_step(best)})")
     return "  \n".join(lines)
 
 
@@ -133,7 +118,7 @@ def view(roots: Roots, run_name: str) -> RunView:
     metrics = run / METRICS
     if not metrics.is_file():
         raise ValueError(f"{run_name} is not a training run: it has no {METRICS}")
-    rows = read_metrics(metrics)
+    rows = viz.read_metrics(metrics)
     result = RunView(_summary(run_name, run, rows))
     if any("loss" in r for r in rows):
         result.loss = viz.loss_figure(rows)
