@@ -390,3 +390,21 @@ def test_a_checkpoint_from_elsewhere_with_odd_json_is_refused_in_one_line(tmp_pa
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     assert main(["train", str(tmp_path / "deep.json"), "--out", str(tmp_path / "y")]) == 2
     assert "nests its values too deeply" in capsys.readouterr().err
+
+
+def test_a_prompt_that_is_not_utf8_is_refused_in_one_line(capsys):
+    """Bytes that are not UTF-8 reach Python as unpaired surrogates (and a lone "\\ud800" can
+    come in JSON to the web app): no tokenizer reads them, so they are refused, on the command
+    line before any model loads and in the API (the web app's path) alike."""
+    from difflab.argtypes import check_text
+
+    bad = b"a \xed\xa0\x80 shirt".decode("utf-8", errors="surrogateescape")
+    assert main(["sample", "fashion-text", "--prompt", bad, "-n", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not valid text" in err and "UTF-8" in err
+    for text in ("a \ud800 shirt", bad):
+        with pytest.raises(ValueError, match="prompt .* is not valid text"):
+            check_text(text, "prompt")
+    with pytest.raises(ValueError, match="prompt must be text, got list"):
+        check_text(["a shirt"], "prompt")
+    assert check_text("一件红色的连衣裙 👗", "prompt") == "一件红色的连衣裙 👗"

@@ -72,8 +72,26 @@ def _number(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
+def check_text(text: object, what: str) -> str:
+    """`text` if it is a string that UTF-8 can write, else a ValueError naming `what`: a
+    command line's bytes that are not UTF-8 arrive as unpaired surrogates (as does a lone
+    "\\ud800" in JSON), which no tokenizer reads."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {ascii(text)[:80]} is not valid text: it holds bytes that "
+                         "are not UTF-8 (an unpaired surrogate); give UTF-8 text") from None
+    return text
+
+
 def prompt_text(text: str) -> str:
     """An argparse type: a prompt with words in it (an empty one is no way to ask for none)."""
+    try:
+        check_text(text, "the prompt")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("the prompt ")) from None
     if not text.strip():
         raise argparse.ArgumentTypeError(
             f"is empty ({text!r}); give some words, or leave the flag out to draw without text"

@@ -130,6 +130,9 @@ def test_text_generation_equals_the_cli_and_says_how_the_prompt_reads(store, tmp
         ({"steps": 51}, "steps 51 is over this app's limit of 50"),
         ({"n": 17}, "number of images 17 is over this app's limit of 16"),
         ({"sampler": "magic"}, "sampler 'magic' is not one of"),
+        ({"sampler": ["ddim"]}, "sampler ['ddim'] is not one of"),  # JSON lets a list through
+        ({"model": "fashion-text", "prompt": "a \ud800 shirt"}, "is not valid text"),
+        ({"model": "fashion-text", "prompt": ["a shirt"]}, "prompt must be text, got list"),
         (
             {"condition": generate.ALL_CLASSES, "n": 16},
             "'all (a row per class)' rounds 16 images up to 20 (2 per class), over this app's "
@@ -370,3 +373,19 @@ def test_a_refused_request_logs_one_line_and_a_bug_its_traceback(capsys):
         assert ("Traceback" in log) is logged
         assert logged or log == "difflab serve: refused a request: steps must be between 1 " \
                                 "and 200\n"
+
+
+def test_request_folders_share_one_per_process_and_old_ones_go(monkeypatch):
+    """Each request's files go to a folder of its own under one per server process; those
+    older than WORK_FOLDER_SECONDS are removed as new ones are made (gradio has copied them
+    by then), so a long-running server does not fill the temp space."""
+    import os
+
+    monkeypatch.setattr(generate, "_work_root", None)
+    first, second = generate.work_folder(), generate.work_folder()
+    assert first.parent == second.parent and first != second and first.name.startswith("tmp")
+    assert first.parent.name.startswith("difflab-web-")
+    old = generate.time.time() - generate.WORK_FOLDER_SECONDS - 1
+    os.utime(first, (old, old))
+    third = generate.work_folder()
+    assert not first.exists() and second.is_dir() and third.is_dir()

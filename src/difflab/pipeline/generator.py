@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from difflab.argtypes import check_text
 from difflab.build import build_process, network_from_spec
 from difflab.checkpoints.components import (
     autoencoder_from_weights,
@@ -377,6 +378,8 @@ class Generator:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError(f"{what} is an empty list; give at least one prompt")
+        for p in prompts:
+            check_text(p, what)
         return [prompts[i % len(prompts)] for i in range(n)]
 
     def nearest_captions(self, requested: int | None = None) -> int:

@@ -78,7 +78,8 @@ def strength_value(value: Any) -> float:
 def _prepare(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, dict]:
     n, steps, seed = check_numbers(limits, req)
     gen = store.load(req.model)
-    prompt, negative = text_or_none(req.prompt), text_or_none(req.negative_prompt)
+    prompt = text_or_none(req.prompt)
+    negative = text_or_none(req.negative_prompt, "negative prompt")
     kw, settings = generator_kwargs(
         gen, sampler=req.sampler, steps=steps, seed=seed, n=n, guidance=req.guidance,
         classes=None, prompt=[prompt] if prompt else None,

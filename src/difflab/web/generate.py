@@ -14,7 +14,11 @@ CLI's --gif shows) is streamed to the page; the same frames become the reverse-p
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import shutil
 import tempfile
+import time
 from collections.abc import Generator as Gen
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from difflab import viz
+from difflab.argtypes import check_text
 from difflab.pipeline import Generator
 from difflab.pipeline.settings import grid_rows
 from difflab.samplers import SAMPLERS
@@ -108,9 +113,27 @@ def to_hwc(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
+# One folder per server process for the requests' files; it goes when the process exits.
+_work_root: Path | None = None
+# gradio copies a request's files into its own cache as the request returns, so a folder of
+# ours older than this is done with (the longest request's GIF frames included).
+WORK_FOLDER_SECONDS = 3600
+
+
 def work_folder() -> Path:
-    """A fresh folder for one request's files (gradio copies them into its own cache)."""
-    return Path(tempfile.mkdtemp(prefix="difflab-web-"))
+    """A fresh folder for one request's files, under this process's own folder: the folders
+    of requests done more than WORK_FOLDER_SECONDS ago are removed as new ones are made, and
+    the whole goes at exit, so a server left running does not fill the disk's temp space."""
+    global _work_root
+    if _work_root is None or not _work_root.is_dir():
+        _work_root = Path(tempfile.mkdtemp(prefix="difflab-web-"))
+        atexit.register(shutil.rmtree, _work_root, ignore_errors=True)
+    now = time.time()
+    for old in _work_root.iterdir():
+        with contextlib.suppress(OSError):  # another request's, removed just now
+            if now - old.stat().st_mtime > WORK_FOLDER_SECONDS:
+                shutil.rmtree(old)
+    return Path(tempfile.mkdtemp(dir=_work_root))
 
 
 @dataclass(frozen=True)
@@ -130,8 +153,11 @@ class Request:
     gif: bool = True
 
 
-def text_or_none(text: str | None) -> str | None:
-    text = (text or "").strip()
+def text_or_none(text: str | None, what: str = "prompt") -> str | None:
+    """A form's text field: None when blank; refused when not text (a request is untrusted)."""
+    if text is None:
+        return None
+    text = check_text(text, what).strip()
     return text or None
 
 
@@ -139,7 +165,7 @@ def check_numbers(limits: Limits, req: Request) -> tuple[int, int, int]:
     """(n, steps, seed) of a request, within this app's limits."""
     n = whole_number(req.n, "number of images", 1, limits.max_images, "--max-images")
     steps = whole_number(req.steps, "steps", 1, limits.max_steps, "--max-steps")
-    if req.sampler not in SAMPLERS:
+    if not isinstance(req.sampler, str) or req.sampler not in SAMPLERS:
         raise ValueError(f"sampler {req.sampler!r} is not one of {', '.join(sampler_names())}")
     return n, steps, seed_value(req.seed)
 
@@ -190,7 +216,8 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
     nrow, row labels and the grid title). Every refusal is a ValueError with one line."""
     n, steps, seed = check_numbers(limits, req)
     gen = store.load(req.model)
-    prompt, negative = text_or_none(req.prompt), text_or_none(req.negative_prompt)
+    prompt = text_or_none(req.prompt)
+    negative = text_or_none(req.negative_prompt, "negative prompt")
     condition = None if req.condition in (None, "", NO_CLASS) else req.condition
     classes, row_labels, per_row = None, None, None
     if condition == ALL_CLASSES:
