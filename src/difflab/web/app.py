@@ -482,6 +482,11 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
         server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
         max_file_size=limits.max_upload_bytes, show_error=True, quiet=quiet, css=CSS,
         inbrowser=False, share=False,
+        # gradio 6.31's only use of _frontend: after starting, it asks its own URL with one
+        # 3-second timeout and, on a busy machine where the answer comes later, gives up with
+        # "a shareable link must be created" while the server keeps running. A port that
+        # cannot be bound fails before that check either way.
+        _frontend=False,
     )
     if block:
         app.block_thread()

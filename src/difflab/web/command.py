@@ -77,9 +77,9 @@ def serve_main(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"difflab: warning: --host {args.host} makes the app reachable from other "
               "machines, without a login", file=sys.stderr)
-    url = launch(app, args.host, args.port, limits, block=False, quiet=True)
-    print(f"difflab: the app is at {url} (Ctrl-C stops it)", flush=True)
-    try:
+    try:  # a launch that fails part-way must not leave its server holding the port
+        url = launch(app, args.host, args.port, limits, block=False, quiet=True)
+        print(f"difflab: the app is at {url} (Ctrl-C stops it)", flush=True)
         app.block_thread()
     finally:
         app.close()
