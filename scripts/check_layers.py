@@ -35,6 +35,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("runs",),
     ("web",),
     ("cli",),
+    ("__main__",),  # `python -m difflab`: the CLI
 )
 
 # Third-party packages that may be imported inside a function: optional ones (a dataset

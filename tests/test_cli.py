@@ -408,3 +408,10 @@ def test_a_prompt_that_is_not_utf8_is_refused_in_one_line(capsys):
     with pytest.raises(ValueError, match="prompt must be text, got list"):
         check_text(["a shirt"], "prompt")
     assert check_text("一件红色的连衣裙 👗", "prompt") == "一件红色的连衣裙 👗"
+
+
+def test_python_m_difflab_is_the_difflab_command():
+    done = subprocess.run([sys.executable, "-m", "difflab", "info", "no-such-model"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("difflab: error: checkpoint 'no-such-model' not found")
