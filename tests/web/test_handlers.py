@@ -17,7 +17,7 @@ from PIL import Image
 from difflab.cli import main as difflab_main
 from difflab.web import edit, explore, generate, runs
 from difflab.web.limits import Limits, Roots
-from difflab.web.models import find_checkpoints, find_runs
+from difflab.web.models import ModelStore, find_checkpoints, find_runs
 
 LIMITS = Limits(max_steps=50, max_images=16)
 
@@ -389,3 +389,23 @@ def test_request_folders_share_one_per_process_and_old_ones_go(monkeypatch):
     os.utime(first, (old, old))
     third = generate.work_folder()
     assert not first.exists() and second.is_dir() and third.is_dir()
+
+
+def test_a_checkpoint_fallback_is_said_beside_every_drawing_from_it(served, tmp_path):
+    """A run whose last/ is damaged draws from the next candidate (checkpoints.store); the page says
+    so in the notes of each request that draws from it, not only in the server's log on the
+    first load."""
+    import shutil
+
+    from difflab.web.errors import install_warning_router
+
+    install_warning_router()
+    root = tmp_path / "root"
+    shutil.copytree(served / "runs" / "tiny", root / "runs" / "tiny")
+    (root / "runs" / "tiny" / "last" / "ema.safetensors").write_bytes(b"damaged")
+    store = ModelStore(Roots([root]))
+    for _ in range(2):  # the first request loads it, the second finds it loaded
+        _, result = draw(store, model="runs/tiny/last", sampler="ddim", steps=2, n=1)
+        said = [n for n in result.notes if "instead" in n]
+        assert len(said) == 1 and " instead: " in said[0], result.notes  # best/ here
+        assert "ema.safetensors does not match manifest.json" in said[0]

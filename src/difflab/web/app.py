@@ -192,8 +192,11 @@ def build_app(roots: Roots, limits: Limits | None = None,
                         with gr.Row():
                             g_sampler = gr.Dropdown(samplers, value="dpmpp_2m",
                                                     label="sampler", elem_id="gen-sampler")
+                            # No precision=0 on any number field: gradio would round 2.5
+                            # to 2 and fail on NaN with its own multi-line error before
+                            # difflab's whole_number could refuse the value in one line.
                             g_steps = gr.Number(20, label=f"steps (≤ {limits.max_steps})",
-                                                precision=0, elem_id="gen-steps")
+                                                elem_id="gen-steps")
                         with gr.Row():
                             g_guidance = gr.Number(0, label="guidance", visible=False,
                                                    elem_id="gen-guidance")
@@ -202,9 +205,9 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                 elem_id="gen-autoguidance",
                                 info="steer away from the run's earlier weights",
                             )
-                            g_seed = gr.Number(0, label="seed", precision=0, elem_id="gen-seed")
+                            g_seed = gr.Number(0, label="seed", elem_id="gen-seed")
                             g_n = gr.Number(8, label=f"images (≤ {limits.max_images})",
-                                            precision=0, elem_id="gen-n")
+                                            elem_id="gen-n")
                         g_gif = gr.Checkbox(True, label="reverse-process GIF")
                         g_go = gr.Button("Generate", variant="primary", elem_id="gen-go")
                     with gr.Column(scale=2):
@@ -246,12 +249,12 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                                elem_id="edit-strength")
                         with gr.Row():
                             e_sampler = gr.Dropdown(samplers, value="dpmpp_2m", label="sampler")
-                            e_steps = gr.Number(20, label="steps", precision=0,
+                            e_steps = gr.Number(20, label="steps",
                                                 elem_id="edit-steps")
                         with gr.Row():
                             e_guidance = gr.Number(3, label="guidance", elem_id="edit-guidance")
-                            e_seed = gr.Number(0, label="seed", precision=0)
-                            e_n = gr.Number(4, label="images", precision=0, elem_id="edit-n")
+                            e_seed = gr.Number(0, label="seed")
+                            e_n = gr.Number(4, label="images", elem_id="edit-n")
                         with gr.Row():
                             e_img2img = gr.Button("img2img", variant="primary",
                                                   elem_id="edit-img2img")
@@ -273,11 +276,11 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                               allow_custom_value=True, elem_id="fwd-model")
                         x_source = gr.Radio([explore.DATA_IMAGE, explore.UPLOAD],
                                             value=explore.DATA_IMAGE, label="image")
-                        x_index = gr.Number(0, label="training image number", precision=0)
+                        x_index = gr.Number(0, label="training image number")
                         x_upload = gr.Image(type="filepath", image_mode=None,
                                             sources=["upload"], label="upload (model's size)")
                         x_t = gr.Slider(0, 999, 500, step=1, label="t", elem_id="fwd-t")
-                        x_seed = gr.Number(0, label="noise seed", precision=0)
+                        x_seed = gr.Number(0, label="noise seed")
                         x_go = gr.Button("Show the forward process", elem_id="fwd-go")
                     with gr.Column(scale=2):
                         x_picture = gr.Image(label="x_t at 0 / 25 / 50 / 75 / 100 % and at t",
@@ -286,7 +289,7 @@ def build_app(roots: Roots, limits: Limits | None = None,
                 gr.Markdown("### Noise schedules")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        s_T = gr.Number(1000, label="T (steps)", precision=0)
+                        s_T = gr.Number(1000, label="T (steps)")
                         s_go = gr.Button("Plot the schedules", elem_id="sched-go")
                     with gr.Column(scale=2):
                         s_picture = gr.Image(label="alpha_bar and log-SNR", interactive=False,
@@ -305,9 +308,9 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                               visible=False, allow_custom_value=True)
                         c_prompt = gr.Textbox(label="prompt", visible=False)
                         with gr.Row():
-                            c_seed = gr.Number(0, label="seed", precision=0)
+                            c_seed = gr.Number(0, label="seed")
                             c_n = gr.Number(4, label=f"images per row (≤ "
-                                            f"{limits.max_compare_images})", precision=0)
+                                            f"{limits.max_compare_images})")
                         c_go = gr.Button("Compare", elem_id="cmp-go")
                     with gr.Column(scale=2):
                         c_picture = gr.Image(label="one row per sampler and step count",

@@ -109,7 +109,7 @@ def img2img(store: ModelStore, limits: Limits, req: Request, sketch: Any,
     call = {k: v for k, v in kw.items() if not k.startswith("_") and k != "prompt"}
     with collecting_warnings() as caught:
         images = gen.img2img(image, kw["prompt"], strength=strength, n=kw["_n"], **call)
-    edited = _finish(gen, images, kw, caught, "img2img")
+    edited = _finish(gen, images, kw, store.notes_for(gen) + caught, "img2img")
     edited.notes.insert(1, f"strength {strength:g}")
     return edited
 
@@ -133,4 +133,4 @@ def inpaint(store: ModelStore, limits: Limits, req: Request, sketch: Any,
     call = {k: v for k, v in kw.items() if not k.startswith("_") and k != "prompt"}
     with collecting_warnings() as caught:
         images = gen.inpaint(image, mask, kw["prompt"], n=kw["_n"], **call)
-    return _finish(gen, images, kw, caught, "inpaint")
+    return _finish(gen, images, kw, store.notes_for(gen) + caught, "inpaint")

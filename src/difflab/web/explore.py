@@ -146,7 +146,8 @@ def compare(store: ModelStore, limits: Limits, model: str, samplers: list[str] |
         seconds = time.perf_counter() - t0
         labels.append(f"{sampler}, {steps} steps")
         notes.append(f"{sampler}, {steps} steps: {seconds:.1f} s")
-        notes += [f"warning: {w}" for w in caught if f"warning: {w}" not in notes]
+        notes += [f"warning: {w}" for w in store.notes_for(gen) + caught
+                  if f"warning: {w}" not in notes]
         if title is None:
             asked = layout["title"].split(" · ")[1:-1]
             title = " · ".join([req.model, *asked, f"seed {seed_value(seed)}"])

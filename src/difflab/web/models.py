@@ -16,6 +16,7 @@ from difflab.checkpoints.names import WEIGHTS_DIR, shipped_models
 from difflab.checkpoints.store import is_difflab_checkpoint
 from difflab.failures import reading_checkpoint
 from difflab.pipeline import Generator
+from difflab.web.errors import collecting_warnings
 from difflab.web.limits import Roots
 
 # Folders never searched for checkpoints or runs: environments, caches, version control.
@@ -95,7 +96,8 @@ class ModelStore:
 
     def __init__(self, roots: Roots, capacity: int = 3, device: str | None = None):
         self.roots, self.capacity, self.device = roots, capacity, device
-        self._cache: OrderedDict[tuple[str, float], Generator] = OrderedDict()
+        # (generator, what its load warned of) by (folder, newest file time)
+        self._cache: OrderedDict[tuple[str, float], tuple[Generator, list[str]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
@@ -104,16 +106,24 @@ class ModelStore:
 
     def load(self, name: str) -> Generator:
         """The Generator of checkpoint `name` (a shipped model or a folder under a root),
-        loaded as `difflab sample` loads it."""
+        loaded as `difflab sample` loads it. What the load warned of (a damaged last/ passed
+        over for last.prev/, say) is kept with it: `notes_for` gives it to every request that
+        draws from it, not only to the one that loaded it."""
         path = self.path(name)
         key = (str(path.resolve()), _stamp(path))
         with self._lock:  # one load at a time: two requests for one model load it once
-            gen = self._cache.get(key)
-            if gen is None:
-                with reading_checkpoint(path):  # a mistyped config.json: one line, as the CLI
+            entry = self._cache.get(key)
+            if entry is None:
+                with reading_checkpoint(path), collecting_warnings() as caught:
+                    # a mistyped config.json: one line, as the CLI
                     gen = Generator.from_checkpoint(path, device=self.device)
-                self._cache[key] = gen
+                entry = self._cache[key] = (gen, list(caught))
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(key)
-            return gen
+            return entry[0]
+
+    def notes_for(self, gen: Generator) -> list[str]:
+        """The warnings loading `gen` raised (see `load`)."""
+        with self._lock:
+            return next((list(notes) for g, notes in self._cache.values() if g is gen), [])
