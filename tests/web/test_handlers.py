@@ -139,6 +139,8 @@ def test_text_generation_equals_the_cli_and_says_how_the_prompt_reads(store, tmp
             "limit",
         ),
         ({"model": "fashion-mnist", "condition": "7"}, "this checkpoint is unconditional"),
+        ({"model": "fashion-text", "condition": "Shirt"},
+         "this checkpoint is text-conditional: it takes a prompt, not a class"),
         ({"model": "/etc"}, "checkpoint '/etc' is outside the folders this app serves"),
         ({"autoguidance": 2}, "autoguidance needs a guide"),  # this model keeps none
         ({"autoguidance": "2x"}, "autoguidance must be a number"),

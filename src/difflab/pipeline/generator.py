@@ -355,9 +355,9 @@ class Generator:
         if classes is None:
             return None
         if self.num_classes is None:
-            raise ValueError(
-                "this checkpoint is unconditional: it takes no class; drop --class / classes"
-            )
+            kind = ("text-conditional: it takes a prompt, not a class" if self.takes_text
+                    else "unconditional: it takes no class")
+            raise ValueError(f"this checkpoint is {kind}; leave the class out")
         names = self.class_names or [str(i) for i in range(self.num_classes)]
         aliases = class_aliases(self.dataset, self.class_names)
         idx = [resolve_class(c, names, aliases) for c in classes]
