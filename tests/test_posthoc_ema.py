@@ -181,9 +181,15 @@ def test_export_asks_for_snapshots_a_run_did_not_keep_in_one_line(tmp_path, caps
                  "--ema-length", "0.08", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "train.posthoc_ema" in err and len(err.splitlines()) == 1
-    code = main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "x"),
-                 "--ema-length", "0.5", "--quiet"])
-    assert code != 0 and "EMA length" in capsys.readouterr().err
+    for bad in ("0.5", "nan", "0"):  # refused as the flags are read, before any work
+        code = main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "x"),
+                     "--ema-length", bad])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "argument --ema-length: must be" in err and "exporting" not in err
+    for flag, bad in (("--command-line", "x\x01y"), ("--hardware", " ")):
+        assert main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "x"),
+                     flag, bad]) == 2
+        assert "one line of printable text" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert math.isfinite(MAX_SIGMA_REL)
 

@@ -86,6 +86,19 @@ def check_text(text: object, what: str) -> str:
     return text
 
 
+def record_text(text: str) -> str:
+    """An argparse type: a line of text kept in a file for people to read (a checkpoint's
+    provenance): UTF-8, not empty, no control characters."""
+    try:
+        check_text(text, "the text")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("the text ")) from None
+    if not text.strip() or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{ascii(text)[:80]} must be one line of printable text, not empty")
+    return text
+
+
 def prompt_text(text: str) -> str:
     """An argparse type: a prompt with words in it (an empty one is no way to ask for none)."""
     try:

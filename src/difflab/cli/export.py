@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from difflab.argtypes import float_in, record_text
 from difflab.checkpoints.store import export_for_inference, is_difflab_checkpoint, load_checkpoint
 from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
@@ -37,16 +38,19 @@ def add_export_arguments(e: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="replace an earlier export already in OUT"
     )
     e.add_argument(
-        "--ema-length", type=float, metavar="SIGMA_REL",
+        "--ema-length", type=float_in(0, MAX_SIGMA_REL, low_open=True), metavar="SIGMA_REL",
         help="export the post-hoc EMA of this length (a share of the run, e.g. 0.08) instead "
         "of the run's EMA; the run must have kept snapshots (train.posthoc_ema)",
     )
     e.add_argument(
-        "--guide-ema-length", type=float, metavar="SIGMA_REL",
+        "--guide-ema-length", type=float_in(0, MAX_SIGMA_REL, low_open=True),
+        metavar="SIGMA_REL",
         help="the same for autoguidance's guide, rebuilt at the step the run kept it",
     )
-    e.add_argument("--command-line", help="the command that trained it, for the record")
-    e.add_argument("--hardware", help="what it was trained on (default: this machine)")
+    e.add_argument("--command-line", type=record_text,
+                   help="the command that trained it, for the record")
+    e.add_argument("--hardware", type=record_text,
+                   help="what it was trained on (default: this machine)")
     e.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     e.set_defaults(func=cmd_export)
 
@@ -65,7 +69,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_export_destination(src, Path(args.out), force=args.force)
     if not args.quiet:  # one read and one write: a line to say what runs, not a bar
         how = "float16" if args.fp16 else "as stored"
-        print(f"difflab: exporting {src} to {args.out} (EMA weights where saved, {how}) ...",
+        which = ("the EMA weights where saved" if args.ema_length is None
+                 else f"the post-hoc EMA of length {args.ema_length:g}")
+        print(f"difflab: exporting {src} to {args.out} ({which}, {how}) ...",
               file=sys.stderr, flush=True)
     with reading_checkpoint(src):
         weights = posthoc_weights(src, args.ema_length, args.guide_ema_length, provenance)
@@ -77,15 +83,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def posthoc_weights(src: Path, length: float | None, guide_length: float | None,
                     provenance: dict) -> dict:
-    """The post-hoc EMA weights asked for (--ema-length, --guide-ema-length) as
-    export_for_inference's keywords, each recorded in the provenance."""
+    """The post-hoc EMA weights asked for (--ema-length, --guide-ema-length: lengths in
+    (0, MAX_SIGMA_REL], checked as the flags are read) as export_for_inference's keywords,
+    each recorded in the provenance."""
     found = {}
     for what, sigma_rel in (("weights", length), ("guide", guide_length)):
         if sigma_rel is None:
             continue
-        if not 0 < sigma_rel <= MAX_SIGMA_REL:
-            raise CLIError(f"--{'guide-' if what == 'guide' else ''}ema-length {sigma_rel}: an "
-                           f"EMA length is in (0, {MAX_SIGMA_REL:.4f}] (0.05-0.15 is typical)")
         step = None
         if what == "guide":
             step = load_checkpoint(src, with_training_state=True).state.get("guide_step")
