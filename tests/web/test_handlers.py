@@ -180,6 +180,9 @@ def test_a_runs_checkpoint_is_listed_and_draws(store, served):
     assert last, found
     _, result = draw(store, model=last[0], sampler="ddim", steps=2, n=2)
     assert result.images.shape == (2, 1, 8, 8)
+    # its health line names the step the checkpoint was saved at (its state.json's)
+    health = [n for n in result.notes if n.startswith("health")]
+    assert health and all(n.startswith("health warning: step 2:") for n in health), result.notes
 
 
 def test_img2img_and_inpaint_equal_the_cli(store, tmp_path):

@@ -182,15 +182,25 @@ def is_difflab_checkpoint(path: str | Path) -> bool:
     return False
 
 
-def peek_config(path: str | Path) -> dict[str, Any] | None:
-    """A checkpoint folder's config.json, read as safely as a load reads it (regular file,
-    bounded size) but without the weights or any check of them; None when it cannot be read.
-    For early checks before the load, which then explains what is wrong."""
+def peek_config(path: str | Path, name: str = CONFIG_FILE) -> dict[str, Any] | None:
+    """A checkpoint folder's config.json (or another of its JSON files), read as safely as a
+    load reads it (regular file, bounded size) but without the weights or any check of them;
+    None when it cannot be read. For early checks before the load, which then explains what
+    is wrong, and for what a sampling-only load leaves out."""
     try:
-        doc = _decode_json(_read_regular(Path(path) / CONFIG_FILE, _MAX_JSON_BYTES))
+        doc = _decode_json(_read_regular(Path(path) / name, _MAX_JSON_BYTES))
     except (OSError, ValueError):  # CheckpointError and JSON errors are ValueErrors
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def trained_steps(path: str | Path) -> int | None:
+    """The step a checkpoint was saved at: its state.json's, or for an export (which keeps no
+    training state) the one its config records; None when neither says."""
+    state = peek_config(path, STATE_FILE) or {}
+    trained = (peek_config(path) or {}).get("trained")
+    step = state.get("step", trained.get("step") if isinstance(trained, dict) else None)
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 # ---------------------------------------------------------------------------------- writing

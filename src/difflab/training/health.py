@@ -223,7 +223,7 @@ def data_stats(images: Tensor) -> DataStats:
 
 
 # ------------------------------------------------------------------------------ checks
-def check_samples(samples: Tensor, data: DataStats, step: int) -> list[Finding]:
+def check_samples(samples: Tensor, data: DataStats, step: int | None) -> list[Finding]:
     """What is wrong with a batch of fixed-seed samples, judged against the data.
 
     samples: float in [-1, 1] (NaN / Inf allowed: pass the float samples to catch them; a NaN
@@ -233,7 +233,7 @@ def check_samples(samples: Tensor, data: DataStats, step: int) -> list[Finding]:
     reported as "saturated" rather than also as noise. Samples of one class only are not
     flagged (see the module docstring): pass varied classes for a conditional model.
     """
-    at = f"step {step:,}:"
+    at = f"step {step:,}:" if step is not None else "samples:"
     n = len(samples)
     if samples.is_floating_point():
         bad = ~samples.flatten(1).isfinite().all(1)

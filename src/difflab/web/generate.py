@@ -341,6 +341,6 @@ def run(
     notes = [settings_note(kw, layout["settings"])]
     notes += prompt_notes(gen, kw)
     notes += [f"warning: {w}" for w in store.notes_for(gen) + caught]
-    notes += health_notes(gen, images)
+    notes += health_notes(gen, images, store.step_for(gen))
     final = viz.grid_image(images, nrow, scale=PREVIEW_SCALE, header="final sample")
     return Result(images, captions(gen, kw, n), grid, gif, notes, final)

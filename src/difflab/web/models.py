@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from difflab.checkpoints.names import WEIGHTS_DIR, shipped_models
-from difflab.checkpoints.store import is_difflab_checkpoint
+from difflab.checkpoints.store import is_difflab_checkpoint, trained_steps
 from difflab.failures import reading_checkpoint
 from difflab.pipeline import Generator
 from difflab.web.errors import collecting_warnings
@@ -96,8 +96,9 @@ class ModelStore:
 
     def __init__(self, roots: Roots, capacity: int = 3, device: str | None = None):
         self.roots, self.capacity, self.device = roots, capacity, device
-        # (generator, what its load warned of) by (folder, newest file time)
-        self._cache: OrderedDict[tuple[str, float], tuple[Generator, list[str]]] = OrderedDict()
+        # (generator, what its load warned of, its step) by (folder, newest file time)
+        self._cache: OrderedDict[tuple[str, float],
+                                 tuple[Generator, list[str], int | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
@@ -117,7 +118,7 @@ class ModelStore:
                 with reading_checkpoint(path), collecting_warnings() as caught:
                     # a mistyped config.json: one line, as the CLI
                     gen = Generator.from_checkpoint(path, device=self.device)
-                entry = self._cache[key] = (gen, list(caught))
+                entry = self._cache[key] = (gen, list(caught), trained_steps(path))
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(key)
@@ -126,4 +127,10 @@ class ModelStore:
     def notes_for(self, gen: Generator) -> list[str]:
         """The warnings loading `gen` raised (see `load`)."""
         with self._lock:
-            return next((list(notes) for g, notes in self._cache.values() if g is gen), [])
+            return next((list(notes) for g, notes, _ in self._cache.values() if g is gen), [])
+
+    def step_for(self, gen: Generator) -> int | None:
+        """The step `gen`'s checkpoint was saved at, where it says (state.json, or an
+        export's record); a sampling-only load does not read it."""
+        with self._lock:
+            return next((step for g, _, step in self._cache.values() if g is gen), None)

@@ -63,12 +63,12 @@ def data_stats(gen: Generator) -> health.DataStats | str:
         return _stats[key]
 
 
-def health_notes(gen: Generator, images: torch.Tensor) -> list[str]:
-    """One line per finding on `images` (uint8 (N, C, H, W)), or that none was made."""
+def health_notes(gen: Generator, images: torch.Tensor, step: int | None) -> list[str]:
+    """One line per finding on `images` (uint8 (N, C, H, W)) of a checkpoint saved at `step`
+    (None: not known), or that none was made."""
     stats = data_stats(gen)
     if isinstance(stats, str):
         return [stats]
-    step = int(gen.config.get("trained", {}).get("step", 0))
     findings = health.check_samples(images, stats, step)
     if not findings:
         return [f"health: {health.summary(findings)}"]
