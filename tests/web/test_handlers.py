@@ -346,15 +346,24 @@ def test_runs_read_a_run_that_is_still_writing(tmp_path):
         {"step": 2, "loss": 0.5, "lr": 1e-3},
         {"step": 2, "fid": 80.0, "kid": 0.1},
         {"step": 2, "health": []},
+        {"step": 2, "loss": None},  # damaged: skipped with a warning, not an internal error
+        {"step": 3, "health": ["slow", "a_kind_from_a_newer_version"]},
+        {"step": 4, "health": ["slow"]},
     ]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3,')
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5,')
     outside = tmp_path / "outside.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(outside)
     (run / "samples" / "step_0000002.png").symlink_to(outside)
-    view = runs.view(Roots([run]), str(run))
+    with pytest.warns(UserWarning, match="skipped 1 damaged row"):
+        view = runs.view(Roots([run]), str(run))
     assert view.fid is not None and view.grids == []
     assert "FID 80.00 at step 2 (best 80.00 at step 2)" in view.summary
-    assert view.health == ["step 2: samples look like data"]
+    assert view.health == [  # newest first; a kind it does not know is named, not healthy
+        "step 4: samples look like data; training ran slower than its start-up timing",
+        "step 3: a finding of kind 'a_kind_from_a_newer_version'; training ran slower than its "
+        "start-up timing",
+        "step 2: samples look like data",
+    ]
 
 
 def test_a_refused_request_logs_one_line_and_a_bug_its_traceback(capsys):
