@@ -142,6 +142,7 @@ def test_text_generation_equals_the_cli_and_says_how_the_prompt_reads(store, tmp
         ({"model": "fashion-text", "condition": "Shirt"},
          "this checkpoint is text-conditional: it takes a prompt, not a class"),
         ({"model": "/etc"}, "checkpoint '/etc' is outside the folders this app serves"),
+        ({"model": "runs/a\x00b"}, "checkpoint 'runs/a\\x00b' holds a NUL byte"),
         ({"autoguidance": 2}, "autoguidance needs a guide"),  # this model keeps none
         ({"autoguidance": "2x"}, "autoguidance must be a number"),
         ({"autoguidance": -1}, "autoguidance -1 is out of range (allowed 0..50; 1: the model "

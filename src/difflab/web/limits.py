@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from difflab.argtypes import MAX_GUIDANCE, MAX_SEED
+from difflab.argtypes import MAX_GUIDANCE, MAX_SEED, check_text
 from difflab.checkpoints.names import WEIGHTS_DIR, resolve_checkpoint, shipped_models
 
 
@@ -128,8 +128,9 @@ class Roots:
         """The folder `text` names, refused unless it lies under a root. A relative path is
         read from the app's working folder, else from each root in turn (`run1` in
         `--root runs` is runs/run1, as the API's callers expect)."""
-        path = Path(str(text).strip()).expanduser()
-        if not str(text).strip():
+        text = _path_text(text, what)
+        path = Path(text).expanduser()
+        if not text:
             raise ValueError(f"no {what} given")
         if not path.is_absolute() and not (self.contains(path) and path.is_dir()):
             inside = [root / path for root in self.folders]
@@ -157,7 +158,7 @@ class Roots:
 
     def checkpoint(self, name: str) -> Path:
         """A shipped model's folder by name, or a checkpoint folder under a root."""
-        name = str(name or "").strip()
+        name = _path_text(name, "checkpoint")
         if name in shipped_models():
             return resolve_checkpoint(name)
         path = Path(name).expanduser()
@@ -171,3 +172,12 @@ class Roots:
             return str(path.resolve().relative_to(Path.cwd().resolve()))
         except ValueError:
             return str(path.resolve())
+
+
+def _path_text(text: object, what: str) -> str:
+    """A requested name of a folder, stripped; refused in one line when no path can hold it
+    (a NUL byte, text that is not UTF-8) rather than failing deep in the filesystem calls."""
+    text = str(text or "").strip()
+    if "\x00" in text:
+        raise ValueError(f"{what} {ascii(text)[:80]} holds a NUL byte, which no path can hold")
+    return check_text(text, what)
