@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -123,5 +124,15 @@ def test_uploads_that_are_not_images_are_refused_in_one_line(app_url, tmp_path):
     for message, what in ((inpaint(picture, text), "mask"), (inpaint(text, picture), "image")):
         assert message.startswith(f"cannot read the {what} 'notes.png': it is not an image")
         assert "\n" not in message and "preprocess" not in message
+    # a header that claims 60000x60000 pixels: refused as too large, before it is decoded
+    huge = tmp_path / "huge.png"
+    header = Image.new("L", (1, 1))
+    header.save(huge)
+    data = bytearray(huge.read_bytes())
+    data[16:24] = (60000).to_bytes(4, "big") * 2  # IHDR width and height, then its CRC
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    huge.write_bytes(bytes(data))
+    message = inpaint(huge, picture)
+    assert message.startswith("cannot read the image 'huge.png': its header claims more pixels")
     _, gallery, _, _, _ = client.predict(*generate_args(0, n=1), api_name="/generate")
     assert len(gallery) == 1

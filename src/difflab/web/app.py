@@ -29,7 +29,7 @@ from PIL import Image
 
 from difflab.failures import is_user_error
 from difflab.pipeline import DEFAULT_IMG2IMG_STRENGTH
-from difflab.pipeline.inputs import MAX_IMAGE_PIXELS
+from difflab.pipeline.inputs import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from difflab.web import edit, explore, generate, runs
 from difflab.web.errors import describe_failure, install_warning_router
 from difflab.web.generate import NO_CLASS, Request
@@ -104,9 +104,11 @@ def _refuse_unreadable_uploads(component: Any, what: str) -> Any:
         except Exception as e:  # PIL's decoders raise many types; their text names a temp file
             upload = getattr(payload, "background", None) or payload  # the editor's picture
             named = getattr(upload, "orig_name", None) or "upload"
-            raise _page_error(gr, ValueError(
-                f"cannot read the {what} {named!r}: it is not an image difflab can read "
-                "(PNG, JPEG, BMP, GIF, TIFF or WebP)")) from e
+            why = ("its header claims more pixels than difflab reads (at most "
+                   f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE})"
+                   if isinstance(e, Image.DecompressionBombError)
+                   else "it is not an image difflab can read (PNG, JPEG, BMP, GIF, TIFF or WebP)")
+            raise _page_error(gr, ValueError(f"cannot read the {what} {named!r}: {why}")) from e
 
     component.preprocess = preprocess
     return component
