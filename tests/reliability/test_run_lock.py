@@ -59,3 +59,8 @@ def test_a_refused_command_leaves_no_folder_behind(tmp_path, capsys):
     (out / "mine.txt").write_text("the user's")
     assert main(["train", "digits8", "--out", str(out), "--resume"]) == 2
     assert [p.name for p in out.iterdir()] == ["mine.txt"]  # nothing written beside it
+    # an --out that cannot be a folder (a path through a file): one line, nothing made
+    (tmp_path / "afile").write_text("mine")
+    assert main(["train", "digits8", "--out", str(tmp_path / "afile" / "run")]) == 2
+    assert "cannot use it as the run's folder (Not a directory)" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"

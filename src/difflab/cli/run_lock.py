@@ -37,8 +37,12 @@ def run_folder_lock(out: Path) -> Iterator[None]:
         yield
         return
     created = [d for d in (out, *out.parents) if not d.exists()]  # innermost first
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:  # no permission, a read-only disk, a path through a file
+        raise CLIError(f"--out {out}: cannot use it as the run's folder "
+                       f"({e.strerror or e})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
