@@ -72,27 +72,32 @@ def _number(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
-def check_text(text: object, what: str) -> str:
-    """`text` if it is a string that UTF-8 can write, else a ValueError naming `what`: a
-    command line's bytes that are not UTF-8 arrive as unpaired surrogates (as does a lone
-    "\\ud800" in JSON), which no tokenizer reads."""
-    if not isinstance(text, str):
-        raise ValueError(f"{what} must be text, got {type(text).__name__}")
+def _not_utf8(text: str) -> str | None:
+    """What is wrong with `text` as text, or None: a command line's bytes that are not UTF-8
+    arrive as unpaired surrogates (as does a lone "\\ud800" in JSON), which no tokenizer
+    reads and no file of ours can hold."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{what} {ascii(text)[:80]} is not valid text: it holds bytes that "
-                         "are not UTF-8 (an unpaired surrogate); give UTF-8 text") from None
+        return (f"{ascii(text)[:80]} is not valid text: it holds bytes that are not UTF-8 "
+                "(an unpaired surrogate); give UTF-8 text")
+    return None
+
+
+def check_text(text: object, what: str) -> str:
+    """`text` if it is a string that UTF-8 can write, else a ValueError naming `what`."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be text, got {type(text).__name__}")
+    if (why := _not_utf8(text)) is not None:
+        raise ValueError(f"{what} {why}")
     return text
 
 
 def record_text(text: str) -> str:
     """An argparse type: a line of text kept in a file for people to read (a checkpoint's
     provenance): UTF-8, not empty, no control characters."""
-    try:
-        check_text(text, "the text")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("the text ")) from None
+    if (why := _not_utf8(text)) is not None:
+        raise argparse.ArgumentTypeError(why)
     if not text.strip() or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
         raise argparse.ArgumentTypeError(
             f"{ascii(text)[:80]} must be one line of printable text, not empty")
@@ -101,10 +106,8 @@ def record_text(text: str) -> str:
 
 def prompt_text(text: str) -> str:
     """An argparse type: a prompt with words in it (an empty one is no way to ask for none)."""
-    try:
-        check_text(text, "the prompt")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("the prompt ")) from None
+    if (why := _not_utf8(text)) is not None:
+        raise argparse.ArgumentTypeError(why)
     if not text.strip():
         raise argparse.ArgumentTypeError(
             f"is empty ({text!r}); give some words, or leave the flag out to draw without text"

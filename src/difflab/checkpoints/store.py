@@ -194,13 +194,19 @@ def peek_config(path: str | Path, name: str = CONFIG_FILE) -> dict[str, Any] | N
     return doc if isinstance(doc, dict) else None
 
 
-def trained_steps(path: str | Path) -> int | None:
-    """The step a checkpoint was saved at: its state.json's, or for an export (which keeps no
-    training state) the one its config records; None when neither says."""
-    state = peek_config(path, STATE_FILE) or {}
-    trained = (peek_config(path) or {}).get("trained")
-    step = state.get("step", trained.get("step") if isinstance(trained, dict) else None)
+def saved_step(state: dict[str, Any] | None, config: dict[str, Any]) -> int | None:
+    """The step a checkpoint was saved at: its training state's, or for an export (which keeps
+    no training state) the one its config records under "trained"; None when neither says."""
+    trained = config.get("trained")
+    step = (state or {}).get("step")
+    if step is None and isinstance(trained, dict):
+        step = trained.get("step")
     return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def trained_steps(path: str | Path) -> int | None:
+    """`saved_step` of a checkpoint folder, read without loading it (`peek_config`)."""
+    return saved_step(peek_config(path, STATE_FILE), peek_config(path) or {})
 
 
 # ---------------------------------------------------------------------------------- writing

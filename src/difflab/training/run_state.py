@@ -115,10 +115,7 @@ def warm_start(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     ckpt_io.load_weights_into(trainer.ema.model, weights, source)
     state = ck.state if isinstance(ck.state, dict) else {}
     trained = ck.config.get("trained") if isinstance(ck.config.get("trained"), dict) else {}
-    step = state.get("step")
-    if step is None:  # an export keeps no training state, but says its step in "trained"
-        step = trained.get("step")
-    step = step if isinstance(step, int) and step >= 0 else None
+    step = ckpt_io.saved_step(state, ck.config)
     # A shipped model is recorded by its name, as `--init-from NAME` takes it, not by where
     # this machine happens to keep the package: the record travels with the exported model.
     shipped = ck.path.parent.resolve() == WEIGHTS_DIR.resolve()
