@@ -136,3 +136,38 @@ def test_uploads_that_are_not_images_are_refused_in_one_line(app_url, tmp_path):
     assert message.startswith("cannot read the image 'huge.png': its header claims more pixels")
     _, gallery, _, _, _ = client.predict(*generate_args(0, n=1), api_name="/generate")
     assert len(gallery) == 1
+
+
+def test_a_jpeg_picture_is_edited_as_the_command_line_reads_it(app_url, store, tmp_path):
+    """gradio's sketch pad saves its picture again as RGBA in the format of the file's name,
+    which JPEG cannot hold: every .jpg (here a CMYK one, as print shops write) used to fail
+    there. Now the page edits it exactly as `Generator.img2img` does the same file."""
+    from difflab.pipeline import read_image_file
+
+    photo = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).convert("CMYK").save(photo)
+    client = gradio_client.Client(app_url, verbose=False)
+    sketch = {"background": gradio_client.handle_file(str(photo)), "layers": [], "composite": None}
+    gallery, _, _ = client.predict("fashion-text", sketch, "a dress", "", 0.6, "ddim", 2, 2, 3,
+                                   1, api_name="/img2img")
+    shown = np.asarray(Image.open(gallery[0]["image"]))
+    expected = store.load("fashion-text").img2img(read_image_file(photo), ["a dress"],
+                                                  strength=0.6, n=1, sampler="ddim", steps=2,
+                                                  guidance=2, seed=3)
+    assert np.array_equal(shown, expected[0, 0].numpy())
+
+
+def test_an_unreadable_sketch_layer_is_named_as_the_layer(app_url, tmp_path):
+    """The sketch pad sends the picture and the strokes as separate files; a stroke layer that
+    is not an image is refused by its own name, not the picture's."""
+    picture, layer = tmp_path / "picture.png", tmp_path / "strokes.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(picture)
+    layer.write_text("not a picture\n")
+    client = gradio_client.Client(app_url, verbose=False)
+    sketch = {"background": gradio_client.handle_file(str(picture)),
+              "layers": [gradio_client.handle_file(str(layer))], "composite": None}
+    with pytest.raises(gradio_client.exceptions.AppError) as e:
+        client.predict("fashion-text", sketch, None, "a dress", "", "ddim", 2, 2, 0, 1,
+                       api_name="/inpaint")
+    assert str(e.value).startswith("cannot read the sketch layer 'strokes.png': it is not an image")

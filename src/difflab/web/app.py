@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from difflab.failures import is_user_error
 from difflab.pipeline import DEFAULT_IMG2IMG_STRENGTH
-from difflab.pipeline.inputs import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from difflab.pipeline.inputs import MAX_IMAGE_PIXELS
 from difflab.web import edit, explore, generate, runs
-from difflab.web.errors import describe_failure, install_warning_router
+from difflab.web.errors import install_warning_router, page_error
 from difflab.web.generate import NO_CLASS, Request
 from difflab.web.limits import Limits, Roots
 from difflab.web.models import ModelStore, find_runs, model_choices
+from difflab.web.uploads import refuse_unreadable_uploads
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -49,16 +48,6 @@ RUN_REFRESH_S = 5.0
 CSS = ".pixelated img, img.pixelated { image-rendering: pixelated; }"
 
 
-def _page_error(gr: Any, e: Exception) -> Exception:
-    """The gr.Error the page shows for `e`. gradio would print its traceback to the log for
-    every refused request; describe_failure prints one for bugs only, and a user's mistake
-    gets one line there."""
-    line = describe_failure(e)
-    if is_user_error(e):
-        print(f"difflab serve: refused a request: {line}", file=sys.stderr, flush=True)
-    return gr.Error(line, duration=None, print_exception=False)
-
-
 def _shown_errors(fn: Callable) -> Callable:
     """Run a handler; any failure becomes a gr.Error with its one line (the traceback of a
     bug goes to the server's log). Works for plain and generator handlers."""
@@ -71,7 +60,7 @@ def _shown_errors(fn: Callable) -> Callable:
             except gr.Error:
                 raise
             except Exception as e:
-                raise _page_error(gr, e) from e
+                raise page_error(gr, e) from e
 
         return streaming
 
@@ -82,36 +71,9 @@ def _shown_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except Exception as e:
-            raise _page_error(gr, e) from e
+            raise page_error(gr, e) from e
 
     return plain
-
-
-def _refuse_unreadable_uploads(component: Any, what: str) -> Any:
-    """`component` with its upload decoding wrapped: the browser's widget offers images only,
-    but the HTTP API takes any file, and gradio would answer one that is not a picture with
-    its own multi-line error (and a traceback in the log). Here it is one line naming the
-    upload, as every other refusal is."""
-    import gradio as gr  # the web extra: imported only when the app is built
-    decode = component.preprocess
-
-    @functools.wraps(decode)
-    def preprocess(payload):
-        try:
-            return decode(payload)
-        except gr.Error:
-            raise
-        except Exception as e:  # PIL's decoders raise many types; their text names a temp file
-            upload = getattr(payload, "background", None) or payload  # the editor's picture
-            named = getattr(upload, "orig_name", None) or "upload"
-            why = ("its header claims more pixels than difflab reads (at most "
-                   f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE})"
-                   if isinstance(e, Image.DecompressionBombError)
-                   else "it is not an image difflab can read (PNG, JPEG, BMP, GIF, TIFF or WebP)")
-            raise _page_error(gr, ValueError(f"cannot read the {what} {named!r}: {why}")) from e
-
-    component.preprocess = preprocess
-    return component
 
 
 def _notes(lines: list[str]) -> str:
@@ -233,14 +195,14 @@ def build_app(roots: Roots, limits: Limits | None = None,
                     with gr.Column(scale=1):
                         e_model = gr.Dropdown(models, value=EDIT_MODEL, label="model",
                                               allow_custom_value=True, elem_id="edit-model")
-                        e_sketch = _refuse_unreadable_uploads(gr.ImageEditor(
+                        e_sketch = refuse_unreadable_uploads(gr.ImageEditor(
                             type="filepath", label="image: upload, then paint what to redraw "
                             "(inpainting)", sources=["upload"], elem_id="edit-image",
                             layers=False, transforms=(), elem_classes="pixelated",
                             brush=gr.Brush(colors=["#ff0000"], color_mode="fixed",
                                            default_size=2),
                         ), "image")
-                        e_mask = _refuse_unreadable_uploads(gr.Image(
+                        e_mask = refuse_unreadable_uploads(gr.Image(
                             type="filepath", image_mode=None, sources=["upload"],
                             label="mask (optional; white = redraw)", elem_id="edit-mask",
                             elem_classes="pixelated"), "mask")

@@ -14,11 +14,13 @@ the thread that raised it (`collecting_warnings`), and anything else to the usua
 
 from __future__ import annotations
 
+import sys
 import threading
 import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from difflab.failures import is_user_error, one_line
 
@@ -37,6 +39,16 @@ def describe_failure(e: BaseException) -> str:
         f"internal error, {type(e).__name__}: {one_line(e)} (a bug in difflab: the "
         "server's log has the traceback; please report it)"
     )
+
+
+def page_error(gr: Any, e: Exception) -> Exception:
+    """The gr.Error the page shows for `e`. gradio would print its traceback to the log for
+    every refused request; describe_failure prints one for bugs only, and a user's mistake
+    gets one line there."""
+    line = describe_failure(e)
+    if is_user_error(e):
+        print(f"difflab serve: refused a request: {line}", file=sys.stderr, flush=True)
+    return gr.Error(line, duration=None, print_exception=False)
 
 
 def _route(message, category, filename, lineno, file=None, line=None) -> None:
