@@ -194,6 +194,7 @@ class Trainer:
         self.findings: list[health.Finding] = []
         # The checkpoint the divergence guard can point to: the last one saved or resumed.
         self.last_saved: tuple[Path, int] | None = None
+        self._checkpointed: tuple[int, int | None] | None = None  # _checkpoint_mark
         self._resumed = False
         self.resumed_train: dict | None = None  # [train] as the resumed checkpoint recorded it
         # the checkpoint a warm start began from: {"path", "step"} (run_state.warm_start)
@@ -514,7 +515,11 @@ class Trainer:
             if window.steps:  # the last steps before a time budget ran out
                 self._log(window, bar, total, budget)
             self.save_posthoc()  # the run's end: the step export rebuilds averages at
-            self._checkpoint()
+            if self._checkpointed != self._checkpoint_mark():
+                # Not when the loop's last step was just saved and nothing was logged since:
+                # a second save of the same step would replace last.prev/, the one earlier
+                # checkpoint there is to fall back on, with a copy of last/.
+                self._checkpoint()
             distributed.barrier(self.dist)
         finally:
             ctrl_c.restore()
@@ -628,6 +633,12 @@ class Trainer:
             self.best_loss = self.loss_ema
             self.save("best")
         self.save("last")
+        self._checkpointed = self._checkpoint_mark()
+
+    def _checkpoint_mark(self) -> tuple[int, int | None] | None:
+        """(step, metrics.jsonl's length) on the main process: what a checkpoint saved now
+        would record that the one before it might not."""
+        return (self.step, self.metrics.durable_size()) if self.dist.is_main else None
 
     def close(self) -> None:
         distributed.cleanup(self.dist)
