@@ -208,17 +208,18 @@ def test_overwrite_removes_only_what_difflab_wrote(tmp_path, capsys, tally):
 def test_a_users_file_with_a_run_files_name_is_never_replaced(tmp_path, capsys, tally, name,
                                                                mine):
     """A folder holding only a file of the user's that shares a name with one a run writes:
-    neither a new run nor --overwrite may replace or remove it."""
+    neither a new run nor --overwrite may replace or remove it, and --resume does not take it
+    for a run that stopped before its first checkpoint."""
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / name).write_bytes(mine)
     before = snapshot(tmp_path)
-    for flags in ([], ["--overwrite"]):
+    for flags in ([], ["--overwrite"], ["--resume"]):
         line = refused(["train", "digits8", "--out", str(folder), "--steps", "1", *flags],
                        capsys)
         assert str(folder / name) in line and "leaves it alone" in line
         assert snapshot(tmp_path) == before
-    tally("cli_guards", train_out_cases=2)
+    tally("cli_guards", train_out_cases=3)
 
 
 def test_every_file_of_the_users_in_the_way_is_named_at_once(tmp_path, capsys):

@@ -62,8 +62,11 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         )
     if resume:
         if not _has_checkpoint(out):
+            found = run_contents(out)
+            if found:  # a user's files that share a run's names are not a stopped run
+                _check_all_difflabs(out, found)
             why = (" (the run there stopped before its first checkpoint: --overwrite, not "
-                   "--resume, starts it again)" if run_contents(out) else "")
+                   "--resume, starts it again)" if found else "")
             raise CLIError(f"--resume: no checkpoint at {out / 'last'} to continue{why}")
         return
     found = run_contents(out)
