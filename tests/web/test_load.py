@@ -171,3 +171,15 @@ def test_an_unreadable_sketch_layer_is_named_as_the_layer(app_url, tmp_path):
         client.predict("fashion-text", sketch, None, "a dress", "", "ddim", 2, 2, 0, 1,
                        api_name="/inpaint")
     assert str(e.value).startswith("cannot read the sketch layer 'strokes.png': it is not an image")
+
+
+def test_a_sampler_gradio_does_not_list_gets_difflabs_one_line(app_url):
+    """The sampler lists take any value, so that a name outside them is refused by difflab's
+    own check (one line with the allowed names) rather than gradio's choices report."""
+    client = gradio_client.Client(app_url, verbose=False)
+    with pytest.raises(gradio_client.exceptions.AppError) as e:
+        client.predict("mnist-digits-cond", "3", "", "", "euler_fast", 2, 2, 0, 1, False,
+                       api_name="/generate")
+    message = str(e.value)
+    assert message.startswith("sampler 'euler_fast' is not one of ") and "dpmpp_2m" in message
+    assert "\n" not in message and "choices" not in message

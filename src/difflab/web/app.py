@@ -154,8 +154,12 @@ def build_app(roots: Roots, limits: Limits | None = None,
                         g_negative = gr.Textbox(label="negative prompt", visible=False,
                                                 elem_id="gen-negative")
                         with gr.Row():
+                            # allow_custom_value on every sampler list: a name gradio does
+                            # not know is refused by difflab's check, in its one line with
+                            # the allowed names, not by gradio's multi-line report
                             g_sampler = gr.Dropdown(samplers, value="dpmpp_2m",
-                                                    label="sampler", elem_id="gen-sampler")
+                                                    label="sampler", elem_id="gen-sampler",
+                                                    allow_custom_value=True)
                             # No precision=0 on any number field: gradio would round 2.5
                             # to 2 and fail on NaN with its own multi-line error before
                             # difflab's whole_number could refuse the value in one line.
@@ -212,7 +216,8 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                                label="img2img strength (0 keeps the image)",
                                                elem_id="edit-strength")
                         with gr.Row():
-                            e_sampler = gr.Dropdown(samplers, value="dpmpp_2m", label="sampler")
+                            e_sampler = gr.Dropdown(samplers, value="dpmpp_2m", label="sampler",
+                                                    allow_custom_value=True)
                             e_steps = gr.Number(20, label="steps",
                                                 elem_id="edit-steps")
                         with gr.Row():
@@ -265,7 +270,7 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                               allow_custom_value=True, elem_id="cmp-model")
                         c_samplers = gr.Dropdown(samplers, value=["ddim", "dpmpp_2m"],
                                                  multiselect=True, label="samplers",
-                                                 elem_id="cmp-samplers")
+                                                 elem_id="cmp-samplers", allow_custom_value=True)
                         c_steps = gr.Textbox("5, 10, 20", label="step counts",
                                              elem_id="cmp-steps")
                         c_class = gr.Dropdown([NO_CLASS], value=NO_CLASS, label="class",

@@ -120,6 +120,8 @@ def compare(store: ModelStore, limits: Limits, model: str, samplers: list[str] |
             steps_text: str, condition: str | None, prompt: str | None, seed: Any, n: Any,
             progress=None) -> Comparison:
     """The same seed through each sampler at each step count: a row of n images each."""
+    if isinstance(samplers, str):  # the API may send one name for the list
+        samplers = [samplers]
     samplers = list(dict.fromkeys(samplers or []))
     if not samplers:
         raise ValueError("no sampler chosen: pick one or more to compare")
