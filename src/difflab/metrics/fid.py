@@ -21,7 +21,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 from ._threads import single_threaded
 
@@ -71,6 +70,8 @@ def frechet_distance(
         )
     if sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"covariance of shape {sigma1.shape} for a mean of shape {mu1.shape}")
+    from scipy import linalg  # here: loading it costs every `difflab` command a tenth of a second
+
     diff = mu1 - mu2
     with warnings.catch_warnings():  # the standard code's disp=False: judge the result instead
         warnings.simplefilter("ignore", linalg.LinAlgWarning)

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from difflab.data.shapes import geneval_prompts
 from difflab.data.shapes_grammar import (
@@ -153,6 +152,8 @@ def _components(x: np.ndarray) -> dict[str, np.ndarray]:
     support &= (neighbours >= 2) | (v < SPECK_BRIGHTNESS)
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connected, never across images
+    from scipy import ndimage  # here: loading it costs every `difflab` command a tenth of a second
+
     labels, k = ndimage.label(support, structure)
     flat = np.flatnonzero(labels)
     lab = labels.ravel()[flat]

@@ -34,7 +34,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from difflab.diffusion.denoiser import Denoiser
 from difflab.diffusion.noise import GeneratorLike, randn
@@ -127,6 +126,10 @@ def ode_log_likelihood(
         return out.cpu().numpy()
 
     y0 = np.concatenate([x0.detach().double().cpu().numpy().reshape(-1), np.zeros(batch)])
+    # imported here: scipy.integrate takes about 0.4 s to load, which every `difflab`
+    # command (even --help) paid for two samplers that need it
+    from scipy.integrate import solve_ivp
+
     sol = solve_ivp(rhs, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"likelihood ODE solver failed: {sol.message}")

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from difflab.diffusion.denoiser import Denoiser
 from difflab.diffusion.noise import GeneratorLike
@@ -80,6 +79,10 @@ def sample_ode(
     steps, message = 0, "no integration (one time given)"
     if len(ts) > 1:
         y0 = x.detach().double().cpu().numpy().reshape(-1)
+        # imported here: scipy.integrate takes about 0.4 s to load, which every `difflab`
+        # command (even --help) paid for two samplers that need it
+        from scipy.integrate import solve_ivp
+
         sol = solve_ivp(
             velocity, (float(ts[0]), float(ts[-1])), y0, method=method, rtol=rtol, atol=atol
         )
