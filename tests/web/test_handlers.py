@@ -91,6 +91,10 @@ def test_all_classes_is_laid_out_as_the_cli_does(store, tmp_path):
         "1",
     )
     assert result.images.shape[0] == 20 and np.array_equal(result.images.numpy(), expected)
+    # the API may say "all", as the CLI and docs/web.md do, for the list's last entry
+    _, typed = draw(store, Limits(max_images=20), model="mnist-digits-cond", condition="all",
+                    sampler="ddim", steps=3, guidance=2, seed=1, n=12)
+    assert np.array_equal(typed.images.numpy(), expected)
 
 
 def test_text_generation_equals_the_cli_and_says_how_the_prompt_reads(store, tmp_path):
@@ -424,3 +428,14 @@ def test_a_checkpoint_fallback_is_said_beside_every_drawing_from_it(served, tmp_
         said = [n for n in result.notes if "instead" in n]
         assert len(said) == 1 and " instead: " in said[0], result.notes  # best/ here
         assert "ema.safetensors does not match manifest.json" in said[0]
+
+
+def test_guidance_without_a_class_or_prompt_is_said_not_to_apply(store):
+    """The CLI refuses --guidance without a class or prompt; the page always sends its
+    guidance field, so it draws unconditionally and says the guidance was not applied."""
+    _, alone = draw(store, model="mnist-digits-cond", sampler="ddim", steps=2, guidance=3, n=1)
+    assert ("guidance 3 not applied: without a class or a prompt the model draws "
+            "unconditionally") in alone.notes
+    _, guided = draw(store, model="mnist-digits-cond", condition="3", sampler="ddim", steps=2,
+                     guidance=3, n=1)
+    assert not any("not applied" in note for note in guided.notes)

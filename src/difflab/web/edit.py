@@ -27,6 +27,7 @@ from difflab.web.generate import (
     prompt_notes,
     settings_note,
     text_or_none,
+    unused_guidance_notes,
     work_folder,
 )
 from difflab.web.limits import Limits
@@ -86,13 +87,14 @@ def _prepare(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator
         negative_prompt=[negative] if negative else None, autoguidance=req.autoguidance,
     )
     kw.pop("classes")  # as cmd_img2img / cmd_inpaint: text or nothing, no class
-    return gen, kw | {"_settings": settings, "_n": n}
+    return gen, kw | {"_settings": settings, "_n": n,
+                      "_notes": unused_guidance_notes(gen, req, kw)}
 
 
 def _finish(gen: Generator, images: torch.Tensor, kw: dict, caught: list[str],
             what: str) -> Edited:
     grid = viz.save_grid(images, work_folder() / f"{what}.png", nrow=8, scale=GRID_SCALE)
-    notes = [settings_note(kw, kw["_settings"])] + prompt_notes(gen, kw)
+    notes = [settings_note(kw, kw["_settings"]), *kw["_notes"]] + prompt_notes(gen, kw)
     notes += [f"warning: {w}" for w in caught]
     return Edited(images, grid, notes)
 

@@ -20,7 +20,14 @@ import torch
 from difflab import viz
 from difflab.pipeline import Generator, read_image_file
 from difflab.web.errors import collecting_warnings
-from difflab.web.generate import ALL_CLASSES, GRID_SCALE, Request, plan, work_folder
+from difflab.web.generate import (
+    ALL_CLASSES,
+    GRID_SCALE,
+    Request,
+    class_choice,
+    plan,
+    work_folder,
+)
 from difflab.web.limits import Limits, seed_value, whole_number
 from difflab.web.models import ModelStore
 from difflab.web.training_data import training_images
@@ -133,7 +140,7 @@ def compare(store: ModelStore, limits: Limits, model: str, samplers: list[str] |
             f"app's limit of {limits.max_compare_rows}; compare fewer"
         )
     n = whole_number(n, "images per row", 1, limits.max_compare_images)
-    if condition == ALL_CLASSES:
+    if class_choice(condition) == ALL_CLASSES:
         raise ValueError("pick one class (or none) to compare samplers on")
     images, labels, notes, title = [], [], [], None
     for k, (sampler, steps) in enumerate(rows):

@@ -218,7 +218,7 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
     gen = store.load(req.model)
     prompt = text_or_none(req.prompt)
     negative = text_or_none(req.negative_prompt, "negative prompt")
-    condition = None if req.condition in (None, "", NO_CLASS) else req.condition
+    condition = class_choice(req.condition)
     classes, row_labels, per_row = None, None, None
     if condition == ALL_CLASSES:
         classes, row_labels, per_row = class_rows(gen, n)
@@ -246,13 +246,32 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
                                interval=settings.guidance_interval,
                                sigma_max=settings.sigma_max, rho=settings.rho)
     layout = {"n": n, "nrow": per_row or 8, "title": title, "settings": settings,
-              "row_labels": row_labels}
+              "row_labels": row_labels, "notes": unused_guidance_notes(gen, req, kw)}
     return gen, kw, layout
+
+
+def unused_guidance_notes(gen: Generator, req: Request, kw: dict) -> list[str]:
+    """A note when the form's guidance was not applied: a conditional model drawn without a
+    class or prompt draws unconditionally. The CLI refuses such a --guidance; the page
+    always sends its guidance field, so it draws and says so instead."""
+    if not gen.conditional or kw["guidance"] is not None or req.guidance in (None, ""):
+        return []
+    asked = f"{req.guidance:g}" if isinstance(req.guidance, int | float) else req.guidance
+    return [f"guidance {asked} not applied: without a class or a prompt the model draws "
+            "unconditionally"]
 
 
 def model_title(name: str) -> str:
     """How a grid's title names the model: a shipped name, or the checkpoint's path."""
     return str(name).strip()
+
+
+def class_choice(value: Any) -> Any:
+    """The class field's value as the request means it: None for no class, ALL_CLASSES for
+    the list's last entry or "all" (as `--class all` and the API docs say), else as given."""
+    if value in (None, "", NO_CLASS):
+        return None
+    return ALL_CLASSES if value == "all" else value
 
 
 def class_rows(gen: Generator, n: int) -> tuple[list[int], list[str], int]:
@@ -338,7 +357,7 @@ def run(
             frame_labels=recorder.labels + ["final sample"], row_labels=layout["row_labels"],
             title=layout["title"],
         )
-    notes = [settings_note(kw, layout["settings"])]
+    notes = [settings_note(kw, layout["settings"]), *layout["notes"]]
     notes += prompt_notes(gen, kw)
     notes += [f"warning: {w}" for w in store.notes_for(gen) + caught]
     notes += health_notes(gen, images, store.step_for(gen))
