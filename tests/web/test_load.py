@@ -183,3 +183,20 @@ def test_a_sampler_gradio_does_not_list_gets_difflabs_one_line(app_url):
     message = str(e.value)
     assert message.startswith("sampler 'euler_fast' is not one of ") and "dpmpp_2m" in message
     assert "\n" not in message and "choices" not in message
+
+
+def test_serve_on_a_port_in_use_is_one_line_naming_the_flag(capsys):
+    """Another program listening on --port: refused in one line that points at --port, before
+    any model is loaded (gradio's own message names an environment variable instead)."""
+    import socket
+
+    from difflab.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"difflab: error: cannot serve on 127.0.0.1:{port}: ")
+    assert "give another --port" in err and "\n" not in err

@@ -16,6 +16,7 @@ built, so `difflab --help` works without the web extra.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from difflab.argtypes import device_name, float_in, int_in
@@ -59,6 +60,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=serve_main)
 
 
+def check_port(host: str, port: int) -> None:
+    """ValueError in one line when host:port cannot be listened on (another program holds
+    it, or it needs privileges), before minutes go into loading models; gradio's own message
+    would point at an environment variable and launch()'s parameters instead of --port."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as uvicorn binds: a port left in TIME_WAIT by a server just stopped is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise ValueError(f"cannot serve on {host}:{port}: {why}; give another --port "
+                         f"(e.g. --port {port + 1 if port < 65535 else 8000}) or stop the "
+                         "program that holds it") from e
+
+
 def serve_main(args: argparse.Namespace) -> int:
     """Start the app as `args` say and serve until interrupted. A missing web extra or a bad
     --root is a ValueError / ImportError with one line (the CLI prints it)."""
@@ -67,6 +85,7 @@ def serve_main(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ImportError(f"difflab serve needs the web extra (gradio): {WEB_EXTRA}") from e
 
+    check_port(args.host, args.port)
     roots = Roots(args.root or ["."])
     limits = Limits(
         max_steps=args.max_steps, max_images=args.max_images, max_upload_mb=args.max_upload_mb,
