@@ -302,8 +302,13 @@ def test_resume_says_where_it_goes_on_and_refuses_a_spent_budget(tmp_path, capsy
     capsys.readouterr()
     assert main([*base, "--steps", "2", "--resume"]) == 2  # the whole run's budget: spent
     assert "at step 2 already and --steps 2 is the whole run's" in capsys.readouterr().err
+    assert main([*base, "--resume"]) == 2  # no budget flag: the run's own budget, spent
+    said = capsys.readouterr().err
+    assert "at step 2 already and its own budget of 2 steps: give --minutes or --steps" in said
     assert main([*base, "--steps", "3", "--resume"]) == 0
-    assert f"difflab: resuming {out / 'last'} at step 2 (" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"difflab: resuming {out / 'last'} at step 2 (" in said
+    assert "settings the run did not have" not in said  # nothing changed: an exact resume
     command = (out / "command.sh").read_text()  # the one command that trains the whole run
     assert "--resume" not in command and "--steps 3" in command and "was resumed" in command
 
@@ -415,3 +420,17 @@ def test_python_m_difflab_is_the_difflab_command():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("difflab: error: checkpoint 'no-such-model' not found")
+
+
+def test_a_resume_says_which_train_settings_it_changes(tmp_path, capsys):
+    """A resume with a [train] setting other than the run's goes on with it, and says so:
+    the learning rate jumping silently would pass for an exact resume."""
+    out = tmp_path / "run"
+    base = ["train", "digits8", "--out", str(out), *TINY, "--no-report"]
+    assert main([*base, "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--steps", "3", "--resume", "--set", "train.lr=0.01"]) == 0
+    said = capsys.readouterr().out
+    recorded = load_checkpoint(out / "last.prev").config["run"]["train"]["lr"]
+    assert (f"resuming with [train] settings the run did not have: train.lr {recorded!r} -> "
+            "0.01 (it goes on with these)") in said

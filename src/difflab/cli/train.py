@@ -10,12 +10,14 @@ rank 0 alone prints and writes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from difflab.argtypes import device_name, float_in, int_in
 from difflab.checkpoints.names import resolve_checkpoint
@@ -134,6 +136,24 @@ def keep_recorded_budget(trainer: Trainer) -> tuple[str, list[str]]:
     return f", to the run's own budget of {what} (--minutes or --steps sets another)", flags
 
 
+def changed_train_settings(trainer: Trainer) -> list[str]:
+    """"KEY RECORDED -> NOW" for each [train] setting a resume changes against the run's
+    record (its budget aside, which check_budget_left says): a resume is exact only
+    without them, so none goes unsaid."""
+    recorded = trainer.resumed_train
+    if not isinstance(recorded, dict):
+        return []
+    now = dataclasses.asdict(trainer.cfg.train)
+    return [f"train.{key} {recorded[key]!r} -> {now[key]!r}" for key in now
+            if key in recorded and key not in BUDGET_KEYS
+            and _comparable(recorded[key]) != _comparable(now[key])]
+
+
+def _comparable(value: Any) -> Any:
+    """A setting as JSON records it (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
 def check_budget_left(trainer: Trainer, main: bool, budget: str = "") -> None:
     """Say where a resumed run continues, and refuse a budget it has already spent (the
     budget is the whole run's, resumed parts included)."""
@@ -141,12 +161,18 @@ def check_budget_left(trainer: Trainer, main: bool, budget: str = "") -> None:
     if main:
         print(f"difflab: resuming {trainer.last_saved[0]} at step {trainer.step} "
               f"({done:.1f} min trained){budget}")
+    # `budget` is said when the run's recorded budget was kept: the user gave no flag for it
+    more = "give --minutes or --steps with more" if budget else "give more"
     if tc.minutes is not None and done >= tc.minutes:
-        raise CLIError(f"the run has trained {done:.1f} min already and --minutes "
-                       f"{tc.minutes:g} is the whole run's budget: give more to train on")
+        spent = (f"its own budget of {tc.minutes:g} min" if budget
+                 else f"--minutes {tc.minutes:g} is the whole run's budget")
+        raise CLIError(f"the run has trained {done:.1f} min already and {spent}: {more} to "
+                       "train on")
     if tc.max_steps is not None and trainer.step >= tc.max_steps:
-        raise CLIError(f"the run is at step {trainer.step} already and --steps "
-                       f"{tc.max_steps} is the whole run's: give more to train on")
+        spent = (f"its own budget of {tc.max_steps} steps" if budget
+                 else f"--steps {tc.max_steps} is the whole run's")
+        raise CLIError(f"the run is at step {trainer.step} already and {spent}: {more} to "
+                       "train on")
 
 
 def resume_command(argv: list[str], world_size: int = 1, local_world_size: int = 1) -> str:
@@ -211,6 +237,10 @@ def _train(args: argparse.Namespace, config_path: Path, out: Path) -> int:
         kept, flags = ("", []) if budget_given(args) else keep_recorded_budget(trainer)
         args.argv = [*args.argv, *flags]  # so command.sh and a next resume name it too
         check_budget_left(trainer, main, kept)
+        changed = changed_train_settings(trainer)
+        if main and changed:
+            print(f"difflab: resuming with [train] settings the run did not have: "
+                  f"{', '.join(changed)} (it goes on with these)")
     elif init_from is not None:
         trainer.warm_start(init_from)
         if main:  # a shipped model by its name (init_from records it so), a run by its path
