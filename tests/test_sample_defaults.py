@@ -246,3 +246,21 @@ def test_the_checkpoints_karras_grid_goes_with_its_own_sampler(fashion):
     run["sample"].update(sampler="dpmpp_2m", sigma_max=0.0)
     with pytest.raises(ConfigError, match="sample.sigma_max"):
         config_from_dict(run)
+
+
+def test_more_steps_than_the_process_has_are_refused_before_anything_runs(fashion, capsys,
+                                                                          tmp_path):
+    """--steps over a discrete process's T is refused when the settings are resolved: before
+    the command says how it samples or offers to compile a network for the job."""
+    T = fashion.process.T
+    with pytest.raises(ValueError, match=f"steps {T + 1} is more than this model's T = {T} "
+                                         f"discrete time steps: give 1..{T}"):
+        fashion.sampling_settings("ddim", T + 1)
+    assert fashion.sampling_settings("ddim", T).steps == T
+    out = tmp_path / "s.png"
+    assert main(["sample", "fashion-mnist", "--steps", "100000", "-n", "1", "--out",
+                 str(out)]) == 2
+    said = capsys.readouterr()
+    assert "compiled" not in said.out and "sampled with" not in said.out and not out.exists()
+    assert said.err.strip() == (f"difflab: error: steps 100000 is more than this model's "
+                                f"T = {T} discrete time steps: give 1..{T}")

@@ -263,6 +263,10 @@ class Generator:
         if steps is None:
             steps = defaults["steps"] if own else default_steps(sampler, self.process)
             source["steps"] = "checkpoint" if own else "default"
+        elif self.process.discrete and steps > self.process.T:
+            # now, before a line says what runs (and before a compile is started for it)
+            raise ValueError(f"steps {steps} is more than this model's T = {self.process.T} "
+                             f"discrete time steps: give 1..{self.process.T}")
         if guidance is not None:
             source["guidance"] = "given"
         elif conditioned and self.conditional:
