@@ -547,3 +547,18 @@ def test_a_bug_is_reported_as_one(monkeypatch, capsys):
     assert main(["info", "fashion-mnist"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error, KeyError" in err and "--debug" in err
+
+
+def test_a_users_own_samples_folder_is_not_taken_for_a_run(tmp_path, capsys):
+    """samples/ is a name a run writes, but one that holds no sample grid of difflab's is the
+    user's: it is named as such, not called a run that stopped before its first checkpoint."""
+    folder = tmp_path / "mine"
+    (folder / "samples").mkdir(parents=True)
+    (folder / "samples" / "x.png").write_bytes(b"\x89PNG my own")
+    before = snapshot(tmp_path)
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        line = refused(["train", "digits8", "--out", str(folder), "--steps", "1", *flags],
+                       capsys)
+        assert f"{folder / 'samples'} is not the folder of sample grids difflab writes" in line
+        assert "stopped before its first checkpoint" not in line
+        assert snapshot(tmp_path) == before

@@ -128,6 +128,13 @@ def clear_run(out: Path, found: list[str], whole_run: bool) -> None:
             path.unlink()
 
 
+def _holds_sample_grids(folder: Path) -> bool:
+    """Whether `folder` is a run's samples/: empty (a run stopped before its first grid) or
+    holding a step_NNNNNNN.png. A user's own samples/ holds only other files."""
+    names = os.listdir(folder)
+    return not names or any(_SAMPLE_GRID.fullmatch(n) for n in names)
+
+
 def _check_all_difflabs(out: Path, found: list[str]) -> bool:
     """CLIError naming every one of `found` (names a run writes) that difflab did not write:
     a user's file or folder that shares a name with a run's is neither replaced nor removed,
@@ -141,7 +148,7 @@ def _check_all_difflabs(out: Path, found: list[str]) -> bool:
             ours = not path.is_symlink() and is_difflab_checkpoint(path)
             what = "a difflab checkpoint"
         elif name == f"{RUN_SAMPLES}/":
-            ours = not path.is_symlink() and path.is_dir()
+            ours = not path.is_symlink() and path.is_dir() and _holds_sample_grids(path)
             what = "the folder of sample grids difflab writes"
         elif name == f"{SNAPSHOT_DIR}/":
             _check_snapshots(path)
