@@ -439,3 +439,22 @@ def test_guidance_without_a_class_or_prompt_is_said_not_to_apply(store):
     _, guided = draw(store, model="mnist-digits-cond", condition="3", sampler="ddim", steps=2,
                      guidance=3, n=1)
     assert not any("not applied" in note for note in guided.notes)
+
+
+def test_fallback_copies_are_listed_only_when_all_that_is_left(served, tmp_path):
+    """NAME.prev/ beside its NAME/ is the copy kept to fall back on, which loading NAME/
+    reaches by itself: not listed. last.prev/ without last/ (a crash between the two renames
+    of a write) is the run's newest complete checkpoint: then it is listed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(served / "runs" / "tiny", run)
+    for name in ("last", "best"):
+        shutil.copytree(run / name, run / f"{name}.prev")
+    found = find_checkpoints(Roots([tmp_path]))
+    assert any(c.endswith("run/last") for c in found), found
+    assert not any(c.endswith(".prev") for c in found), found
+    shutil.rmtree(run / "last")
+    found = find_checkpoints(Roots([tmp_path]))
+    assert any(c.endswith("run/last.prev") for c in found), found
+    assert not any(c.endswith("run/best.prev") for c in found), found

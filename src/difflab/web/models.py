@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from difflab.checkpoints.names import WEIGHTS_DIR, shipped_models
-from difflab.checkpoints.store import is_difflab_checkpoint, trained_steps
+from difflab.checkpoints.store import PREVIOUS_SUFFIX, is_difflab_checkpoint, trained_steps
 from difflab.failures import reading_checkpoint
 from difflab.pipeline import Generator
 from difflab.web.errors import collecting_warnings
@@ -56,11 +56,20 @@ def find_checkpoints(roots: Roots) -> list[str]:
         for folder in _walk(root, SEARCH_DEPTH):
             if folder == weights or weights in folder.parents:
                 continue
-            if is_difflab_checkpoint(folder):
+            if is_difflab_checkpoint(folder) and not _fallback_beside_its_newer(folder):
                 found.append(roots.display(folder))
                 if len(found) >= MAX_LISTED:
                     return found
     return found
+
+
+def _fallback_beside_its_newer(folder: Path) -> bool:
+    """Whether `folder` is a run's NAME.prev/ with its NAME/ beside it: the copy kept to fall
+    back on, which loading NAME/ reaches by itself when it must, so not listed as a model."""
+    name = folder.name
+    if not name.endswith(PREVIOUS_SUFFIX):
+        return False
+    return is_difflab_checkpoint(folder.with_name(name[: -len(PREVIOUS_SUFFIX)]))
 
 
 def find_runs(roots: Roots) -> list[str]:
