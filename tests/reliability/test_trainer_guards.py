@@ -142,3 +142,19 @@ def test_sample_and_info_find_the_previous_checkpoint_when_last_is_gone(tmp_path
     assert main(["sample", str(run / "last"), "-n", "2", "--steps", "2", "--quiet",
                  "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").is_file()
+
+
+def test_a_checkpoints_state_is_strict_json(tmp_path):
+    """No Infinity or NaN in state.json (a FID not yet scored is null there), so any JSON
+    reader opens it; a resume reads null back as no FID yet."""
+    run = tmp_path / "run"
+    trainer(run, 2).train()
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    state = json.loads((run / "last" / "state.json").read_text(), parse_constant=refuse)
+    assert state["best_fid"] is None
+    tr = trainer(run, 3)
+    tr.resume()
+    assert tr.best_fid == float("inf")

@@ -50,7 +50,9 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "step": trainer.step,
         "ema_updates": trainer.ema.num_updates,
         "best_loss": trainer.best_loss,
-        "best_fid": trainer.best_fid,
+        # None until a FID is scored: JSON has no Infinity, and other tools reading state.json
+        # would refuse the file (restore reads None back as infinity)
+        "best_fid": trainer.best_fid if math.isfinite(trainer.best_fid) else None,
         "loss_ema": trainer.loss_ema,
         "elapsed_seconds": trainer.elapsed,
         "data": trainer.batches.state_dict(),
