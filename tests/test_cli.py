@@ -434,3 +434,16 @@ def test_a_resume_says_which_train_settings_it_changes(tmp_path, capsys):
     recorded = load_checkpoint(out / "last.prev").config["run"]["train"]["lr"]
     assert (f"resuming with [train] settings the run did not have: train.lr {recorded!r} -> "
             "0.01 (it goes on with these)") in said
+
+
+def test_a_mistyped_flag_is_refused_by_its_command_with_the_nearest_flag(capsys):
+    assert main(["train", "--minuts", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "difflab: error: unrecognized arguments: --minuts (did you mean --minutes?) "
+        "(see difflab train --help)")
+    assert main(["sample", "fashion-mnist", "--seeed=3"]) == 2
+    assert "--seeed=3 (did you mean --seed?) (see difflab sample --help)" in (
+        capsys.readouterr().err)
+    assert main(["info", "x", "--zzzz"]) == 2  # nothing near: no guess
+    assert capsys.readouterr().err.strip() == (
+        "difflab: error: unrecognized arguments: --zzzz (see difflab info --help)")

@@ -126,7 +126,8 @@ def physical_cores(topology: str | os.PathLike = "/sys/devices/system/cpu") -> i
 def describe_cpu() -> str:
     """'AMD EPYC, 2 cores, flags avx2 fma avx512f avx512_bf16': the line next to a figure."""
     flags = " ".join(cpu_flags()) or "none of " + "/".join(SPEED_FLAGS[:4])
-    return f"{cpu_name()}, {cpu_cores()} cores, flags {flags}"
+    cores = cpu_cores()
+    return f"{cpu_name()}, {cores} core{'' if cores == 1 else 's'}, flags {flags}"
 
 
 def cpu_native_bf16() -> tuple[bool, str]:

@@ -8,6 +8,7 @@ bad one is one `difflab: error:` line naming the flag and what is allowed.
 from __future__ import annotations
 
 import argparse
+import difflib
 from typing import NoReturn
 
 from difflab.cli.edit import add_img2img_arguments, add_inpaint_arguments
@@ -34,6 +35,22 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise CLIError(f"{message} (see {self.prog} --help)")
 
+    def parse_args(self, args: list[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """As argparse's, with an unknown flag refused by the command it was given to: the
+        nearest of that command's flags suggested, and its own --help named."""
+        known, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(known, "command", None)
+            sub = self.commands.get(command) if hasattr(self, "commands") else None
+            flags = [f for a in (sub or self)._actions for f in a.option_strings]
+            near = difflib.get_close_matches(extras[0].split("=", 1)[0], flags, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            where = (sub or self).prog
+            raise CLIError(f"unrecognized arguments: {' '.join(extras)}{hint} (see {where} "
+                           "--help)")
+        return known
+
     def _get_values(self, action: argparse.Action, arg_strings: list[str]):
         # Python 3.11's argparse drops a value of "--" (`--guidance=--`) and stores [] in its
         # place, which fails much later as a TypeError; a lone "--" is never a value here.
@@ -52,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p.commands = {}
+
     def command(name: str, **kw) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], **kw)
+        p.commands[name] = sub.add_parser(name, parents=[common], **kw)
+        return p.commands[name]
 
     add_train_arguments(command("train", help="train a model from a TOML config"))
     add_sample_arguments(command("sample", help="draw images from a checkpoint"))

@@ -292,5 +292,5 @@ def still_valid(recorded: StepSettings, precision: str, threads: int | str,
     if threads != "auto" and recorded.threads != int(threads):
         return f"train.threads is now {threads}"
     if recorded.threads is not None and recorded.threads > cores:
-        return f"this machine has {cores} cores"
+        return f"this machine has {cores} core{'' if cores == 1 else 's'}"
     return None
