@@ -212,3 +212,16 @@ def test_throughput_finding_flags_a_run_at_under_half_its_startup_speed():
 def test_summary_lists_each_kind_once():
     found = [Finding("noise", "a"), Finding("dark", "b"), Finding("noise", "c")]
     assert summary(found) == "samples are still noise; samples are black"
+
+
+def test_alike_reconstructions_get_an_autoencoders_advice(stats, clothes):
+    """An autoencoder's reconstructions that are nearly alike are a collapse too, but its
+    advice is the autoencoder's: no sampler noise or guidance to blame."""
+    copies = _broken("copies", clothes)
+    (sampled,) = check_samples(copies, stats["fashion_mnist"], step=5)
+    (rebuilt,) = check_samples(copies, stats["fashion_mnist"], step=5, reconstructions=True)
+    assert sampled.kind == rebuilt.kind == "collapse"
+    assert "guidance" in sampled.message and "own noise" in sampled.message
+    assert rebuilt.message.startswith("step 5: the reconstructions are nearly alike (")
+    assert "guidance" not in rebuilt.message and "noise" not in rebuilt.message
+    assert "does not yet tell its inputs apart" in rebuilt.message

@@ -223,7 +223,8 @@ def data_stats(images: Tensor) -> DataStats:
 
 
 # ------------------------------------------------------------------------------ checks
-def check_samples(samples: Tensor, data: DataStats, step: int | None) -> list[Finding]:
+def check_samples(samples: Tensor, data: DataStats, step: int | None, *,
+                  reconstructions: bool = False) -> list[Finding]:
     """What is wrong with a batch of fixed-seed samples, judged against the data.
 
     samples: float in [-1, 1] (NaN / Inf allowed: pass the float samples to catch them; a NaN
@@ -232,6 +233,8 @@ def check_samples(samples: Tensor, data: DataStats, step: int | None) -> list[Fi
     flat are left out of the noise and collapse checks; pixels pinned at the extremes are
     reported as "saturated" rather than also as noise. Samples of one class only are not
     flagged (see the module docstring): pass varied classes for a conditional model.
+    `reconstructions`: the images are an autoencoder's reconstructions of varied data, whose
+    advice differs where a sampler's does not apply (noise, guidance).
     """
     at = f"step {step:,}:" if step is not None else "samples:"
     n = len(samples)
@@ -311,6 +314,15 @@ def check_samples(samples: Tensor, data: DataStats, step: int | None) -> list[Fi
     diversity = dist[dist.isfinite()].mean().item()
     copies = dist.min(1).values < DUPLICATE_DISTANCE * data.diversity
     if diversity < COLLAPSE_DIVERSITY * data.diversity or copies.float().mean() >= BAD_FRACTION:
+        if reconstructions:
+            findings.append(Finding("collapse", (
+                f"{at} the reconstructions are nearly alike ({int(copies.sum())} of "
+                f"{len(copies)} have a near-copy among them; mean distance {diversity:.3f} "
+                f"against the data's {data.diversity:.3f}): the autoencoder does not yet tell "
+                "its inputs apart; train longer (train.minutes or train.max_steps), and lower "
+                "train.lr if the loss does not fall"
+            )))
+            return findings
         findings.append(Finding("collapse", (
             f"{at} the samples are nearly alike ({int(copies.sum())} of {len(copies)} have a "
             f"near-copy among them; mean distance {diversity:.3f} against the data's "

@@ -612,7 +612,8 @@ class Trainer:
         if draw is not None and not findings:
             if self._data_stats is None:
                 self._data_stats = health.data_stats(self.data.images)
-            findings += health.check_samples(draw(), self._data_stats, self.step)
+            findings += health.check_samples(draw(), self._data_stats, self.step,
+                                             reconstructions=self.kind == "autoencoder")
         expected = self.step_settings.seconds_per_step if self.step_settings else None
         if expected and self.seconds_per_step:
             slow = health.throughput_finding(1 / self.seconds_per_step, 1 / expected, self.step)
