@@ -264,3 +264,12 @@ def test_more_steps_than_the_process_has_are_refused_before_anything_runs(fashio
     assert "compiled" not in said.out and "sampled with" not in said.out and not out.exists()
     assert said.err.strip() == (f"difflab: error: steps 100000 is more than this model's "
                                 f"T = {T} discrete time steps: give 1..{T}")
+
+
+def test_the_adaptive_sampler_is_not_said_to_take_a_step_count(fashion):
+    """The ode sampler's solver picks its own steps (only the grid's two ends reach it): the
+    line that says how a draw runs must not promise --steps 5 of them."""
+    summary = fashion.sampling_settings("ode", 5).summary()
+    assert summary.startswith("ode, adaptive steps (its solver takes as many as its tolerance")
+    assert "5 steps" not in summary
+    assert fashion.sampling_settings("ddim", 5).summary().startswith("ddim, 5 steps")

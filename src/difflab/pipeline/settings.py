@@ -15,6 +15,7 @@ from difflab.diffusion.schedules import describe_karras_grid
 # DPM-Solver++(2M) at its default 20 steps matches DDIM at 50 on FID (BENCHMARKS.md, "FID
 # against network evaluations").
 FALLBACK_SAMPLER = "dpmpp_2m"
+ADAPTIVE_SAMPLER = "ode"  # samplers.ode: an adaptive solver, whose step count is its own
 
 # img2img's default strength: the smallest strength whose class-change rate reaches 80 % of the
 # largest measured, chosen on one half of the images of a sweep and checked on the other
@@ -50,6 +51,8 @@ class SamplingSettings:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
         what = [self.sampler, f"{self.steps} steps"]
         what[-1] += describe_karras_grid(self.sigma_max, self.rho)
+        if self.sampler == ADAPTIVE_SAMPLER:  # only the grid's two ends reach its solver
+            what[-1] = "adaptive steps (its solver takes as many as its tolerance needs)"
         if "guidance" in self.source:  # a conditional model asked for a class or prompt
             what.append("no guidance" if self.guidance is None else f"guidance {self.guidance:g}")
         if self.autoguidance is not None:
