@@ -45,3 +45,17 @@ def test_a_far_prompt_warns_once_naming_the_nearest_captions(fashion_text):
 def test_models_without_a_caption_bank_have_nothing_to_compare_with():
     gen = Generator.from_checkpoint("fashion-mnist-cond", device="cpu")
     assert gen.unfamiliar_prompts(["a red car"]) == []
+
+
+def test_an_empty_prompt_to_the_library_says_how_to_draw_without_text(fashion_text):
+    """The library's answer to prompt=[""] names its own way to draw without text (prompt
+    None), not the text encoder's internal null(n)."""
+    gen = fashion_text
+    for prompt, what in (([""], "prompt"), ("  ", "prompt")):
+        with pytest.raises(ValueError) as e:
+            gen.generate(1, prompt=prompt, steps=1)
+        assert str(e.value) == (f"{what} {prompt if isinstance(prompt, str) else ''!r} is "
+                                f"empty or only whitespace; to draw without text, leave "
+                                f"{what} out (None)")
+    with pytest.raises(ValueError, match="negative_prompt '' is empty"):
+        gen.generate(1, prompt="a dress", negative_prompt="", steps=1)

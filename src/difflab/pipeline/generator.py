@@ -384,6 +384,9 @@ class Generator:
             raise ValueError(f"{what} is an empty list; give at least one prompt")
         for p in prompts:
             check_text(p, what)
+            if not p.strip():  # the encoder's own message speaks of its null(n)
+                raise ValueError(f"{what} {p!r} is empty or only whitespace; to draw without "
+                                 f"text, leave {what} out (None)")
         return [prompts[i % len(prompts)] for i in range(n)]
 
     def nearest_captions(self, requested: int | None = None) -> int:
