@@ -32,6 +32,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one `difflab: error:` line (no usage block), raised so
     that main() reports them as it reports every other error."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # the top level's, by name
+
     def error(self, message: str) -> NoReturn:
         raise CLIError(f"{message} (see {self.prog} --help)")
 
@@ -42,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
         known, extras = self.parse_known_args(args, namespace)
         if extras:
             command = getattr(known, "command", None)
-            sub = self.commands.get(command) if hasattr(self, "commands") else None
+            sub = self.commands.get(command)
             flags = [f for a in (sub or self)._actions for f in a.option_strings]
             near = difflib.get_close_matches(extras[0].split("=", 1)[0], flags, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
@@ -68,8 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p.commands = {}
 
     def command(name: str, **kw) -> argparse.ArgumentParser:
         p.commands[name] = sub.add_parser(name, parents=[common], **kw)

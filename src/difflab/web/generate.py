@@ -254,8 +254,9 @@ def unused_guidance_notes(gen: Generator, req: Request, kw: dict) -> list[str]:
     """A note when the form's guidance was not applied: a conditional model drawn without a
     class or prompt draws unconditionally. The CLI refuses such a --guidance; the page
     always sends its guidance field, so it draws and says so instead."""
-    if not gen.conditional or kw["guidance"] is not None or req.guidance in (None, ""):
-        return []
+    conditioned = kw.get("classes") is not None or bool(kw.get("prompt"))
+    if not gen.conditional or conditioned or req.guidance in (None, ""):
+        return []  # (with a class or prompt, a guidance autoguidance replaced is said there)
     asked = f"{req.guidance:g}" if isinstance(req.guidance, int | float) else req.guidance
     return [f"guidance {asked} not applied: without a class or a prompt the model draws "
             "unconditionally"]
