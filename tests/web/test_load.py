@@ -200,3 +200,7 @@ def test_serve_on_a_port_in_use_is_one_line_naming_the_flag(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"difflab: error: cannot serve on 127.0.0.1:{port}: ")
     assert "give another --port" in err and "\n" not in err
+    assert main(["serve", "--host", "no-such-host.invalid"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("difflab: error: cannot serve on no-such-host.invalid:")
+    assert "give a --host this machine has" in err and "\n" not in err

@@ -70,6 +70,9 @@ def check_port(host: str, port: int) -> None:
             # as uvicorn binds: a port left in TIME_WAIT by a server just stopped is free
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
+    except socket.gaierror as e:
+        raise ValueError(f"cannot serve on {host}:{port}: {e.strerror or e}; give a --host "
+                         "this machine has (127.0.0.1 for this machine only)") from e
     except OSError as e:
         why = e.strerror or str(e)
         raise ValueError(f"cannot serve on {host}:{port}: {why}; give another --port "
