@@ -152,7 +152,7 @@ def test_recorded_settings_are_reused_only_where_they_still_hold(monkeypatch):
     bf16 = StepSettings("bf16", 2, "timed", {"bf16 x2 threads": 0.5}, 0.5)
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
     assert still_valid(bf16, "auto", "auto", CPU, cores=2) is None
-    assert "cores" in still_valid(bf16, "auto", "auto", CPU, cores=1)
+    assert still_valid(bf16, "auto", "auto", CPU, cores=1) == "this machine has 1 core"
     assert "fp32" in still_valid(bf16, "fp32", "auto", CPU, cores=2)
     assert "GPU" in still_valid(bf16, "auto", "auto", torch.device("mps"), cores=2)
     monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "0")
