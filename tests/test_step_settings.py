@@ -59,7 +59,8 @@ def test_native_bf16_switch_forces_either_answer(monkeypatch):
 
 def test_cpu_description_names_the_cpu_and_cores():
     text = hardware.describe_cpu()
-    assert hardware.cpu_name() in text and f"{hardware.cpu_cores()} cores" in text
+    n = hardware.cpu_cores()
+    assert hardware.cpu_name() in text and f"{n} core{'' if n == 1 else 's'}," in text
 
 
 # ---------------------------------------------------------------------------- the choice
