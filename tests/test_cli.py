@@ -1,5 +1,6 @@
 """The command line driven as a user would: train, sample (PNG, NPZ, GIF), info, viz, errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -235,6 +236,10 @@ def test_export_fp16_is_small_and_samples_the_same(run_dir, tmp_path):
     assert small < full / 3
     files = sorted(p.name for p in out.iterdir())
     assert files == ["config.json", "manifest.json", "model.safetensors"]
+    # its record names the machine that trained it (the run's own record), not this one
+    trained_on = json.loads((run_dir / "last" / "config.json").read_text())["trained_on"]
+    hardware = json.loads((out / "config.json").read_text())["trained"]["hardware"]
+    assert hardware.startswith(trained_on["cpu"] + ", ") and "CPU threads" not in hardware
     assert (
         main(["sample", str(out), "-n", "4", "--steps", "5", "--out", str(tmp_path / "a.npz")]) == 0
     )

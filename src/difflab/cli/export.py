@@ -17,7 +17,12 @@ from pathlib import Path
 import torch
 
 from difflab.argtypes import float_in, record_text
-from difflab.checkpoints.store import export_for_inference, is_difflab_checkpoint, load_checkpoint
+from difflab.checkpoints.store import (
+    export_for_inference,
+    is_difflab_checkpoint,
+    load_checkpoint,
+    peek_config,
+)
 from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.training.posthoc_ema import MAX_SIGMA_REL
@@ -55,17 +60,30 @@ def add_export_arguments(e: argparse.ArgumentParser) -> None:
     e.set_defaults(func=cmd_export)
 
 
+def training_machine(src: Path) -> str:
+    """What the checkpoint at `src` says it trained on (its run's machine record), else this
+    machine, said to be the exporting one: the export's record must not pass the machine that
+    copied the weights off as the one that trained them."""
+    record = (peek_config(src) or {}).get("trained_on")
+    if isinstance(record, dict) and isinstance(record.get("cpu"), str):
+        how = [str(record[k]) for k in ("device", "precision") if record.get(k)]
+        if record.get("threads"):
+            how.append(f"x{record['threads']} threads")
+        parts = [record["cpu"], " ".join(how)]
+        if record.get("torch"):
+            parts.append(f"torch {record['torch']}")
+        return ", ".join(part for part in parts if part)
+    return (f"exported on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
+            f"threads, torch {torch.__version__} (the checkpoint records no training machine)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Check the destination, then write the sampling-only copy with its provenance."""
-    provenance = {
-        "hardware": args.hardware
-        or f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU threads, torch {torch.__version__}"
-    }
+    src = resolve_checkpoint(args.checkpoint)
+    provenance = {"hardware": args.hardware or training_machine(src)}
     if args.command_line:
         provenance["command"] = args.command_line
     dtype = torch.float16 if args.fp16 else None
-    src = resolve_checkpoint(args.checkpoint)
     check_export_destination(src, Path(args.out), force=args.force)
     if not args.quiet:  # one read and one write: a line to say what runs, not a bar
         how = "float16" if args.fp16 else "as stored"
