@@ -27,6 +27,7 @@ from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.training.posthoc_ema import MAX_SIGMA_REL
 from difflab.training.posthoc_snapshots import rebuild
+from difflab.training.run_state import describe_machine
 
 # The files a checkpoint folder holds besides its NAME.safetensors (checkpoints/store.py):
 # `export --force` replaces a folder of these only, so that nothing else in it is lost.
@@ -66,13 +67,7 @@ def training_machine(src: Path) -> str:
     copied the weights off as the one that trained them."""
     record = (peek_config(src) or {}).get("trained_on")
     if isinstance(record, dict) and isinstance(record.get("cpu"), str):
-        how = [str(record[k]) for k in ("device", "precision") if record.get(k)]
-        if record.get("threads"):
-            how.append(f"x{record['threads']} threads")
-        parts = [record["cpu"], " ".join(how)]
-        if record.get("torch"):
-            parts.append(f"torch {record['torch']}")
-        return ", ".join(part for part in parts if part)
+        return describe_machine(record)
     return (f"exported on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
             f"threads, torch {torch.__version__} (the checkpoint records no training machine)")
 

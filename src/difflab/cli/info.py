@@ -16,7 +16,7 @@ from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.config import ConfigError, config_from_dict, process_settings
 from difflab.pipeline.settings import SamplingSettings
-from difflab.training.run_state import describe_init_from
+from difflab.training.run_state import describe_init_from, describe_machine
 
 
 def add_info_arguments(i: argparse.ArgumentParser) -> None:
@@ -85,9 +85,7 @@ def describe_checkpoint(path: Path, ck) -> list[str]:
         lines.insert(3, f"text         {c['text_encoder']}")
     if c.get("trained_on"):
         on = c["trained_on"]
-        how = f", {on['precision']}" if on.get("precision") else ""
-        how += f" x{on['threads']} threads" if on.get("threads") else ""
-        lines.append(f"trained on   {on.get('device')}: {on.get('cpu')}{how}")
+        lines.append(f"trained on   {describe_machine(on)}")
         if on.get("why"):
             lines.append(f"             ({on['why']})")
     if "trained" in c:

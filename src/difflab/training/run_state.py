@@ -145,6 +145,19 @@ def describe_init_from(init_from: dict) -> str:
     return f"{init_from.get('path')}{at}{plus}"
 
 
+def describe_machine(on: dict) -> str:
+    """A run's machine record (`trainer.machine_record`, a checkpoint's "trained_on") in
+    words, as `difflab info` and an export's provenance say it: 'AMD EPYC, 2 cores, flags
+    avx2 fma, cpu fp32 x2 threads, torch 2.13.0'."""
+    how = [str(on[k]) for k in ("device", "precision") if on.get(k)]
+    if on.get("threads"):
+        how.append(f"x{on['threads']} threads")
+    parts = [str(on.get("cpu") or ""), " ".join(how)]
+    if on.get("torch"):
+        parts.append(f"torch {on['torch']}")
+    return ", ".join(part for part in parts if part)
+
+
 def restore(trainer: Any, ck: ckpt_io.Checkpoint) -> None:
     """Put a trainer where the checkpoint `ck` left off: weights, EMA, optimizer, data order,
     random states, loss scaler, step settings, counters. Refuses (CheckpointError) a

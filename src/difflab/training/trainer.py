@@ -194,7 +194,7 @@ class Trainer:
         self.findings: list[health.Finding] = []
         # The checkpoint the divergence guard can point to: the last one saved or resumed.
         self.last_saved: tuple[Path, int] | None = None
-        self._checkpointed: tuple[int, int | None] | None = None  # _checkpoint_mark
+        self._saved_log_bytes: int | None = None  # metrics.jsonl's length at that save
         self._resumed = False
         self.resumed_train: dict | None = None  # [train] as the resumed checkpoint recorded it
         # the checkpoint a warm start began from: {"path", "step"} (run_state.warm_start)
@@ -243,18 +243,20 @@ class Trainer:
         averages = {component_name(i): e.state_dict() for i, e in enumerate(self.posthoc)}
         if self.guide_ema is not None:
             averages[ckpt_io.GUIDE_EMA] = self.guide_ema.state_dict()
+        state = run_state.training_state(self)
         path = ckpt_io.save_checkpoint(
             self.out / name,
             config=self.checkpoint_config(),
             model=self.net.state_dict(),
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
-            state=run_state.training_state(self),
+            state=state,
             components={**self.objective.components(), **guide_component(self.guide),
                         **averages},
             keep_previous=True,  # NAME.prev/: a second complete checkpoint to fall back on
         )
         self.last_saved = (path, self.step)
+        self._saved_log_bytes = state["metrics_bytes"]
         return path
 
     def _check_finite(self) -> None:
@@ -515,7 +517,7 @@ class Trainer:
             if window.steps:  # the last steps before a time budget ran out
                 self._log(window, bar, total, budget)
             self.save_posthoc()  # the run's end: the step export rebuilds averages at
-            if self._checkpointed != self._checkpoint_mark():
+            if not self._last_holds_everything():
                 # Not when the loop's last step was just saved and nothing was logged since:
                 # a second save of the same step would replace last.prev/, the one earlier
                 # checkpoint there is to fall back on, with a copy of last/.
@@ -634,12 +636,15 @@ class Trainer:
             self.best_loss = self.loss_ema
             self.save("best")
         self.save("last")
-        self._checkpointed = self._checkpoint_mark()
 
-    def _checkpoint_mark(self) -> tuple[int, int | None] | None:
-        """(step, metrics.jsonl's length) on the main process: what a checkpoint saved now
-        would record that the one before it might not."""
-        return (self.step, self.metrics.durable_size()) if self.dist.is_main else None
+    def _last_holds_everything(self) -> bool:
+        """Whether last/ was saved at this step with every metrics row logged so far (main
+        process only), so that saving it again would record nothing new."""
+        if not self.dist.is_main or self.last_saved is None:
+            return False
+        path, step = self.last_saved
+        return (path.name == "last" and step == self.step
+                and self._saved_log_bytes == self.metrics.durable_size())
 
     def close(self) -> None:
         distributed.cleanup(self.dist)

@@ -72,14 +72,12 @@ def _unreadable(file: Any) -> Exception | None:
 
 def _refusal(payload: Any, what: str, error: Exception) -> ValueError:
     """One line naming the upload (and which part of it) that gradio could not decode."""
-    for part, file in _parts(payload, what):
-        found = _unreadable(file)
-        if found is not None:
-            what, error = part, found
-            upload = file
+    parts = _parts(payload, what)
+    upload = parts[0][1]  # gradio's failure, when PIL reads every part (named by the picture)
+    for part, file in parts:
+        if (found := _unreadable(file)) is not None:
+            what, upload, error = part, file, found
             break
-    else:
-        upload = _parts(payload, what)[0][1]
     named = getattr(upload, "orig_name", None) or "upload"
     why = ("its header claims more pixels than difflab reads (at most "
            f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE})"
