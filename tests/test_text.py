@@ -308,11 +308,11 @@ def test_a_second_run_waits_for_the_captions_another_is_encoding(minilm, tmp_pat
     import threading
     import time
 
-    from difflab.training.objectives import text
+    from difflab.training.objectives import text, text_cache
 
     monkeypatch.setenv("DIFFLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(text, "CACHE_MIN_TEXTS", 1)
-    cache = text._cache_file(minilm, PROMPTS)
+    monkeypatch.setattr(text_cache, "CACHE_MIN_TEXTS", 1)
+    cache = text_cache.cache_file(minilm, PROMPTS)
     cache.parent.mkdir(parents=True)
     written = (torch.full((3, 2, 384), 7.0), torch.ones(3, 2, dtype=torch.bool))
     got = {}

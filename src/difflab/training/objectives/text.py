@@ -10,26 +10,15 @@ captions (all tokens masked) train the unconditional branch of classifier-free g
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-try:
-    import fcntl
-except ImportError:  # Windows: no POSIX file locks
-    fcntl = None
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from difflab.config import RunConfig
-from difflab.data import ImageData, default_cache_dir
+from difflab.data import ImageData
 from difflab.data.registry import dataset_caption_table
 from difflab.models.caption_bank import COMPONENT as CAPTION_BANK
 from difflab.models.caption_bank import CaptionBank
@@ -41,51 +30,9 @@ from difflab.models.text import (
     TrainableTextEncoder,
     make_text_encoder,
 )
+from difflab.training.objectives import text_cache
 
 ENCODE_CHUNK = 512  # captions per encoder call: bounds MiniLM's activations, not the result
-# Caption sets at least this large are kept on disk after encoding (default_cache_dir()/
-# text_states/): the ~39,000 captions of 20,000 shapes images take 10-20 CPU-minutes through
-# MiniLM on a busy 2-core machine, and a resumed or repeated run needs the same states.
-CACHE_MIN_TEXTS = 4096
-
-
-def _cache_file(encoder: Any, texts: list[str]) -> Path:
-    key = hashlib.sha256(json.dumps([encoder.spec(), texts]).encode()).hexdigest()[:32]
-    return default_cache_dir() / "text_states" / f"{key}.pt"
-
-
-def _read_cache(cache: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if not cache.is_file():
-        return None
-    try:
-        saved = torch.load(cache, weights_only=True)
-        return saved["tokens"], saved["mask"]
-    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError):
-        return None  # an unreadable cache is encoded again and rewritten
-
-
-@contextlib.contextmanager
-def _encoding_alone(cache: Path, progress: bool) -> Iterator[None]:
-    """Hold the cache entry's lock while encoding, so that a second run started beside the
-    first (or the other ranks of a torchrun) waits for its states instead of spending the
-    same CPU-minutes on them at the same time. POSIX file locks; without fcntl (Windows)
-    each run encodes for itself, as before."""
-    if fcntl is None:
-        yield
-        return
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache.with_name(f".{cache.stem}.lock"), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                print("difflab: another difflab process is encoding the same captions; "
-                      "waiting for its result", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK,
@@ -95,25 +42,24 @@ def encode_in_chunks(encoder: Any, texts: list[str], chunk: int = ENCODE_CHUNK,
     zero and masked). One call on the ~39,000 captions of 20,000 shapes images would hold
     gigabytes of activations at once; chunks of texts of similar length (sorted by length)
     pad least. Large sets are cached on disk, keyed by the encoder's spec and the texts, and
-    encoded by one process at a time (the others wait and read its result).
+    encoded by one process at a time (the others wait and read its result): text_cache.
 
     With `progress`, encoding a set of more than one chunk says what it is doing and draws a
     bar: on a laptop CPU the shapes captions take minutes before the first training step,
     and a silent terminal for that long reads as a hang."""
-    if len(texts) < CACHE_MIN_TEXTS:
+    if len(texts) < text_cache.CACHE_MIN_TEXTS:
         return _encode(encoder, texts, chunk, progress, None)
-    cache = _cache_file(encoder, texts)
-    found = _read_cache(cache)
+    text_cache.cache_limit_bytes()  # a malformed limit is refused before minutes of encoding
+    cache = text_cache.cache_file(encoder, texts)
+    found = text_cache.read_cache(cache)
     if found is not None:
         return found
-    with _encoding_alone(cache, progress):
-        found = _read_cache(cache)  # written while this process waited
+    with text_cache.encoding_alone(cache, progress):
+        found = text_cache.read_cache(cache)  # written while this process waited
         if found is not None:
             return found
         tokens, mask = _encode(encoder, texts, chunk, progress, cache)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save({"tokens": tokens, "mask": mask}, tmp)
-        tmp.replace(cache)  # atomic: a run killed while writing leaves no half file
+        text_cache.write_cache(cache, tokens, mask, progress)
     return tokens, mask
 
 
