@@ -49,6 +49,7 @@ def row_of(report: dict, prompts: str) -> dict:
     return {
         "prompts": prompts,
         **{k: report["sampling"][k] for k in ("sampler", "steps", "guidance", "seed")},
+        "relation_guidance": report["sampling"].get("relation_guidance", 0),
         "overall": report["overall"],
         "categories": {c: r["accuracy"] for c, r in report["categories"].items()},
         "images": sum(r["images"] for r in report["categories"].values()),
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="*", default=[10, 20, 50])
     ap.add_argument("--images-per-prompt", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--relation-guidance", type=float, default=0.0,
+                    help="every row with this relation guidance (0: off)")
     ap.add_argument("--prompt-sets", nargs="*", default=["training", "held-out"],
                     choices=["training", "held-out"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shapes_geneval.json")
@@ -88,14 +91,17 @@ def main() -> None:
     ):
         record["rows"] = old["rows"]
 
+    relation = {"relation_guidance": args.relation_guidance} if args.relation_guidance else {}
+
     def run(prompts: str, steps: int, guidance: float, texts: list[str] | None) -> None:
         done = [r for r in record["rows"] if (r["prompts"], r["steps"], r["guidance"],
-                r["seed"]) == (prompts, steps, guidance, args.seed)]
+                r["seed"], r.get("relation_guidance", 0)) == (
+                    prompts, steps, guidance, args.seed, args.relation_guidance)]
         if done:
             return
         report = geneval_generator(gen, images_per_prompt=args.images_per_prompt,
                                    seed=args.seed, prompts=texts, steps=steps,
-                                   guidance=guidance)
+                                   guidance=guidance, **relation)
         record["rows"].append(row_of(report, prompts))
         record["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -340,6 +340,8 @@ def geneval_generator(
         "autoguidance": settings.autoguidance,
         **_grid(settings),
         "negative_prompt": negative_prompt,
+        **({"relation_guidance": sample_options["relation_guidance"]}
+           if sample_options.get("relation_guidance") else {}),
         "seconds": round(time.perf_counter() - start, 1),
     }
     return report

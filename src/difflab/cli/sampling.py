@@ -16,6 +16,7 @@ from difflab.argtypes import (
     MAX_GRID,
     MAX_GUIDANCE,
     MAX_NOISE_LEVEL,
+    MAX_RELATION_GUIDANCE,
     MAX_SAMPLES,
     MAX_SCALE,
     MAX_SEED,
@@ -30,6 +31,7 @@ from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.pipeline import Generator, SamplingSettings
 from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
+from difflab.pipeline.relation_guidance import describe_relation
 from difflab.samplers import SAMPLERS
 
 # The largest picture a command writes: 2**27 pixels (128 MP, 384 MB as RGB), a GIF's frames
@@ -76,6 +78,15 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     )
     add_guidance_interval_argument(s)
     add_autoguidance_argument(s)
+    s.add_argument(
+        "--relation-guidance",
+        type=float_in(0, MAX_RELATION_GUIDANCE),
+        metavar="S",
+        help="steer the two objects of a prompt such as 'a circle to the left of a square' "
+        "(left of, right of, above, below, ...) with the model's own cross-attention maps "
+        "(self-guidance, Epstein et al. 2023; text models with word-piece states; e.g. 30; "
+        "default: off)",
+    )
     add_grid_arguments(s)
     s.add_argument(
         "--nearest-captions",
@@ -211,6 +222,11 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         nearest_captions=args.nearest_captions,
         progress=not args.quiet,  # the library is quiet by default; the command is not
     )
+    if args.relation_guidance:
+        if not args.prompt:
+            raise CLIError("--relation-guidance steers what a --prompt says: give one, e.g. "
+                           "--prompt 'a red circle to the left of a blue square'")
+        kw["relation_guidance"] = args.relation_guidance
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
         raise CLIError(
@@ -221,6 +237,10 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     if eta is not None:
         kw["eta"] = eta
     print(describe_sampling(settings, eta))
+    if args.relation_guidance:
+        for prompt in dict.fromkeys(args.prompt):
+            print(f"difflab: relation guidance {args.relation_guidance:g}: "
+                  f"{describe_relation(prompt)}")
     print_prompt_readings(args, gen)
     return kw
 

@@ -19,6 +19,9 @@ inserting one into a trained or fresh network starts as the identity.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -55,6 +58,30 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out if keep is None else out * keep
+
+
+def _probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(d)) ``(B, nh, N, L)``, as :func:`attention` weighs the values (a
+    row with no key to attend to is spread evenly instead of NaN)."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~(mask | ~mask.any(dim=-1, keepdim=True)), float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+@contextlib.contextmanager
+def recording_attention_maps(net: nn.Module) -> Iterator[list[Tensor]]:
+    """Within the block, every cross-attention to a context in ``net`` appends its
+    probabilities ``(B, N, L)`` (averaged over heads, in call order) to the yielded list."""
+    layers = [m for m in net.modules() if isinstance(m, CrossAttention)]
+    maps: list[Tensor] = []
+    for layer in layers:
+        layer.maps = maps
+    try:
+        yield maps
+    finally:
+        for layer in layers:
+            layer.maps = None
 
 
 def _check_heads(channels: int, num_heads: int) -> int:
@@ -148,7 +175,13 @@ class CrossAttention(nn.Module):
     output is exactly zero, the same as having no context (an all-padding prompt is "no
     prompt"). Returns only the attention output ``(B, N, query_dim)``; the caller adds the
     residual, so a spatial transformer can place its norms as it likes.
+
+    ``maps``: while it is a list (:func:`recording_attention_maps`), each call with a context
+    also appends its attention probabilities ``(B, N, L)``, averaged over heads and with
+    their autograd graph, for guidance that reads where each word is drawn.
     """
+
+    maps: list[Tensor] | None = None
 
     def __init__(
         self,
@@ -194,6 +227,8 @@ class CrossAttention(nn.Module):
         k = self._heads(self.to_k(context))
         v = self._heads(self.to_v(context))
         out = attention(q, k, v, mask)  # (B, nh, N, hd); zero for fully masked rows
+        if self.maps is not None and context is not x:
+            self.maps.append(_probabilities(q, k, mask).mean(dim=1))
         b, _, n, _ = out.shape
         out = self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, N, query_dim)
         if context_mask is not None:

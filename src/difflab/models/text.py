@@ -275,6 +275,15 @@ class PretrainedTextEncoder:
         """``(ids, mask)`` on the CPU, see :func:`tokenize`."""
         return _tokenize(prompts, self.max_tokens, stacklevel=3)
 
+    def piece_spans(self, prompt: str) -> list[tuple[int, int]]:
+        """The character span in `prompt` of each word piece ``[CLS] ... [SEP]`` that
+        :meth:`encode` reads ((0, 0) for [CLS] and [SEP]): which states belong to a word."""
+        spans = _tokenizer()(prompt, return_offsets_mapping=True, verbose=False)
+        spans = [tuple(span) for span in spans["offset_mapping"]]
+        if len(spans) > self.max_tokens:  # truncated as _tokenize does
+            spans = spans[: self.max_tokens - 1] + [(0, 0)]
+        return spans
+
     def encode(self, prompts: Sequence[str]) -> TextCondition:
         """Tokens ``(B, 1 + L, 384)``: the normalised sentence embedding, then the hidden
         states of the ``L`` word pieces after layer ``layer`` (zeros on padding); mask

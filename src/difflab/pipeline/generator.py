@@ -67,6 +67,7 @@ from difflab.ownership import MARK, MARK_KEY
 from difflab.pipeline.compiled import CompiledNetwork
 from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
 from difflab.pipeline.progress import SamplingProgress
+from difflab.pipeline.relation_guidance import RelationGuidedDenoiser, relation_targets
 from difflab.pipeline.settings import (
     DEFAULT_IMG2IMG_STRENGTH,
     FALLBACK_SAMPLER,
@@ -530,6 +531,29 @@ class Generator:
             den = ThresholdedDenoiser(den, clip)
         return den
 
+    def _check_relation_guidance(self, scale: float, prompts: list[str] | None) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+            raise ValueError(f"relation guidance must be a number >= 0, got {scale!r}")
+        if getattr(self.text_encoder, "tokens", None) != "all" or not hasattr(
+            self.text_encoder, "piece_spans"
+        ):
+            raise ValueError(
+                "relation guidance reads where each word is drawn from a text model's "
+                "cross-attention to the pretrained encoder's word pieces (text.tokens = 'all'); "
+                "this checkpoint has none"
+            )
+        if prompts is None:
+            raise ValueError("relation guidance needs a prompt that names a relation, e.g. "
+                             "'a red circle to the left of a blue square'")
+
+    def _relation_guided(self, den: Denoiser, text: TextCondition, prompts: list[str],
+                         scale: float) -> Denoiser:
+        """`den` with relation guidance read from the model's own conditional network."""
+        longest = max(len(self.text_encoder.piece_spans(p)) for p in prompts)
+        targets = relation_targets(self.text_encoder, prompts, text.tokens.shape[1] - longest)
+        conditional = network_denoiser(self.net, self.process, self.parameterization, cond=text)
+        return RelationGuidedDenoiser(den, self.net, conditional, targets, scale)
+
     def _clip(self, clip: str | None) -> str | None:
         # Scaled latents are not confined to [-1, 1]: clipping them would distort every image.
         if clip == "auto":
@@ -581,6 +605,7 @@ class Generator:
         nearest_captions: int | None = None,
         progress: bool = False,
         compile: bool = False,
+        relation_guidance: float | None = None,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
@@ -609,6 +634,9 @@ class Generator:
         evaluations so far (:class:`SamplingProgress`); off by default, the library is quiet.
         `compile`: run the networks through torch.compile (:class:`CompiledNetwork`; worth it
         only for long jobs: :func:`~difflab.pipeline.compiled.choose_compile` says when).
+        `relation_guidance` s: steer a prompt's two objects to the relation it names with the
+        model's cross-attention maps (:mod:`~difflab.pipeline.relation_guidance`; None or 0:
+        off; prompts without a relation are sampled as without it).
         """
         check_sampling_inputs(n, steps, guidance, batch_size)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
@@ -618,6 +646,8 @@ class Generator:
         clip = self._clip(clip)
         labels_all = self.resolve_labels(classes, n)
         prompts = self._prompts(prompt, n, "prompt")
+        if relation_guidance:
+            self._check_relation_guidance(relation_guidance, prompts)
         negatives = self._prompts(negative_prompt, n, "negative_prompt")
         nearest = self.nearest_captions(nearest_captions)
         for far in self.unfamiliar_prompts(prompts or []):
@@ -678,6 +708,9 @@ class Generator:
                     x0_init = (
                         init[start : start + b] if len(init) == n else init.expand(b, -1, -1, -1)
                     )
+                if relation_guidance:
+                    den = self._relation_guided(den, text, prompts[start : start + b],
+                                                relation_guidance)
                 if mask is not None:
                     den = InpaintingDenoiser(den, x0_init, mask)
                 t0 = timesteps[0].to(self.device)
