@@ -117,12 +117,25 @@ def test_a_sample_without_a_relation_is_drawn_as_without_guidance():
 
     gen = Generator.from_checkpoint("shapes-text", device="cpu")
     prompts = ["a red circle and a blue square", "a blue square to the left of a red circle"]
-    plain = gen.generate(2, prompt=prompts, steps=4, seed=3)
+    plain = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_guidance=0)
     guided = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_guidance=100)
     assert torch.equal(plain[0], guided[0])
     assert not torch.equal(plain[1], guided[1])
-    assert torch.equal(plain, gen.generate(2, prompt=prompts, steps=4, seed=3,
-                                           relation_guidance=0))
+
+
+@SHIPPED
+def test_the_shipped_model_guides_relations_by_default_and_says_so():
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint("shapes-text", device="cpu")
+    settings = gen.sampling_settings(conditioned=True)
+    assert settings.relation_guidance == 30 and settings.source["relation_guidance"] == "checkpoint"
+    assert "relation guidance 30" in settings.summary()
+    assert gen.sampling_settings(conditioned=True, relation_guidance=0).relation_guidance is None
+    assert gen.sampling_settings(conditioned=False).relation_guidance is None  # no prompt
+    prompt = "a blue square to the left of a red circle"
+    assert torch.equal(gen.generate(1, prompt=prompt, steps=3, seed=4),
+                       gen.generate(1, prompt=prompt, steps=3, seed=4, relation_guidance=30))
 
 
 @SHIPPED
@@ -138,11 +151,12 @@ def test_relation_guidance_places_the_objects_of_the_shipped_model():
     prompts = ["a purple circle above an orange square", "a blue square left of a yellow triangle"]
     texts = [p for p in prompts for _ in range(16)]
 
-    def correct(**kw):
-        images = torch.cat([gen.generate(16, prompt=p, seed=1, **kw) for p in prompts])
+    def correct(scale):
+        images = torch.cat([gen.generate(16, prompt=p, seed=1, relation_guidance=scale)
+                            for p in prompts])
         return score_images(images, texts)["categories"]["position"]["correct"]
 
-    assert correct(relation_guidance=30) >= correct() + 4
+    assert correct(30) >= correct(0) + 4
 
 
 def test_relation_guidance_is_refused_where_it_cannot_apply(capsys):
@@ -166,3 +180,17 @@ def test_the_command_line_draws_with_relation_guidance(tmp_path, capsys):
                  "--quiet"]) == 0
     assert out.is_file()
     assert "relation guidance 30" in capsys.readouterr().out
+
+
+def test_a_config_asks_for_relation_guidance_only_with_word_piece_states():
+    from pathlib import Path
+
+    from difflab.config import ConfigError, load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with pytest.raises(ConfigError, match="needs text.encoder = 'minilm' and text.tokens = 'all'"):
+        load_config(configs / "fashion_mnist.toml", ["sample.relation_guidance=30"])
+    with pytest.raises(ConfigError, match="relation_guidance"):
+        load_config(configs / "shapes_text_latent.toml", ["sample.relation_guidance=-1"])
+    cfg = load_config(configs / "shapes_text_latent.toml", ["sample.relation_guidance=30"])
+    assert cfg.sample.relation_guidance == 30

@@ -322,7 +322,7 @@ def geneval_generator(
     settings = gen.sampling_settings(
         sampler, steps, guidance, conditioned=True, guidance_interval=guidance_interval,
         autoguidance=autoguidance, sigma_max=sample_options.get("sigma_max"),
-        rho=sample_options.get("rho"),
+        rho=sample_options.get("rho"), relation_guidance=sample_options.get("relation_guidance"),
     )
     generate = prompt_generate(
         gen, sampler=sampler, steps=steps, guidance=guidance, batch_size=batch_size,
@@ -340,8 +340,8 @@ def geneval_generator(
         "autoguidance": settings.autoguidance,
         **_grid(settings),
         "negative_prompt": negative_prompt,
-        **({"relation_guidance": sample_options["relation_guidance"]}
-           if sample_options.get("relation_guidance") else {}),
+        **({"relation_guidance": settings.relation_guidance}
+           if settings.relation_guidance else {}),
         "seconds": round(time.perf_counter() - start, 1),
     }
     return report

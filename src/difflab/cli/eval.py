@@ -43,6 +43,7 @@ from difflab.cli.sampling import (
     add_compile_argument,
     add_grid_arguments,
     add_guidance_interval_argument,
+    add_relation_guidance_argument,
     guidance_interval,
 )
 from difflab.evaluation import evaluate_checkpoint, geneval_checkpoint
@@ -102,6 +103,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     add_guidance_interval_argument(parser)
     add_autoguidance_argument(parser)
+    add_relation_guidance_argument(parser)
     add_grid_arguments(parser)
     parser.add_argument(
         "--reference",
@@ -254,6 +256,7 @@ def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
             autoguidance=args.autoguidance,
             sigma_max=args.sigma_max,
             rho=args.rho,
+            relation_guidance=args.relation_guidance,
             batch_size=args.batch_size,
             negative_prompt=args.negative_prompt,
             device=args.device,

@@ -78,15 +78,7 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     )
     add_guidance_interval_argument(s)
     add_autoguidance_argument(s)
-    s.add_argument(
-        "--relation-guidance",
-        type=float_in(0, MAX_RELATION_GUIDANCE),
-        metavar="S",
-        help="steer the two objects of a prompt such as 'a circle to the left of a square' "
-        "(left of, right of, above, below, ...) with the model's own cross-attention maps "
-        "(self-guidance, Epstein et al. 2023; text models with word-piece states; e.g. 30; "
-        "default: off)",
-    )
+    add_relation_guidance_argument(s)
     add_grid_arguments(s)
     s.add_argument(
         "--nearest-captions",
@@ -139,6 +131,19 @@ def add_autoguidance_argument(parser: argparse.ArgumentParser) -> None:
         help="guide with an earlier version of the model that the run kept (train.guide_at; "
         "Karras et al. 2024): works without a class or prompt (default: the checkpoint's "
         "[sample] autoguidance; 1: the model alone)",
+    )
+
+
+def add_relation_guidance_argument(parser: argparse.ArgumentParser) -> None:
+    """--relation-guidance S, for every command that samples from prompts."""
+    parser.add_argument(
+        "--relation-guidance",
+        type=float_in(0, MAX_RELATION_GUIDANCE),
+        metavar="S",
+        help="steer the two objects of a prompt such as 'a circle to the left of a square' "
+        "(left of, right of, above, below, ...) with the model's own cross-attention maps "
+        "(self-guidance, Epstein et al. 2023; text models with word-piece states; default: "
+        "the checkpoint's [sample] relation_guidance, else off; 0: off)",
     )
 
 
@@ -203,6 +208,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         autoguidance=args.autoguidance,
         sigma_max=args.sigma_max,
         rho=args.rho,
+        relation_guidance=args.relation_guidance,
     )
     kw = dict(
         sampler=settings.sampler,
@@ -222,11 +228,10 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         nearest_captions=args.nearest_captions,
         progress=not args.quiet,  # the library is quiet by default; the command is not
     )
-    if args.relation_guidance:
-        if not args.prompt:
-            raise CLIError("--relation-guidance steers what a --prompt says: give one, e.g. "
-                           "--prompt 'a red circle to the left of a blue square'")
-        kw["relation_guidance"] = args.relation_guidance
+    if args.relation_guidance and not args.prompt:
+        raise CLIError("--relation-guidance steers what a --prompt says: give one, e.g. "
+                       "--prompt 'a red circle to the left of a blue square'")
+    kw["relation_guidance"] = settings.relation_guidance or 0.0
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
         raise CLIError(
@@ -237,9 +242,9 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     if eta is not None:
         kw["eta"] = eta
     print(describe_sampling(settings, eta))
-    if args.relation_guidance:
+    if settings.relation_guidance:
         for prompt in dict.fromkeys(args.prompt):
-            print(f"difflab: relation guidance {args.relation_guidance:g}: "
+            print(f"difflab: relation guidance {settings.relation_guidance:g}: "
                   f"{describe_relation(prompt)}")
     print_prompt_readings(args, gen)
     return kw

@@ -228,6 +228,8 @@ class Generator:
         for key in ("sigma_max", "rho"):  # the Karras grid its sampler was tuned on
             if getattr(sc, key) is not None:
                 out[key] = getattr(sc, key)
+        if sc.relation_guidance and self.takes_text:
+            out["relation_guidance"] = sc.relation_guidance
         return out
 
     def sampling_settings(
@@ -241,6 +243,7 @@ class Generator:
         autoguidance: float | None = None,
         sigma_max: float | None = None,
         rho: float | None = None,
+        relation_guidance: float | None = None,
     ) -> SamplingSettings:
         """Fill what the caller left None from :meth:`sample_defaults`.
 
@@ -253,7 +256,8 @@ class Generator:
         weights to go with it; it replaces classifier-free guidance, so the two are not given
         together. The interval applies to whichever of the two guides the draw. `sigma_max`
         and `rho` shape the Karras grid of a sampler that steps on one; left None, they are
-        the checkpoint's when its own sampler runs (they were chosen with it), like steps."""
+        the checkpoint's when its own sampler runs (they were chosen with it), like steps.
+        `relation_guidance` left None is the checkpoint's when a prompt is asked for (0: off)."""
         defaults = self.sample_defaults()
         source = {"sampler": "given", "steps": "given"}
         if sampler is None:
@@ -292,7 +296,9 @@ class Generator:
             elif "guidance_interval" in defaults:
                 interval = defaults["guidance_interval"]
                 source["guidance_interval"] = "checkpoint"
-        return SamplingSettings(sampler, steps, guidance, eta, source, interval, auto, **grid)
+        relation = self._relation_guidance(relation_guidance, conditioned, source, defaults)
+        return SamplingSettings(sampler, steps, guidance, eta, source, interval, auto, **grid,
+                                relation_guidance=relation)
 
     def _grid(self, sampler: str, own: bool, defaults: dict, source: dict,
               **given: float | None) -> dict[str, float | None]:
@@ -531,9 +537,22 @@ class Generator:
             den = ThresholdedDenoiser(den, clip)
         return den
 
+    def _relation_guidance(self, given: float | None, conditioned: bool, source: dict,
+                           defaults: dict) -> float | None:
+        """The relation guidance a draw uses (None: off), its source noted in `source`."""
+        if given is not None:
+            source["relation_guidance"] = "given"
+            return given or None
+        if conditioned and "relation_guidance" in defaults:
+            source["relation_guidance"] = "checkpoint"
+            return defaults["relation_guidance"]
+        return None
+
     def _check_relation_guidance(self, scale: float, prompts: list[str] | None) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
             raise ValueError(f"relation guidance must be a number >= 0, got {scale!r}")
+        if scale == 0:  # off
+            return
         if getattr(self.text_encoder, "tokens", None) != "all" or not hasattr(
             self.text_encoder, "piece_spans"
         ):
@@ -646,7 +665,7 @@ class Generator:
         clip = self._clip(clip)
         labels_all = self.resolve_labels(classes, n)
         prompts = self._prompts(prompt, n, "prompt")
-        if relation_guidance:
+        if relation_guidance is not None:
             self._check_relation_guidance(relation_guidance, prompts)
         negatives = self._prompts(negative_prompt, n, "negative_prompt")
         nearest = self.nearest_captions(nearest_captions)
@@ -655,9 +674,10 @@ class Generator:
         settings = self.sampling_settings(
             sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None,
             guidance_interval=guidance_interval, autoguidance=autoguidance,
-            sigma_max=sigma_max, rho=rho,
+            sigma_max=sigma_max, rho=rho, relation_guidance=relation_guidance,
         )
         sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
+        relation_guidance = settings.relation_guidance
         if settings.eta is not None:
             options.setdefault("eta", settings.eta)
         fn = get_sampler(sampler)

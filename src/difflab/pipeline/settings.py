@@ -46,6 +46,8 @@ class SamplingSettings:
     # the sampler's own (80 or the process's top, and 7)
     sigma_max: float | None = None
     rho: float | None = None
+    # relation guidance's scale (difflab.pipeline.relation_guidance); None: off
+    relation_guidance: float | None = None
 
     def summary(self, eta: float | None = None) -> str:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
@@ -60,6 +62,8 @@ class SamplingSettings:
         if is_guided(self.guidance, self.autoguidance) and self.guidance_interval is not None:
             low, high = self.guidance_interval
             what[-1] += f" at noise levels {low:g} to {high:g}"
+        if self.relation_guidance:
+            what.append(f"relation guidance {self.relation_guidance:g}")
         if eta is not None:
             what.append(f"eta {eta:g}")
         return ", ".join(what)
