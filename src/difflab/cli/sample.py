@@ -164,5 +164,6 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         args.checkpoint, kw["sampler"], kw["steps"], kw["seed"], kw["guidance"], asked=asked,
         autoguidance=kw.get("autoguidance"), interval=kw.get("guidance_interval"),
         sigma_max=kw.get("sigma_max"), rho=kw.get("rho"),
+        relation_guidance=kw.get("relation_guidance"),
     )
 

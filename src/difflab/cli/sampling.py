@@ -243,9 +243,12 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         kw["eta"] = eta
     print(describe_sampling(settings, eta))
     if settings.relation_guidance:
+        # What was read in each prompt; a prompt with no relation is worth a line only when
+        # the flag asked for guidance (the checkpoint's default quietly passes it by).
         for prompt in dict.fromkeys(args.prompt):
-            print(f"difflab: relation guidance {settings.relation_guidance:g}: "
-                  f"{describe_relation(prompt)}")
+            said = describe_relation(prompt)
+            if args.relation_guidance or not said.startswith("no relation"):
+                print(f"difflab: relation guidance {settings.relation_guidance:g}: {said}")
     print_prompt_readings(args, gen)
     return kw
 

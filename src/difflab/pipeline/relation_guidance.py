@@ -96,9 +96,8 @@ def describe_relation(prompt: str) -> str:
     """What guidance reads in `prompt`, for a command to print."""
     rel = find_relation(prompt)
     if rel is None:
-        words = ", ".join(sorted({w.removeprefix("to the ") for w in _RELATIONS}))
-        return (f"no relation read in {prompt!r} (two objects joined by {words}); "
-                "it is drawn without")
+        return (f"no relation read in {prompt!r} (two objects joined by left of, right of, "
+                "above, below, on top of, under, ...); it is drawn without")
     where = {(1, 1): "left of", (1, -1): "right of", (0, 1): "above", (0, -1): "below"}
     return f"{rel.first!r} {where[rel.axis, rel.sign]} {rel.second!r}"
 
