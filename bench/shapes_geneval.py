@@ -50,6 +50,7 @@ def row_of(report: dict, prompts: str) -> dict:
         "prompts": prompts,
         **{k: report["sampling"][k] for k in ("sampler", "steps", "guidance", "seed")},
         "relation_guidance": report["sampling"].get("relation_guidance", 0),
+        "binding_guidance": report["sampling"].get("binding_guidance", 0),
         "overall": report["overall"],
         "categories": {c: r["accuracy"] for c, r in report["categories"].items()},
         "images": sum(r["images"] for r in report["categories"].values()),
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--relation-guidance", type=float, default=0.0,
                     help="every row with this relation guidance (0: off)")
+    ap.add_argument("--binding-guidance", type=float, default=0.0,
+                    help="every row with this binding guidance (0: off)")
     ap.add_argument("--prompt-sets", nargs="*", default=["training", "held-out"],
                     choices=["training", "held-out"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shapes_geneval.json")
@@ -91,12 +94,16 @@ def main() -> None:
     ):
         record["rows"] = old["rows"]
 
-    relation = {"relation_guidance": args.relation_guidance} if args.relation_guidance else {}
+    # Each row states its attention guidance, 0 included: the checkpoint's default is not
+    # taken in silence.
+    relation = {"relation_guidance": args.relation_guidance,
+                "binding_guidance": args.binding_guidance}
 
     def run(prompts: str, steps: int, guidance: float, texts: list[str] | None) -> None:
         done = [r for r in record["rows"] if (r["prompts"], r["steps"], r["guidance"],
-                r["seed"], r.get("relation_guidance", 0)) == (
-                    prompts, steps, guidance, args.seed, args.relation_guidance)]
+                r["seed"], r.get("relation_guidance", 0), r.get("binding_guidance", 0)) == (
+                    prompts, steps, guidance, args.seed, args.relation_guidance,
+                    args.binding_guidance)]
         if done:
             return
         report = geneval_generator(gen, images_per_prompt=args.images_per_prompt,

@@ -9,12 +9,13 @@ from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.models.attention import CrossAttention, recording_attention_maps
 from difflab.models.text import PretrainedTextEncoder
+from difflab.pipeline.attention_guidance import finest_maps
 from difflab.pipeline.relation_guidance import (
     RELATION_MARGIN,
     Relation,
-    RelationGuidedDenoiser,
     RelationTarget,
     find_relation,
+    relation_energy,
     relation_targets,
 )
 
@@ -75,23 +76,23 @@ def _maps(side, first_column, second_column):
 
 def test_the_energy_is_the_margin_less_the_gap_of_the_centroids():
     target = RelationTarget([1], [2], axis=1, sign=1)  # the first word left of the second
-    guided = RelationGuidedDenoiser.__new__(RelationGuidedDenoiser)
-    guided.targets = [target]
+
+    def energy(maps, target=target):
+        return relation_energy(target, finest_maps(maps)[0]).item()
+
     # columns 0 and 3 of 4: centroids 0.125 and 0.875, the gap 0.75 holds it with room
-    assert guided.energy([_maps(4, 0, 3)]).item() == 0.0
+    assert energy([_maps(4, 0, 3)]) == 0.0
     # swapped: gap -0.75, energy margin + 0.75
-    assert guided.energy([_maps(4, 3, 0)]).item() == pytest.approx(RELATION_MARGIN + 0.75)
+    assert energy([_maps(4, 3, 0)]) == pytest.approx(RELATION_MARGIN + 0.75)
     # adjacent columns 1 and 2: gap 0.25 < margin
-    assert guided.energy([_maps(4, 1, 2)]).item() == pytest.approx(RELATION_MARGIN - 0.25)
+    assert energy([_maps(4, 1, 2)]) == pytest.approx(RELATION_MARGIN - 0.25)
     # coarser layers are left out: only the finest resolution is read
-    coarse = torch.rand(1, 4, 3)
-    assert guided.energy([_maps(4, 1, 2), coarse]).item() == pytest.approx(RELATION_MARGIN - 0.25)
+    assert energy([_maps(4, 1, 2), torch.rand(1, 4, 3)]) == pytest.approx(RELATION_MARGIN - 0.25)
     # the vertical axis reads rows: a word in every column of row 0 is above one in row 3
-    guided.targets = [RelationTarget([1], [2], axis=0, sign=1)]
     rows = _maps(4, 0, 3)[0].view(4, 4, 3).transpose(0, 1).reshape(1, 16, 3)
-    assert guided.energy([rows]).item() == 0.0
-    guided.targets = [None]
-    assert guided.energy([_maps(4, 3, 0)]).item() == 0.0
+    assert energy([rows], RelationTarget([1], [2], axis=0, sign=1)) == 0.0
+    assert energy([rows], RelationTarget([1], [2], axis=0, sign=-1)) == pytest.approx(
+        RELATION_MARGIN + 0.75)
 
 
 def test_recorded_maps_are_the_probabilities_the_layer_weighs_its_values_with():
@@ -167,6 +168,8 @@ def test_relation_guidance_is_refused_where_it_cannot_apply(capsys):
         gen.generate(1, steps=2, relation_guidance=30)
     with pytest.raises(ValueError, match="must be a number >= 0"):
         gen.generate(1, steps=2, relation_guidance=-1.0)
+    with pytest.raises(ValueError, match="binding guidance reads where each word is drawn"):
+        gen.generate(1, steps=2, binding_guidance=15)
     assert main(["sample", "fashion-mnist", "--relation-guidance", "30", "-n", "1",
                  "--steps", "2"]) == 2
     assert "--relation-guidance steers what a --prompt says" in capsys.readouterr().err

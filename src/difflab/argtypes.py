@@ -31,8 +31,8 @@ MAX_SCALE = 16  # PNG upscaling factor
 # Classifier-free guidance scales beyond this draw saturated noise, not a stronger condition
 # (the shipped models are benchmarked at 2-5; bench/guidance_sweep.py sweeps 0-5).
 MAX_GUIDANCE = 50.0
-# Relation guidance (difflab.pipeline.relation_guidance) scales: at 300 the shipped
-# shapes-text draws three objects for two as often as not; past 1000 only noise.
+# Relation and binding guidance (difflab.pipeline.attention_guidance) scales: at 300 the
+# shipped shapes-text draws three objects for two as often as not; past 1000 only noise.
 MAX_RELATION_GUIDANCE = 1000.0
 # The largest noise level sigma_t / alpha_t a guidance interval may name: above every process'
 # (the discrete cosine schedule's last step is about 2e4), so "from low to the top" is

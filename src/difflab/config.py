@@ -205,6 +205,10 @@ class SampleConfig:
     # shapes-text, 30 took position on the choosing prompts from 43.8 to 76.6 % (BENCHMARKS.md,
     # "Relation guidance").
     relation_guidance: float | None = None
+    # Binding guidance scale (difflab.pipeline.binding_guidance: each modifier's attention
+    # drawn onto its own noun's and off the others', in the spirit of Rassin et al. 2023), for
+    # the same models; prompts of two objects or more. None: off.
+    binding_guidance: float | None = None
 
 
 @dataclass
@@ -343,6 +347,7 @@ RANGES: dict[str, Range] = {
     "sample.autoguidance": Range(0, MAX_GUIDANCE),  # 1: the model alone
     "sample.sigma_max": Range(0, MAX_NOISE_LEVEL, low_open=True),
     "sample.relation_guidance": Range(0, MAX_RELATION_GUIDANCE),
+    "sample.binding_guidance": Range(0, MAX_RELATION_GUIDANCE),
     "sample.rho": Range(0, 100, low_open=True),  # 1: even steps in sigma
     "train.guide_at": Range(0, 1, low_open=True, high_open=True),
     # [text]
@@ -610,12 +615,13 @@ def check_combinations(cfg: RunConfig) -> None:
             "sample.autoguidance (e.g. 2): it says where guidance applies, and this run "
             "samples without either"
         )
-    if cfg.sample.relation_guidance and (cfg.text.encoder != "minilm" or cfg.text.tokens != "all"):
-        raise ConfigError(
-            f"sample.relation_guidance = {_show(cfg.sample.relation_guidance)} reads the "
-            "cross-attention to the pretrained encoder's word pieces: it needs "
-            "text.encoder = 'minilm' and text.tokens = 'all'"
-        )
+    for key in ("relation_guidance", "binding_guidance"):
+        scale = getattr(cfg.sample, key)
+        if scale and (cfg.text.encoder != "minilm" or cfg.text.tokens != "all"):
+            raise ConfigError(
+                f"sample.{key} = {_show(scale)} reads the cross-attention to the pretrained "
+                "encoder's word pieces: it needs text.encoder = 'minilm' and text.tokens = 'all'"
+            )
     grid = [k for k in ("sigma_max", "rho") if getattr(cfg.sample, k) is not None]
     spacing = spacing_for(cfg.sample.sampler, edm=d.process == "edm")
     if grid and spacing != "karras":

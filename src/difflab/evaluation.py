@@ -32,6 +32,7 @@ from difflab.metrics.geneval import evaluate_geneval
 from difflab.pipeline import Generator
 from difflab.pipeline.compiled import choose_compile
 from difflab.pipeline.progress import NetworkProgress
+from difflab.pipeline.settings import ATTENTION_GUIDANCE
 from difflab.samplers.likelihood import ode_bits_per_dim, uniform_dequantize
 
 
@@ -323,6 +324,7 @@ def geneval_generator(
         sampler, steps, guidance, conditioned=True, guidance_interval=guidance_interval,
         autoguidance=autoguidance, sigma_max=sample_options.get("sigma_max"),
         rho=sample_options.get("rho"), relation_guidance=sample_options.get("relation_guidance"),
+        binding_guidance=sample_options.get("binding_guidance"),
     )
     generate = prompt_generate(
         gen, sampler=sampler, steps=steps, guidance=guidance, batch_size=batch_size,
@@ -340,8 +342,7 @@ def geneval_generator(
         "autoguidance": settings.autoguidance,
         **_grid(settings),
         "negative_prompt": negative_prompt,
-        **({"relation_guidance": settings.relation_guidance}
-           if settings.relation_guidance else {}),
+        **{k: getattr(settings, k) for k in ATTENTION_GUIDANCE if getattr(settings, k)},
         "seconds": round(time.perf_counter() - start, 1),
     }
     return report

@@ -188,12 +188,13 @@ def sampling_title(
     sigma_max: float | None = None,
     rho: float | None = None,
     relation_guidance: float | None = None,
+    binding_guidance: float | None = None,
 ) -> str:
     """A grid's title: "fashion-mnist-cond · Bag · dpmpp_2m, 20 steps, guidance 2, seed 0"
     (`asked`: the class or prompt every sample shares; `step`: a training run's step;
     `interval`: the noise levels (low, high] the guidance applies at, when not every step;
-    `sigma_max`, `rho`: the Karras grid, when not the sampler's own; `relation_guidance`: its
-    scale, when on)."""
+    `sigma_max`, `rho`: the Karras grid, when not the sampler's own; `relation_guidance`,
+    `binding_guidance`: their scales, when on)."""
     parts = [str(model)]
     if step is not None:
         parts.append(f"step {step:,}")
@@ -208,6 +209,8 @@ def sampling_title(
         how += f" at noise levels {interval[0]:g} to {interval[1]:g}"
     if relation_guidance:
         how += f", relation guidance {relation_guidance:g}"
+    if binding_guidance:
+        how += f", binding guidance {binding_guidance:g}"
     parts.append(f"{how}, seed {seed}")
     return " · ".join(parts)
 

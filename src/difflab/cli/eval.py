@@ -39,11 +39,11 @@ from difflab.argtypes import (
 from difflab.cli.errors import reading_checkpoint
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file, resolve_checkpoint
 from difflab.cli.sampling import (
+    add_attention_guidance_arguments,
     add_autoguidance_argument,
     add_compile_argument,
     add_grid_arguments,
     add_guidance_interval_argument,
-    add_relation_guidance_argument,
     guidance_interval,
 )
 from difflab.evaluation import evaluate_checkpoint, geneval_checkpoint
@@ -103,7 +103,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     add_guidance_interval_argument(parser)
     add_autoguidance_argument(parser)
-    add_relation_guidance_argument(parser)
+    add_attention_guidance_arguments(parser)
     add_grid_arguments(parser)
     parser.add_argument(
         "--reference",
@@ -257,6 +257,7 @@ def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
             sigma_max=args.sigma_max,
             rho=args.rho,
             relation_guidance=args.relation_guidance,
+            binding_guidance=args.binding_guidance,
             batch_size=args.batch_size,
             negative_prompt=args.negative_prompt,
             device=args.device,

@@ -165,5 +165,6 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         autoguidance=kw.get("autoguidance"), interval=kw.get("guidance_interval"),
         sigma_max=kw.get("sigma_max"), rho=kw.get("rho"),
         relation_guidance=kw.get("relation_guidance"),
+        binding_guidance=kw.get("binding_guidance"),
     )
 

@@ -30,8 +30,10 @@ from difflab.argtypes import (
 from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.pipeline import Generator, SamplingSettings
+from difflab.pipeline.binding_guidance import describe_binding
 from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
 from difflab.pipeline.relation_guidance import describe_relation
+from difflab.pipeline.settings import ATTENTION_GUIDANCE
 from difflab.samplers import SAMPLERS
 
 # The largest picture a command writes: 2**27 pixels (128 MP, 384 MB as RGB), a GIF's frames
@@ -78,7 +80,7 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     )
     add_guidance_interval_argument(s)
     add_autoguidance_argument(s)
-    add_relation_guidance_argument(s)
+    add_attention_guidance_arguments(s)
     add_grid_arguments(s)
     s.add_argument(
         "--nearest-captions",
@@ -134,8 +136,9 @@ def add_autoguidance_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_relation_guidance_argument(parser: argparse.ArgumentParser) -> None:
-    """--relation-guidance S, for every command that samples from prompts."""
+def add_attention_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    """--relation-guidance S and --binding-guidance S, for every command that samples from
+    prompts."""
     parser.add_argument(
         "--relation-guidance",
         type=float_in(0, MAX_RELATION_GUIDANCE),
@@ -144,6 +147,15 @@ def add_relation_guidance_argument(parser: argparse.ArgumentParser) -> None:
         "(left of, right of, above, below, ...) with the model's own cross-attention maps "
         "(self-guidance, Epstein et al. 2023; text models with word-piece states; default: "
         "the checkpoint's [sample] relation_guidance, else off; 0: off)",
+    )
+    parser.add_argument(
+        "--binding-guidance",
+        type=float_in(0, MAX_RELATION_GUIDANCE),
+        metavar="S",
+        help="draw each word that describes an object ('red', 'small') on its own object and "
+        "not on the others of a prompt of two objects or more, with the model's own "
+        "cross-attention maps (default: the checkpoint's [sample] binding_guidance, else off; "
+        "0: off)",
     )
 
 
@@ -209,6 +221,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         sigma_max=args.sigma_max,
         rho=args.rho,
         relation_guidance=args.relation_guidance,
+        binding_guidance=args.binding_guidance,
     )
     kw = dict(
         sampler=settings.sampler,
@@ -228,10 +241,11 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         nearest_captions=args.nearest_captions,
         progress=not args.quiet,  # the library is quiet by default; the command is not
     )
-    if args.relation_guidance and not args.prompt:
-        raise CLIError("--relation-guidance steers what a --prompt says: give one, e.g. "
-                       "--prompt 'a red circle to the left of a blue square'")
-    kw["relation_guidance"] = settings.relation_guidance or 0.0
+    for key in ATTENTION_GUIDANCE:
+        if getattr(args, key) and not args.prompt:
+            raise CLIError(f"{_flag(key)} steers what a --prompt says: give one, e.g. "
+                           "--prompt 'a red circle to the left of a blue square'")
+        kw[key] = getattr(settings, key) or 0.0
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
         raise CLIError(
@@ -249,6 +263,11 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
             said = describe_relation(prompt)
             if args.relation_guidance or not said.startswith("no relation"):
                 print(f"difflab: relation guidance {settings.relation_guidance:g}: {said}")
+    if settings.binding_guidance:
+        for prompt in dict.fromkeys(args.prompt):
+            said = describe_binding(prompt)
+            if args.binding_guidance or not said.startswith("fewer than two"):
+                print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
     print_prompt_readings(args, gen)
     return kw
 

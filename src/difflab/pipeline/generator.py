@@ -64,11 +64,14 @@ from difflab.models.caption_bank import (
 from difflab.models.conditioning import TextCondition
 from difflab.models.text import TextConditioned, text_encoder_from_spec
 from difflab.ownership import MARK, MARK_KEY
+from difflab.pipeline.attention_guidance import AttentionGuidedDenoiser, SampleEnergy
+from difflab.pipeline.binding_guidance import binding_energy, binding_targets
 from difflab.pipeline.compiled import CompiledNetwork
 from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
 from difflab.pipeline.progress import SamplingProgress
-from difflab.pipeline.relation_guidance import RelationGuidedDenoiser, relation_targets
+from difflab.pipeline.relation_guidance import relation_energy, relation_targets
 from difflab.pipeline.settings import (
+    ATTENTION_GUIDANCE,
     DEFAULT_IMG2IMG_STRENGTH,
     FALLBACK_SAMPLER,
     SamplingSettings,
@@ -228,8 +231,9 @@ class Generator:
         for key in ("sigma_max", "rho"):  # the Karras grid its sampler was tuned on
             if getattr(sc, key) is not None:
                 out[key] = getattr(sc, key)
-        if sc.relation_guidance and self.takes_text:
-            out["relation_guidance"] = sc.relation_guidance
+        for key in ATTENTION_GUIDANCE:  # guidance from the prompt's own attention maps
+            if getattr(sc, key) and self.takes_text:
+                out[key] = getattr(sc, key)
         return out
 
     def sampling_settings(
@@ -244,6 +248,7 @@ class Generator:
         sigma_max: float | None = None,
         rho: float | None = None,
         relation_guidance: float | None = None,
+        binding_guidance: float | None = None,
     ) -> SamplingSettings:
         """Fill what the caller left None from :meth:`sample_defaults`.
 
@@ -257,7 +262,8 @@ class Generator:
         together. The interval applies to whichever of the two guides the draw. `sigma_max`
         and `rho` shape the Karras grid of a sampler that steps on one; left None, they are
         the checkpoint's when its own sampler runs (they were chosen with it), like steps.
-        `relation_guidance` left None is the checkpoint's when a prompt is asked for (0: off)."""
+        `relation_guidance` and `binding_guidance` left None are the checkpoint's when a prompt
+        is asked for (0: off)."""
         defaults = self.sample_defaults()
         source = {"sampler": "given", "steps": "given"}
         if sampler is None:
@@ -296,9 +302,11 @@ class Generator:
             elif "guidance_interval" in defaults:
                 interval = defaults["guidance_interval"]
                 source["guidance_interval"] = "checkpoint"
-        relation = self._relation_guidance(relation_guidance, conditioned, source, defaults)
+        given = {"relation_guidance": relation_guidance, "binding_guidance": binding_guidance}
+        attention = {k: self._attention_guidance(k, given[k], conditioned, source, defaults)
+                     for k in ATTENTION_GUIDANCE}
         return SamplingSettings(sampler, steps, guidance, eta, source, interval, auto, **grid,
-                                relation_guidance=relation)
+                                **attention)
 
     def _grid(self, sampler: str, own: bool, defaults: dict, source: dict,
               **given: float | None) -> dict[str, float | None]:
@@ -537,41 +545,55 @@ class Generator:
             den = ThresholdedDenoiser(den, clip)
         return den
 
-    def _relation_guidance(self, given: float | None, conditioned: bool, source: dict,
-                           defaults: dict) -> float | None:
-        """The relation guidance a draw uses (None: off), its source noted in `source`."""
+    def _attention_guidance(self, key: str, given: float | None, conditioned: bool,
+                            source: dict, defaults: dict) -> float | None:
+        """The scale of relation or binding guidance (`key`) a draw uses (None: off), its
+        source noted in `source`."""
         if given is not None:
-            source["relation_guidance"] = "given"
+            source[key] = "given"
             return given or None
-        if conditioned and "relation_guidance" in defaults:
-            source["relation_guidance"] = "checkpoint"
-            return defaults["relation_guidance"]
+        if conditioned and key in defaults:
+            source[key] = "checkpoint"
+            return defaults[key]
         return None
 
-    def _check_relation_guidance(self, scale: float, prompts: list[str] | None) -> None:
+    def _check_attention_guidance(self, key: str, scale: float,
+                                  prompts: list[str] | None) -> None:
+        what = key.replace("_", " ")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
-            raise ValueError(f"relation guidance must be a number >= 0, got {scale!r}")
+            raise ValueError(f"{what} must be a number >= 0, got {scale!r}")
         if scale == 0:  # off
             return
         if getattr(self.text_encoder, "tokens", None) != "all" or not hasattr(
             self.text_encoder, "piece_spans"
         ):
             raise ValueError(
-                "relation guidance reads where each word is drawn from a text model's "
+                f"{what} reads where each word is drawn from a text model's "
                 "cross-attention to the pretrained encoder's word pieces (text.tokens = 'all'); "
                 "this checkpoint has none"
             )
         if prompts is None:
-            raise ValueError("relation guidance needs a prompt that names a relation, e.g. "
-                             "'a red circle to the left of a blue square'")
+            raise ValueError(f"{what} steers what a prompt says, e.g. 'a red circle to the "
+                             "left of a blue square': give one")
 
-    def _relation_guided(self, den: Denoiser, text: TextCondition, prompts: list[str],
-                         scale: float) -> Denoiser:
-        """`den` with relation guidance read from the model's own conditional network."""
+    def _attention_guided(self, den: Denoiser, text: TextCondition, prompts: list[str],
+                          relation: float | None, binding: float | None) -> Denoiser:
+        """`den` with relation and binding guidance read from the model's own conditional
+        network (difflab.pipeline.attention_guidance)."""
         longest = max(len(self.text_encoder.piece_spans(p)) for p in prompts)
-        targets = relation_targets(self.text_encoder, prompts, text.tokens.shape[1] - longest)
+        offset = text.tokens.shape[1] - longest  # the tokens before the word pieces
+        parts: list[list[SampleEnergy]] = [[] for _ in prompts]
+        if relation:
+            for b, target in enumerate(relation_targets(self.text_encoder, prompts, offset)):
+                if target is not None:
+                    parts[b].append(_scaled(relation, relation_energy, target))
+        if binding:
+            for b, target in enumerate(binding_targets(self.text_encoder, prompts, offset)):
+                if target is not None:
+                    parts[b].append(_scaled(binding, binding_energy, target))
+        energies = [_summed(p) if p else None for p in parts]
         conditional = network_denoiser(self.net, self.process, self.parameterization, cond=text)
-        return RelationGuidedDenoiser(den, self.net, conditional, targets, scale)
+        return AttentionGuidedDenoiser(den, self.net, conditional, energies)
 
     def _clip(self, clip: str | None) -> str | None:
         # Scaled latents are not confined to [-1, 1]: clipping them would distort every image.
@@ -625,6 +647,7 @@ class Generator:
         progress: bool = False,
         compile: bool = False,
         relation_guidance: float | None = None,
+        binding_guidance: float | None = None,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
@@ -655,7 +678,10 @@ class Generator:
         only for long jobs: :func:`~difflab.pipeline.compiled.choose_compile` says when).
         `relation_guidance` s: steer a prompt's two objects to the relation it names with the
         model's cross-attention maps (:mod:`~difflab.pipeline.relation_guidance`; None or 0:
-        off; prompts without a relation are sampled as without it).
+        off; prompts without a relation are sampled as without it); `binding_guidance` s:
+        draw each modifier ("red") on its own noun and not on the others
+        (:mod:`~difflab.pipeline.binding_guidance`; prompts of two objects or more). Both left
+        None are the checkpoint's [sample] settings.
         """
         check_sampling_inputs(n, steps, guidance, batch_size)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
@@ -665,8 +691,10 @@ class Generator:
         clip = self._clip(clip)
         labels_all = self.resolve_labels(classes, n)
         prompts = self._prompts(prompt, n, "prompt")
-        if relation_guidance is not None:
-            self._check_relation_guidance(relation_guidance, prompts)
+        for key, scale in (("relation_guidance", relation_guidance),
+                           ("binding_guidance", binding_guidance)):
+            if scale is not None:
+                self._check_attention_guidance(key, scale, prompts)
         negatives = self._prompts(negative_prompt, n, "negative_prompt")
         nearest = self.nearest_captions(nearest_captions)
         for far in self.unfamiliar_prompts(prompts or []):
@@ -675,9 +703,11 @@ class Generator:
             sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None,
             guidance_interval=guidance_interval, autoguidance=autoguidance,
             sigma_max=sigma_max, rho=rho, relation_guidance=relation_guidance,
+            binding_guidance=binding_guidance,
         )
         sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
         relation_guidance = settings.relation_guidance
+        binding_guidance = settings.binding_guidance
         if settings.eta is not None:
             options.setdefault("eta", settings.eta)
         fn = get_sampler(sampler)
@@ -728,9 +758,9 @@ class Generator:
                     x0_init = (
                         init[start : start + b] if len(init) == n else init.expand(b, -1, -1, -1)
                     )
-                if relation_guidance:
-                    den = self._relation_guided(den, text, prompts[start : start + b],
-                                                relation_guidance)
+                if relation_guidance or binding_guidance:
+                    den = self._attention_guided(den, text, prompts[start : start + b],
+                                                 relation_guidance, binding_guidance)
                 if mask is not None:
                     den = InpaintingDenoiser(den, x0_init, mask)
                 t0 = timesteps[0].to(self.device)
@@ -853,3 +883,12 @@ def _class_names(config: dict[str, Any], source: str) -> list[str] | None:
         raise CheckpointError(f"{source}: 'class_names' names {len(names)} classes and the "
                               f"network has {count}; one name per class is allowed")
     return names
+
+
+def _scaled(scale: float, energy: Any, target: Any) -> SampleEnergy:
+    """One sample's energy for `target`, times its guidance scale."""
+    return lambda maps: scale * energy(target, maps)
+
+
+def _summed(energies: list[SampleEnergy]) -> SampleEnergy:
+    return lambda maps: sum(e(maps) for e in energies[1:]) + energies[0](maps)

@@ -25,6 +25,11 @@ ADAPTIVE_SAMPLER = "ode"  # samplers.ode: an adaptive solver, whose step count i
 DEFAULT_IMG2IMG_STRENGTH = 0.9
 
 
+# The sampling settings that guide with a text model's own attention maps, as SampleConfig,
+# SamplingSettings and the command line name them.
+ATTENTION_GUIDANCE = ("relation_guidance", "binding_guidance")
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """What a sampling run uses, and where each setting came from (`source`: "given" by the
@@ -46,8 +51,10 @@ class SamplingSettings:
     # the sampler's own (80 or the process's top, and 7)
     sigma_max: float | None = None
     rho: float | None = None
-    # relation guidance's scale (difflab.pipeline.relation_guidance); None: off
+    # relation and binding guidance's scales (difflab.pipeline.relation_guidance,
+    # binding_guidance); None: off
     relation_guidance: float | None = None
+    binding_guidance: float | None = None
 
     def summary(self, eta: float | None = None) -> str:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
@@ -62,8 +69,9 @@ class SamplingSettings:
         if is_guided(self.guidance, self.autoguidance) and self.guidance_interval is not None:
             low, high = self.guidance_interval
             what[-1] += f" at noise levels {low:g} to {high:g}"
-        if self.relation_guidance:
-            what.append(f"relation guidance {self.relation_guidance:g}")
+        for key in ATTENTION_GUIDANCE:
+            if getattr(self, key):
+                what.append(f"{key.replace('_', ' ')} {getattr(self, key):g}")
         if eta is not None:
             what.append(f"eta {eta:g}")
         return ", ".join(what)
