@@ -205,6 +205,9 @@ def generator_kwargs(
         prompt=prompt,
         negative_prompt=negative_prompt,
         nearest_captions=None,
+        # the checkpoint's relation and binding guidance, as `difflab sample` draws
+        relation_guidance=settings.relation_guidance or 0.0,
+        binding_guidance=settings.binding_guidance or 0.0,
     )
     if settings.eta is not None:
         kw["eta"] = settings.eta
@@ -244,7 +247,9 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
                                settings.guidance, asked=asked,
                                autoguidance=settings.autoguidance,
                                interval=settings.guidance_interval,
-                               sigma_max=settings.sigma_max, rho=settings.rho)
+                               sigma_max=settings.sigma_max, rho=settings.rho,
+                               relation_guidance=settings.relation_guidance,
+                               binding_guidance=settings.binding_guidance)
     layout = {"n": n, "nrow": per_row or 8, "title": title, "settings": settings,
               "row_labels": row_labels, "notes": unused_guidance_notes(gen, req, kw)}
     return gen, kw, layout
