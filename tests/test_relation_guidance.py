@@ -118,8 +118,10 @@ def test_a_sample_without_a_relation_is_drawn_as_without_guidance():
 
     gen = Generator.from_checkpoint("shapes-text", device="cpu")
     prompts = ["a red circle and a blue square", "a blue square to the left of a red circle"]
-    plain = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_guidance=0)
-    guided = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_guidance=100)
+    plain = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_guidance=0,
+                         binding_guidance=0)
+    guided = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_guidance=100,
+                          binding_guidance=0)
     assert torch.equal(plain[0], guided[0])
     assert not torch.equal(plain[1], guided[1])
 
@@ -131,12 +133,14 @@ def test_the_shipped_model_guides_relations_by_default_and_says_so():
     gen = Generator.from_checkpoint("shapes-text", device="cpu")
     settings = gen.sampling_settings(conditioned=True)
     assert settings.relation_guidance == 30 and settings.source["relation_guidance"] == "checkpoint"
-    assert "relation guidance 30" in settings.summary()
+    assert settings.binding_guidance == 15 and settings.source["binding_guidance"] == "checkpoint"
+    assert "relation guidance 30, binding guidance 15" in settings.summary()
     assert gen.sampling_settings(conditioned=True, relation_guidance=0).relation_guidance is None
     assert gen.sampling_settings(conditioned=False).relation_guidance is None  # no prompt
     prompt = "a blue square to the left of a red circle"
     assert torch.equal(gen.generate(1, prompt=prompt, steps=3, seed=4),
-                       gen.generate(1, prompt=prompt, steps=3, seed=4, relation_guidance=30))
+                       gen.generate(1, prompt=prompt, steps=3, seed=4, relation_guidance=30,
+                                    binding_guidance=15))
 
 
 @SHIPPED
@@ -153,8 +157,8 @@ def test_relation_guidance_places_the_objects_of_the_shipped_model():
     texts = [p for p in prompts for _ in range(16)]
 
     def correct(scale):
-        images = torch.cat([gen.generate(16, prompt=p, seed=1, relation_guidance=scale)
-                            for p in prompts])
+        images = torch.cat([gen.generate(16, prompt=p, seed=1, relation_guidance=scale,
+                                         binding_guidance=0) for p in prompts])
         return score_images(images, texts)["categories"]["position"]["correct"]
 
     assert correct(30) >= correct(0) + 4
@@ -182,7 +186,8 @@ def test_the_command_line_draws_with_relation_guidance(tmp_path, capsys):
                  "--relation-guidance", "30", "-n", "2", "--steps", "3", "--out", str(out),
                  "--quiet"]) == 0
     assert out.is_file()
-    assert "relation guidance 30" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "relation guidance 30" in said and "'circle' above 'square'" in said
 
 
 def test_a_config_asks_for_relation_guidance_only_with_word_piece_states():
