@@ -458,3 +458,44 @@ def test_fallback_copies_are_listed_only_when_all_that_is_left(served, tmp_path)
     found = find_checkpoints(Roots([tmp_path]))
     assert any(c.endswith("run/last.prev") for c in found), found
     assert not any(c.endswith("run/best.prev") for c in found), found
+
+
+def test_relation_and_binding_guidance_are_the_models_own_and_draw_as_the_cli_does(
+        store, tmp_path):
+    """`shapes-text` guides relations and colours by default (its [sample] settings): the page
+    presets its fields to them, draws what `difflab sample` draws, and takes 0 for off."""
+    d = generate.defaults(store.load("shapes-text"))
+    assert (d["relation_guidance"], d["binding_guidance"]) == (30, 15)
+    off = generate.defaults(store.load("mnist-digits-cond"))
+    assert (off["relation_guidance"], off["binding_guidance"]) == (None, None)  # no fields
+    prompt = "a red circle above a blue square"
+    _, result = draw(store, model="shapes-text", prompt=prompt, sampler="dpmpp_2m", steps=3,
+                     guidance=3, seed=1, n=2, relation_guidance=30, binding_guidance=15)
+    expected = cli_images(tmp_path, "shapes-text", "--prompt", prompt, "-n", "2", "--steps",
+                          "3", "--seed", "1")
+    assert np.array_equal(result.images.numpy(), expected)
+    assert "relation guidance 30, binding guidance 15" in result.notes[0]
+    _, plain = draw(store, model="shapes-text", prompt=prompt, sampler="dpmpp_2m", steps=3,
+                    guidance=3, seed=1, n=2, relation_guidance=0, binding_guidance=0)
+    expected = cli_images(tmp_path, "shapes-text", "--prompt", prompt, "-n", "2", "--steps",
+                          "3", "--seed", "1", "--relation-guidance", "0",
+                          "--binding-guidance", "0")
+    assert np.array_equal(plain.images.numpy(), expected)
+    assert not np.array_equal(plain.images.numpy(), result.images.numpy())
+    # without a prompt the fields (always sent) steer nothing: it draws, as without guidance
+    _, alone = draw(store, model="shapes-text", sampler="dpmpp_2m", steps=2, guidance=3,
+                    seed=1, n=1, relation_guidance=30, binding_guidance=15)
+    assert alone.images.shape[0] == 1
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"model": "mnist-digits-cond", "condition": "3", "relation_guidance": 5},
+     "this model has none: set them to 0"),
+    ({"model": "shapes-text", "prompt": "a red circle", "binding_guidance": -1},
+     "binding guidance -1 is out of range (allowed 0..1000; 0: off)"),
+    ({"model": "shapes-text", "prompt": "a red circle", "relation_guidance": "x"},
+     "relation guidance must be a number"),
+])
+def test_relation_and_binding_guidance_refuse_in_one_line(store, kw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        draw(store, sampler="dpmpp_2m", steps=2, n=1, **kw)

@@ -204,3 +204,19 @@ def test_serve_on_a_port_in_use_is_one_line_naming_the_flag(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("difflab: error: cannot serve on no-such-host.invalid:")
     assert "give a --host this machine has" in err and "\n" not in err
+
+
+def test_the_api_takes_relation_and_binding_guidance_as_docs_web_shows(app_url):
+    """docs/web.md's calls: gradio_client with the last three inputs (autoguidance, relation
+    and binding guidance), and plain HTTP, where every input is given (null: the model's)."""
+    client = gradio_client.Client(app_url, verbose=False)
+    _, gallery, notes, _, _ = client.predict(
+        "shapes-text", "(no class)", "a red circle above a blue square", "", "dpmpp_2m", 2, 3,
+        0, 1, False, None, 0, 15, api_name="/generate")
+    assert len(gallery) == 1 and "binding guidance 15" in notes
+    assert "relation guidance" not in notes.splitlines()[0]
+    data = ["mnist-digits-cond", "7", "", "", "dpmpp_2m", 2, 2, 0, 1, False, None, None, None]
+    event = httpx.post(f"{app_url}/gradio_api/call/generate", json={"data": data}, timeout=60)
+    stream = httpx.get(f"{app_url}/gradio_api/call/generate/{event.json()['event_id']}",
+                       timeout=600).text
+    assert "event: complete" in stream and "sampled with dpmpp_2m, 2 steps" in stream

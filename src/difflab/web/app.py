@@ -125,6 +125,9 @@ def build_app(roots: Roots, limits: Limits | None = None,
                       visible=gen.conditional),
             # only for a model that keeps a guide (train.guide_at); blank (its own) otherwise
             gr.update(value=d["autoguidance"], visible=d["autoguidance"] is not None),
+            # only for a text model reading word pieces; its own scales, 0 where it has none
+            gr.update(value=d["relation_guidance"], visible=d["relation_guidance"] is not None),
+            gr.update(value=d["binding_guidance"], visible=d["binding_guidance"] is not None),
             _describe_model(gen),
         )
 
@@ -172,6 +175,16 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                 None, label="autoguidance (1: off)", visible=False,
                                 elem_id="gen-autoguidance",
                                 info="steer away from the run's earlier weights",
+                            )
+                            g_relation = gr.Number(
+                                None, label="relation guidance (0: off)", visible=False,
+                                elem_id="gen-relation",
+                                info="place the objects of 'A left of B', 'A above B', ...",
+                            )
+                            g_binding = gr.Number(
+                                None, label="binding guidance (0: off)", visible=False,
+                                elem_id="gen-binding",
+                                info="keep each colour on its own object",
                             )
                             g_seed = gr.Number(0, label="seed", elem_id="gen-seed")
                             g_n = gr.Number(8, label=f"images (≤ {limits.max_images})",
@@ -308,18 +321,19 @@ def build_app(roots: Roots, limits: Limits | None = None,
 
         # ---------------------------------------------------------------- handlers
         form_outputs = [g_class, g_prompt, g_negative, g_sampler, g_steps, g_guidance,
-                        g_autoguidance, g_info]
+                        g_autoguidance, g_relation, g_binding, g_info]
         g_model.change(_shown_errors(model_form), g_model, form_outputs, **light)
         app.load(_shown_errors(model_form), g_model, form_outputs, **light)
         g_sampler.input(_shown_errors(sampler_steps), [g_model, g_sampler], g_steps, **light)
 
         def on_generate(model, condition, prompt, negative, sampler, steps, guidance, seed, n,
-                        gif, autoguidance=None,
+                        gif, autoguidance=None, relation_guidance=None, binding_guidance=None,
                         progress=gr.Progress()):  # noqa: B008 (gradio's API)
             req = Request(model=model, condition=condition, prompt=prompt,
                           negative_prompt=negative, sampler=sampler, steps=steps,
-                          guidance=guidance, autoguidance=autoguidance, seed=seed, n=n,
-                          gif=bool(gif))
+                          guidance=guidance, autoguidance=autoguidance,
+                          relation_guidance=relation_guidance,
+                          binding_guidance=binding_guidance, seed=seed, n=n, gif=bool(gif))
             progress(0, desc="loading the model")
             job = generate.run(store, limits, req)
             while True:
@@ -338,7 +352,7 @@ def build_app(roots: Roots, limits: Limits | None = None,
         g_go.click(
             _shown_errors(on_generate),
             [g_model, g_class, g_prompt, g_negative, g_sampler, g_steps, g_guidance, g_seed,
-             g_n, g_gif, g_autoguidance],
+             g_n, g_gif, g_autoguidance, g_relation, g_binding],
             [g_preview, g_gallery, g_notes, g_gif_view, g_files],
             api_name="generate", **heavy,
         )

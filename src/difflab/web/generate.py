@@ -30,11 +30,12 @@ import torch
 from difflab import viz
 from difflab.argtypes import check_text
 from difflab.pipeline import Generator
-from difflab.pipeline.settings import grid_rows
+from difflab.pipeline.settings import ATTENTION_GUIDANCE, grid_rows
 from difflab.samplers import SAMPLERS
 from difflab.web.errors import collecting_warnings
 from difflab.web.limits import (
     Limits,
+    attention_guidance_value,
     autoguidance_value,
     guidance_value,
     seed_value,
@@ -93,12 +94,22 @@ def defaults(gen: Generator) -> dict[str, Any]:
     as `difflab sample` resolves them."""
     settings = gen.sampling_settings(conditioned=True)
     out = {"sampler": settings.sampler, "steps": settings.steps, "guidance": None,
-           "autoguidance": None}
+           "autoguidance": None, "relation_guidance": None, "binding_guidance": None}
+    if attention_guidable(gen):  # 0 (off) where the checkpoint does not guide this way
+        for key in ATTENTION_GUIDANCE:
+            out[key] = getattr(settings, key) or 0.0
     if gen.conditional:
         out["guidance"] = settings.guidance
     if gen.guide is not None:  # 1 (the model alone) where the checkpoint does not autoguide
         out["autoguidance"] = settings.autoguidance if settings.autoguidance is not None else 1.0
     return out
+
+
+def attention_guidable(gen: Generator) -> bool:
+    """Whether a model can take relation and binding guidance: a text model reading the
+    pretrained encoder's word pieces."""
+    encoder = getattr(gen, "text_encoder", None)
+    return getattr(encoder, "tokens", None) == "all" and hasattr(encoder, "piece_spans")
 
 
 def steps_for(gen: Generator, sampler: str) -> int:
@@ -148,6 +159,9 @@ class Request:
     steps: Any = None
     guidance: Any = None
     autoguidance: Any = None  # None: the checkpoint's [sample] autoguidance, if it keeps a guide
+    # None: the checkpoint's [sample] relation / binding guidance (text models with word pieces)
+    relation_guidance: Any = None
+    binding_guidance: Any = None
     seed: Any = 0
     n: Any = 8
     gif: bool = True
@@ -182,6 +196,8 @@ def generator_kwargs(
     prompt: list[str] | None,
     negative_prompt: list[str] | None,
     autoguidance: Any = None,
+    relation_guidance: Any = None,
+    binding_guidance: Any = None,
 ) -> tuple[dict, Any]:
     """The Generator keywords `difflab sample` / `img2img` / `inpaint` pass for these
     settings (cli.sampling_kwargs): sampler, steps, guidance and autoguidance resolved once by
@@ -189,8 +205,16 @@ def generator_kwargs(
     conditioned = classes is not None or bool(prompt)
     guidance = guidance_value(guidance) if conditioned and guidance is not None else None
     auto = autoguidance_value(autoguidance) if autoguidance is not None else None
+    given = {k: attention_guidance_value(v, k.replace("_", " ")) if v is not None else None
+             for k, v in (("relation_guidance", relation_guidance),
+                          ("binding_guidance", binding_guidance))}
+    if any(given.values()) and not attention_guidable(gen):
+        raise ValueError("relation and binding guidance read a text model's attention to the "
+                         "words of its prompt; this model has none: set them to 0")
+    if not prompt:  # the page always sends its fields; without a prompt nothing is steered
+        given = dict.fromkeys(given)
     settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditioned,
-                                     autoguidance=auto)
+                                     autoguidance=auto, **given)
     kw = dict(
         sampler=settings.sampler,
         steps=settings.steps,
@@ -237,6 +261,7 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
         gen, sampler=req.sampler, steps=steps, seed=seed, n=n, guidance=req.guidance,
         classes=classes, prompt=[prompt] if prompt else None,
         negative_prompt=[negative] if negative else None, autoguidance=req.autoguidance,
+        relation_guidance=req.relation_guidance, binding_guidance=req.binding_guidance,
     )
     asked = None
     if per_row is None and classes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from difflab.argtypes import MAX_GUIDANCE, MAX_SEED, check_text
+from difflab.argtypes import MAX_GUIDANCE, MAX_RELATION_GUIDANCE, MAX_SEED, check_text
 from difflab.checkpoints.names import WEIGHTS_DIR, resolve_checkpoint, shipped_models
 
 
@@ -75,14 +75,14 @@ def whole_number(value: Any, what: str, low: int, high: int, flag: str | None = 
     return number
 
 
-def _weight(value: Any, what: str, hint: str = "") -> float:
-    """A guidance weight from a form field, a number in the library's range 0..MAX_GUIDANCE."""
-    allowed = f"allowed 0..{MAX_GUIDANCE:g}{hint}"
+def _weight(value: Any, what: str, hint: str = "", most: float = MAX_GUIDANCE) -> float:
+    """A guidance weight from a form field, a number in the library's range 0..`most`."""
+    allowed = f"allowed 0..{most:g}{hint}"
     if value is None or value == "":
         raise ValueError(f"{what} is empty; {allowed}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what} must be a number ({allowed}), got {value!r}")
-    if not (math.isfinite(value) and 0 <= value <= MAX_GUIDANCE):
+    if not (math.isfinite(value) and 0 <= value <= most):
         raise ValueError(f"{what} {value!r} is out of range ({allowed})")
     return float(value)
 
@@ -95,6 +95,11 @@ def guidance_value(value: Any) -> float:
 def autoguidance_value(value: Any) -> float:
     """An autoguidance weight from a form field (1: the model alone)."""
     return _weight(value, "autoguidance", "; 1: the model alone")
+
+
+def attention_guidance_value(value: Any, what: str) -> float:
+    """A relation or binding guidance scale from a form field (0: off)."""
+    return _weight(value, what, "; 0: off", MAX_RELATION_GUIDANCE)
 
 
 def seed_value(value: Any) -> int:
