@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -69,6 +70,17 @@ class AttentionGuidedDenoiser:
             if not energy.requires_grad:  # every energy is constant here
                 return torch.zeros_like(x)
             return torch.autograd.grad(energy, x)[0]
+
+
+def scaled_energy(scale: float, energy: Callable[[Any, Tensor], Tensor],
+                  target: Any) -> SampleEnergy:
+    """One sample's SampleEnergy: `energy(target, maps)` times its guidance scale."""
+    return lambda maps: scale * energy(target, maps)
+
+
+def summed_energy(energies: list[SampleEnergy]) -> SampleEnergy:
+    """Several energies of one sample as one (relation and binding guidance together)."""
+    return lambda maps: sum((e(maps) for e in energies[1:]), start=energies[0](maps))
 
 
 def finest_maps(maps: list[Tensor]) -> Tensor:

@@ -64,7 +64,12 @@ from difflab.models.caption_bank import (
 from difflab.models.conditioning import TextCondition
 from difflab.models.text import TextConditioned, text_encoder_from_spec
 from difflab.ownership import MARK, MARK_KEY
-from difflab.pipeline.attention_guidance import AttentionGuidedDenoiser, SampleEnergy
+from difflab.pipeline.attention_guidance import (
+    AttentionGuidedDenoiser,
+    SampleEnergy,
+    scaled_energy,
+    summed_energy,
+)
 from difflab.pipeline.binding_guidance import binding_energy, binding_targets
 from difflab.pipeline.compiled import CompiledNetwork
 from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
@@ -586,12 +591,12 @@ class Generator:
         if relation:
             for b, target in enumerate(relation_targets(self.text_encoder, prompts, offset)):
                 if target is not None:
-                    parts[b].append(_scaled(relation, relation_energy, target))
+                    parts[b].append(scaled_energy(relation, relation_energy, target))
         if binding:
             for b, target in enumerate(binding_targets(self.text_encoder, prompts, offset)):
                 if target is not None:
-                    parts[b].append(_scaled(binding, binding_energy, target))
-        energies = [_summed(p) if p else None for p in parts]
+                    parts[b].append(scaled_energy(binding, binding_energy, target))
+        energies = [summed_energy(p) if p else None for p in parts]
         conditional = network_denoiser(self.net, self.process, self.parameterization, cond=text)
         return AttentionGuidedDenoiser(den, self.net, conditional, energies)
 
@@ -677,8 +682,8 @@ class Generator:
         `compile`: run the networks through torch.compile (:class:`CompiledNetwork`; worth it
         only for long jobs: :func:`~difflab.pipeline.compiled.choose_compile` says when).
         `relation_guidance` s: steer a prompt's two objects to the relation it names with the
-        model's cross-attention maps (:mod:`~difflab.pipeline.relation_guidance`; None or 0:
-        off; prompts without a relation are sampled as without it); `binding_guidance` s:
+        model's cross-attention maps (:mod:`~difflab.pipeline.relation_guidance`; 0: off;
+        prompts without a relation are sampled as without it); `binding_guidance` s:
         draw each modifier ("red") on its own noun and not on the others
         (:mod:`~difflab.pipeline.binding_guidance`; prompts of two objects or more). Both left
         None are the checkpoint's [sample] settings.
@@ -884,11 +889,3 @@ def _class_names(config: dict[str, Any], source: str) -> list[str] | None:
                               f"network has {count}; one name per class is allowed")
     return names
 
-
-def _scaled(scale: float, energy: Any, target: Any) -> SampleEnergy:
-    """One sample's energy for `target`, times its guidance scale."""
-    return lambda maps: scale * energy(target, maps)
-
-
-def _summed(energies: list[SampleEnergy]) -> SampleEnergy:
-    return lambda maps: sum(e(maps) for e in energies[1:]) + energies[0](maps)
