@@ -36,6 +36,9 @@ def words(prompt):
     ("A red circle on the left and a blue square on the right",
      [(["red"], "circle"), (["blue"], "square")]),
     ("a circle and a square", [([], "circle"), ([], "square")]),
+    ("a red circle next to a blue square", [(["red"], "circle"), (["blue"], "square")]),
+    ("a yellow triangle with two green squares",
+     [(["yellow"], "triangle"), (["green"], "squares")]),
     ("a fluffy white cat beneath a wooden table", [(["fluffy", "white"], "cat"),
                                                    (["wooden"], "table")]),
 ])

@@ -10,8 +10,9 @@ apart), phrases i with modifiers M_i and noun n_i, the energy is
     g = sum_i sum_{m in M_i} [ 1 - overlap(m, n_i) + APART * sum_{j != i} overlap(m, n_j) ]
         + APART * sum_{i < j} overlap(n_i, n_j).
 
-The phrases are read from the words (:func:`find_phrases`): the prompt is split at ',', 'and'
-and a relation (left of, above, ...; difflab.pipeline.relation_guidance), each part cut at a
+The phrases are read from the words (:func:`find_phrases`): the prompt is split at ',', 'and',
+'with', 'next to', 'beside', ... and a relation (left of, above, ...;
+difflab.pipeline.relation_guidance), each part cut at a
 preposition that starts a place or frame ('on the left', 'on a black background'), and in each
 the words that are not determiners, numbers or frame words are kept: the last is the noun, the
 others its modifiers. Guidance applies to prompts of two phrases or more (a single object has
@@ -37,8 +38,9 @@ _NOT_CONTENT = frozenset(
     "a an the one two three four five six seven eight nine ten single some several many "
     "of to picture image photo drawing".split()
 )
-_SPLIT = re.compile(r",|\band\b")
-_PLACE = re.compile(r"\b(?:on|in|at|with|against)\b")
+# Words that join two objects without relating them along an axis.
+_SPLIT = re.compile(r",|;|\b(?:and|plus|with|beside|besides|alongside|near|next to)\b")
+_PLACE = re.compile(r"\b(?:on|in|at|against)\b")
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -66,7 +68,7 @@ def find_phrases(prompt: str) -> list[Phrase]:
 
 
 def _parts(text: str) -> list[tuple[int, int]]:
-    """The spans of `text` between its cuts: ',', 'and', and relation words."""
+    """The spans of `text` between its cuts: joining words (_SPLIT) and relation words."""
     cuts = sorted({*(m.span() for m in _SPLIT.finditer(text)),
                    *(m.span() for m in RELATION_RE.finditer(text))})
     spans, at = [], 0
