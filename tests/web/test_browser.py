@@ -112,6 +112,30 @@ def test_generate_shows_the_clis_images(page, tmp_path):
     screenshot(page, "generate")
 
 
+def test_a_text_model_shows_its_relation_and_binding_guidance(page, tmp_path):
+    """shapes-text's own relation and binding guidance fill their fields; a person turns one
+    off, and the page draws what `difflab sample` draws with the same flags."""
+    pick(page, "gen-model", "shapes-text")
+    page.locator("#gen-relation input").wait_for()
+    assert page.locator("#gen-relation input").input_value() == "30"
+    assert page.locator("#gen-binding input").input_value() == "15"
+    prompt = "a purple square and a green triangle"
+    page.locator("#gen-prompt textarea").fill(prompt)
+    type_number(page, "gen-relation", 0)
+    type_number(page, "gen-steps", 3)
+    type_number(page, "gen-n", 2)
+    page.click("#gen-go")
+    shown = shown_images(page, "gen-gallery", 2)
+    page.locator("#gen-notes").get_by_text("binding guidance 15").first.wait_for()
+    out = tmp_path / "pair.npz"
+    assert difflab_main(["sample", "shapes-text", "--prompt", prompt, "-n", "2", "--steps", "3",
+                         "--relation-guidance", "0", "--out", str(out), "--quiet"]) == 0
+    assert np.array_equal(shown, np.load(out)["images"].transpose(0, 2, 3, 1))
+    pick(page, "gen-model", "mnist-digits-cond")
+    page.locator("#gen-relation").wait_for(state="hidden")
+    page.locator("#gen-binding").wait_for(state="hidden")
+
+
 def test_an_out_of_bounds_request_says_why_and_the_app_keeps_serving(page):
     type_number(page, "gen-steps", 500)
     page.click("#gen-go")
