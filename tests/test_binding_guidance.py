@@ -3,8 +3,8 @@ modifiers, the overlap energy in closed form, and what it does to the shipped `s
 
 import pytest
 import torch
+from shapes_scoring import SHIPPED, correct_images
 
-from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.models.text import PretrainedTextEncoder
 from difflab.pipeline.binding_guidance import (
@@ -15,9 +15,6 @@ from difflab.pipeline.binding_guidance import (
     describe_binding,
     find_phrases,
 )
-
-SHIPPED = pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-text").is_dir(),
-                             reason="no shipped shapes-text pipeline")
 
 
 def words(prompt):
@@ -106,17 +103,11 @@ def test_binding_guidance_binds_held_out_colour_shape_pairs_on_the_shipped_model
     BENCHMARKS) draws both objects in their own colours in at least 5 more of 32 images than
     the model alone (2 and 11 of 32 on an AMD EPYC, Zen 3; the shipped default since
     2026-12-07, chosen on fresh prompts in BENCHMARKS)."""
-    from difflab.metrics.geneval import score_images
-    from difflab.pipeline import Generator
-
-    gen = Generator.from_checkpoint("shapes-text", device="cpu")
     prompts = ["an orange triangle and a yellow square", "a green circle and a blue triangle"]
-    texts = [p for p in prompts for _ in range(16)]
 
     def correct(scale):
-        images = torch.cat([gen.generate(16, prompt=p, seed=1, binding_guidance=scale,
-                                         relation_guidance=0) for p in prompts])
-        return score_images(images, texts)["categories"]["attribute_binding"]["correct"]
+        return correct_images(prompts, "attribute_binding", binding_guidance=scale,
+                              relation_guidance=0)
 
     assert correct(15) >= correct(0) + 5
 

@@ -4,8 +4,8 @@ recorded attention maps, and what it does to the shipped `shapes-text`."""
 
 import pytest
 import torch
+from shapes_scoring import SHIPPED, correct_images
 
-from difflab.checkpoints.names import WEIGHTS_DIR
 from difflab.cli import main
 from difflab.models.attention import CrossAttention, recording_attention_maps
 from difflab.models.text import PretrainedTextEncoder
@@ -18,9 +18,6 @@ from difflab.pipeline.relation_guidance import (
     relation_energy,
     relation_targets,
 )
-
-SHIPPED = pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-text").is_dir(),
-                             reason="no shipped shapes-text pipeline")
 
 
 @pytest.mark.parametrize("prompt, relation", [
@@ -149,17 +146,10 @@ def test_relation_guidance_places_the_objects_of_the_shipped_model():
     written here (not the development or test prompts): guidance 30 (the scale chosen in
     BENCHMARKS) puts the two objects in the named relation in at least 4 more of 32 images
     than the model alone (12 and 20 of 32 on an AMD EPYC, Zen 3)."""
-    from difflab.metrics.geneval import score_images
-    from difflab.pipeline import Generator
-
-    gen = Generator.from_checkpoint("shapes-text", device="cpu")
     prompts = ["a purple circle above an orange square", "a blue square left of a yellow triangle"]
-    texts = [p for p in prompts for _ in range(16)]
 
     def correct(scale):
-        images = torch.cat([gen.generate(16, prompt=p, seed=1, relation_guidance=scale,
-                                         binding_guidance=0) for p in prompts])
-        return score_images(images, texts)["categories"]["position"]["correct"]
+        return correct_images(prompts, "position", relation_guidance=scale, binding_guidance=0)
 
     assert correct(30) >= correct(0) + 4
 
