@@ -38,12 +38,20 @@ def words(prompt):
      [(["yellow"], "triangle"), (["green"], "squares")]),
     ("a fluffy white cat beneath a wooden table", [(["fluffy", "white"], "cat"),
                                                    (["wooden"], "table")]),
+    # linking words are not objects, as relation guidance reads them
+    ("the red circle is directly above the blue square",
+     [(["red"], "circle"), (["blue"], "square")]),
+    ("a Rëd Círcle and a blue squaré", [(["rëd"], "círcle"), (["blue"], "squaré")]),
+    # a list of colours is one object; a list of objects starts each with a word such as "a"
+    ("a red and blue circle beside a green square",
+     [(["red", "blue"], "circle"), (["green"], "square")]),
 ])
 def test_the_objects_and_their_modifiers_are_read_from_the_words(prompt, phrases):
     assert words(prompt) == phrases
 
 
-@pytest.mark.parametrize("prompt", ["a red circle", "three small blue squares on the left", ""])
+@pytest.mark.parametrize("prompt", ["a red circle", "three small blue squares on the left", "",
+                                    "a red and blue circle"])
 def test_a_single_object_has_nothing_to_bind_apart(prompt):
     assert find_phrases(prompt) == []
 
@@ -52,6 +60,10 @@ def test_describe_says_what_was_read():
     assert describe_binding("a purple square and a yellow circle") == (
         "'purple' on 'square', 'yellow' on 'circle'")
     assert describe_binding("a red circle").startswith("fewer than two objects read")
+    encoder = PretrainedTextEncoder()
+    long = "a big red circle, " * 16 + "and a purple square left of a green triangle"
+    assert describe_binding(long, encoder).endswith(
+        "6 of them past the 64 word pieces the text encoder reads, left out")
 
 
 def test_targets_point_at_the_word_pieces():

@@ -14,6 +14,7 @@ from difflab.pipeline.relation_guidance import (
     RELATION_MARGIN,
     Relation,
     RelationTarget,
+    describe_relation,
     find_relation,
     relation_energy,
     relation_targets,
@@ -30,6 +31,12 @@ from difflab.pipeline.relation_guidance import (
     ("a dog sitting beneath a wooden table, at dusk", Relation("dog", "table", 0, -1)),
     ("a cat over a mat and a hat", Relation("cat", "mat", 0, 1)),
     ("a yellow square underneath three purple circles", Relation("square", "circles", 0, -1)),
+    ("the red circle is directly above the blue square", Relation("circle", "square", 0, 1)),
+    # accents and capitals: words are runs of letters, compared in lower case
+    ("a rëd Círcle to the left of a blue squaré", Relation("círcle", "squaré", 1, 1)),
+    # a second relation ends the second phrase: no relation the prompt does not state
+    ("a red circle left of a blue square right of a green triangle",
+     Relation("circle", "square", 1, 1)),
 ])
 def test_a_relation_is_read_from_any_wording(prompt, relation):
     assert find_relation(prompt) == relation
@@ -38,6 +45,8 @@ def test_a_relation_is_read_from_any_wording(prompt, relation):
 @pytest.mark.parametrize("prompt", [
     "a red circle and a blue square", "three circles on the left", "left of",
     "a sleft offer", "a circle above",
+    "a red circle on the left side of the picture",  # a place in the frame, not a relation
+    "a red circle in the left of the image",
 ])
 def test_a_prompt_without_two_related_objects_has_no_relation(prompt):
     assert find_relation(prompt) is None
@@ -59,6 +68,26 @@ def test_the_objects_are_found_among_the_word_pieces():
     # the same word twice: the first is the one before the relation, the second the last
     assert second.first == [3] and second.second == [6] and (second.axis, second.sign) == (0, -1)
     assert none is None
+    # accented words keep their pieces (the tokenizer strips accents; its spans do not move)
+    (accented,) = relation_targets(encoder, ["a rëd Círcle to the left of a blue squaré"], 1)
+    assert accented is not None and pieces_of(encoder, accented.first) == ["circle"]
+
+
+def pieces_of(encoder, positions, prompt="a rëd Círcle to the left of a blue squaré"):
+    from difflab.models.text import _tokenizer
+
+    ids, _ = encoder.tokenize([prompt])
+    return _tokenizer().convert_ids_to_tokens([ids[0, i - 1].item() for i in positions])
+
+
+def test_a_relation_past_the_encoders_word_pieces_is_said_to_be_drawn_without():
+    encoder = PretrainedTextEncoder()
+    prompt = "a big red circle, " * 16 + "and a purple square left of a green triangle"
+    assert relation_targets(encoder, [prompt], 1) == [None]
+    assert describe_relation(prompt, encoder) == (
+        "'square' left of 'triangle' is past the 64 word pieces the text encoder reads; it is "
+        "drawn without")
+    assert describe_relation("a circle above a square", encoder) == "'circle' above 'square'"
 
 
 def _maps(side, first_column, second_column):
@@ -160,11 +189,20 @@ def test_relation_guidance_is_refused_where_it_cannot_apply(capsys):
     gen = Generator.from_checkpoint("fashion-mnist", device="cpu")
     with pytest.raises(ValueError, match="cross-attention to the pretrained encoder's word"):
         gen.generate(1, steps=2, relation_guidance=30)
-    with pytest.raises(ValueError, match="must be a number >= 0"):
-        gen.generate(1, steps=2, relation_guidance=-1.0)
+    for bad in (-1.0, float("inf"), 5000, True):
+        with pytest.raises(ValueError, match=r"must be a number from 0 to 1000 \(0: off\)"):
+            gen.generate(1, steps=2, relation_guidance=bad)
     with pytest.raises(ValueError, match="binding guidance reads where each word is drawn"):
         gen.generate(1, steps=2, binding_guidance=15)
     assert main(["sample", "fashion-mnist", "--relation-guidance", "30", "-n", "1",
+                 "--steps", "2"]) == 2
+    assert "fashion-mnist cannot take --relation-guidance" in capsys.readouterr().err
+    # refused before any line says what would run
+    assert main(["sample", "fashion-text", "--prompt", "a shirt", "--binding-guidance", "15",
+                 "-n", "1", "--steps", "2"]) == 2
+    said = capsys.readouterr()
+    assert "fashion-text cannot take --binding-guidance" in said.err and said.out == ""
+    assert main(["sample", "shapes-text", "--relation-guidance", "30", "-n", "1",
                  "--steps", "2"]) == 2
     assert "--relation-guidance steers what a --prompt says" in capsys.readouterr().err
 

@@ -482,10 +482,12 @@ def test_relation_and_binding_guidance_are_the_models_own_and_draw_as_the_cli_do
                           "--binding-guidance", "0")
     assert np.array_equal(plain.images.numpy(), expected)
     assert not np.array_equal(plain.images.numpy(), result.images.numpy())
-    # without a prompt the fields (always sent) steer nothing: it draws, as without guidance
+    # without a prompt the fields (always sent) steer nothing: it draws, and says so
     _, alone = draw(store, model="shapes-text", sampler="dpmpp_2m", steps=2, guidance=3,
                     seed=1, n=1, relation_guidance=30, binding_guidance=15)
     assert alone.images.shape[0] == 1
+    assert ("relation guidance 30 and binding guidance 15 not applied: they steer what a "
+            "prompt says, and there is none") in alone.notes
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -213,6 +213,16 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     for flag, given in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
         if given and not gen.takes_text:
             raise CLIError(f"{args.checkpoint} takes no text: drop {flag}")
+    for key in ATTENTION_GUIDANCE:  # refused before a line says what would run
+        if getattr(args, key) and not gen.takes_attention_guidance:
+            raise CLIError(
+                f"{args.checkpoint} cannot take {_flag(key)}: it reads a text model's "
+                "attention to the words of its prompt (models reading word pieces, such as "
+                "shapes-text); drop the flag"
+            )
+        if getattr(args, key) and not args.prompt:
+            raise CLIError(f"{_flag(key)} steers what a --prompt says: give one, e.g. "
+                           "--prompt 'a red circle to the left of a blue square'")
     settings = gen.sampling_settings(
         args.sampler, args.steps, args.guidance,
         conditioned=classes is not None or bool(args.prompt),
@@ -242,9 +252,6 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         progress=not args.quiet,  # the library is quiet by default; the command is not
     )
     for key in ATTENTION_GUIDANCE:
-        if getattr(args, key) and not args.prompt:
-            raise CLIError(f"{_flag(key)} steers what a --prompt says: give one, e.g. "
-                           "--prompt 'a red circle to the left of a blue square'")
         kw[key] = getattr(settings, key) or 0.0
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
@@ -260,12 +267,12 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         # What was read in each prompt; a prompt with no relation is worth a line only when
         # the flag asked for guidance (the checkpoint's default quietly passes it by).
         for prompt in dict.fromkeys(args.prompt):
-            said = describe_relation(prompt)
+            said = describe_relation(prompt, gen.text_encoder)
             if args.relation_guidance or not said.startswith("no relation"):
                 print(f"difflab: relation guidance {settings.relation_guidance:g}: {said}")
     if settings.binding_guidance:
         for prompt in dict.fromkeys(args.prompt):
-            said = describe_binding(prompt)
+            said = describe_binding(prompt, gen.text_encoder)
             if args.binding_guidance or not said.startswith("fewer than two"):
                 print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
     print_prompt_readings(args, gen)

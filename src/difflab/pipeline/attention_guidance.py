@@ -100,7 +100,7 @@ def word_positions(spans: list[tuple[int, int]], prompt: str, word: str,
                    last: bool) -> list[int]:
     """Positions among a prompt's word pieces (`spans`: each piece's characters, as
     PretrainedTextEncoder.piece_spans gives them) of the first or last `word` in it."""
-    found = [m.span() for m in re.finditer(rf"\b{re.escape(word)}\b", prompt.lower())]
+    found = [m.span() for m in re.finditer(rf"\b{re.escape(word)}\b", prompt, re.IGNORECASE)]
     if not found:
         return []
     return pieces_within(spans, *(found[-1] if last else found[0]))

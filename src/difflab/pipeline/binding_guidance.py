@@ -28,20 +28,24 @@ from typing import Any
 import torch
 
 from difflab.pipeline.attention_guidance import pieces_within, word_map
-from difflab.pipeline.relation_guidance import RELATION_RE
+from difflab.pipeline.relation_guidance import FRAME_WORDS, LINKING_WORDS, RELATION_RE, WORD_RE
 
 Tensor = torch.Tensor
 
 BINDING_APART = 0.5  # weight of the terms that keep modifiers and nouns off the other nouns
 
-_NOT_CONTENT = frozenset(
+# Words that start an object's phrase: after ',' or 'and' one of them (or a digit) says a new
+# object begins; "a red and blue circle" is one object.
+_STARTS = frozenset(
     "a an the one two three four five six seven eight nine ten single some several many "
-    "of to picture image photo drawing".split()
+    "each another".split()
 )
-# Words that join two objects without relating them along an axis.
-_SPLIT = re.compile(r",|;|\b(?:and|plus|with|beside|besides|alongside|near|next to)\b")
-_PLACE = re.compile(r"\b(?:on|in|at|against)\b")
-_WORD = re.compile(r"[a-z]+")
+_NOT_CONTENT = _STARTS | LINKING_WORDS | FRAME_WORDS | {"of", "to", "and", "or", "plus"}
+# Words that join two objects without relating them along an axis: a list's (which must be
+# followed by a new phrase), and others that always join two.
+_LIST = re.compile(r",|;|\b(?:and|plus)\b", re.IGNORECASE)
+_JOIN = re.compile(r"\b(?:with|beside|besides|alongside|near|next to)\b", re.IGNORECASE)
+_PLACE = re.compile(r"\b(?:on|in|at|against)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -54,22 +58,23 @@ class Phrase:
 
 def find_phrases(prompt: str) -> list[Phrase]:
     """The prompt's objects (module docstring), in order; [] when fewer than two."""
-    text = prompt.lower()
     phrases = []
-    for a, b in _parts(text):
-        place = _PLACE.search(text, a, b)
+    for a, b in _parts(prompt):
+        place = _PLACE.search(prompt, a, b)
         if place is not None and place.start() > a:
             b = place.start()
-        words = [(m.start(), m.end()) for m in _WORD.finditer(text, a, b)
-                 if m.group() not in _NOT_CONTENT]
+        words = [(m.start(), m.end()) for m in WORD_RE.finditer(prompt, a, b)
+                 if m.group().lower() not in _NOT_CONTENT]
         if words:
             phrases.append(Phrase(words[-1], tuple(words[:-1])))
     return phrases if len(phrases) >= 2 else []
 
 
 def _parts(text: str) -> list[tuple[int, int]]:
-    """The spans of `text` between its cuts: joining words (_SPLIT) and relation words."""
-    cuts = sorted({*(m.span() for m in _SPLIT.finditer(text)),
+    """The spans of `text` between its cuts: list words before a new phrase, joining words
+    and relation words."""
+    lists = [m.span() for m in _LIST.finditer(text) if _starts_phrase(text, m.end())]
+    cuts = sorted({*lists, *(m.span() for m in _JOIN.finditer(text)),
                    *(m.span() for m in RELATION_RE.finditer(text))})
     spans, at = [], 0
     for a, b in cuts:
@@ -80,19 +85,35 @@ def _parts(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in spans if b > a]
 
 
-def describe_binding(prompt: str) -> str:
-    """What binding guidance reads in `prompt`, for a command to print."""
+def _starts_phrase(text: str, at: int) -> bool:
+    """Whether the words after `at` begin an object's phrase (a determiner or a number)."""
+    first = re.match(r"\s*(\w+)", text[at:])
+    return first is not None and (first.group(1).lower() in _STARTS or first.group(1).isdigit())
+
+
+def describe_binding(prompt: str, encoder: Any = None) -> str:
+    """What binding guidance reads in `prompt`, for a command to print; with the `encoder`,
+    also which objects are past the word pieces it reads (those are left out)."""
     phrases = find_phrases(prompt)
     if not phrases:
         return f"fewer than two objects read in {prompt!r}; it is drawn without"
-    text = prompt.lower()
 
     def word(span: tuple[int, int]) -> str:
-        return repr(text[span[0]:span[1]])
+        return repr(prompt[span[0]:span[1]].lower())
 
-    return ", ".join(
+    said = ", ".join(
         " ".join(word(m) for m in p.modifiers) + f" on {word(p.noun)}" if p.modifiers
         else word(p.noun) for p in phrases)
+    if encoder is None:
+        return said
+    target = binding_targets(encoder, [prompt], 0)[0]
+    kept = 0 if target is None else len(target.phrases)
+    if kept < len(phrases):
+        past = f"past the {encoder.max_tokens} word pieces the text encoder reads"
+        if target is None:
+            return f"{said}: too few of them before they are {past}; it is drawn without"
+        return f"{said}: {len(phrases) - kept} of them {past}, left out"
+    return said
 
 
 @dataclass(frozen=True)

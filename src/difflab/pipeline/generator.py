@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.argtypes import check_text
+from difflab.argtypes import MAX_RELATION_GUIDANCE, check_text
 from difflab.build import build_process, network_from_spec
 from difflab.checkpoints.components import (
     autoencoder_from_weights,
@@ -562,16 +562,23 @@ class Generator:
             return defaults[key]
         return None
 
+    @property
+    def takes_attention_guidance(self) -> bool:
+        """Whether relation and binding guidance apply: a text model reading the pretrained
+        encoder's word pieces, whose cross-attention to each word can be read."""
+        encoder = self.text_encoder
+        return getattr(encoder, "tokens", None) == "all" and hasattr(encoder, "piece_spans")
+
     def _check_attention_guidance(self, key: str, scale: float,
                                   prompts: list[str] | None) -> None:
         what = key.replace("_", " ")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
-            raise ValueError(f"{what} must be a number >= 0, got {scale!r}")
+        if (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                or not (math.isfinite(scale) and 0 <= scale <= MAX_RELATION_GUIDANCE)):
+            raise ValueError(f"{what} must be a number from 0 to {MAX_RELATION_GUIDANCE:g} "
+                             f"(0: off), got {scale!r}")
         if scale == 0:  # off
             return
-        if getattr(self.text_encoder, "tokens", None) != "all" or not hasattr(
-            self.text_encoder, "piece_spans"
-        ):
+        if not self.takes_attention_guidance:
             raise ValueError(
                 f"{what} reads where each word is drawn from a text model's "
                 "cross-attention to the pretrained encoder's word pieces (text.tokens = 'all'); "

@@ -41,17 +41,26 @@ _RELATIONS = {
     "on top of": (0, 1), "above": (0, 1), "over": (0, 1),
     "underneath": (0, -1), "beneath": (0, -1), "below": (0, -1), "under": (0, -1),
 }
+# Patterns match the prompt as written (IGNORECASE), so that positions stay those of the
+# tokenizer's character spans; a word is a run of letters, accented ones included.
 RELATION_RE = re.compile(
-    r"\b(" + "|".join(sorted(map(re.escape, _RELATIONS), key=len, reverse=True)) + r")\b"
+    r"\b(" + "|".join(sorted(map(re.escape, _RELATIONS), key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
 )
 # Where the second phrase ends: a frame or another clause after it.
-_PHRASE_END = re.compile(r"\s*(?:,|\band\b|\bon\b|\bin\b|\bwith\b|\bat\b)")
-_WORD = re.compile(r"[a-z]+")
-# Words between an object and its relation that are not the object ("a dog sitting under").
-_LINKING = frozenset(
-    "is are was sits sit sitting stands stand standing lies lying placed positioned located "
-    "drawn shown floating hanging that which just right directly slightly far".split()
+_PHRASE_END = re.compile(r"\s*(?:,|;|\band\b|\bon\b|\bin\b|\bwith\b|\bat\b)", re.IGNORECASE)
+WORD_RE = re.compile(r"[^\W\d_]+")
+# Words between an object and its relation that are not the object ("a dog sitting under",
+# "the circle is directly above").
+LINKING_WORDS = frozenset(
+    "is are was were be sits sit sitting stands stand standing lies lying placed positioned "
+    "located drawn shown floating hanging that which who just right directly slightly far "
+    "somewhat exactly a an the in on at of to".split()
 )
+# What a picture is, not an object in it: "a circle on the left side of the picture" places
+# one object, it relates none.
+FRAME_WORDS = frozenset("picture image photo photograph drawing background frame canvas scene "
+                        "page view".split())
 
 
 @dataclass(frozen=True)
@@ -66,29 +75,34 @@ class Relation:
 
 def find_relation(prompt: str) -> Relation | None:
     """The relation a prompt states between two objects (module docstring), or None."""
-    text = prompt.lower()
-    match = RELATION_RE.search(text)
+    match = RELATION_RE.search(prompt)
     if match is None:
         return None
-    before = _WORD.findall(text[: match.start()])
-    while before and before[-1] in _LINKING:
+    before = [w.lower() for w in WORD_RE.findall(prompt[: match.start()])]
+    while before and before[-1] in LINKING_WORDS:
         before.pop()
-    after_text = text[match.end():]
-    end = _PHRASE_END.search(after_text)
-    after = _WORD.findall(after_text[: end.start()] if end else after_text)
-    if not before or not after:
+    after_text = prompt[match.end():]
+    ends = [m.start() for m in (_PHRASE_END.search(after_text), RELATION_RE.search(after_text))
+            if m is not None]  # a clause, a frame, or a second relation ends the phrase
+    after = [w.lower() for w in WORD_RE.findall(after_text[: min(ends, default=None)])]
+    if not before or not after or {before[-1], after[-1]} & FRAME_WORDS:
         return None
-    return Relation(before[-1], after[-1], *_RELATIONS[match.group(1)])
+    return Relation(before[-1], after[-1], *_RELATIONS[match.group(1).lower()])
 
 
-def describe_relation(prompt: str) -> str:
-    """What guidance reads in `prompt`, for a command to print."""
+def describe_relation(prompt: str, encoder: Any = None) -> str:
+    """What guidance reads in `prompt`, for a command to print; with the `encoder`, also
+    whether its words are within the word pieces the encoder reads."""
     rel = find_relation(prompt)
     if rel is None:
         return (f"no relation read in {prompt!r} (two objects joined by left of, right of, "
                 "above, below, on top of, under, ...); it is drawn without")
     where = {(1, 1): "left of", (1, -1): "right of", (0, 1): "above", (0, -1): "below"}
-    return f"{rel.first!r} {where[rel.axis, rel.sign]} {rel.second!r}"
+    said = f"{rel.first!r} {where[rel.axis, rel.sign]} {rel.second!r}"
+    if encoder is not None and relation_targets(encoder, [prompt], 0)[0] is None:
+        return (f"{said} is past the {encoder.max_tokens} word pieces the text encoder reads; "
+                "it is drawn without")
+    return said
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def defaults(gen: Generator) -> dict[str, Any]:
     settings = gen.sampling_settings(conditioned=True)
     out = {"sampler": settings.sampler, "steps": settings.steps, "guidance": None,
            "autoguidance": None, "relation_guidance": None, "binding_guidance": None}
-    if attention_guidable(gen):  # 0 (off) where the checkpoint does not guide this way
+    if gen.takes_attention_guidance:  # 0 (off) where the checkpoint does not guide this way
         for key in ATTENTION_GUIDANCE:
             out[key] = getattr(settings, key) or 0.0
     if gen.conditional:
@@ -103,13 +103,6 @@ def defaults(gen: Generator) -> dict[str, Any]:
     if gen.guide is not None:  # 1 (the model alone) where the checkpoint does not autoguide
         out["autoguidance"] = settings.autoguidance if settings.autoguidance is not None else 1.0
     return out
-
-
-def attention_guidable(gen: Generator) -> bool:
-    """Whether a model can take relation and binding guidance: a text model reading the
-    pretrained encoder's word pieces."""
-    encoder = getattr(gen, "text_encoder", None)
-    return getattr(encoder, "tokens", None) == "all" and hasattr(encoder, "piece_spans")
 
 
 def steps_for(gen: Generator, sampler: str) -> int:
@@ -208,7 +201,7 @@ def generator_kwargs(
     given = {k: attention_guidance_value(v, k.replace("_", " ")) if v is not None else None
              for k, v in (("relation_guidance", relation_guidance),
                           ("binding_guidance", binding_guidance))}
-    if any(given.values()) and not attention_guidable(gen):
+    if any(given.values()) and not gen.takes_attention_guidance:
         raise ValueError("relation and binding guidance read a text model's attention to the "
                          "words of its prompt; this model has none: set them to 0")
     if not prompt:  # the page always sends its fields; without a prompt nothing is steered
@@ -285,11 +278,18 @@ def unused_guidance_notes(gen: Generator, req: Request, kw: dict) -> list[str]:
     class or prompt draws unconditionally. The CLI refuses such a --guidance; the page
     always sends its guidance field, so it draws and says so instead."""
     conditioned = kw.get("classes") is not None or bool(kw.get("prompt"))
-    if not gen.conditional or conditioned or req.guidance in (None, ""):
-        return []  # (with a class or prompt, a guidance autoguidance replaced is said there)
-    asked = f"{req.guidance:g}" if isinstance(req.guidance, int | float) else req.guidance
-    return [f"guidance {asked} not applied: without a class or a prompt the model draws "
-            "unconditionally"]
+    notes = []
+    if gen.conditional and not conditioned and req.guidance not in (None, ""):
+        asked = f"{req.guidance:g}" if isinstance(req.guidance, int | float) else req.guidance
+        notes.append(f"guidance {asked} not applied: without a class or a prompt the model "
+                     "draws unconditionally")
+    # (with a class or prompt, a guidance autoguidance replaced is said there)
+    steered = [f"{key.replace('_', ' ')} {getattr(req, key):g}" for key in ATTENTION_GUIDANCE
+               if isinstance(getattr(req, key), int | float) and getattr(req, key)]
+    if steered and not kw.get("prompt"):
+        notes.append(f"{' and '.join(steered)} not applied: they steer what a prompt says, "
+                     "and there is none")
+    return notes
 
 
 def model_title(name: str) -> str:
