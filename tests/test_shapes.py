@@ -423,6 +423,8 @@ def test_places_in_prompts_parse_and_count_as_position():
     ]
     assert held_out_in_spec(parse_prompt("a circle at the top and a square at the bottom")) == []
     assert parse_prompt("a circle on the left side of a square").relation == "left of"
+    # the relation words relation guidance reads are read here too (no warning for them)
+    assert parse_prompt("a yellow square underneath a green circle").relation == "below"
     with pytest.raises(ValueError, match="place 'middle': allowed left, right, top, bottom"):
         ObjectSpec("circle", place="middle")
 

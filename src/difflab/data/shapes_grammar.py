@@ -356,7 +356,8 @@ _NUMBERS.update({str(k): k for k in NUMBER_WORDS})
 _SIZE_OF = {w: size for size, words in SIZE_WORDS.items() for w in words}
 _SHAPE_OF = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
 # Read, never written: wordings a prompt set may use that captions do not.
-_READ_ONLY_RELATION_WORDS = {"on the left side of": "left of", "on the right side of": "right of"}
+_READ_ONLY_RELATION_WORDS = {"on the left side of": "left of", "on the right side of": "right of",
+                             "underneath": "below"}
 _RELATION_OF = {w: r for r, ws in RELATION_WORDS.items() for w in ws} | _READ_ONLY_RELATION_WORDS
 # Longest wordings first, so that "to the left of" is not read as "left of" plus junk.
 _RELATION_RE = re.compile(
