@@ -50,13 +50,18 @@ class AttentionGuidedDenoiser:
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         p = self.den(x, t)
         tt = as_time(t, x.shape[0], x.device)
-        guided = self.process.sigma_ve(tt).to(x.device) > ATTENTION_SIGMA_LOW
-        if all(e is None for e in self.energies) or not bool(guided.any()):
+        has_energy = torch.tensor([e is not None for e in self.energies], device=x.device)
+        guided = (self.process.sigma_ve(tt).to(x.device) > ATTENTION_SIGMA_LOW) & has_energy
+        if not bool(guided.any()):
             return p
-        grad = self.energy_gradient(x, t) * guided.view(-1, *[1] * (x.ndim - 1))
         _, sigma = self.process.coefficients(tt, x)
-        eps = p.eps + sigma * grad
-        return Prediction(self.process.x0_from_eps(x, tt, eps), eps)
+        eps = p.eps + sigma * self.energy_gradient(x, t)
+        x0 = self.process.x0_from_eps(x, tt, eps)
+        # Unguided samples keep the prediction bit for bit: recomputing x0 from an unchanged
+        # eps rounds differently on some CPUs, and a prompt without a relation must be drawn
+        # exactly as it would be without guidance.
+        keep = guided.view(-1, *[1] * (x.ndim - 1))
+        return Prediction(torch.where(keep, x0, p.x0), torch.where(keep, eps, p.eps))
 
     def energy_gradient(self, x: Tensor, t: Tensor) -> Tensor:
         """grad_x of the summed energies of the samples."""
