@@ -321,6 +321,9 @@ def test_relation_captions_describe_clear_relations(train):
         ("a circle left of a square above a triangle", "2 relations"),
         ("a circle and a square left of a triangle", "two single phrases"),
         ("", "empty phrase"),
+        # a relation without an object on one side names the side, not an empty phrase
+        ("left of a circle is a square", "nothing before 'left of'"),
+        ("a red square to the left of", "nothing after 'to the left of'"),
     ],
 )
 def test_bad_prompts_say_what_is_wrong(prompt, complaint):

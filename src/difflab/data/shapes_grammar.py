@@ -435,6 +435,12 @@ def parse_prompt(prompt: str) -> PromptSpec:
         left, right = f" {text} "[: m.start()].split(), f" {text} "[m.end() :].split()
         if "," in left + right or "and" in left + right:
             raise ValueError(f"prompt {quote_prompt(prompt)}: a relation joins two single phrases")
+        for side, words in (("before", left), ("after", right)):
+            if not words:
+                raise ValueError(
+                    f"cannot read prompt {quote_prompt(prompt)}: nothing {side} "
+                    f"{m[0].strip()!r}; a relation joins two phrases, as in 'a red circle "
+                    "left of a blue square'")
         groups = (_parse_phrase(left, prompt), _parse_phrase(right, prompt))
         return PromptSpec(groups, _RELATION_OF[m[1]])
     phrases: list[list[str]] = [[]]
