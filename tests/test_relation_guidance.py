@@ -73,6 +73,24 @@ def test_the_objects_are_found_among_the_word_pieces():
     assert accented is not None and pieces_of(encoder, accented.first) == ["circle"]
 
 
+@pytest.mark.parametrize("prompt, first, second", [
+    # the relation's own words, where the same word also names another object
+    ("a red circle to the left of a blue square and a green square", "red circle", "blue square"),
+    ("a blue circle and a red circle left of a square", "red circle", "a square"),
+])
+def test_guidance_follows_the_relations_own_words_not_their_namesakes(prompt, first, second):
+    encoder = PretrainedTextEncoder()
+    (target,) = relation_targets(encoder, [prompt], offset=1)
+    word_pieces = encoder.piece_spans(prompt)
+
+    def phrase_of(positions):  # the object's word piece, with the word before it
+        (i,) = positions
+        (a, _), (_, b) = word_pieces[i - 2], word_pieces[i - 1]
+        return prompt[a:b]
+
+    assert phrase_of(target.first) == first and phrase_of(target.second) == second
+
+
 def pieces_of(encoder, positions, prompt="a rëd Círcle to the left of a blue squaré"):
     from difflab.models.text import _tokenizer
 
@@ -135,7 +153,33 @@ def test_recorded_maps_are_the_probabilities_the_layer_weighs_its_values_with():
     assert (maps[0][~mask[:, None, :].expand(2, 5, 4)] == 0).all()
     v = layer.to_v(context)
     assert torch.allclose(layer.to_out(maps[0] @ v), out, atol=1e-6)
-    assert layer.maps is None and itself.maps is None  # nothing recorded after the block
+    layer(x, context, mask)
+    assert len(maps) == 1  # nothing recorded after the block
+
+
+def test_maps_are_recorded_per_thread_so_that_concurrent_draws_keep_apart():
+    """A server samples with one network on several threads: a draw recording its maps must
+    not collect another thread's, nor stop that thread's recording when it ends."""
+    import threading
+
+    torch.manual_seed(0)
+    layer = CrossAttention(8, context_dim=6, num_heads=1, zero_out=False)
+    x, context = torch.randn(1, 5, 8), torch.randn(1, 4, 6)
+    inside, outside_done = threading.Event(), threading.Event()
+
+    def other_thread():
+        inside.wait()
+        layer(torch.randn(3, 5, 8), torch.randn(3, 2, 6))  # another request's batch
+        outside_done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with recording_attention_maps(layer) as maps:
+        inside.set()
+        outside_done.wait()
+        layer(x, context)
+    worker.join()
+    assert [m.shape for m in maps] == [(1, 5, 4)]
 
 
 @SHIPPED

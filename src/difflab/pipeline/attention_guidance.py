@@ -18,7 +18,6 @@ ATTENTION_SIGMA_LOW, where the layout and the colours of a scene are decided.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -99,16 +98,6 @@ def word_map(maps: Tensor, positions: list[int]) -> Tensor:
     normalised to sum 1: where the network draws the word."""
     m = maps[:, positions].sum(-1)
     return m / m.sum().clamp_min(1e-12)
-
-
-def word_positions(spans: list[tuple[int, int]], prompt: str, word: str,
-                   last: bool) -> list[int]:
-    """Positions among a prompt's word pieces (`spans`: each piece's characters, as
-    PretrainedTextEncoder.piece_spans gives them) of the first or last `word` in it."""
-    found = [m.span() for m in re.finditer(rf"\b{re.escape(word)}\b", prompt, re.IGNORECASE)]
-    if not found:
-        return []
-    return pieces_within(spans, *(found[-1] if last else found[0]))
 
 
 def pieces_within(spans: list[tuple[int, int]], start: int, end: int) -> list[int]:

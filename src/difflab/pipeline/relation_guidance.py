@@ -20,12 +20,12 @@ its word pieces. A prompt without such a relation is sampled as it would be with
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from difflab.pipeline.attention_guidance import word_map, word_positions
+from difflab.pipeline.attention_guidance import pieces_within, word_map
 
 Tensor = torch.Tensor
 
@@ -65,12 +65,17 @@ FRAME_WORDS = frozenset("picture image photo photograph drawing background frame
 
 @dataclass(frozen=True)
 class Relation:
-    """Two object words of a prompt and where the first must be against the second."""
+    """Two object words of a prompt and where the first must be against the second; with the
+    character spans of those two words in the prompt (the same word may occur elsewhere in it,
+    as another object: "a red circle left of a blue square and a green square")."""
 
     first: str
     second: str
     axis: int
     sign: int
+    # not compared: a relation is its words, wherever the prompt says them
+    first_span: tuple[int, int] = field(default=(0, 0), compare=False)
+    second_span: tuple[int, int] = field(default=(0, 0), compare=False)
 
 
 def find_relation(prompt: str) -> Relation | None:
@@ -78,16 +83,21 @@ def find_relation(prompt: str) -> Relation | None:
     match = RELATION_RE.search(prompt)
     if match is None:
         return None
-    before = [w.lower() for w in WORD_RE.findall(prompt[: match.start()])]
-    while before and before[-1] in LINKING_WORDS:
+    before = list(WORD_RE.finditer(prompt, 0, match.start()))
+    while before and before[-1].group().lower() in LINKING_WORDS:
         before.pop()
     after_text = prompt[match.end():]
     ends = [m.start() for m in (_PHRASE_END.search(after_text), RELATION_RE.search(after_text))
             if m is not None]  # a clause, a frame, or a second relation ends the phrase
-    after = [w.lower() for w in WORD_RE.findall(after_text[: min(ends, default=None)])]
-    if not before or not after or {before[-1], after[-1]} & FRAME_WORDS:
+    after = list(WORD_RE.finditer(prompt, match.end(),
+                                  match.end() + min(ends, default=len(after_text))))
+    if not before or not after:
         return None
-    return Relation(before[-1], after[-1], *_RELATIONS[match.group(1).lower()])
+    first, second = before[-1], after[-1]
+    if {first.group().lower(), second.group().lower()} & FRAME_WORDS:
+        return None
+    return Relation(first.group().lower(), second.group().lower(),
+                    *_RELATIONS[match.group(1).lower()], first.span(), second.span())
 
 
 def describe_relation(prompt: str, encoder: Any = None) -> str:
@@ -140,9 +150,9 @@ def relation_targets(encoder: Any, prompts: list[str],
             targets.append(None)
             continue
         spans = encoder.piece_spans(prompt)
-        first = word_positions(spans, prompt, rel.first, last=False)
-        second = word_positions(spans, prompt, rel.second, last=True)
-        if not first or not second:
+        first = pieces_within(spans, *rel.first_span)
+        second = pieces_within(spans, *rel.second_span)
+        if not first or not second:  # cut off by truncation
             targets.append(None)
             continue
         targets.append(RelationTarget([i + offset for i in first],
