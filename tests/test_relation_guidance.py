@@ -249,6 +249,9 @@ def test_relation_guidance_is_refused_where_it_cannot_apply(capsys):
     assert main(["sample", "shapes-text", "--relation-guidance", "30", "-n", "1",
                  "--steps", "2"]) == 2
     assert "--relation-guidance steers what a --prompt says" in capsys.readouterr().err
+    # eval steers only --geneval's prompts: with FID samples the flag is refused, not ignored
+    assert main(["eval", "shapes-text", "--relation-guidance", "30", "--samples", "10"]) == 2
+    assert "it goes with --geneval and a checkpoint" in capsys.readouterr().err
 
 
 @SHIPPED
@@ -274,3 +277,41 @@ def test_a_config_asks_for_relation_guidance_only_with_word_piece_states():
         load_config(configs / "shapes_text_latent.toml", ["sample.relation_guidance=-1"])
     cfg = load_config(configs / "shapes_text_latent.toml", ["sample.relation_guidance=30"])
     assert cfg.sample.relation_guidance == 30
+
+
+def test_guidance_keeps_a_pixel_models_predictions_clipped(tmp_path):
+    """On a pixel-space text model sampled with static clipping, the guided prediction is the
+    one clipped: guidance added after the clip would draw x0 far outside [-1, 1]. A model
+    trained one step (the wiring, not the learning), guided hard."""
+    from pathlib import Path
+
+    from difflab.config import load_config
+    from difflab.pipeline import Generator
+    from difflab.training.trainer import Trainer
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "shapes_text.toml"
+    cfg = load_config(config, [
+        "train.max_steps=1", "train.batch_size=4", "train.precision='fp32'",
+        "train.warmup_steps=1", "train.log_every=1", "train.sample_every=1000",
+        "train.checkpoint_every=100", "data.num_samples=8", "model.overrides.base_channels=8"])
+    Trainer(cfg, tmp_path / "run", quiet=True).train()
+    gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
+    largest = []
+    gen.generate(1, prompt="a red circle to the left of a blue square", steps=4, seed=0,
+                 relation_guidance=1000, clip="static",
+                 callback=lambda step: largest.append(float(step["denoised"].abs().max())))
+    assert len(largest) == 4 and max(largest) <= 1.0
+
+
+@SHIPPED
+def test_guidance_under_inference_mode_is_refused_not_silently_nil():
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint("shapes-text", device="cpu")
+    prompt = "a red circle to the left of a blue square"
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match=r"need gradients: sample outside torch.inference"):
+            gen.generate(1, prompt=prompt, steps=4, seed=0)
+        unguided = gen.generate(1, prompt=prompt, steps=4, seed=0, relation_guidance=0,
+                                binding_guidance=0)  # without guidance it samples as ever
+    assert unguided.shape == (1, 3, 32, 32)

@@ -50,14 +50,23 @@ def test_writing_an_entry_removes_the_least_recently_used_until_it_fits(folder, 
     os.utime(theirs, (1, 1))
     killed = folder / f".{KEY}.pt.{dead_pid()}.tmp"  # a killed run's half-written entry
     killed.write_bytes(b"\0" * 10)
+    os.utime(killed, (1, 1))
     writing = folder / f".{'e' * 32}.pt.{os.getppid()}.tmp"  # a live writer's, another entry
     writing.write_bytes(b"\0" * 10)
+    os.utime(writing, (1, 1))
+    # a fresh one of no process here: another host sharing the folder may be writing it
+    elsewhere = folder / f".{'f' * 32}.pt.{dead_pid()}.tmp"
+    elsewhere.write_bytes(b"\0" * 10)
+    model = folder / "model.pt"  # a .pt the cache did not name: never removed
+    model.write_bytes(b"\0" * 10)
+    os.utime(model, (1, 1))
 
     new = folder / f"{KEY}.pt"
     assert text_cache.write_cache(new, *states(4000), progress=True)
     # 8,700 + 4,004 bytes are over 10,000: the oldest entry goes, and that is enough.
     assert not oldest.exists() and middle.exists() and newest.exists() and new.exists()
     assert theirs.exists() and writing.exists() and not killed.exists()
+    assert elsewhere.exists() and model.exists()
     said = capsys.readouterr().out
     assert f"removed {oldest.name} from the text-state cache" in said
     assert text_cache.read_cache(new)[0].shape == (1000,)
@@ -99,6 +108,11 @@ def test_a_failed_write_leaves_no_entry_and_the_run_goes_on(folder, capsys):
     assert not text_cache.write_cache(folder / f"{KEY}.pt", *states(4000), progress=True)
     assert not (folder / f"{KEY}.pt").exists()
     assert "not kept on disk: writing" in capsys.readouterr().out
+
+
+def test_an_infinite_limit_is_no_limit_but_the_disks(monkeypatch):
+    monkeypatch.setenv(text_cache.LIMIT_ENV, "inf")
+    assert text_cache.cache_limit_bytes() == sys.maxsize
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "nan"])

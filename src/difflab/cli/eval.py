@@ -169,6 +169,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.compile is not None and (args.geneval or args.images is not None):
         raise ValueError("--compile goes with drawing a checkpoint's samples for FID, not "
                          "with --geneval or --images")
+    steering = [flag for flag, value in (("--relation-guidance", args.relation_guidance),
+                                         ("--binding-guidance", args.binding_guidance))
+                if value is not None]
+    if steering and not (args.geneval and args.images is None):
+        raise ValueError(f"{steering[0]} steers the prompts of --geneval's samples; it goes "
+                         "with --geneval and a checkpoint (FID samples and --images have none)")
     if args.geneval:
         report = _geneval(args, verbose)
     elif args.images is not None:

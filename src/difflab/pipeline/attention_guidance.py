@@ -64,6 +64,10 @@ class AttentionGuidedDenoiser:
 
     def energy_gradient(self, x: Tensor, t: Tensor) -> Tensor:
         """grad_x of the summed energies of the samples."""
+        if torch.is_inference_mode_enabled():  # no graph can be built: guidance would be nil
+            raise ValueError(
+                "relation and binding guidance need gradients: sample outside "
+                "torch.inference_mode() (torch.no_grad() is fine), or set them to 0")
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             with recording_attention_maps(self.net) as maps:

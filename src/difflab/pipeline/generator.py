@@ -759,9 +759,10 @@ class Generator:
                 negative = (
                     self._text(negatives[start : start + b], b, nearest) if negatives else None
                 )
+                attention_guided = bool(relation_guidance or binding_guidance)
                 den = self._denoiser(
-                    net, guide, labels, guidance, clip, text=text, negative=negative,
-                    guidance_interval=settings.guidance_interval,
+                    net, guide, labels, guidance, None if attention_guided else clip,
+                    text=text, negative=negative, guidance_interval=settings.guidance_interval,
                     autoguidance=settings.autoguidance,
                 )
                 noise = randn((b, *self.model_shape), gens, self.device)
@@ -770,9 +771,11 @@ class Generator:
                     x0_init = (
                         init[start : start + b] if len(init) == n else init.expand(b, -1, -1, -1)
                     )
-                if relation_guidance or binding_guidance:
+                if attention_guided:
                     den = self._attention_guided(den, text, prompts[start : start + b],
                                                  relation_guidance, binding_guidance)
+                    if clip is not None:  # clipped last, as the guided prediction is sampled
+                        den = ThresholdedDenoiser(den, clip)
                 if mask is not None:
                     den = InpaintingDenoiser(den, x0_init, mask)
                 t0 = timesteps[0].to(self.device)

@@ -20,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,8 @@ def cache_file(encoder: Any, texts: list[str]) -> Path:
 
 
 def cache_limit_bytes() -> int:
-    """$DIFFLAB_TEXT_CACHE_GB in bytes (default 8 GB; 0 keeps nothing)."""
+    """$DIFFLAB_TEXT_CACHE_GB in bytes (default 8 GB; 0 keeps nothing; inf: no limit but the
+    disk's)."""
     raw = os.environ.get(LIMIT_ENV, "").strip()
     if not raw:
         return int(DEFAULT_LIMIT_GB * GB)
@@ -69,7 +73,7 @@ def cache_limit_bytes() -> int:
             f"{LIMIT_ENV}={raw!r} is not a size: give the text-state cache's limit in "
             f"gigabytes, a number >= 0 (default {DEFAULT_LIMIT_GB:g}; 0 keeps nothing)"
         )
-    return int(gigabytes * GB)
+    return sys.maxsize if math.isinf(gigabytes) else int(gigabytes * GB)
 
 
 def read_cache(cache: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -148,11 +152,11 @@ def write_cache(cache: Path, tokens: torch.Tensor, mask: torch.Tensor,
 def make_room(folder: Path, size: int, limit: int, keep: Path) -> list[Path]:
     """Remove the cache's own files, least recently used first, until `size` more bytes fit
     under `limit`; the removed paths. Files the cache did not name itself are never touched,
-    nor `keep`; a temporary file is removed only when the process that wrote it is gone."""
+    nor `keep`; a temporary file only when it was abandoned (:func:`_abandoned`)."""
     entries, total = [], 0
     for path in folder.iterdir():
         temp = _TEMP.fullmatch(path.name)
-        if temp and not _alive(int(temp.group(1))):
+        if temp and _abandoned(path, int(temp.group(1))):
             entries.append(path)  # left by a killed run: first to go
         elif _ENTRY.fullmatch(path.name) and path != keep:
             entries.append(path)
@@ -178,6 +182,20 @@ def _last_used(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+# A temporary file untouched this long, whose writer is not running here, was abandoned.
+STALE_TEMP_SECONDS = 3600
+
+
+def _abandoned(path: Path, pid: int) -> bool:
+    """Whether a temporary file was left by a run that is gone: unchanged for
+    STALE_TEMP_SECONDS (a process on another host sharing the folder, which no probe here
+    can see, may be writing a fresh one) and its writer no process of this machine (not
+    probed on Windows, where os.kill is no probe)."""
+    if time.time() - _last_used(path) < STALE_TEMP_SECONDS:
+        return False
+    return os.name == "nt" or not _alive(pid)
 
 
 def _alive(pid: int) -> bool:
