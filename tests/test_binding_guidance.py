@@ -45,6 +45,12 @@ def words(prompt):
     # a list of colours is one object; a list of objects starts each with a word such as "a"
     ("a red and blue circle beside a green square",
      [(["red", "blue"], "circle"), (["green"], "square")]),
+    # what a noun is, said after it; "each other" is no object
+    ("the circle is red and the square is blue", [(["red"], "circle"), (["blue"], "square")]),
+    ("the small circles are purple, and the square looks yellow",
+     [(["small", "purple"], "circles"), (["yellow"], "square")]),
+    ("a red circle and a blue square next to each other",
+     [(["red"], "circle"), (["blue"], "square")]),
 ])
 def test_the_objects_and_their_modifiers_are_read_from_the_words(prompt, phrases):
     assert words(prompt) == phrases

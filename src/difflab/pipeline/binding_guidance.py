@@ -15,7 +15,9 @@ The phrases are read from the words (:func:`find_phrases`): the prompt is split 
 difflab.pipeline.relation_guidance), each part cut at a
 preposition that starts a place or frame ('on the left', 'on a black background'), and in each
 the words that are not determiners, numbers or frame words are kept: the last is the noun, the
-others its modifiers. Guidance applies to prompts of two phrases or more (a single object has
+others its modifiers (or, where "is", "are" or "looks" follows the noun, as in "the circle
+is red", the last word before that verb is the noun and the words after it modifiers too).
+Guidance applies to prompts of two phrases or more (a single object has
 nothing to confuse its colour with).
 """
 
@@ -40,7 +42,9 @@ _STARTS = frozenset(
     "a an the one two three four five six seven eight nine ten single some several many "
     "each another".split()
 )
-_NOT_CONTENT = _STARTS | LINKING_WORDS | FRAME_WORDS | {"of", "to", "and", "or", "plus"}
+_NOT_CONTENT = _STARTS | LINKING_WORDS | FRAME_WORDS | {"of", "to", "and", "or", "plus", "other"}
+# A verb that says what the noun before it is: "the circle is red" ends its noun at "circle".
+_PREDICATE = frozenset("is are was were looks look".split())
 # Words that join two objects without relating them along an axis: a list's (which must be
 # followed by a new phrase), and others that always join two.
 _LIST = re.compile(r",|;|\b(?:and|plus)\b", re.IGNORECASE)
@@ -63,9 +67,15 @@ def find_phrases(prompt: str) -> list[Phrase]:
         place = _PLACE.search(prompt, a, b)
         if place is not None and place.start() > a:
             b = place.start()
-        words = [(m.start(), m.end()) for m in WORD_RE.finditer(prompt, a, b)
-                 if m.group().lower() not in _NOT_CONTENT]
-        if words:
+        found = list(WORD_RE.finditer(prompt, a, b))
+        words = [m.span() for m in found if m.group().lower() not in _NOT_CONTENT]
+        verb = next((m.start() for m in found if m.group().lower() in _PREDICATE
+                     and words and m.start() > words[0][0]), None)
+        if verb is not None:  # "the circle is red": the noun before the verb, modifiers after
+            before = [w for w in words if w[0] < verb]
+            phrases.append(Phrase(before[-1], tuple(before[:-1]) +
+                                  tuple(w for w in words if w[0] > verb)))
+        elif words:
             phrases.append(Phrase(words[-1], tuple(words[:-1])))
     return phrases if len(phrases) >= 2 else []
 
