@@ -33,7 +33,7 @@ MAX_SCALE = 16  # PNG upscaling factor
 MAX_GUIDANCE = 50.0
 # Relation and binding guidance (difflab.pipeline.attention_guidance) scales: at 300 the
 # shipped shapes-text draws three objects for two as often as not; past 1000 only noise.
-MAX_RELATION_GUIDANCE = 1000.0
+MAX_ATTENTION_GUIDANCE = 1000.0
 # The largest noise level sigma_t / alpha_t a guidance interval may name: above every process'
 # (the discrete cosine schedule's last step is about 2e4), so "from low to the top" is
 # (low, 1e9).

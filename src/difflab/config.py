@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from difflab.argtypes import (
+    MAX_ATTENTION_GUIDANCE,
     MAX_BATCH,
     MAX_GUIDANCE,
     MAX_NOISE_LEVEL,
-    MAX_RELATION_GUIDANCE,
     MAX_SAMPLES,
     MAX_SEED,
     MAX_STEPS,
@@ -346,8 +346,8 @@ RANGES: dict[str, Range] = {
     "sample.guidance_interval": Range(0, MAX_NOISE_LEVEL),  # each of two; and low < high
     "sample.autoguidance": Range(0, MAX_GUIDANCE),  # 1: the model alone
     "sample.sigma_max": Range(0, MAX_NOISE_LEVEL, low_open=True),
-    "sample.relation_guidance": Range(0, MAX_RELATION_GUIDANCE),
-    "sample.binding_guidance": Range(0, MAX_RELATION_GUIDANCE),
+    "sample.relation_guidance": Range(0, MAX_ATTENTION_GUIDANCE),
+    "sample.binding_guidance": Range(0, MAX_ATTENTION_GUIDANCE),
     "sample.rho": Range(0, 100, low_open=True),  # 1: even steps in sigma
     "train.guide_at": Range(0, 1, low_open=True, high_open=True),
     # [text]

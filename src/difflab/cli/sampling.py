@@ -12,11 +12,11 @@ import argparse
 import inspect
 
 from difflab.argtypes import (
+    MAX_ATTENTION_GUIDANCE,
     MAX_BATCH,
     MAX_GRID,
     MAX_GUIDANCE,
     MAX_NOISE_LEVEL,
-    MAX_RELATION_GUIDANCE,
     MAX_SAMPLES,
     MAX_SCALE,
     MAX_SEED,
@@ -30,9 +30,9 @@ from difflab.argtypes import (
 from difflab.cli.errors import CLIError, reading_checkpoint
 from difflab.cli.inputs import resolve_checkpoint
 from difflab.pipeline import Generator, SamplingSettings
-from difflab.pipeline.binding_guidance import describe_binding
+from difflab.pipeline.binding_guidance import describe_binding, find_phrases
 from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
-from difflab.pipeline.relation_guidance import describe_relation
+from difflab.pipeline.relation_guidance import describe_relation, find_relation
 from difflab.pipeline.settings import ATTENTION_GUIDANCE
 from difflab.samplers import SAMPLERS
 
@@ -141,7 +141,7 @@ def add_attention_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     prompts."""
     parser.add_argument(
         "--relation-guidance",
-        type=float_in(0, MAX_RELATION_GUIDANCE),
+        type=float_in(0, MAX_ATTENTION_GUIDANCE),
         metavar="S",
         help="steer the two objects of a prompt such as 'a circle to the left of a square' "
         "(left of, right of, above, below, ...) with the model's own cross-attention maps "
@@ -150,7 +150,7 @@ def add_attention_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--binding-guidance",
-        type=float_in(0, MAX_RELATION_GUIDANCE),
+        type=float_in(0, MAX_ATTENTION_GUIDANCE),
         metavar="S",
         help="draw each word that describes an object ('red', 'small') on its own object and "
         "not on the others of a prompt of two objects or more, with the model's own "
@@ -267,13 +267,13 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         # What was read in each prompt; a prompt with no relation is worth a line only when
         # the flag asked for guidance (the checkpoint's default quietly passes it by).
         for prompt in dict.fromkeys(args.prompt):
-            said = describe_relation(prompt, gen.text_encoder)
-            if args.relation_guidance or not said.startswith("no relation"):
+            if args.relation_guidance or find_relation(prompt) is not None:
+                said = describe_relation(prompt, gen.text_encoder)
                 print(f"difflab: relation guidance {settings.relation_guidance:g}: {said}")
     if settings.binding_guidance:
         for prompt in dict.fromkeys(args.prompt):
-            said = describe_binding(prompt, gen.text_encoder)
-            if args.binding_guidance or not said.startswith("fewer than two"):
+            if args.binding_guidance or find_phrases(prompt):
+                said = describe_binding(prompt, gen.text_encoder)
                 print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
     print_prompt_readings(args, gen)
     return kw

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.argtypes import MAX_RELATION_GUIDANCE, check_text
+from difflab.argtypes import MAX_ATTENTION_GUIDANCE, check_text
 from difflab.build import build_process, network_from_spec
 from difflab.checkpoints.components import (
     autoencoder_from_weights,
@@ -573,8 +573,8 @@ class Generator:
                                   prompts: list[str] | None) -> None:
         what = key.replace("_", " ")
         if (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                or not (math.isfinite(scale) and 0 <= scale <= MAX_RELATION_GUIDANCE)):
-            raise ValueError(f"{what} must be a number from 0 to {MAX_RELATION_GUIDANCE:g} "
+                or not (math.isfinite(scale) and 0 <= scale <= MAX_ATTENTION_GUIDANCE)):
+            raise ValueError(f"{what} must be a number from 0 to {MAX_ATTENTION_GUIDANCE:g} "
                              f"(0: off), got {scale!r}")
         if scale == 0:  # off
             return

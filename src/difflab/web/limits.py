@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from difflab.argtypes import MAX_GUIDANCE, MAX_RELATION_GUIDANCE, MAX_SEED, check_text
+from difflab.argtypes import MAX_ATTENTION_GUIDANCE, MAX_GUIDANCE, MAX_SEED, check_text
 from difflab.checkpoints.names import WEIGHTS_DIR, resolve_checkpoint, shipped_models
 
 
@@ -99,7 +99,7 @@ def autoguidance_value(value: Any) -> float:
 
 def attention_guidance_value(value: Any, what: str) -> float:
     """A relation or binding guidance scale from a form field (0: off)."""
-    return _weight(value, what, "; 0: off", MAX_RELATION_GUIDANCE)
+    return _weight(value, what, "; 0: off", MAX_ATTENTION_GUIDANCE)
 
 
 def seed_value(value: Any) -> int:
