@@ -224,8 +224,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, config_path, out)
 
 
+def check_run_folder_outside(out: Path, data_root: str) -> None:
+    """Refuse a run folder inside the data it trains on: its pictures and checkpoints would be
+    read as training images by the next run."""
+    root, run = Path(data_root).resolve(), out.expanduser().resolve()
+    if run == root or root in run.parents:
+        raise ValueError(
+            f"the run folder {out} is inside data.root {data_root}: its pictures would become "
+            "training images of the next run; give --out a folder outside the data")
+
+
 def _train(args: argparse.Namespace, config_path: Path, out: Path) -> int:
     cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
+    if cfg.data.root is not None:  # recorded whole, so that a resume from elsewhere finds it
+        cfg.data.root = str(Path(cfg.data.root).expanduser().absolute())
+        check_run_folder_outside(out, cfg.data.root)
     if args.init_from and args.resume:
         raise ValueError("--init-from starts a new run and --resume continues one: give one")
     init_from = resolve_checkpoint(args.init_from) if args.init_from else None
@@ -251,6 +264,8 @@ def _train(args: argparse.Namespace, config_path: Path, out: Path) -> int:
             f"{tuple(trainer.data.image_shape)}; {describe(trainer)}; "
             f"device {trainer.device}, world size {trainer.dist.world_size}"
         )
+        for note in trainer.data.notes:  # what loading did to the user's images
+            print(f"difflab:   {note}")
         (out / "config.json").parent.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
 

@@ -45,6 +45,8 @@ class ImageData:
     labels: torch.Tensor | None  # (N,) int64, or None when the source has no labels
     class_names: tuple[str, ...] | None  # class_names[label] is the label's name
     name: str  # where it came from, e.g. "fashion_mnist/train"
+    # What loading did that a user should hear of (images resized, converted, files skipped)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:

@@ -1,11 +1,14 @@
-"""Any folder of images (png, jpg, jpeg, webp, bmp; searched recursively), decoded once
-into one uint8 array (N, C, H, W) so that epochs are plain tensor indexing.
+"""Any folder of images (png, jpg, jpeg, webp, bmp, gif, tif; searched recursively), decoded
+once into one uint8 array (N, C, H, W) so that epochs are plain tensor indexing.
 
 Images are made grey or RGB (`channels`), resized on the shorter side and centre-cropped
 (`image_size`), optionally labelled by the name of their first-level sub-folder (classes
 sorted by name, like torchvision's ImageFolder). Hidden files and folders (".name", as
 macOS "._x.png" resource forks) are ignored. An unreadable image is either skipped, with
 one warning naming every skipped path, or an error naming the path (`on_bad_image`).
+Without `image_size` the files' headers are read first, so that a folder of mixed or
+non-square sizes is refused before any photo is decoded. What loading did (images resized,
+cropped or converted; picture files of kinds it cannot read) comes back as the data's notes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +26,11 @@ from PIL import Image
 from .base import DatasetNotFoundError, ImageData
 from .transforms import convert_channels, pil_to_array
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Pictures Pillow cannot decode here: counted and named, so that a folder of phone photos
+# (HEIC) is not read as empty without a word.
+UNREADABLE_KINDS = (".heic", ".heif", ".avif", ".jxl", ".svg", ".psd", ".raw", ".cr2", ".cr3",
+                    ".nef", ".arw", ".dng", ".orf", ".rw2")
 ON_BAD_IMAGE = ("skip", "error")
 _MAX_LISTED = 20  # bad paths shown in one message
 
@@ -53,13 +61,63 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _decode(path: Path, channels: int | None, size: int | None) -> np.ndarray | str:
-    """The image as uint8 (C, H, W), or the reason it could not be read."""
+def list_unreadable_kinds(root: Path) -> dict[str, int]:
+    """How many picture files of each kind Pillow cannot read lie under root (hidden ones
+    left out), e.g. {".heic": 3}."""
+    found: dict[str, int] = {}
+    for _, dirnames, filenames in os.walk(root):  # a note only: linked folders not followed
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            kind = os.path.splitext(name)[1].lower()
+            if kind in UNREADABLE_KINDS and not name.startswith("."):
+                found[kind] = found.get(kind, 0) + 1
+    return found
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One image as uint8 (C, H, W), with its file's mode and size before conversion."""
+
+    array: np.ndarray
+    mode: str
+    size: tuple[int, int]  # (width, height)
+
+
+def _decode(path: Path, channels: int | None, size: int | None) -> Decoded | str:
+    """The decoded image, or the reason it could not be read."""
     try:
         with Image.open(path) as image:
-            return pil_to_array(image, channels, size)
+            mode, native = image.mode, image.size
+            return Decoded(pil_to_array(image, channels, size), mode, native)
     except Exception as e:  # PIL plugins raise many types on corrupt data
         return f"{type(e).__name__}: {e}"
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, EXIF rotation applied; None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+            orientation = image.getexif().get(0x0112, 1)  # 5-8: turned a quarter
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    except Exception:  # noqa: BLE001 (the decode says why, or skips it)
+        return None
+
+
+def _refuse_mixed_sizes(root: Path, sizes: dict[tuple[int, int], Path]) -> None:
+    """Without an image_size every image must be of one square size."""
+    if len(sizes) > 1:
+        shown = ", ".join(f"{p.name} {w}x{h}" for (w, h), p in list(sizes.items())[:4])
+        raise ValueError(
+            f"images in {root} have {len(sizes)} different sizes ({shown}); set image_size "
+            f"(--set data.image_size=N) to resize and centre-crop them all to NxN"
+        )
+    ((w, h), path), = sizes.items()
+    if w != h:
+        raise ValueError(
+            f"images in {root} are {w}x{h} ({path.name}), not square; set image_size "
+            f"(--set data.image_size=N) to resize and centre-crop them to NxN"
+        )
 
 
 def load_image_folder(
@@ -104,8 +162,18 @@ def load_image_folder(
             )
         class_names = tuple(sorted({p.relative_to(root).parts[0] for p in paths}))
 
+    if image_size is None:  # refused from the headers, before decoding every photo
+        sizes: dict[tuple[int, int], Path] = {}
+        for path in paths:
+            size = _header_size(path)
+            if size is not None:
+                sizes.setdefault(size, path)
+        if sizes:
+            _refuse_mixed_sizes(root, sizes)
+
     workers = num_workers or min(8, os.cpu_count() or 1)
-    arrays, kept, bad = [], [], []
+    decoded: list[Decoded] = []
+    kept, bad = [], []
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         results = pool.map(lambda p: _decode(p, channels, image_size), paths)
@@ -115,7 +183,7 @@ def load_image_folder(
                     raise BadImageError(f"cannot read image {path}: {result}")
                 bad.append((path, result))
             else:
-                arrays.append(result)
+                decoded.append(result)
                 kept.append(path)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # fail fast: drop queued decodes
@@ -127,26 +195,49 @@ def load_image_folder(
             BadImageWarning,
             stacklevel=2,
         )
-    if not arrays:
+    if not decoded:
         raise DatasetNotFoundError(f"none of the {len(paths)} image files in {root} is readable")
-
-    sizes = {a.shape[1:] for a in arrays}
-    if len(sizes) > 1:
-        examples = {}
-        for path, a in zip(kept, arrays, strict=True):
-            examples.setdefault(a.shape[1:], path)
-        shown = ", ".join(f"{p.name} {w}x{h}" for (h, w), p in list(examples.items())[:4])
-        raise ValueError(
-            f"images in {root} have {len(sizes)} different sizes ({shown}); set image_size "
-            f"(--set data.image_size=N) to resize and centre-crop them all to NxN"
-        )
-    target_channels = channels or max(a.shape[0] for a in arrays)
+    if image_size is None:  # headers can disagree with the pixels (a bad EXIF tag)
+        examples: dict[tuple[int, int], Path] = {}
+        for path, d in zip(kept, decoded, strict=True):
+            examples.setdefault((d.array.shape[2], d.array.shape[1]), path)
+        _refuse_mixed_sizes(root, examples)
+    target_channels = channels or max(d.array.shape[0] for d in decoded)
     images = np.stack(
-        [convert_channels(a[None], target_channels)[0] for a in arrays]
+        [convert_channels(d.array[None], target_channels)[0] for d in decoded]
     )  # (N, C, H, W)
 
     labels = None
     if class_names is not None:
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[p.relative_to(root).parts[0]] for p in kept])
-    return ImageData(torch.from_numpy(images), labels, class_names, f"image_folder:{root}")
+    notes = _notes(decoded, images.shape, image_size, list_unreadable_kinds(root))
+    return ImageData(torch.from_numpy(images), labels, class_names, f"image_folder:{root}",
+                     notes)
+
+
+def _notes(decoded: list[Decoded], shape: tuple[int, ...], image_size: int | None,
+           unreadable: dict[str, int]) -> tuple[str, ...]:
+    """What loading did to the images, in words (ImageData.notes)."""
+    n, c, side = shape[0], shape[1], shape[2]
+    notes = []
+    if image_size is not None:
+        resized = sum(d.size != (side, side) for d in decoded)
+        cropped = sum(d.size[0] != d.size[1] for d in decoded)
+        if resized:
+            notes.append(f"{resized} of {n} images resized to {side} on the shorter side"
+                         + (f" and {cropped} centre-cropped to {side}x{side}" if cropped else ""))
+    target = "L" if c == 1 else "RGB"
+    modes: dict[str, int] = {}
+    for d in decoded:
+        if d.mode != target:
+            modes[d.mode] = modes.get(d.mode, 0) + 1
+    if modes:
+        listed = ", ".join(f"{count} {mode}" for mode, count in sorted(modes.items()))
+        notes.append(f"converted to {'grey' if c == 1 else 'RGB'}: {listed} "
+                     "(PIL modes; transparency flattened on white)")
+    if unreadable:
+        listed = ", ".join(f"{count} {kind}" for kind, count in sorted(unreadable.items()))
+        notes.append(f"not read: {listed} file(s), kinds this build cannot decode; convert them "
+                     "to PNG or JPEG to train on them")
+    return tuple(notes)

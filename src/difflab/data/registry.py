@@ -307,7 +307,7 @@ def _take(
     labels = labels if labels is not None else (None if data.labels is None else data.labels[index])
     names = names if names is not None else data.class_names
     if isinstance(data, ImageData):
-        return ImageData(data.images[index], labels, names, data.name)
+        return ImageData(data.images[index], labels, names, data.name, data.notes)
     return PointData(data.points[index], labels, names, data.name, data.mixture)
 
 

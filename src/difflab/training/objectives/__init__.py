@@ -56,11 +56,7 @@ def make_objective(cfg: RunConfig, data: ImageData, process: NoiseProcess,
     if cfg.text.encoder is not None:
         text = CaptionConditioning(cfg, data, net, net_config, device, quiet)
         net, net_config = text.net, text.net_config
-    if net_config.get("num_classes") is not None and data.labels is None:
-        raise ValueError(
-            "the model is class-conditional (num_classes set) but the dataset "
-            f"{data.name!r} has no labels"
-        )
+    check_classes(net_config.get("num_classes"), data, cfg, text is not None, quiet)
     own = isinstance(process, OwnNetworkProcess)  # EDM, flow: the process' loss
     if latents is not None:
         latent_cls = LatentPreconditionedObjective if own else LatentDiffusionObjective
@@ -78,3 +74,30 @@ __all__ = [
     "PreconditionedObjective",
     "make_objective",
 ]
+
+
+def check_classes(num_classes: int | None, data: ImageData, cfg: RunConfig, text: bool,
+                  quiet: bool) -> None:
+    """A class-conditional network must take as many classes as the data names (a checkpoint
+    whose class names and network disagree cannot be sampled); labels an unconditional run
+    will not use are said, not dropped in silence."""
+    if text:  # a text run's labels index its captions, not the network's classes
+        return
+    names = data.class_names or ()
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    if num_classes is not None and data.labels is None:
+        raise ValueError(
+            f"the model is class-conditional (model.overrides.num_classes = {num_classes}) but "
+            f"the dataset {data.name!r} has no labels: for an image folder of one sub-folder "
+            "per class set data.folder_labels=true, or train an unconditional preset "
+            "(difflab train fashion_mnist ...)")
+    if num_classes is not None and data.num_classes not in (None, num_classes):
+        raise ValueError(
+            f"the dataset {data.name!r} names {data.num_classes} classes ({shown}) and the "
+            f"network takes {num_classes} (model.overrides.num_classes): add --set "
+            f"model.overrides.num_classes={data.num_classes}")
+    if num_classes is None and names and cfg.data.folder_labels and not quiet:
+        print(f"difflab: data.folder_labels found {len(names)} classes ({shown}); this model "
+              "is unconditional, so they are not used (a class-conditional preset such as "
+              f"fashion_mnist_cond with --set model.overrides.num_classes={len(names)} would "
+              "learn them)", flush=True)

@@ -1,0 +1,111 @@
+"""A user's own folder of pictures, through the command line: what is read and said, classes
+from sub-folders, and that a run neither writes into the data nor loses it on resume
+(docs/own_images.md)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from difflab.cli import main
+from difflab.data import load_image_folder
+
+FAST = ["--steps", "1", "--no-report", "--no-check", "--set", "train.batch_size=4",
+        "--set", "data.image_size=16"]
+
+
+def picture(path, size, mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    w, h = size
+    array = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(array).convert(mode).save(path)
+
+
+@pytest.fixture
+def pets(tmp_path):
+    """Two class folders of mixed sizes and modes."""
+    root = tmp_path / "pets"
+    for c, name in enumerate(("cats", "dogs")):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            picture(root / name / f"{i}.png", (20 + 4 * i, 16), ("RGB", "RGBA")[i % 2], c * 10 + i)
+    return root
+
+
+def folder_args(root, *more):
+    return ["--set", "data.name=image_folder", "--set", f"data.root={root.as_posix()!r}",
+            *FAST, *more]
+
+
+def test_a_conditional_preset_takes_as_many_classes_as_the_folders_or_is_told(
+        pets, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "fashion_mnist_cond", *folder_args(pets), "--set", "data.folder_labels=true",
+            "--out", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "names 2 classes (cats, dogs) and the network takes 10" in err
+    assert "add --set model.overrides.num_classes=2" in err and not (run / "last").exists()
+    assert main([*args, "--set", "model.overrides.num_classes=2"]) == 0
+    out = tmp_path / "dogs.png"
+    assert main(["sample", str(run / "last"), "--class", "dogs", "-n", "2", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert Image.open(out).size[0] >= 16
+
+
+def test_an_unconditional_run_says_it_leaves_the_folder_labels_unused(pets, tmp_path, capsys):
+    assert main(["train", "fashion_mnist", *folder_args(pets), "--set", "data.folder_labels=true",
+                 "--out", str(tmp_path / "run")]) == 0
+    said = capsys.readouterr().out
+    assert "data.folder_labels found 2 classes (cats, dogs); this model is unconditional" in said
+
+
+def test_the_run_says_what_loading_did(pets, tmp_path, capsys):
+    (pets / "cats" / "phone.heic").write_bytes(b"\0" * 10)  # a kind Pillow cannot read here
+    picture(pets / "dogs" / "still.gif", (16, 16), "P", 5)  # GIF and TIFF are read
+    picture(pets / "dogs" / "scan.tif", (16, 16), "L", 6)
+    assert main(["train", "fashion_mnist", *folder_args(pets), "--out",
+                 str(tmp_path / "run")]) == 0
+    said = capsys.readouterr().out
+    assert "10 images (3, 16, 16)" in said
+    assert "8 of 10 images resized to 16 on the shorter side and 8 centre-cropped to 16x16" in said
+    assert "converted to RGB: 1 L, 1 P, 4 RGBA" in said
+    assert "not read: 1 .heic file(s)" in said
+
+
+def test_a_run_folder_inside_the_data_is_refused_and_the_data_left_as_it_was(pets, capsys):
+    before = sorted(p.relative_to(pets) for p in pets.rglob("*"))
+    assert main(["train", "fashion_mnist", *folder_args(pets), "--out",
+                 str(pets / "run")]) == 2
+    assert "is inside data.root" in capsys.readouterr().err
+    assert sorted(p.relative_to(pets) for p in pets.rglob("*")) == before
+
+
+def test_a_relative_data_root_is_recorded_whole_so_a_resume_from_elsewhere_finds_it(
+        pets, tmp_path, monkeypatch):
+    monkeypatch.chdir(pets.parent)
+    run = tmp_path / "run"
+    assert main(["train", "fashion_mnist", "--set", "data.name=image_folder", "--set",
+                 "data.root='pets'", *FAST, "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["data"]["root"] == str(pets)
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["train", "--resume", "--out", str(run), "--steps", "2", "--no-report",
+                 "--no-check"]) == 0
+
+
+def test_mixed_sizes_are_refused_from_the_headers_before_decoding(tmp_path, monkeypatch):
+    picture(tmp_path / "a.png", (20, 20))
+    picture(tmp_path / "b.png", (30, 20))
+    from difflab.data import image_folder
+
+    def no_decoding(*_):
+        raise AssertionError("decoded before the sizes were checked")
+
+    monkeypatch.setattr(image_folder, "_decode", no_decoding)
+    with pytest.raises(ValueError, match=r"2 different sizes \(a.png 20x20, b.png 30x20\)"):
+        load_image_folder(tmp_path)
+    os.remove(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"are 30x20 \(b.png\), not square"):
+        load_image_folder(tmp_path)
