@@ -143,8 +143,11 @@ def load_image_folder(
         raise ValueError(f"channels={channels!r}: allowed 1 (grey), 3 (RGB) or None (auto)")
     if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
         raise ValueError(f"image_size={image_size!r}: must be a positive integer or None")
+    if root.is_file():
+        raise DatasetNotFoundError(f"image folder {root} is a file; give the folder that "
+                                   "holds the images")
     if not root.is_dir():
-        raise DatasetNotFoundError(f"image folder {root} does not exist or is not a folder")
+        raise DatasetNotFoundError(f"image folder {root} does not exist")
     paths = list_images(root)
     if not paths:
         raise DatasetNotFoundError(

@@ -154,7 +154,8 @@ def final_check(trainer, n: int = 32, seed: int = 0) -> str:
     rate = trainer.step / trainer.elapsed if trainer.elapsed > 0 else 0.0
     s = trainer.step_settings
     how = f", {label(s.precision, s.threads)}" if s is not None else ""
-    line = (f"{trainer.step} steps in {minutes:.1f} min ({rate:.2f} steps/s{how}): "
+    steps = f"{trainer.step} step{'' if trainer.step == 1 else 's'}"
+    line = (f"{steps} in {minutes:.1f} min ({rate:.2f} steps/s{how}): "
             f"{health.summary(findings)}")
     if not health.looks_like_data(findings) and s is not None and s.seconds_per_step:
         line += (f"; this machine does about {1 / s.seconds_per_step:.2f} steps/s with this "
