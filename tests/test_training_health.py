@@ -91,7 +91,7 @@ def test_the_final_check_says_it_is_drawing_before_it_draws(tmp_path, capsys):
     line = report.final_check(tr, n=4)
     said = capsys.readouterr().out
     assert f"drawing 4 samples ({tr.cfg.sample.sampler}, 8 steps) to check" in said
-    assert line.startswith("1 steps in ")  # the verdict itself is the caller's to print
+    assert line.startswith("1 step in ")  # the verdict itself is the caller's to print
 
 
 def test_an_autoencoder_run_is_judged_by_its_reconstructions_alone(tmp_path):
