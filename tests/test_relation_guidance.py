@@ -157,6 +157,16 @@ def test_recorded_maps_are_the_probabilities_the_layer_weighs_its_values_with():
     assert len(maps) == 1  # nothing recorded after the block
 
 
+def test_recording_costs_a_compiled_network_no_graph_break_when_nothing_records():
+    """torch.compile cannot trace the context variable the recording lives in; the layer
+    reads it only while some recording is open."""
+    import torch._dynamo as dynamo
+
+    layer = CrossAttention(8, context_dim=6, num_heads=2)
+    explained = dynamo.explain(layer)(torch.randn(2, 5, 8), torch.randn(2, 3, 6))
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
 def test_maps_are_recorded_per_thread_so_that_concurrent_draws_keep_apart():
     """A server samples with one network on several threads: a draw recording its maps must
     not collect another thread's, nor stop that thread's recording when it ends."""

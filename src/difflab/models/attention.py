@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 
 import torch.nn.functional as F
@@ -76,6 +77,11 @@ def _probabilities(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
 _RECORDING: contextvars.ContextVar[tuple[frozenset[int], list[Tensor]] | None] = (
     contextvars.ContextVar("difflab_attention_maps", default=None)
 )
+# How many recordings are open in any thread: the forward pass reads the context variable only
+# when one is, so that torch.compile (which cannot trace ContextVar.get) sees a plain global
+# and no graph break when nothing records.
+_open_recordings = 0
+_open_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -84,11 +90,16 @@ def recording_attention_maps(net: nn.Module) -> Iterator[list[Tensor]]:
     thread appends its probabilities ``(B, N, L)`` (averaged over heads, with their autograd
     graph, in call order) to the yielded list."""
     layers = frozenset(id(m) for m in net.modules() if isinstance(m, CrossAttention))
+    global _open_recordings
     maps: list[Tensor] = []
     token = _RECORDING.set((layers, maps))
+    with _open_lock:
+        _open_recordings += 1
     try:
         yield maps
     finally:
+        with _open_lock:
+            _open_recordings -= 1
         _RECORDING.reset(token)
 
 
@@ -232,7 +243,7 @@ class CrossAttention(nn.Module):
         k = self._heads(self.to_k(context))
         v = self._heads(self.to_v(context))
         out = attention(q, k, v, mask)  # (B, nh, N, hd); zero for fully masked rows
-        recording = _RECORDING.get()
+        recording = _RECORDING.get() if _open_recordings else None
         # `context is not x`: a layer called as self-attention (no context, or itself as the
         # context, as a token layer does) has no words to record
         if recording is not None and id(self) in recording[0] and context is not x:
