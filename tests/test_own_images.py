@@ -109,3 +109,13 @@ def test_mixed_sizes_are_refused_from_the_headers_before_decoding(tmp_path, monk
     os.remove(tmp_path / "a.png")
     with pytest.raises(ValueError, match=r"are 30x20 \(b.png\), not square"):
         load_image_folder(tmp_path)
+
+
+def test_a_resume_at_another_image_size_names_the_image_settings(pets, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "fashion_mnist", *folder_args(pets), "--out", str(run)]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--set", "data.image_size=24",
+                 "--steps", "2", "--no-report", "--no-check"]) == 2
+    err = capsys.readouterr().err
+    assert "image_size: 16 vs 24" in err
+    assert "the network follows the images: give data.image_size and data.channels" in err

@@ -80,9 +80,14 @@ def require_same_network(trainer: Any, ck: ckpt_io.Checkpoint, verb: str, *,
     if grow:
         saved, grown = grown_network_spec(saved, mine)
     if saved != mine:
+        found = differences(saved, mine)
+        # The network's size and channels follow the images', which [model] does not set.
+        images = ("; the network follows the images: give data.image_size and data.channels "
+                  "as the run had them" if "image_size" in found or "in_channels" in found
+                  else "")
         raise ckpt_io.CheckpointError(
             f"cannot {verb} {ck.path}: it was trained with a different network "
-            f"({differences(saved, mine)}; checkpoint vs this run){_how_it_was_built(ck)}"
+            f"({found}; checkpoint vs this run){images}{_how_it_was_built(ck)}"
         )
     return grown
 
