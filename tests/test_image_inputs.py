@@ -229,3 +229,35 @@ def test_the_early_size_check_reads_config_json_as_safely_as_a_load(tmp_path):
                         "--out", str(tmp_path / "o.png")],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
+def test_cli_resize_fits_a_picture_and_its_mask_as_training_pictures_are(picture, tmp_path,
+                                                                          capsys):
+    """A photo of another size is refused with the way out; --resize fits it (and the mask,
+    by nearest neighbour) to the model's size exactly as a training picture is cut."""
+    from difflab import cli
+    from difflab.data.transforms import pil_to_array
+
+    big = np.kron(picture, np.ones((2, 2), np.uint8))[:, :50]  # 56x50, not square
+    Image.fromarray(big).save(tmp_path / "photo.png")
+    mask = np.zeros_like(big)
+    mask[:, 25:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    base = ["--prompt", "a dress", "--steps", "2", "-n", "1", "--out", str(tmp_path / "o.png")]
+    assert cli.main(["img2img", "fashion-text", str(tmp_path / "photo.png"), *base]) == 2
+    assert "image is 50x56 but the model draws 28x28; add --resize" in capsys.readouterr().err
+    assert cli.main(["img2img", "fashion-text", str(tmp_path / "photo.png"), "--resize",
+                     *base]) == 0
+    assert "--resize: image 50x56 -> 28x28 (shorter side resized, centre cropped)" in (
+        capsys.readouterr().out)
+    assert cli.main(["inpaint", "fashion-text", str(tmp_path / "photo.png"),
+                     str(tmp_path / "mask.png"), "--resize", *base]) == 0
+    said = capsys.readouterr().out
+    assert "--resize: mask 50x56 -> 28x28" in said
+    # the same cut as training: data.transforms.pil_to_array at the model's size
+    with Image.open(tmp_path / "photo.png") as photo:
+        trained_cut = pil_to_array(photo, 1, 28)
+    from difflab.cli.edit import _fit
+
+    with Image.open(tmp_path / "photo.png") as photo:
+        assert np.array_equal(pil_to_array(_fit(photo, 28, "image"), 1, None), trained_cut)

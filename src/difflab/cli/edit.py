@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from PIL import Image, ImageOps
+
 from difflab import viz
 from difflab.argtypes import float_in
 from difflab.checkpoints.names import resolve_checkpoint
@@ -20,6 +22,7 @@ from difflab.checkpoints.store import peek_config
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
+from difflab.data.transforms import resize_center_crop
 from difflab.pipeline import (
     DEFAULT_IMG2IMG_STRENGTH,
     as_image_tensor,
@@ -31,7 +34,9 @@ from difflab.pipeline import (
 def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
     """The flags of `difflab img2img`; sets func=cmd_img2img."""
     im.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    im.add_argument("image", help="image file (converted to the model's mode; same size)")
+    im.add_argument("image", help="image file (converted to the model's mode; the model's size, "
+                    "or --resize)")
+    _add_resize_argument(im)
     im.add_argument(
         "--strength",
         type=float_in(0, 1),
@@ -47,12 +52,36 @@ def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
 def add_inpaint_arguments(ip: argparse.ArgumentParser) -> None:
     """The flags of `difflab inpaint`; sets func=cmd_inpaint."""
     ip.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    ip.add_argument("image", help="image file (converted to the model's mode; same size)")
-    ip.add_argument("mask", help="mask image of the same size: white (non-zero) = fill")
+    ip.add_argument("image", help="image file (converted to the model's mode; the model's size, "
+                    "or --resize)")
+    ip.add_argument("mask", help="mask image of the image's size: white (non-zero) = fill")
+    _add_resize_argument(ip)
     add_sampling_arguments(ip, default_n=4)
     _add_class_argument(ip)
     ip.add_argument("--out", default="inpaint.png", help="FILE.png")
     ip.set_defaults(func=cmd_inpaint)
+
+
+def _add_resize_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="fit a picture (and mask) of another size to the model's as training pictures "
+        "are: the shorter side resized, the centre square kept (default: refuse another size)",
+    )
+
+
+def _fit(picture: Image.Image, side: int, what: str, mask: bool = False) -> Image.Image:
+    """`picture` upright and resized on its shorter side to `side`, centre-cropped to a
+    square, as a training picture is (difflab.data.transforms); said when it changes."""
+    upright = ImageOps.exif_transpose(picture)
+    if upright.size == (side, side):
+        return upright
+    w, h = upright.size
+    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
+    print(f"difflab: --resize: {what} {w}x{h} -> {side}x{side} (shorter side resized"
+          f"{', centre cropped' if w != h else ''})")
+    return resize_center_crop(upright, side, resample)
 
 
 def _add_class_argument(p: argparse.ArgumentParser) -> None:
@@ -73,19 +102,26 @@ def _edit_output(args: argparse.Namespace) -> Path:
     return out
 
 
-def _check_sizes_first(checkpoint: str, image, mask=None) -> None:
+def _check_sizes_first(checkpoint: str, image: Image.Image, mask: Image.Image | None = None,
+                       resize: bool = False) -> None:
     """Refuse a picture or mask of the wrong size before the model loads (seconds for a text
     model): the checkpoint's config.json names the size its pictures have. The pipeline checks
-    again; a config.json that cannot be read here is left to the load to explain."""
+    again; a config.json that cannot be read here is left to the load to explain. With
+    `resize` the sizes are fitted after the load instead."""
     try:
         config = peek_config(resolve_checkpoint(checkpoint)) or {}
         shape = tuple(int(v) for v in config["image_shape"])
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if len(shape) == 3:
-        as_image_tensor(image, shape, "image")
-        if mask is not None:
-            as_mask_tensor(mask, shape)
+    if len(shape) != 3 or resize:
+        return
+    w, h = ImageOps.exif_transpose(image).size
+    if (w, h) != (shape[2], shape[1]):
+        raise CLIError(f"image is {w}x{h} but the model draws {shape[2]}x{shape[1]}; add "
+                       "--resize to fit it as training pictures are, or resize it first")
+    as_image_tensor(image, shape, "image")
+    if mask is not None:
+        as_mask_tensor(mask, shape)
 
 
 def _save_edits(images, args: argparse.Namespace) -> int:
@@ -102,9 +138,11 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     """Noise the image to --strength and denoise it toward the prompt, -n times."""
     _edit_output(args)
     image = read_image_file(args.image, "image")  # a bad file is told before the model loads
-    _check_sizes_first(args.checkpoint, image)
+    _check_sizes_first(args.checkpoint, image, resize=args.resize)
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
+    if args.resize:
+        image = _fit(image, gen.image_shape[1], "image")
     kw = sampling_kwargs(args, gen, args.classes)
     prompt = kw.pop("prompt")
     strength = args.strength
@@ -120,9 +158,12 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     _edit_output(args)
     image = read_image_file(args.image, "image")
     mask = read_image_file(args.mask, "mask")
-    _check_sizes_first(args.checkpoint, image, mask)
+    _check_sizes_first(args.checkpoint, image, mask, resize=args.resize)
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
+    if args.resize:
+        image = _fit(image, gen.image_shape[1], "image")
+        mask = _fit(mask, gen.image_shape[1], "mask", mask=True)
     kw = sampling_kwargs(args, gen, args.classes)
     prompt = kw.pop("prompt")
     images = gen.inpaint(image, mask, prompt, n=args.n, **kw)
