@@ -237,7 +237,7 @@ class Generator:
             if getattr(sc, key) is not None:
                 out[key] = getattr(sc, key)
         for key in ATTENTION_GUIDANCE:  # guidance from the prompt's own attention maps
-            if getattr(sc, key) and self.takes_text:
+            if getattr(sc, key) and self.takes_attention_guidance:
                 out[key] = getattr(sc, key)
         return out
 
