@@ -254,10 +254,16 @@ def test_cli_resize_fits_a_picture_and_its_mask_as_training_pictures_are(picture
                      str(tmp_path / "mask.png"), "--resize", *base]) == 0
     said = capsys.readouterr().out
     assert "--resize: mask 50x56 -> 28x28" in said
-    # the same cut as training: data.transforms.pil_to_array at the model's size
-    with Image.open(tmp_path / "photo.png") as photo:
-        trained_cut = pil_to_array(photo, 1, 28)
-    from difflab.cli.edit import _fit
+    # a mask of another size than its picture is refused, fitted or not
+    Image.fromarray(mask[:, :40]).save(tmp_path / "narrow.png")
+    assert cli.main(["inpaint", "fashion-text", str(tmp_path / "photo.png"),
+                     str(tmp_path / "narrow.png"), "--resize", *base]) == 2
+    assert "mask is 40x56, image 50x56; they must be the same size" in capsys.readouterr().err
+    # the same cut as training (data.transforms.pil_to_array at the model's size), palette
+    # pictures included, whose colours are converted before the resize
+    from difflab.cli.edit import _fit_image
 
-    with Image.open(tmp_path / "photo.png") as photo:
-        assert np.array_equal(pil_to_array(_fit(photo, 28, "image"), 1, None), trained_cut)
+    Image.fromarray(big).convert("P").save(tmp_path / "palette.png")
+    for name in ("photo.png", "palette.png"):
+        with Image.open(tmp_path / name) as photo:
+            assert np.array_equal(_fit_image(photo, (1, 28, 28)), pil_to_array(photo, 1, 28))

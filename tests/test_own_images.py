@@ -4,6 +4,8 @@ from sub-folders, and that a run neither writes into the data nor loses it on re
 
 import json
 import os
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ def pets(tmp_path):
     for c, name in enumerate(("cats", "dogs")):
         (root / name).mkdir(parents=True)
         for i in range(4):
-            picture(root / name / f"{i}.png", (20 + 4 * i, 16), ("RGB", "RGBA")[i % 2], c * 10 + i)
+            picture(root / name / f"{i}.png", (20 + 4 * i, 18), ("RGB", "RGBA")[i % 2], c * 10 + i)
     return root
 
 
@@ -59,7 +61,7 @@ def test_an_unconditional_run_says_it_leaves_the_folder_labels_unused(pets, tmp_
     assert main(["train", "fashion_mnist", *folder_args(pets), "--set", "data.folder_labels=true",
                  "--out", str(tmp_path / "run")]) == 0
     said = capsys.readouterr().out
-    assert "data.folder_labels found 2 classes (cats, dogs); this model is unconditional" in said
+    assert "data.folder_labels gives 2 classes (cats, dogs); this model is unconditional" in said
 
 
 def test_the_run_says_what_loading_did(pets, tmp_path, capsys):
@@ -77,10 +79,12 @@ def test_the_run_says_what_loading_did(pets, tmp_path, capsys):
 
 def test_a_run_folder_inside_the_data_is_refused_and_the_data_left_as_it_was(pets, capsys):
     before = sorted(p.relative_to(pets) for p in pets.rglob("*"))
+    os.utime(pets, (1, 1))
     assert main(["train", "fashion_mnist", *folder_args(pets), "--out",
                  str(pets / "run")]) == 2
     assert "is inside data.root" in capsys.readouterr().err
     assert sorted(p.relative_to(pets) for p in pets.rglob("*")) == before
+    assert pets.stat().st_mtime == 1  # refused before anything was made in it, even for a time
 
 
 def test_a_relative_data_root_is_recorded_whole_so_a_resume_from_elsewhere_finds_it(
@@ -119,3 +123,43 @@ def test_a_resume_at_another_image_size_names_the_image_settings(pets, tmp_path,
     err = capsys.readouterr().err
     assert "image_size: 16 vs 24" in err
     assert "the network follows the images: give data.image_size and data.channels" in err
+
+
+def test_the_notes_count_the_kept_classes_and_name_what_is_left_out(pets):
+    from difflab.config import DataConfig
+    from difflab.data import load_dataset
+    from difflab.data.image_folder import BadImageWarning
+
+    (pets / "fish").mkdir()
+    (pets / "fish" / "a.jpg").write_bytes(b"")  # a class folder of nothing readable
+    (pets / "cats" / "phone.heic").write_bytes(b"\0")
+    (pets / "dogs" / "phone.heic").write_bytes(b"\0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        every = load_image_folder(pets, image_size=16, folder_labels=True)
+    said = [str(w.message) for w in caught if w.category is BadImageWarning]
+    assert any(re.search(r"class folder\(s\) fish .* hold no readable", m) for m in said)
+    assert every.class_names == ("cats", "dogs")  # fish left out, not an empty class
+    cats = load_dataset(DataConfig(name="image_folder", root=str(pets), image_size=16,
+                                   folder_labels=True, classes=["cats"]))
+    assert len(cats) == 4 and cats.class_names == ("cats",)
+    assert cats.notes[0] == ("4 of 4 images resized to 16 on the shorter side and 4 "
+                             "centre-cropped to 16x16")
+    assert cats.notes[-1].startswith("not read: 1 .heic file(s)")  # the dogs' one not counted
+
+
+def test_a_folder_of_pictures_it_cannot_decode_says_which(tmp_path):
+    from difflab.data.base import DatasetNotFoundError
+
+    for i in range(3):
+        (tmp_path / f"IMG_{i}.HEIC").write_bytes(b"\0")
+    with pytest.raises(DatasetNotFoundError, match=r"it holds 3 \.heic file\(s\), kinds this "
+                                                   r"build cannot decode; convert them"):
+        load_image_folder(tmp_path)
+
+
+def test_pictures_only_cropped_are_not_counted_as_resized(tmp_path):
+    for i in range(2):
+        picture(tmp_path / f"{i}.png", (24, 16), seed=i)
+    data = load_image_folder(tmp_path, image_size=16)
+    assert data.notes == ("2 of 2 images centre-cropped to 16x16",)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from difflab import viz
@@ -22,7 +23,7 @@ from difflab.checkpoints.store import peek_config
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
-from difflab.data.transforms import resize_center_crop
+from difflab.data.transforms import pil_to_array, resize_center_crop
 from difflab.pipeline import (
     DEFAULT_IMG2IMG_STRENGTH,
     as_image_tensor,
@@ -71,17 +72,26 @@ def _add_resize_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _fit(picture: Image.Image, side: int, what: str, mask: bool = False) -> Image.Image:
-    """`picture` upright and resized on its shorter side to `side`, centre-cropped to a
-    square, as a training picture is (difflab.data.transforms); said when it changes."""
-    upright = ImageOps.exif_transpose(picture)
-    if upright.size == (side, side):
-        return upright
-    w, h = upright.size
-    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
-    print(f"difflab: --resize: {what} {w}x{h} -> {side}x{side} (shorter side resized"
-          f"{', centre cropped' if w != h else ''})")
-    return resize_center_crop(upright, side, resample)
+def _fit_image(picture: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
+    """The picture cut exactly as a training picture is (difflab.data.transforms.pil_to_array:
+    upright, colours converted, the shorter side resized, the centre square kept), as uint8
+    (C, H, W) of the model's `shape`; said when its size changes."""
+    _say_fit("image", ImageOps.exif_transpose(picture).size, shape[1])
+    return pil_to_array(picture, shape[0], shape[1])
+
+
+def _fit_mask(mask: Image.Image, side: int) -> Image.Image:
+    """The mask cut as its picture is, by nearest neighbour, so that it stays a mask."""
+    upright = ImageOps.exif_transpose(mask)
+    _say_fit("mask", upright.size, side)
+    return resize_center_crop(upright, side, Image.Resampling.NEAREST)
+
+
+def _say_fit(what: str, size: tuple[int, int], side: int) -> None:
+    w, h = size
+    if (w, h) != (side, side):
+        print(f"difflab: --resize: {what} {w}x{h} -> {side}x{side} (shorter side resized"
+              f"{', centre cropped' if w != h else ''})")
 
 
 def _add_class_argument(p: argparse.ArgumentParser) -> None:
@@ -112,10 +122,15 @@ def _check_sizes_first(checkpoint: str, image: Image.Image, mask: Image.Image | 
         config = peek_config(resolve_checkpoint(checkpoint)) or {}
         shape = tuple(int(v) for v in config["image_shape"])
     except (OSError, ValueError, KeyError, TypeError):
-        return
+        shape = ()
+    w, h = ImageOps.exif_transpose(image).size
+    if resize and mask is not None:  # fitted apart, they must cover the same picture
+        mw, mh = ImageOps.exif_transpose(mask).size
+        if (mw, mh) != (w, h):
+            raise CLIError(f"mask is {mw}x{mh}, image {w}x{h}; they must be the same size "
+                           "(--resize then fits both to the model's)")
     if len(shape) != 3 or resize:
         return
-    w, h = ImageOps.exif_transpose(image).size
     if (w, h) != (shape[2], shape[1]):
         raise CLIError(f"image is {w}x{h} but the model draws {shape[2]}x{shape[1]}; add "
                        "--resize to fit it as training pictures are, or resize it first")
@@ -142,7 +157,7 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
     if args.resize:
-        image = _fit(image, gen.image_shape[1], "image")
+        image = _fit_image(image, gen.image_shape)
     kw = sampling_kwargs(args, gen, args.classes)
     prompt = kw.pop("prompt")
     strength = args.strength
@@ -162,8 +177,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
     if args.resize:
-        image = _fit(image, gen.image_shape[1], "image")
-        mask = _fit(mask, gen.image_shape[1], "mask", mask=True)
+        image = _fit_image(image, gen.image_shape)
+        mask = _fit_mask(mask, gen.image_shape[1])
     kw = sampling_kwargs(args, gen, args.classes)
     prompt = kw.pop("prompt")
     images = gen.inpaint(image, mask, prompt, n=args.n, **kw)

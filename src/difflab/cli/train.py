@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import signal
 import sys
@@ -25,7 +26,7 @@ from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import DEFAULT_CONFIG, resolve_config
 from difflab.cli.run_lock import run_folder_lock
 from difflab.cli.runs import check_run_folder, is_run_config
-from difflab.config import load_config
+from difflab.config import RunConfig, load_config
 from difflab.runs import report, score_fid
 from difflab.training.run_state import describe_init_from
 from difflab.training.trainer import INTERRUPTED, Trainer, describe
@@ -220,8 +221,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config_path = train_config(args)
     out = Path(args.out or (config_path.parent if config_path.suffix == ".json"
                             else f"runs/{config_path.stem}"))
+    cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
+    if cfg.data.root is not None:  # recorded whole, so that a resume from elsewhere finds it
+        cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))
+        check_run_folder_outside(out, cfg.data.root)  # before the lock creates the folder
     with run_folder_lock(out):
-        return _train(args, config_path, out)
+        return _train(args, cfg, out)
 
 
 def check_run_folder_outside(out: Path, data_root: str) -> None:
@@ -234,11 +239,7 @@ def check_run_folder_outside(out: Path, data_root: str) -> None:
             "training images of the next run; give --out a folder outside the data")
 
 
-def _train(args: argparse.Namespace, config_path: Path, out: Path) -> int:
-    cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
-    if cfg.data.root is not None:  # recorded whole, so that a resume from elsewhere finds it
-        cfg.data.root = str(Path(cfg.data.root).expanduser().absolute())
-        check_run_folder_outside(out, cfg.data.root)
+def _train(args: argparse.Namespace, cfg: RunConfig, out: Path) -> int:
     if args.init_from and args.resume:
         raise ValueError("--init-from starts a new run and --resume continues one: give one")
     init_from = resolve_checkpoint(args.init_from) if args.init_from else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,15 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def list_unreadable_kinds(root: Path) -> dict[str, int]:
+def list_unreadable_kinds(root: Path, folders: set[str] | None = None) -> dict[str, int]:
     """How many picture files of each kind Pillow cannot read lie under root (hidden ones
-    left out), e.g. {".heic": 3}."""
+    left out; only in these first-level `folders` when given), e.g. {".heic": 3}."""
     found: dict[str, int] = {}
-    for _, dirnames, filenames in os.walk(root):  # a note only: linked folders not followed
+    for dirpath, dirnames, filenames in os.walk(root):  # a note: links not followed
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if folders is not None and Path(dirpath) == Path(root):
+            dirnames[:] = [d for d in dirnames if d in folders]
+            continue  # loose files are no class's
         for name in filenames:
             kind = os.path.splitext(name)[1].lower()
             if kind in UNREADABLE_KINDS and not name.startswith("."):
@@ -128,13 +132,17 @@ def load_image_folder(
     folder_labels: bool = False,
     on_bad_image: str = "skip",
     num_workers: int | None = None,
+    keep_classes: Sequence[str | int] | None = None,
 ) -> ImageData:
     """Decode every image under root into memory.
 
     image_size: None keeps the native size (then all images must share it), else the
     shorter side is resized to it and the centre square cropped. channels: 1, 3, or None
     (1 when every image is grey, else 3). folder_labels: label each image by its
-    first-level sub-folder. num_workers: decoding threads (default min(8, CPUs)).
+    first-level sub-folder; a class folder without a readable image is left out, with a
+    warning. keep_classes: with folder_labels, decode only these classes' folders (names or
+    indices; the labels stay those of all the folders, for data.classes to select from).
+    num_workers: decoding threads (default min(8, CPUs)).
     """
     root = Path(root).expanduser()
     if on_bad_image not in ON_BAD_IMAGE:
@@ -150,12 +158,15 @@ def load_image_folder(
         raise DatasetNotFoundError(f"image folder {root} does not exist")
     paths = list_images(root)
     if not paths:
+        unreadable = _unreadable_note(list_unreadable_kinds(root))
         raise DatasetNotFoundError(
             f"no images found in {root} (searched recursively for "
             f"{', '.join(IMAGE_EXTENSIONS)}, any letter case)"
+            + (f"; it holds {unreadable}" if unreadable else "")
         )
 
     class_names = None
+    wanted: set[str] = set()
     if folder_labels:
         loose = [p for p in paths if p.parent == root]
         if loose:
@@ -164,6 +175,9 @@ def load_image_folder(
                 f"lie directly in {root}, e.g. {loose[0]}; move them into a class folder"
             )
         class_names = tuple(sorted({p.relative_to(root).parts[0] for p in paths}))
+        wanted = _named_classes(keep_classes, class_names)
+        if wanted:  # the other classes' pictures are not decoded, nor counted in the notes
+            paths = [p for p in paths if p.relative_to(root).parts[0] in wanted]
 
     if image_size is None:  # refused from the headers, before decoding every photo
         sizes: dict[tuple[int, int], Path] = {}
@@ -212,9 +226,17 @@ def load_image_folder(
 
     labels = None
     if class_names is not None:
+        found = {p.relative_to(root).parts[0] for p in kept}
+        empty = [c for c in class_names if c not in found
+                 and (not wanted or c in wanted)]
+        if empty:
+            warnings.warn(f"class folder(s) {', '.join(empty)} in {root} hold no readable "
+                          "image; left out of the classes", BadImageWarning, stacklevel=2)
+            class_names = tuple(c for c in class_names if c not in empty)
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[p.relative_to(root).parts[0]] for p in kept])
-    notes = _notes(decoded, images.shape, image_size, list_unreadable_kinds(root))
+    unreadable = list_unreadable_kinds(root, wanted or None)
+    notes = _notes(decoded, images.shape, image_size, unreadable)
     return ImageData(torch.from_numpy(images), labels, class_names, f"image_folder:{root}",
                      notes)
 
@@ -225,11 +247,15 @@ def _notes(decoded: list[Decoded], shape: tuple[int, ...], image_size: int | Non
     n, c, side = shape[0], shape[1], shape[2]
     notes = []
     if image_size is not None:
-        resized = sum(d.size != (side, side) for d in decoded)
+        resized = sum(min(d.size) != side for d in decoded)  # size: before EXIF rotation
         cropped = sum(d.size[0] != d.size[1] for d in decoded)
-        if resized:
-            notes.append(f"{resized} of {n} images resized to {side} on the shorter side"
-                         + (f" and {cropped} centre-cropped to {side}x{side}" if cropped else ""))
+        parts = ([f"{resized} of {n} images resized to {side} on the shorter side"]
+                 if resized else [])
+        if cropped:
+            parts.append(f"{cropped} {'' if resized else f'of {n} images '}centre-cropped to "
+                         f"{side}x{side}")
+        if parts:
+            notes.append(" and ".join(parts))
     target = "L" if c == 1 else "RGB"
     modes: dict[str, int] = {}
     for d in decoded:
@@ -240,7 +266,23 @@ def _notes(decoded: list[Decoded], shape: tuple[int, ...], image_size: int | Non
         notes.append(f"converted to {'grey' if c == 1 else 'RGB'}: {listed} "
                      "(PIL modes; transparency flattened on white)")
     if unreadable:
-        listed = ", ".join(f"{count} {kind}" for kind, count in sorted(unreadable.items()))
-        notes.append(f"not read: {listed} file(s), kinds this build cannot decode; convert them "
-                     "to PNG or JPEG to train on them")
+        notes.append(f"not read: {_unreadable_note(unreadable)}")
     return tuple(notes)
+
+
+def _unreadable_note(unreadable: dict[str, int]) -> str:
+    """"3 .heic file(s), ..." and what to do, or "" when there are none."""
+    if not unreadable:
+        return ""
+    listed = ", ".join(f"{count} {kind}" for kind, count in sorted(unreadable.items()))
+    return (f"{listed} file(s), kinds this build cannot decode; convert them to PNG or JPEG "
+            "to train on them")
+
+
+def _named_classes(keep: Sequence[str | int] | None, names: tuple[str, ...]) -> set[str]:
+    """The folder names among `names` that `keep` (names or indices) asks for; the others
+    are for data.classes to refuse."""
+    if not keep:
+        return set()
+    return ({c for c in keep if isinstance(c, str) and c in names}
+            | {names[c] for c in keep if isinstance(c, int) and 0 <= c < len(names)})

@@ -344,6 +344,7 @@ def _load_source(cfg: DataConfig) -> ImageData | PointData:
             channels=cfg.channels,
             folder_labels=cfg.folder_labels,
             on_bad_image=cfg.on_bad_image,
+            keep_classes=cfg.classes,
         )
     if cfg.name == "hf":
         return load_hf_dataset(

@@ -97,7 +97,8 @@ def check_classes(num_classes: int | None, data: ImageData, cfg: RunConfig, text
             f"network takes {num_classes} (model.overrides.num_classes): add --set "
             f"model.overrides.num_classes={data.num_classes}")
     if num_classes is None and names and cfg.data.folder_labels and not quiet:
-        print(f"difflab: data.folder_labels found {len(names)} classes ({shown}); this model "
+        print(f"difflab: data.folder_labels gives {len(names)} "
+              f"class{'' if len(names) == 1 else 'es'} ({shown}); this model "
               "is unconditional, so they are not used (a class-conditional preset such as "
               f"fashion_mnist_cond with --set model.overrides.num_classes={len(names)} would "
               "learn them)", flush=True)
