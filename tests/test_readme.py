@@ -7,7 +7,7 @@ the README fails too). Each line is
 - parsed, as written, by the real argument parser (`test_readme_line_parses`); a train line's
   config is also resolved and loaded, from the checkout, as `difflab train` would;
 - run (`test_readme_line_runs`) in a scratch folder laid out like the checkout (configs/ and
-  .venv/ linked into it; the inputs a user brings -- shirt.png, bag.png, mask.png,
+  .venv/ linked into it; the inputs a user brings -- shirt.png, bag.png, mask.png, photo.jpg,
   other_library.npz -- made by the test). The test id starts with "as written" when the line
   ran exactly as printed; otherwise with what was changed: a flag's value replaced
   ("-n 64->8") and flags added ("+--steps 2 +tiny net": a 2-step run of a small network
@@ -168,6 +168,7 @@ PLANS = {
             AS_WRITTEN,
         'difflab inpaint fashion-text bag.png mask.png --prompt "a handbag" --out filled.png':
             AS_WRITTEN,
+        'difflab img2img fashion-text photo.jpg --resize --prompt "a dress"': AS_WRITTEN,
         "difflab sample runs/fashion/last -n 10000 --out samples.npz": Plan(
             values=(("-n", "8"),)
         ),
@@ -250,6 +251,8 @@ def work(tmp_path_factory):
     Image.fromarray(shirt).save(d / "shirt.png")
     Image.fromarray(shirt[::-1].copy()).save(d / "bag.png")
     Image.fromarray(np.where(y < 14, 255, 0).astype(np.uint8)).save(d / "mask.png")
+    photo = np.kron(shirt, np.ones((2, 2), np.uint8))[:, 4:]  # 48x56: a picture of another size
+    Image.fromarray(photo).convert("RGB").save(d / "photo.jpg")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 1, 28, 28), dtype=np.uint8)
     np.savez(d / "other_library.npz", images=images)
