@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +44,10 @@ class BadImageWarning(UserWarning):
     """Some image files could not be decoded and were skipped (on_bad_image="skip")."""
 
 
-def list_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under root, recursively, sorted by relative path; hidden ones left out."""
-    root = Path(root)
-    found = []
-    seen = set()  # real paths of visited folders: symlinks may form cycles
+def _files(root: Path) -> Iterator[Path]:
+    """Every file under root, recursively, hidden files and folders left out; linked folders
+    followed once each (links may form cycles)."""
+    seen = set()  # real paths of visited folders
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -56,9 +55,13 @@ def list_images(root: str | os.PathLike) -> list[Path]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / name)
+        yield from (Path(dirpath) / name for name in filenames if not name.startswith("."))
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under root, recursively, sorted by relative path; hidden ones left out."""
+    root = Path(root)
+    found = [p for p in _files(root) if p.name.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -66,15 +69,13 @@ def list_unreadable_kinds(root: Path, folders: set[str] | None = None) -> dict[s
     """How many picture files of each kind Pillow cannot read lie under root (hidden ones
     left out; only in these first-level `folders` when given), e.g. {".heic": 3}."""
     found: dict[str, int] = {}
-    for dirpath, dirnames, filenames in os.walk(root):  # a note: links not followed
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if folders is not None and Path(dirpath) == Path(root):
-            dirnames[:] = [d for d in dirnames if d in folders]
-            continue  # loose files are no class's
-        for name in filenames:
-            kind = os.path.splitext(name)[1].lower()
-            if kind in UNREADABLE_KINDS and not name.startswith("."):
-                found[kind] = found.get(kind, 0) + 1
+    for path in _files(root):
+        parts = path.relative_to(root).parts
+        if folders is not None and (len(parts) == 1 or parts[0] not in folders):
+            continue  # a loose file is no class's
+        kind = path.suffix.lower()
+        if kind in UNREADABLE_KINDS:
+            found[kind] = found.get(kind, 0) + 1
     return found
 
 
