@@ -23,7 +23,7 @@ from difflab.checkpoints.store import peek_config
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
 from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
-from difflab.data.transforms import pil_to_array, resize_center_crop
+from difflab.data.transforms import pil_to_array, resize_center_crop, upright_size
 from difflab.pipeline import (
     DEFAULT_IMG2IMG_STRENGTH,
     as_image_tensor,
@@ -76,7 +76,7 @@ def _fit_image(picture: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
     """The picture cut exactly as a training picture is (difflab.data.transforms.pil_to_array:
     upright, colours converted, the shorter side resized, the centre square kept), as uint8
     (C, H, W) of the model's `shape`; said when its size changes."""
-    _say_fit("image", ImageOps.exif_transpose(picture).size, shape[1])
+    _say_fit("image", upright_size(picture), shape[1])
     return pil_to_array(picture, shape[0], shape[1])
 
 
@@ -123,9 +123,9 @@ def _check_sizes_first(checkpoint: str, image: Image.Image, mask: Image.Image | 
         shape = tuple(int(v) for v in config["image_shape"])
     except (OSError, ValueError, KeyError, TypeError):
         shape = ()
-    w, h = ImageOps.exif_transpose(image).size
+    w, h = upright_size(image)
     if resize and mask is not None:  # fitted apart, they must cover the same picture
-        mw, mh = ImageOps.exif_transpose(mask).size
+        mw, mh = upright_size(mask)
         if (mw, mh) != (w, h):
             raise CLIError(f"mask is {mw}x{mh}, image {w}x{h}; they must be the same size "
                            "(--resize then fits both to the model's)")

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from .base import DatasetNotFoundError, ImageData
-from .transforms import convert_channels, pil_to_array
+from .transforms import convert_channels, pil_to_array, upright_size
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Pictures Pillow cannot decode here: counted and named, so that a folder of phone photos
@@ -102,9 +102,7 @@ def _header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file's header, EXIF rotation applied; None if unreadable."""
     try:
         with Image.open(path) as image:
-            w, h = image.size
-            orientation = image.getexif().get(0x0112, 1)  # 5-8: turned a quarter
-            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            return upright_size(image)
     except Exception:  # noqa: BLE001 (the decode says why, or skips it)
         return None
 

@@ -86,6 +86,14 @@ def _flatten_mode(image: Image.Image) -> Image.Image:
     return image.convert("L" if mode == "1" else "RGB")
 
 
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) the image has once its EXIF orientation is applied (as pil_to_array
+    does), read from the header: nothing is decoded or turned."""
+    w, h = image.size
+    orientation = image.getexif().get(0x0112, 1)  # 5-8: turned a quarter
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def pil_to_array(image: Image.Image, channels: int | None, size: int | None) -> np.ndarray:
     """Decode a PIL image to uint8 (C, H, W).
 
