@@ -759,10 +759,9 @@ class Generator:
                 negative = (
                     self._text(negatives[start : start + b], b, nearest) if negatives else None
                 )
-                attention_guided = bool(relation_guidance or binding_guidance)
-                den = self._denoiser(
-                    net, guide, labels, guidance, None if attention_guided else clip,
-                    text=text, negative=negative, guidance_interval=settings.guidance_interval,
+                den = self._denoiser(  # clipped below, after any attention guidance
+                    net, guide, labels, guidance, None, text=text, negative=negative,
+                    guidance_interval=settings.guidance_interval,
                     autoguidance=settings.autoguidance,
                 )
                 noise = randn((b, *self.model_shape), gens, self.device)
@@ -771,11 +770,11 @@ class Generator:
                     x0_init = (
                         init[start : start + b] if len(init) == n else init.expand(b, -1, -1, -1)
                     )
-                if attention_guided:
+                if relation_guidance or binding_guidance:
                     den = self._attention_guided(den, text, prompts[start : start + b],
                                                  relation_guidance, binding_guidance)
-                    if clip is not None:  # clipped last, as the guided prediction is sampled
-                        den = ThresholdedDenoiser(den, clip)
+                if clip is not None:  # the prediction sampled, guided or not, is the one clipped
+                    den = ThresholdedDenoiser(den, clip)
                 if mask is not None:
                     den = InpaintingDenoiser(den, x0_init, mask)
                 t0 = timesteps[0].to(self.device)
