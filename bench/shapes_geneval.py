@@ -51,6 +51,7 @@ def row_of(report: dict, prompts: str) -> dict:
         **{k: report["sampling"][k] for k in ("sampler", "steps", "guidance", "seed")},
         "relation_guidance": report["sampling"].get("relation_guidance", 0),
         "binding_guidance": report["sampling"].get("binding_guidance", 0),
+        "relation_regions": report["sampling"].get("relation_regions", False),
         "overall": report["overall"],
         "categories": {c: r["accuracy"] for c, r in report["categories"].items()},
         "images": sum(r["images"] for r in report["categories"].values()),
@@ -71,6 +72,11 @@ def main() -> None:
                     help="every row with this relation guidance (0: off)")
     ap.add_argument("--binding-guidance", type=float, default=0.0,
                     help="every row with this binding guidance (0: off)")
+    ap.add_argument("--choosing-seed", type=int, default=1,
+                    help="the seed that draws the prompts from the training distribution "
+                    "(difflab.data.shapes.training_prompts; another seed, fresh prompts)")
+    ap.add_argument("--relation-regions", action="store_true",
+                    help="every row with relation regions (off without the flag)")
     ap.add_argument("--prompt-sets", nargs="*", default=["training", "held-out"],
                     choices=["training", "held-out"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shapes_geneval.json")
@@ -89,21 +95,23 @@ def main() -> None:
     # Rows already in --out for this checkpoint and image count are kept, not drawn again, so
     # an interrupted sweep resumes where it stopped.
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if (old.get("checkpoint"), old.get("images_per_prompt")) == (
-        args.checkpoint, args.images_per_prompt
+    if (old.get("checkpoint"), old.get("images_per_prompt"), old.get("choosing_seed", 1)) == (
+        args.checkpoint, args.images_per_prompt, args.choosing_seed
     ):
         record["rows"] = old["rows"]
 
     # Each row states its attention guidance, 0 included: the checkpoint's default is not
     # taken in silence.
     relation = {"relation_guidance": args.relation_guidance,
-                "binding_guidance": args.binding_guidance}
+                "binding_guidance": args.binding_guidance,
+                "relation_regions": args.relation_regions}
 
     def run(prompts: str, steps: int, guidance: float, texts: list[str] | None) -> None:
         done = [r for r in record["rows"] if (r["prompts"], r["steps"], r["guidance"],
-                r["seed"], r.get("relation_guidance", 0), r.get("binding_guidance", 0)) == (
+                r["seed"], r.get("relation_guidance", 0), r.get("binding_guidance", 0),
+                r.get("relation_regions", False)) == (
                     prompts, steps, guidance, args.seed, args.relation_guidance,
-                    args.binding_guidance)]
+                    args.binding_guidance, args.relation_regions)]
         if done:
             return
         report = geneval_generator(gen, images_per_prompt=args.images_per_prompt,
@@ -117,7 +125,9 @@ def main() -> None:
         print(f"{prompts} steps {steps} guidance {guidance:g}: overall {r['overall']:.3f} "
               f"({r['seconds']:.0f} s)", flush=True)
 
-    training = [t for ts in training_prompts(per_category=16).values() for t in ts]
+    training = [t for ts in training_prompts(per_category=16, seed=args.choosing_seed).values()
+                for t in ts]
+    record["choosing_seed"] = args.choosing_seed
     for steps, guidance in settings:
         if "training" in args.prompt_sets:
             run("training", steps, guidance, training)

@@ -209,6 +209,10 @@ class SampleConfig:
     # drawn onto its own noun's and off the others', in the spirit of Rassin et al. 2023), for
     # the same models; prompts of two objects or more. None: off.
     binding_guidance: float | None = None
+    # Relation regions (difflab.pipeline.relation_regions): a prompt that is one relation ("a
+    # red circle to the left of a blue square") has each phrase drawn in its own region of the
+    # picture while the layout is decided, then the whole prompt; text models only.
+    relation_regions: bool = False
 
 
 @dataclass
@@ -615,6 +619,9 @@ def check_combinations(cfg: RunConfig) -> None:
             "sample.autoguidance (e.g. 2): it says where guidance applies, and this run "
             "samples without either"
         )
+    if cfg.sample.relation_regions and cfg.text.encoder is None:
+        raise ConfigError("sample.relation_regions = true draws the phrases of a prompt: it "
+                          "needs a text model (a [text] encoder)")
     for key in ("relation_guidance", "binding_guidance"):
         scale = getattr(cfg.sample, key)
         if scale and (cfg.text.encoder != "minilm" or cfg.text.tokens != "all"):

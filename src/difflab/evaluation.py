@@ -325,6 +325,7 @@ def geneval_generator(
         autoguidance=autoguidance, sigma_max=sample_options.get("sigma_max"),
         rho=sample_options.get("rho"), relation_guidance=sample_options.get("relation_guidance"),
         binding_guidance=sample_options.get("binding_guidance"),
+        relation_regions=sample_options.get("relation_regions"),
     )
     generate = prompt_generate(
         gen, sampler=sampler, steps=steps, guidance=guidance, batch_size=batch_size,
@@ -343,6 +344,7 @@ def geneval_generator(
         **_grid(settings),
         "negative_prompt": negative_prompt,
         **{k: getattr(settings, k) for k in ATTENTION_GUIDANCE if getattr(settings, k)},
+        **({"relation_regions": True} if settings.relation_regions else {}),
         "seconds": round(time.perf_counter() - start, 1),
     }
     return report

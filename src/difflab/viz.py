@@ -189,12 +189,13 @@ def sampling_title(
     rho: float | None = None,
     relation_guidance: float | None = None,
     binding_guidance: float | None = None,
+    relation_regions: bool = False,
 ) -> str:
     """A grid's title: "fashion-mnist-cond · Bag · dpmpp_2m, 20 steps, guidance 2, seed 0"
     (`asked`: the class or prompt every sample shares; `step`: a training run's step;
     `interval`: the noise levels (low, high] the guidance applies at, when not every step;
     `sigma_max`, `rho`: the Karras grid, when not the sampler's own; `relation_guidance`,
-    `binding_guidance`: their scales, when on)."""
+    `binding_guidance`: their scales, when on; `relation_regions`: whether on)."""
     parts = [str(model)]
     if step is not None:
         parts.append(f"step {step:,}")
@@ -211,6 +212,8 @@ def sampling_title(
         how += f", relation guidance {relation_guidance:g}"
     if binding_guidance:
         how += f", binding guidance {binding_guidance:g}"
+    if relation_regions:
+        how += ", relation regions"
     parts.append(f"{how}, seed {seed}")
     return " · ".join(parts)
 

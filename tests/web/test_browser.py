@@ -113,12 +113,14 @@ def test_generate_shows_the_clis_images(page, tmp_path):
 
 
 def test_a_text_model_shows_its_relation_and_binding_guidance(page, tmp_path):
-    """shapes-text's own relation and binding guidance fill their fields; a person turns one
-    off, and the page draws what `difflab sample` draws with the same flags."""
+    """shapes-text's own relation and binding guidance fill their fields and its relation
+    regions are ticked; a person turns one off, and the page draws what `difflab sample` draws
+    with the same flags."""
     pick(page, "gen-model", "shapes-text")
     page.locator("#gen-relation input").wait_for()
     assert page.locator("#gen-relation input").input_value() == "30"
     assert page.locator("#gen-binding input").input_value() == "15"
+    assert page.locator("#gen-regions input").is_checked()  # on, as the model draws
     prompt = "a purple square and a green triangle"
     page.locator("#gen-prompt textarea").fill(prompt)
     type_number(page, "gen-relation", 0)
@@ -134,6 +136,7 @@ def test_a_text_model_shows_its_relation_and_binding_guidance(page, tmp_path):
     pick(page, "gen-model", "mnist-digits-cond")
     page.locator("#gen-relation").wait_for(state="hidden")
     page.locator("#gen-binding").wait_for(state="hidden")
+    page.locator("#gen-regions").wait_for(state="hidden")
 
 
 def test_an_out_of_bounds_request_says_why_and_the_app_keeps_serving(page):

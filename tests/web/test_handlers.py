@@ -466,15 +466,18 @@ def test_relation_and_binding_guidance_are_the_models_own_and_draw_as_the_cli_do
     presets its fields to them, draws what `difflab sample` draws, and takes 0 for off."""
     d = generate.defaults(store.load("shapes-text"))
     assert (d["relation_guidance"], d["binding_guidance"]) == (30, 15)
+    assert d["relation_regions"] is True
     off = generate.defaults(store.load("mnist-digits-cond"))
     assert (off["relation_guidance"], off["binding_guidance"]) == (None, None)  # no fields
-    prompt = "a red circle above a blue square"
+    assert off["relation_regions"] is None
+    # a phrase of two objects: drawn whole (no regions), so the guidance has every step
+    prompt = "two red circles above a blue square"
     _, result = draw(store, model="shapes-text", prompt=prompt, sampler="dpmpp_2m", steps=3,
                      guidance=3, seed=1, n=2, relation_guidance=30, binding_guidance=15)
     expected = cli_images(tmp_path, "shapes-text", "--prompt", prompt, "-n", "2", "--steps",
                           "3", "--seed", "1")
     assert np.array_equal(result.images.numpy(), expected)
-    assert "relation guidance 30, binding guidance 15" in result.notes[0]
+    assert "relation guidance 30, binding guidance 15, relation regions" in result.notes[0]  # on
     _, plain = draw(store, model="shapes-text", prompt=prompt, sampler="dpmpp_2m", steps=3,
                     guidance=3, seed=1, n=2, relation_guidance=0, binding_guidance=0)
     expected = cli_images(tmp_path, "shapes-text", "--prompt", prompt, "-n", "2", "--steps",
@@ -490,6 +493,22 @@ def test_relation_and_binding_guidance_are_the_models_own_and_draw_as_the_cli_do
             "prompt says, and there is none") in alone.notes
 
 
+def test_relation_regions_turned_off_draw_as_the_cli_does(store, tmp_path):
+    """Relation regions are on for `shapes-text` (its [sample] setting); off from the page, a
+    relation prompt draws what `difflab sample --no-relation-regions` draws, and the notes no
+    longer name them."""
+    prompt = "a red circle above a blue square"
+    _, off = draw(store, model="shapes-text", prompt=prompt, sampler="dpmpp_2m", steps=3,
+                  guidance=3, seed=1, n=2, relation_regions=False)
+    expected = cli_images(tmp_path, "shapes-text", "--prompt", prompt, "-n", "2", "--steps",
+                          "3", "--seed", "1", "--no-relation-regions")
+    assert np.array_equal(off.images.numpy(), expected)
+    assert "relation regions" not in off.notes[0]
+    _, on = draw(store, model="shapes-text", prompt=prompt, sampler="dpmpp_2m", steps=3,
+                 guidance=3, seed=1, n=2, relation_regions=True)
+    assert not np.array_equal(on.images.numpy(), off.images.numpy())
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"model": "mnist-digits-cond", "condition": "3", "relation_guidance": 5},
      "this model has none: set them to 0"),
@@ -497,6 +516,10 @@ def test_relation_and_binding_guidance_are_the_models_own_and_draw_as_the_cli_do
      "binding guidance -1 is out of range (allowed 0..1000; 0: off)"),
     ({"model": "shapes-text", "prompt": "a red circle", "relation_guidance": "x"},
      "relation guidance must be a number"),
+    ({"model": "shapes-text", "prompt": "a red circle", "relation_regions": "yes"},
+     "relation regions must be true or false, got 'yes'"),
+    ({"model": "mnist-digits-cond", "condition": "3", "relation_regions": True},
+     "this model takes no text: turn them off"),
 ])
 def test_relation_and_binding_guidance_refuse_in_one_line(store, kw, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -207,15 +207,17 @@ def test_serve_on_a_port_in_use_is_one_line_naming_the_flag(capsys):
 
 
 def test_the_api_takes_relation_and_binding_guidance_as_docs_web_shows(app_url):
-    """docs/web.md's calls: gradio_client with the last three inputs (autoguidance, relation
-    and binding guidance), and plain HTTP, where every input is given (null: the model's)."""
+    """docs/web.md's calls: gradio_client with the last four inputs (autoguidance, relation
+    and binding guidance, relation regions), and plain HTTP, where every input is given (null:
+    the model's)."""
     client = gradio_client.Client(app_url, verbose=False)
     _, gallery, notes, _, _ = client.predict(
         "shapes-text", "(no class)", "a red circle above a blue square", "", "dpmpp_2m", 2, 3,
-        0, 1, False, None, 0, 15, api_name="/generate")
+        0, 1, False, None, 0, 15, False, api_name="/generate")
     assert len(gallery) == 1 and "binding guidance 15" in notes
     assert "relation guidance" not in notes.splitlines()[0]
-    data = ["mnist-digits-cond", "7", "", "", "dpmpp_2m", 2, 2, 0, 1, False, None, None, None]
+    data = ["mnist-digits-cond", "7", "", "", "dpmpp_2m", 2, 2, 0, 1, False, None, None, None,
+            None]
     event = httpx.post(f"{app_url}/gradio_api/call/generate", json={"data": data}, timeout=60)
     stream = httpx.get(f"{app_url}/gradio_api/call/generate/{event.json()['event_id']}",
                        timeout=600).text

@@ -170,7 +170,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("--compile goes with drawing a checkpoint's samples for FID, not "
                          "with --geneval or --images")
     steering = [flag for flag, value in (("--relation-guidance", args.relation_guidance),
-                                         ("--binding-guidance", args.binding_guidance))
+                                         ("--binding-guidance", args.binding_guidance),
+                                         ("--relation-regions", args.relation_regions))
                 if value is not None]
     if steering and not (args.geneval and args.images is None):
         raise ValueError(f"{steering[0]} steers the prompts of --geneval's samples; it goes "
@@ -264,6 +265,7 @@ def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
             rho=args.rho,
             relation_guidance=args.relation_guidance,
             binding_guidance=args.binding_guidance,
+            relation_regions=args.relation_regions,
             batch_size=args.batch_size,
             negative_prompt=args.negative_prompt,
             device=args.device,

@@ -33,6 +33,7 @@ from difflab.pipeline import Generator, SamplingSettings
 from difflab.pipeline.binding_guidance import describe_binding, find_phrases
 from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
 from difflab.pipeline.relation_guidance import describe_relation, find_relation
+from difflab.pipeline.relation_regions import describe_regions, region_phrases
 from difflab.pipeline.settings import ATTENTION_GUIDANCE
 from difflab.samplers import SAMPLERS
 
@@ -157,6 +158,13 @@ def add_attention_guidance_arguments(parser: argparse.ArgumentParser) -> None:
         "cross-attention maps (default: the checkpoint's [sample] binding_guidance, else off; "
         "0: off)",
     )
+    parser.add_argument(
+        "--relation-regions",
+        action=argparse.BooleanOptionalAction,
+        help="draw each phrase of a prompt that is one relation ('a red circle to the left of "
+        "a blue square') in its own region of the picture while the layout is decided, then "
+        "the whole prompt (text models; default: the checkpoint's [sample] relation_regions)",
+    )
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +231,12 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         if getattr(args, key) and not args.prompt:
             raise CLIError(f"{_flag(key)} steers what a --prompt says: give one, e.g. "
                            "--prompt 'a red circle to the left of a blue square'")
+    if args.relation_regions and not gen.takes_text:
+        raise CLIError(f"{args.checkpoint} cannot take --relation-regions: it draws the "
+                       "phrases of a prompt, and this model takes no text; drop the flag")
+    if args.relation_regions and not args.prompt:
+        raise CLIError("--relation-regions draws the phrases of a --prompt: give one, e.g. "
+                       "--prompt 'a red circle to the left of a blue square'")
     settings = gen.sampling_settings(
         args.sampler, args.steps, args.guidance,
         conditioned=classes is not None or bool(args.prompt),
@@ -232,6 +246,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         rho=args.rho,
         relation_guidance=args.relation_guidance,
         binding_guidance=args.binding_guidance,
+        relation_regions=args.relation_regions,
     )
     kw = dict(
         sampler=settings.sampler,
@@ -253,6 +268,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
     )
     for key in ATTENTION_GUIDANCE:
         kw[key] = getattr(settings, key) or 0.0
+    kw["relation_regions"] = settings.relation_regions
     if args.eta is not None and settings.sampler not in (with_eta := _samplers_with_eta()):
         # Without --sampler the checkpoint picks the sampler, which may have no eta at all.
         raise CLIError(
@@ -275,6 +291,10 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
             if args.binding_guidance or find_phrases(prompt):
                 said = describe_binding(prompt, gen.text_encoder)
                 print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
+    if settings.relation_regions:
+        for prompt in dict.fromkeys(args.prompt):
+            if args.relation_regions or region_phrases(prompt) is not None:
+                print(f"difflab: relation regions: {describe_regions(prompt)}")
     print_prompt_readings(args, gen)
     return kw
 

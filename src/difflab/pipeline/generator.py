@@ -75,6 +75,7 @@ from difflab.pipeline.compiled import CompiledNetwork
 from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
 from difflab.pipeline.progress import SamplingProgress
 from difflab.pipeline.relation_guidance import relation_energy, relation_targets
+from difflab.pipeline.relation_regions import RelationRegionsDenoiser, region_phrases
 from difflab.pipeline.settings import (
     ATTENTION_GUIDANCE,
     DEFAULT_IMG2IMG_STRENGTH,
@@ -239,6 +240,8 @@ class Generator:
         for key in ATTENTION_GUIDANCE:  # guidance from the prompt's own attention maps
             if getattr(sc, key) and self.takes_attention_guidance:
                 out[key] = getattr(sc, key)
+        if sc.relation_regions and self.takes_text:
+            out["relation_regions"] = True
         return out
 
     def sampling_settings(
@@ -254,6 +257,7 @@ class Generator:
         rho: float | None = None,
         relation_guidance: float | None = None,
         binding_guidance: float | None = None,
+        relation_regions: bool | None = None,
     ) -> SamplingSettings:
         """Fill what the caller left None from :meth:`sample_defaults`.
 
@@ -267,8 +271,8 @@ class Generator:
         together. The interval applies to whichever of the two guides the draw. `sigma_max`
         and `rho` shape the Karras grid of a sampler that steps on one; left None, they are
         the checkpoint's when its own sampler runs (they were chosen with it), like steps.
-        `relation_guidance` and `binding_guidance` left None are the checkpoint's when a prompt
-        is asked for (0: off)."""
+        `relation_guidance`, `binding_guidance` and `relation_regions` left None are the
+        checkpoint's when a prompt is asked for (0, False: off)."""
         defaults = self.sample_defaults()
         source = {"sampler": "given", "steps": "given"}
         if sampler is None:
@@ -310,8 +314,9 @@ class Generator:
         given = {"relation_guidance": relation_guidance, "binding_guidance": binding_guidance}
         attention = {k: self._attention_guidance(k, given[k], conditioned, source, defaults)
                      for k in ATTENTION_GUIDANCE}
+        regions = self._relation_regions(relation_regions, conditioned, source, defaults)
         return SamplingSettings(sampler, steps, guidance, eta, source, interval, auto, **grid,
-                                **attention)
+                                **attention, relation_regions=regions)
 
     def _grid(self, sampler: str, own: bool, defaults: dict, source: dict,
               **given: float | None) -> dict[str, float | None]:
@@ -562,6 +567,22 @@ class Generator:
             return defaults[key]
         return None
 
+    def _relation_regions(self, given: bool | None, conditioned: bool, source: dict,
+                          defaults: dict) -> bool:
+        """Whether a draw uses relation regions, its source noted in `source`."""
+        if given is not None:
+            if not isinstance(given, bool):
+                raise ValueError(f"relation_regions must be True or False, got {given!r}")
+            if given and not self.takes_text:
+                raise ValueError("relation regions draw the phrases of a prompt: this "
+                                 "checkpoint takes no text")
+            source["relation_regions"] = "given"
+            return given
+        if conditioned and defaults.get("relation_regions"):
+            source["relation_regions"] = "checkpoint"
+            return True
+        return False
+
     @property
     def takes_attention_guidance(self) -> bool:
         """Whether relation and binding guidance apply: a text model reading the pretrained
@@ -606,6 +627,26 @@ class Generator:
         energies = [summed_energy(p) if p else None for p in parts]
         conditional = network_denoiser(self.net, self.process, self.parameterization, cond=text)
         return AttentionGuidedDenoiser(den, self.net, conditional, energies)
+
+    def _with_regions(self, den: Denoiser, net: torch.nn.Module, guide: torch.nn.Module | None,
+                      settings: SamplingSettings, prompts: list[str],
+                      negatives: list[str] | None, nearest: int) -> Denoiser:
+        """`den` drawing the prompts that are one relation by regions
+        (difflab.pipeline.relation_regions), each phrase guided as the run is."""
+        phrases = [region_phrases(p) for p in prompts]
+        if not any(phrases):
+            return den
+
+        def phrase_denoiser(phrases: list[str], samples: list[int]) -> Denoiser:
+            k = len(phrases)
+            negative = (self._text([negatives[s] for s in samples], k, nearest)
+                        if negatives else None)
+            return self._denoiser(net, guide, None, settings.guidance, None,
+                                  text=self._text(phrases, k, nearest), negative=negative,
+                                  guidance_interval=settings.guidance_interval,
+                                  autoguidance=settings.autoguidance)
+
+        return RelationRegionsDenoiser(den, phrases, phrase_denoiser, self.model_shape)
 
     def _clip(self, clip: str | None) -> str | None:
         # Scaled latents are not confined to [-1, 1]: clipping them would distort every image.
@@ -660,6 +701,7 @@ class Generator:
         compile: bool = False,
         relation_guidance: float | None = None,
         binding_guidance: float | None = None,
+        relation_regions: bool | None = None,
         **options: Any,
     ) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Yield (uint8 images, labels) batch by batch, so 10,000 images never sit in memory.
@@ -692,8 +734,10 @@ class Generator:
         model's cross-attention maps (:mod:`~difflab.pipeline.relation_guidance`; 0: off;
         prompts without a relation are sampled as without it); `binding_guidance` s:
         draw each modifier ("red") on its own noun and not on the others
-        (:mod:`~difflab.pipeline.binding_guidance`; prompts of two objects or more). Both left
-        None are the checkpoint's [sample] settings.
+        (:mod:`~difflab.pipeline.binding_guidance`; prompts of two objects or more);
+        `relation_regions`: draw each phrase of a prompt that is one relation in its own region
+        of the picture first (:mod:`~difflab.pipeline.relation_regions`). All three left None
+        are the checkpoint's [sample] settings.
         """
         check_sampling_inputs(n, steps, guidance, batch_size)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
@@ -715,11 +759,14 @@ class Generator:
             sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None,
             guidance_interval=guidance_interval, autoguidance=autoguidance,
             sigma_max=sigma_max, rho=rho, relation_guidance=relation_guidance,
-            binding_guidance=binding_guidance,
+            binding_guidance=binding_guidance, relation_regions=relation_regions,
         )
         sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
         relation_guidance = settings.relation_guidance
         binding_guidance = settings.binding_guidance
+        if settings.relation_regions and prompts is None:
+            raise ValueError("relation regions draw the phrases of a prompt, e.g. 'a red "
+                             "circle to the left of a blue square': give one")
         if settings.eta is not None:
             options.setdefault("eta", settings.eta)
         fn = get_sampler(sampler)
@@ -773,6 +820,10 @@ class Generator:
                 if relation_guidance or binding_guidance:
                     den = self._attention_guided(den, text, prompts[start : start + b],
                                                  relation_guidance, binding_guidance)
+                if settings.relation_regions:
+                    den = self._with_regions(
+                        den, net, guide, settings, prompts[start : start + b],
+                        negatives[start : start + b] if negatives else None, nearest)
                 if clip is not None:  # the prediction sampled, guided or not, is the one clipped
                     den = ThresholdedDenoiser(den, clip)
                 if mask is not None:

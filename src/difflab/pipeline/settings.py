@@ -55,6 +55,9 @@ class SamplingSettings:
     # binding_guidance); None: off
     relation_guidance: float | None = None
     binding_guidance: float | None = None
+    # whether a prompt that is one relation is drawn by regions first
+    # (difflab.pipeline.relation_regions)
+    relation_regions: bool = False
 
     def summary(self, eta: float | None = None) -> str:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
@@ -72,6 +75,8 @@ class SamplingSettings:
         for key in ATTENTION_GUIDANCE:
             if getattr(self, key):
                 what.append(f"{key.replace('_', ' ')} {getattr(self, key):g}")
+        if self.relation_regions:
+            what.append("relation regions")
         if eta is not None:
             what.append(f"eta {eta:g}")
         return ", ".join(what)

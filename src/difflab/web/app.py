@@ -128,6 +128,9 @@ def build_app(roots: Roots, limits: Limits | None = None,
             # only for a text model reading word pieces; its own scales, 0 where it has none
             gr.update(value=d["relation_guidance"], visible=d["relation_guidance"] is not None),
             gr.update(value=d["binding_guidance"], visible=d["binding_guidance"] is not None),
+            # only for a text model; on where the model draws relations by regions
+            gr.update(value=bool(d["relation_regions"]),
+                      visible=d["relation_regions"] is not None),
             _describe_model(gen),
         )
 
@@ -185,6 +188,11 @@ def build_app(roots: Roots, limits: Limits | None = None,
                                 None, label="binding guidance (0: off)", visible=False,
                                 elem_id="gen-binding",
                                 info="keep each colour on its own object",
+                            )
+                            g_regions = gr.Checkbox(
+                                False, label="relation regions", visible=False,
+                                elem_id="gen-regions",
+                                info="draw each object of 'A left of B' on its own side first",
                             )
                             g_seed = gr.Number(0, label="seed", elem_id="gen-seed")
                             g_n = gr.Number(8, label=f"images (≤ {limits.max_images})",
@@ -321,19 +329,21 @@ def build_app(roots: Roots, limits: Limits | None = None,
 
         # ---------------------------------------------------------------- handlers
         form_outputs = [g_class, g_prompt, g_negative, g_sampler, g_steps, g_guidance,
-                        g_autoguidance, g_relation, g_binding, g_info]
+                        g_autoguidance, g_relation, g_binding, g_regions, g_info]
         g_model.change(_shown_errors(model_form), g_model, form_outputs, **light)
         app.load(_shown_errors(model_form), g_model, form_outputs, **light)
         g_sampler.input(_shown_errors(sampler_steps), [g_model, g_sampler], g_steps, **light)
 
         def on_generate(model, condition, prompt, negative, sampler, steps, guidance, seed, n,
                         gif, autoguidance=None, relation_guidance=None, binding_guidance=None,
+                        relation_regions=None,
                         progress=gr.Progress()):  # noqa: B008 (gradio's API)
             req = Request(model=model, condition=condition, prompt=prompt,
                           negative_prompt=negative, sampler=sampler, steps=steps,
                           guidance=guidance, autoguidance=autoguidance,
                           relation_guidance=relation_guidance,
-                          binding_guidance=binding_guidance, seed=seed, n=n, gif=bool(gif))
+                          binding_guidance=binding_guidance, relation_regions=relation_regions,
+                          seed=seed, n=n, gif=bool(gif))
             progress(0, desc="loading the model")
             job = generate.run(store, limits, req)
             while True:
@@ -352,7 +362,7 @@ def build_app(roots: Roots, limits: Limits | None = None,
         g_go.click(
             _shown_errors(on_generate),
             [g_model, g_class, g_prompt, g_negative, g_sampler, g_steps, g_guidance, g_seed,
-             g_n, g_gif, g_autoguidance, g_relation, g_binding],
+             g_n, g_gif, g_autoguidance, g_relation, g_binding, g_regions],
             [g_preview, g_gallery, g_notes, g_gif_view, g_files],
             api_name="generate", **heavy,
         )

@@ -94,10 +94,13 @@ def defaults(gen: Generator) -> dict[str, Any]:
     as `difflab sample` resolves them."""
     settings = gen.sampling_settings(conditioned=True)
     out = {"sampler": settings.sampler, "steps": settings.steps, "guidance": None,
-           "autoguidance": None, "relation_guidance": None, "binding_guidance": None}
+           "autoguidance": None, "relation_guidance": None, "binding_guidance": None,
+           "relation_regions": None}
     if gen.takes_attention_guidance:  # 0 (off) where the checkpoint does not guide this way
         for key in ATTENTION_GUIDANCE:
             out[key] = getattr(settings, key) or 0.0
+    if gen.takes_text:  # on or off, as the checkpoint draws a prompt
+        out["relation_regions"] = settings.relation_regions
     if gen.conditional:
         out["guidance"] = settings.guidance
     if gen.guide is not None:  # 1 (the model alone) where the checkpoint does not autoguide
@@ -155,6 +158,8 @@ class Request:
     # None: the checkpoint's [sample] relation / binding guidance (text models with word pieces)
     relation_guidance: Any = None
     binding_guidance: Any = None
+    # None: the checkpoint's [sample] relation_regions (text models)
+    relation_regions: Any = None
     seed: Any = 0
     n: Any = 8
     gif: bool = True
@@ -191,6 +196,7 @@ def generator_kwargs(
     autoguidance: Any = None,
     relation_guidance: Any = None,
     binding_guidance: Any = None,
+    relation_regions: Any = None,
 ) -> tuple[dict, Any]:
     """The Generator keywords `difflab sample` / `img2img` / `inpaint` pass for these
     settings (cli.sampling_kwargs): sampler, steps, guidance and autoguidance resolved once by
@@ -204,10 +210,17 @@ def generator_kwargs(
     if any(given.values()) and not gen.takes_attention_guidance:
         raise ValueError("relation and binding guidance read a text model's attention to the "
                          "words of its prompt; this model has none: set them to 0")
+    if relation_regions is not None and not isinstance(relation_regions, bool):
+        raise ValueError(f"relation regions must be true or false, got {relation_regions!r}")
+    if relation_regions and not gen.takes_text:
+        raise ValueError("relation regions draw the phrases of a prompt; this model takes no "
+                         "text: turn them off")
     if not prompt:  # the page always sends its fields; without a prompt nothing is steered
         given = dict.fromkeys(given)
+        relation_regions = None
     settings = gen.sampling_settings(sampler, steps, guidance, conditioned=conditioned,
-                                     autoguidance=auto, **given)
+                                     autoguidance=auto, relation_regions=relation_regions,
+                                     **given)
     kw = dict(
         sampler=settings.sampler,
         steps=settings.steps,
@@ -225,6 +238,7 @@ def generator_kwargs(
         # the checkpoint's relation and binding guidance, as `difflab sample` draws
         relation_guidance=settings.relation_guidance or 0.0,
         binding_guidance=settings.binding_guidance or 0.0,
+        relation_regions=settings.relation_regions,
     )
     if settings.eta is not None:
         kw["eta"] = settings.eta
@@ -255,6 +269,7 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
         classes=classes, prompt=[prompt] if prompt else None,
         negative_prompt=[negative] if negative else None, autoguidance=req.autoguidance,
         relation_guidance=req.relation_guidance, binding_guidance=req.binding_guidance,
+        relation_regions=req.relation_regions,
     )
     asked = None
     if per_row is None and classes:
@@ -267,6 +282,7 @@ def plan(store: ModelStore, limits: Limits, req: Request) -> tuple[Generator, di
                                interval=settings.guidance_interval,
                                sigma_max=settings.sigma_max, rho=settings.rho,
                                relation_guidance=settings.relation_guidance,
+                               relation_regions=settings.relation_regions,
                                binding_guidance=settings.binding_guidance)
     layout = {"n": n, "nrow": per_row or 8, "title": title, "settings": settings,
               "row_labels": row_labels, "notes": unused_guidance_notes(gen, req, kw)}

@@ -1,0 +1,204 @@
+"""Relation regions (difflab.pipeline.relation_regions): which prompts are one relation and
+what their phrases are, the regions, the denoiser's combination in closed form, and what it
+does to the shipped `shapes-text`."""
+
+import pytest
+import torch
+from shapes_scoring import SHIPPED, correct_images
+
+from difflab.diffusion.denoiser import Prediction
+from difflab.diffusion.process import VPProcess
+from difflab.pipeline.relation_regions import (
+    REGIONS_SIGMA,
+    RegionPhrases,
+    RelationRegionsDenoiser,
+    region_phrases,
+    regions,
+)
+
+
+@pytest.mark.parametrize("prompt, phrases", [
+    ("a red circle to the left of a blue square",
+     RegionPhrases("a red circle", "a blue square", 1, 1)),
+    ("A small yellow Triangle right of one purple circle.",
+     RegionPhrases("A small yellow Triangle", "one purple circle", 1, -1)),
+    ("a red bus to the left of a glass", RegionPhrases("a red bus", "a glass", 1, 1)),
+    ("there is a big green square that sits above an orange circle",
+     RegionPhrases("there is a big green square", "an orange circle", 0, 1)),
+    ("a picture of a red circle beneath a blue triangle",
+     RegionPhrases("a picture of a red circle", "a blue triangle", 0, -1)),
+    ("the blue square is directly under the red circle, in the image",
+     RegionPhrases("the blue square", "the red circle", 0, -1)),
+])
+def test_a_prompt_that_is_one_relation_is_read_as_its_two_phrases(prompt, phrases):
+    assert region_phrases(prompt) == phrases
+
+
+@pytest.mark.parametrize("prompt", [
+    "a red circle and a blue square",  # no relation
+    "a red circle left of a blue square and a green triangle",  # a third object
+    "a green triangle and a red circle left of a blue square",
+    "a red circle left of a blue square on a white background",  # a clause no phrase reads
+    "a red circle on the left side of the picture",  # a place, not a relation
+    # a phrase of several objects
+    "two small yellow triangles right of a purple circle",
+    "a purple circle left of three triangles", "a circle above 2 squares",
+    "a circle above squares", "several dots under a line",
+])
+def test_a_prompt_that_is_more_than_one_relation_of_single_objects_is_left_whole(prompt):
+    assert region_phrases(prompt) is None
+
+
+def test_the_regions_are_five_eighths_of_the_picture_on_each_side_in_the_relations_order():
+    left_of = RegionPhrases("a", "b", 1, 1)
+    right_of = RegionPhrases("a", "b", 1, -1)
+    assert regions(8, left_of) == (slice(0, 5), slice(3, 8))
+    assert regions(8, right_of) == (slice(3, 8), slice(0, 5))
+    assert regions(32, left_of) == (slice(0, 20), slice(12, 32))
+    assert regions(3, left_of) == (slice(0, 2), slice(1, 3))  # never less than half
+
+
+def _process():
+    return VPProcess("cosine")
+
+
+class Constant:
+    """A denoiser predicting one value per sample (x0 = value, eps from x_t), recording the
+    inputs it was called on."""
+
+    def __init__(self, values, process):
+        self.values, self.process, self.calls = torch.tensor(values), process, []
+
+    def __call__(self, x, t):
+        self.calls.append(tuple(x.shape))
+        x0 = self.values.view(-1, 1, 1, 1).expand_as(x).clone()
+        return Prediction(x0, self.process.eps_from_x0(x, t, x0))
+
+
+def test_each_phrase_is_predicted_on_its_region_and_the_overlap_is_their_mean():
+    """Exact: phrase denoisers predicting constants 1 (first phrases) and 3 (second) give x0
+    1 on the first phrase's own part, 3 on the second's, 2 where the regions overlap; a sample
+    that is no relation keeps the whole prompt's prediction (5) bit for bit; at or below
+    REGIONS_SIGMA every sample is the whole prompt's."""
+    process = _process()
+    built = {}
+
+    def phrase_denoiser(texts, samples):
+        den = Constant([1.0 if t.startswith("first") else 3.0 for t in texts], process)
+        built[tuple(texts)] = (samples, den)
+        return den
+
+    phrases = [RegionPhrases("first A", "second A", 1, 1), None,
+               RegionPhrases("first C", "second C", 0, -1)]
+    whole = Constant([5.0, 5.0, 5.0], process)
+    den = RelationRegionsDenoiser(whole, phrases, phrase_denoiser, (2, 8, 8))
+    t_high = torch.tensor(0.9)  # near the top of the process: sigma far above REGIONS_SIGMA
+    assert float(process.sigma_ve(t_high.view(1))) > REGIONS_SIGMA
+    x = torch.randn(3, 2, 8, 8)
+    x0 = den(x, t_high).x0
+    # sample 0, "first A" left of "second A": columns 0-2 first, 3-4 both, 5-7 second
+    assert torch.equal(x0[0, :, :, :3], torch.full((2, 8, 3), 1.0))
+    assert torch.equal(x0[0, :, :, 3:5], torch.full((2, 8, 2), 2.0))
+    assert torch.equal(x0[0, :, :, 5:], torch.full((2, 8, 3), 3.0))
+    assert torch.equal(x0[1], torch.full((2, 8, 8), 5.0))
+    # sample 2, "first C" below "second C": rows 5-7 first, 3-4 both, 0-2 second
+    assert torch.equal(x0[2, :, 5:], torch.full((2, 3, 8), 1.0))
+    assert torch.equal(x0[2, :, 3:5], torch.full((2, 2, 8), 2.0))
+    assert torch.equal(x0[2, :, :3], torch.full((2, 3, 8), 3.0))
+    # one denoiser per region and axis, called on its crop of the listed samples only
+    assert {k: v[0] for k, v in built.items()} == {
+        ("first A",): [0], ("second A",): [0], ("first C",): [2], ("second C",): [2]}
+    assert built[("first A",)][1].calls == [(1, 2, 8, 5)]
+    assert built[("second C",)][1].calls == [(1, 2, 5, 8)]
+    # below the layout's noise levels the whole prompt draws alone
+    t_low = torch.tensor(0.3)
+    assert float(process.sigma_ve(t_low.view(1))) <= REGIONS_SIGMA
+    calls = len(built[("first A",)][1].calls)
+    assert torch.equal(den(x, t_low).x0, torch.full((3, 2, 8, 8), 5.0))
+    assert len(built[("first A",)][1].calls) == calls
+
+
+def test_without_a_relation_in_the_batch_the_whole_prompt_draws_alone():
+    process = _process()
+    whole = Constant([5.0], process)
+    den = RelationRegionsDenoiser(whole, [None], lambda *a: pytest.fail("built"), (1, 4, 4))
+    x = torch.randn(1, 1, 4, 4)
+    assert torch.equal(den(x, torch.tensor(0.9)).x0, torch.full((1, 1, 4, 4), 5.0))
+    assert den.regions == []
+
+
+@SHIPPED
+def test_regions_place_a_pair_the_model_never_saw_related():
+    """A learning test with a fixed bar, on prompts written here (not the development, choosing
+    or test prompts): circles and squares are never side by side in training, and squares and
+    triangles never one above the other. The shipped sampling puts them in the named relation
+    in few images; with regions at least 8 more of 32 are right."""
+    prompts = ["an orange square to the right of a red circle",
+               "a yellow triangle below a green square"]
+
+    def correct(regions):
+        return correct_images(prompts, "position", relation_regions=regions)
+
+    assert correct(True) >= correct(False) + 8
+
+
+def test_regions_are_refused_where_they_cannot_apply(capsys):
+    from difflab.cli import main
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint("fashion-mnist", device="cpu")
+    with pytest.raises(ValueError, match="relation regions draw the phrases of a prompt: this "
+                                         "checkpoint takes no text"):
+        gen.generate(1, steps=2, relation_regions=True)
+    with pytest.raises(ValueError, match="relation_regions must be True or False"):
+        gen.generate(1, steps=2, relation_regions=1)
+    assert main(["sample", "fashion-mnist", "--relation-regions", "-n", "1",
+                 "--steps", "2"]) == 2
+    said = capsys.readouterr()
+    assert "fashion-mnist cannot take --relation-regions" in said.err and said.out == ""
+    assert main(["eval", "fashion-mnist", "--relation-regions", "--samples", "10"]) == 2
+    assert "--relation-regions steers the prompts of --geneval's samples" in \
+        capsys.readouterr().err
+
+
+def test_a_config_asks_for_regions_only_of_a_text_model():
+    from pathlib import Path
+
+    from difflab.config import ConfigError, load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with pytest.raises(ConfigError, match="relation_regions = true draws the phrases of a "
+                                          "prompt: it needs a text model"):
+        load_config(configs / "fashion_mnist.toml", ["sample.relation_regions=true"])
+    with pytest.raises(ConfigError, match="relation_regions"):
+        load_config(configs / "shapes_text_latent.toml", ["sample.relation_regions=1"])
+    cfg = load_config(configs / "shapes_text_latent.toml", ["sample.relation_regions=true"])
+    assert cfg.sample.relation_regions is True
+
+
+@SHIPPED
+def test_the_command_line_says_what_the_regions_read(tmp_path, capsys):
+    from difflab.cli import main
+
+    out = tmp_path / "regions.png"
+    assert main(["sample", "shapes-text", "--prompt", "a red circle above a blue square",
+                 "--prompt", "two circles left of a square", "--relation-regions", "-n", "2",
+                 "--steps", "3", "--out", str(out), "--quiet"]) == 0
+    assert out.is_file()
+    said = capsys.readouterr().out
+    assert "relation regions" in said.splitlines()[0]  # the line that says what runs
+    assert "relation regions: 'a red circle' on the top, 'a blue square' on the bottom" in said
+    assert "'two circles left of a square' is not one relation between two single objects" \
+        in said
+
+
+@SHIPPED
+def test_a_prompt_without_regions_is_drawn_exactly_as_without_them():
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint("shapes-text", device="cpu")
+    prompts = ["two circles left of a square", "a red circle to the left of a blue square"]
+    plain = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_regions=False)
+    regions_on = gen.generate(2, prompt=prompts, steps=4, seed=3, relation_regions=True)
+    assert torch.equal(plain[0], regions_on[0])
+    assert not torch.equal(plain[1], regions_on[1])
