@@ -166,5 +166,6 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         sigma_max=kw.get("sigma_max"), rho=kw.get("rho"),
         relation_guidance=kw.get("relation_guidance"),
         binding_guidance=kw.get("binding_guidance"),
+        relation_regions=bool(kw.get("relation_regions")),
     )
 
