@@ -11,6 +11,10 @@ guidance 30, binding guidance 15), and scored by the GenEval-style scorer.
 
     OMP_NUM_THREADS=1 python bench/pair_regions_choice.py \\
         --out bench/results/shapes_relation_regions/choice_pairs.json
+
+It ran on the library of commit 8e059b2, whose relation regions also drew pairs; that was not
+adopted and was removed, so on the library as it is both arms draw a pair alike (a record,
+not a reproduction: `git checkout 8e059b2` to rerun it).
 """
 
 from __future__ import annotations

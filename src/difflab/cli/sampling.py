@@ -33,7 +33,7 @@ from difflab.pipeline import Generator, SamplingSettings
 from difflab.pipeline.binding_guidance import describe_binding, find_phrases
 from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
 from difflab.pipeline.relation_guidance import describe_relation, find_relation
-from difflab.pipeline.relation_regions import describe_regions, sample_phrases
+from difflab.pipeline.relation_regions import describe_regions, region_phrases
 from difflab.pipeline.settings import ATTENTION_GUIDANCE
 from difflab.samplers import SAMPLERS
 
@@ -293,7 +293,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
                 print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
     if settings.relation_regions:
         for prompt in dict.fromkeys(args.prompt):
-            if args.relation_regions or sample_phrases(prompt, 0, 0) is not None:
+            if args.relation_regions or region_phrases(prompt) is not None:
                 print(f"difflab: relation regions: {describe_regions(prompt)}")
     print_prompt_readings(args, gen)
     return kw

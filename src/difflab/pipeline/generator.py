@@ -75,7 +75,7 @@ from difflab.pipeline.compiled import CompiledNetwork
 from difflab.pipeline.inputs import as_image_tensor, as_mask_tensor
 from difflab.pipeline.progress import SamplingProgress
 from difflab.pipeline.relation_guidance import relation_energy, relation_targets
-from difflab.pipeline.relation_regions import RelationRegionsDenoiser, sample_phrases
+from difflab.pipeline.relation_regions import RelationRegionsDenoiser, region_phrases
 from difflab.pipeline.settings import (
     ATTENTION_GUIDANCE,
     DEFAULT_IMG2IMG_STRENGTH,
@@ -630,12 +630,10 @@ class Generator:
 
     def _with_regions(self, den: Denoiser, net: torch.nn.Module, guide: torch.nn.Module | None,
                       settings: SamplingSettings, prompts: list[str],
-                      negatives: list[str] | None, nearest: int, seed: int,
-                      first: int) -> Denoiser:
-        """`den` drawing by regions the prompts of two single objects, a relation or a pair
-        (difflab.pipeline.relation_regions), each phrase guided as the run is; `first` is
-        the index of the batch's first sample in the draw at `seed` (a pair's sides)."""
-        phrases = [sample_phrases(p, seed, first + i) for i, p in enumerate(prompts)]
+                      negatives: list[str] | None, nearest: int) -> Denoiser:
+        """`den` drawing the prompts that are one relation by regions
+        (difflab.pipeline.relation_regions), each phrase guided as the run is."""
+        phrases = [region_phrases(p) for p in prompts]
         if not any(phrases):
             return den
 
@@ -825,8 +823,7 @@ class Generator:
                 if settings.relation_regions:
                     den = self._with_regions(
                         den, net, guide, settings, prompts[start : start + b],
-                        negatives[start : start + b] if negatives else None, nearest,
-                        seed, first + start)
+                        negatives[start : start + b] if negatives else None, nearest)
                 if clip is not None:  # the prediction sampled, guided or not, is the one clipped
                     den = ThresholdedDenoiser(den, clip)
                 if mask is not None:

@@ -27,7 +27,6 @@ the prompt drawn as without them.
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ import torch
 
 from difflab.diffusion.denoiser import Denoiser, Prediction
 from difflab.diffusion.process import as_time
-from difflab.pipeline.binding_guidance import find_phrases
 from difflab.pipeline.relation_guidance import (
     FRAME_WORDS,
     LINKING_WORDS,
@@ -59,11 +57,6 @@ _CLAUSE_BREAK = re.compile(r",|;|\band\b|\bwith\b|\bplus\b", re.IGNORECASE)
 # images right against 15 without (BENCHMARKS.md, "Relation regions").
 _MANY = frozenset("two three four five six seven eight nine ten several many some pair "
                   "couple both few".split())
-# Between a pair's two objects: "and", or a comma, then perhaps an article.
-_JOINT = re.compile(r"\s*(?:,\s*(?:and\b)?|and\b)\s*", re.IGNORECASE)
-_ARTICLES = frozenset("a an one the single".split())
-# A pair the prompt does not relate goes left and right, or top and bottom, either way round.
-PAIR_SIDES = ((1, 1), (1, -1), (0, 1), (0, -1))
 _FREE_WORDS = LINKING_WORDS | FRAME_WORDS | {"there", "here", "of", "showing", "shows", "with"}
 
 
@@ -98,46 +91,6 @@ def region_phrases(prompt: str) -> RegionPhrases | None:
     return RegionPhrases(first, second, rel.axis, rel.sign)
 
 
-def pair_phrases(prompt: str) -> tuple[str, str] | None:
-    """The two phrases of a prompt that is two single objects joined by 'and' or a comma and
-    nothing else ("a purple square and a green triangle"), or None. The objects are read as
-    binding guidance reads them (:func:`~difflab.pipeline.binding_guidance.find_phrases`: "a
-    red and blue circle" is one object)."""
-    if RELATION_RE.search(prompt):
-        return None
-    phrases = find_phrases(prompt)
-    if len(phrases) != 2:
-        return None
-    (a0, a1), (b0, b1) = phrases[0].noun, phrases[1].noun
-    second_starts = min([b0, *(m[0] for m in phrases[1].modifiers)])
-    joint = _JOINT.match(prompt, a1, second_starts)
-    if joint is None or any(w.group().lower() not in _ARTICLES
-                            for w in WORD_RE.finditer(prompt, joint.end(), second_starts)):
-        return None
-    if any(w.group().lower() not in _FREE_WORDS for w in WORD_RE.finditer(prompt, b1)):
-        return None
-    first, second = prompt[:a1].strip(), prompt[joint.end():b1].strip()
-    if not (names_one(first, prompt[a0:a1]) and names_one(second, prompt[b0:b1])):
-        return None
-    return first, second
-
-
-def pair_sides(seed: int, index: int) -> tuple[int, int]:
-    """The (axis, sign) on which sample `index` of a draw at `seed` puts a pair's first
-    object: one of PAIR_SIDES, the same for that sample at any batch size."""
-    return PAIR_SIDES[random.Random(f"{seed}:{index}").randrange(len(PAIR_SIDES))]
-
-
-def sample_phrases(prompt: str, seed: int, index: int) -> RegionPhrases | None:
-    """What sample `index` of a draw at `seed` draws by regions: a relation's phrases on the
-    sides it names, a pair's on the sides :func:`pair_sides` draws, or None."""
-    read = region_phrases(prompt)
-    if read is not None:
-        return read
-    pair = pair_phrases(prompt)
-    return None if pair is None else RegionPhrases(*pair, *pair_sides(seed, index))
-
-
 def names_one(phrase: str, noun: str) -> bool:
     """Whether a phrase names a single object: no number above one ("two", "3", "several")
     and a noun that does not read as a plural ("circles"; "glass" and "bus" are single)."""
@@ -151,12 +104,8 @@ def describe_regions(prompt: str) -> str:
     """What relation regions read in `prompt`, for a command to print."""
     read = region_phrases(prompt)
     if read is None:
-        pair = pair_phrases(prompt)
-        if pair is not None:
-            return (f"{pair[0]!r} and {pair[1]!r} on opposite sides, left and right or top "
-                    "and bottom, drawn for each image")
-        return (f"{prompt!r} is not two single objects, related or joined by 'and', and "
-                "nothing else; it is drawn whole")
+        return (f"{prompt!r} is not one relation between two single objects and nothing "
+                "else; it is drawn whole")
     sides = {(1, 1): ("left", "right"), (1, -1): ("right", "left"),
              (0, 1): ("top", "bottom"), (0, -1): ("bottom", "top")}[read.axis, read.sign]
     return f"{read.first!r} on the {sides[0]}, {read.second!r} on the {sides[1]}"
