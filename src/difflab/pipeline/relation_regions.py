@@ -10,7 +10,7 @@ middle. Where they overlap, their predictions are averaged: the least-squares jo
 regions' steps (MultiDiffusion, Bar-Tal et al. 2023, eq. 5). An object can only be drawn
 inside its own region, so the relation holds by construction, also between objects the model
 never saw related; below REGIONS_SIGMA the whole prompt on the whole picture (with any other
-guidance) finishes the two halves as one picture. This is layout-grounded generation (Lian et
+guidance) finishes the two regions as one picture. This is layout-grounded generation (Lian et
 al. 2023, "LLM-grounded Diffusion"), with the layout read from the prompt's words instead of
 asked of a language model, and without their per-box masks.
 
@@ -52,12 +52,12 @@ REGION_SHARE = 0.625  # a region's share of the picture along the relation's axi
 _CLAUSE_BREAK = re.compile(r",|;|\band\b|\bwith\b|\bplus\b", re.IGNORECASE)
 # Words a prompt may hold outside its two phrases and still be only the relation: "there is",
 # "a picture of", "in the image".
+_FREE_WORDS = LINKING_WORDS | FRAME_WORDS | {"there", "here", "of", "showing", "shows", "with"}
 # Words that make a phrase more than one object. Such a phrase needs a layout of its own
 # within its region: on the development prompts of several objects, regions drew 5 of 32
 # images right against 15 without (BENCHMARKS.md, "Relation regions").
 _MANY = frozenset("two three four five six seven eight nine ten several many some pair "
                   "couple both few".split())
-_FREE_WORDS = LINKING_WORDS | FRAME_WORDS | {"there", "here", "of", "showing", "shows", "with"}
 
 
 @dataclass(frozen=True)
