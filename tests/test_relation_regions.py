@@ -13,7 +13,7 @@ from difflab.pipeline.relation_regions import (
     RegionPhrases,
     RelationRegionsDenoiser,
     region_phrases,
-    regions,
+    region_slices,
 )
 
 
@@ -23,6 +23,8 @@ from difflab.pipeline.relation_regions import (
     ("A small yellow Triangle right of one purple circle.",
      RegionPhrases("A small yellow Triangle", "one purple circle", 1, -1)),
     ("a red bus to the left of a glass", RegionPhrases("a red bus", "a glass", 1, 1)),
+    ("an image of a single big square left of one small circle",
+     RegionPhrases("an image of a single big square", "one small circle", 1, 1)),
     ("there is a big green square that sits above an orange circle",
      RegionPhrases("there is a big green square", "an orange circle", 0, 1)),
     ("a picture of a red circle beneath a blue triangle",
@@ -40,6 +42,11 @@ def test_a_prompt_that_is_one_relation_is_read_as_its_two_phrases(prompt, phrase
     "a green triangle and a red circle left of a blue square",
     "a red circle left of a blue square on a white background",  # a clause no phrase reads
     "a red circle on the left side of the picture",  # a place, not a relation
+    # a second object inside a phrase, or a negation
+    "a red circle or a green triangle left of a blue square",
+    "a red circle near a green triangle left of a blue square",
+    "a red circle left of a blue square next to a green triangle",
+    "a red circle not left of a blue square",
     # a phrase of several objects
     "two small yellow triangles right of a purple circle",
     "a purple circle left of three triangles", "a circle above 2 squares",
@@ -52,10 +59,10 @@ def test_a_prompt_that_is_more_than_one_relation_of_single_objects_is_left_whole
 def test_the_regions_are_five_eighths_of_the_picture_on_each_side_in_the_relations_order():
     left_of = RegionPhrases("a", "b", 1, 1)
     right_of = RegionPhrases("a", "b", 1, -1)
-    assert regions(8, left_of) == (slice(0, 5), slice(3, 8))
-    assert regions(8, right_of) == (slice(3, 8), slice(0, 5))
-    assert regions(32, left_of) == (slice(0, 20), slice(12, 32))
-    assert regions(3, left_of) == (slice(0, 2), slice(1, 3))  # never less than half
+    assert region_slices(8, left_of) == (slice(0, 5), slice(3, 8))
+    assert region_slices(8, right_of) == (slice(3, 8), slice(0, 5))
+    assert region_slices(32, left_of) == (slice(0, 20), slice(12, 32))
+    assert region_slices(3, left_of) == (slice(0, 2), slice(1, 3))  # never less than half
 
 
 def _process():
@@ -118,6 +125,34 @@ def test_each_phrase_is_predicted_on_its_region_and_the_overlap_is_their_mean():
     assert len(built[("first A",)][1].calls) == calls
 
 
+def test_samples_sharing_a_region_are_drawn_together_and_each_at_its_own_noise_level():
+    """Two samples left of their partners share one call per region (a sub-batch of two);
+    given a time per sample, one at a noise level below REGIONS_SIGMA takes the whole
+    prompt's prediction while the other is drawn by regions; all by regions when every
+    sample is, without calling the whole prompt."""
+    process = _process()
+    built = {}
+
+    def phrase_denoiser(texts, samples):
+        den = Constant([1.0 if t.startswith("first") else 3.0 for t in texts], process)
+        built[tuple(texts)] = (samples, den)
+        return den
+
+    phrases = [RegionPhrases("first A", "second A", 1, 1),
+               RegionPhrases("first B", "second B", 1, 1)]
+    whole = Constant([5.0, 5.0], process)
+    den = RelationRegionsDenoiser(whole, phrases, phrase_denoiser, (1, 8, 8))
+    assert set(built) == {("first A", "first B"), ("second A", "second B")}
+    assert built[("first A", "first B")][0] == [0, 1]
+    x = torch.randn(2, 1, 8, 8)
+    both = den(x, torch.tensor(0.9)).x0
+    assert torch.equal(both[:, :, :, :3], torch.full((2, 1, 8, 3), 1.0)) and whole.calls == []
+    assert built[("first A", "first B")][1].calls == [(2, 1, 8, 5)]
+    mixed = den(x, torch.tensor([0.9, 0.3])).x0
+    assert torch.equal(mixed[0, :, :, :3], torch.full((1, 8, 3), 1.0))
+    assert torch.equal(mixed[1], torch.full((1, 8, 8), 5.0))
+
+
 def test_without_a_relation_in_the_batch_the_whole_prompt_draws_alone():
     process = _process()
     whole = Constant([5.0], process)
@@ -161,6 +196,39 @@ def test_regions_are_refused_where_they_cannot_apply(capsys):
         capsys.readouterr().err
 
 
+@SHIPPED
+def test_a_compiled_draw_is_built_for_the_whole_picture_not_a_crop(monkeypatch):
+    """torch.compile builds for the shape of its first call; the crops come first, so they
+    run the eager network and the compiled one is built for the whole picture."""
+    import difflab.pipeline.generator as generator
+
+    shapes = []
+
+    class Recording(generator.CompiledNetwork):
+        def forward(self, x, *args, **kwargs):
+            shapes.append(tuple(x.shape[-2:]))
+            return self.net(x, *args, **kwargs)
+
+    monkeypatch.setattr(generator, "CompiledNetwork", Recording)
+    gen = generator.Generator.from_checkpoint("shapes-text", device="cpu")
+    gen.generate(1, prompt="a red circle left of a blue square", steps=4, seed=0, compile=True)
+    assert shapes and set(shapes) == {(8, 8)}
+
+
+def test_a_dit_cannot_take_regions():
+    from pathlib import Path
+
+    from difflab.config import ConfigError, load_config
+    from difflab.models.transformer import DiT
+    from difflab.models.unet import UNet
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with pytest.raises(ConfigError, match="is a DiT, which takes only its own image size"):
+        load_config(configs / "fashion_text.toml",
+                    ["model.preset='dit-latent-7'", "sample.relation_regions=true"])
+    assert UNet.takes_any_size and not DiT.takes_any_size
+
+
 def test_a_config_asks_for_regions_only_of_a_text_model():
     from pathlib import Path
 
@@ -194,6 +262,9 @@ def test_the_command_line_says_what_the_regions_read(tmp_path, capsys):
 
 @SHIPPED
 def test_a_prompt_without_regions_is_drawn_exactly_as_without_them():
+    """In a batch beside a relation drawn by regions, a prompt that is not one is drawn as
+    without them, to the bit (with a fixed-step sampler: an adaptive solver such as `ode`
+    steps the whole batch together, so its step sizes follow every sample)."""
     from difflab.pipeline import Generator
 
     gen = Generator.from_checkpoint("shapes-text", device="cpu")
@@ -229,6 +300,10 @@ def test_regions_draw_on_a_pixel_text_model(tmp_path):
     Trainer(cfg, tmp_path / "run", quiet=True).train()
     gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
     prompt = "a red circle to the left of a blue square"
+    widths = []
+    hook = gen.net.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[-1]))
     on = gen.generate(2, prompt=prompt, steps=4, seed=0, relation_regions=True)
+    hook.remove()
     off = gen.generate(2, prompt=prompt, steps=4, seed=0, relation_regions=False)
     assert on.shape == off.shape == (2, 3, 32, 32) and not torch.equal(on, off)
+    assert set(widths) == {20, 32}  # the crops, then the whole picture

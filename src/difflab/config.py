@@ -622,6 +622,11 @@ def check_combinations(cfg: RunConfig) -> None:
     if cfg.sample.relation_regions and cfg.text.encoder is None:
         raise ConfigError("sample.relation_regions = true draws the phrases of a prompt: it "
                           "needs a text model (a [text] encoder)")
+    preset = PRESETS.get(cfg.model.preset)
+    if cfg.sample.relation_regions and preset is not None and preset.kind == "dit":
+        raise ConfigError(f"sample.relation_regions = true draws each phrase on a crop of the "
+                          f"picture, and model.preset = {cfg.model.preset!r} is a DiT, which "
+                          "takes only its own image size; use a UNet preset or leave it off")
     for key in ("relation_guidance", "binding_guidance"):
         scale = getattr(cfg.sample, key)
         if scale and (cfg.text.encoder != "minilm" or cfg.text.tokens != "all"):

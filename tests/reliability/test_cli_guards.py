@@ -387,7 +387,7 @@ def test_every_numeric_key_has_a_range():
     """A new numeric config key gets an entry in RANGES (or is listed here with why not)."""
     unchecked = {
         "train.ema_warmup", "train.compile", "data.hflip", "data.folder_labels",
-        "data.download", "diffusion.zero_terminal_snr",  # booleans
+        "data.download", "diffusion.zero_terminal_snr", "sample.relation_regions",  # booleans
         "data.channels",  # DataConfig allows 1 or 3 only
     }  # fmt: skip
     numeric = [

@@ -171,7 +171,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                          "with --geneval or --images")
     steering = [flag for flag, value in (("--relation-guidance", args.relation_guidance),
                                          ("--binding-guidance", args.binding_guidance),
-                                         ("--relation-regions", args.relation_regions))
+                                         ("--relation-regions" if args.relation_regions
+                                          else "--no-relation-regions",
+                                          args.relation_regions))
                 if value is not None]
     if steering and not (args.geneval and args.images is None):
         raise ValueError(f"{steering[0]} steers the prompts of --geneval's samples; it goes "

@@ -324,7 +324,8 @@ def describe_sampling(settings: SamplingSettings, eta: float | None = None) -> s
         groups: dict[str, list[str]] = {}  # where from -> settings, in order
         for k in keys:
             where = {
-                "given": _flag(k),
+                "given": "--no-relation-regions" if k == "relation_regions"
+                and not settings.relation_regions else _flag(k),
                 "checkpoint": "the checkpoint's [sample] settings",
                 "default": f"{settings.sampler}'s default" if k == "steps" else "difflab's default",
             }[settings.source[k]]

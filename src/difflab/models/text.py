@@ -481,6 +481,11 @@ class TextConditioned(nn.Module):
         self.net, self.text = net, text
         self.config = getattr(net, "config", None)  # what the denoiser is (num_classes, ...)
 
+    @property
+    def takes_any_size(self) -> bool:
+        """Whether the denoiser takes other image sizes than its own (a UNet does)."""
+        return getattr(self.net, "takes_any_size", False)
+
     def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
         if isinstance(cond, TokenIds):
             enc = self.text(cond.ids, cond.mask)

@@ -222,6 +222,9 @@ class DiT(nn.Module):
     ``context_dim``. Returns ``(B, out_channels or in_channels, image_size, image_size)``.
     """
 
+    # A fixed grid of patches: only its own image size (relation regions need crops).
+    takes_any_size = False
+
     def __init__(self, config: DiTConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         config = config or DiTConfig()

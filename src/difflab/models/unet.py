@@ -403,6 +403,9 @@ class UNet(nn.Module):
     ``context_dim``. Returns a tensor shaped like ``x`` (with ``out_channels``).
     """
 
+    # Convolutions and attention over any grid: it takes crops of its image size too.
+    takes_any_size = True
+
     def __init__(self, config: UNetConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         config = config or UNetConfig()

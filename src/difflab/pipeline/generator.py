@@ -240,7 +240,7 @@ class Generator:
         for key in ATTENTION_GUIDANCE:  # guidance from the prompt's own attention maps
             if getattr(sc, key) and self.takes_attention_guidance:
                 out[key] = getattr(sc, key)
-        if sc.relation_regions and self.takes_text:
+        if sc.relation_regions and self.takes_text and self.takes_crops:
             out["relation_regions"] = True
         return out
 
@@ -576,12 +576,22 @@ class Generator:
             if given and not self.takes_text:
                 raise ValueError("relation regions draw the phrases of a prompt: this "
                                  "checkpoint takes no text")
+            if given and not self.takes_crops:
+                raise ValueError("relation regions draw each phrase on a crop of the picture, "
+                                 "and this checkpoint's network (a DiT) takes only its own "
+                                 "image size")
             source["relation_regions"] = "given"
             return given
         if conditioned and defaults.get("relation_regions"):
             source["relation_regions"] = "checkpoint"
             return True
         return False
+
+    @property
+    def takes_crops(self) -> bool:
+        """Whether the network takes crops of its image size (a UNet; not a DiT), as
+        relation regions need."""
+        return bool(getattr(self.net, "takes_any_size", False))
 
     @property
     def takes_attention_guidance(self) -> bool:
@@ -628,25 +638,33 @@ class Generator:
         conditional = network_denoiser(self.net, self.process, self.parameterization, cond=text)
         return AttentionGuidedDenoiser(den, self.net, conditional, energies)
 
-    def _with_regions(self, den: Denoiser, net: torch.nn.Module, guide: torch.nn.Module | None,
-                      settings: SamplingSettings, prompts: list[str],
+    def _with_regions(self, den: Denoiser, settings: SamplingSettings, prompts: list[str],
                       negatives: list[str] | None, nearest: int) -> Denoiser:
         """`den` drawing the prompts that are one relation by regions
-        (difflab.pipeline.relation_regions), each phrase guided as the run is."""
-        phrases = [region_phrases(p) for p in prompts]
+        (difflab.pipeline.relation_regions), each phrase guided as the run is. The crops run
+        the eager networks: a compiled one is built for the whole picture's shape."""
+        phrases = [read if read is not None and self._fits(read.first)
+                   and self._fits(read.second) else None
+                   for read in map(region_phrases, prompts)]
         if not any(phrases):
             return den
 
-        def phrase_denoiser(phrases: list[str], samples: list[int]) -> Denoiser:
-            k = len(phrases)
+        def phrase_denoiser(texts: list[str], samples: list[int]) -> Denoiser:
+            k = len(texts)
             negative = (self._text([negatives[s] for s in samples], k, nearest)
                         if negatives else None)
-            return self._denoiser(net, guide, None, settings.guidance, None,
-                                  text=self._text(phrases, k, nearest), negative=negative,
+            return self._denoiser(self.net, self.guide, None, settings.guidance, None,
+                                  text=self._text(texts, k, nearest), negative=negative,
                                   guidance_interval=settings.guidance_interval,
                                   autoguidance=settings.autoguidance)
 
         return RelationRegionsDenoiser(den, phrases, phrase_denoiser, self.model_shape)
+
+    def _fits(self, text: str) -> bool:
+        """Whether the text encoder reads all of `text` (a phrase cut short may lose its
+        object); an encoder that does not say how it splits words is trusted."""
+        spans = getattr(self.text_encoder, "piece_spans", None)
+        return spans is None or len(spans(text)) < self.text_encoder.max_tokens
 
     def _clip(self, clip: str | None) -> str | None:
         # Scaled latents are not confined to [-1, 1]: clipping them would distort every image.
@@ -822,7 +840,7 @@ class Generator:
                                                  relation_guidance, binding_guidance)
                 if settings.relation_regions:
                     den = self._with_regions(
-                        den, net, guide, settings, prompts[start : start + b],
+                        den, settings, prompts[start : start + b],
                         negatives[start : start + b] if negatives else None, nearest)
                 if clip is not None:  # the prediction sampled, guided or not, is the one clipped
                     den = ThresholdedDenoiser(den, clip)

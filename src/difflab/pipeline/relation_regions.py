@@ -58,6 +58,14 @@ _FREE_WORDS = LINKING_WORDS | FRAME_WORDS | {"there", "here", "of", "showing", "
 # images right against 15 without (BENCHMARKS.md, "Relation regions").
 _MANY = frozenset("two three four five six seven eight nine ten several many some pair "
                   "couple both few".split())
+# Words that make a phrase something other than one object: a second object joined some other
+# way than a clause break ("a circle or a triangle", "a circle near a triangle"), or a
+# negation ("a circle not left of a square" must not be drawn on the left).
+_NOT_ONE = frozenset("or nor not no never without except but than versus vs near beside "
+                     "behind inside between among around next".split())
+# Words that begin an object's phrase; two of them in a phrase are two objects, unless the
+# first begins a frame ("a picture of a circle").
+_ARTICLES = frozenset("a an the one single each another".split())
 
 
 @dataclass(frozen=True)
@@ -92,10 +100,16 @@ def region_phrases(prompt: str) -> RegionPhrases | None:
 
 
 def names_one(phrase: str, noun: str) -> bool:
-    """Whether a phrase names a single object: no number above one ("two", "3", "several")
-    and a noun that does not read as a plural ("circles"; "glass" and "bus" are single)."""
-    words = {w.lower() for w in re.findall(r"[^\W_]+", phrase)}
-    if words & _MANY or any(w.isdigit() and int(w) > 1 for w in words):
+    """Whether a phrase names a single object: no number above one ("two", "3", "several"),
+    a noun that does not read as a plural ("circles"; "glass" and "bus" are single), and no
+    second object or negation in it ("a circle or a triangle", "a circle not")."""
+    words = [w.lower() for w in re.findall(r"[^\W_]+", phrase)]
+    if set(words) & (_MANY | _NOT_ONE) or any(w.isdigit() and int(w) > 1 for w in words):
+        return False
+    starts = [i for i, w in enumerate(words) if w in _ARTICLES  # "a single": one start
+              and not (i > 0 and words[i - 1] in _ARTICLES)
+              and not (i + 1 < len(words) and words[i + 1] in FRAME_WORDS)]
+    if len(starts) > 1:
         return False
     return not (noun.endswith("s") and not noun.endswith(("ss", "us", "is")))
 
@@ -111,7 +125,7 @@ def describe_regions(prompt: str) -> str:
     return f"{read.first!r} on the {sides[0]}, {read.second!r} on the {sides[1]}"
 
 
-def regions(side: int, phrases: RegionPhrases) -> tuple[slice, slice]:
+def region_slices(side: int, phrases: RegionPhrases) -> tuple[slice, slice]:
     """The first and second phrase's regions along the relation's axis of a picture `side`
     long: the first REGION_SHARE of it and the last, in the relation's order."""
     width = min(side, max(-(-side // 2), round(side * REGION_SHARE)))
@@ -137,7 +151,7 @@ class RelationRegionsDenoiser:
         for b, read in enumerate(phrases):
             if read is None:
                 continue
-            for region, text in zip(regions(model_shape[1 + read.axis], read),
+            for region, text in zip(region_slices(model_shape[1 + read.axis], read),
                                     (read.first, read.second), strict=True):
                 samples, texts = groups.setdefault((read.axis, region.start, region.stop),
                                                    ([], []))
@@ -150,7 +164,10 @@ class RelationRegionsDenoiser:
 
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         tt = as_time(t, x.shape[0], x.device)
-        if not self.regions or float(self.process.sigma_ve(tt).max()) <= REGIONS_SIGMA:
+        # per sample: by regions while its own noise level is above REGIONS_SIGMA
+        active = self.drawn.to(x.device) & (self.process.sigma_ve(tt).to(x.device)
+                                            > REGIONS_SIGMA)
+        if not bool(active.any()):
             return self.whole(x, t)
         x0, eps, count = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
         for axis, region, samples, den in self.regions:
@@ -159,16 +176,24 @@ class RelationRegionsDenoiser:
                 (slice(None), slice(None), slice(None), region)
             part = den(x[rows][crop].contiguous(), _of_rows(t, rows))
             for out, value in ((x0, part.x0), (eps, part.eps), (count, 1.0)):
-                block = out[rows]
-                block[crop] += value
-                out[rows] = block
-        if bool(self.drawn.all()):
+                _add_to_crop(out, rows, crop, value)
+        if bool(active.all()):
             return Prediction(x0 / count, eps / count)
-        rest = self.whole(x, t)  # the samples without regions
-        drawn = self.drawn.to(x.device).view(-1, *[1] * (x.ndim - 1))
+        # The whole prompt for the others, on the whole batch: a sample without regions is
+        # then drawn exactly as without them (a sub-batch can round differently).
+        rest = self.whole(x, t)
+        keep = active.view(-1, *[1] * (x.ndim - 1))
         count = count.clamp_min(1)
-        return Prediction(torch.where(drawn, x0 / count, rest.x0),
-                          torch.where(drawn, eps / count, rest.eps))
+        return Prediction(torch.where(keep, x0 / count, rest.x0),
+                          torch.where(keep, eps / count, rest.eps))
+
+
+def _add_to_crop(out: Tensor, rows: Tensor, crop: tuple, value: Tensor | float) -> None:
+    """out[rows][crop] += value, in `out`: indexing by a tensor of rows copies, so the rows
+    are taken out, added to and written back."""
+    block = out[rows]
+    block[crop] += value
+    out[rows] = block
 
 
 def _of_rows(t: Tensor | float, rows: Tensor) -> Tensor | float:
