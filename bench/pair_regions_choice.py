@@ -19,21 +19,16 @@ not a reproduction: `git checkout 8e059b2` to rerun it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-import torch
-
 from difflab.data.shapes import geneval_prompts, training_prompts
 from difflab.data.shapes_grammar import held_out_in_spec, parse_prompt
-from difflab.metrics.geneval import score_images
-from difflab.pipeline import Generator
 
 sys.path.insert(0, str(Path(__file__).parent))
 import binding_choice  # noqa: E402
 import relation_regions_choice  # noqa: E402
+from choice_sets import run_choice  # noqa: E402
 from relation_regions_trial import DEV2  # noqa: E402
 from shapes_attention_guidance import HELD_OUT as DEV_HELD_OUT  # noqa: E402
 from shapes_attention_guidance import SEEN as DEV_SEEN  # noqa: E402
@@ -85,30 +80,9 @@ def check_prompts() -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=6)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    check_prompts()
-    torch.set_num_threads(1)
-    gen = Generator.from_checkpoint("shapes-text", device="cpu")
-    rows = []
-    for regions in (False, True):
-        row = {"relation_regions": regions}
-        for name, prompts in (("held_out_pairs", HELD_OUT_PAIRS), ("seen_pairs", SEEN_PAIRS)):
-            images = torch.cat([gen.generate(args.images, prompt=p, seed=args.seed,
-                                             relation_regions=regions) for p in prompts])
-            report = score_images(images, [p for p in prompts for _ in range(args.images)])
-            row[name] = sum(r["correct"] for r in report["results"])
-            row[name + "_per_prompt"] = [
-                sum(r["correct"] for r in report["results"][i: i + args.images])
-                for i in range(0, len(report["results"]), args.images)]
-        row["images"] = args.images * len(HELD_OUT_PAIRS + SEEN_PAIRS)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    args.out.write_text(json.dumps({"seed": args.seed, "images_per_prompt": args.images,
-                                    "rows": rows}, indent=1) + "\n")
+    run_choice(__doc__, {"held_out_pairs": HELD_OUT_PAIRS, "seen_pairs": SEEN_PAIRS},
+               [{"relation_regions": False}, {"relation_regions": True}],
+               seed=6, check=check_prompts)
 
 
 if __name__ == "__main__":

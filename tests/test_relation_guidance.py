@@ -294,19 +294,9 @@ def test_guidance_keeps_a_pixel_models_predictions_clipped(tmp_path):
     """On a pixel-space text model sampled with static clipping, the guided prediction is the
     one clipped: guidance added after the clip would draw x0 far outside [-1, 1]. A model
     trained one step (the wiring, not the learning), guided hard."""
-    from pathlib import Path
+    from tiny_run import one_step_shapes_text
 
-    from difflab.config import load_config
-    from difflab.pipeline import Generator
-    from difflab.training.trainer import Trainer
-
-    config = Path(__file__).resolve().parents[1] / "configs" / "shapes_text.toml"
-    cfg = load_config(config, [
-        "train.max_steps=1", "train.batch_size=4", "train.precision='fp32'",
-        "train.warmup_steps=1", "train.log_every=1", "train.sample_every=1000",
-        "train.checkpoint_every=100", "data.num_samples=8", "model.overrides.base_channels=8"])
-    Trainer(cfg, tmp_path / "run", quiet=True).train()
-    gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
+    gen = one_step_shapes_text(tmp_path)
     largest = []
     gen.generate(1, prompt="a red circle to the left of a blue square", steps=4, seed=0,
                  relation_guidance=1000, clip="static",

@@ -82,11 +82,10 @@ class Constant:
         return Prediction(x0, self.process.eps_from_x0(x, t, x0))
 
 
-def test_each_phrase_is_predicted_on_its_region_and_the_overlap_is_their_mean():
-    """Exact: phrase denoisers predicting constants 1 (first phrases) and 3 (second) give x0
-    1 on the first phrase's own part, 3 on the second's, 2 where the regions overlap; a sample
-    that is no relation keeps the whole prompt's prediction (5) bit for bit; at or below
-    REGIONS_SIGMA every sample is the whole prompt's."""
+def _regions_of(phrases, whole_values, shape):
+    """A RelationRegionsDenoiser whose phrase denoisers predict 1 for first phrases and 3 for
+    second ones, around a whole prompt predicting `whole_values`; with what was built: texts ->
+    (samples, denoiser)."""
     process = _process()
     built = {}
 
@@ -95,10 +94,19 @@ def test_each_phrase_is_predicted_on_its_region_and_the_overlap_is_their_mean():
         built[tuple(texts)] = (samples, den)
         return den
 
+    whole = Constant(whole_values, process)
+    return RelationRegionsDenoiser(whole, phrases, phrase_denoiser, shape), whole, built
+
+
+def test_each_phrase_is_predicted_on_its_region_and_the_overlap_is_their_mean():
+    """Exact: phrase denoisers predicting constants 1 (first phrases) and 3 (second) give x0
+    1 on the first phrase's own part, 3 on the second's, 2 where the regions overlap; a sample
+    that is no relation keeps the whole prompt's prediction (5) bit for bit; at or below
+    REGIONS_SIGMA every sample is the whole prompt's."""
     phrases = [RegionPhrases("first A", "second A", 1, 1), None,
                RegionPhrases("first C", "second C", 0, -1)]
-    whole = Constant([5.0, 5.0, 5.0], process)
-    den = RelationRegionsDenoiser(whole, phrases, phrase_denoiser, (2, 8, 8))
+    den, _, built = _regions_of(phrases, [5.0, 5.0, 5.0], (2, 8, 8))
+    process = den.process
     t_high = torch.tensor(0.9)  # near the top of the process: sigma far above REGIONS_SIGMA
     assert float(process.sigma_ve(t_high.view(1))) > REGIONS_SIGMA
     x = torch.randn(3, 2, 8, 8)
@@ -130,18 +138,9 @@ def test_samples_sharing_a_region_are_drawn_together_and_each_at_its_own_noise_l
     given a time per sample, one at a noise level below REGIONS_SIGMA takes the whole
     prompt's prediction while the other is drawn by regions; all by regions when every
     sample is, without calling the whole prompt."""
-    process = _process()
-    built = {}
-
-    def phrase_denoiser(texts, samples):
-        den = Constant([1.0 if t.startswith("first") else 3.0 for t in texts], process)
-        built[tuple(texts)] = (samples, den)
-        return den
-
     phrases = [RegionPhrases("first A", "second A", 1, 1),
                RegionPhrases("first B", "second B", 1, 1)]
-    whole = Constant([5.0, 5.0], process)
-    den = RelationRegionsDenoiser(whole, phrases, phrase_denoiser, (1, 8, 8))
+    den, whole, built = _regions_of(phrases, [5.0, 5.0], (1, 8, 8))
     assert set(built) == {("first A", "first B"), ("second A", "second B")}
     assert built[("first A", "first B")][0] == [0, 1]
     x = torch.randn(2, 1, 8, 8)
@@ -286,19 +285,9 @@ def test_a_grid_title_says_the_regions_were_on():
 def test_regions_draw_on_a_pixel_text_model(tmp_path):
     """The wiring on a pixel-space text model (crops of 20 of its 32 columns through every
     level of its UNet): a model trained one step draws with regions, and differently."""
-    from pathlib import Path
+    from tiny_run import one_step_shapes_text
 
-    from difflab.config import load_config
-    from difflab.pipeline import Generator
-    from difflab.training.trainer import Trainer
-
-    config = Path(__file__).resolve().parents[1] / "configs" / "shapes_text.toml"
-    cfg = load_config(config, [
-        "train.max_steps=1", "train.batch_size=4", "train.precision='fp32'",
-        "train.warmup_steps=1", "train.log_every=1", "train.sample_every=1000",
-        "train.checkpoint_every=100", "data.num_samples=8", "model.overrides.base_channels=8"])
-    Trainer(cfg, tmp_path / "run", quiet=True).train()
-    gen = Generator.from_checkpoint(tmp_path / "run" / "last", device="cpu")
+    gen = one_step_shapes_text(tmp_path)
     prompt = "a red circle to the left of a blue square"
     widths = []
     hook = gen.net.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[-1]))
