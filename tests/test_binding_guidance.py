@@ -26,6 +26,9 @@ def words(prompt):
 
 @pytest.mark.parametrize("prompt, phrases", [
     ("a purple square and a yellow circle", [(["purple"], "square"), (["yellow"], "circle")]),
+    # "there is" points; it is no noun before a predicate
+    ("there is a blue circle below a purple triangle",
+     [(["blue"], "circle"), (["purple"], "triangle")]),
     ("a small red circle to the left of two big blue squares on a black background",
      [(["small", "red"], "circle"), (["big", "blue"], "squares")]),
     ("a picture of a red circle, a green square and a blue triangle",

@@ -26,6 +26,7 @@ from difflab.pipeline.relation_guidance import (
     ("A Red Circle Left Of A Blue Square.", Relation("circle", "square", 1, 1)),
     ("two small squares on the right side of a big triangle",
      Relation("squares", "triangle", 1, -1)),
+    ("a circle to the left side of a square", Relation("circle", "square", 1, 1)),
     ("a picture of a green triangle on top of a circle on a black background",
      Relation("triangle", "circle", 0, 1)),
     ("a dog sitting beneath a wooden table, at dusk", Relation("dog", "table", 0, -1)),
@@ -47,6 +48,8 @@ def test_a_relation_is_read_from_any_wording(prompt, relation):
     "a sleft offer", "a circle above",
     "a red circle on the left side of the picture",  # a place in the frame, not a relation
     "a red circle in the left of the image",
+    # a denied relation has nothing to steer towards
+    "a red circle is not left of a blue square", "a red circle isn't above a blue square",
 ])
 def test_a_prompt_without_two_related_objects_has_no_relation(prompt):
     assert find_relation(prompt) is None

@@ -23,6 +23,10 @@ from difflab.pipeline.relation_regions import (
     ("A small yellow Triangle right of one purple circle.",
      RegionPhrases("A small yellow Triangle", "one purple circle", 1, -1)),
     ("a red bus to the left of a glass", RegionPhrases("a red bus", "a glass", 1, 1)),
+    # a closing frame belongs to the whole picture: each region's phrase says it too
+    ("a red circle to the left of a blue square on a black background.",
+     RegionPhrases("a red circle on a black background", "a blue square on a black background",
+                   1, 1)),
     ("an image of a single big square left of one small circle",
      RegionPhrases("an image of a single big square", "one small circle", 1, 1)),
     ("there is a big green square that sits above an orange circle",
@@ -30,7 +34,7 @@ from difflab.pipeline.relation_regions import (
     ("a picture of a red circle beneath a blue triangle",
      RegionPhrases("a picture of a red circle", "a blue triangle", 0, -1)),
     ("the blue square is directly under the red circle, in the image",
-     RegionPhrases("the blue square", "the red circle", 0, -1)),
+     RegionPhrases("the blue square in the image", "the red circle in the image", 0, -1)),
 ])
 def test_a_prompt_that_is_one_relation_is_read_as_its_two_phrases(prompt, phrases):
     assert region_phrases(prompt) == phrases
@@ -40,13 +44,14 @@ def test_a_prompt_that_is_one_relation_is_read_as_its_two_phrases(prompt, phrase
     "a red circle and a blue square",  # no relation
     "a red circle left of a blue square and a green triangle",  # a third object
     "a green triangle and a red circle left of a blue square",
-    "a red circle left of a blue square on a white background",  # a clause no phrase reads
+    "a red circle left of a blue square on a wooden table",  # a clause no phrase reads
     "a red circle on the left side of the picture",  # a place, not a relation
     # a second object inside a phrase, or a negation
     "a red circle or a green triangle left of a blue square",
     "a red circle near a green triangle left of a blue square",
     "a red circle left of a blue square next to a green triangle",
     "a red circle not left of a blue square",
+    "a red circle isn't left of a blue square",
     # a phrase of several objects
     "two small yellow triangles right of a purple circle",
     "a purple circle left of three triangles", "a circle above 2 squares",

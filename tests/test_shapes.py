@@ -269,6 +269,11 @@ def test_the_issue_examples_parse():
     assert parse_prompt("A purple square above three orange circles.") == PromptSpec(
         (ObjectSpec("square", 1, "purple"), ObjectSpec("circle", 3, "orange")), "above"
     )
+    # a question or exclamation mark ends a prompt as a full stop does; a comma at the
+    # relation is a pause, not a list
+    assert parse_prompt("a red circle, left of a blue square!") == parse_prompt(
+        "a red circle left of a blue square?") == PromptSpec(
+        (ObjectSpec("circle", 1, "red"), ObjectSpec("square", 1, "blue")), "left of")
     assert parse_prompt(
         "an image of one big red circle, two squares, and a triangle"
     ) == PromptSpec(

@@ -420,7 +420,7 @@ def parse_prompt(prompt: str) -> PromptSpec:
     wording. ValueError naming the part it cannot read and what the grammar allows."""
     if not isinstance(prompt, str):
         raise ValueError(f"a prompt must be a string, got {type(prompt).__name__}")
-    text = " ".join(prompt.lower().strip().rstrip(".").replace(",", " , ").split())
+    text = " ".join(prompt.lower().strip().rstrip(".!?").replace(",", " , ").split())
     for prefix in _PREFIXES:
         text = text.removeprefix(prefix)
     for suffix in _SUFFIXES:
@@ -433,6 +433,9 @@ def parse_prompt(prompt: str) -> PromptSpec:
     if relations:
         m = relations[0]
         left, right = f" {text} "[: m.start()].split(), f" {text} "[m.end() :].split()
+        # a comma at the relation is a pause ("a red circle, left of a blue square")
+        left = left[:-1] if left[-1:] == [","] else left
+        right = right[1:] if right[:1] == [","] else right
         if "," in left + right or "and" in left + right:
             raise ValueError(f"prompt {quote_prompt(prompt)}: a relation joins two single phrases")
         for side, words in (("before", left), ("after", right)):

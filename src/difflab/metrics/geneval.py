@@ -444,10 +444,10 @@ def format_geneval_report(report: dict[str, Any]) -> str:
     def pct(a: float | None) -> str:
         return "     -" if a is None else f"{100 * a:5.1f}%"
 
-    lines = [
-        f"{report['benchmark']}: {report['images']} images",
-        f"{'category':<18} {'images':>6} {'correct':>7} {'score':>6}   held-out prompts",
-    ]
+    lines = [f"{report['benchmark']}: {report['images']} images"]
+    if "sampling" in report:  # drawn by difflab.evaluation.geneval_generator
+        lines.append(f"sampled with {_sampling_line(report['sampling'])}")
+    lines.append(f"{'category':<18} {'images':>6} {'correct':>7} {'score':>6}   held-out prompts")
     for name, c in report["categories"].items():
         held = (
             f"{pct(c['held_out_accuracy'])} of {c['held_out_images']}"
@@ -463,7 +463,20 @@ def format_geneval_report(report: dict[str, Any]) -> str:
     if report.get("fid") is not None:
         f = report["fid"]
         lines.append(
-            f"FID {f['fid']:.2f} against {f['reference']} (the world itself scores "
-            f"{f['floor']:.2f} at {f['images']} images; {f['feature_space']})"
+            f"FID {f['fid']:.2f} against {f['reference']}; the world itself scores "
+            f"{f['floor']:.2f} at {f['images']} images; features: {f['feature_space']}"
         )
     return "\n".join(lines)
+
+
+def _sampling_line(s: dict[str, Any]) -> str:
+    """"dpmpp_2m, 20 steps, guidance 3, ..., seed 0": how a report's images were drawn."""
+    parts = [f"{s['sampler']}, {s['steps']} steps"]
+    for key in ("guidance", "autoguidance", "relation_guidance", "binding_guidance"):
+        if s.get(key):
+            parts.append(f"{key.replace('_', ' ')} {s[key]:g}")
+    if s.get("relation_regions"):
+        parts.append("relation regions")
+    if s.get("negative_prompt"):
+        parts.append(f"negative prompt {s['negative_prompt']!r}")
+    return ", ".join(parts + [f"seed {s['seed']}"])

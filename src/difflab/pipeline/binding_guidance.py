@@ -42,7 +42,9 @@ _STARTS = frozenset(
     "a an the one two three four five six seven eight nine ten single some several many "
     "each another".split()
 )
-_NOT_CONTENT = _STARTS | LINKING_WORDS | FRAME_WORDS | {"of", "to", "and", "or", "plus", "other"}
+# "there" and "here" only point ("there is a blue circle"): never a noun before "is".
+_NOT_CONTENT = _STARTS | LINKING_WORDS | FRAME_WORDS | {"of", "to", "and", "or", "plus", "other",
+                                                       "there", "here"}
 # A verb that says what the noun before it is: "the circle is red" ends its noun at "circle".
 _PREDICATE = frozenset("is are was were looks look".split())
 # Words that join two objects without relating them along an axis: a list's (which must be

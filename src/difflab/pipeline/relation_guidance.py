@@ -35,9 +35,9 @@ RELATION_MARGIN = 0.3  # image widths between the two objects' centroids
 # sign +1 when the first object comes first along the axis (left of, above).
 _RELATIONS = {
     "to the left of": (1, 1), "on the left of": (1, 1), "on the left side of": (1, 1),
-    "left of": (1, 1),
+    "to the left side of": (1, 1), "left of": (1, 1),
     "to the right of": (1, -1), "on the right of": (1, -1), "on the right side of": (1, -1),
-    "right of": (1, -1),
+    "to the right side of": (1, -1), "right of": (1, -1),
     "on top of": (0, 1), "above": (0, 1), "over": (0, 1),
     "underneath": (0, -1), "beneath": (0, -1), "below": (0, -1), "under": (0, -1),
 }
@@ -57,6 +57,9 @@ LINKING_WORDS = frozenset(
     "located drawn shown floating hanging that which who just right directly slightly far "
     "somewhat exactly a an the in on at of to".split()
 )
+# Words that deny the relation after them ("is not left of", "isn't above": the tokenizer of
+# words splits "isn't" into "isn" and "t"): such a prompt relates nothing to steer towards.
+NEGATIONS = frozenset("not no never isn aren wasn weren doesn don didn t cannot".split())
 # What a picture is, not an object in it: "a circle on the left side of the picture" places
 # one object, it relates none.
 FRAME_WORDS = frozenset("picture image photo photograph drawing background frame canvas scene "
@@ -84,7 +87,9 @@ def find_relation(prompt: str) -> Relation | None:
     if match is None:
         return None
     before = list(WORD_RE.finditer(prompt, 0, match.start()))
-    while before and before[-1].group().lower() in LINKING_WORDS:
+    while before and before[-1].group().lower() in LINKING_WORDS | NEGATIONS:
+        if before[-1].group().lower() in NEGATIONS:  # "is not left of": no relation to steer
+            return None
         before.pop()
     after_text = prompt[match.end():]
     ends = [m.start() for m in (_PHRASE_END.search(after_text), RELATION_RE.search(after_text))

@@ -20,9 +20,9 @@ close; wider ones let both phrases draw in the shared middle, where the average 
 (BENCHMARKS.md, "Relation regions").
 
 Regions apply to a prompt that is one relation between two single objects and nothing else
-(:func:`region_phrases`): a third object ("... and a green triangle"), a phrase of several
-("two blue squares"), or a clause the regions would not read ("on a white background") leaves
-the prompt drawn as without them.
+but a frame ("... on a black background", which each region's phrase then says too;
+:func:`region_phrases`): a third object ("... and a green triangle"), a phrase of several
+("two blue squares"), or another clause leaves the prompt drawn as without them.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from difflab.diffusion.process import as_time
 from difflab.pipeline.relation_guidance import (
     FRAME_WORDS,
     LINKING_WORDS,
+    NEGATIONS,
     RELATION_RE,
     WORD_RE,
     find_relation,
@@ -53,6 +54,12 @@ _CLAUSE_BREAK = re.compile(r",|;|\band\b|\bwith\b|\bplus\b", re.IGNORECASE)
 # Words a prompt may hold outside its two phrases and still be only the relation: "there is",
 # "a picture of", "in the image".
 _FREE_WORDS = LINKING_WORDS | FRAME_WORDS | {"there", "here", "of", "showing", "shows", "with"}
+# A frame clause ending the prompt ("on a black background", "in the picture"): it belongs to
+# the whole picture, so each region's phrase says it too.
+_FRAME_CLAUSE = re.compile(
+    r"\s*,?\s*(?P<clause>(?:on|in|against|with|at)\b[^,;.!?]*?\b(?:"
+    + "|".join(sorted(FRAME_WORDS, key=len, reverse=True)) + r")s?\b)\s*[.!?]*\s*$",
+    re.IGNORECASE)
 # Words that make a phrase more than one object. Such a phrase needs a layout of its own
 # within its region: on the development prompts of several objects, regions drew 5 of 32
 # images right against 15 without (BENCHMARKS.md, "Relation regions").
@@ -61,8 +68,8 @@ _MANY = frozenset("two three four five six seven eight nine ten several many som
 # Words that make a phrase something other than one object: a second object joined some other
 # way than a clause break ("a circle or a triangle", "a circle near a triangle"), or a
 # negation ("a circle not left of a square" must not be drawn on the left).
-_NOT_ONE = frozenset("or nor not no never without except but than versus vs near beside "
-                     "behind inside between among around next".split())
+_NOT_ONE = NEGATIONS | frozenset("or nor without except but than versus vs near beside "
+                                 "behind inside between among around next".split())
 # Words that begin an object's phrase; two of them in a phrase are two objects, unless the
 # first begins a frame ("a picture of a circle").
 _ARTICLES = frozenset("a an the one single each another".split())
@@ -89,13 +96,17 @@ def region_phrases(prompt: str) -> RegionPhrases | None:
     first_end, end = rel.first_span[1], rel.second_span[1]
     start = max((m.end() for m in _CLAUSE_BREAK.finditer(prompt, 0, rel.first_span[0])),
                 default=0)
-    outside = prompt[:start] + " " + prompt[first_end:match.start()] + " " + prompt[end:]
+    frame = _FRAME_CLAUSE.match(prompt, end)  # "on a black background": said to both phrases
+    tail = "" if frame else prompt[end:]
+    outside = prompt[:start] + " " + prompt[first_end:match.start()] + " " + tail
     if any(w.group().lower() not in _FREE_WORDS for w in WORD_RE.finditer(outside)):
         return None
     first, second = prompt[start:first_end].strip(), prompt[match.end():end].strip()
     if not first or not second or not (names_one(first, rel.first)
                                        and names_one(second, rel.second)):
         return None
+    if frame:
+        first, second = (f"{phrase} {frame.group('clause')}" for phrase in (first, second))
     return RegionPhrases(first, second, rel.axis, rel.sign)
 
 
