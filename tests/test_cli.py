@@ -452,3 +452,14 @@ def test_a_mistyped_flag_is_refused_by_its_command_with_the_nearest_flag(capsys)
     assert main(["info", "x", "--zzzz"]) == 2  # nothing near: no guess
     assert capsys.readouterr().err.strip() == (
         "difflab: error: unrecognized arguments: --zzzz (see difflab info --help)")
+
+
+def test_nearest_captions_without_a_caption_bank_is_refused_before_anything_runs(capsys):
+    """A per-token text model has no caption bank: the flag is refused in one line that names
+    it, before the lines that say what would run."""
+    assert main(["sample", "shapes-text", "--prompt", "a red circle left of a blue square",
+                 "--nearest-captions", "4", "-n", "1", "--steps", "2"]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert ("--nearest-captions reads prompts through a caption bank (a text model trained "
+            "with text.tokens = 'pooled'); shapes-text has none: drop the flag") in said.err

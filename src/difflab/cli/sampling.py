@@ -231,6 +231,10 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
         if getattr(args, key) and not args.prompt:
             raise CLIError(f"{_flag(key)} steers what a --prompt says: give one, e.g. "
                            "--prompt 'a red circle to the left of a blue square'")
+    if args.nearest_captions and gen.caption_bank is None:  # before any line says what runs
+        raise CLIError(f"--nearest-captions reads prompts through a caption bank (a text model "
+                       f"trained with text.tokens = 'pooled'); {args.checkpoint} has none: drop "
+                       "the flag")
     if args.relation_regions and not gen.takes_text:
         raise CLIError(f"{args.checkpoint} cannot take --relation-regions: it draws the "
                        "phrases of a prompt, and this model takes no text; drop the flag")
