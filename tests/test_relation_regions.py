@@ -262,6 +262,14 @@ def test_the_command_line_says_what_the_regions_read(tmp_path, capsys):
     assert "relation regions: 'a red circle' on the top, 'a blue square' on the bottom" in said
     assert "'two circles left of a square' is not one relation between two single objects" \
         in said
+    # by default (the checkpoint's regions), a relation they leave whole is said too; a prompt
+    # with no relation is passed by quietly
+    assert main(["sample", "shapes-text", "--prompt", "two circles left of a square",
+                 "--prompt", "a red circle", "-n", "2", "--steps", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "relation regions: 'two circles left of a square' is not one relation" in said
+    assert "'a red circle' is not" not in said
 
 
 @SHIPPED

@@ -33,7 +33,7 @@ from difflab.pipeline import Generator, SamplingSettings
 from difflab.pipeline.binding_guidance import describe_binding, find_phrases
 from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
 from difflab.pipeline.relation_guidance import describe_relation, find_relation
-from difflab.pipeline.relation_regions import describe_regions, region_phrases
+from difflab.pipeline.relation_regions import describe_regions
 from difflab.pipeline.settings import ATTENTION_GUIDANCE
 from difflab.samplers import SAMPLERS
 
@@ -296,8 +296,9 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
                 said = describe_binding(prompt, gen.text_encoder)
                 print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
     if settings.relation_regions:
+        # a relation the regions leave whole is said too: its picture is drawn otherwise
         for prompt in dict.fromkeys(args.prompt):
-            if args.relation_regions or region_phrases(prompt) is not None:
+            if args.relation_regions or find_relation(prompt) is not None:
                 print(f"difflab: relation regions: {describe_regions(prompt)}")
     print_prompt_readings(args, gen)
     return kw
