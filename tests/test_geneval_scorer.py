@@ -310,9 +310,11 @@ def test_evaluate_geneval_scores_a_perfect_and_a_deaf_generator():
     assert "overall (mean of the six categories)     100.0%" in table
     assert f"FID {fid['fid']:.2f} against scenes rendered for the same prompts" in table
     assert "sampled with" not in table  # not drawn by a Generator: nothing to say
-    drawn = {**report, "sampling": {"sampler": "dpmpp_2m", "steps": 20, "seed": 3,
-                                    "guidance": 3.0, "relation_guidance": 30.0,
-                                    "binding_guidance": 0, "relation_regions": True}}
+    from difflab.pipeline.settings import SamplingSettings
+
+    settings = SamplingSettings("dpmpp_2m", 20, 3.0, None, {"guidance": "given"},
+                                relation_guidance=30.0, relation_regions=True)
+    drawn = {**report, "sampling": {"described": f"{settings.summary()}, seed 3"}}
     assert ("sampled with dpmpp_2m, 20 steps, guidance 3, relation guidance 30, relation "
             "regions, seed 3") in format_geneval_report(drawn).splitlines()[1]
     assert "fid" not in evaluate_geneval(perfect, images_per_prompt=1, fid=False)

@@ -346,6 +346,9 @@ def geneval_generator(
         **{k: getattr(settings, k) for k in ATTENTION_GUIDANCE if getattr(settings, k)},
         **({"relation_regions": True} if settings.relation_regions else {}),
         "seconds": round(time.perf_counter() - start, 1),
+        # in words, as `difflab sample` says what runs (format_geneval_report prints it)
+        "described": settings.summary() + (f", negative prompt {negative_prompt!r}"
+                                           if negative_prompt else "") + f", seed {seed}",
     }
     return report
 

@@ -445,8 +445,8 @@ def format_geneval_report(report: dict[str, Any]) -> str:
         return "     -" if a is None else f"{100 * a:5.1f}%"
 
     lines = [f"{report['benchmark']}: {report['images']} images"]
-    if "sampling" in report:  # drawn by difflab.evaluation.geneval_generator
-        lines.append(f"sampled with {_sampling_line(report['sampling'])}")
+    if "described" in report.get("sampling", {}):  # by difflab.evaluation.geneval_generator
+        lines.append(f"sampled with {report['sampling']['described']}")
     lines.append(f"{'category':<18} {'images':>6} {'correct':>7} {'score':>6}   held-out prompts")
     for name, c in report["categories"].items():
         held = (
@@ -468,15 +468,3 @@ def format_geneval_report(report: dict[str, Any]) -> str:
         )
     return "\n".join(lines)
 
-
-def _sampling_line(s: dict[str, Any]) -> str:
-    """"dpmpp_2m, 20 steps, guidance 3, ..., seed 0": how a report's images were drawn."""
-    parts = [f"{s['sampler']}, {s['steps']} steps"]
-    for key in ("guidance", "autoguidance", "relation_guidance", "binding_guidance"):
-        if s.get(key):
-            parts.append(f"{key.replace('_', ' ')} {s[key]:g}")
-    if s.get("relation_regions"):
-        parts.append("relation regions")
-    if s.get("negative_prompt"):
-        parts.append(f"negative prompt {s['negative_prompt']!r}")
-    return ", ".join(parts + [f"seed {s['seed']}"])
