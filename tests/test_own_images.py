@@ -163,3 +163,17 @@ def test_pictures_only_cropped_are_not_counted_as_resized(tmp_path):
         picture(tmp_path / f"{i}.png", (24, 16), seed=i)
     data = load_image_folder(tmp_path, image_size=16)
     assert data.notes == ("2 of 2 images centre-cropped to 16x16",)
+
+
+def test_without_out_a_run_on_ones_own_folder_is_named_after_it_and_resumes_there(
+        pets, tmp_path, monkeypatch, capsys):
+    """Not runs/fashion_mnist: the README's main job has that folder, and a second run there
+    would be refused (or, with --overwrite, would replace it)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "fashion_mnist", *folder_args(pets)]) == 0
+    assert "the run goes to runs/pets" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "pets" / "last").is_dir()
+    assert not (tmp_path / "runs" / "fashion_mnist").exists()
+    assert main(["train", "fashion_mnist", *folder_args(pets), "--resume", "--steps", "2"]) == 0
+    assert json.loads((tmp_path / "runs" / "pets" / "last" / "state.json").read_text()
+                      )["step"] == 2

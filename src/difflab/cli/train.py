@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -219,14 +220,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Check the config and the run folder, train, and write the report, holding the run
     folder against a second trainer throughout."""
     config_path = train_config(args)
-    out = Path(args.out or (config_path.parent if config_path.suffix == ".json"
-                            else f"runs/{config_path.stem}"))
     cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
     if cfg.data.root is not None:  # recorded whole, so that a resume from elsewhere finds it
         cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))
+    out = Path(args.out) if args.out else default_run_folder(config_path, cfg.data.root)
+    if cfg.data.root is not None:
         check_run_folder_outside(out, cfg.data.root)  # before the lock creates the folder
+    if not args.out and not args.resume and cfg.data.root is not None \
+            and os.environ.get("RANK", "0") == "0":  # said once, also under torchrun
+        print(f"difflab: the run goes to {out} (named after data.root; --out chooses another)")
     with run_folder_lock(out):
         return _train(args, cfg, out)
+
+
+def default_run_folder(config_path: Path, data_root: str | None) -> Path:
+    """Where a run goes without --out: a resumed run's own folder, runs/<data folder's name>
+    for a run on one's own data (so that it never lands in, or is refused by, the folder of
+    the preset's own dataset), else runs/<preset name>."""
+    if config_path.suffix == ".json":
+        return config_path.parent
+    if data_root is not None:
+        name = re.sub(r"[^\w.-]+", "_", Path(data_root).name).strip("._")
+        return Path("runs") / (name or "own_data")
+    return Path("runs") / config_path.stem
 
 
 def check_run_folder_outside(out: Path, data_root: str) -> None:
