@@ -2,6 +2,7 @@
 what their phrases are, the regions, the denoiser's combination in closed form, and what it
 does to the shipped `shapes-text`."""
 
+import numpy as np
 import pytest
 import torch
 from shapes_scoring import SHIPPED, correct_images
@@ -270,6 +271,32 @@ def test_the_command_line_says_what_the_regions_read(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "relation regions: 'two circles left of a square' is not one relation" in said
     assert "'a red circle' is not" not in said
+
+
+@SHIPPED
+def test_img2img_says_when_its_edit_starts_below_the_regions(tmp_path, capsys):
+    """A weak edit starts below sigma 1, where regions stop: the command says it draws none,
+    and the pictures are those of --no-relation-regions to the bit; a strong one reads them."""
+    from PIL import Image
+
+    from difflab.cli import main
+
+    picture = np.zeros((32, 32, 3), np.uint8)
+    picture[8:16, 4:12] = (255, 0, 0)
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    edit = ["img2img", "shapes-text", str(tmp_path / "in.png"), "--prompt",
+            "a red square to the left of a blue circle", "-n", "2", "--steps", "6", "--quiet"]
+    for flag, name in (("--relation-regions", "on"), ("--no-relation-regions", "off")):
+        assert main([*edit, "--strength", "0.3", flag, "--out",
+                     str(tmp_path / f"{name}.png")]) == 0
+    said = capsys.readouterr().out
+    assert "relation regions: none at strength 0.3: the edit starts at noise level 0.5" in said
+    assert "on the left" not in said
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "on.png")),  # PNG: lossless
+                          np.asarray(Image.open(tmp_path / "off.png")))
+    assert main([*edit, "--strength", "0.9", "--out", str(tmp_path / "strong.png")]) == 0
+    said = capsys.readouterr().out
+    assert "relation regions: 'a red square' on the left, 'a blue circle' on the right" in said
 
 
 @SHIPPED

@@ -158,12 +158,12 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     check_grid(args, gen.image_shape)
     if args.resize:
         image = _fit_image(image, gen.image_shape)
-    kw = sampling_kwargs(args, gen, args.classes)
-    prompt = kw.pop("prompt")
     strength = args.strength
     if strength is None:  # the pipeline's measured default (bench/img2img_strength.py)
         strength = DEFAULT_IMG2IMG_STRENGTH
         print(f"difflab: strength {strength:g} (the default; --strength overrides)")
+    kw = sampling_kwargs(args, gen, args.classes, strength=strength)
+    prompt = kw.pop("prompt")
     images = gen.img2img(image, prompt, strength=strength, n=args.n, **kw)
     return _save_edits(images, args)
 

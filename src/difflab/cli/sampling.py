@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import inspect
 
+import torch
+
 from difflab.argtypes import (
     MAX_ATTENTION_GUIDANCE,
     MAX_BATCH,
@@ -33,7 +35,7 @@ from difflab.pipeline import Generator, SamplingSettings
 from difflab.pipeline.binding_guidance import describe_binding, find_phrases
 from difflab.pipeline.compiled import COMPILE_CHOICES, choose_compile
 from difflab.pipeline.relation_guidance import describe_relation, find_relation
-from difflab.pipeline.relation_regions import describe_regions
+from difflab.pipeline.relation_regions import REGIONS_SIGMA, describe_regions
 from difflab.pipeline.settings import ATTENTION_GUIDANCE
 from difflab.samplers import SAMPLERS
 
@@ -214,10 +216,11 @@ def load_generator(args: argparse.Namespace) -> Generator:
         return Generator.from_checkpoint(path, device=args.device)
 
 
-def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) -> dict:
+def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
+                    strength: float | None = None) -> dict:
     """The Generator keywords that sample, img2img and inpaint share. Sampler, steps and
     guidance are the flags over the checkpoint's [sample] settings, resolved here once so that
-    the line saying what runs is what runs."""
+    the line saying what runs is what runs (`strength`: img2img's, where the edit starts)."""
     for flag, given in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
         if given and not gen.takes_text:
             raise CLIError(f"{args.checkpoint} takes no text: drop {flag}")
@@ -295,13 +298,26 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None) 
             if args.binding_guidance or find_phrases(prompt):
                 said = describe_binding(prompt, gen.text_encoder)
                 print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
-    if settings.relation_regions:
+    start = edit_start_sigma(gen, strength)
+    if settings.relation_regions and start is not None and start <= REGIONS_SIGMA:
+        print(f"difflab: relation regions: none at strength {strength:g}: the edit starts at "
+              f"noise level {start:.2f}, below the {REGIONS_SIGMA:g} where regions stop")
+    elif settings.relation_regions:
         # a relation the regions leave whole is said too: its picture is drawn otherwise
         for prompt in dict.fromkeys(args.prompt):
             if args.relation_regions or find_relation(prompt) is not None:
                 print(f"difflab: relation regions: {describe_regions(prompt)}")
     print_prompt_readings(args, gen)
     return kw
+
+
+def edit_start_sigma(gen: Generator, strength: float | None) -> float | None:
+    """The noise level (sigma_t / alpha_t) an img2img edit at `strength` starts from; None for
+    a drawing from pure noise."""
+    if strength is None or strength >= 1.0:
+        return None
+    t = torch.tensor([gen.process.img2img_time(strength)])
+    return float(gen.process.sigma_ve(t)[0])
 
 
 def compiling(args: argparse.Namespace, gen: Generator, steps: int) -> bool:
