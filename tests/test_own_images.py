@@ -177,3 +177,19 @@ def test_without_out_a_run_on_ones_own_folder_is_named_after_it_and_resumes_ther
     assert main(["train", "fashion_mnist", *folder_args(pets), "--resume", "--steps", "2"]) == 0
     assert json.loads((tmp_path / "runs" / "pets" / "last" / "state.json").read_text()
                       )["step"] == 2
+
+
+def test_overwrite_without_a_config_starts_the_run_again_from_its_own(pets, tmp_path, capsys):
+    """`difflab train --out RUN --overwrite` names no config: like --resume, it takes the run's
+    own config.json (the user's folder), never the default preset's Fashion-MNIST."""
+    run = tmp_path / "run"
+    assert main(["train", "fashion_mnist", *folder_args(pets), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--overwrite", "--steps", "2", "--no-report",
+                 "--no-check"]) == 0
+    said = capsys.readouterr().out
+    assert f"--overwrite without a config: {run} starts again from its own config.json" in said
+    assert "fashion_mnist/train" not in said
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["name"] == "image_folder"
+    assert json.loads((run / "last" / "state.json").read_text())["step"] == 2

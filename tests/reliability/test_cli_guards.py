@@ -248,6 +248,32 @@ def test_overwrite_replaces_a_whole_runs_pictures_from_before_they_were_marked(t
     assert (run / "notes.txt").read_text() == "the user's own notes"
 
 
+def test_an_unmarked_picture_beside_a_run_that_marks_its_own_is_the_users(tmp_path, capsys):
+    """Unmarked pictures are trusted only beside a run from before difflab marked them. A
+    run that marks its pictures (its state says so, or one of its pictures carries the mark)
+    cannot have written an unmarked one: a user's picture dropped there is never replaced."""
+    from PIL import Image
+    from tiny_run import TINY, as_flags
+
+    run = tmp_path / "run"
+    assert main(["train", "digits8", "--out", str(run), "--steps", "1", "--no-report",
+                 *as_flags(TINY)]) == 0, capsys.readouterr().err
+    Image.new("RGB", (30, 20), "red").save(run / "samples.png")  # the user's own picture
+    before = snapshot(tmp_path)
+    line = refused(["train", "digits8", "--out", str(run), "--overwrite", "--steps", "1"],
+                   capsys)
+    assert str(run / "samples.png") in line and "leaves it alone" in line
+    assert snapshot(tmp_path) == before
+    # a run without the state's word, whose sample grids carry the mark: the same
+    older = fake_run(tmp_path / "older")
+    Image.new("L", (8, 8)).save(older / "samples.png")  # unmarked, beside marked grids
+    before = snapshot(tmp_path)
+    line = refused(["train", "digits8", "--out", str(older), "--overwrite", "--steps", "1"],
+                   capsys)
+    assert str(older / "samples.png") in line
+    assert snapshot(tmp_path) == before
+
+
 def test_sample_replaces_its_own_picture_but_never_the_users(tmp_path, capsys, tally):
     """Rerunning a command rewrites what difflab wrote; a user's file at --out stays."""
     from difflab.ownership import written_by_difflab

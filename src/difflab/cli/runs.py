@@ -189,7 +189,7 @@ def _is_run_file(path: Path, whole_run: bool) -> bool:
     """Whether `path` (one of RUN_FILES) is what difflab wrote: pictures carry difflab's mark
     (difflab.ownership), command.sh its header, metrics.jsonl JSON rows of steps. A picture
     without the mark (written before difflab marked them) counts when it is a picture and
-    the folder holds a `whole_run`: a difflab checkpoint in last/ and the run's config."""
+    the folder holds a `whole_run` of such a difflab (`_is_whole_run`)."""
     if path.suffix in (".png", ".gif"):
         return written_by_difflab(path) or (whole_run and _is_picture(path))
     try:
@@ -211,9 +211,28 @@ def _is_run_file(path: Path, whole_run: bool) -> bool:
 
 
 def _is_whole_run(out: Path) -> bool:
-    """A difflab checkpoint in last/ and the run's config.json: where pictures from before
-    difflab marked its files are trusted as the run's."""
-    return is_difflab_checkpoint(out / "last") and is_run_config(out / "config.json")
+    """A difflab checkpoint in last/ and the run's config.json, from a difflab that did not
+    yet mark its pictures: only there are pictures without the mark trusted as the run's."""
+    return (is_difflab_checkpoint(out / "last") and is_run_config(out / "config.json")
+            and not _marks_its_pictures(out))
+
+
+def _marks_its_pictures(out: Path) -> bool:
+    """Whether the run in `out` was written by a difflab that marks its pictures: its last
+    checkpoint's state says so (`marks_pictures`), or one of its pictures carries the mark.
+    A picture without the mark beside such a run is a user's, however much it looks like
+    the run's own."""
+    try:
+        state = json.loads((out / "last" / "state.json").read_text())
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict) and state.get("marks_pictures") is True:
+        return True
+    pictures = [out / n for n in RUN_FILES if n.endswith((".png", ".gif"))]
+    samples = out / RUN_SAMPLES
+    if samples.is_dir() and not samples.is_symlink():
+        pictures += [p for p in samples.iterdir() if _SAMPLE_GRID.fullmatch(p.name)]
+    return any(p.is_file() and not p.is_symlink() and written_by_difflab(p) for p in pictures)
 
 
 def _is_picture(path: Path) -> bool:

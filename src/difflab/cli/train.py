@@ -66,7 +66,8 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="replace the run already in OUT: removes what difflab wrote there (last/, best/, "
-        "samples/, metrics.jsonl, the report), keeps every other file",
+        "samples/, metrics.jsonl, the report), keeps every other file; without a config it "
+        "trains the run's own config.json again",
     )
     t.add_argument(
         "--minutes",
@@ -200,15 +201,19 @@ def resume_command(argv: list[str], world_size: int = 1, local_world_size: int =
 
 
 def train_config(args: argparse.Namespace) -> Path:
-    """The config a `difflab train` command names; when it names none, a resume's is the
-    run's own config.json (so a run on custom data resumes without its --set flags again),
-    else the default preset. The config is then put in `args.argv`, so that command.sh and
-    the resume command name it."""
+    """The config a `difflab train` command names; when it names none, a resume's or an
+    --overwrite's is the run's own config.json (so a run on custom data resumes, or starts
+    again, without its --set flags again, and is never replaced by the default preset), else
+    the default preset. The config is then put in `args.argv`, so that command.sh and the
+    resume command name it."""
     if args.config is not None:
         return resolve_config(args.config)
     recorded = Path(args.out or f"runs/{DEFAULT_CONFIG}") / "config.json"
-    if args.resume and recorded.is_file() and is_run_config(recorded):
+    if (args.resume or args.overwrite) and recorded.is_file() and is_run_config(recorded):
         path = recorded
+        if args.overwrite and os.environ.get("RANK", "0") == "0":
+            print(f"difflab: --overwrite without a config: {recorded.parent} starts again from "
+                  f"its own {recorded.name} (name a config to train another)")
     else:
         path = resolve_config(DEFAULT_CONFIG)
     at = args.argv.index("train") + 1 if "train" in args.argv else 0

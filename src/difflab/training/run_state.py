@@ -26,10 +26,11 @@ STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "loss_ema": (int, float), "elapsed_seconds": (int, float), "scaler": (dict,),
     "step_settings": (dict,), "metrics_bytes": (int,), "init_from": (dict,),
     "guide_step": (int,), "posthoc_ema": (list,), "guide_ema_length": (int, float),
+    "marks_pictures": (bool,),
 }  # fmt: skip
 OPTIONAL_STATE = ("ema_updates", "best_fid", "loss_ema", "elapsed_seconds", "scaler",
                   "step_settings", "metrics_bytes", "init_from", "guide_step", "posthoc_ema",
-                  "guide_ema_length")
+                  "guide_ema_length", "marks_pictures")
 
 
 def differences(saved: Any, mine: Any, prefix: str = "") -> str:
@@ -65,6 +66,9 @@ def training_state(trainer: Any) -> dict[str, Any]:
         "guide_step": trainer.guide_step,
         "posthoc_ema": [ema.sigma_rel for ema in trainer.posthoc] or None,
         "guide_ema_length": trainer.guide_ema.sigma_rel if trainer.guide_ema else None,
+        # every picture this run writes carries difflab's mark, so an unmarked one beside it
+        # is a user's (difflab.cli.runs: --overwrite and a new run leave it alone)
+        "marks_pictures": True,
     }
 
 
