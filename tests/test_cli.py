@@ -45,7 +45,7 @@ def test_train_writes_the_report(run_dir):
     assert "difflab train digits8" in (run_dir / "command.sh").read_text()
 
 
-def test_sample_png_npz_gif(run_dir, tmp_path):
+def test_sample_png_npz_gif(run_dir, tmp_path, capsys):
     ck = str(run_dir / "last")
     assert (
         main(
@@ -71,6 +71,11 @@ def test_sample_png_npz_gif(run_dir, tmp_path):
         assert main(["sample", ck, "-n", "2", "--steps", "2", "--out", str(tmp_path / "s.png"),
                      "--gif", str(tmp_path / gif)]) == 2
     assert Image.open(tmp_path / "s.png").format == "PNG" and not (tmp_path / "s.txt").exists()
+    # an .npz --out writes no grid, so no GIF of one: refused, not silently left out
+    assert main(["sample", ck, "-n", "2", "--steps", "2", "--out", str(tmp_path / "s.npz"),
+                 "--gif", str(tmp_path / "g.gif")]) == 2
+    assert "an .npz --out writes no grid" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists() and not (tmp_path / "g.gif").exists()
     assert (
         main(
             [
@@ -261,6 +266,11 @@ def test_export_fp16_is_small_and_samples_the_same(run_dir, tmp_path):
     a, b = np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"]
     # fp16 rounding of the EMA weights moves pixels by at most a few levels.
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
+    # an export exported again keeps its record of how it was trained (it holds no state)
+    again = tmp_path / "again"
+    assert main(["export", str(out), str(again), "--quiet"]) == 0
+    first, second = (json.loads((f / "config.json").read_text())["trained"] for f in (out, again))
+    assert second == first and first["step"] and first["weights"] == "ema"
 
 
 def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):

@@ -765,13 +765,20 @@ def export_for_inference(src: str | Path, dst: str | Path, *, dtype: torch.dtype
     checkpoint."""
     ck = load_checkpoint(src, with_training_state=True)
     config = ck.model_config()
-    elapsed = ck.state.get("elapsed_seconds", 0.0)
-    config["trained"] = {
-        "step": ck.state.get("step"),
-        "train_minutes": round(elapsed / 60, 1) if isinstance(elapsed, int | float) else None,
-        "weights": "ema" if ck.ema is not None else "model",
-        **(provenance or {}),
-    }
+    earlier = ck.config.get("trained")
+    if not ck.state and isinstance(earlier, dict):
+        # an export exported again (a shipped model, say): it holds no training state, so its
+        # own record of how it was trained is the record, not "step None, 0 minutes"
+        config["trained"] = {**earlier, **(provenance or {})}
+    else:
+        elapsed = ck.state.get("elapsed_seconds", 0.0)
+        config["trained"] = {
+            "step": ck.state.get("step"),
+            "train_minutes": round(elapsed / 60, 1) if isinstance(elapsed, int | float)
+            else None,
+            "weights": "ema" if ck.ema is not None else "model",
+            **(provenance or {}),
+        }
     init_from = ck.state.get("init_from")
     if isinstance(init_from, dict):  # a warm start: its steps came on top of these weights'
         config["trained"]["init_from"] = init_from

@@ -65,9 +65,13 @@ def training_machine(src: Path) -> str:
     """What the checkpoint at `src` says it trained on (its run's machine record), else this
     machine, said to be the exporting one: the export's record must not pass the machine that
     copied the weights off as the one that trained them."""
-    record = (peek_config(src) or {}).get("trained_on")
+    config = peek_config(src) or {}
+    record = config.get("trained_on")
     if isinstance(record, dict) and isinstance(record.get("cpu"), str):
         return describe_machine(record)
+    earlier = config.get("trained")  # an export exported again keeps what it says
+    if isinstance(earlier, dict) and isinstance(earlier.get("hardware"), str):
+        return earlier["hardware"]
     return (f"exported on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
             f"threads, torch {torch.__version__} (the checkpoint records no training machine)")
 

@@ -58,6 +58,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         # a GIF under another name would be taken for what its name says (or, named as --out,
         # replace the grid just written)
         raise CLIError(f"--gif must end in .gif, got {Path(args.gif).name!r}")
+    if args.gif and out.suffix == ".npz":
+        raise CLIError("--gif shows the grid's reverse process, and an .npz --out writes no "
+                       "grid: give a .png --out with --gif, or drop --gif")
     for scratch in npz_scratch_files(out) if out.suffix == ".npz" else []:
         if os.path.lexists(scratch):
             raise CLIError(f"--out {out}: {scratch} exists, and the samples stream through a "
