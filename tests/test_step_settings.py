@@ -142,6 +142,12 @@ def test_threads_fixed_by_config_or_environment_are_not_timed_against_others(mon
     # two processes on two cores: one thread each, nothing to choose between
     timer = Timings({("fp32", 1): 1.0})
     assert choose("auto", "auto", CPU, timer, cores=2, local_world_size=2).threads == 1
+    # more threads than cores is kept as asked, and said to be slow, in the line of why
+    timer = Timings({("fp32", 64): 1.0, ("fp32", 2): 1.0, ("fp32", 3): 1.0})
+    many = choose("auto", 64, CPU, timer, cores=2)
+    assert many.threads == 64 and "more than the 2 CPUs this process may use" in many.why
+    assert "more than" in choose("auto", "auto", CPU, timer, cores=2, env_threads="3").why
+    assert "more than" not in choose("auto", 2, CPU, timer, cores=2).why
 
 
 def test_mps_runs_fp32_and_leaves_threads_alone():

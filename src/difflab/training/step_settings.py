@@ -120,6 +120,15 @@ COMPILED_CPU_AUTOCAST = (
 )
 
 
+def _too_many(threads: int, cores: int) -> str:
+    """What to add when a fixed thread count exceeds the cores this process may use: threads
+    beyond them only wait for each other (64 threads on 2 cores ran a step 250 times slower)."""
+    if threads <= cores:
+        return ""
+    return (f" (more than the {cores} CPUs this process may use, so each step waits on "
+            'threads sharing them: far slower; train.threads = "auto" times what is fastest)')
+
+
 def choose(
     precision: str,
     threads: int | str,
@@ -154,10 +163,11 @@ def choose(
         thread_options: list[int | None] = [None]
     elif threads != "auto":
         thread_options = [int(threads)]
-        reasons.append(f"threads {threads}: train.threads")
+        reasons.append(f"threads {threads}: train.threads{_too_many(int(threads), cores)}")
     elif env_threads:
         thread_options = [int(env_threads)] if env_threads.isdigit() else [None]
-        reasons.append(f"threads {env_threads}: OMP_NUM_THREADS")
+        many = _too_many(int(env_threads), cores) if env_threads.isdigit() else ""
+        reasons.append(f"threads {env_threads}: OMP_NUM_THREADS{many}")
     else:
         thread_options = list(thread_candidates(cores, local_world_size, physical))
 
