@@ -473,3 +473,13 @@ def test_nearest_captions_without_a_caption_bank_is_refused_before_anything_runs
     assert said.out == ""
     assert ("--nearest-captions reads prompts through a caption bank (a text model trained "
             "with text.tokens = 'pooled'); shapes-text has none: drop the flag") in said.err
+
+
+def test_a_budget_that_ends_before_the_first_step_says_so_and_draws_nothing(tmp_path, capsys):
+    """A budget smaller than choosing how to run (pictures of 256 px take 20-40 s a step on a
+    laptop CPU): one line that says so and what to raise, no report of an untrained model."""
+    run = tmp_path / "run"
+    assert main(["train", "digits8", "--minutes", "0.0005", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "the budget ran out before the first step" in err and "--minutes" in err
+    assert not (run / "samples.png").exists() and not (run / "best").exists()

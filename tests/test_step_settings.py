@@ -352,3 +352,24 @@ def test_physical_cores_count_hyperthreads_of_one_core_once(tmp_path):
     assert hardware.physical_cores(tmp_path) == (len(cpus) + 1) // 2
     assert 1 <= hardware.physical_cores() <= hardware.cpu_cores()  # this machine's own
     assert hardware.physical_cores(tmp_path / "absent") == hardware.cpu_cores()
+
+
+def test_timing_stops_at_its_allowance_and_says_what_it_left_out(monkeypatch):
+    """Slow steps against a short budget: once timing has taken its allowance, the
+    candidates not yet timed are left out (never chosen), and the line of why says so."""
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    clock = [0.0]
+    monkeypatch.setattr("difflab.training.step_settings.time.perf_counter", lambda: clock[0])
+
+    def slow(p, n, best):  # each timing takes 20 s of the (mocked) clock
+        clock[0] += 20.0
+        return {"fp32": 2.0, "bf16": 1.0}[p] * (1 if n == 2 else 1.5)
+
+    s = choose("auto", "auto", CPU, slow, cores=2, allowance=30.0)
+    # fewest threads first: fp32 x1 (20 s), bf16 x1 (40 s > 30 s), then nothing more
+    assert s.timings == {"fp32 x1 thread": 3.0, "bf16 x1 thread": 1.5}
+    assert (s.precision, s.threads) == ("bf16", 1)
+    assert "fp32 x2 threads, bf16 x2 threads not timed: timing had taken 40.0 s" in s.why
+    everything = choose("auto", "auto", CPU, slow, cores=2)  # no budget: all four timed
+    assert (everything.precision, everything.threads) == ("bf16", 2)
+    assert "not timed" not in everything.why

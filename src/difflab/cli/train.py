@@ -313,9 +313,17 @@ def _train(args: argparse.Namespace, cfg: RunConfig, out: Path) -> int:
               f"continues from there: {again}", file=sys.stderr)
         return 128 + by  # the shell's status for a process the signal stopped
     whole = f", {trainer.elapsed / 60:.1f} min in all" if args.resume else ""
+    if why.step == 0:  # nothing to draw, judge or report: say why, not pictures of noise
+        per_step = trainer.step_settings.seconds_per_step if trainer.step_settings else None
+        took = f" (a step takes about {per_step:.2f} s here)" if per_step else ""
+        print(f"difflab: the budget ran out before the first step, after "
+              f"{(time.time() - t0) / 60:.1f} min of choosing how to run{took}: give a larger "
+              "--minutes, or --steps", file=sys.stderr)
+        return 1
+    kept = " and ".join(str(out / n) for n in ("last", "best") if (out / n).is_dir())
     print(
         f"difflab: stopped at step {why.step} ({why.why}) after {(time.time() - t0) / 60:.1f} "
-        f"min{whole}; checkpoints in {out / 'last'} and {out / 'best'}"
+        f"min{whole}; checkpoints in {kept}"
     )
     if not args.no_report:
         with writing(out):

@@ -40,11 +40,15 @@ def _as_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-# The largest picture read from a file: 16.7 megapixels (64 MB as RGBA) is far beyond any
-# model here, and a file that claims more (a "decompression bomb": a few KB of PNG that
-# inflate to gigabytes) is refused from its header, before anything is decoded.
+# The largest picture the web app takes as an upload: 16.7 megapixels (64 MB as RGBA) is far
+# beyond any model here, and a server shares its memory among its users.
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+# The largest picture read from a file by the command line and the API: a phone's photo (48
+# to 108 megapixels) is something a user hands img2img with --resize, while a file claiming
+# more (a "decompression bomb": a few KB of PNG that inflate to gigabytes) is refused from its
+# header, before anything is decoded. 120 MP is at most 480 MB as RGBA.
+MAX_FILE_MEGAPIXELS = 120
 
 
 def read_image_file(path: str | Path, what: str = "image") -> Any:
@@ -63,10 +67,10 @@ def read_image_file(path: str | Path, what: str = "image") -> Any:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)  # reads the header only
             w, h = image.size
-            if w * h > MAX_IMAGE_PIXELS:
+            if w * h > MAX_FILE_MEGAPIXELS * 1_000_000:
                 raise ValueError(
-                    f"it is {w}x{h} pixels; difflab reads images of at most "
-                    f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
+                    f"it is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels); difflab reads "
+                    f"images of at most {MAX_FILE_MEGAPIXELS} megapixels"
                 )
             image.load()
     except Exception as e:  # PIL's decoders raise many types on corrupt data (SyntaxError, ...)

@@ -24,6 +24,7 @@ the same precision as the uninterrupted one did at that step.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -120,6 +121,10 @@ COMPILED_CPU_AUTOCAST = (
 )
 
 
+def _shown(seconds: float | None) -> str:
+    return "not timed" if seconds is None else f"{seconds:.2f} s"
+
+
 def _too_many(threads: int, cores: int) -> str:
     """What to add when a fixed thread count exceeds the cores this process may use: threads
     beyond them only wait for each other (64 threads on 2 cores ran a step 250 times slower)."""
@@ -140,9 +145,11 @@ def choose(
     env_threads: str | None = None,
     compiled: bool = False,
     physical: int | None = None,
+    allowance: float = math.inf,
 ) -> StepSettings:
     """Settle `precision` and `threads` ("auto" or fixed) for `device` (`compiled`: the step
-    runs through torch.compile, train.compile).
+    runs through torch.compile, train.compile). Once timing has taken `allowance` seconds (a
+    share of a short run's budget), the candidates not yet timed are left out.
 
     `time_step(precision, threads, best_so_far)` returns the seconds of one real training
     step in that setting (see time_candidate; it is only called where timing decides); the
@@ -151,11 +158,22 @@ def choose(
     timings: dict[str, float] = {}
     reasons: list[str] = []
     on_cpu = device.type == "cpu"
+    spent = 0.0
+    skipped: list[str] = []
 
-    def timed(p: str, n: int | None) -> float:
+    def timed(p: str, n: int | None, best: float | None = None, *, first: bool = True) -> float:
+        """The seconds of a step of (p, n), timed on first ask; inf once the allowance is
+        spent (`first`: against the fastest so far, else against `best`)."""
+        nonlocal spent
         key = label(p, n)
         if key not in timings:
-            timings[key] = time_step(p, n, min(timings.values(), default=None))
+            if timings and spent > allowance:
+                skipped.append(key)
+                return math.inf
+            t0 = time.perf_counter()
+            timings[key] = time_step(p, n, min(timings.values(), default=None) if first
+                                     else best)
+            spent += time.perf_counter() - t0
         return timings[key]
 
     # threads: fixed by the config or the environment, or a short list of candidates
@@ -197,28 +215,30 @@ def choose(
             timed("fp32", n)
             timed("bf16", n)
         chosen_p, at = min(((p, n) for p in ("fp32", "bf16") for n in thread_options),
-                           key=lambda pn: timings[label(*pn)])
-        t_fp32, t_bf16 = timings[label("fp32", at)], timings[label("bf16", at)]
+                           key=lambda pn: timings.get(label(*pn), math.inf))
+        t_fp32, t_bf16 = (_shown(timings.get(label(p, at))) for p in ("fp32", "bf16"))
         reasons.insert(
             0,
             f"precision bf16: {native_why}, and it timed faster "
-            f"(bf16 {t_bf16:.2f} s, fp32 {t_fp32:.2f} s per step)"
+            f"(bf16 {t_bf16}, fp32 {t_fp32} per step)"
             if chosen_p == "bf16"
             else f"precision fp32: it timed faster than bf16 here "
-            f"(fp32 {t_fp32:.2f} s, bf16 {t_bf16:.2f} s per step) although {native_why}",
+            f"(fp32 {t_fp32}, bf16 {t_bf16} per step) although {native_why}",
         )
 
     chosen_t = thread_options[0]
     if len(thread_options) > 1:
         best: float | None = None
         for n in sorted(thread_options):
-            key = label(chosen_p, n)
-            if key not in timings:
-                timings[key] = time_step(chosen_p, n, best)
-            if best is None or timings[key] < best:
-                best, chosen_t = timings[key], n
-        shown = ", ".join(f"{n}: {timings[label(chosen_p, n)]:.2f} s" for n in thread_options)
+            seconds = timed(chosen_p, n, best, first=False)
+            if best is None or seconds < best:
+                best, chosen_t = seconds, n
+        shown = ", ".join(f"{n}: {_shown(timings.get(label(chosen_p, n)))}"
+                          for n in thread_options)
         reasons.append(f"threads {chosen_t}: timed faster per step ({shown})")
+    if skipped:
+        reasons.append(f"{', '.join(dict.fromkeys(skipped))} not timed: timing had taken "
+                       f"{spent:.1f} s of a short budget")
     key = label(chosen_p, chosen_t)
     if on_cpu and key not in timings:  # the expected speed, for the health monitor
         timings[key] = time_step(chosen_p, chosen_t, None)

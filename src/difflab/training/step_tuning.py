@@ -5,6 +5,7 @@ between fp32 and native bf16 where "auto" made it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,10 @@ from difflab.training.step_settings import StepSettings, label
 
 # Appended to the saved choice's reason when a resumed run keeps it (once, however often resumed).
 KEPT = " (kept from the checkpoint, so the resumed run computes as before)"
+# The share of a timed run's budget that choosing its precision and threads may take: a step
+# of 256x256 pictures takes 20-40 s on a laptop CPU, and timing every candidate twice took 2.7
+# of a 0.3-minute budget; past this share the candidates not yet timed are left out.
+TIMING_SHARE = 0.05
 
 class StepTuner:
     """Chooses and re-times a trainer's step settings; the trainer keeps the result in
@@ -58,6 +63,7 @@ class StepTuner:
                 env_threads=step_settings.env_thread_setting(),
                 compiled=tc.compile,
                 physical=physical,
+                allowance=TIMING_SHARE * tc.minutes * 60 if tc.minutes else math.inf,
             )
         settings = distributed.broadcast_object(settings, tr.dist)
         why = settings.why
