@@ -211,3 +211,31 @@ def test_a_relative_name_is_also_read_from_each_root(tmp_path, monkeypatch):
     # A mistyped model name is told as such, with the shipped models to choose from.
     with pytest.raises(ValueError, match="'fashion-mnst' not found .*; or a shipped model: "):
         roots.checkpoint("fashion-mnst")
+
+
+def test_kill_stops_the_server_as_ctrl_c_does_and_its_request_files_go(tmp_path, port):
+    """`kill` (SIGTERM) is how a service manager or a shell's job control stops a server: it
+    exits with the signal's status, and its folder of request files goes as on Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("gradio")
+    (tmp_path / "temp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "temp"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "difflab.cli", "serve", "--root", str(tmp_path), "--port",
+         str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "the app is at" in line:
+                break
+        assert proc.poll() is None, "the server did not start"
+        made = list((tmp_path / "temp").glob("difflab-web-*"))
+        assert len(made) == 1 and made[0].is_dir()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not made[0].exists()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -222,3 +222,12 @@ def test_the_api_takes_relation_and_binding_guidance_as_docs_web_shows(app_url):
     stream = httpx.get(f"{app_url}/gradio_api/call/generate/{event.json()['event_id']}",
                        timeout=600).text
     assert "event: complete" in stream and "sampled with dpmpp_2m, 2 steps" in stream
+
+
+def test_a_value_outside_a_sliders_range_gets_difflabs_line_naming_the_field(app_url):
+    """The API takes any number for a slider: gradio's own range check said "Value 2.0 is
+    greater than maximum value 1." (no field, no flag) and logged a traceback; the handler's
+    check says which field and what it allows."""
+    client = gradio_client.Client(app_url, verbose=False)
+    with pytest.raises(Exception, match=r"t 5000 is outside this model's process \(0\.\.999\)"):
+        client.predict("fashion-mnist", "training image", 0, None, 5000, 0, api_name="/forward")

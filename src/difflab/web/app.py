@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -93,6 +93,15 @@ def _describe_model(gen) -> str:
     trained = gen.config.get("trained", {})
     step = f", {trained['step']:,} training steps" if trained.get("step") else ""
     return f"{kind} diffusion, {h}x{w}x{c}, {cond}{step}"
+
+
+def _bounds_told_by_handler(slider: Any) -> Any:
+    """`slider` passing what the API sends to the handler as it is: gradio's own check of the
+    range refuses 2.0 for a strength in words that name neither the field nor its flag, and
+    logs a traceback; the handlers check the same range in difflab's one line
+    (edit.strength_value, explore._time_value)."""
+    slider.preprocess = lambda payload: payload
+    return slider
 
 
 def build_app(roots: Roots, limits: Limits | None = None,
@@ -233,9 +242,10 @@ def build_app(roots: Roots, limits: Limits | None = None,
                             elem_classes="pixelated"), "mask")
                         e_prompt = gr.Textbox(label="prompt", elem_id="edit-prompt")
                         e_negative = gr.Textbox(label="negative prompt", elem_id="edit-negative")
-                        e_strength = gr.Slider(0, 1, DEFAULT_IMG2IMG_STRENGTH, step=0.05,
-                                               label="img2img strength (0 keeps the image)",
-                                               elem_id="edit-strength")
+                        e_strength = _bounds_told_by_handler(gr.Slider(
+                            0, 1, DEFAULT_IMG2IMG_STRENGTH, step=0.05,
+                            label="img2img strength (0 keeps the image)",
+                            elem_id="edit-strength"))
                         with gr.Row():
                             e_sampler = gr.Dropdown(samplers, value="dpmpp_2m", label="sampler",
                                                     allow_custom_value=True)
@@ -269,7 +279,8 @@ def build_app(roots: Roots, limits: Limits | None = None,
                         x_index = gr.Number(0, label="training image number")
                         x_upload = gr.Image(type="filepath", image_mode=None,
                                             sources=["upload"], label="upload (model's size)")
-                        x_t = gr.Slider(0, 999, 500, step=1, label="t", elem_id="fwd-t")
+                        x_t = _bounds_told_by_handler(
+                            gr.Slider(0, 999, 500, step=1, label="t", elem_id="fwd-t"))
                         x_seed = gr.Number(0, label="noise seed")
                         x_go = gr.Button("Show the forward process", elem_id="fwd-go")
                     with gr.Column(scale=2):

@@ -16,11 +16,13 @@ built, so `difflab --help` works without the web extra.
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 
 from difflab.argtypes import device_name, float_in, int_in
 from difflab.web.app import build_app, launch
+from difflab.web.generate import work_root
 from difflab.web.limits import Limits, Roots
 from difflab.web.models import ModelStore
 
@@ -99,13 +101,21 @@ def serve_main(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"difflab: warning: --host {args.host} makes the app reachable from other "
               "machines, without a login", file=sys.stderr)
+    work_root()  # made now, so that its removal at exit is in place before any request
+    # `kill` (SIGTERM) stops the server as Ctrl-C does: an exit, so the requests' files go
+    before = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:  # a launch that fails part-way must not leave its server holding the port
         url = launch(app, args.host, args.port, limits, block=False, quiet=True)
         print(f"difflab: the app is at {url} (Ctrl-C stops it)", flush=True)
         app.block_thread()
     finally:
         app.close()
+        signal.signal(signal.SIGTERM, before)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # the shell's status for a process the signal stopped
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,14 +127,21 @@ _work_root: Path | None = None
 WORK_FOLDER_SECONDS = 3600
 
 
-def work_folder() -> Path:
-    """A fresh folder for one request's files, under this process's own folder: the folders
-    of requests done more than WORK_FOLDER_SECONDS ago are removed as new ones are made, and
-    the whole goes at exit, so a server left running does not fill the disk's temp space."""
+def work_root() -> Path:
+    """This process's folder for its requests' files, made on first use; it goes at exit
+    (`difflab serve` turns a SIGTERM into an exit, so `kill` takes it too)."""
     global _work_root
     if _work_root is None or not _work_root.is_dir():
         _work_root = Path(tempfile.mkdtemp(prefix="difflab-web-"))
         atexit.register(shutil.rmtree, _work_root, ignore_errors=True)
+    return _work_root
+
+
+def work_folder() -> Path:
+    """A fresh folder for one request's files, under this process's own folder: the folders
+    of requests done more than WORK_FOLDER_SECONDS ago are removed as new ones are made, and
+    the whole goes at exit, so a server left running does not fill the disk's temp space."""
+    work_root()
     now = time.time()
     for old in _work_root.iterdir():
         with contextlib.suppress(OSError):  # another request's, removed just now
