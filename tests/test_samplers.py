@@ -447,3 +447,13 @@ def test_grid_errors():
         make_timesteps(process, 10, "karras", sigma_max=1e6)
     with pytest.raises(ValueError, match="offset"):
         make_timesteps(process, 10, "leading", offset=500)
+
+
+def test_an_option_a_sampler_does_not_take_is_named_with_those_it_does():
+    """sample()'s options go to the sampler; clip_denoised is ddpm's and ddim's, not deis's:
+    one line that lists what deis takes, not Python's TypeError."""
+    oracle = gaussian_oracle(PROCESSES["vp"], 0.0, 1.0, 2)
+    with pytest.raises(ValueError, match=r"^the deis sampler takes no clip_denoised; its "
+                                         r"options: order$"):
+        sample(oracle, (2, 2), "deis", steps=3, clip_denoised=False)
+    assert sample(oracle, (2, 2), "ddim", steps=3, clip_denoised=False).shape == (2, 2)

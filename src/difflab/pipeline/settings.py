@@ -64,7 +64,9 @@ class SamplingSettings:
         what = [self.sampler, f"{self.steps} steps"]
         what[-1] += describe_karras_grid(self.sigma_max, self.rho)
         if self.sampler == ADAPTIVE_SAMPLER:  # only the grid's two ends reach its solver
-            what[-1] = "adaptive steps (its solver takes as many as its tolerance needs)"
+            what[-1] = "adaptive steps (its solver takes as many as its tolerance needs"
+            what[-1] += "; the steps given are not used)" if self.source.get("steps") == \
+                "given" else ")"
         if "guidance" in self.source:  # a conditional model asked for a class or prompt
             what.append("no guidance" if self.guidance is None else f"guidance {self.guidance:g}")
         if self.autoguidance is not None:

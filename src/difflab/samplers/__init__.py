@@ -8,6 +8,7 @@ denoised x0 prediction; see each module for the paper it implements.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -159,12 +160,28 @@ def sample(
 ) -> Tensor:
     """Draw samples of `shape`: prior noise randn(shape) * process.prior_std(), then `sampler`
     on default_timesteps(sampler, process, steps, spacing, sigma_max) (see DEFAULTS).
-    `options` go to the sampler (e.g. eta=, variance=, order=, clip_denoised=)."""
+    `options` go to the sampler (e.g. eta=, variance=, order=, clip_denoised=: each sampler
+    takes its own; one it does not take is a ValueError that lists those it does)."""
     fn = get_sampler(sampler)
+    takes = sampler_options(fn)
+    if (unknown := sorted(set(options) - set(takes))) and not _takes_any_keyword(fn):
+        raise ValueError(f"the {sampler} sampler takes no {', '.join(unknown)}; its options: "
+                         f"{', '.join(takes) or 'none'}")
     process = denoiser.process
     timesteps = default_timesteps(sampler, process, steps, spacing, sigma_max)
     x = randn(shape, generator, device, dtype) * process.prior_std()
     return fn(denoiser, x, timesteps, generator=generator, callback=callback, **options)
+
+
+def sampler_options(fn: Callable[..., Tensor]) -> list[str]:
+    """The keyword options a sampler function takes beyond what `sample` passes itself."""
+    own = {"denoiser", "x", "timesteps", "generator", "callback"}
+    return [name for name, p in inspect.signature(fn).parameters.items()
+            if name not in own and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _takes_any_keyword(fn: Callable[..., Tensor]) -> bool:
+    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
 
 
 __all__ = [
