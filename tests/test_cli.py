@@ -326,6 +326,12 @@ def test_resume_says_where_it_goes_on_and_refuses_a_spent_budget(tmp_path, capsy
     assert "settings the run did not have" not in said  # nothing changed: an exact resume
     command = (out / "command.sh").read_text()  # the one command that trains the whole run
     assert "--resume" not in command and "--steps 3" in command and "was resumed" in command
+    assert "trains all of it, exactly" in command and "budget is time" not in command
+    assert "refuses while this run is there" in command
+    assert main([*base, "--minutes", "0.05", "--resume"]) == 0  # now a time budget
+    command = (out / "command.sh").read_text()
+    assert "trains all of it in one go" in command and "exactly." not in command
+    assert "Its budget is time (train.minutes): a rerun stops near step" in command
 
 
 def test_a_resume_without_a_config_reads_the_runs_own(tmp_path, capsys):

@@ -248,8 +248,13 @@ def test_cli_resize_fits_a_picture_and_its_mask_as_training_pictures_are(picture
     assert "image is 50x56 but the model draws 28x28; add --resize" in capsys.readouterr().err
     assert cli.main(["img2img", "fashion-text", str(tmp_path / "photo.png"), "--resize",
                      *base]) == 0
-    assert "--resize: image 50x56 -> 28x28 (shorter side resized, centre cropped)" in (
-        capsys.readouterr().out)
+    said = capsys.readouterr().out
+    assert "--resize: image 50x56 -> 28x28 (shorter side resized, centre cropped)" in said
+    assert "grey" not in said  # a grey picture for a grey model: nothing converted
+    Image.fromarray(np.stack([big] * 3, -1)).save(tmp_path / "colour.png")
+    assert cli.main(["img2img", "fashion-text", str(tmp_path / "colour.png"), "--resize",
+                     *base]) == 0
+    assert "--resize: image colour -> grey (the model's)" in capsys.readouterr().out
     assert cli.main(["inpaint", "fashion-text", str(tmp_path / "photo.png"),
                      str(tmp_path / "mask.png"), "--resize", *base]) == 0
     said = capsys.readouterr().out

@@ -77,6 +77,10 @@ def _fit_image(picture: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
     upright, colours converted, the shorter side resized, the centre square kept), as uint8
     (C, H, W) of the model's `shape`; said when its size changes."""
     _say_fit("image", upright_size(picture), shape[1])
+    grey = picture.mode in ("1", "L", "LA", "I", "I;16", "F")
+    if grey != (shape[0] == 1):  # a colour photo for a grey model, or the other way round
+        print(f"difflab: --resize: image {'grey' if grey else 'colour'} -> "
+              f"{'grey' if shape[0] == 1 else 'RGB'} (the model's)")
     return pil_to_array(picture, shape[0], shape[1])
 
 

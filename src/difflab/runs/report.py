@@ -243,9 +243,16 @@ def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> N
 
     dist = trainer.dist
     notes = []
+    timed = trainer.cfg.train.minutes is not None
     if "--resume" in command:  # resume is exact: the one command of the whole run
         command = [a for a in command if a != "--resume"]
-        notes.append("# The run was resumed; this one command trains all of it, exactly.")
+        notes.append("# The run was resumed; this one command trains all of it"
+                     + (" in one go." if timed else ", exactly."))
+    if timed:  # a time budget ends where the machine's speed puts it
+        notes.append(f"# Its budget is time (train.minutes): a rerun stops near step "
+                     f"{trainer.step:,} on this machine, not exactly there.")
+    notes.append("# It writes to this run's folder, and refuses while this run is there: move "
+                 "the run away, or append --overwrite (to replace it) or another --out.")
     if command and command[0] == "difflab":
         if dist.world_size > 1:
             prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
