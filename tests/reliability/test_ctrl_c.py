@@ -12,12 +12,23 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_run import ROOT, TINY, as_flags, tiny_config
 
 from difflab.checkpoints.store import load_checkpoint
 from difflab.cli import main
 from difflab.training.trainer import INTERRUPTED, Trainer
+
+
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c():
+    """Ctrl-C handled as Python does by default, here and in the runs these tests start: a
+    non-interactive shell starts a background job (`pytest ... &`) with SIGINT ignored, and a
+    process then never sees a Ctrl-C, nor do its children (an ignored signal survives exec)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def run(out: Path, steps: int, resume: bool = False, on_sample=None) -> Trainer:
