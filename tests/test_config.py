@@ -17,6 +17,7 @@ SHIPPED_CONFIGS = {
     "fashion-mnist-cond": "fashion_mnist_cond",
     "mnist-digits-cond": "mnist_cond",
     "fashion-text": "fashion_text",
+    "fashion-text-attributes": "fashion_text_attributes",
     "shapes-text": "shapes_text_latent",
 }
 

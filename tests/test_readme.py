@@ -159,6 +159,10 @@ PLANS = {
         '--prompt "a purple square and a green triangle" -n 64 --out shapes.png': Plan(
             values=(("-n", "8"),)
         ),
+        'difflab sample fashion-text-attributes --prompt "a black tee for the summer" '
+        '--prompt "a sweater with wide stripes" -n 16 --out tees.png': Plan(
+            values=(("-n", "2"),)
+        ),
         "difflab eval shapes-text --geneval": Plan(
             extra=("--images-per-prompt", "1", "--steps", "2")
         ),

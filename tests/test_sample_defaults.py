@@ -52,6 +52,7 @@ def with_sample_settings(gen: Generator, **sample) -> Generator:
      ("fashion-mnist-cond", "dpmpp_2m", 20, 3.0, None, (0.3, 3.0)),
      ("mnist-digits-cond", "dpmpp_2m", 20, 2.0, None, None),
      ("fashion-text", "dpmpp_2m", 20, 3.0, None, None),
+     ("fashion-text-attributes", "dpmpp_2m", 20, 3.0, None, None),
      ("shapes-text", "dpmpp_2m", 20, 3.0, None, None)],
 )
 def test_shipped_models_carry_their_benchmarked_settings(
