@@ -487,5 +487,9 @@ def test_a_budget_that_ends_before_the_first_step_says_so_and_draws_nothing(tmp_
     run = tmp_path / "run"
     assert main(["train", "digits8", "--minutes", "0.0005", "--out", str(run)]) == 1
     err = capsys.readouterr().err
-    assert "the budget ran out before the first step" in err and "--minutes" in err
+    assert "the budget ran out before the first step" in err and "add --resume" in err
     assert not (run / "samples.png").exists() and not (run / "best").exists()
+    # and what it says works: the run goes on from there
+    assert main(["train", "digits8", "--steps", "2", "--resume", "--out", str(run),
+                 "--no-report"]) == 0
+    assert json.loads((run / "last" / "state.json").read_text())["step"] == 2

@@ -317,8 +317,8 @@ def _train(args: argparse.Namespace, cfg: RunConfig, out: Path) -> int:
         per_step = trainer.step_settings.seconds_per_step if trainer.step_settings else None
         took = f" (a step takes about {per_step:.2f} s here)" if per_step else ""
         print(f"difflab: the budget ran out before the first step, after "
-              f"{(time.time() - t0) / 60:.1f} min of choosing how to run{took}: give a larger "
-              "--minutes, or --steps", file=sys.stderr)
+              f"{(time.time() - t0) / 60:.1f} min of choosing how to run{took}: add --resume "
+              "and a larger --minutes (or --steps) to continue it", file=sys.stderr)
         return 1
     kept = " and ".join(str(out / n) for n in ("last", "best") if (out / n).is_dir())
     print(
