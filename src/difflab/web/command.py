@@ -19,6 +19,7 @@ import argparse
 import signal
 import socket
 import sys
+import threading
 
 from difflab.argtypes import device_name, float_in, int_in
 from difflab.web.app import build_app, launch
@@ -103,14 +104,16 @@ def serve_main(args: argparse.Namespace) -> int:
               "machines, without a login", file=sys.stderr)
     work_root()  # made now, so that its removal at exit is in place before any request
     # `kill` (SIGTERM) stops the server as Ctrl-C does: an exit, so the requests' files go
-    before = signal.signal(signal.SIGTERM, _exit_on_signal)
+    main_thread = threading.current_thread() is threading.main_thread()  # where signals go
+    before = signal.signal(signal.SIGTERM, _exit_on_signal) if main_thread else None
     try:  # a launch that fails part-way must not leave its server holding the port
         url = launch(app, args.host, args.port, limits, block=False, quiet=True)
         print(f"difflab: the app is at {url} (Ctrl-C stops it)", flush=True)
         app.block_thread()
     finally:
         app.close()
-        signal.signal(signal.SIGTERM, before)
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
     return 0
 
 
