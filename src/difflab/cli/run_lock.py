@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from difflab.cli.errors import CLIError
+from difflab.training.distributed import launched_rank
 
 
 @contextlib.contextmanager
@@ -32,7 +33,7 @@ def run_folder_lock(out: Path) -> Iterator[None]:
         import fcntl
     except ImportError:  # Windows
         fcntl = None
-    if fcntl is None or int(os.environ.get("RANK", "0")) != 0 or (
+    if fcntl is None or launched_rank() != 0 or (
             os.path.lexists(out) and not out.is_dir()):  # a file: check_run_folder says so
         yield
         return

@@ -20,6 +20,7 @@ from difflab.checkpoints.store import checkpoint_candidates, is_difflab_checkpoi
 from difflab.cli.errors import CLIError
 from difflab.ownership import written_by_difflab
 from difflab.runs.report import COMMAND_HEADER
+from difflab.training.distributed import launched_rank
 from difflab.training.posthoc_snapshots import SNAPSHOT_DIR, SNAPSHOT_NAME
 
 # What `difflab train` writes into a run folder (trainer.py, runs/report.py): what makes a
@@ -87,7 +88,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             "--overwrite to replace it (difflab removes only what it wrote there), or give "
             "another --out"
         )
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 clears, the others train
+    if launched_rank() != 0:  # torchrun: rank 0 clears, the others train
         return
     clear_run(out, found, whole_run)
     remove_debris(out)  # half-written checkpoints of a crashed run (gone writers' only)

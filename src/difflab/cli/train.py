@@ -29,6 +29,7 @@ from difflab.cli.run_lock import run_folder_lock
 from difflab.cli.runs import check_run_folder, is_run_config
 from difflab.config import RunConfig, load_config
 from difflab.runs import report, score_fid
+from difflab.training.distributed import launched_rank
 from difflab.training.run_state import describe_init_from
 from difflab.training.trainer import INTERRUPTED, Trainer, describe
 
@@ -211,7 +212,7 @@ def train_config(args: argparse.Namespace) -> Path:
     recorded = Path(args.out or f"runs/{DEFAULT_CONFIG}") / "config.json"
     if (args.resume or args.overwrite) and recorded.is_file() and is_run_config(recorded):
         path = recorded
-        if args.overwrite and os.environ.get("RANK", "0") == "0":
+        if args.overwrite and launched_rank() == 0:
             print(f"difflab: --overwrite without a config: {recorded.parent} starts again from "
                   f"its own {recorded.name} (name a config to train another)")
     else:
@@ -232,7 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.data.root is not None:
         check_run_folder_outside(out, cfg.data.root)  # before the lock creates the folder
     if not args.out and not args.resume and cfg.data.root is not None \
-            and os.environ.get("RANK", "0") == "0":  # said once, also under torchrun
+            and launched_rank() == 0:  # said once, also under torchrun
         print(f"difflab: the run goes to {out} (named after data.root; --out chooses another)")
     with run_folder_lock(out):
         return _train(args, cfg, out)

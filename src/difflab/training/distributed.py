@@ -36,10 +36,16 @@ class DistInfo:
         return self.world_size > 1
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it in the environment (0 when not launched by
+    torchrun): what the command line reads before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str | None = None) -> DistInfo:
     """Initialise the process group when launched by torchrun; pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device).device
     if dev.type == "cuda":

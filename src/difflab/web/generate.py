@@ -141,13 +141,13 @@ def work_folder() -> Path:
     """A fresh folder for one request's files, under this process's own folder: the folders
     of requests done more than WORK_FOLDER_SECONDS ago are removed as new ones are made, and
     the whole goes at exit, so a server left running does not fill the disk's temp space."""
-    work_root()
+    root = work_root()
     now = time.time()
-    for old in _work_root.iterdir():
+    for old in root.iterdir():
         with contextlib.suppress(OSError):  # another request's, removed just now
             if now - old.stat().st_mtime > WORK_FOLDER_SECONDS:
                 shutil.rmtree(old)
-    return Path(tempfile.mkdtemp(dir=_work_root))
+    return Path(tempfile.mkdtemp(dir=root))
 
 
 @dataclass(frozen=True)
