@@ -651,3 +651,12 @@ def test_balance_zero_keeps_the_plain_shuffle_and_bad_balance_is_refused():
     with pytest.raises(ValueError, match="data.balance must be >= 0 and <= 1"):
         load_config(Path(__file__).parents[1] / "configs" / "fashion_mnist.toml",
                     ["data.balance=-0.1"])
+
+
+@pytest.mark.parametrize("size", [1, 4, 7])
+def test_an_image_size_below_eight_is_refused_by_name(size):
+    """A 1x1 "image" trained without a word before; 8x8 (scikit-learn's digits) is the
+    smallest real image set."""
+    with pytest.raises(ValueError, match=f"data.image_size must be >= 8 .*got {size}"):
+        load_config(None, [f"data.image_size={size}"])
+    assert load_config(None, ["data.image_size=8"]).data.image_size == 8

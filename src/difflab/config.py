@@ -298,7 +298,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 # so that a typo (an extra zero, 1e9) is refused at once instead of allocating for minutes.
 RANGES: dict[str, Range] = {
     # [data] (DataConfig checks its choices and combinations itself)
-    "data.image_size": Range(1, 4096),
+    # 8x8 is the smallest real image set (scikit-learn's digits); below it every level of a
+    # UNet is a pixel or two and there is nothing for its convolutions to learn
+    "data.image_size": Range(8, 4096),
     "data.limit": Range(1, None),
     "data.num_samples": Range(1, 10_000_000),
     "data.seed": Range(0, MAX_SEED),
