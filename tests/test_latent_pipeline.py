@@ -343,3 +343,23 @@ def test_per_token_models_have_no_caption_bank(gen):
     assert gen.caption_bank is None and gen.nearest_captions() == 0
     with pytest.raises(ValueError, match="caption bank"):
         gen.generate(1, prompt="a seven", nearest_captions=3, steps=2)
+
+
+def test_a_latent_checkpoint_lends_its_autoencoder_to_a_new_run(folders, tmp_path):
+    """latent.autoencoder may name a latent diffusion checkpoint (a run or a shipped pipeline):
+    its own autoencoder is used, the same weights as the autoencoder run it was trained on;
+    a checkpoint that carries none is refused by name."""
+    from difflab.checkpoints.components import load_autoencoder
+    from difflab.checkpoints.store import CheckpointError
+
+    root, _ = folders
+    own = load_autoencoder(root / "ae" / "last").state_dict()
+    lent = load_autoencoder(root / "txt" / "last").state_dict()
+    assert own.keys() == lent.keys()
+    # the scale factor is refitted by each run; every weight is the autoencoder run's
+    assert all(torch.equal(own[k], lent[k]) for k in own if k != "scale_factor")
+    pixel = config_from_dict({"data": DATA, "model": {"preset": "ddpm-tiny-28", "overrides": {
+        "base_channels": 8, "groups": 4}}, "train": TRAIN})
+    Trainer(pixel, tmp_path / "pixel", quiet=True).train()
+    with pytest.raises(CheckpointError, match="'pixel-diffusion' model, not an autoencoder"):
+        load_autoencoder(tmp_path / "pixel" / "last")

@@ -61,8 +61,8 @@ def autoencoder_from_weights(spec: dict, weights: dict[str, torch.Tensor], sourc
 
 
 def load_autoencoder(path: str | Path) -> Autoencoder:
-    """The frozen autoencoder (EMA weights) of an autoencoder checkpoint: a folder or the name
-    of a shipped one."""
+    """The frozen autoencoder (EMA weights) of an autoencoder checkpoint, or the one a latent
+    diffusion checkpoint carries: a folder or the name of a shipped model."""
     try:
         path = resolve_checkpoint(path)
     except FileNotFoundError:
@@ -72,10 +72,17 @@ def load_autoencoder(path: str | Path) -> Autoencoder:
             "runs/fashion_autoencoder/last), or --set latent.autoencoder=FOLDER naming one"
         ) from None
     ck = load_checkpoint(path)
-    if ck.config.get("kind") != "autoencoder":
+    kind = ck.config.get("kind")
+    if kind == "latent-diffusion" and AUTOENCODER in ck.components:
+        # a latent pipeline's own autoencoder: continue it (--init-from) or train another
+        # latent model in the same space without the autoencoder's run at hand
+        return autoencoder_from_weights(ck.config[AUTOENCODER]["network"],
+                                        ck.components[AUTOENCODER], f"{path} ({AUTOENCODER})")
+    if kind != "autoencoder":
         raise CheckpointError(
-            f"latent.autoencoder = {str(path)!r} holds a {ck.config.get('kind')!r} model, not an "
-            "autoencoder; train one with a kl-f* preset (configs/fashion_autoencoder.toml)"
+            f"latent.autoencoder = {str(path)!r} holds a {kind!r} model, not an autoencoder "
+            "or a latent diffusion model that carries one; train one with a kl-f* preset "
+            "(configs/fashion_autoencoder.toml)"
         )
     return autoencoder_from_weights(ck.config["network"], ck.weights(True), str(path))
 
