@@ -217,8 +217,10 @@ class SampleConfig:
 
 @dataclass
 class LatentConfig:
-    # A trained autoencoder checkpoint (folder, or a shipped name): the diffusion model then
-    # runs on its scaled latents (Rombach et al. 2022). None: diffusion in pixel space.
+    # A trained autoencoder checkpoint (folder, or a shipped name), or a latent diffusion one
+    # whose autoencoder is then used (to continue a shipped pipeline: --init-from shapes-text
+    # --set latent.autoencoder=shapes-text): the diffusion model runs on its scaled latents
+    # (Rombach et al. 2022). None: diffusion in pixel space.
     autoencoder: str | None = None
 
 
