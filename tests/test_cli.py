@@ -137,6 +137,11 @@ def test_viz_commands(tmp_path):
         target = tmp_path / f"{what}.png"
         assert main(["viz", what, "--out", str(target), "--config", "digits8"]) == 0
         assert target.stat().st_size > 1000
+        # --timesteps changes every picture (it was once read by schedules only)
+        other = tmp_path / f"{what}_t50.png"
+        assert main(["viz", what, "--out", str(other), "--config", "digits8",
+                     "--timesteps", "50"]) == 0
+        assert other.read_bytes() != target.read_bytes(), what
 
 
 def run_cli(*args):
@@ -334,6 +339,22 @@ def test_resume_says_where_it_goes_on_and_refuses_a_spent_budget(tmp_path, capsy
     assert "Its budget is time (train.minutes): a rerun stops near step" in command
 
 
+def test_command_sh_of_an_overwrite_refuses_as_its_header_says(tmp_path, capsys):
+    """--overwrite said what to do with the folder, not how to train: the recorded command
+    leaves it out, so running command.sh refuses while the run is there."""
+    out = tmp_path / "run"
+    base = ["train", "digits8", "--out", str(out), *TINY, "--steps", "1"]
+    assert main([*base, "--no-report"]) == 0
+    assert main([*base, "--overwrite"]) == 0
+    command = (out / "command.sh").read_text()
+    assert "refuses while this run is there" in command and "--overwrite" not in command.split(
+        "\n")[-2]
+    capsys.readouterr()
+    done = subprocess.run(["sh", str(out / "command.sh")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "already holds a run" in done.stderr
+
+
 def test_a_resume_without_a_config_reads_the_runs_own(tmp_path, capsys):
     """A run on custom settings resumes without its --set flags again: with no config named,
     --resume reads the run's config.json; it can also be named, and then --out defaults to
@@ -453,8 +474,31 @@ def test_a_resume_says_which_train_settings_it_changes(tmp_path, capsys):
     assert main([*base, "--steps", "3", "--resume", "--set", "train.lr=0.01"]) == 0
     said = capsys.readouterr().out
     recorded = load_checkpoint(out / "last.prev").config["run"]["train"]["lr"]
-    assert (f"resuming with [train] settings the run did not have: train.lr {recorded!r} -> "
+    assert (f"resuming with settings the run did not have: train.lr {recorded!r} -> "
             "0.01 (it goes on with these)") in said
+
+
+def test_a_resume_that_changes_what_the_network_learns_is_refused(tmp_path, capsys):
+    """A preset named on resume (the README's form) that differs from the run in [diffusion]
+    would train eps-weights towards v under the run's name: refused in one line naming each
+    change, and the run is untouched; the run's own config resumes it; [data] is said."""
+    out = tmp_path / "run"
+    base = ["train", "digits8", "--out", str(out), *TINY, "--no-report"]
+    started = ["--set", "diffusion.parameterization=eps", "--set", "diffusion.schedule=linear"]
+    assert main([*base, "--steps", "2", *started]) == 0
+    before = (out / "last" / "manifest.json").read_bytes()
+    capsys.readouterr()
+    assert main([*base, "--steps", "3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "changes what the run in" in err
+    assert "diffusion.parameterization 'eps' -> 'v'" in err
+    assert "diffusion.schedule 'linear' -> 'cosine'" in err and "--init-from" in err
+    assert (out / "last" / "manifest.json").read_bytes() == before
+    own = ["train", "--out", str(out), "--steps", "3", "--resume", "--no-report"]
+    assert main([*own, "--set", "data.on_bad_image=error"]) == 0
+    said = capsys.readouterr().out
+    assert "settings the run did not have: data.on_bad_image 'skip' -> 'error'" in said
+    assert load_checkpoint(out / "last").config["run"]["diffusion"]["parameterization"] == "eps"
 
 
 def test_a_mistyped_flag_is_refused_by_its_command_with_the_nearest_flag(capsys):

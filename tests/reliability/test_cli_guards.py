@@ -199,6 +199,45 @@ def test_overwrite_removes_only_what_difflab_wrote(tmp_path, capsys, tally):
     tally("cli_guards", train_out_cases=2)
 
 
+def test_an_overwrite_that_cannot_start_leaves_the_old_run_whole(tmp_path, capsys):
+    """--overwrite removes the old run only once the new one has its data and network: a new
+    run that cannot start (more batch than images here; a mistyped data.root alike) leaves
+    every file as it was."""
+    from tiny_run import TINY, as_flags
+
+    run = fake_run(tmp_path / "run")
+    before = snapshot(tmp_path)
+    line = refused(["train", "digits8", "--out", str(run), "--overwrite", "--steps", "1",
+                    *as_flags(TINY), "--set", "data.limit=20", "--set", "train.batch_size=32"],
+                   capsys)
+    assert "fewer than train.batch_size" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_what_a_user_put_in_a_checkpoint_folder_is_kept_when_it_is_replaced(tmp_path, capsys):
+    """Files a user put in last/ or best/ (not in the checkpoint's manifest) move to
+    kept_from_NAME/ when training rotates the checkpoint away or --overwrite replaces it, and
+    a warning says so; difflab's own files go as before."""
+    from tiny_run import TINY, as_flags
+
+    run = tmp_path / "run"
+    base = ["train", "digits8", "--out", str(run), *as_flags(TINY), "--no-report",
+            "--set", "train.checkpoint_every=1"]
+    assert main([*base, "--steps", "1"]) == 0
+    (run / "last" / "NOTES.txt").write_text("my notes about step 1")
+    capsys.readouterr()
+    assert main([*base, "--steps", "3", "--resume"]) == 0  # last/ -> last.prev/ -> deleted
+    err = capsys.readouterr().err
+    assert (run / "kept_from_last" / "NOTES.txt").read_text() == "my notes about step 1"
+    assert "NOTES.txt, which difflab did not write; moved to" in err
+    assert "difflab: warning:" in err and "Traceback" not in err
+    (run / "best" / "keep.txt").write_text("mine")
+    assert main([*base, "--steps", "1", "--overwrite"]) == 0
+    assert (run / "kept_from_best" / "keep.txt").read_text() == "mine"
+    assert (run / "kept_from_last" / "NOTES.txt").is_file()  # a new run leaves it alone
+    assert not any(p.name.startswith(".") for p in run.iterdir())  # no debris left
+
+
 @pytest.mark.parametrize("name, mine", [
     ("samples.png", b"\x89PNG my own picture"),
     ("loss.png", b"not even a picture"),

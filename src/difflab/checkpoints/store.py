@@ -313,6 +313,53 @@ def _replaceable(path: Path) -> bool:
     return False
 
 
+def foreign_entries(folder: Path) -> list[Path]:
+    """What someone else put in the difflab checkpoint `folder` (a sample grid, notes): the
+    entries its manifest does not list. A folder without a readable manifest names none."""
+    doc = peek_config(folder, MANIFEST_FILE)
+    listed = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(listed, dict):
+        return []
+    try:
+        return sorted(p for p in folder.iterdir() if p.name not in {*listed, MANIFEST_FILE})
+    except OSError:
+        return []
+
+
+def keep_foreign(folder: Path, name: str) -> Path | None:
+    """Before the checkpoint `folder` (once NAME/ or NAME.prev/ of `name`) is deleted, move
+    what difflab did not write there into a new folder beside it, kept_from_NAME[-k]/, and
+    say so: difflab never deletes what it did not create. Returns that folder, if any; when
+    the move fails, raises OSError and the checkpoint must not be deleted."""
+    theirs = foreign_entries(folder)
+    if not theirs:
+        return None
+    dest, k = folder.parent / f"kept_from_{name}", 1
+    while os.path.lexists(dest):
+        k += 1
+        dest = folder.parent / f"kept_from_{name}-{k}"
+    dest.mkdir()
+    for entry in theirs:
+        os.replace(entry, dest / entry.name)
+    warnings.warn(
+        f"{folder.parent / name} held {', '.join(p.name for p in theirs)}, which difflab did "
+        f"not write; moved to {dest} before the checkpoint there was replaced",
+        CheckpointWarning, stacklevel=3)
+    return dest
+
+
+def _delete_checkpoint(folder: Path, name: str) -> None:
+    """Delete a replaced checkpoint that is out of every reader's way, after keeping what
+    others put in it; one that cannot be emptied of theirs stays, named in a warning."""
+    try:
+        keep_foreign(folder, name)
+    except OSError as e:
+        warnings.warn(f"{folder} holds files difflab did not write and they could not be moved "
+                      f"out ({e}); it is left in place", CheckpointWarning, stacklevel=3)
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _switch(tmp: Path, path: Path, keep_previous: bool) -> None:
     """Make the complete folder `tmp` the checkpoint `path` (see the module docstring for
     why the latest complete checkpoint stays reachable between any two steps). A rename that
@@ -337,7 +384,7 @@ def _switch(tmp: Path, path: Path, keep_previous: bool) -> None:
         trash.append(_temp_path(path, "del"))
         os.replace(prev, trash[-1])
     for folder in trash:  # already out of every reader's way: a failure here costs nothing
-        shutil.rmtree(folder, ignore_errors=True)
+        _delete_checkpoint(folder, path.name)
 
 
 def _undo(renames: list[tuple[Path, Path]]) -> None:
@@ -443,6 +490,8 @@ def remove_debris(parent: str | Path) -> list[Path]:
         if not _writer_is_gone(match, entry):
             continue
         try:
+            if match["kind"] == "del":  # a replaced checkpoint: what others put there stays
+                keep_foreign(entry, match["name"])
             shutil.rmtree(entry)
             removed.append(entry)
         except FileNotFoundError:  # another process (a DDP rank) removed it first

@@ -12,11 +12,17 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from difflab.checkpoints.store import checkpoint_candidates, is_difflab_checkpoint, remove_debris
+from difflab.checkpoints.store import (
+    checkpoint_candidates,
+    is_difflab_checkpoint,
+    keep_foreign,
+    remove_debris,
+)
 from difflab.cli.errors import CLIError
 from difflab.ownership import written_by_difflab
 from difflab.runs.report import COMMAND_HEADER
@@ -49,9 +55,13 @@ def _has_checkpoint(out: Path) -> bool:
     return any(map(is_difflab_checkpoint, checkpoint_candidates(out / "last")))
 
 
-def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool
+                     ) -> Callable[[], None] | None:
     """A new run never silently replaces another: a folder that holds what `difflab train`
-    writes needs --resume (continue it) or --overwrite (remove that, keep everything else)."""
+    writes needs --resume (continue it) or --overwrite (remove that, keep everything else).
+    Removes nothing itself: for --overwrite it returns the removal, for the caller to run
+    once the new run has loaded its data and built its network, so that a new run that
+    cannot start (a mistyped data.root) leaves the old one as it was."""
     if resume and overwrite:
         raise CLIError("--resume continues the run in --out, --overwrite replaces it: give one")
     if os.path.lexists(out) and not out.is_dir():
@@ -69,10 +79,10 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             why = (" (the run there stopped before its first checkpoint: --overwrite, not "
                    "--resume, starts it again)" if found else "")
             raise CLIError(f"--resume: no checkpoint at {out / 'last'} to continue{why}")
-        return
+        return None
     found = run_contents(out)
     if not found:
-        return
+        return None
     # before either branch: a new run would write over them, --overwrite would remove them
     whole_run = _check_all_difflabs(out, found)
     if not overwrite:
@@ -89,11 +99,15 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
             "another --out"
         )
     if launched_rank() != 0:  # torchrun: rank 0 clears, the others train
-        return
-    clear_run(out, found, whole_run)
-    remove_debris(out)  # half-written checkpoints of a crashed run (gone writers' only)
-    print(f"difflab: --overwrite: removed {', '.join(found)} from {out} (anything else there "
-          "is left alone)")
+        return None
+
+    def remove_old_run() -> None:
+        clear_run(out, found, whole_run)
+        remove_debris(out)  # half-written checkpoints of a crashed run (gone writers' only)
+        print(f"difflab: --overwrite: removed {', '.join(found)} from {out} (anything else "
+              "there is left alone)")
+
+    return remove_old_run
 
 
 def run_contents(out: Path) -> list[str]:
@@ -111,6 +125,7 @@ def clear_run(out: Path, found: list[str], whole_run: bool) -> None:
     for name in found:
         path = out / name.rstrip("/")
         if name.rstrip("/") in RUN_CHECKPOINTS:
+            keep_foreign(path, name.rstrip("/"))  # what a user put in it moves out, and stays
             shutil.rmtree(path)
         elif name == f"{SNAPSHOT_DIR}/":  # the snapshots only: anything else stays
             for snapshot in path.iterdir():

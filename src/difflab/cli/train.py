@@ -119,7 +119,7 @@ def keep_recorded_budget(trainer: Trainer) -> tuple[str, list[str]]:
     checkpoint's record), not to the preset's: a run started with --minutes 1 and resumed
     plainly would otherwise train for the preset's 10 minutes. Returns how it is said, and
     the flags that name that budget (for command.sh and the next resume command)."""
-    recorded = trainer.resumed_train
+    recorded = (trainer.resumed_run or {}).get("train")
     if not isinstance(recorded, dict):
         return "", []
     tc = trainer.cfg.train
@@ -140,17 +140,41 @@ def keep_recorded_budget(trainer: Trainer) -> tuple[str, list[str]]:
     return f", to the run's own budget of {what} (--minutes or --steps sets another)", flags
 
 
-def changed_train_settings(trainer: Trainer) -> list[str]:
-    """"KEY RECORDED -> NOW" for each [train] setting a resume changes against the run's
-    record (its budget aside, which check_budget_left says): a resume is exact only
-    without them, so none goes unsaid."""
-    recorded = trainer.resumed_train
+# What the network learns: a resume that changed one of these would go on training the same
+# weights towards another target (eps -> v, a linear -> a cosine schedule) under the old
+# run's name. Refused; --init-from starts a new run from the weights instead.
+LEARNED_SECTIONS = ("diffusion", "latent", "text")
+# Said, and taken: what a resume may change knowingly (a moved data folder, a new budget or
+# learning rate, other sampling settings); a resume is exact only without them.
+SAID_SECTIONS = ("data", "train", "sample")
+
+
+def changed_settings(trainer: Trainer, section: str) -> list[str]:
+    """"SECTION.KEY RECORDED -> NOW" for each setting of `section` a resume changes against
+    the run's record ([train]'s budget aside, which check_budget_left says); keys the record
+    lacks (a run of an older difflab) are not compared."""
+    recorded = (trainer.resumed_run or {}).get(section)
     if not isinstance(recorded, dict):
         return []
-    now = dataclasses.asdict(trainer.cfg.train)
-    return [f"train.{key} {recorded[key]!r} -> {now[key]!r}" for key in now
-            if key in recorded and key not in BUDGET_KEYS
+    now = dataclasses.asdict(getattr(trainer.cfg, section))
+    return [f"{section}.{key} {recorded[key]!r} -> {now[key]!r}" for key in now
+            if key in recorded and not (section == "train" and key in BUDGET_KEYS)
             and _comparable(recorded[key]) != _comparable(now[key])]
+
+
+def check_resumed_settings(trainer: Trainer, out: Path, main: bool) -> None:
+    """Refuse a resume that changes what the network learns; say every other change."""
+    learned = [c for section in LEARNED_SECTIONS for c in changed_settings(trainer, section)]
+    if learned:
+        raise CLIError(
+            f"--resume: this command changes what the run in {out} learns "
+            f"({', '.join(learned)}); resume with the run's own settings (difflab train "
+            f"--out {out} --resume, naming no config), or start a new run from its weights "
+            "with --init-from")
+    changed = [c for section in SAID_SECTIONS for c in changed_settings(trainer, section)]
+    if main and changed:
+        print(f"difflab: resuming with settings the run did not have: {', '.join(changed)} "
+              "(it goes on with these)")
 
 
 def _comparable(value: Any) -> Any:
@@ -265,22 +289,21 @@ def _train(args: argparse.Namespace, cfg: RunConfig, out: Path) -> int:
     if args.init_from and args.resume:
         raise ValueError("--init-from starts a new run and --resume continues one: give one")
     init_from = resolve_checkpoint(args.init_from) if args.init_from else None
-    check_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+    remove_old_run = check_run_folder(out, resume=args.resume, overwrite=args.overwrite)
     trainer = Trainer(cfg, out, device=args.device)
     main = trainer.dist.is_main
     if args.resume:
         trainer.resume()
         kept, flags = ("", []) if budget_given(args) else keep_recorded_budget(trainer)
         args.argv = [*args.argv, *flags]  # so command.sh and a next resume name it too
+        check_resumed_settings(trainer, out, main)
         check_budget_left(trainer, main, kept)
-        changed = changed_train_settings(trainer)
-        if main and changed:
-            print(f"difflab: resuming with [train] settings the run did not have: "
-                  f"{', '.join(changed)} (it goes on with these)")
     elif init_from is not None:
         trainer.warm_start(init_from)
         if main:  # a shipped model by its name (init_from records it so), a run by its path
             print(f"difflab: starting from the weights of {describe_init_from(trainer.init_from)}")
+    if remove_old_run is not None:  # the new run has its data and network: now it replaces
+        remove_old_run()
     if main:
         print(
             f"difflab: {trainer.data.name}: {len(trainer.data)} images "

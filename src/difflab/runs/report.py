@@ -244,6 +244,9 @@ def _finish(trainer, out: Path, command: list[str], paths: dict[str, Path]) -> N
     dist = trainer.dist
     notes = []
     timed = trainer.cfg.train.minutes is not None
+    # --overwrite said what to do with the folder then, not how to train: kept, it would make
+    # this file replace the run it reproduces (the note below says it refuses instead)
+    command = [a for a in command if a != "--overwrite"]
     if "--resume" in command:  # resume is exact: the one command of the whole run
         command = [a for a in command if a != "--resume"]
         notes.append("# The run was resumed; this one command trains all of it"

@@ -196,7 +196,7 @@ class Trainer:
         self.last_saved: tuple[Path, int] | None = None
         self._saved_log_bytes: int | None = None  # metrics.jsonl's length at that save
         self._resumed = False
-        self.resumed_train: dict | None = None  # [train] as the resumed checkpoint recorded it
+        self.resumed_run: dict | None = None  # the settings the resumed checkpoint recorded
         # the checkpoint a warm start began from: {"path", "step"} (run_state.warm_start)
         self.init_from: dict | None = None
         # autoguidance's guide: the EMA weights at train.guide_at of the budget, and their step
@@ -285,7 +285,7 @@ class Trainer:
         run_state.restore(self, ck)
         self.last_saved, self._resumed = (ck.path, self.step), True
         run = ck.config.get("run")  # the settings the run last trained with, as recorded
-        self.resumed_train = run.get("train") if isinstance(run, dict) else None
+        self.resumed_run = run if isinstance(run, dict) else None
         if self.dist.is_main:
             self.metrics.rewind(ck.path, ck.state.get("metrics_bytes"), self.step)
 
