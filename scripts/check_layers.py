@@ -35,7 +35,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("runs",),
     ("web",),
     ("cli",),
-    ("__main__",),  # `python -m difflab`: the CLI
+    ("launch",),  # the `difflab` command: the CLI, imported where a Ctrl-C is caught
+    ("__main__",),  # `python -m difflab`: the same
 )
 
 # Third-party packages that may be imported inside a function: optional ones (a dataset

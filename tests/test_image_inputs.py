@@ -4,6 +4,7 @@ picture gives bit-identical results; bad input is refused with the real mismatch
 Shipped `fashion-text` (latent, 28x28 grey) and `fashion-mnist` (pixel) at n = 1-3, 2-3 steps.
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,31 @@ def test_cli_resize_fits_a_picture_and_its_mask_as_training_pictures_are(picture
     for name in ("photo.png", "palette.png"):
         with Image.open(tmp_path / name) as photo:
             assert np.array_equal(_fit_image(photo, (1, 28, 28)), pil_to_array(photo, 1, 28))
+
+
+def test_a_transparent_picture_is_flattened_on_white_and_says_so(tmp_path):
+    """A light cut-out on a transparent background (a product PNG) is flattened on white, as
+    training pictures are, which makes it vanish for a model of light-on-black pictures: a
+    warning says so; an RGBA picture that is fully opaque says nothing."""
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[8:20, 8:20] = 255  # an opaque white square; the rest transparent
+    with pytest.warns(UserWarning, match="transparent pixels; they are flattened on white"):
+        x = as_image_tensor(Image.fromarray(rgba, "RGBA"), (1, 28, 28))
+    assert int(x.min()) == 255
+    rgba[..., 3] = 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert int(as_image_tensor(Image.fromarray(rgba, "RGBA"), (1, 28, 28)).min()) == 0
+
+
+def test_a_float_picture_in_zero_to_one_is_scaled_as_a_float_array_is(tmp_path):
+    """A mode-F TIFF holding 0..1 reads as the float array of the same values does (0.86 ->
+    219), not clamped to 0..255 as if it held pixels (0.86 -> 1)."""
+    f = np.zeros((28, 28), np.float32)
+    f[4:24, 7:21] = 0.86
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tiff")
+    from_file = as_image_tensor(tmp_path / "f.tiff", (1, 28, 28))
+    assert torch.equal(from_file, as_image_tensor(f, (1, 28, 28)))
+    assert int(from_file.max()) == 219
+    Image.fromarray(f * 255, mode="F").save(tmp_path / "g.tiff")  # 0..255 floats: as before
+    assert torch.equal(as_image_tensor(tmp_path / "g.tiff", (1, 28, 28)), from_file)

@@ -182,6 +182,11 @@ def test_images_file(tmp_path):
     np.savez(tmp_path / "c.npz", images=x, labels=np.zeros(5))
     with pytest.raises(ValueError, match="6 integer class indices"):
         load_images_file(tmp_path / "c.npz")
+    # class names, booleans and floats of the right length: one line, not torch's TypeError
+    for bad in (np.array(["shirt"] * 6), np.ones(6, bool), np.zeros(6)):
+        np.savez(tmp_path / "d.npz", images=x, labels=bad)
+        with pytest.raises(ValueError, match=f"6 integer class indices, got {bad.dtype}"):
+            load_images_file(tmp_path / "d.npz")
 
 
 # ---------------------------------------------------------------------------- digits features

@@ -178,3 +178,20 @@ def test_a_plain_resume_goes_on_to_the_runs_own_budget(tmp_path, capsys):
     assert load_checkpoint(out / "last", with_training_state=True).state["step"] == 6
     command = (out / "command.sh").read_text()
     assert "--steps 6" in command and "--resume" not in command
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5])
+def test_ctrl_c_while_difflab_is_still_loading_ends_in_one_line(tmp_path, delay):
+    """A Ctrl-C at any moment after Python has started: while the command line is still
+    being imported (torch takes a second or more) as well as later, one line and status 130,
+    never the import's traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "difflab", "sample", "fashion-mnist", "-n", "5000", "--out",
+         str(tmp_path / "many.npz")], cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a shell's job
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "difflab: interrupted"

@@ -124,6 +124,10 @@ def test_uploads_that_are_not_images_are_refused_in_one_line(app_url, tmp_path):
     for message, what in ((inpaint(picture, text), "mask"), (inpaint(text, picture), "image")):
         assert message.startswith(f"cannot read the {what} 'notes.png': it is not an image")
         assert "\n" not in message and "preprocess" not in message
+    with pytest.raises(gradio_client.exceptions.AppError) as e:  # Explore's upload too
+        client.predict("fashion-mnist", "upload", 0, gradio_client.handle_file(str(text)),
+                       500, 0, api_name="/forward")
+    assert str(e.value).startswith("cannot read the image 'notes.png': it is not an image")
     # a header that claims 60000x60000 pixels: refused as too large, before it is decoded
     huge = tmp_path / "huge.png"
     header = Image.new("L", (1, 1))
@@ -231,3 +235,13 @@ def test_a_value_outside_a_sliders_range_gets_difflabs_line_naming_the_field(app
     client = gradio_client.Client(app_url, verbose=False)
     with pytest.raises(Exception, match=r"t 5000 is outside this model's process \(0\.\.999\)"):
         client.predict("fashion-mnist", "training image", 0, None, 5000, 0, api_name="/forward")
+
+
+def test_an_api_call_that_leaves_guidance_out_gets_the_models_own(app_url):
+    """gradio_client fills a value left out with the form's default: guidance's is blank, the
+    model's own (3 for fashion-text), not 0, which would draw unconditionally and ignore the
+    prompt."""
+    client = gradio_client.Client(app_url, verbose=False)
+    _, gallery, notes, _, _ = client.predict("fashion-text", "(no class)", "a sneaker", "",
+                                             "ddim", 2, n=1, gif=False, api_name="/generate")
+    assert len(gallery) == 1 and "guidance 3" in notes and "guidance 0" not in notes

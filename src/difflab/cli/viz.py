@@ -28,8 +28,11 @@ def add_viz_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--config", default=DEFAULT_CONFIG, help="for 'forward': data + schedule")
     v.add_argument("--set", action="append", metavar="KEY=VALUE")
     v.add_argument("--out", default="viz.png")
-    v.add_argument("--timesteps", type=int_in(2, MAX_STEPS), default=1000)
-    v.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
+    v.add_argument("--timesteps", type=int_in(2, MAX_STEPS), default=None,
+                   help="schedules: T of the curves (1000); forward: the process's T (the "
+                   "config's diffusion.timesteps); toy1d: the steps of its paths (500)")
+    v.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
+                   help="forward: which images and noise; toy1d: its paths")
     v.set_defaults(func=cmd_viz)
 
 
@@ -39,11 +42,12 @@ def cmd_viz(args: argparse.Namespace) -> int:
     if out.suffix != ".png":  # the pictures are PNGs: a .jpg name would hold PNG bytes
         raise CLIError(f"--out must end in .png, got {out.name!r}")
     if args.what == "schedules":
-        viz.plot_schedules(out, T=args.timesteps)
+        viz.plot_schedules(out, T=args.timesteps or 1000)
     elif args.what == "toy1d":
-        plot_toy1d(out, seed=args.seed)
+        plot_toy1d(out, seed=args.seed, **({"n_steps": args.timesteps} if args.timesteps else {}))
     else:
-        cfg = load_config(resolve_config(args.config), args.set or [])
+        steps = [f"diffusion.timesteps={args.timesteps}"] if args.timesteps else []
+        cfg = load_config(resolve_config(args.config), [*(args.set or []), *steps])
         data = load_dataset(cfg.data)
         idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:6]
         viz.forward_process_grid(

@@ -69,7 +69,8 @@ def resize_center_crop(
 
 def _flatten_mode(image: Image.Image) -> Image.Image:
     """Bring any PIL mode to "L" or "RGB": transparency composited over white, 16-bit
-    grey scaled to 8 bits (PIL's own convert would clip it)."""
+    grey scaled to 8 bits (PIL's own convert would clip it), a float picture in [0, 1]
+    scaled to 0..255."""
     mode = image.mode
     if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -80,10 +81,23 @@ def _flatten_mode(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         if mode != "F":
             values = values / 257.0  # 16-bit range 0..65535 -> 0..255
+        elif values.size and 0.0 <= values.min() and values.max() <= 1.0:
+            # a float picture in [0, 1] (a scientific TIFF), as float arrays are read
+            # (pipeline.inputs); one in 0..255 whose brightest pixel is 1 is black either way
+            values = values * 255.0
         return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
     if mode in ("L", "RGB"):
         return image
     return image.convert("L" if mode == "1" else "RGB")
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether some pixel of `image` is not fully opaque (what _flatten_mode puts on white)."""
+    mode = image.mode
+    if not (mode in ("RGBA", "LA", "La", "RGBa", "PA")
+            or (mode == "P" and "transparency" in image.info)):
+        return False
+    return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:

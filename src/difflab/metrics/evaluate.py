@@ -106,13 +106,15 @@ def load_images_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
         images = as_uint8_images(data[key], f"{path.name}[{key!r}]")
         labels = None
         if "labels" in keys:
-            labels = torch.as_tensor(np.asarray(data["labels"]))
-            if labels.is_floating_point() or labels.shape != (len(images),):
+            raw = np.asarray(data["labels"])
+            # integers only: names ('shirt'), booleans and floats are not class indices, and
+            # torch would refuse some of them with its own error, not this one
+            if raw.dtype.kind not in "iu" or raw.shape != (len(images),):
                 raise ValueError(
                     f"{path.name}['labels'] must be {len(images)} integer class indices, got "
-                    f"{labels.dtype} with shape {tuple(labels.shape)}"
+                    f"{raw.dtype} with shape {raw.shape}"
                 )
-            labels = labels.long()
+            labels = torch.as_tensor(raw).long()
     return images, labels
 
 

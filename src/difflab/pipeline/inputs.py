@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from difflab.data.transforms import convert_channels, pil_to_array
+from difflab.data.transforms import convert_channels, has_transparency, pil_to_array
 
 Tensor = torch.Tensor
 
@@ -188,6 +188,11 @@ def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image"
         image = read_image_file(image, what)
     layout = "PIL"
     if isinstance(image, Image.Image):
+        if has_transparency(image):  # a cut-out on black would vanish into the white: say so
+            warnings.warn(f"{what} has transparent pixels; they are flattened on white, as "
+                          "training pictures are (flatten it on another background first to "
+                          "choose it: the shipped models' pictures are light on black)",
+                          stacklevel=2)
         x = pil_to_array(image, c, None)[None]  # (1, C, H, W) uint8, already the model's C
     else:
         x, layout = _layout(_as_array(image), shape, what)

@@ -181,7 +181,8 @@ def build_app(roots: Roots, limits: Limits | None = None,
                             g_steps = gr.Number(20, label=f"steps (≤ {limits.max_steps})",
                                                 elem_id="gen-steps")
                         with gr.Row():
-                            g_guidance = gr.Number(0, label="guidance", visible=False,
+                            # blank, not 0, until a model fills it (on_generate's default)
+                            g_guidance = gr.Number(None, label="guidance", visible=False,
                                                    elem_id="gen-guidance")
                             g_autoguidance = gr.Number(
                                 None, label="autoguidance (1: off)", visible=False,
@@ -277,8 +278,9 @@ def build_app(roots: Roots, limits: Limits | None = None,
                         x_source = gr.Radio([explore.DATA_IMAGE, explore.UPLOAD],
                                             value=explore.DATA_IMAGE, label="image")
                         x_index = gr.Number(0, label="training image number")
-                        x_upload = gr.Image(type="filepath", image_mode=None,
-                                            sources=["upload"], label="upload (model's size)")
+                        x_upload = refuse_unreadable_uploads(gr.Image(
+                            type="filepath", image_mode=None, sources=["upload"],
+                            label="upload (model's size)"), "image")
                         x_t = _bounds_told_by_handler(
                             gr.Slider(0, 999, 500, step=1, label="t", elem_id="fwd-t"))
                         x_seed = gr.Number(0, label="noise seed")
@@ -345,9 +347,11 @@ def build_app(roots: Roots, limits: Limits | None = None,
         app.load(_shown_errors(model_form), g_model, form_outputs, **light)
         g_sampler.input(_shown_errors(sampler_steps), [g_model, g_sampler], g_steps, **light)
 
-        def on_generate(model, condition, prompt, negative, sampler, steps, guidance, seed, n,
-                        gif, autoguidance=None, relation_guidance=None, binding_guidance=None,
-                        relation_regions=None,
+        # The API's default for a field whose form starts blank is the Python default here:
+        # None, the model's own (guidance 0 would draw unconditionally, ignoring the prompt)
+        def on_generate(model, condition, prompt, negative, sampler, steps, guidance=None,
+                        seed=0, n=8, gif=True, autoguidance=None, relation_guidance=None,
+                        binding_guidance=None, relation_regions=None,
                         progress=gr.Progress()):  # noqa: B008 (gradio's API)
             req = Request(model=model, condition=condition, prompt=prompt,
                           negative_prompt=negative, sampler=sampler, steps=steps,
