@@ -373,3 +373,30 @@ def test_timing_stops_at_its_allowance_and_says_what_it_left_out(monkeypatch):
     everything = choose("auto", "auto", CPU, slow, cores=2)  # no budget: all four timed
     assert (everything.precision, everything.threads) == ("bf16", 2)
     assert "not timed" not in everything.why
+
+
+def test_a_precisions_first_timing_is_never_cut_and_an_untimed_bf16_is_said(monkeypatch):
+    """bf16's first step sets up its kernels (2x a steady step): its first timing gets no bar
+    to be cut at, where later candidates are measured against the fastest so far. When the
+    allowance runs out before bf16 is timed at all, the line says that, not that fp32 timed
+    faster."""
+    monkeypatch.setenv(hardware.NATIVE_BF16_ENV, "1")
+    bars = {}
+
+    def timer(p, n, best):
+        bars[label(p, n)] = best
+        return {"fp32": 0.04, "bf16": 0.03}[p]
+
+    choose("auto", "auto", CPU, timer, cores=2)
+    assert bars["fp32 x1 thread"] is None and bars["bf16 x1 thread"] is None
+    assert bars["fp32 x2 threads"] == 0.03  # a later candidate: against the best so far
+    clock = [0.0]
+    monkeypatch.setattr("difflab.training.step_settings.time.perf_counter", lambda: clock[0])
+
+    def slow(p, n, best):
+        clock[0] += 20.0
+        return 0.09
+
+    s = choose("auto", "auto", CPU, slow, cores=1, allowance=10.0)
+    assert s.precision == "fp32" and "bf16 was not timed in a budget this short" in s.why
+    assert "timed faster" not in s.why

@@ -34,6 +34,11 @@ def is_user_error(e: BaseException) -> bool:
     )
 
 
+# The longest error line said: difflab's own messages are far shorter; a third party's (a C++
+# compiler's report through torch.compile) can run to 100 kB.
+MAX_LINE = 1000
+
+
 def one_line(e: BaseException, fewer: str = "") -> str:
     """The exception as one line: what failed and, for files, which one. `fewer`: how to ask
     for fewer images where that is the fix for running out of memory (e.g. the flags)."""
@@ -48,7 +53,11 @@ def one_line(e: BaseException, fewer: str = "") -> str:
         return ("out of memory" + (f" ({e})" if str(e) else "")
                 + ": ask for fewer or smaller images" + (f" ({fewer})" if fewer else ""))
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return " ".join(lines) or type(e).__name__  # a multi-line message, on one line
+    text = " ".join(lines) or type(e).__name__  # a multi-line message, on one line
+    if len(text) > MAX_LINE:  # a compiler's whole command line and warnings (100 kB seen)
+        text = (f"{text[:MAX_LINE]}... ({len(text) - MAX_LINE:,} more characters; --debug "
+                "shows them all)")
+    return text
 
 
 @contextlib.contextmanager

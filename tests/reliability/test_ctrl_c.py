@@ -195,3 +195,29 @@ def test_ctrl_c_while_difflab_is_still_loading_ends_in_one_line(tmp_path, delay)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "difflab: interrupted"
+
+
+def test_a_step_that_fails_after_a_ctrl_c_is_the_interruption(tmp_path):
+    """The terminal's Ctrl-C reaches the step's children too (torch.compile's C++ compiler,
+    which then fails): that failure stops the run as an interruption (KeyboardInterrupt:
+    `difflab: interrupted`, 130), not as an error of its own."""
+    tr = Trainer(tiny_config("train.max_steps=5"), tmp_path / "run", device="cpu", quiet=True)
+
+    def compiler_killed(progress=None):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise RuntimeError("C++ compile error: g++ ... (100 kB of it)")
+
+    tr.train_step = compiler_killed
+    with pytest.raises(KeyboardInterrupt):
+        tr.train()
+    tr.train_step = lambda progress=None: (_ for _ in ()).throw(RuntimeError("a real bug"))
+    with pytest.raises(RuntimeError, match="a real bug"):  # without a Ctrl-C: the error
+        tr.train()
+
+
+def test_a_very_long_error_is_cut_to_one_readable_line():
+    from difflab.failures import MAX_LINE, one_line
+
+    said = one_line(RuntimeError("g++ -O3 " * 20_000))
+    assert len(said) < MAX_LINE + 100 and said.endswith("more characters; --debug shows them all)")
+    assert one_line(ValueError("short\nand two lines")) == "short and two lines"

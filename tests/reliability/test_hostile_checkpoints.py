@@ -164,6 +164,22 @@ def no_optimizer(f: Path, out: Path) -> None:
     remanifest(f)
 
 
+def optimizer_random_bytes(f: Path, out: Path) -> None:
+    (f / "optimizer.pt").write_bytes(bytes(range(256)) * 20)  # not a pickle of anything
+    remanifest(f)
+
+
+def optimizer_empty(f: Path, out: Path) -> None:
+    (f / "optimizer.pt").write_bytes(b"")
+    remanifest(f)
+
+
+def optimizer_truncated(f: Path, out: Path) -> None:
+    whole = (f / "optimizer.pt").read_bytes()
+    (f / "optimizer.pt").write_bytes(whole[: len(whole) // 2])
+    remanifest(f)
+
+
 def other_network(f: Path, out: Path) -> None:
     edit_json(f, "config.json", lambda c: c["network"]["config"].update(base_channels=8))
 
@@ -193,6 +209,13 @@ HOSTILE = [
     ("manifest lists a missing file", manifest_lists_a_missing_file, ALL, "incomplete"),
     ("ema.safetensors missing", no_ema, ("resume",), "no ema.safetensors.*--overwrite"),
     ("optimizer.pt missing", no_optimizer, ("resume",), "no optimizer.pt.*--overwrite"),
+    # damaged, not hostile: said as damage, never as "Python objects" (whose fix would be
+    # to unpickle it, the one thing not to do)
+    ("optimizer.pt random bytes", optimizer_random_bytes, LOADING,
+     "optimizer.pt is damaged: it is not a PyTorch file"),
+    ("optimizer.pt empty", optimizer_empty, LOADING, "optimizer.pt is damaged: it is not a whole"),
+    ("optimizer.pt truncated", optimizer_truncated, LOADING,
+     "optimizer.pt is damaged: it is not a whole"),
     ("another network", other_network, ("resume", "generator", "sample"),
      "different (network|model)"),
 ]  # fmt: skip

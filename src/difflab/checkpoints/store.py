@@ -626,12 +626,17 @@ class _Folder:
         try:
             state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"{source} was refused: it holds Python objects other than tensors, which "
-                f"loading would have to run code for ({_refused_global(e)})"
-            ) from e
-        except Exception as e:  # a damaged zip, a truncated file, ...
-            raise CheckpointError(f"cannot read {source}: {e}") from e
+            asked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            if asked:  # a real pickle of other objects: never loaded (it could run code)
+                raise CheckpointError(
+                    f"{source} was refused: it holds Python objects other than tensors, "
+                    f"which loading would have to run code for (it asks for {asked[1]})"
+                ) from e
+            raise CheckpointError(f"{source} is damaged: it is not a PyTorch file") from e
+        except Exception as e:  # a damaged zip, a truncated or empty file, ...
+            raise CheckpointError(f"{source} is damaged: it is not a whole PyTorch file "
+                                  f"({type(e).__name__}{': ' if str(e) else ''}"
+                                  f"{str(e).splitlines()[0][:120] if str(e) else ''})") from e
         if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
             raise CheckpointError(f"{source} is not an optimizer state (state, param_groups)")
         return state
@@ -642,15 +647,6 @@ def _not_a_folder(path: Path) -> str:
         f"checkpoint {str(path)!r} is not a folder; a difflab checkpoint is a folder with "
         f"{CONFIG_FILE} and {MODEL_FILE}"
     )
-
-
-def _refused_global(e: Exception) -> str:
-    """What torch's weights-only unpickler refused, in a few words (its message is long)."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-    if found:
-        return f"it asks for {found[1]}"
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _load_one(path: Path, with_training_state: bool, resumable: bool) -> Checkpoint:

@@ -171,8 +171,12 @@ def choose(
                 skipped.append(key)
                 return math.inf
             t0 = time.perf_counter()
-            timings[key] = time_step(p, n, min(timings.values(), default=None) if first
-                                     else best)
+            bar = min(timings.values(), default=None) if first else best
+            if not any(k == p or k.startswith(f"{p} ") for k in timings):
+                # a precision's first step sets up its kernels (bf16's oneDNN primitives: 2x
+                # a steady step), so it is never cut after that step alone
+                bar = None
+            timings[key] = time_step(p, n, bar)
             spent += time.perf_counter() - t0
         return timings[key]
 
@@ -217,14 +221,16 @@ def choose(
         chosen_p, at = min(((p, n) for p in ("fp32", "bf16") for n in thread_options),
                            key=lambda pn: timings.get(label(*pn), math.inf))
         t_fp32, t_bf16 = (_shown(timings.get(label(p, at))) for p in ("fp32", "bf16"))
-        reasons.insert(
-            0,
-            f"precision bf16: {native_why}, and it timed faster "
-            f"(bf16 {t_bf16}, fp32 {t_fp32} per step)"
-            if chosen_p == "bf16"
-            else f"precision fp32: it timed faster than bf16 here "
-            f"(fp32 {t_fp32}, bf16 {t_bf16} per step) although {native_why}",
-        )
+        if label("bf16", at) not in timings:  # the allowance ran out before bf16's turn
+            why_p = (f"precision fp32: bf16 was not timed in a budget this short, although "
+                     f"{native_why}")
+        elif chosen_p == "bf16":
+            why_p = (f"precision bf16: {native_why}, and it timed faster "
+                     f"(bf16 {t_bf16}, fp32 {t_fp32} per step)")
+        else:
+            why_p = (f"precision fp32: it timed faster than bf16 here "
+                     f"(fp32 {t_fp32}, bf16 {t_bf16} per step) although {native_why}")
+        reasons.insert(0, why_p)
 
     chosen_t = thread_options[0]
     if len(thread_options) > 1:

@@ -491,7 +491,14 @@ class Trainer:
                     reason = StopReason(self.step, "time budget")
                     break
                 t0 = time.perf_counter()
-                loss = self.train_step(self._progress(total, budget))
+                try:
+                    loss = self.train_step(self._progress(total, budget))
+                except Exception:
+                    # The terminal's Ctrl-C reaches the step's children too (torch.compile's
+                    # C++ compiler): their failure is the interruption, not an error of its own
+                    if ctrl_c.requested:
+                        raise KeyboardInterrupt from None
+                    raise
                 dt = time.perf_counter() - t0
                 self.keep_guide(self._progress(total, budget))
                 window.add(loss, dt)
