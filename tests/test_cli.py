@@ -537,3 +537,11 @@ def test_a_budget_that_ends_before_the_first_step_says_so_and_draws_nothing(tmp_
     assert main(["train", "digits8", "--steps", "2", "--resume", "--out", str(run),
                  "--no-report"]) == 0
     assert json.loads((run / "last" / "state.json").read_text())["step"] == 2
+
+
+def test_class_all_is_alone_and_any_case_and_a_negative_index_is_out_of_range(capsys):
+    assert main(["sample", "mnist-digits-cond", "--class", "3", "--class", "all", "-n",
+                 "2"]) == 2
+    assert "--class all draws every class: give it alone" in capsys.readouterr().err
+    assert main(["sample", "mnist-digits-cond", "--class", "-1", "-n", "1"]) == 2
+    assert "class index -1 is out of range: allowed 0..9" in capsys.readouterr().err

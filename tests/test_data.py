@@ -660,3 +660,13 @@ def test_an_image_size_below_eight_is_refused_by_name(size):
     with pytest.raises(ValueError, match=f"data.image_size must be >= 8 .*got {size}"):
         load_config(None, [f"data.image_size={size}"])
     assert load_config(None, ["data.image_size=8"]).data.image_size == 8
+
+
+def test_an_empty_class_folder_is_said_to_be_left_out(folder):
+    """A class folder with no image file at all is no class, and says so as one holding only
+    unreadable files does (docs/own_images.md promises a warning)."""
+    (folder / "fish").mkdir()
+    (folder / "fish" / "notes.txt").write_text("to do: photograph the fish")
+    with pytest.warns(BadImageWarning, match="class folder\\(s\\) fish in .* hold no image file"):
+        data = load_image_folder(folder, image_size=8, folder_labels=True)
+    assert "fish" not in data.class_names

@@ -202,9 +202,11 @@ def test_the_library_refuses_an_interval_where_the_checkpoint_has_no_guidance(co
     assert settings.guidance_interval == (0.3, 3.0)
 
 
-def test_eval_records_the_interval_it_sampled_with(tmp_path):
+def test_eval_records_the_interval_it_sampled_with(tmp_path, capsys):
     report = tmp_path / "r.json"
     assert main(["eval", "fashion-mnist-cond", "--samples", "8", "--steps", "2", "--quiet",
                  "--guidance-interval", "0.3", "3", "--json", str(report)]) == 0
     sampling = json.loads(report.read_text())["sampling"]
     assert (sampling["guidance"], sampling["guidance_interval"]) == (3.0, [0.3, 3.0])
+    # the printed report says it too: the interval changes the score
+    assert "guidance 3.0 at noise levels 0.3 to 3;" in capsys.readouterr().out

@@ -127,6 +127,8 @@ def test_bad_text_input_is_refused(gen):
         gen.generate(1, prompt="   ", steps=2)
     with pytest.raises(ValueError, match="negative prompt needs guidance"):
         gen.generate(1, prompt="a two", negative_prompt="a three", steps=2)
+    with pytest.raises(ValueError, match="negative prompt steers a prompt .*: give a prompt"):
+        gen.generate(1, negative_prompt="a three", guidance=3.0, steps=2)  # not: "guidance"
     with pytest.warns(UserWarning, match="truncat"):
         gen.generate(1, prompt=" ".join(["seven"] * 200), steps=2)
 

@@ -275,3 +275,25 @@ def test_the_adaptive_sampler_is_not_said_to_take_a_step_count(fashion):
     assert "5 steps" not in summary and "the steps given are not used" in summary
     assert "not used" not in fashion.sampling_settings("ode").summary()
     assert fashion.sampling_settings("ddim", 5).summary().startswith("ddim, 5 steps")
+
+
+def test_generate_names_a_misspelt_keyword_a_single_class_and_a_bad_seed():
+    """What generate() passes on to the sampler is checked as generate()'s: a misspelt or
+    diffusers-style keyword is named with what it takes; one class (or "all") need not be a
+    list; the seed has the command line's range."""
+    from difflab.pipeline import Generator
+
+    gen = Generator.from_checkpoint("mnist-digits-cond")
+    with pytest.raises(ValueError, match=r"^generate\(\) takes no guidnace \(did you mean "
+                                         r"guidance\?\); the dpmpp_2m sampler's options"):
+        gen.generate(1, classes=[7], guidnace=3)
+    with pytest.raises(ValueError, match=r"num_inference_steps \(diffusers' name\): give steps="):
+        gen.generate(1, num_inference_steps=7)
+    for seed in (-1, 2**70, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be a whole number from 0 to 4294967295"):
+            gen.generate(1, seed=seed)
+    assert gen.resolve_labels("seven", 2).tolist() == [7, 7]
+    assert gen.resolve_labels(3, 1).tolist() == [3]
+    assert gen.resolve_labels("all", 12).tolist() == [*range(10), 0, 1]
+    with pytest.raises(ValueError, match="classes must be a class name or index, or a list"):
+        gen.resolve_labels(7.5, 1)

@@ -41,7 +41,8 @@ def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
     im.add_argument(
         "--strength",
         type=float_in(0, 1),
-        help=f"0 keeps the image, 1 ignores it (default: {DEFAULT_IMG2IMG_STRENGTH:g}, the "
+        help="0 keeps the image (a latent model's through its autoencoder, which loses "
+        f"detail), 1 ignores it (default: {DEFAULT_IMG2IMG_STRENGTH:g}, the "
         "smallest strength that changes the class as often as 80%% of the best; BENCHMARKS.md)",
     )
     add_sampling_arguments(im, default_n=4)

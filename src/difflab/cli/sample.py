@@ -126,6 +126,12 @@ def sample_rows(args: argparse.Namespace, gen) -> tuple[list | None, list[str] |
     (and args.negative_prompt when there is one per prompt). Returns (classes for the
     Generator or None, one label per row or None)."""
     args.per_row = None
+    if args.classes is not None:
+        alls = [c for c in args.classes if str(c).strip().lower() == "all"]
+        if alls and len(args.classes) > 1:
+            raise CLIError("--class all draws every class: give it alone, or name the classes")
+        if alls:
+            args.classes = ["all"]  # ALL, All: names are case-insensitive, and so is this
     if args.classes == ["all"]:
         if gen.num_classes is None:
             raise CLIError("--class all needs a class-conditional checkpoint")

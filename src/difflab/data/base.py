@@ -138,8 +138,8 @@ def resolve_class(
     n = len(class_names)
     if isinstance(name_or_int, bool):
         raise ValueError(f"class must be a name or an index, got {name_or_int!r}")
-    if isinstance(name_or_int, int) or (
-        isinstance(name_or_int, str) and name_or_int.strip().isdigit()
+    if isinstance(name_or_int, int) or (  # "-1" too: an index out of range, not a name
+        isinstance(name_or_int, str) and name_or_int.strip().removeprefix("-").isdigit()
     ):
         index = int(name_or_int)
         if not 0 <= index < n:

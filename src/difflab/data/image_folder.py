@@ -174,6 +174,13 @@ def load_image_folder(
                 f"lie directly in {root}, e.g. {loose[0]}; move them into a class folder"
             )
         class_names = tuple(sorted({p.relative_to(root).parts[0] for p in paths}))
+        # a class folder with no image file at all (the commonest empty class) is no class
+        # either, and said as one that holds only unreadable files is (below)
+        bare = sorted(d.name for d in root.iterdir() if d.is_dir()
+                      and not d.name.startswith(".") and d.name not in class_names)
+        if bare and not keep_classes:
+            warnings.warn(f"class folder(s) {', '.join(bare)} in {root} hold no image file; "
+                          "left out of the classes", BadImageWarning, stacklevel=2)
         wanted = _named_classes(keep_classes, class_names)
         if wanted:  # the other classes' pictures are not decoded, nor counted in the notes
             paths = [p for p in paths if p.relative_to(root).parts[0] in wanted]

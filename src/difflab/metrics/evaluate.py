@@ -295,6 +295,10 @@ def format_report(report: dict[str, Any]) -> str:
         guide = "" if s["guidance"] is None else f", guidance {s['guidance']}"
         if s.get("autoguidance") is not None:
             guide += f", autoguidance {s['autoguidance']:g}"
+        guided = s["guidance"] is not None or s.get("autoguidance") not in (None, 1.0)
+        if guided and s.get("guidance_interval"):  # it changes the score: said as sample does
+            low, high = s["guidance_interval"]
+            guide += f" at noise levels {low:g} to {high:g}"
         rows.append(
             (
                 "model",

@@ -19,6 +19,7 @@ noise, whatever the batch size: every sample has its own torch.Generator.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.argtypes import MAX_ATTENTION_GUIDANCE, check_text
+from difflab.argtypes import MAX_ATTENTION_GUIDANCE, MAX_SEED, check_text
 from difflab.build import build_process, network_from_spec
 from difflab.checkpoints.components import (
     autoencoder_from_weights,
@@ -85,11 +86,20 @@ from difflab.pipeline.settings import (
     is_guided,
     result_count,
 )
-from difflab.samplers import default_spacing, default_steps, default_timesteps, get_sampler
+from difflab.samplers import (
+    check_sampler_options,
+    default_spacing,
+    default_steps,
+    default_timesteps,
+    get_sampler,
+)
 from difflab.samplers.timesteps import truncate_timesteps
 
 Tensor = torch.Tensor
 
+# diffusers' pipeline keywords a user may bring along, and what difflab calls them
+DIFFUSERS_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance",
+                   "num_images_per_prompt": "n (the first argument)"}
 GUIDANCE_NEEDS_CONDITION = "guidance needs a conditional checkpoint and a class or a prompt"
 
 
@@ -379,10 +389,20 @@ class Generator:
         return f"a guidance interval needs guidance, and {why}: {fix}"
 
     # ------------------------------------------------------------------ conditioning
-    def resolve_labels(self, classes: list[str | int] | None, n: int) -> Tensor | None:
-        """Class names / indices -> label tensor of length n (cycled), or None."""
+    def resolve_labels(self, classes: list[str | int] | str | int | None, n: int
+                       ) -> Tensor | None:
+        """Class names / indices (or one of them; "all": every class in turn) -> label
+        tensor of length n (cycled), or None."""
         if classes is None:
             return None
+        if isinstance(classes, str | int | np.integer) and not isinstance(classes, bool):
+            single = classes
+            classes = ([*range(self.num_classes or 0)]
+                       if isinstance(single, str) and single.strip().lower() == "all"
+                       and self.num_classes else [single])
+        elif not isinstance(classes, list | tuple | np.ndarray | Tensor):
+            raise ValueError(f"classes must be a class name or index, or a list of them, got "
+                             f"{type(classes).__name__} {classes!r}")
         if self.num_classes is None:
             kind = ("text-conditional: it takes a prompt, not a class" if self.takes_text
                     else "unconditional: it takes no class")
@@ -550,7 +570,7 @@ class Generator:
             uncond = network_denoiser(net, self.process, self.parameterization, uncond_cond)
             den = GuidedDenoiser(den, uncond, guidance, guidance_interval)
         elif negative is not None:
-            raise ValueError("a negative prompt needs guidance (e.g. guidance=3)")
+            raise ValueError("a negative prompt needs guidance (guidance > 1; e.g. 3)")
         if clip is not None:
             den = ThresholdedDenoiser(den, clip)
         return den
@@ -758,6 +778,9 @@ class Generator:
         are the checkpoint's [sample] settings.
         """
         check_sampling_inputs(n, steps, guidance, batch_size)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not (
+                0 <= seed <= MAX_SEED):
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
             raise ValueError(f"first (the index of a sample) must be an int >= 0, got {first!r}")
         if not 0.0 <= strength <= 1.0:
@@ -770,6 +793,9 @@ class Generator:
             if scale is not None:
                 self._check_attention_guidance(key, scale, prompts)
         negatives = self._prompts(negative_prompt, n, "negative_prompt")
+        if negatives is not None and prompts is None:  # before guidance, which it would ask for
+            raise ValueError("a negative prompt steers a prompt away from itself: give a "
+                             "prompt too")
         nearest = self.nearest_captions(nearest_captions)
         for far in self.unfamiliar_prompts(prompts or []):
             warnings.warn(OutOfDomainPrompt(far), stacklevel=2)
@@ -788,6 +814,10 @@ class Generator:
         if settings.eta is not None:
             options.setdefault("eta", settings.eta)
         fn = get_sampler(sampler)
+        for theirs, ours in DIFFUSERS_NAMES.items():
+            if theirs in options:
+                raise ValueError(f"generate() takes no {theirs} (diffusers' name): give {ours}=")
+        check_sampler_options(sampler, options, "generate()", _OWN_KEYWORDS)
         if self.takes_text and prompts is None and guidance is not None:
             raise ValueError("guidance on a text model needs a prompt")
         timesteps = default_timesteps(
@@ -950,6 +980,11 @@ class Generator:
         del images
         path.with_suffix(".images.npy").unlink()
         return path
+
+
+# generate()'s own keywords, named beside the sampler's options when one is misspelt
+_OWN_KEYWORDS = tuple(name for name, p in inspect.signature(Generator.generate_batches)
+                      .parameters.items() if p.kind == p.KEYWORD_ONLY)
 
 
 def _class_names(config: dict[str, Any], source: str) -> list[str] | None:

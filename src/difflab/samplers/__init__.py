@@ -8,8 +8,10 @@ denoised x0 prediction; see each module for the paper it implements.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -163,10 +165,7 @@ def sample(
     `options` go to the sampler (e.g. eta=, variance=, order=, clip_denoised=: each sampler
     takes its own; one it does not take is a ValueError that lists those it does)."""
     fn = get_sampler(sampler)
-    takes = sampler_options(fn)
-    if (unknown := sorted(set(options) - set(takes))) and not _takes_any_keyword(fn):
-        raise ValueError(f"the {sampler} sampler takes no {', '.join(unknown)}; its options: "
-                         f"{', '.join(takes) or 'none'}")
+    check_sampler_options(sampler, options)
     process = denoiser.process
     timesteps = default_timesteps(sampler, process, steps, spacing, sigma_max)
     x = randn(shape, generator, device, dtype) * process.prior_std()
@@ -184,6 +183,24 @@ def _takes_any_keyword(fn: Callable[..., Tensor]) -> bool:
     return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
 
 
+def check_sampler_options(sampler: str, options: dict[str, Any], caller: str = "",
+                          own: Sequence[str] = ()) -> None:
+    """ValueError unless the sampler takes every key of `options`; it names the nearest of
+    the sampler's options and of `caller`'s `own` keywords (a misspelt or diffusers-style
+    keyword passed on to the sampler by a function that takes **options)."""
+    fn = get_sampler(sampler)
+    takes = sampler_options(fn)
+    unknown = sorted(set(options) - set(takes))
+    if not unknown or _takes_any_keyword(fn):
+        return
+    near = difflib.get_close_matches(unknown[0], [*own, *takes], n=1, cutoff=0.5)
+    by = f"{caller} takes no {', '.join(unknown)}" if caller else (
+        f"the {sampler} sampler takes no {', '.join(unknown)}")
+    whose = f"the {sampler} sampler's" if caller else "its"
+    raise ValueError(f"{by}{f' (did you mean {near[0]}?)' if near else ''}; {whose} options: "
+                     f"{', '.join(takes) or 'none'}")
+
+
 __all__ = [
     "DEFAULTS",
     "EVALS_PER_STEP",
@@ -193,6 +210,7 @@ __all__ = [
     "default_spacing",
     "spacing_for",
     "default_steps",
+    "check_sampler_options",
     "default_timesteps",
     "get_sampler",
     "make_timesteps",
