@@ -114,5 +114,7 @@ def _sample_settings(run: dict) -> str:
         return f"its [sample] settings are not usable: {e}"
     source = {"guidance": "checkpoint"} if sc.guidance is not None else {}
     settings = SamplingSettings(sc.sampler, sc.steps, sc.guidance, None, source,
-                                sc.guidance_interval, sc.autoguidance, sc.sigma_max, sc.rho)
+                                sc.guidance_interval, sc.autoguidance, sc.sigma_max, sc.rho,
+                                sc.relation_guidance, sc.binding_guidance,
+                                bool(sc.relation_regions))
     return f"{settings.summary()} (its [sample] settings)"
