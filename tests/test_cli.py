@@ -545,3 +545,11 @@ def test_class_all_is_alone_and_any_case_and_a_negative_index_is_out_of_range(ca
     assert "--class all draws every class: give it alone" in capsys.readouterr().err
     assert main(["sample", "mnist-digits-cond", "--class", "-1", "-n", "1"]) == 2
     assert "class index -1 is out of range: allowed 0..9" in capsys.readouterr().err
+
+
+def test_an_output_in_a_missing_folder_says_it_creates_it(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "x.png"
+    assert main(["sample", "mnist-digits-cond", "--class", "3", "-n", "1", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert f"difflab: --out: creating the folder {out.parent}" in capsys.readouterr().out
+    assert out.is_file()

@@ -70,6 +70,8 @@ def check_output_file(path: str | Path, flag: str) -> Path:
             if not parent.is_dir():
                 raise CLIError(f"{flag} {path}: {parent} is a file, not a folder")
             _check_writable(parent, path, flag)
+            if parent != path.parent:  # a mistyped folder is created, and said to be
+                print(f"difflab: {flag}: creating the folder {path.parent}")
             break
     return path
 
