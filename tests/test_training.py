@@ -356,7 +356,10 @@ def test_lr_schedules_follow_their_closed_forms():
     cfg = SimpleNamespace(lr=2e-3, warmup_steps=10, lr_schedule="linear")
     assert lr_at(0, cfg, 0.0) == pytest.approx(2e-4)  # warm-up: (step + 1) / warmup_steps
     assert lr_at(20, cfg, 0.25) == pytest.approx(1.5e-3)  # linear: lr (1 - progress)
-    assert lr_at(4, cfg, 0.25) == pytest.approx(2e-3 * 0.5 * 0.75)  # warm-up times decay
+    assert lr_at(4, cfg, 0.02) == pytest.approx(2e-3 * 0.5 * 0.98)  # warm-up times decay
+    # ...the warm-up over by a tenth of the budget: a 16-step run is not warmed for 10 steps
+    assert lr_at(1, cfg, 1 / 16) == pytest.approx(2e-3 * 0.625 * 15 / 16)
+    assert lr_at(4, cfg, 0.25) == pytest.approx(2e-3 * 0.75)
     assert lr_at(20, cfg, 1.0) == 0.0 and lr_at(20, cfg, 1.7) == 0.0
     assert lr_at(20, cfg, None) == pytest.approx(2e-3)  # no budget: nothing to decay over
     cfg.lr_schedule = "cosine"

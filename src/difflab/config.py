@@ -100,6 +100,7 @@ class TrainConfig:
     # AdamW at 2e-3 with a short warm-up: the rate the ~1 M-parameter default UNet trains at
     # on 28x28 data at batch 128 in BENCHMARKS.md ("Quality after a fixed CPU budget").
     lr: float = 2e-3
+    # linear warm-up; a run with a budget warms up over at most a tenth of it (lr_at)
     warmup_steps: int = 200
     # After warm-up, the rate can decay over the run's budget (max_steps, epochs or minutes,
     # whichever ends first): "linear" to zero, "cosine", or "constant" (see trainer.lr_at).

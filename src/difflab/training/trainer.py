@@ -81,8 +81,12 @@ class LogWindow:
         self.seconds += seconds
 
 
+WARMUP_SHARE = 0.1  # the most of a run's budget the learning-rate warm-up may take
+
+
 def lr_at(step: int, cfg, progress: float | None) -> float:
-    """The learning rate at `step`: a linear warm-up times a decay over the training budget.
+    """The learning rate at `step`: a linear warm-up (train.warmup_steps, or WARMUP_SHARE of
+    the budget where that is shorter) times a decay over the training budget.
 
     `progress` is the fraction of the run's budget already spent, in steps or in training time,
     whichever is further along (None when the run has no budget: the rate stays constant).
@@ -94,6 +98,9 @@ def lr_at(step: int, cfg, progress: float | None) -> float:
     if progress is None or cfg.lr_schedule == "constant":
         return cfg.lr * warm
     p = min(1.0, max(0.0, progress))
+    # ...over at most WARMUP_SHARE of the budget: a 60-step run with the presets' 200-step
+    # warm-up would otherwise peak at an eighth of train.lr and decay from there
+    warm = max(warm, min(1.0, p / WARMUP_SHARE))
     decay = 1.0 - p if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * p))
     return cfg.lr * warm * decay
 
