@@ -76,6 +76,9 @@ def test_sample_png_npz_gif(run_dir, tmp_path, capsys):
                  "--gif", str(tmp_path / "g.gif")]) == 2
     assert "an .npz --out writes no grid" in capsys.readouterr().err
     assert not (tmp_path / "s.npz").exists() and not (tmp_path / "g.gif").exists()
+    assert main(["sample", ck, "-n", "2", "--steps", "2", "--out", str(tmp_path / "s.npz"),
+                 "--bare"]) == 2  # the same for --bare: said, not silently ignored
+    assert "an .npz --out holds the samples alone already" in capsys.readouterr().err
     assert (
         main(
             [

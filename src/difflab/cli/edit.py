@@ -150,7 +150,7 @@ def _save_edits(images, args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with writing(out):
         viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
-    print(f"difflab: wrote {len(images)} images to {out}")
+    print(f"difflab: wrote {len(images)} image{'s' if len(images) != 1 else ''} to {out}")
     return 0
 
 

@@ -58,6 +58,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         # a GIF under another name would be taken for what its name says (or, named as --out,
         # replace the grid just written)
         raise CLIError(f"--gif must end in .gif, got {Path(args.gif).name!r}")
+    if args.bare and out.suffix == ".npz":
+        raise CLIError("--bare leaves the grid's frame and title off a picture; an .npz --out "
+                       "holds the samples alone already")
     if args.gif and out.suffix == ".npz":
         raise CLIError("--gif shows the grid's reverse process, and an .npz --out writes no "
                        "grid: give a .png --out with --gif, or drop --gif")
