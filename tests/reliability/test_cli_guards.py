@@ -627,3 +627,20 @@ def test_a_users_own_samples_folder_is_not_taken_for_a_run(tmp_path, capsys):
         assert f"{folder / 'samples'} is not the folder of sample grids difflab writes" in line
         assert "stopped before its first checkpoint" not in line
         assert snapshot(tmp_path) == before
+
+
+def test_an_overwrite_it_may_not_carry_out_is_refused_before_anything_goes(tmp_path, capsys,
+                                                                             monkeypatch):
+    """A folder of the old run the user may not write in (root passes every permission check,
+    so the check's answer is set here): one line naming that folder, nothing removed."""
+    import difflab.cli.runs as runs
+
+    run = fake_run(tmp_path / "run")
+    before = snapshot(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(runs.os, "access",
+                        lambda p, mode: Path(p).name != "best" and real_access(p, mode))
+    line = refused(["train", "digits8", "--out", str(run), "--overwrite", "--steps", "1"],
+                   capsys)
+    assert f"cannot remove what the old run wrote in {run / 'best'}: permission denied" in line
+    assert snapshot(tmp_path) == before

@@ -100,6 +100,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool
         )
     if launched_rank() != 0:  # torchrun: rank 0 clears, the others train
         return None
+    _check_removable(out, found)
 
     def remove_old_run() -> None:
         clear_run(out, found, whole_run)
@@ -108,6 +109,17 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool
               "there is left alone)")
 
     return remove_old_run
+
+
+def _check_removable(out: Path, found: list[str]) -> None:
+    """CLIError naming the first folder --overwrite could not empty (no write permission):
+    checked before anything is removed, so that a refusal leaves the old run whole, and named
+    whole (a removal that fails names only the file, relative to its folder)."""
+    folders = [out, *(out / n.rstrip("/") for n in found if n.endswith("/"))]
+    for folder in folders:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CLIError(f"--overwrite: cannot remove what the old run wrote in {folder}: "
+                           "permission denied (nothing was removed)")
 
 
 def run_contents(out: Path) -> list[str]:
