@@ -28,6 +28,8 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from tqdm import tqdm
+
 from difflab import failures
 from difflab.cli.errors import CLIError
 from difflab.cli.parser import build_parser
@@ -61,7 +63,9 @@ def _warning_printer() -> Callable[..., None]:
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if str(message) not in shown:
             shown.add(str(message))
-            print(f"difflab: warning: {message}", file=sys.stderr)
+            # through tqdm: a warning during a progress bar (a checkpoint's rotation) gets a
+            # line of its own instead of being glued to the bar's
+            tqdm.write(f"difflab: warning: {message}", file=sys.stderr)
 
     return show
 
