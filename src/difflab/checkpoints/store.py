@@ -634,9 +634,10 @@ class _Folder:
                 ) from e
             raise CheckpointError(f"{source} is damaged: it is not a PyTorch file") from e
         except Exception as e:  # a damaged zip, a truncated or empty file, ...
+            said = str(e).splitlines()[0][:120] if str(e) else ""
+            why = f"{type(e).__name__}: {said}" if said else type(e).__name__
             raise CheckpointError(f"{source} is damaged: it is not a whole PyTorch file "
-                                  f"({type(e).__name__}{': ' if str(e) else ''}"
-                                  f"{str(e).splitlines()[0][:120] if str(e) else ''})") from e
+                                  f"({why})") from e
         if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
             raise CheckpointError(f"{source} is not an optimizer state (state, param_groups)")
         return state

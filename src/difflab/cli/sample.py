@@ -25,6 +25,7 @@ from difflab.cli.sampling import (
     load_generator,
     sampling_kwargs,
 )
+from difflab.data import names_every_class
 from difflab.data.captions import quote_prompt
 from difflab.pipeline.settings import grid_rows
 
@@ -130,7 +131,7 @@ def sample_rows(args: argparse.Namespace, gen) -> tuple[list | None, list[str] |
     Generator or None, one label per row or None)."""
     args.per_row = None
     if args.classes is not None:
-        alls = [c for c in args.classes if str(c).strip().lower() == "all"]
+        alls = [c for c in args.classes if names_every_class(c)]
         if alls and len(args.classes) > 1:
             raise CLIError("--class all draws every class: give it alone, or name the classes")
         if alls:

@@ -18,6 +18,7 @@ from .base import (
     ImageData,
     PointData,
     default_cache_dir,
+    names_every_class,
     resolve_class,
 )
 from .catalog import (
@@ -92,6 +93,7 @@ __all__ = [
     "load_image_folder",
     "make_toy2d",
     "read_idx",
+    "names_every_class",
     "resolve_class",
     "ring_mixture",
     "to_float",

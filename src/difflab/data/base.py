@@ -125,6 +125,11 @@ def _normalise(name: str) -> str:
     return " ".join(name.strip().lower().replace("_", " ").split())
 
 
+def names_every_class(value: object) -> bool:
+    """Whether a class a user gave is "all" (any case): every class in turn."""
+    return isinstance(value, str) and value.strip().lower() == "all"
+
+
 def resolve_class(
     name_or_int: str | int,
     class_names: Sequence[str],

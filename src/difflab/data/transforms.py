@@ -72,7 +72,7 @@ def _flatten_mode(image: Image.Image) -> Image.Image:
     grey scaled to 8 bits (PIL's own convert would clip it), a float picture in [0, 1]
     scaled to 0..255."""
     mode = image.mode
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
+    if _carries_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat = Image.alpha_composite(background, rgba).convert("RGB")
@@ -91,13 +91,15 @@ def _flatten_mode(image: Image.Image) -> Image.Image:
     return image.convert("L" if mode == "1" else "RGB")
 
 
+def _carries_alpha(image: Image.Image) -> bool:
+    """Whether `image`'s mode holds transparency (an alpha channel, or a palette's)."""
+    return image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        image.mode == "P" and "transparency" in image.info)
+
+
 def has_transparency(image: Image.Image) -> bool:
     """Whether some pixel of `image` is not fully opaque (what _flatten_mode puts on white)."""
-    mode = image.mode
-    if not (mode in ("RGBA", "LA", "La", "RGBa", "PA")
-            or (mode == "P" and "transparency" in image.info)):
-        return False
-    return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return _carries_alpha(image) and image.convert("RGBA").getchannel("A").getextrema()[0] < 255
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:

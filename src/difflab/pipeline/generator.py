@@ -41,7 +41,7 @@ from difflab.checkpoints.components import (
 from difflab.checkpoints.names import resolve_checkpoint
 from difflab.checkpoints.store import CheckpointError, load_checkpoint, load_weights_into
 from difflab.config import TextConfig, config_from_dict
-from difflab.data import class_aliases, prompt_reader
+from difflab.data import class_aliases, names_every_class, prompt_reader
 from difflab.data.base import resolve_class
 from difflab.data.captions import quote_prompt
 from difflab.data.transforms import to_uint8
@@ -395,11 +395,10 @@ class Generator:
         tensor of length n (cycled), or None."""
         if classes is None:
             return None
-        if isinstance(classes, str | int | np.integer) and not isinstance(classes, bool):
-            single = classes
-            classes = ([*range(self.num_classes or 0)]
-                       if isinstance(single, str) and single.strip().lower() == "all"
-                       and self.num_classes else [single])
+        if names_every_class(classes) and self.num_classes:
+            classes = list(range(self.num_classes))
+        elif isinstance(classes, str | int | np.integer) and not isinstance(classes, bool):
+            classes = [classes]
         elif not isinstance(classes, list | tuple | np.ndarray | Tensor):
             raise ValueError(f"classes must be a class name or index, or a list of them, got "
                              f"{type(classes).__name__} {classes!r}")

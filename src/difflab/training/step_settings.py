@@ -172,7 +172,7 @@ def choose(
                 return math.inf
             t0 = time.perf_counter()
             bar = min(timings.values(), default=None) if first else best
-            if not any(k == p or k.startswith(f"{p} ") for k in timings):
+            if not any(label(p, m) in timings for m in thread_options):
                 # a precision's first step sets up its kernels (bf16's oneDNN primitives: 2x
                 # a steady step), so it is never cut after that step alone
                 bar = None
