@@ -26,7 +26,6 @@ from difflab.data import (
     IDXFormatError,
     ImageData,
     ImageDataset,
-    check_image_size,
     class_index,
     epoch_flips,
     load_dataset,
@@ -402,13 +401,6 @@ def test_fashion_subset_resized():
     assert data.images.shape == (2000, 3, 32, 32)
     assert data.class_names == ("Sneaker", "Ankle boot")
     assert torch.equal(data.labels.bincount(), torch.tensor([1000, 1000]))
-
-
-def test_check_image_size():
-    check_image_size(32, 8)
-    check_image_size((28, 28), 4)
-    with pytest.raises(ValueError, match="28.*divisible by 8.*24 or 32"):
-        check_image_size(28, 8)
 
 
 def test_hf_without_datasets_says_how_to_install(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ from .image_folder import (
     load_image_folder,
 )
 from .loader import Batch, BatchIterator, ImageDataset, epoch_flips, epoch_permutation
-from .registry import DataConfig, check_image_size, class_aliases, load_dataset, prompt_reader
+from .registry import DataConfig, class_aliases, load_dataset, prompt_reader
 from .toy2d import (
     TOY2D_NAMES,
     GaussianMixture,
@@ -77,7 +77,6 @@ __all__ = [
     "ImageData",
     "ImageDataset",
     "PointData",
-    "check_image_size",
     "class_aliases",
     "prompt_reader",
     "class_index",

@@ -209,24 +209,6 @@ class DataConfig:
             )
 
 
-def check_image_size(
-    size: int | Sequence[int], divisor: int, needed_by: str = "the network"
-) -> None:
-    """Raise ValueError unless every side of `size` divides by `divisor` (e.g. 2**levels
-    for a UNet that halves the resolution `levels` times), suggesting sizes that do."""
-    sides = (size, size) if isinstance(size, int) else tuple(size)
-    if divisor < 1:
-        raise ValueError(f"divisor must be >= 1, got {divisor}")
-    bad = [s for s in sides if s % divisor]
-    if bad:
-        s = bad[0]
-        options = [m for m in (s // divisor * divisor, (s // divisor + 1) * divisor) if m > 0]
-        raise ValueError(
-            f"image size {size} is not divisible by {divisor}, which {needed_by} needs; "
-            f"use image_size = {' or '.join(map(str, options))}"
-        )
-
-
 def class_aliases(dataset: str, class_names: Sequence[str] | None) -> Mapping[str, int] | None:
     """Extra names for a dataset's classes ('sneakers', 'seven'), when its classes are the
     standard ones (a `data.classes` subset renumbers them, and then only names are taken)."""
