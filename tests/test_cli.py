@@ -556,3 +556,42 @@ def test_an_output_in_a_missing_folder_says_it_creates_it(tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert f"difflab: --out: creating the folder {out.parent}" in capsys.readouterr().out
     assert out.is_file()
+
+
+def test_a_class_for_a_text_model_is_refused_before_anything_runs(capsys, tmp_path):
+    """shapes-text takes prompts: --class gets one line, for sample, img2img and inpaint
+    alike, before any line says what would run (it was an internal error)."""
+    picture = tmp_path / "p.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    mask = tmp_path / "m.png"
+    Image.new("L", (32, 32), 255).save(mask)
+    for command in (["sample", "shapes-text"], ["img2img", "shapes-text", str(picture)],
+                    ["inpaint", "shapes-text", str(picture), str(mask)]):
+        assert main([*command, "--class", "3", "-n", "1", "--steps", "2",
+                     "--out", str(tmp_path / "x.png")]) == 2
+        said = capsys.readouterr()
+        assert "steps" not in said.out  # img2img says its strength first, and nothing more
+        assert said.err.strip() == ("difflab: error: shapes-text takes a --prompt, not a "
+                                    "--class: drop --class")
+
+
+def test_geneval_of_a_model_outside_the_shapes_world_is_refused_before_sampling(capsys):
+    assert main(["eval", "mnist-digits-cond", "--geneval", "--images-per-prompt", "1"]) == 2
+    said = capsys.readouterr()
+    assert "GenEval scores a text-to-image model of the shapes world" in said.err
+    assert "trained on mnist and takes no text" in said.err
+    assert "%" not in said.err  # no sampling bar ran first
+
+
+def test_a_text_models_npz_holds_its_prompts_and_geneval_scores_it(tmp_path, capsys):
+    """`sample --out F.npz` of a text model saves one prompt per image, so the file is what
+    `eval --images F.npz --geneval` reads."""
+    out = tmp_path / "s.npz"
+    assert main(["sample", "shapes-text", "--prompt", "a red circle", "--prompt",
+                 "two blue squares", "-n", "2", "--steps", "2", "--out", str(out)]) == 0
+    with np.load(out, allow_pickle=False) as f:
+        assert f["prompts"].tolist() == ["a red circle", "two blue squares"]
+        assert f["images"].shape == (2, 3, 32, 32)
+    capsys.readouterr()
+    assert main(["eval", "--images", str(out), "--geneval"]) == 0
+    assert "2 images" in capsys.readouterr().out

@@ -301,3 +301,21 @@ def test_a_float_picture_in_zero_to_one_is_scaled_as_a_float_array_is(tmp_path):
     assert int(from_file.max()) == 219
     Image.fromarray(f * 255, mode="F").save(tmp_path / "g.tiff")  # 0..255 floats: as before
     assert torch.equal(as_image_tensor(tmp_path / "g.tiff", (1, 28, 28)), from_file)
+
+
+def test_a_mask_redraws_what_is_at_least_half_white(tmp_path):
+    """A JPEG mask's near-black noise keeps its pixels, a soft edge counts from its middle,
+    and a mask with nothing half-way to white is refused (non-zero was the rule before, and
+    a saved JPEG redrew pixels meant to be kept)."""
+    clean = np.zeros((28, 28), dtype=bool)
+    clean[:, 14:] = True
+    noisy = np.where(clean, 252, 0).astype(np.uint8) + np.random.default_rng(0).integers(
+        0, 4, (28, 28), dtype=np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "mask.jpg", quality=50)
+    for mask in (noisy, tmp_path / "mask.jpg", Image.open(tmp_path / "mask.jpg")):
+        assert torch.equal(as_mask_tensor(mask, SHAPE)[0, 0], torch.from_numpy(clean))
+    soft = np.linspace(0, 1, 28, dtype=np.float32)[None].repeat(28, 0)  # a ramp to white
+    assert as_mask_tensor(soft, SHAPE)[0, 0, 0].tolist() == (soft[0] >= 0.5).tolist()
+    assert as_mask_tensor(soft * 255, SHAPE)[0, 0, 0].tolist() == (soft[0] >= 0.5).tolist()
+    with pytest.raises(ValueError, match="marks nothing to redraw"):
+        as_mask_tensor(np.full((28, 28), 100, np.uint8), SHAPE)

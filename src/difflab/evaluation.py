@@ -320,6 +320,12 @@ def geneval_generator(
     difflab.data.shapes.geneval_prompts) drawn `images_per_prompt` times and every image
     checked for the objects, counts, colours and positions its prompt names. The report
     adds the sampling settings and the time it took."""
+    if not gen.takes_text or gen.dataset != "shapes":  # before minutes of sampling
+        raise ValueError(
+            "GenEval scores a text-to-image model of the shapes world (data.name = 'shapes', "
+            f"e.g. shapes-text); this one was trained on {gen.dataset or 'unnamed data'}"
+            f"{'' if gen.takes_text else ' and takes no text'}"
+        )
     settings = gen.sampling_settings(
         sampler, steps, guidance, conditioned=True, guidance_interval=guidance_interval,
         autoguidance=autoguidance, sigma_max=sample_options.get("sigma_max"),

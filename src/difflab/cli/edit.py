@@ -56,7 +56,8 @@ def add_inpaint_arguments(ip: argparse.ArgumentParser) -> None:
     ip.add_argument("checkpoint", help=CHECKPOINT_HELP)
     ip.add_argument("image", help="image file (converted to the model's mode; the model's size, "
                     "or --resize)")
-    ip.add_argument("mask", help="mask image of the image's size: white (non-zero) = fill")
+    ip.add_argument("mask", help="mask image of the image's size: white = fill (each pixel "
+                    "of 128 or more of 255), black = keep")
     _add_resize_argument(ip)
     add_sampling_arguments(ip, default_n=4)
     _add_class_argument(ip)

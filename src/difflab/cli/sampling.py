@@ -224,6 +224,9 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
     for flag, given in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt)):
         if given and not gen.takes_text:
             raise CLIError(f"{args.checkpoint} takes no text: drop {flag}")
+    if classes is not None and not gen.num_classes:  # before any line says what would run
+        takes = "a --prompt, not a --class" if gen.takes_text else "no --class"
+        raise CLIError(f"{args.checkpoint} takes {takes}: drop --class")
     for key in ATTENTION_GUIDANCE:  # refused before a line says what would run
         if getattr(args, key) and not gen.takes_attention_guidance:
             raise CLIError(
@@ -289,12 +292,12 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
     if settings.relation_guidance:
         # What was read in each prompt; a prompt with no relation is worth a line only when
         # the flag asked for guidance (the checkpoint's default quietly passes it by).
-        for prompt in dict.fromkeys(args.prompt):
+        for prompt in dict.fromkeys(args.prompt or []):
             if args.relation_guidance or find_relation(prompt) is not None:
                 said = describe_relation(prompt, gen.text_encoder)
                 print(f"difflab: relation guidance {settings.relation_guidance:g}: {said}")
     if settings.binding_guidance:
-        for prompt in dict.fromkeys(args.prompt):
+        for prompt in dict.fromkeys(args.prompt or []):
             if args.binding_guidance or find_phrases(prompt):
                 said = describe_binding(prompt, gen.text_encoder)
                 print(f"difflab: binding guidance {settings.binding_guidance:g}: {said}")
@@ -304,7 +307,7 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
               f"noise level {start:.2f}, below the {REGIONS_SIGMA:g} where regions stop")
     elif settings.relation_regions:
         # a relation the regions leave whole is said too: its picture is drawn otherwise
-        for prompt in dict.fromkeys(args.prompt):
+        for prompt in dict.fromkeys(args.prompt or []):
             if args.relation_regions or find_relation(prompt) is not None:
                 print(f"difflab: relation regions: {describe_regions(prompt)}")
     print_prompt_readings(args, gen)

@@ -926,10 +926,11 @@ class Generator:
     ) -> Tensor:
         """Fill the region of `image` where `mask` is set and keep the rest exactly.
 
-        `image`: any form :func:`as_image_tensor` takes. `mask`: non-zero = generate (bool,
-        0/1, 0/255; a path or PIL image; (H, W), (N, H, W), (N, 1, H, W); see
-        :func:`as_mask_tensor`), the image's size. One image and one mask give n results;
-        a batch of images or of masks (or both, of the same length) one result each.
+        `image`: any form :func:`as_image_tensor` takes. `mask`: white = generate (True, or
+        at least half of white: 0.5 of 1, 128 of 255; a path or PIL image; (H, W), (N, H, W),
+        (N, 1, H, W); see :func:`as_mask_tensor`), the image's size. One image and one mask
+        give n results; a batch of images or of masks (or both, of the same length) one result
+        each.
 
         At every step the known region of the denoiser's x0 prediction is replaced by the
         encoded image, so every sampler keeps it (a latent mask is the pixel mask max-pooled
@@ -957,8 +958,11 @@ class Generator:
         return torch.where(keep, pixels.expand(n, -1, -1, -1).cpu(), out)
 
     def generate_to_npz(self, path: str | Path, n: int, **kwargs: Any) -> Path:
-        """Stream n samples into an .npz with `images` uint8 (N, C, H, W) (+ `labels`)."""
+        """Stream n samples into an .npz with `images` uint8 (N, C, H, W), plus `labels` of a
+        class model and, for a prompt, `prompts` (one string per image, what `difflab eval
+        --images FILE --geneval` reads)."""
         path = Path(path)
+        prompts = self._prompts(kwargs.get("prompt"), n, "prompt")
         images = np.lib.format.open_memmap(
             path.with_suffix(".images.npy"), mode="w+", dtype=np.uint8, shape=(n, *self.image_shape)
         )
@@ -973,6 +977,8 @@ class Generator:
         arrays = {"images": images, MARK_KEY: np.array(MARK)}  # what may replace it
         if has_labels:
             arrays["labels"] = labels
+        if prompts is not None:
+            arrays["prompts"] = np.array(prompts)  # a unicode array: loads without pickles
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)

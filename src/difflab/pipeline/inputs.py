@@ -219,9 +219,10 @@ def as_image_tensor(image: Any, shape: tuple[int, int, int], what: str = "image"
 def as_mask_tensor(mask: Any, shape: tuple[int, int, int], what: str = "mask") -> Tensor:
     """A bool mask (N, 1, H, W), True = generate, for images of (C, H, W) = `shape`.
 
-    Non-zero means generate, whatever the type: bool, 0/1 and 0/255 masks all work (a soft
-    mask regenerates every pixel it touches). Accepted: a path or PIL image (converted to
-    grey), or an array / tensor (H, W), (1, H, W), (H, W, 1), a batch (N, H, W) or
+    A pixel at least half-way to white is generated, whatever the type: bool, 0/1 and 0/255
+    masks all work, a JPEG's near-black pixels (1-3 of 255) stay kept, and a soft brush
+    counts from the middle of its edge (`redraw_pixels`). Accepted: a path or PIL image
+    (converted to grey), or an array / tensor (H, W), (1, H, W), (H, W, 1), a batch (N, H, W) or
     (N, 1, H, W) / (N, H, W, 1), or a list of these. Its size must be the image's.
     """
     _, h, w = shape
@@ -259,7 +260,19 @@ def as_mask_tensor(mask: Any, shape: tuple[int, int, int], what: str = "mask") -
         raise ValueError(
             f"{what} is {_size(mh, mw)}, image {_size(h, w)}; they must be the same size"
         )
-    if not m.any():  # sampling would return the image unchanged, after all its steps
-        raise ValueError(f"{what} marks nothing to redraw (every pixel is 0); its white "
-                         "(non-zero) pixels mark what inpainting draws")
-    return torch.from_numpy(np.ascontiguousarray(m != 0))
+    redraw = redraw_pixels(m)
+    if not redraw.any():  # sampling would return the image unchanged, after all its steps
+        raise ValueError(f"{what} marks nothing to redraw (no pixel is half-way to white or "
+                         "lighter); its white pixels mark what inpainting draws")
+    return torch.from_numpy(np.ascontiguousarray(redraw))
+
+
+def redraw_pixels(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a mask that inpainting redraws: True, or at least half of white (128 of
+    255 where any value exceeds 1, else 0.5 of 1), as diffusers binarises its masks at 0.5.
+    Non-zero was the rule before, and a JPEG mask's near-black noise then redrew pixels
+    meant to be kept."""
+    if mask.dtype == np.bool_:
+        return mask
+    white = 255.0 if mask.max() > 1 else 1.0
+    return mask >= white / 2
