@@ -595,3 +595,21 @@ def test_a_text_models_npz_holds_its_prompts_and_geneval_scores_it(tmp_path, cap
     capsys.readouterr()
     assert main(["eval", "--images", str(out), "--geneval"]) == 0
     assert "2 images" in capsys.readouterr().out
+
+
+def test_more_prompts_than_edits_is_refused_before_anything_runs(tmp_path, capsys):
+    """img2img -n 1 with three prompts drew the first and dropped two after saying how each
+    was read; now refused in one line (and the library refuses a longer list than n)."""
+    picture = tmp_path / "p.png"
+    Image.new("L", (28, 28)).save(picture)
+    assert main(["img2img", "fashion-text", str(picture), "--prompt", "a coat", "--prompt",
+                 "a bag", "--prompt", "a sandal", "-n", "1", "--out",
+                 str(tmp_path / "x.png")]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.strip() == ("difflab: error: 3 --prompt values and -n 1: the results take "
+                                "them in turn, so 2 would not be drawn; give -n 3 or more")
+    from difflab.pipeline import Generator
+    with pytest.raises(ValueError, match="3 prompts for 2 samples: the samples take them in "
+                                         "turn; draw at least 3"):
+        Generator.from_checkpoint("fashion-text").generate(2, prompt=["a", "b", "c"], steps=1)

@@ -40,6 +40,18 @@ def test_a_far_prompt_warns_once_naming_the_nearest_captions(fashion_text):
     assert len(far) == 1 and far[0].far.prompt == "a red car"
     assert far[0].far.familiarity < OUT_OF_DOMAIN_BELOW and len(far[0].far.nearest) == 3
     assert "'a red car' is far from everything this model was trained on" in str(far[0])
+    # named at the caller's line, not inside torch's no_grad wrapper of the generator
+    assert {Path(w.filename).name for w in caught} == {Path(__file__).name}
+
+
+def test_a_negative_prompt_at_guidance_1_is_said_to_change_nothing(fashion_text):
+    """Guidance 1 calls only the prompt's branch, so the negative prompt's is never used."""
+    kw = dict(prompt="a coat", steps=2, seed=0)
+    with pytest.warns(UserWarning, match="guidance 1 draws from the prompt alone, so it "
+                                         "changes nothing") as caught:
+        with_negative = fashion_text.generate(1, negative_prompt="a dress", guidance=1, **kw)
+    assert caught[0].filename == __file__
+    assert (with_negative == fashion_text.generate(1, guidance=1, **kw)).all()
 
 
 def test_models_without_a_caption_bank_have_nothing_to_compare_with():

@@ -118,6 +118,16 @@ def _edit_output(args: argparse.Namespace) -> Path:
     return out
 
 
+def _check_turns(args: argparse.Namespace) -> None:
+    """The results take the prompts (or classes) in turn: more of them than -n would leave
+    some undrawn, after lines that said how each was read."""
+    for flag, given in (("--prompt", args.prompt), ("--class", args.classes)):
+        if given and len(given) > args.n:
+            raise CLIError(f"{len(given)} {flag} values and -n {args.n}: the results take them "
+                           f"in turn, so {len(given) - args.n} would not be drawn; give -n "
+                           f"{len(given)} or more")
+
+
 def _check_sizes_first(checkpoint: str, image: Image.Image, mask: Image.Image | None = None,
                        resize: bool = False) -> None:
     """Refuse a picture or mask of the wrong size before the model loads (seconds for a text
@@ -158,6 +168,7 @@ def _save_edits(images, args: argparse.Namespace) -> int:
 def cmd_img2img(args: argparse.Namespace) -> int:
     """Noise the image to --strength and denoise it toward the prompt, -n times."""
     _edit_output(args)
+    _check_turns(args)
     image = read_image_file(args.image, "image")  # a bad file is told before the model loads
     _check_sizes_first(args.checkpoint, image, resize=args.resize)
     gen = load_generator(args)
@@ -177,6 +188,7 @@ def cmd_img2img(args: argparse.Namespace) -> int:
 def cmd_inpaint(args: argparse.Namespace) -> int:
     """Redraw the mask's white part of the image toward the prompt, -n times."""
     _edit_output(args)
+    _check_turns(args)
     image = read_image_file(args.image, "image")
     mask = read_image_file(args.mask, "mask")
     _check_sizes_first(args.checkpoint, image, mask, resize=args.resize)

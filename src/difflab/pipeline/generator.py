@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -431,6 +432,9 @@ class Generator:
             if not p.strip():  # the encoder's own message speaks of its null(n)
                 raise ValueError(f"{what} {p!r} is empty or only whitespace; to draw without "
                                  f"text, leave {what} out (None)")
+        if len(prompts) > n:  # cycled over n samples, the last ones would not be drawn
+            raise ValueError(f"{len(prompts)} {what}s for {n} sample{'s' if n != 1 else ''}: "
+                             f"the samples take them in turn; draw at least {len(prompts)}")
         return [prompts[i % len(prompts)] for i in range(n)]
 
     def nearest_captions(self, requested: int | None = None) -> int:
@@ -797,7 +801,7 @@ class Generator:
                              "prompt too")
         nearest = self.nearest_captions(nearest_captions)
         for far in self.unfamiliar_prompts(prompts or []):
-            warnings.warn(OutOfDomainPrompt(far), stacklevel=2)
+            warnings.warn(OutOfDomainPrompt(far), stacklevel=_callers_level())
         settings = self.sampling_settings(
             sampler, steps, guidance, conditioned=labels_all is not None or prompts is not None,
             guidance_interval=guidance_interval, autoguidance=autoguidance,
@@ -805,6 +809,10 @@ class Generator:
             binding_guidance=binding_guidance, relation_regions=relation_regions,
         )
         sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
+        if negatives is not None and guidance == 1:  # w = 1 calls only the prompt's branch
+            warnings.warn("a negative prompt acts through guidance, and guidance 1 draws from "
+                          "the prompt alone, so it changes nothing: raise guidance (e.g. 3)",
+                          stacklevel=_callers_level())
         relation_guidance = settings.relation_guidance
         binding_guidance = settings.binding_guidance
         if settings.relation_regions and prompts is None:
@@ -985,6 +993,20 @@ class Generator:
         del images
         path.with_suffix(".images.npy").unlink()
         return path
+
+
+# Frames of these packages are passed over when a warning names the line that caused it.
+_OWN_CODE = (str(Path(__file__).parents[1]), str(Path(torch.__file__).parent))
+
+
+def _callers_level() -> int:
+    """The `stacklevel` of the first frame outside difflab and torch: a warning from
+    generate() names the user's line, not torch's no_grad wrapper of the generator (the
+    fixed stacklevel=2 pointed into torch/utils/_contextlib.py)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # generate()'s own keywords, named beside the sampler's options when one is misspelt
