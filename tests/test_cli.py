@@ -135,16 +135,22 @@ def test_info(run_dir, capsys):
     assert [line.strip() for line in listed[1:]] == shipped_models() and shipped_models()
 
 
-def test_viz_commands(tmp_path):
+def test_viz_commands(tmp_path, capsys):
     for what in ("schedules", "forward", "toy1d"):
         target = tmp_path / f"{what}.png"
-        assert main(["viz", what, "--out", str(target), "--config", "digits8"]) == 0
+        config = ["--config", "digits8"] if what == "forward" else []
+        assert main(["viz", what, "--out", str(target), *config]) == 0
         assert target.stat().st_size > 1000
         # --timesteps changes every picture (it was once read by schedules only)
         other = tmp_path / f"{what}_t50.png"
-        assert main(["viz", what, "--out", str(other), "--config", "digits8",
-                     "--timesteps", "50"]) == 0
+        assert main(["viz", what, "--out", str(other), *config, "--timesteps", "50"]) == 0
         assert other.read_bytes() != target.read_bytes(), what
+    # a flag a picture does not read is refused, not ignored
+    for what, flag in (("schedules", ["--set", "diffusion.schedule=linear"]),
+                       ("schedules", ["--seed", "1"]), ("toy1d", ["--config", "nonexist"])):
+        assert main(["viz", what, "--out", str(tmp_path / "x.png"), *flag]) == 2
+        assert (f"viz {what} draws the same picture whatever {flag[0]} says: drop it"
+                in capsys.readouterr().err)
 
 
 def run_cli(*args):

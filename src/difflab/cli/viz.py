@@ -25,14 +25,15 @@ from difflab.toy1d import plot_toy1d
 def add_viz_arguments(v: argparse.ArgumentParser) -> None:
     """The flags of `difflab viz`; sets func=cmd_viz."""
     v.add_argument("what", choices=("forward", "schedules", "toy1d"))
-    v.add_argument("--config", default=DEFAULT_CONFIG, help="for 'forward': data + schedule")
-    v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.add_argument("--config", help=f"forward: its data and schedule (default {DEFAULT_CONFIG})")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="forward: a config value over --config's")
     v.add_argument("--out", default="viz.png")
     v.add_argument("--timesteps", type=int_in(2, MAX_STEPS), default=None,
                    help="schedules: T of the curves (1000); forward: the process's T (the "
                    "config's diffusion.timesteps); toy1d: the steps of its paths (500)")
-    v.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
-                   help="forward: which images and noise; toy1d: its paths")
+    v.add_argument("--seed", type=int_in(0, MAX_SEED),
+                   help="forward: which images and noise; toy1d: its paths (default 0)")
     v.set_defaults(func=cmd_viz)
 
 
@@ -41,20 +42,31 @@ def cmd_viz(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, "--out")
     if out.suffix != ".png":  # the pictures are PNGs: a .jpg name would hold PNG bytes
         raise CLIError(f"--out must end in .png, got {out.name!r}")
+    # Flags a picture does not read are refused, not ignored: `viz schedules --set
+    # diffusion.schedule=linear` would otherwise draw the same curves and say nothing.
+    unread = {"schedules": ("config", "set", "seed"), "toy1d": ("config", "set")}
+    for name in unread.get(args.what, ()):
+        if getattr(args, name) is not None:
+            raise CLIError(f"viz {args.what} draws the same picture whatever --{name} says: "
+                           f"drop it (--{name} is read by viz forward"
+                           f"{' and toy1d' if name == 'seed' else ''})")
     if args.what == "schedules":
         viz.plot_schedules(out, T=args.timesteps or 1000)
     elif args.what == "toy1d":
-        plot_toy1d(out, seed=args.seed, **({"n_steps": args.timesteps} if args.timesteps else {}))
+        steps = {"n_steps": args.timesteps} if args.timesteps else {}
+        plot_toy1d(out, seed=args.seed or 0, **steps)
     else:
         steps = [f"diffusion.timesteps={args.timesteps}"] if args.timesteps else []
-        cfg = load_config(resolve_config(args.config), [*(args.set or []), *steps])
+        cfg = load_config(resolve_config(args.config or DEFAULT_CONFIG),
+                          [*(args.set or []), *steps])
         data = load_dataset(cfg.data)
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:6]
+        seed = args.seed or 0
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:6]
         viz.forward_process_grid(
             build_process(cfg.diffusion),
             to_float(data.images[idx]),
             out,
-            generator=torch.Generator().manual_seed(args.seed),
+            generator=torch.Generator().manual_seed(seed),
         )
     print(f"difflab: wrote {out}")
     return 0
