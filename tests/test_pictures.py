@@ -98,6 +98,10 @@ def test_sampling_title_says_how_to_draw_it_again():
                               interval=(0.09, 12.0)) == (
         "run · dpmpp_2m_sde, 13 steps, autoguidance 2 at noise levels 0.09 to 12, seed 0"
     )
+    assert viz.sampling_title("fashion-text", "dpmpp_2m", 20, 0, 3.0, asked="'a coat'",
+                              negative="'a dress'") == (
+        "fashion-text · 'a coat' · dpmpp_2m, 20 steps, guidance 3 away from 'a dress', seed 0"
+    )
     assert viz.sampling_title("run", "dpmpp_2m", 13, 0, sigma_max=40.0, rho=12.0) == (
         "run · dpmpp_2m, 13 steps (Karras grid from sigma 40, rho 12), seed 0"
     )

@@ -190,12 +190,14 @@ def sampling_title(
     relation_guidance: float | None = None,
     binding_guidance: float | None = None,
     relation_regions: bool = False,
+    negative: str | None = None,
 ) -> str:
     """A grid's title: "fashion-mnist-cond · Bag · dpmpp_2m, 20 steps, guidance 2, seed 0"
     (`asked`: the class or prompt every sample shares; `step`: a training run's step;
     `interval`: the noise levels (low, high] the guidance applies at, when not every step;
     `sigma_max`, `rho`: the Karras grid, when not the sampler's own; `relation_guidance`,
-    `binding_guidance`: their scales, when on; `relation_regions`: whether on)."""
+    `binding_guidance`: their scales, when on; `relation_regions`: whether on; `negative`:
+    the negative prompt every sample shares, quoted)."""
     parts = [str(model)]
     if step is not None:
         parts.append(f"step {step:,}")
@@ -204,6 +206,8 @@ def sampling_title(
     how = f"{sampler}, {steps} steps" + schedules.describe_karras_grid(sigma_max, rho)
     if guidance is not None:
         how += f", guidance {guidance:g}"
+    if negative is not None:
+        how += f" away from {negative}"
     if autoguidance is not None:
         how += f", autoguidance {autoguidance:g}"
     if interval is not None:  # callers pass it only for a guided draw

@@ -173,6 +173,7 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         asked = "class " + (gen.class_names or [str(i) for i in range(gen.num_classes)])[index]
     elif args.per_row is None and args.prompt:
         asked = quote_prompt(args.prompt[0])
+    negatives = set(args.negative_prompt or [])
     return viz.sampling_title(
         args.checkpoint, kw["sampler"], kw["steps"], kw["seed"], kw["guidance"], asked=asked,
         autoguidance=kw.get("autoguidance"), interval=kw.get("guidance_interval"),
@@ -180,5 +181,6 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         relation_guidance=kw.get("relation_guidance"),
         binding_guidance=kw.get("binding_guidance"),
         relation_regions=bool(kw.get("relation_regions")),
+        negative=quote_prompt(negatives.pop()) if len(negatives) == 1 else None,
     )
 
