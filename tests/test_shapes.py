@@ -321,7 +321,10 @@ def test_relation_captions_describe_clear_relations(train):
     ("prompt", "complaint"),
     [
         ("a pink circle", "unexpected word 'pink'"),
-        ("five circles", "must start with a number word"),
+        ("five circles", "'five' is more than the shapes world draws of one shape: at most "
+                         "four"),
+        ("7 squares", "'7' is more than"),
+        ("big circles", "must start with a number word, not 'big'"),
         ("a red", "must end in a shape"),
         ("a circle left of a square above a triangle", "2 relations"),
         ("a circle and a square left of a triangle", "two single phrases"),

@@ -203,7 +203,8 @@ def sampling_title(
         parts.append(f"step {step:,}")
     if asked is not None:
         parts.append(asked)
-    how = f"{sampler}, {steps} steps" + schedules.describe_karras_grid(sigma_max, rho)
+    how = (f"{sampler}, {steps} step{'s' if steps != 1 else ''}"
+           + schedules.describe_karras_grid(sigma_max, rho))
     if guidance is not None:
         how += f", guidance {guidance:g}"
     if negative is not None:

@@ -353,6 +353,8 @@ def scene_captions(
 
 _NUMBERS = {"a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4}
 _NUMBERS.update({str(k): k for k in NUMBER_WORDS})
+_TOO_MANY = {"five", "six", "seven", "eight", "nine", "ten", "many", "several", "dozens",
+             *map(str, range(max(NUMBER_WORDS) + 1, 100))}
 _SIZE_OF = {w: size for size, words in SIZE_WORDS.items() for w in words}
 _SHAPE_OF = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
 # Read, never written: wordings a prompt set may use that captions do not.
@@ -399,6 +401,9 @@ def _parse_phrase(words: list[str], prompt: str) -> ObjectSpec:
         if len(words) > len(ending) and words[-len(ending) :] == ending:
             words, place = words[: -len(ending)], where
             break
+    if words[0] in _TOO_MANY:  # a number word, beyond what a scene holds
+        raise bad(f"{words[0]!r} is more than the shapes world draws of one shape: at most "
+                  f"{NUMBER_WORDS[max(NUMBER_WORDS)]}")
     if words[0] not in _NUMBERS:
         raise bad(f"it must start with a number word, not {words[0]!r}")
     count, rest = _NUMBERS[words[0]], words[1:]

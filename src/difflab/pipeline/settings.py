@@ -61,7 +61,7 @@ class SamplingSettings:
 
     def summary(self, eta: float | None = None) -> str:
         """"dpmpp_2m, 20 steps, guidance 3": what runs (guidance only where it applies)."""
-        what = [self.sampler, f"{self.steps} steps"]
+        what = [self.sampler, f"{self.steps} step{'s' if self.steps != 1 else ''}"]
         what[-1] += describe_karras_grid(self.sigma_max, self.rho)
         if self.sampler == ADAPTIVE_SAMPLER:  # only the grid's two ends reach its solver
             what[-1] = "adaptive steps (its solver takes as many as its tolerance needs"
