@@ -26,6 +26,7 @@ from difflab.metrics.geneval import (
     evaluate_geneval,
     format_geneval_report,
     score_images,
+    score_images_file,
 )
 
 BAR = 0.99  # least share of right answers, and of rejected wrong images, per category
@@ -335,3 +336,18 @@ def test_scorer_inputs_are_checked(test_set):
         test_set.images[:8].transpose(0, 2, 3, 1), [c[0] for c in test_set.captions[:8]]
     )
     assert channels_last["overall"] == 1.0
+
+
+def test_a_partial_set_says_how_many_categories_its_overall_averages(tmp_path):
+    """Three prompts of two categories: the overall is their mean and says so, and an FID of
+    three images is called a rough reading."""
+    texts = ["a red circle", "two blue squares", "a yellow triangle"]
+    images = render(scenes_for_specs([parse_prompt(t) for t in texts], 0))
+    path = tmp_path / "g.npz"
+    np.savez(path, images=images, prompts=np.array(texts))
+    report = score_images_file(path)
+    assert set(report["categories"]) == {"colours", "counting"}
+    table = format_geneval_report(report)
+    assert "overall (mean of the 2 categories asked) 100.0%" in table
+    assert "six" not in table
+    assert "(FID from 3 images is a rough reading" in table
