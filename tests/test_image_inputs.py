@@ -255,7 +255,11 @@ def test_cli_resize_fits_a_picture_and_its_mask_as_training_pictures_are(picture
     Image.fromarray(np.stack([big] * 3, -1)).save(tmp_path / "colour.png")
     assert cli.main(["img2img", "fashion-text", str(tmp_path / "colour.png"), "--resize",
                      *base]) == 0
-    assert "--resize: image colour -> grey (the model's)" in capsys.readouterr().out
+    assert "difflab: image colour -> grey (the model's)" in capsys.readouterr().out
+    # said without --resize too: a picture of the model's size is converted all the same
+    Image.fromarray(np.stack([picture] * 3, -1)).save(tmp_path / "colour28.png")
+    assert cli.main(["img2img", "fashion-text", str(tmp_path / "colour28.png"), *base]) == 0
+    assert "difflab: image colour -> grey (the model's)" in capsys.readouterr().out
     assert cli.main(["inpaint", "fashion-text", str(tmp_path / "photo.png"),
                      str(tmp_path / "mask.png"), "--resize", *base]) == 0
     said = capsys.readouterr().out

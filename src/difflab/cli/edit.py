@@ -79,11 +79,17 @@ def _fit_image(picture: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
     upright, colours converted, the shorter side resized, the centre square kept), as uint8
     (C, H, W) of the model's `shape`; said when its size changes."""
     _say_fit("image", upright_size(picture), shape[1])
-    grey = picture.mode in ("1", "L", "LA", "I", "I;16", "F")
-    if grey != (shape[0] == 1):  # a colour photo for a grey model, or the other way round
-        print(f"difflab: --resize: image {'grey' if grey else 'colour'} -> "
-              f"{'grey' if shape[0] == 1 else 'RGB'} (the model's)")
     return pil_to_array(picture, shape[0], shape[1])
+
+
+def _say_colours(picture: Image.Image, channels: int) -> None:
+    """Say when the picture's colours are converted to the model's (a colour photo for a grey
+    model, or the other way round), with or without --resize: a red shirt read as grey 76
+    should not come as a surprise."""
+    grey = picture.mode in ("1", "L", "LA", "I", "I;16", "F")
+    if grey != (channels == 1):
+        print(f"difflab: image {'grey' if grey else 'colour'} -> "
+              f"{'grey' if channels == 1 else 'RGB'} (the model's)")
 
 
 def _fit_mask(mask: Image.Image, side: int) -> Image.Image:
@@ -173,6 +179,7 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     _check_sizes_first(args.checkpoint, image, resize=args.resize)
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
+    _say_colours(image, gen.image_shape[0])
     if args.resize:
         image = _fit_image(image, gen.image_shape)
     strength = args.strength
@@ -194,6 +201,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     _check_sizes_first(args.checkpoint, image, mask, resize=args.resize)
     gen = load_generator(args)
     check_grid(args, gen.image_shape)
+    _say_colours(image, gen.image_shape[0])
     if args.resize:
         image = _fit_image(image, gen.image_shape)
         mask = _fit_mask(mask, gen.image_shape[1])
