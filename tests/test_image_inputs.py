@@ -323,3 +323,18 @@ def test_a_mask_redraws_what_is_at_least_half_white(tmp_path):
     assert as_mask_tensor(soft * 255, SHAPE)[0, 0, 0].tolist() == (soft[0] >= 0.5).tolist()
     with pytest.raises(ValueError, match="marks nothing to redraw"):
         as_mask_tensor(np.full((28, 28), 100, np.uint8), SHAPE)
+
+
+def test_an_edit_with_bare_is_the_image_itself_and_can_be_edited_again(picture, tmp_path):
+    """img2img --bare -n 1 --scale 1 writes the result at the model's size, so it feeds the
+    next edit (it wrote a padded grid before and had no --bare)."""
+    from difflab import cli
+
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    base = ["--prompt", "a dress", "--steps", "2", "-n", "1", "--scale", "1", "--bare"]
+    assert cli.main(["img2img", "fashion-text", str(tmp_path / "in.png"), *base,
+                     "--out", str(first)]) == 0
+    assert Image.open(first).size == (28, 28)
+    assert cli.main(["img2img", "fashion-text", str(first), *base, "--out", str(second)]) == 0
+    assert Image.open(second).size == (28, 28)

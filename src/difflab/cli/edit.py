@@ -47,7 +47,7 @@ def add_img2img_arguments(im: argparse.ArgumentParser) -> None:
     )
     add_sampling_arguments(im, default_n=4)
     _add_class_argument(im)
-    im.add_argument("--out", default="img2img.png", help="FILE.png")
+    im.add_argument("--out", default="img2img.png", help="FILE.png (default img2img.png)")
     im.set_defaults(func=cmd_img2img)
 
 
@@ -61,7 +61,7 @@ def add_inpaint_arguments(ip: argparse.ArgumentParser) -> None:
     _add_resize_argument(ip)
     add_sampling_arguments(ip, default_n=4)
     _add_class_argument(ip)
-    ip.add_argument("--out", default="inpaint.png", help="FILE.png")
+    ip.add_argument("--out", default="inpaint.png", help="FILE.png (default inpaint.png)")
     ip.set_defaults(func=cmd_inpaint)
 
 
@@ -166,7 +166,8 @@ def _save_edits(images, args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with writing(out):
-        viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale)
+        viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale,
+                      padding=0 if args.bare else 2)
     print(f"difflab: wrote {len(images)} image{'s' if len(images) != 1 else ''} to {out}")
     return 0
 

@@ -34,12 +34,10 @@ def add_sample_arguments(s: argparse.ArgumentParser) -> None:
     """The flags of `difflab sample`; sets func=cmd_sample."""
     s.add_argument("checkpoint", help=CHECKPOINT_HELP)
     add_sampling_arguments(s, default_n=64)
-    s.add_argument("--out", default="samples.png", help="FILE.png (grid) or FILE.npz")
+    s.add_argument("--out", default="samples.png",
+                   help="FILE.png (grid) or FILE.npz (default samples.png)")
     s.add_argument("--gif", help="also write the reverse process as a GIF")
     add_compile_argument(s)
-    s.add_argument("--bare", action="store_true",
-                   help="the images alone in the PNG: no title, row labels or padding (with "
-                   "-n 1 --scale 1 it is the sample at its own size, as img2img takes it)")
     s.add_argument(
         "--class",
         dest="classes",

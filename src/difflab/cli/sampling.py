@@ -47,6 +47,9 @@ MAX_GIF_PIXELS = 2**30
 
 def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     """Options every drawing command shares (sample, img2img, inpaint)."""
+    s.add_argument("--bare", action="store_true",
+                   help="the images alone in the PNG: no title, row labels or padding (with "
+                   "-n 1 --scale 1 it is the image at its own size, as img2img takes it)")
     s.add_argument(
         "--sampler",
         type=sampler_name,

@@ -28,7 +28,7 @@ def add_viz_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--config", help=f"forward: its data and schedule (default {DEFAULT_CONFIG})")
     v.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="forward: a config value over --config's")
-    v.add_argument("--out", default="viz.png")
+    v.add_argument("--out", default="viz.png", help="FILE.png (default viz.png)")
     v.add_argument("--timesteps", type=int_in(2, MAX_STEPS), default=None,
                    help="schedules: T of the curves (1000); forward: the process's T (the "
                    "config's diffusion.timesteps); toy1d: the steps of its paths (500)")
