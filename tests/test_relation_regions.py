@@ -13,6 +13,7 @@ from difflab.pipeline.relation_regions import (
     REGIONS_SIGMA,
     RegionPhrases,
     RelationRegionsDenoiser,
+    describe_regions,
     region_phrases,
     region_slices,
 )
@@ -336,3 +337,11 @@ def test_regions_draw_on_a_pixel_text_model(tmp_path):
     off = gen.generate(2, prompt=prompt, steps=4, seed=0, relation_regions=False)
     assert on.shape == off.shape == (2, 3, 32, 32) and not torch.equal(on, off)
     assert set(widths) == {20, 32}  # the crops, then the whole picture
+
+
+def test_what_regions_read_is_said_in_a_line_of_its_own_length():
+    """A 900-character prompt is quoted short, as every other message quotes prompts."""
+    long = "a red circle " + "very " * 180 + "far to the left of a blue square"
+    assert len(describe_regions(long)) < 200
+    assert describe_regions("a red square below a blue circle") == (
+        "'a red square' on the bottom, 'a blue circle' on the top")

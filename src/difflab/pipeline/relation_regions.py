@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from difflab.data.captions import quote_prompt
 from difflab.diffusion.denoiser import Denoiser, Prediction
 from difflab.diffusion.process import as_time
 from difflab.pipeline.relation_guidance import (
@@ -129,11 +130,12 @@ def describe_regions(prompt: str) -> str:
     """What relation regions read in `prompt`, for a command to print."""
     read = region_phrases(prompt)
     if read is None:
-        return (f"{prompt!r} is not one relation between two single objects and nothing "
-                "else; it is drawn whole")
+        return (f"{quote_prompt(prompt)} is not one relation between two single objects and "
+                "nothing else; it is drawn whole")
     sides = {(1, 1): ("left", "right"), (1, -1): ("right", "left"),
              (0, 1): ("top", "bottom"), (0, -1): ("bottom", "top")}[read.axis, read.sign]
-    return f"{read.first!r} on the {sides[0]}, {read.second!r} on the {sides[1]}"
+    return (f"{quote_prompt(read.first)} on the {sides[0]}, {quote_prompt(read.second)} on the "
+            f"{sides[1]}")
 
 
 def region_slices(side: int, phrases: RegionPhrases) -> tuple[slice, slice]:
