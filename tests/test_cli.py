@@ -317,7 +317,12 @@ def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):
         main(["sample", str(run_dir / "last"), "-n", "60", "--steps", "4", "--out", str(npz)]) == 0
     )
     assert main(["eval", "--images", str(npz), "--dataset", "digits", "--quiet"]) == 0
-    assert "FID" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "FID" in said.out and "warning" not in said.err
+    assert main(["eval", "--images", str(npz), "--dataset", "digits", "--quiet",
+                 "--n-reference", "100"]) == 0
+    assert ("difflab: warning: FID against 100 reference images is biased upward and noisy"
+            in capsys.readouterr().err)
     p = run_cli("eval", "--images", str(npz))
     assert p.returncode != 0 and "--dataset" in p.stderr
     assert main(["eval", "--images", str(npz), "--dataset", "digits", "--compile", "on"]) == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -178,6 +179,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if steering and not (args.geneval and args.images is None):
         raise ValueError(f"{steering[0]} steers the prompts of --geneval's samples; it goes "
                          "with --geneval and a checkpoint (FID samples and --images have none)")
+    if args.n_reference is not None and args.n_reference < FEW_REFERENCE_IMAGES:
+        print(f"difflab: warning: FID against {args.n_reference:,} reference images is biased "
+              "upward and noisy; compare it only with figures of the same --n-reference "
+              "(BENCHMARKS.md uses 10,000)", file=sys.stderr)
     if args.geneval:
         report = _geneval(args, verbose)
     elif args.images is not None:
@@ -273,6 +278,11 @@ def _geneval(args: argparse.Namespace, verbose: bool) -> dict:
             device=args.device,
             verbose=verbose,
         )
+
+
+# Fewer reference images than this get a warning: FID's covariance is then estimated from too
+# few images (real test images against 2,000 training images already read ~0.5).
+FEW_REFERENCE_IMAGES = 1000
 
 
 # The most one array of an --images file may hold: 4 GiB (a million 28x28 RGB images in uint8
