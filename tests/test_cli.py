@@ -582,8 +582,8 @@ def test_a_class_for_a_text_model_is_refused_before_anything_runs(capsys, tmp_pa
                      "--out", str(tmp_path / "x.png")]) == 2
         said = capsys.readouterr()
         assert "steps" not in said.out  # img2img says its strength first, and nothing more
-        assert said.err.strip() == ("difflab: error: shapes-text takes a --prompt, not a "
-                                    "--class: drop --class")
+        assert said.err.strip() == ("difflab: error: shapes-text is text-conditional: it "
+                                    "takes a --prompt, not a --class; drop --class")
 
 
 def test_geneval_of_a_model_outside_the_shapes_world_is_refused_before_sampling(capsys):

@@ -228,8 +228,9 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
         if given and not gen.takes_text:
             raise CLIError(f"{args.checkpoint} takes no text: drop {flag}")
     if classes is not None and not gen.num_classes:  # before any line says what would run
-        takes = "a --prompt, not a --class" if gen.takes_text else "no --class"
-        raise CLIError(f"{args.checkpoint} takes {takes}: drop --class")
+        kind = ("text-conditional: it takes a --prompt, not a --class" if gen.takes_text
+                else "unconditional: it takes no --class")
+        raise CLIError(f"{args.checkpoint} is {kind}; drop --class")
     for key in ATTENTION_GUIDANCE:  # refused before a line says what would run
         if getattr(args, key) and not gen.takes_attention_guidance:
             raise CLIError(
