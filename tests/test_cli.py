@@ -319,7 +319,7 @@ def test_eval_checkpoint_and_npz(run_dir, tmp_path, capsys):
     assert main(["eval", "--images", str(npz), "--dataset", "digits", "--quiet"]) == 0
     said = capsys.readouterr()
     assert "FID" in said.out and "warning" not in said.err
-    assert main(["eval", "--images", str(npz), "--dataset", "digits", "--quiet",
+    assert main(["eval", "--images", str(npz), "--dataset", "digits",
                  "--n-reference", "100"]) == 0
     assert ("difflab: warning: FID against 100 reference images is biased upward and noisy"
             in capsys.readouterr().err)

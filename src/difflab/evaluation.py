@@ -42,7 +42,8 @@ def _checkpoint_dataset(gen) -> tuple[str, list[str] | None]:
     name = data.get("name")
     if name not in DATASETS:
         # The shapes world is scored by what its prompts ask for, not by a feature network.
-        instead = ("its samples are scored by difflab eval --geneval" if name == "shapes"
+        instead = ("its samples are scored by --geneval: difflab eval CHECKPOINT --geneval"
+                   if name == "shapes"
                    else "judge such a run by its samples and loss curve, or score samples of "
                    "the same kind of images with difflab eval --images FILE.npz --dataset NAME")
         raise ValueError(

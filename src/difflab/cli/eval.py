@@ -179,7 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if steering and not (args.geneval and args.images is None):
         raise ValueError(f"{steering[0]} steers the prompts of --geneval's samples; it goes "
                          "with --geneval and a checkpoint (FID samples and --images have none)")
-    if args.n_reference is not None and args.n_reference < FEW_REFERENCE_IMAGES:
+    if verbose and args.n_reference is not None and args.n_reference < FEW_REFERENCE_IMAGES:
         print(f"difflab: warning: FID against {args.n_reference:,} reference images is biased "
               "upward and noisy; compare it only with figures of the same --n-reference "
               "(BENCHMARKS.md uses 10,000)", file=sys.stderr)
