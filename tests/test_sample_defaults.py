@@ -295,5 +295,12 @@ def test_generate_names_a_misspelt_keyword_a_single_class_and_a_bad_seed():
     assert gen.resolve_labels("seven", 2).tolist() == [7, 7]
     assert gen.resolve_labels(3, 1).tolist() == [3]
     assert gen.resolve_labels("all", 12).tolist() == [*range(10), 0, 1]
+    # more classes than samples: the last ones would not be drawn, so it is refused, as
+    # prompts are
+    with pytest.raises(ValueError, match=r"^3 classes for 2 samples: the samples take them "
+                                         r"in turn; draw at least 3$"):
+        gen.generate(2, classes=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"^every class \(10\) for 1 sample: .* at least 10$"):
+        gen.resolve_labels("all", 1)
     with pytest.raises(ValueError, match="classes must be a class name or index, or a list"):
         gen.resolve_labels(7.5, 1)

@@ -207,7 +207,8 @@ def evaluate_generator(
     names = CLASS_NAMES[dataset]
     aliases = CLASS_ALIASES[dataset]
     conditional = gen.num_classes is not None
-    requested = list(range(gen.num_classes)) if conditional else None
+    # every class in turn; fewer samples than classes draw the first classes, once each
+    requested = list(range(min(gen.num_classes, samples))) if conditional else None
     # What will run: settings left None come from the checkpoint's [sample] (Generator).
     settings = gen.sampling_settings(
         sampler, steps, guidance, conditioned=conditional, guidance_interval=guidance_interval,

@@ -84,15 +84,19 @@ def store(served) -> ModelStore:
 
 
 @pytest.fixture(scope="session")
-def app_url(served, store) -> str:
-    """The URL of the session's app (in this process, on a thread), closed at the end."""
+def app_url(served, store, tmp_path_factory) -> str:
+    """The URL of the session's app (in this process, on a thread), closed at the end. Its
+    gradio cache (the files each request returns; /tmp/gradio unless GRADIO_TEMP_DIR says)
+    is a folder of the session's, so the suite leaves nothing in /tmp."""
     pytest.importorskip("gradio", reason=WEB_EXTRA)
     from difflab.web.app import build_app, launch
 
-    app = build_app(Roots([served]), TEST_LIMITS, store)
-    url = launch(app, "127.0.0.1", free_port(), TEST_LIMITS, block=False, quiet=True)
-    yield url.rstrip("/")
-    app.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio_cache")))
+        app = build_app(Roots([served]), TEST_LIMITS, store)
+        url = launch(app, "127.0.0.1", free_port(), TEST_LIMITS, block=False, quiet=True)
+        yield url.rstrip("/")
+        app.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import types
 import zlib
 
 import numpy as np
@@ -25,16 +27,35 @@ httpx = pytest.importorskip("httpx", reason="needs the web extra (gradio)")
 BURST = 20
 
 
+@pytest.fixture
+def connect(tmp_path, monkeypatch):
+    """A gradio_client.Client factory whose downloads stay in the test's tmp_path: the client
+    streams each result file through a folder of its own under tempfile.gettempdir() (40 hex
+    digits) and leaves that folder behind, empty, and keeps the file under /tmp/gradio unless
+    told where (gradio_client 2.7). The suite left ~200 such folders in /tmp a run. Only the
+    client's module sees tmp_path as the temp dir: the app serving it runs in this process
+    and must keep its own."""
+    client_module = sys.modules[gradio_client.Client.__module__]
+    monkeypatch.setattr(client_module, "tempfile", types.SimpleNamespace(
+        **{**vars(tempfile), "gettempdir": lambda: str(tmp_path)}))
+    downloads = tmp_path / "downloads"
+
+    def client(url: str):
+        return gradio_client.Client(url, verbose=False, download_files=str(downloads))
+
+    return client
+
+
 def generate_args(seed: int, n: int = 2) -> tuple:
     """/generate's inputs: model, class, prompt, negative, sampler, steps, guidance, seed, n,
     gif."""
     return ("mnist-digits-cond", "3", "", "", "ddim", 2, 2, seed, n, False)
 
 
-def test_a_burst_of_generations_all_complete_correctly(app_url, store):
+def test_a_burst_of_generations_all_complete_correctly(app_url, store, connect):
     """20 requests at once wait in the queue (one samples at a time) and every one comes back
     with its own seed's images; the app answers afterwards."""
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
     jobs = [client.submit(*generate_args(seed), api_name="/generate") for seed in range(BURST)]
     results = [job.result(timeout=600) for job in jobs]
     gen = store.load("mnist-digits-cond")
@@ -46,8 +67,8 @@ def test_a_burst_of_generations_all_complete_correctly(app_url, store):
     assert client.predict(100, api_name="/schedules").endswith(".png")
 
 
-def test_a_failed_request_is_one_line_and_the_next_succeeds(app_url):
-    client = gradio_client.Client(app_url, verbose=False)
+def test_a_failed_request_is_one_line_and_the_next_succeeds(app_url, connect):
+    client = connect(app_url)
     with pytest.raises(gradio_client.exceptions.AppError) as e:
         client.predict("/", "(no class)", "", "", "ddim", 2, 0, 0, 1, False, api_name="/generate")
     assert "is outside the folders this app serves" in str(e.value)
@@ -78,7 +99,7 @@ def _listening(port: int) -> list[str]:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
-def test_serve_binds_loopback_and_applies_its_flags(served, port):
+def test_serve_binds_loopback_and_applies_its_flags(served, port, connect):
     server = subprocess.Popen(
         [sys.executable, "-m", "difflab.web.command", "--port", str(port), "--root",
          str(served), "--max-images", "4"],
@@ -91,7 +112,7 @@ def test_serve_binds_loopback_and_applies_its_flags(served, port):
             assert line and time.monotonic() < deadline, "".join(said)
             said.append(line)
         assert _listening(port) == ["0100007F"]  # 127.0.0.1 only
-        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = connect(f"http://127.0.0.1:{port}/")
         with pytest.raises(gradio_client.exceptions.AppError,
                            match="number of images 5 is over this app's limit of 4"):
             client.predict(*generate_args(0, n=5), api_name="/generate")
@@ -104,14 +125,14 @@ def test_serve_binds_loopback_and_applies_its_flags(served, port):
             server.wait()
 
 
-def test_uploads_that_are_not_images_are_refused_in_one_line(app_url, tmp_path):
+def test_uploads_that_are_not_images_are_refused_in_one_line(app_url, tmp_path, connect):
     """The browser's upload widgets only offer images, but the HTTP API takes any file: an
     image or mask that is not a picture is refused by name, in one line (not gradio's
     preprocessing report), and the app keeps serving."""
     picture, text = tmp_path / "picture.png", tmp_path / "notes.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(picture)
     text.write_text("not a picture\n")
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
 
     def inpaint(image, mask) -> str:
         sketch = {"background": gradio_client.handle_file(str(image)), "layers": [],
@@ -142,7 +163,7 @@ def test_uploads_that_are_not_images_are_refused_in_one_line(app_url, tmp_path):
     assert len(gallery) == 1
 
 
-def test_a_jpeg_picture_is_edited_as_the_command_line_reads_it(app_url, store, tmp_path):
+def test_a_jpeg_picture_is_edited_as_the_command_line_reads_it(app_url, store, tmp_path, connect):
     """gradio's sketch pad saves its picture again as RGBA in the format of the file's name,
     which JPEG cannot hold: every .jpg (here a CMYK one, as print shops write) used to fail
     there. Now the page edits it exactly as `Generator.img2img` does the same file."""
@@ -151,7 +172,7 @@ def test_a_jpeg_picture_is_edited_as_the_command_line_reads_it(app_url, store, t
     photo = tmp_path / "photo.jpg"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).convert("CMYK").save(photo)
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
     sketch = {"background": gradio_client.handle_file(str(photo)), "layers": [], "composite": None}
     gallery, _, _ = client.predict("fashion-text", sketch, "a dress", "", 0.6, "ddim", 2, 2, 3,
                                    1, api_name="/img2img")
@@ -162,13 +183,13 @@ def test_a_jpeg_picture_is_edited_as_the_command_line_reads_it(app_url, store, t
     assert np.array_equal(shown, expected[0, 0].numpy())
 
 
-def test_an_unreadable_sketch_layer_is_named_as_the_layer(app_url, tmp_path):
+def test_an_unreadable_sketch_layer_is_named_as_the_layer(app_url, tmp_path, connect):
     """The sketch pad sends the picture and the strokes as separate files; a stroke layer that
     is not an image is refused by its own name, not the picture's."""
     picture, layer = tmp_path / "picture.png", tmp_path / "strokes.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(picture)
     layer.write_text("not a picture\n")
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
     sketch = {"background": gradio_client.handle_file(str(picture)),
               "layers": [gradio_client.handle_file(str(layer))], "composite": None}
     with pytest.raises(gradio_client.exceptions.AppError) as e:
@@ -177,10 +198,10 @@ def test_an_unreadable_sketch_layer_is_named_as_the_layer(app_url, tmp_path):
     assert str(e.value).startswith("cannot read the sketch layer 'strokes.png': it is not an image")
 
 
-def test_a_sampler_gradio_does_not_list_gets_difflabs_one_line(app_url):
+def test_a_sampler_gradio_does_not_list_gets_difflabs_one_line(app_url, connect):
     """The sampler lists take any value, so that a name outside them is refused by difflab's
     own check (one line with the allowed names) rather than gradio's choices report."""
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
     with pytest.raises(gradio_client.exceptions.AppError) as e:
         client.predict("mnist-digits-cond", "3", "", "", "euler_fast", 2, 2, 0, 1, False,
                        api_name="/generate")
@@ -210,11 +231,11 @@ def test_serve_on_a_port_in_use_is_one_line_naming_the_flag(capsys):
     assert "give a --host this machine has" in err and "\n" not in err
 
 
-def test_the_api_takes_relation_and_binding_guidance_as_docs_web_shows(app_url):
+def test_the_api_takes_relation_and_binding_guidance_as_docs_web_shows(app_url, connect):
     """docs/web.md's calls: gradio_client with the last four inputs (autoguidance, relation
     and binding guidance, relation regions), and plain HTTP, where every input is given (null:
     the model's)."""
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
     _, gallery, notes, _, _ = client.predict(
         "shapes-text", "(no class)", "a red circle above a blue square", "", "dpmpp_2m", 2, 3,
         0, 1, False, None, 0, 15, False, api_name="/generate")
@@ -228,20 +249,20 @@ def test_the_api_takes_relation_and_binding_guidance_as_docs_web_shows(app_url):
     assert "event: complete" in stream and "sampled with dpmpp_2m, 2 steps" in stream
 
 
-def test_a_value_outside_a_sliders_range_gets_difflabs_line_naming_the_field(app_url):
+def test_a_value_outside_a_sliders_range_gets_difflabs_line_naming_the_field(app_url, connect):
     """The API takes any number for a slider: gradio's own range check said "Value 2.0 is
     greater than maximum value 1." (no field, no flag) and logged a traceback; the handler's
     check says which field and what it allows."""
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
     with pytest.raises(Exception, match=r"t 5000 is outside this model's process \(0\.\.999\)"):
         client.predict("fashion-mnist", "training image", 0, None, 5000, 0, api_name="/forward")
 
 
-def test_an_api_call_that_leaves_guidance_out_gets_the_models_own(app_url):
+def test_an_api_call_that_leaves_guidance_out_gets_the_models_own(app_url, connect):
     """gradio_client fills a value left out with the form's default: guidance's is blank, the
     model's own (3 for fashion-text), not 0, which would draw unconditionally and ignore the
     prompt."""
-    client = gradio_client.Client(app_url, verbose=False)
+    client = connect(app_url)
     _, gallery, notes, _, _ = client.predict("fashion-text", "(no class)", "a sneaker", "",
                                              "ddim", 2, n=1, gif=False, api_name="/generate")
     assert len(gallery) == 1 and "guidance 3" in notes and "guidance 0" not in notes

@@ -393,10 +393,12 @@ class Generator:
     def resolve_labels(self, classes: list[str | int] | str | int | None, n: int
                        ) -> Tensor | None:
         """Class names / indices (or one of them; "all": every class in turn) -> label
-        tensor of length n (cycled), or None."""
+        tensor of length n (cycled), or None. More classes than n is refused: the last ones
+        would not be drawn."""
         if classes is None:
             return None
-        if names_every_class(classes) and self.num_classes:
+        every = bool(names_every_class(classes) and self.num_classes)
+        if every:
             classes = list(range(self.num_classes))
         elif isinstance(classes, str | int | np.integer) and not isinstance(classes, bool):
             classes = [classes]
@@ -410,6 +412,10 @@ class Generator:
         names = self.class_names or [str(i) for i in range(self.num_classes)]
         aliases = class_aliases(self.dataset, self.class_names)
         idx = [resolve_class(c, names, aliases) for c in classes]
+        if len(idx) > n:  # cycled over n samples, the last ones would not be drawn
+            what = f"every class ({len(idx)})" if every else f"{len(idx)} classes"
+            raise ValueError(f"{what} for {n} sample{'s' if n != 1 else ''}: the samples take "
+                             f"them in turn; draw at least {len(idx)}")
         return torch.tensor([idx[i % len(idx)] for i in range(n)], device=self.device)
 
     def class_labels(self, classes: list[str | int]) -> list[str]:
