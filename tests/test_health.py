@@ -1,5 +1,7 @@
 """The training health monitor: silent on healthy samples, specific on each way they go wrong."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ import torch.nn.functional as F
 
 from difflab.build import build_network, build_process
 from difflab.checkpoints.names import WEIGHTS_DIR
+from difflab.checkpoints.store import write_manifest
+from difflab.cli import main
 from difflab.config import load_config
 from difflab.data import DataConfig, load_dataset
 from difflab.pipeline import Generator
@@ -18,6 +22,7 @@ from difflab.training.health import (
     check_weights,
     data_stats,
     looks_like_data,
+    stats_to_dict,
     summary,
     throughput_finding,
 )
@@ -76,6 +81,23 @@ def test_real_images_and_one_class_alone_raise_no_alarm(datasets, stats, dataset
     assert check_samples(held_out, stats[dataset], 1) == []
     one_class = data.images[data.labels == 1][:32]  # trousers / ones: the least varied class
     assert check_samples(one_class, stats[dataset], 1) == []
+
+
+def test_sample_judges_a_healthy_checkpoint_silently(stats, tmp_path, capsys):
+    """`difflab sample` judges its samples by the data statistics a checkpoint records: the
+    shipped Fashion-MNIST weights, given their data's statistics as a run records them, draw
+    no warning (the noisy few-step run's warning: test_training_health)."""
+    copy = tmp_path / "fashion-mnist"
+    shutil.copytree(WEIGHTS_DIR / "fashion-mnist", copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["data_stats"] = stats_to_dict(stats["fashion_mnist"])
+    (copy / "config.json").write_text(json.dumps(config))
+    write_manifest(copy)
+    assert main(["sample", str(copy), "-n", "16", "--out", str(tmp_path / "s.png")]) == 0
+    err = capsys.readouterr().err
+    for said in ("still noise", "near-black", "near-white", "flat shade", "pixels are pure",
+                 "nearly alike"):
+        assert said not in err, err
 
 
 def _smooth_rgb(n: int, seed: int) -> torch.Tensor:

@@ -8,12 +8,15 @@ import torch
 from tiny_run import TINY, as_flags, tiny_config
 
 from difflab.checkpoints.names import resolve_checkpoint
-from difflab.checkpoints.store import load_checkpoint, load_weights_into
+from difflab.checkpoints.store import load_checkpoint, load_weights_into, write_manifest
 from difflab.cli import main
 from difflab.config import load_config
+from difflab.pipeline import Generator
 from difflab.runs import report
+from difflab.training import health
 from difflab.training.step_settings import StepSettings
 from difflab.training.trainer import Trainer
+from difflab.web import training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,3 +126,45 @@ def test_an_autoencoder_run_is_judged_by_its_reconstructions_alone(tmp_path):
     stats = health.data_stats(tr.data.images)
     assert [f.kind for f in health.check_samples(perfect, stats, 2)] == ["collapse"]
     assert health.check_samples(report.health_view(tr, perfect), stats, 2) == []
+
+
+def test_sampling_a_checkpoint_later_says_what_its_run_would(tmp_path, capsys):
+    """A run records its data's statistics in the checkpoint, so `difflab sample` can judge the
+    samples it just drew as the run's own checks do: a few-step run's are still noise. A
+    checkpoint whose record is damaged (untrusted input) is sampled without judging, and a
+    trained model's samples draw no warning."""
+    run = tmp_path / "run"
+    assert main(["train", "digits8", "--steps", "2", "--out", str(run), "--no-report",
+                 "--no-check", *as_flags([*TINY, "sample.steps=8"])]) == 0
+    config = json.loads((run / "last" / "config.json").read_text())
+    assert health.stats_from_dict(config["data_stats"]) is not None
+    capsys.readouterr()
+    assert main(["sample", str(run / "last"), "-n", "16", "--out", str(tmp_path / "a.png")]) == 0
+    err = capsys.readouterr().err
+    assert "difflab: warning: step 2: samples are still noise (high-frequency energy" in err
+    # the web page judges by the record too (here a changed one, to tell it from the
+    # statistics of the dataset it would load otherwise)
+    config["data_stats"]["count"] = 3
+    (run / "last" / "config.json").write_text(json.dumps(config))
+    write_manifest(run / "last")
+    assert training_data.data_stats(Generator.from_checkpoint(run / "last")).count == 3
+    # a damaged record, in a checkpoint whose manifest matches it (as one from elsewhere
+    # can): judged by nothing, and no failure
+    config["data_stats"]["hf_median"] = float("nan")
+    (run / "last" / "config.json").write_text(json.dumps(config))
+    write_manifest(run / "last")
+    assert main(["sample", str(run / "last"), "-n", "16", "--out", str(tmp_path / "b.png")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_recorded_data_statistics_are_trusted_only_when_whole():
+    images = (torch.arange(4 * 64, dtype=torch.float32).reshape(4, 1, 8, 8) % 7 / 3.5 - 1)
+    stats = health.data_stats(images)
+    assert health.stats_from_dict(health.stats_to_dict(stats)) == stats
+    record = health.stats_to_dict(stats)
+    for name, bad in (("count", 1), ("count", 2.5), ("black", 1.5), ("diversity", -0.1),
+                      ("hf_median", float("inf")), ("white", "0.1"), ("flat", True)):
+        assert health.stats_from_dict({**record, name: bad}) is None, (name, bad)
+    assert health.stats_from_dict({**record, "extra": 0.0}) is None
+    assert health.stats_from_dict({k: v for k, v in record.items() if k != "count"}) is None
+    assert health.stats_from_dict(["not", "a", "record"]) is None

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from difflab import viz
+from difflab.checkpoints.store import trained_steps
 from difflab.cli.errors import CLIError, removed_on_failure, writing
-from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
+from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file, resolve_checkpoint
 from difflab.cli.sampling import (
     add_compile_argument,
     add_sampling_arguments,
@@ -28,6 +30,7 @@ from difflab.cli.sampling import (
 from difflab.data import names_every_class
 from difflab.data.captions import quote_prompt
 from difflab.pipeline.settings import grid_rows
+from difflab.training import health
 
 
 def add_sample_arguments(s: argparse.ArgumentParser) -> None:
@@ -89,6 +92,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             key = "x" if gen.autoencoder is None else "denoised"
             recorder = viz.FrameRecorder(key=key, decode=gen.to_pixels)
         images = gen.generate(args.n, callback=recorder, **kw)
+        say_health(args, gen, images, conditioned=classes is not None or bool(args.prompt))
         nrow = args.nrow or args.per_row or 8
         labels = row_labels if nrow == args.per_row else None  # rows of one condition only
         title = grid_title(args, kw, gen)
@@ -114,6 +118,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
             print(f"difflab: wrote {args.gif}")
     print(f"difflab: wrote {args.n} sample{'s' if args.n != 1 else ''} to {out}")
     return 0
+
+
+# Fewer samples say little of a model (a kind of bad image is reported when a quarter of the
+# samples show it): a single dark garment is not a failing run.
+HEALTH_MIN_SAMPLES = 4
+
+
+def say_health(args: argparse.Namespace, gen, images, conditioned: bool) -> None:
+    """Warn, as the run's own health checks would have, when the samples just drawn are
+    noise, black, flat, saturated or near-copies: judged against the training data's
+    statistics that the checkpoint recorded (difflab.training.health). Checkpoints without
+    them (the shipped ones, runs from before 2026-12-07) are not judged. Samples of one class
+    or prompt are alike by request, so they are not judged for near-copies."""
+    stats = health.stats_from_dict(gen.config.get("data_stats"))
+    if stats is None or len(images) < HEALTH_MIN_SAMPLES:
+        return
+    step = trained_steps(resolve_checkpoint(args.checkpoint))
+    for finding in health.check_samples(images, stats, step):
+        if not (conditioned and finding.kind == "collapse"):
+            print(f"difflab: warning: {finding.message}", file=sys.stderr)
 
 
 def npz_scratch_files(out: Path) -> list[Path]:

@@ -54,8 +54,9 @@ collapse check only catches samples that are near-copies of each other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +221,34 @@ def data_stats(images: Tensor) -> DataStats:
         diversity=dist[dist.isfinite()].mean().item(),
         count=len(idx),
     )
+
+
+def stats_to_dict(stats: DataStats) -> dict[str, float | int]:
+    """`stats` as plain numbers, for a checkpoint's config (so that sampling the checkpoint
+    later can judge its samples without loading the training data)."""
+    return asdict(stats)
+
+
+def stats_from_dict(record: object) -> DataStats | None:
+    """The DataStats a checkpoint's config recorded (`stats_to_dict`), or None when it holds
+    none or they are not what stats_to_dict writes: every field a finite number, fractions
+    and quantiles in [0, 1], at least 2 images. A checkpoint from elsewhere is untrusted, and
+    a health check is advice: one that cannot be trusted is left out, not failed on."""
+    if not isinstance(record, dict) or set(record) != {f.name for f in fields(DataStats)}:
+        return None
+    values = {}
+    for name, value in record.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        # pixels in [0, 1] keep every statistic in [0, 1], but the count and the
+        # high-frequency energy (up to 2, for neighbours that alternate)
+        top = {"count": math.inf, "hf_median": 2.0}.get(name, 1.0)
+        if not (math.isfinite(value) and 0.0 <= value <= top):
+            return None
+        values[name] = value
+    if not isinstance(values["count"], int) or values["count"] < 2:
+        return None
+    return DataStats(**values)
 
 
 # ------------------------------------------------------------------------------ checks

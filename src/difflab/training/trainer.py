@@ -226,7 +226,17 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.net.parameters()),
             "trained_on": self.machine_record(),
             **({"guide": {"step": self.guide_step}} if self.guide is not None else {}),
+            # what the training images look like, so that sampling the checkpoint can judge
+            # its samples as the run's health checks do, without the data at hand
+            **({"data_stats": health.stats_to_dict(self.data_stats())}
+               if self.kind != "autoencoder" and len(self.data) >= 2 else {}),
         }
+
+    def data_stats(self) -> health.DataStats:
+        """The training images' statistics the health checks judge samples against (once)."""
+        if self._data_stats is None:
+            self._data_stats = health.data_stats(self.data.images)
+        return self._data_stats
 
     def machine_record(self) -> dict:
         """Where and how this run trained: hardware, precision, threads and why (provenance)."""
@@ -626,9 +636,7 @@ class Trainer:
         keep them in `self.findings`."""
         findings = health.check_weights(self.ema.model, self.step)
         if draw is not None and not findings:
-            if self._data_stats is None:
-                self._data_stats = health.data_stats(self.data.images)
-            findings += health.check_samples(draw(), self._data_stats, self.step,
+            findings += health.check_samples(draw(), self.data_stats(), self.step,
                                              reconstructions=self.kind == "autoencoder")
         expected = self.step_settings.seconds_per_step if self.step_settings else None
         if expected and self.seconds_per_step:

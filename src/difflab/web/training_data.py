@@ -5,8 +5,9 @@ the health warnings beside generated images (the training run's checks, on the p
 black, white, flat, saturated, near-copies); a run prints its findings while it trains. The
 page runs the same check on the images it just drew, so a checkpoint that draws noise says so
 beside its pictures instead of leaving the reader to guess. The data's statistics come from
-the checkpoint's own data settings, once per dataset; only the built-in datasets, which are on
-disk once installed, are loaded (never a download, never an arbitrary image folder).
+the checkpoint itself when it recorded them (runs since 2026-12-07, own image folders too), else
+from its data settings, once per dataset; only the built-in datasets, which are on disk once
+installed, are loaded (never a download, never an arbitrary image folder).
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def training_images(gen: Generator) -> tuple[torch.Tensor, str]:
 
 
 def data_stats(gen: Generator) -> health.DataStats | str:
-    """The training data's statistics for `gen`'s checkpoint, or why there are none."""
+    """The training data's statistics for `gen`'s checkpoint, or why there are none: those
+    the checkpoint recorded (runs since 2026-12-07, on any data), else those of its built-in
+    dataset."""
+    recorded = health.stats_from_dict(gen.config.get("data_stats"))
+    if recorded is not None:
+        return recorded
     try:
         images, key = training_images(gen)
     except ValueError as e:
