@@ -222,6 +222,9 @@ def main() -> None:
     ap.add_argument("--nfe-samplers", nargs="*",
                     help="samplers to sweep (default: NFE_SAMPLERS of each objective; "
                     "'preset': each preset's own [sample] sampler)")
+    ap.add_argument("--nfe-autoguidance", type=float, metavar="W",
+                    help="the sweep's autoguidance weight (1: the model alone, which the "
+                    "solvers' convergence is read on; default: the checkpoint's own)")
     ap.add_argument("--eval-only", action="store_true",
                     help="no training: score the checkpoints already in --work")
     ap.add_argument("--no-eval", action="store_true",
@@ -340,8 +343,10 @@ def main() -> None:
         for sampler in [preset_sampler if s == "preset" else s for s in samplers]:
             for nfe in args.nfe:
                 steps = steps_for(sampler, nfe)
+                guided = ({} if args.nfe_autoguidance is None
+                          else {"autoguidance": args.nfe_autoguidance})
                 row = evaluate(folder, args.nfe_samples, args.seeds[0], sampler=sampler,
-                               steps=steps, **reference)
+                               steps=steps, **guided, **reference)
                 row = {"objective": objective, "seed": args.seeds[0], **row}
                 record["nfe_sweep"] = [
                     r for r in record["nfe_sweep"]
