@@ -10,6 +10,7 @@ models in `difflab/weights/`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from difflab.checkpoints.store import MODEL_FILE, checkpoint_candidates
@@ -32,7 +33,17 @@ def _is_run_folder(folder: Path) -> bool:
 
 def resolve_checkpoint(name: str | Path) -> Path:
     """A checkpoint folder, or the name of one shipped with difflab (e.g. 'fashion-mnist')."""
+    if not isinstance(name, str | os.PathLike):
+        raise TypeError(f"a checkpoint is a folder or a shipped model's name (a str or a "
+                        f"path), got {type(name).__name__} {name!r}")
+    if not str(name).strip():  # Path("") is the current folder, which is never meant
+        raise FileNotFoundError(
+            f"the checkpoint's name is empty; give a checkpoint folder or one of the shipped "
+            f"models: {', '.join(shipped_models()) or 'none'}")
     p = Path(name)
+    if p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(name)!r} is a file; a checkpoint is a folder "
+                                "(config.json, model.safetensors, ...)")
     if p.is_dir():
         if _is_run_folder(p):
             return p / "last"

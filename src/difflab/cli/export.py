@@ -83,6 +83,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.command_line:
         provenance["command"] = args.command_line
     dtype = torch.float16 if args.fp16 else None
+    if not str(args.out).strip():  # Path("") is the current folder, which is never meant
+        raise CLIError("the destination folder's name is empty; give a new folder")
     check_export_destination(src, Path(args.out), force=args.force)
     if not args.quiet:  # one read and one write: a line to say what runs, not a bar
         how = "float16" if args.fp16 else "as stored"

@@ -59,6 +59,8 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     folder, a path through a file) or that holds a file difflab did not write: difflab
     replaces its own pictures and sample files (rerunning a command is common), never the
     user's."""
+    if not str(path).strip():  # Path("") is the current folder, which is never meant
+        raise CLIError(f"{flag} is empty; give a file name")
     path = Path(path)
     if path.is_dir():
         raise CLIError(f"{flag} {path} is a folder; give a file name")

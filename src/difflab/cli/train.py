@@ -84,7 +84,9 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--device", type=device_name,
                    help="cpu, cuda, cuda:1 (default: cuda when available)")
-    t.add_argument("--no-report", action="store_true", help="skip the pictures at the end")
+    t.add_argument("--no-report", action="store_true",
+                   help="skip the report at the end: the forward-process and sample pictures, "
+                   "the reverse-process GIF, the loss curve and command.sh")
     t.add_argument("--no-check", action="store_true",
                    help="skip the health check at the end (it draws 32 samples to see whether "
                    "they look like data)")

@@ -36,6 +36,9 @@ class GaussianMixtureOracle:
             self.means = self.means[None]
         k = self.means.shape[0]
         self.stds = torch.as_tensor(stds, dtype=torch.float64).expand(k).clone()
+        if not (self.stds.isfinite() & (self.stds > 0)).all():
+            raise ValueError(f"a component's std must be a finite number > 0, got "
+                             f"{self.stds.tolist()}")
         w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else weights
         self.weights = torch.as_tensor(w, dtype=torch.float64) / torch.as_tensor(w).sum()
         self.nfe = 0  # model evaluations, counted for benchmarks
@@ -52,9 +55,16 @@ class GaussianMixtureOracle:
         logpdf = -0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
         return logpdf, var
 
+    def _flat(self, x: Tensor) -> Tensor:
+        """x as (B, D) float64, refused in one line when its points are not D numbers each."""
+        if x.ndim < 1 or x.shape[0] == 0 or x[0].numel() != self.dim:
+            raise ValueError(f"this oracle's data has {self.dim} dimensions: give x of shape "
+                             f"(N, {self.dim}) with N >= 1, got {tuple(x.shape)}")
+        return x.reshape(x.shape[0], -1).double()
+
     def log_prob(self, x: Tensor, t: Tensor | float | None = None) -> Tensor:
         """log p_t(x) of the noisy marginal (t=None: the data density itself)."""
-        flat = x.reshape(x.shape[0], -1).double()
+        flat = self._flat(x)
         if t is None:
             alpha = torch.ones(flat.shape[0], dtype=torch.float64)
             sigma = torch.zeros(flat.shape[0], dtype=torch.float64)
@@ -67,7 +77,7 @@ class GaussianMixtureOracle:
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         self.nfe += 1
         shape, dtype = x.shape, x.dtype
-        flat = x.reshape(shape[0], -1).double()
+        flat = self._flat(x)
         t = as_time(t, shape[0]).to(torch.float64).cpu()
         alpha, sigma = self.process.alpha(t), self.process.sigma(t)
         logpdf, var = self._component_logpdf(flat, alpha, sigma)
@@ -91,6 +101,8 @@ def gaussian_oracle(
     process: NoiseProcess, mean: Tensor | float, std: float, dim: int
 ) -> GaussianMixtureOracle:
     """The optimal denoiser for N(mean, std^2 I) in `dim` dimensions."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a whole number >= 1, got {dim!r}")
     mu = torch.as_tensor(mean, dtype=torch.float64).expand(dim).clone()
     return GaussianMixtureOracle(process, mu[None], std)
 

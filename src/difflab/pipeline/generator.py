@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -65,7 +66,7 @@ from difflab.models.caption_bank import (
 )
 from difflab.models.conditioning import TextCondition
 from difflab.models.text import TextConditioned, text_encoder_from_spec
-from difflab.ownership import MARK, MARK_KEY
+from difflab.ownership import MARK, MARK_KEY, written_by_difflab
 from difflab.pipeline.attention_guidance import (
     AttentionGuidedDenoiser,
     SampleEnergy,
@@ -84,6 +85,7 @@ from difflab.pipeline.settings import (
     FALLBACK_SAMPLER,
     SamplingSettings,
     check_sampling_inputs,
+    check_strength,
     is_guided,
     result_count,
 )
@@ -101,6 +103,7 @@ Tensor = torch.Tensor
 # diffusers' pipeline keywords a user may bring along, and what difflab calls them
 DIFFUSERS_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance",
                    "num_images_per_prompt": "n (the first argument)"}
+PRECISIONS = ("fp32", "bf16")  # what the network runs in while sampling
 GUIDANCE_NEEDS_CONDITION = "guidance needs a conditional checkpoint and a class or a prompt"
 
 
@@ -364,7 +367,7 @@ class Generator:
                 raise ValueError(
                     "autoguidance and guidance are two ways to guide the same steps: give one"
                 )
-            check_sampling_inputs(1, None, given, 1)
+            check_sampling_inputs(1, None, given, 1, guidance_name="autoguidance")
             source["autoguidance"] = "given"
             return float(given)
         if "autoguidance" in defaults and guidance is None:
@@ -405,6 +408,9 @@ class Generator:
         elif not isinstance(classes, list | tuple | np.ndarray | Tensor):
             raise ValueError(f"classes must be a class name or index, or a list of them, got "
                              f"{type(classes).__name__} {classes!r}")
+        if len(classes) == 0:
+            raise ValueError("classes is an empty list; give at least one class, or leave "
+                             "classes out (None) to draw without one")
         if self.num_classes is None:
             kind = ("text-conditional: it takes a prompt, not a class" if self.takes_text
                     else "unconditional: it takes no class")
@@ -430,6 +436,9 @@ class Generator:
             return None
         if not self.takes_text:
             raise ValueError(f"this checkpoint takes no text: drop {what}")
+        if not isinstance(prompt, str | list | tuple):
+            raise ValueError(f"{what} must be a string or a list of strings, got "
+                             f"{type(prompt).__name__} {prompt!r}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError(f"{what} is an empty list; give at least one prompt")
@@ -777,6 +786,9 @@ class Generator:
         evaluations so far (:class:`SamplingProgress`); off by default, the library is quiet.
         `compile`: run the networks through torch.compile (:class:`CompiledNetwork`; worth it
         only for long jobs: :func:`~difflab.pipeline.compiled.choose_compile` says when).
+        `precision`: "fp32", or "bf16" (the network under autocast; faster only where the
+        hardware runs bf16 natively). `callback`: a function called with each step's state
+        (a dict: "x", "i", "t", "denoised", ...; :class:`~difflab.viz.FrameRecorder` is one).
         `relation_guidance` s: steer a prompt's two objects to the relation it names with the
         model's cross-attention maps (:mod:`~difflab.pipeline.relation_guidance`; 0: off;
         prompts without a relation are sampled as without it); `binding_guidance` s:
@@ -792,8 +804,13 @@ class Generator:
             raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
             raise ValueError(f"first (the index of a sample) must be an int >= 0, got {first!r}")
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        check_strength(strength)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (bf16 runs the "
+                             f"network under autocast), got {precision!r}")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be a function of one dict (each step's state), "
+                             f"got {type(callback).__name__} {callback!r}")
         clip = self._clip(clip)
         labels_all = self.resolve_labels(classes, n)
         prompts = self._prompts(prompt, n, "prompt")
@@ -921,8 +938,7 @@ class Generator:
         PIL image, a numpy array or torch tensor (H, W), (C, H, W), (H, W, C), (N, C, H, W),
         ..., uint8 0..255 or float 0..1 / -1..1). `n`: how many results; one image is
         re-drawn n times, a batch gives one result per image (n may be omitted)."""
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        check_strength(strength)
         pixels = as_image_tensor(image, self.image_shape, "image")
         n = result_count(n, len(pixels), "images")
         init = self.to_model_space(pixels)
@@ -974,11 +990,16 @@ class Generator:
     def generate_to_npz(self, path: str | Path, n: int, **kwargs: Any) -> Path:
         """Stream n samples into an .npz with `images` uint8 (N, C, H, W), plus `labels` of a
         class model and, for a prompt, `prompts` (one string per image, what `difflab eval
-        --images FILE --geneval` reads)."""
+        --images FILE --geneval` reads). The samples stream through PATH's `.images.npy`
+        twin, which goes at the end. Refused before any sampling: another suffix than .npz, a
+        folder that does not exist, and a file at PATH (or its twins) that difflab did not
+        write, which it never replaces."""
         path = Path(path)
+        scratch = (path.with_suffix(".images.npy"), path.with_name(path.name + ".tmp.npz"))
+        _check_npz_path(path, scratch)
         prompts = self._prompts(kwargs.get("prompt"), n, "prompt")
         images = np.lib.format.open_memmap(
-            path.with_suffix(".images.npy"), mode="w+", dtype=np.uint8, shape=(n, *self.image_shape)
+            scratch[0], mode="w+", dtype=np.uint8, shape=(n, *self.image_shape)
         )
         labels = np.zeros(n, dtype=np.int64)
         has_labels, i = False, 0
@@ -993,12 +1014,27 @@ class Generator:
             arrays["labels"] = labels
         if prompts is not None:
             arrays["prompts"] = np.array(prompts)  # a unicode array: loads without pickles
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        np.savez(scratch[1], **arrays)
+        scratch[1].replace(path)
         del images
-        path.with_suffix(".images.npy").unlink()
+        scratch[0].unlink()
         return path
+
+
+def _check_npz_path(path: Path, scratch: tuple[Path, ...]) -> None:
+    """What generate_to_npz refuses before it samples (its docstring)."""
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"{path}: samples are written as an .npz file; give a path ending in "
+                         ".npz")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: the folder {path.parent} does not exist; make it first")
+    if os.path.lexists(path) and (path.is_symlink() or not written_by_difflab(path)):
+        raise ValueError(f"{path} exists and difflab did not write it, so difflab leaves it "
+                         "alone; give another file name, or move that file away")
+    for twin in scratch:
+        if os.path.lexists(twin):
+            raise ValueError(f"{path}: {twin} exists, and the samples stream through a file of "
+                             "that name; move it away or choose another path")
 
 
 # Frames of these packages are passed over when a warning names the line that caused it.

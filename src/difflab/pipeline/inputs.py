@@ -55,6 +55,8 @@ def read_image_file(path: str | Path, what: str = "image") -> Any:
     """A PIL image decoded from `path`; any failure is a ValueError that names the file
     and what is wrong (missing, a folder, not an image, corrupt, too large)."""
     name = str(path)
+    if not name.strip():  # Path("") is the current folder, which is never meant
+        raise ValueError(f"the {what}'s file name is empty; give an image file")
     if not Path(path).exists():
         raise ValueError(f"cannot read {what} {name!r}: it does not exist")
     if Path(path).is_dir():

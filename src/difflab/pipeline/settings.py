@@ -90,14 +90,20 @@ def is_guided(guidance: float | None, autoguidance: float | None) -> bool:
     return guidance is not None or (autoguidance is not None and autoguidance != 1.0)
 
 
-def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any) -> None:
+def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any,
+                          guidance_name: str = "guidance") -> None:
     """Refuse counts and scales that would silently draw garbage or allocate without bound:
-    guidance inf or 1e9 turns every sample into saturated noise, NaN passes `x < 0` checks."""
+    guidance inf or 1e9 turns every sample into saturated noise, NaN passes `x < 0` checks.
+    `guidance_name`: what the scale is called in the message (autoguidance is checked here
+    too)."""
 
     def whole(value: Any) -> bool:
         return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
-    if not whole(n) or n < 1:
+    if not whole(n):
+        raise ValueError(f"the number of images must be a whole number (an int), got "
+                         f"{type(n).__name__} {n!r}")
+    if n < 1:
         raise ValueError(f"number of images must be >= 1, got {n!r}")
     if not whole(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
@@ -109,7 +115,15 @@ def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any) ->
         or not isinstance(guidance, int | float | np.number)
         or float(guidance) not in allowed
     ):
-        raise ValueError(f"guidance must be a finite number {allowed}, got {guidance!r}")
+        raise ValueError(f"{guidance_name} must be a finite number {allowed}, got {guidance!r}")
+
+
+def check_strength(strength: Any) -> None:
+    """img2img's strength: a number in [0, 1] (0 keeps the image, 1 ignores it)."""
+    if (isinstance(strength, bool) or not isinstance(strength, int | float | np.number)
+            or not 0.0 <= float(strength) <= 1.0):
+        raise ValueError(f"strength must be a number in [0, 1] (0 keeps the image, 1 ignores "
+                         f"it), got {strength!r}")
 
 
 def result_count(n: int | None, given: int, what: str) -> int:

@@ -166,6 +166,11 @@ def sample(
     takes its own; one it does not take is a ValueError that lists those it does)."""
     fn = get_sampler(sampler)
     check_sampler_options(sampler, options)
+    if (not isinstance(shape, Sequence | torch.Size) or isinstance(shape, str) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                       for d in shape)):
+        raise ValueError(f"shape must be a tuple of whole numbers >= 1, (batch, ...) e.g. "
+                         f"(16, 1, 28, 28), got {shape!r}")
     process = denoiser.process
     timesteps = default_timesteps(sampler, process, steps, spacing, sigma_max)
     x = randn(shape, generator, device, dtype) * process.prior_std()
