@@ -144,7 +144,7 @@ def test_img2img_strength(gen, folders):
     out = gen.img2img(image, "a zero", strength=0.5, steps=10, seed=1)
     assert out.shape == (2, 1, 8, 8)
     for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"strength must be a number in \[0, 1\]"):
             gen.img2img(image, "a zero", strength=bad)
 
 

@@ -186,10 +186,11 @@ def test_export_asks_for_snapshots_a_run_did_not_keep_in_one_line(tmp_path, caps
                      "--ema-length", bad])
         err = capsys.readouterr().err.strip()
         assert code == 2 and "argument --ema-length: must be" in err and "exporting" not in err
-    for flag, bad in (("--command-line", "x\x01y"), ("--hardware", " ")):
+    for flag, bad, said in (("--command-line", "x\x01y", "one line of printable text"),
+                            ("--hardware", " ", "argument --hardware: the value is empty")):
         assert main(["export", str(tmp_path / "run" / "last"), str(tmp_path / "x"),
                      flag, bad]) == 2
-        assert "one line of printable text" in capsys.readouterr().err
+        assert said in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert math.isfinite(MAX_SIGMA_REL)
 

@@ -115,7 +115,14 @@ def test_an_empty_or_wrong_checkpoint_name_is_named(tmp_path):
 @pytest.mark.parametrize("argv, said", [
     (["sample", "", "--out", "{tmp}/s.png"], "the checkpoint's name is empty"),
     (["info", ""], "the checkpoint's name is empty"),
-    (["sample", "fashion-mnist", "-n", "1", "--out", ""], "--out is empty; give a file name"),
+    (["sample", "fashion-mnist", "-n", "1", "--out", ""], "argument --out: the value is empty"),
+    (["sample", "fashion-mnist", "-n", "1", "--gif", ""], "argument --gif: the value is empty"),
+    (["eval", "fashion-mnist", "--json", " "], "argument --json: the value is empty"),
+    (["train", "digits8", "--init-from", ""], "argument --init-from: the value is empty"),
+    (["train", "digits8", "--out", ""], "argument --out: the value is empty"),
+    (["viz", "forward", "--config", ""], "argument --config: the value is empty"),
+    (["sample", "fashion-text", "--prompt", ""], "argument --prompt: the value is empty"),
+    (["sample", "fashion-text", "--prompt", "a", ""], "unrecognized arguments: ''"),
     (["export", "fashion-mnist", ""], "the destination folder's name is empty"),
     (["img2img", "fashion-mnist", "", "--out", "{tmp}/e.png"], "the image's file name is empty"),
 ])
@@ -125,3 +132,44 @@ def test_an_empty_name_on_the_command_line_is_one_line(argv, said, tmp_path, cap
     assert code == 2 and said in err, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["sample", "fashion-mnist", "-n", "1", "--out", "{tmp}/s.npz", "--nrow", "2"],
+     "--nrow lays out the PNG grid, and an .npz --out writes no grid"),
+    (["sample", "fashion-mnist", "-n", "1", "--out", "{tmp}/s.npz", "--scale", "1"],
+     "--scale lays out the PNG grid"),
+    (["eval", "--images", "{tmp}/none.npz", "--dataset", "digits", "--sampler", "heun"],
+     "--sampler shapes how a checkpoint's samples are drawn; --images are drawn already"),
+    (["eval", "--images", "{tmp}/none.npz", "--dataset", "digits", "--autoguidance", "2"],
+     "--autoguidance shapes how"),
+    (["eval", "fashion-mnist", "--nll-timesteps", "2"], "--nll-timesteps sets the NLL's "
+     "estimate: it goes with --nll"),
+    (["eval", "fashion-mnist", "--negative-prompt", "a bag"], "--negative-prompt steers the "
+     "prompts of --geneval's samples"),
+])
+def test_a_flag_the_command_would_not_read_is_refused(argv, said, tmp_path, capsys):
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_through_a_file_is_refused_before_it_starts(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine\n")
+    assert main(["export", "fashion-mnist", str(tmp_path / "afile" / "sub")]) == 2
+    out, err = capsys.readouterr()
+    assert "afile is a file, not a folder; give a new folder" in err and "exporting" not in out
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_img2img_at_strength_0_says_nothing_is_sampled(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.full((28, 28), 90, np.uint8)).save(tmp_path / "in.png")
+    assert main(["img2img", "fashion-mnist", str(tmp_path / "in.png"), "--strength", "0",
+                 "-n", "1", "--bare", "--scale", "1", "--out", str(tmp_path / "e.png")]) == 0
+    out = capsys.readouterr().out
+    assert "strength 0 keeps the image" in out and "sampling with" not in out
+    kept = np.asarray(Image.open(tmp_path / "e.png").convert("L"))
+    assert kept.shape == (28, 28) and (kept == 90).all()

@@ -22,7 +22,13 @@ from difflab.checkpoints.names import resolve_checkpoint
 from difflab.checkpoints.store import peek_config
 from difflab.cli.errors import CLIError, writing
 from difflab.cli.inputs import CHECKPOINT_HELP, check_output_file
-from difflab.cli.sampling import add_sampling_arguments, check_grid, load_generator, sampling_kwargs
+from difflab.cli.sampling import (
+    add_sampling_arguments,
+    check_grid,
+    grid_scale,
+    load_generator,
+    sampling_kwargs,
+)
 from difflab.data.transforms import pil_to_array, resize_center_crop, upright_size
 from difflab.pipeline import (
     DEFAULT_IMG2IMG_STRENGTH,
@@ -166,7 +172,7 @@ def _save_edits(images, args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with writing(out):
-        viz.save_grid(images, out, nrow=args.nrow or 8, scale=args.scale,
+        viz.save_grid(images, out, nrow=args.nrow or 8, scale=grid_scale(args),
                       padding=0 if args.bare else 2)
     print(f"difflab: wrote {len(images)} image{'s' if len(images) != 1 else ''} to {out}")
     return 0

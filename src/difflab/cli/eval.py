@@ -161,10 +161,33 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+# Flags that shape how a checkpoint's samples are drawn: --images are drawn already.
+_DRAWING_FLAGS = ("sampler", "steps", "guidance", "guidance_interval", "autoguidance",
+                  "sigma_max", "rho")
+
+
+def _refuse_unread_flags(args: argparse.Namespace) -> None:
+    """A flag the evaluation asked for would not read is refused, not silently ignored."""
+    def flag(dest: str) -> str:
+        return "--" + dest.replace("_", "-")
+
+    if args.images is not None:
+        for dest in _DRAWING_FLAGS:
+            if getattr(args, dest) is not None:
+                raise ValueError(f"{flag(dest)} shapes how a checkpoint's samples are drawn; "
+                                 "--images are drawn already: drop it")
+    if args.nll_timesteps is not None and not args.nll:
+        raise ValueError("--nll-timesteps sets the NLL's estimate: it goes with --nll")
+    if args.negative_prompt is not None and not (args.geneval and args.images is None):
+        raise ValueError("--negative-prompt steers the prompts of --geneval's samples; it goes "
+                         "with --geneval and a checkpoint")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """`difflab eval`: print the report's table, write JSON with --json. Bad input raises
     ValueError / FileNotFoundError with a message for the user."""
     verbose = not getattr(args, "quiet", False)
+    _refuse_unread_flags(args)
     if args.json:  # found out now, not after minutes of sampling
         check_output_file(args.json, "--json")
     if args.compile is not None and (args.geneval or args.images is not None):

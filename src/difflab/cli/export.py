@@ -123,6 +123,11 @@ def check_export_destination(src: Path, dest: Path, *, force: bool) -> None:
     """Export writes its folder whole, replacing what is there; so it writes only where
     nothing is lost: a new or empty folder, or (--force) an earlier sampling-only export. Never
     the checkpoint being exported, a folder around it or inside it, whatever --force says."""
+    for parent in dest.parents:  # before "exporting ...": a path through a file
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{dest}: {parent} is a file, not a folder; give a new folder")
+            break
     s, d = src.resolve(), dest.resolve()
     if d == s:
         raise CLIError(f"{dest} is the checkpoint being exported; give a new folder")

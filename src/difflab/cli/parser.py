@@ -51,8 +51,8 @@ class _Parser(argparse.ArgumentParser):
             near = difflib.get_close_matches(extras[0].split("=", 1)[0], flags, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             where = (sub or self).prog
-            raise CLIError(f"unrecognized arguments: {' '.join(extras)}{hint} (see {where} "
-                           "--help)")
+            shown = " ".join(e if e.strip() else repr(e) for e in extras)  # '' is seen
+            raise CLIError(f"unrecognized arguments: {shown}{hint} (see {where} --help)")
         return known
 
     def _get_values(self, action: argparse.Action, arg_strings: list[str]):
@@ -60,6 +60,11 @@ class _Parser(argparse.ArgumentParser):
         # place, which fails much later as a TypeError; a lone "--" is never a value here.
         if action.nargs is None and action.option_strings and arg_strings == ["--"]:
             raise argparse.ArgumentError(action, "expected one argument, got '--'")
+        # An empty value (`--gif ""`, `--json ""`, `--init-from ""`) would read as the flag left
+        # out (`if args.gif:`) or as the current folder (Path("")): neither is what was typed.
+        if action.option_strings and any(not a.strip() for a in arg_strings):
+            raise argparse.ArgumentError(action, "the value is empty; give one, or leave the "
+                                         "flag out")
         return super()._get_values(action, arg_strings)
 
 

@@ -24,6 +24,7 @@ from difflab.cli.sampling import (
     add_sampling_arguments,
     check_grid,
     compiling,
+    grid_scale,
     load_generator,
     sampling_kwargs,
 )
@@ -63,6 +64,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.bare and out.suffix == ".npz":
         raise CLIError("--bare leaves the grid's frame and title off a picture; an .npz --out "
                        "holds the samples alone already")
+    for flag, given in (("--nrow", args.nrow), ("--scale", args.scale)):
+        if given is not None and out.suffix == ".npz":
+            raise CLIError(f"{flag} lays out the PNG grid, and an .npz --out writes no grid: "
+                           f"give a .png --out with {flag}, or drop {flag}")
     if args.gif and out.suffix == ".npz":
         raise CLIError("--gif shows the grid's reverse process, and an .npz --out writes no "
                        "grid: give a .png --out with --gif, or drop --gif")
@@ -98,9 +103,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         title = grid_title(args, kw, gen)
         with writing(out):
             if args.bare:  # the images alone: -n 1 --scale 1 is the sample itself
-                viz.save_grid(images, out, nrow=nrow, scale=args.scale, padding=0)
+                viz.save_grid(images, out, nrow=nrow, scale=grid_scale(args), padding=0)
             else:
-                viz.save_grid(images, out, nrow=nrow, scale=args.scale, row_labels=labels,
+                viz.save_grid(images, out, nrow=nrow, scale=grid_scale(args), row_labels=labels,
                               title=title)
         if recorder is not None:
             with writing(Path(args.gif)):
@@ -108,7 +113,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     recorder.finish() + [images],
                     args.gif,
                     nrow=nrow,
-                    scale=args.scale,
+                    scale=grid_scale(args),
                     max_frames=60,
                     hold_last_ms=2000,
                     frame_labels=recorder.labels + ["final sample"],

@@ -43,6 +43,12 @@ from difflab.samplers import SAMPLERS
 # together: 2**30. A 100x100 grid of 28x28 images at --scale 2 is 31 MP.
 MAX_GRID_PIXELS = 2**27
 MAX_GIF_PIXELS = 2**30
+GRID_SCALE = 2  # --scale's default: each pixel of a PNG grid drawn as 2x2
+
+
+def grid_scale(args: argparse.Namespace) -> int:
+    """--scale, or its default when it was left out."""
+    return args.scale or GRID_SCALE
 
 
 def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
@@ -103,7 +109,8 @@ def add_sampling_arguments(s: argparse.ArgumentParser, default_n: int) -> None:
     )
     s.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=256)
     s.add_argument("--nrow", type=int_in(1, MAX_GRID))
-    s.add_argument("--scale", type=int_in(1, MAX_SCALE), default=2, help="upscale the PNG grid")
+    s.add_argument("--scale", type=int_in(1, MAX_SCALE),
+                   help=f"upscale the PNG grid (default {GRID_SCALE})")
     s.add_argument(
         "--no-clip", action="store_true", help="do not clip x0 to [-1, 1] (pixel models)"
     )
@@ -292,6 +299,10 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
     eta = args.eta if args.eta is not None else settings.eta
     if eta is not None:
         kw["eta"] = eta
+    if strength == 0.0:  # Generator.img2img returns the image, through the autoencoder
+        print("difflab: strength 0 keeps the image (a latent model's through its autoencoder): "
+              "nothing is sampled, so no sampler, steps, guidance or prompt applies")
+        return kw
     print(describe_sampling(settings, eta))
     if settings.relation_guidance:
         # What was read in each prompt; a prompt with no relation is worth a line only when
@@ -387,11 +398,11 @@ def check_grid(args: argparse.Namespace, shape: tuple[int, ...], frames: int = 1
     if args.n > MAX_GRID:
         raise CLIError(f"-n {args.n}: a PNG grid holds at most {MAX_GRID} images; write an "
                        ".npz (--out FILE.npz) for more")
-    pixels = args.n * shape[-2] * shape[-1] * args.scale**2
+    pixels = args.n * shape[-2] * shape[-1] * grid_scale(args)**2
     limit, what = (MAX_GRID_PIXELS, "the grid") if frames == 1 else (MAX_GIF_PIXELS, "the GIF")
     if pixels * frames > limit:
         raise CLIError(
-            f"-n {args.n} at --scale {args.scale}: {what} would be "
+            f"-n {args.n} at --scale {grid_scale(args)}: {what} would be "
             f"{pixels * frames / 1e6:.0f} megapixels, more than {limit / 1e6:.0f}; lower -n "
             "or --scale"
         )
