@@ -173,3 +173,21 @@ def test_img2img_at_strength_0_says_nothing_is_sampled(tmp_path, capsys):
     assert "strength 0 keeps the image" in out and "sampling with" not in out
     kept = np.asarray(Image.open(tmp_path / "e.png").convert("L"))
     assert kept.shape == (28, 28) and (kept == 90).all()
+
+
+def test_no_clip_on_a_latent_model_is_refused(tmp_path, capsys):
+    assert main(["sample", "fashion-text", "--prompt", "a shoe", "-n", "1", "--no-clip",
+                 "--out", str(tmp_path / "s.png")]) == 2
+    assert "fashion-text is a latent model, whose samples are never clipped" in \
+        capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_viz_forward_refuses_a_setting_it_does_not_read(tmp_path, capsys):
+    assert main(["viz", "forward", "--config", "digits8", "--set", "train.lr=1",
+                 "--out", str(tmp_path / "f.png")]) == 2
+    assert "--set train.lr=1: viz forward reads a config's [data] and [diffusion] only" in \
+        capsys.readouterr().err
+    assert main(["viz", "forward", "--config", "digits8", "--set", "diffusion.schedule=linear",
+                 "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").is_file()

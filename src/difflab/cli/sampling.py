@@ -248,6 +248,9 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
         if getattr(args, key) and not args.prompt:
             raise CLIError(f"{_flag(key)} steers what a --prompt says: give one, e.g. "
                            "--prompt 'a red circle to the left of a blue square'")
+    if args.no_clip and gen.autoencoder is not None:  # before any line says what runs
+        raise CLIError(f"--no-clip: {args.checkpoint} is a latent model, whose samples are never "
+                       "clipped (its latents are not confined to [-1, 1]); drop --no-clip")
     if args.nearest_captions and gen.caption_bank is None:  # before any line says what runs
         raise CLIError(f"--nearest-captions reads prompts through a caption bank (a text model "
                        f"trained with text.tokens = 'pooled'); {args.checkpoint} has none: drop "

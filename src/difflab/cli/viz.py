@@ -56,6 +56,10 @@ def cmd_viz(args: argparse.Namespace) -> int:
         steps = {"n_steps": args.timesteps} if args.timesteps else {}
         plot_toy1d(out, seed=args.seed or 0, **steps)
     else:
+        for item in args.set or []:  # forward reads a config's data and its noise process
+            if item.split("=", 1)[0].strip().split(".", 1)[0] not in ("data", "diffusion"):
+                raise CLIError(f"--set {item}: viz forward reads a config's [data] and "
+                               "[diffusion] only; drop it")
         steps = [f"diffusion.timesteps={args.timesteps}"] if args.timesteps else []
         cfg = load_config(resolve_config(args.config or DEFAULT_CONFIG),
                           [*(args.set or []), *steps])
