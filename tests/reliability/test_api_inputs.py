@@ -125,6 +125,7 @@ def test_an_empty_or_wrong_checkpoint_name_is_named(tmp_path):
     (["sample", "fashion-text", "--prompt", "a", ""], "unrecognized arguments: ''"),
     (["export", "fashion-mnist", ""], "the destination folder's name is empty"),
     (["img2img", "fashion-mnist", "", "--out", "{tmp}/e.png"], "the image's file name is empty"),
+    (["train", ""], "config '' is empty; give a TOML file or one of the presets"),
 ])
 def test_an_empty_name_on_the_command_line_is_one_line(argv, said, tmp_path, capsys):
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])

@@ -34,7 +34,8 @@ def resolve_config(name: str) -> Path:
     if cand.is_file():
         return cand
     presets = sorted(f.stem for f in _configs_dir().glob("*.toml"))
-    what = "is a folder, not a TOML file" if p.is_dir() else "not found"
+    what = ("is empty" if not name.strip() else "is a folder, not a TOML file" if p.is_dir()
+            else "not found")
     raise CLIError(
         f"config {name!r} {what}; give a TOML file or one of the presets: {', '.join(presets)}"
     )
