@@ -175,6 +175,9 @@ def test_a_config_with_an_interval_but_no_guidance_is_refused():
         (["fashion-mnist", "--autoguidance", "1"],
          "this draw is unguided (autoguidance 1 is the model alone): give autoguidance above 1"),
         (["fashion-mnist-cond"], "guidance needs a class or a prompt, and none was given"),
+        (["fashion-mnist-cond", "--class", "bag", "--guidance", "1"],
+         "guidance 1 is the conditional model alone (one network call a step): give guidance "
+         "above 1"),
     ],
 )
 def test_an_interval_on_a_draw_that_is_not_guided_is_refused(tmp_path, capsys, argv, why):

@@ -317,7 +317,7 @@ class Generator:
         interval = None
         guided = is_guided(guidance, auto)
         if not guided and guidance_interval is not None:
-            raise ValueError(self._why_no_guidance(conditioned))
+            raise ValueError(self._why_no_guidance(conditioned, guidance))
         if guided:
             if guidance_interval is not None:
                 interval = check_guidance_interval(guidance_interval)
@@ -375,10 +375,13 @@ class Generator:
             return defaults["autoguidance"]
         return None
 
-    def _why_no_guidance(self, conditioned: bool) -> str:
+    def _why_no_guidance(self, conditioned: bool, guidance: float | None) -> str:
         """Why a guidance interval was asked for a draw that is not guided: an interval
         that silently did nothing would look like a setting that works."""
-        if self.guide is not None:
+        if guidance == 1.0:
+            why = "guidance 1 is the conditional model alone (one network call a step)"
+            fix = "give guidance above 1 (e.g. 3), or drop the interval"
+        elif self.guide is not None:
             why = "this draw is unguided (autoguidance 1 is the model alone)"
             fix = "give autoguidance above 1 (e.g. 2), or drop the interval"
         elif not self.conditional:

@@ -85,9 +85,10 @@ class SamplingSettings:
 
 
 def is_guided(guidance: float | None, autoguidance: float | None) -> bool:
-    """Whether a draw calls a second network: classifier-free guidance, or autoguidance at a
-    weight other than 1 (weight 1 is the model alone)."""
-    return guidance is not None or (autoguidance is not None and autoguidance != 1.0)
+    """Whether a draw calls a second network: classifier-free guidance or autoguidance at a
+    weight other than 1 (guidance 1 is the conditional model alone, autoguidance 1 the model
+    alone)."""
+    return any(w is not None and w != 1.0 for w in (guidance, autoguidance))
 
 
 def check_sampling_inputs(n: Any, steps: Any, guidance: Any, batch_size: Any,
