@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from difflab import viz
 from difflab.checkpoints.store import trained_steps
 from difflab.cli.errors import CLIError, removed_on_failure, writing
@@ -30,6 +32,7 @@ from difflab.cli.sampling import (
 )
 from difflab.data import names_every_class
 from difflab.data.captions import quote_prompt
+from difflab.pipeline import Generator
 from difflab.pipeline.settings import grid_rows
 from difflab.training import health
 
@@ -130,7 +133,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 HEALTH_MIN_SAMPLES = 4
 
 
-def say_health(args: argparse.Namespace, gen, images, conditioned: bool) -> None:
+def say_health(args: argparse.Namespace, gen: Generator, images: torch.Tensor,
+               conditioned: bool) -> None:
     """Warn, as the run's own health checks would have, when the samples just drawn are
     noise, black, flat, saturated or near-copies: judged against the training data's
     statistics that the checkpoint recorded (difflab.training.health). Checkpoints without
