@@ -46,9 +46,6 @@ CHECKPOINT_HELP = "a checkpoint folder (a run folder means its last/) or a shipp
 
 def resolve_checkpoint(name: str) -> Path:
     """A checkpoint folder, or the folder of a shipped model: CLIError when there is none."""
-    if Path(name).is_file():
-        raise CLIError(f"checkpoint {name!r} is a file; a checkpoint is a folder (config.json, "
-                       "model.safetensors, ...)")
     try:
         return names.resolve_checkpoint(name)
     except FileNotFoundError as e:
@@ -60,8 +57,6 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     folder, a path through a file) or that holds a file difflab did not write: difflab
     replaces its own pictures and sample files (rerunning a command is common), never the
     user's."""
-    if not str(path).strip():  # Path("") is the current folder, which is never meant
-        raise CLIError(f"{flag} is empty; give a file name")
     path = Path(path)
     if path.is_dir():
         raise CLIError(f"{flag} {path} is a folder; give a file name")

@@ -33,6 +33,7 @@ from difflab.cli.sampling import (
 from difflab.data import names_every_class
 from difflab.data.captions import quote_prompt
 from difflab.pipeline import Generator
+from difflab.pipeline.generator import npz_scratch_files
 from difflab.pipeline.settings import grid_rows
 from difflab.training import health
 
@@ -149,9 +150,6 @@ def say_health(args: argparse.Namespace, gen: Generator, images: torch.Tensor,
             print(f"difflab: warning: {finding.message}", file=sys.stderr)
 
 
-def npz_scratch_files(out: Path) -> list[Path]:
-    """The files Generator.generate_to_npz writes beside OUT.npz while it works."""
-    return [out.with_suffix(".images.npy"), out.with_name(out.name + ".tmp.npz")]
 
 
 def sample_rows(args: argparse.Namespace, gen) -> tuple[list | None, list[str] | None]:
@@ -214,4 +212,3 @@ def grid_title(args: argparse.Namespace, kw: dict, gen) -> str:
         relation_regions=bool(kw.get("relation_regions")),
         negative=quote_prompt(negatives.pop()) if len(negatives) == 1 else None,
     )
-

@@ -998,7 +998,7 @@ class Generator:
         folder that does not exist, and a file at PATH (or its twins) that difflab did not
         write, which it never replaces."""
         path = Path(path)
-        scratch = (path.with_suffix(".images.npy"), path.with_name(path.name + ".tmp.npz"))
+        scratch = npz_scratch_files(path)
         _check_npz_path(path, scratch)
         prompts = self._prompts(kwargs.get("prompt"), n, "prompt")
         images = np.lib.format.open_memmap(
@@ -1022,6 +1022,12 @@ class Generator:
         del images
         scratch[0].unlink()
         return path
+
+
+def npz_scratch_files(path: Path) -> tuple[Path, Path]:
+    """The files Generator.generate_to_npz writes beside PATH.npz while it works: the samples
+    streamed to disk, then the archive before it is renamed into place."""
+    return path.with_suffix(".images.npy"), path.with_name(path.name + ".tmp.npz")
 
 
 def _check_npz_path(path: Path, scratch: tuple[Path, ...]) -> None:
