@@ -48,6 +48,28 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed_losses == losses
 
 
+def test_the_optimizer_step_is_adamws_closed_form_with_the_runs_settings(tmp_path):
+    """The trainer's AdamW (the fused kernel on a CPU) makes the textbook first step
+    (Loshchilov & Hutter 2019, Algorithm 2): p <- p (1 - lr wd) - lr g / (|g| + eps), since
+    after one step m_hat = g and v_hat = g^2; betas, weight decay and eps must be the run's."""
+    tr = Trainer(tiny_config("train.max_steps=1", "train.weight_decay=0.1"), tmp_path,
+                 device="cpu", quiet=True)
+    assert tr.optimizer.param_groups[0]["fused"] is True
+    before = [p.detach().clone() for p in tr.net.parameters()]
+    grads = []
+    hook = tr.optimizer.register_step_pre_hook(
+        lambda opt, *_: grads.extend(p.grad.clone() for p in tr.net.parameters()))
+    tr.step = tr.cfg.train.warmup_steps  # the full learning rate
+    tr.train_step(0.5)
+    hook.remove()
+    group = tr.optimizer.param_groups[0]
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    assert (lr, wd) == (tr.cfg.train.lr, 0.1)
+    for p0, g, p1 in zip(before, grads, tr.net.parameters(), strict=True):
+        expected = p0 * (1 - lr * wd) - lr * g / (g.abs() + eps)
+        torch.testing.assert_close(p1.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
 def test_checkpoint_describes_the_run(tmp_path):
     tr = train(tmp_path / "run", 2)
     ck = load_checkpoint(tmp_path / "run" / "last", with_training_state=True)
