@@ -478,6 +478,20 @@ def test_python_m_difflab_is_the_difflab_command():
     assert done.stderr.startswith("difflab: error: checkpoint 'no-such-model' not found")
 
 
+def test_version_names_difflab_torch_and_python():
+    """`difflab --version`, as a bug report wants it: one line, status 0."""
+    import platform
+    from importlib import metadata
+
+    import difflab
+
+    done = subprocess.run([sys.executable, "-m", "difflab", "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"difflab {difflab.__version__} (torch {metadata.version('torch')}, "
+                           f"Python {platform.python_version()})\n")
+
+
 def test_a_resume_says_which_train_settings_it_changes(tmp_path, capsys):
     """A resume with a [train] setting other than the run's goes on with it, and says so:
     the learning rate jumping silently would pass for an exact resume."""

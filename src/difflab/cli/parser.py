@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import platform
+from importlib import metadata
 from typing import NoReturn
 
+from difflab import __version__
 from difflab.cli.edit import add_img2img_arguments, add_inpaint_arguments
 from difflab.cli.errors import CLIError
 from difflab.cli.eval import add_eval_arguments
@@ -68,9 +71,22 @@ class _Parser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
 
+def version_line() -> str:
+    """What `difflab --version` prints: difflab's version, and the torch and Python it runs on
+    (read from the installed packages' metadata: importing torch would take seconds)."""
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return (f"difflab {__version__} (torch {torch_version}, Python "
+            f"{platform.python_version()})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="difflab", description=DESCRIPTION)
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    p.add_argument("--version", action="version", version=version_line(),
+                   help="print difflab's version and the torch and Python it runs on, and exit")
     # --debug after the command too (`difflab sample ... --debug`); SUPPRESS keeps a command
     # without it from resetting the one given before the command.
     common = _Parser(add_help=False)
