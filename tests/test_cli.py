@@ -553,6 +553,18 @@ def test_nearest_captions_without_a_caption_bank_is_refused_before_anything_runs
             "with text.tokens = 'pooled'); shapes-text has none: drop the flag") in said.err
 
 
+def test_more_nearest_captions_than_the_bank_holds_are_refused_before_anything_runs(capsys):
+    from difflab.pipeline import Generator
+
+    bank = len(Generator.from_checkpoint("fashion-text").caption_bank.texts)
+    assert main(["sample", "fashion-text", "--prompt", "a shirt", "--nearest-captions",
+                 str(bank + 1), "-n", "1"]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err == (f"difflab: error: nearest captions k={bank + 1} is out of range: "
+                        f"allowed 1..{bank} (the captions in the bank), or 0: off\n")
+
+
 def test_a_budget_that_ends_before_the_first_step_says_so_and_draws_nothing(tmp_path, capsys):
     """A budget smaller than choosing how to run (pictures of 256 px take 20-40 s a step on a
     laptop CPU): one line that says so and what to raise, no report of an untrained model."""
@@ -573,6 +585,18 @@ def test_class_all_is_alone_and_any_case_and_a_negative_index_is_out_of_range(ca
     assert "--class all draws every class: give it alone" in capsys.readouterr().err
     assert main(["sample", "mnist-digits-cond", "--class", "-1", "-n", "1"]) == 2
     assert "class index -1 is out of range: allowed 0..9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sample", "img2img"])
+def test_a_class_out_of_range_is_refused_before_a_line_says_what_runs(command, tmp_path, capsys):
+    image = tmp_path / "in.png"
+    Image.new("L", (28, 28)).save(image)
+    edit = [str(image)] if command == "img2img" else []
+    assert main([command, "mnist-digits-cond", *edit, "--class", "10", "-n", "1",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    said = capsys.readouterr()
+    assert "sampling" not in said.out
+    assert said.err == "difflab: error: class index 10 is out of range: allowed 0..9\n"
 
 
 def test_an_output_in_a_missing_folder_says_it_creates_it(tmp_path, capsys):

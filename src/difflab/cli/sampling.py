@@ -255,6 +255,10 @@ def sampling_kwargs(args: argparse.Namespace, gen, classes: list | None = None,
         raise CLIError(f"--nearest-captions reads prompts through a caption bank (a text model "
                        f"trained with text.tokens = 'pooled'); {args.checkpoint} has none: drop "
                        "the flag")
+    if args.nearest_captions:  # beyond the bank: refused before any line says what runs
+        gen.nearest_captions(args.nearest_captions)
+    if classes is not None:  # an unknown class, too (several were checked laying out rows)
+        gen.class_labels(classes[:1])
     if args.relation_regions and not gen.takes_text:
         raise CLIError(f"{args.checkpoint} cannot take --relation-regions: it draws the "
                        "phrases of a prompt, and this model takes no text; drop the flag")

@@ -470,6 +470,10 @@ class Generator:
                 "nearest_captions needs a checkpoint with a caption bank (a text model trained "
                 "with text.tokens = 'pooled'); this one has none: use nearest_captions=0"
             )
+        if self.caption_bank is not None and requested > len(self.caption_bank.texts):
+            raise ValueError(f"nearest captions k={requested} is out of range: allowed "
+                             f"1..{len(self.caption_bank.texts)} (the captions in the bank), "
+                             "or 0: off")
         return requested
 
     def _text_settings(self) -> TextConfig:
