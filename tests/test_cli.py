@@ -230,6 +230,16 @@ def test_the_budget_flags_replace_the_configs_budget(tmp_path):
     assert load_config(config, budget_overrides(None, None)).train.minutes == 0.00001
 
 
+@pytest.mark.parametrize("flags", [["--steps", "5", "--set", "train.max_steps=9"],
+                                   ["--minutes", "1", "--set", " train.minutes = 2"]])
+def test_a_budget_flag_and_a_set_of_its_key_are_refused_as_two_budgets(flags, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), *flags]) == 2
+    flag, key = flags[0], flags[3].split("=")[0].strip()
+    assert capsys.readouterr().err == (
+        f"difflab: error: {flag} and --set {key} both set the budget: give one of them\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_steps_beyond_T_is_refused(run_dir):
     p = run_cli("sample", str(run_dir / "last"), "--steps", "5000", "-n", "1")
     assert p.returncode == 2 and "steps" in p.stderr

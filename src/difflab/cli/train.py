@@ -109,6 +109,16 @@ def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
 BUDGET_KEYS = ("minutes", "max_steps", "epochs")
 
 
+def check_budget_flags(args: argparse.Namespace) -> None:
+    """A budget flag and a --set of the same key would be two budgets, of which the --set
+    silently wins: refused, naming both."""
+    sets = {s.split("=", 1)[0].strip() for s in args.set or []}
+    for flag, given, key in (("--minutes", args.minutes, "train.minutes"),
+                             ("--steps", args.steps, "train.max_steps")):
+        if given is not None and key in sets:
+            raise CLIError(f"{flag} and --set {key} both set the budget: give one of them")
+
+
 def budget_given(args: argparse.Namespace) -> bool:
     """Whether the command line sets the budget (--minutes, --steps, or --set of one)."""
     sets = [s.split("=", 1)[0].strip() for s in args.set or []]
@@ -252,6 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Check the config and the run folder, train, and write the report, holding the run
     folder against a second trainer throughout."""
     config_path = train_config(args)
+    check_budget_flags(args)
     cfg = load_config(config_path, budget_overrides(args.minutes, args.steps) + (args.set or []))
     if cfg.data.root is not None:  # recorded whole, so that a resume from elsewhere finds it
         cfg.data.root = os.path.abspath(os.path.expanduser(cfg.data.root))
