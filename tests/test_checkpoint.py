@@ -188,6 +188,15 @@ def test_ema_tracks_average():
         EMA(net, decay=1.0)
     warm = EMA(net, decay=0.999)
     assert warm.current_decay() == pytest.approx(0.1)
+    # It lists its tensors once: a loaded state goes on from the loaded values, and another
+    # model of the same shape is averaged in from its own weights.
+    ema.load_state_dict({"weight": torch.tensor([[0.5]])}, num_updates=2)
+    ema.update(net)
+    assert float(ema.model.weight) == pytest.approx(0.9 * 0.5 + 0.1 * 1.0)
+    other = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(other.weight, -1.0)
+    ema.update(other)
+    assert float(ema.model.weight) == pytest.approx(0.9 * 0.55 - 0.1)
 
 
 def test_shipped_models_carry_a_matching_manifest():

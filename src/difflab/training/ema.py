@@ -29,6 +29,12 @@ class EMA:
         self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.num_updates = 0
+        # The tensors an update touches, listed once: walking the modules each step costs
+        # about as much as the update itself on a small network (BENCHMARKS.md, "Where a
+        # training step's time goes"). Loading a state dict copies into these same tensors.
+        self._params = list(self.model.parameters())
+        self._buffers = list(self.model.buffers())
+        self._source: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -39,11 +45,12 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()
         self.num_updates += 1
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
+        if self._source is None or self._source[0] is not model:
+            self._source = (model, list(model.parameters()), list(model.buffers()))
+        _, params, buffers = self._source
         # ema <- decay * ema + (1 - decay) * param, fused over all tensors.
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+        torch._foreach_lerp_(self._params, params, 1.0 - decay)
+        for b_ema, b in zip(self._buffers, buffers, strict=True):
             b_ema.copy_(b)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
