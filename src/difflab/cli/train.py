@@ -109,10 +109,15 @@ def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
 BUDGET_KEYS = ("minutes", "max_steps", "epochs")
 
 
+def set_keys(args: argparse.Namespace) -> set[str]:
+    """The keys the command line's --set values name ("train.minutes")."""
+    return {s.split("=", 1)[0].strip() for s in args.set or []}
+
+
 def check_budget_flags(args: argparse.Namespace) -> None:
     """A budget flag and a --set of the same key would be two budgets, of which the --set
     silently wins: refused, naming both."""
-    sets = {s.split("=", 1)[0].strip() for s in args.set or []}
+    sets = set_keys(args)
     for flag, given, key in (("--minutes", args.minutes, "train.minutes"),
                              ("--steps", args.steps, "train.max_steps")):
         if given is not None and key in sets:
@@ -121,7 +126,7 @@ def check_budget_flags(args: argparse.Namespace) -> None:
 
 def budget_given(args: argparse.Namespace) -> bool:
     """Whether the command line sets the budget (--minutes, --steps, or --set of one)."""
-    sets = [s.split("=", 1)[0].strip() for s in args.set or []]
+    sets = set_keys(args)
     return (args.minutes is not None or args.steps is not None
             or any(k in sets for k in (f"train.{key}" for key in BUDGET_KEYS)))
 
